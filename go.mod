@@ -1,0 +1,3 @@
+module github.com/qwengo/qwengo
+
+go 1.26
