@@ -30,28 +30,38 @@ func forRows(rows, cols, workers int, fn func(k, r0, r1 int)) int {
 // absBits is |x| as float32 bits: for non-negative floats the integer order is the float order.
 func absBits(x float32) uint32 { return math.Float32bits(x) & 0x7fffffff }
 
-// scan checks the shape and returns amax(|w|) (as float32), or an error naming the first
-// non-finite value.
-func scan(w []float32, rows, cols int) (float32, error) {
+// scan checks the shape and the values and returns amax(|x|) of every block and of the
+// whole tensor, or an error naming the first non-finite value.
+func scan(w []float32, rows, cols int) ([]float32, float32, error) {
 	if rows <= 0 || cols <= 0 || cols%BlockSize != 0 {
-		return 0, fmt.Errorf("nvfp4: cannot quantise shape [%d, %d]: rows must be positive and columns a positive multiple of %d", rows, cols, BlockSize)
+		return nil, 0, fmt.Errorf("nvfp4: cannot quantise shape [%d, %d]: rows must be positive and columns a positive multiple of %d", rows, cols, BlockSize)
 	}
 	if rows > math.MaxInt/cols || len(w) != rows*cols {
-		return 0, fmt.Errorf("nvfp4: %d values for shape [%d, %d] (want %d)", len(w), rows, cols, rows*cols)
+		return nil, 0, fmt.Errorf("nvfp4: %d values for shape [%d, %d] (want %d)", len(w), rows, cols, rows*cols)
 	}
+	blocks := make([]float32, rows*cols/BlockSize)
 	workers := runtime.GOMAXPROCS(0)
 	amax := make([]uint32, workers)
 	bad := make([]int, workers)
 	n := forRows(rows, cols, workers, func(k, r0, r1 int) {
 		var a uint32
 		bad[k] = -1
-		for i, x := range w[r0*cols : r1*cols] {
-			u := absBits(x)
-			if u >= 0x7f800000 { // Inf or NaN
-				bad[k] = r0*cols + i
-				return
+		for b := r0 * cols / BlockSize; b < r1*cols/BlockSize; b++ {
+			blk := (*[BlockSize]float32)(w[b*BlockSize:])
+			var ba uint32
+			for _, x := range blk {
+				ba = max(ba, absBits(x))
 			}
-			a = max(a, u)
+			if ba >= 0x7f800000 { // Inf or NaN (NaN bits sort above Inf)
+				for j, x := range blk {
+					if absBits(x) >= 0x7f800000 {
+						bad[k] = b*BlockSize + j
+						return
+					}
+				}
+			}
+			blocks[b] = math.Float32frombits(ba)
+			a = max(a, ba)
 		}
 		amax[k] = a
 	})
@@ -64,22 +74,13 @@ func scan(w []float32, rows, cols int) (float32, error) {
 		a = max(a, amax[k])
 	}
 	if first >= 0 {
-		return 0, fmt.Errorf("nvfp4: value %v at row %d, column %d is not finite", w[first], first/cols, first%cols)
+		return nil, 0, fmt.Errorf("nvfp4: value %v at row %d, column %d is not finite", w[first], first/cols, first%cols)
 	}
-	return math.Float32frombits(a), nil
+	return blocks, math.Float32frombits(a), nil
 }
 
 func newMatrix(rows, cols int, g float32) *Matrix {
 	return &Matrix{Rows: rows, Cols: cols, Packed: make([]byte, rows*cols/2), Scales: make([]byte, rows*cols/BlockSize), Global: g}
-}
-
-// blockAmax returns max |x| over one block.
-func blockAmax(blk *[BlockSize]float32) float32 {
-	var a uint32
-	for _, x := range blk {
-		a = max(a, absBits(x))
-	}
-	return math.Float32frombits(a)
 }
 
 // QuantizeModelOpt quantises a row-major [rows, cols] float32 matrix as NVIDIA ModelOpt does,
@@ -96,7 +97,7 @@ func blockAmax(blk *[BlockSize]float32) float32 {
 // dividing by zero. cols must be a multiple of 16 and every value finite; errors name the
 // offending shape or element.
 func QuantizeModelOpt(w []float32, rows, cols int) (*Matrix, error) {
-	amax, err := scan(w, rows, cols)
+	bmax, amax, err := scan(w, rows, cols)
 	if err != nil {
 		return nil, err
 	}
@@ -109,7 +110,7 @@ func QuantizeModelOpt(w []float32, rows, cols int) (*Matrix, error) {
 	forRows(rows, cols, runtime.GOMAXPROCS(0), func(_, r0, r1 int) {
 		for b := r0 * cols / BlockSize; b < r1*cols/BlockSize; b++ {
 			blk := (*[BlockSize]float32)(w[b*BlockSize:])
-			bs := blockAmax(blk) / six
+			bs := bmax[b] / six
 			if bs == 0 {
 				bs = 1
 			}
@@ -145,14 +146,15 @@ const seedScaleMin = 1.0 / 65536
 // rounds to E4M3 zero), so it decodes to all zeros whatever its codes. That is harmless for
 // weights and destructive for small values such as optimizer moments.
 func QuantizeSeed(w []float32, rows, cols int) (*Matrix, error) {
-	if _, err := scan(w, rows, cols); err != nil {
+	bmax, _, err := scan(w, rows, cols)
+	if err != nil {
 		return nil, err
 	}
 	m := newMatrix(rows, cols, 1)
 	forRows(rows, cols, runtime.GOMAXPROCS(0), func(_, r0, r1 int) {
 		for b := r0 * cols / BlockSize; b < r1*cols/BlockSize; b++ {
 			blk := (*[BlockSize]float32)(w[b*BlockSize:])
-			bs := min(max(blockAmax(blk)/6, seedScaleMin), E4M3Max)
+			bs := min(max(bmax[b]/6, seedScaleMin), E4M3Max)
 			s := EncodeE4M3(bs)
 			m.Scales[b] = s
 			denom := e4m3Table[s] + 1e-12
