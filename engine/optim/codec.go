@@ -1,0 +1,181 @@
+package optim
+
+import (
+	"fmt"
+	"math"
+)
+
+// StateFormat is how the AdamW moments m and v are stored.
+type StateFormat int
+
+// State formats.
+const (
+	// FP32 stores m and v as float32: 8 bytes per parameter.
+	FP32 StateFormat = iota
+	// Int8 stores m as signed linear int8 and √v as a zero-free unsigned 8-bit code, each in
+	// blocks of 64 with a float32 absmax per block: 2.125 bytes per parameter.
+	Int8
+	// Bit4 stores m as a signed 4-bit companded code (blocks of 128, float32 absmax) and v as a
+	// zero-free 4-bit logarithmic code normalised by min(row max, column max) of v (the rank-1
+	// normalisation of Li, Chen and Zhu 2023): about 1.03-1.06 bytes per parameter.
+	Bit4
+)
+
+// ParseStateFormat parses "fp32", "int8" or "4bit".
+func ParseStateFormat(s string) (StateFormat, error) {
+	switch s {
+	case "fp32", "f32":
+		return FP32, nil
+	case "int8", "8bit":
+		return Int8, nil
+	case "4bit", "int4":
+		return Bit4, nil
+	}
+	return 0, fmt.Errorf("optimizer state format %q: want fp32, int8 or 4bit", s)
+}
+
+func (f StateFormat) String() string {
+	return [...]string{"fp32", "int8", "4bit"}[f]
+}
+
+const (
+	int8Block = 64
+	bit4Block = 128
+)
+
+// ---- int8 m: signed linear, block absmax ----
+
+func encodeInt8Signed(dst []int8, src []float32, scale float32) {
+	if scale == 0 {
+		clear(dst)
+		return
+	}
+	inv := 127 / scale
+	for i, x := range src {
+		dst[i] = int8(max(-127, min(127, math.Round(float64(x*inv)))))
+	}
+}
+
+func decodeInt8Signed(dst []float32, src []int8, scale float32) {
+	f := scale / 127
+	for i, c := range src {
+		dst[i] = float32(c) * f
+	}
+}
+
+// ---- int8 √v: zero-free, level k (0..255) decodes to (k+1)/256 of the block maximum ----
+// A true zero decodes to absmax/256: v is over-estimated, so the update m/√v shrinks instead of
+// exploding (the seed's NVFP4 moments rounded to exactly zero).
+
+func encodeSqrtU8(dst []uint8, src []float32, scale float32) {
+	if scale == 0 {
+		clear(dst)
+		return
+	}
+	inv := 256 / scale
+	for i, x := range src {
+		k := math.Round(math.Sqrt(float64(x))*float64(inv)) - 1
+		dst[i] = uint8(max(0, min(255, k)))
+	}
+}
+
+func decodeSqrtU8(dst []float32, src []uint8, scale float32) {
+	f := scale / 256
+	for i, c := range src {
+		s := (float32(c) + 1) * f
+		dst[i] = s * s
+	}
+	if scale == 0 {
+		clear(dst)
+	}
+}
+
+// ---- 4-bit m: sign + 3-bit companded magnitude (k/7)² of the block absmax ----
+
+var m4Levels = func() (l [8]float32) {
+	for k := range l {
+		l[k] = float32(k*k) / 49
+	}
+	return
+}()
+
+// encodeM4 rounds stochastically between the two neighbouring levels (u in [0,1) per element
+// from rnd), so that small changes of m survive on average instead of being rounded away.
+func encodeM4(dst []byte, src []float32, scale float32, off int, rnd func(i int) float32) {
+	for i, x := range src {
+		var code byte
+		if scale != 0 {
+			a := min(float32(math.Abs(float64(x)))/scale, 1)
+			k := 0
+			for k < 7 && m4Levels[k+1] <= a {
+				k++
+			}
+			if k < 7 {
+				lo, hi := m4Levels[k], m4Levels[k+1]
+				if rnd == nil {
+					if a-lo > hi-a {
+						k++
+					}
+				} else if rnd(off+i)*(hi-lo) < a-lo {
+					k++
+				}
+			}
+			code = byte(k)
+			if x < 0 && k != 0 {
+				code |= 8
+			}
+		}
+		setNibble(dst, off+i, code)
+	}
+}
+
+func decodeM4(dst []float32, src []byte, scale float32, off int) {
+	for i := range dst {
+		c := nibble(src, off+i)
+		v := m4Levels[c&7] * scale
+		if c&8 != 0 {
+			v = -v
+		}
+		dst[i] = v
+	}
+}
+
+// ---- 4-bit v: zero-free logarithmic code for √v ----
+// Level k (0..15) decodes to √v = √norm · 2^(-(15-k)/2): half-octave steps over a 2^7.5 range of
+// √v below the normaliser. Nothing decodes to zero (the update m/√v cannot explode), and unlike
+// a linear zero-free code small values are not inflated to 1/16 of the normaliser.
+
+func encodeV4(v float32, norm float32) byte {
+	if norm <= 0 || v <= 0 {
+		return 0
+	}
+	k := 15 + math.Round(math.Log2(float64(v/norm))) // 2·log2(√(v/norm))
+	return byte(max(0, min(15, k)))
+}
+
+func decodeV4(c byte, norm float32) float32 {
+	return norm * float32(math.Exp2(-float64(15-c)))
+}
+
+func nibble(b []byte, i int) byte {
+	if i&1 == 0 {
+		return b[i>>1] & 0xf
+	}
+	return b[i>>1] >> 4
+}
+
+func setNibble(b []byte, i int, c byte) {
+	if i&1 == 0 {
+		b[i>>1] = b[i>>1]&0xf0 | c
+	} else {
+		b[i>>1] = b[i>>1]&0x0f | c<<4
+	}
+}
+
+func absMax(v []float32) float32 {
+	var a float32
+	for _, x := range v {
+		a = max(a, float32(math.Abs(float64(x))))
+	}
+	return a
+}
