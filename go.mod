@@ -2,4 +2,11 @@ module github.com/qwengo/qwengo
 
 go 1.26.0
 
-require golang.org/x/text v0.44.0 // indirect
+require (
+	github.com/dlclark/regexp2 v1.12.0 // indirect
+	github.com/go-zeromq/goczmq/v4 v4.2.2 // indirect
+	github.com/go-zeromq/zmq4 v0.17.0 // indirect
+	github.com/google/uuid v1.6.0 // indirect
+	golang.org/x/sync v0.25.0 // indirect
+	golang.org/x/text v0.44.0 // indirect
+)
