@@ -5,69 +5,21 @@ import (
 	"fmt"
 
 	"github.com/qwengo/qwengo/engine/backend"
+	"github.com/qwengo/qwengo/engine/kvcache"
 )
 
-// KVCache holds keys (after RoPE) and values for every layer, preallocated for Cap tokens.
-// Appending never copies what is already cached (the seed grew its cache by concatenation).
-type KVCache struct {
-	K, V []backend.Tensor // per layer [Cap, KVDim]
-	n    int
-	b    backend.Backend
-}
+// KVCache is a preallocated key/value cache for one sequence: keys after RoPE and raw values,
+// per layer (see engine/kvcache). Create it with Model.NewKVCache.
+type KVCache = kvcache.Cache
 
-// NewKVCache preallocates a cache for maxSeq tokens.
+// NewKVCache preallocates a cache for maxSeq tokens on the model's backend (accounted under
+// backend.KVCache). maxSeq may not exceed max_position_embeddings when the config sets it.
 func (m *Model) NewKVCache(maxSeq int) (*KVCache, error) {
-	if maxSeq <= 0 {
-		return nil, fmt.Errorf("kv cache: capacity %d must be positive", maxSeq)
+	c := m.Config
+	if c.MaxPositions > 0 && maxSeq > c.MaxPositions {
+		return nil, fmt.Errorf("kv cache: %d tokens exceed max_position_embeddings %d", maxSeq, c.MaxPositions)
 	}
-	c := &KVCache{b: m.B}
-	for i := 0; i < m.Config.NumLayers; i++ {
-		k, err := m.B.Alloc(backend.KVCache, maxSeq, m.Config.KVDim())
-		if err != nil {
-			c.Free()
-			return nil, fmt.Errorf("kv cache for %d tokens: %w", maxSeq, err)
-		}
-		v, err := m.B.Alloc(backend.KVCache, maxSeq, m.Config.KVDim())
-		if err != nil {
-			m.B.Free(k)
-			c.Free()
-			return nil, fmt.Errorf("kv cache for %d tokens: %w", maxSeq, err)
-		}
-		c.K, c.V = append(c.K, k), append(c.V, v)
-	}
-	return c, nil
-}
-
-// Len is the number of cached positions.
-func (c *KVCache) Len() int { return c.n }
-
-// Cap is the capacity in tokens.
-func (c *KVCache) Cap() int {
-	if len(c.K) == 0 {
-		return 0
-	}
-	return c.K[0].Rows()
-}
-
-// Truncate drops positions >= pos.
-func (c *KVCache) Truncate(pos int) error {
-	if pos < 0 || pos > c.n {
-		return fmt.Errorf("kv cache: cannot truncate to %d (holds %d)", pos, c.n)
-	}
-	c.n = pos
-	return nil
-}
-
-// Reset empties the cache (keeping its memory).
-func (c *KVCache) Reset() { c.n = 0 }
-
-// Free releases the cache's memory.
-func (c *KVCache) Free() {
-	for i := range c.K {
-		c.b.Free(c.K[i])
-		c.b.Free(c.V[i])
-	}
-	c.K, c.V, c.n = nil, nil, 0
+	return kvcache.New(m.B, c.NumLayers, c.KVDim(), maxSeq)
 }
 
 // LogitsMode selects which positions' logits Forward returns.
@@ -75,151 +27,268 @@ type LogitsMode int
 
 // Logits modes.
 const (
-	LogitsLast LogitsMode = iota
-	LogitsAll
-	LogitsNone
+	LogitsLast LogitsMode = iota // the last position only (generation)
+	LogitsAll                    // every position of the chunk (scoring, parity tests)
+	LogitsNone                   // none: only fill the cache (prefill before a known continuation)
 )
 
-// Logits are host float32 logits, Rows × Vocab.
+// String names the mode.
+func (m LogitsMode) String() string {
+	switch m {
+	case LogitsLast:
+		return "last"
+	case LogitsAll:
+		return "all"
+	case LogitsNone:
+		return "none"
+	}
+	return fmt.Sprintf("LogitsMode(%d)", int(m))
+}
+
+// Logits are host float32 logits, Rows × Vocab; row r belongs to sequence position Pos0+r.
 type Logits struct {
 	Rows, Vocab int
+	Pos0        int
 	Data        []float32
 }
 
 // Row returns row r.
 func (l *Logits) Row(r int) []float32 { return l.Data[r*l.Vocab : (r+1)*l.Vocab] }
 
-// ForwardOptions are optional hooks.
+// ForwardOptions are optional hooks of ForwardWith.
 type ForwardOptions struct {
-	// OnHidden receives the residual stream [T, hidden] after embedding (layer -1), after each
-	// block (0..NumLayers-1) and after the final norm (NumLayers), for layer-wise comparisons.
+	// OnHidden receives, on the host, the residual stream [T, hidden] after the embedding
+	// (layer -1, HF's hidden_states[0]) and after each block (layer i = 0..NumLayers-1, HF's
+	// hidden_states[i+1] except that HF's last entry is taken after the final norm), then the
+	// final-norm output of the rows logits are computed for (layer NumLayers; not called with
+	// LogitsNone). For layer-by-layer parity tools; it costs a download per layer.
 	OnHidden func(layer int, hidden []float32)
 }
 
-// Forward runs ids through the model at the cache's current position and appends their keys
-// and values. With a nil cache it runs over ids alone (the no-cache, recompute path). The
-// context is checked between layers.
-func (m *Model) Forward(ctx context.Context, ids []int, cache *KVCache, mode LogitsMode, opt *ForwardOptions) (_ *Logits, err error) {
+// Activations are the tensors one decoder block writes for a chunk of T tokens, one per op
+// output, named after the block's equations. Inference reuses one set for every layer; the
+// training forward will keep a set per layer (plus a copy of X at each block's input) for the
+// backward pass, or recompute them.
+type Activations struct {
+	T       int
+	X       backend.Tensor // [T, hidden] residual stream, updated in place by each block
+	AttnIn  backend.Tensor // [T, hidden] RMSNorm(X; input_layernorm)
+	Q       backend.Tensor // [T, heads*head_dim] AttnIn·Wqᵀ
+	K       backend.Tensor // [T, kv_heads*head_dim] AttnIn·Wkᵀ
+	V       backend.Tensor // [T, kv_heads*head_dim] AttnIn·Wvᵀ (cached as is)
+	QR      backend.Tensor // Q after q_norm (per head) and RoPE
+	KR      backend.Tensor // K after k_norm (per head) and RoPE (cached)
+	Ctx     backend.Tensor // [T, heads*head_dim] causal attention over the cache
+	AttnOut backend.Tensor // [T, hidden] Ctx·Woᵀ
+	MLPIn   backend.Tensor // [T, hidden] RMSNorm(X; post_attention_layernorm)
+	Gate    backend.Tensor // [T, intermediate] MLPIn·Wgateᵀ
+	Up      backend.Tensor // [T, intermediate] MLPIn·Wupᵀ
+	H       backend.Tensor // [T, intermediate] silu(Gate)*Up
+	MLPOut  backend.Tensor // [T, hidden] H·Wdownᵀ
+}
+
+// NewActivations allocates one block's activations for T tokens (category Activations).
+func (m *Model) NewActivations(T int) (*Activations, error) {
+	c := m.Config
+	s := &Activations{T: T}
+	var err error
+	for _, f := range []struct {
+		dst  *backend.Tensor
+		cols int
+	}{
+		{&s.X, c.HiddenSize}, {&s.AttnIn, c.HiddenSize}, {&s.Q, c.QDim()}, {&s.K, c.KVDim()}, {&s.V, c.KVDim()},
+		{&s.QR, c.QDim()}, {&s.KR, c.KVDim()}, {&s.Ctx, c.QDim()}, {&s.AttnOut, c.HiddenSize},
+		{&s.MLPIn, c.HiddenSize}, {&s.Gate, c.IntermediateSize}, {&s.Up, c.IntermediateSize},
+		{&s.H, c.IntermediateSize}, {&s.MLPOut, c.HiddenSize},
+	} {
+		if *f.dst, err = m.B.Alloc(backend.Activations, T, f.cols); err != nil {
+			s.Free(m.B)
+			return nil, fmt.Errorf("activations for %d tokens: %w", T, err)
+		}
+	}
+	return s, nil
+}
+
+// Free releases the activations.
+func (s *Activations) Free(b backend.Backend) {
+	for _, t := range []*backend.Tensor{&s.X, &s.AttnIn, &s.Q, &s.K, &s.V, &s.QR, &s.KR, &s.Ctx, &s.AttnOut, &s.MLPIn, &s.Gate, &s.Up, &s.H, &s.MLPOut} {
+		if *t != nil {
+			b.Free(*t)
+			*t = nil
+		}
+	}
+}
+
+// firstErr returns the first non-nil error. Go evaluates every argument before the call, so
+// in `firstErr(op1(…), op2(…))` all ops run; an op that fails has written nothing, later ones
+// then compute on stale data, and the first error is what the caller sees.
+func firstErr(errs ...error) error {
+	for _, e := range errs {
+		if e != nil {
+			return e
+		}
+	}
+	return nil
+}
+
+// block runs decoder layer i on the chunk in s.X (updated in place), writing the chunk's keys
+// and values to rows pos0..pos0+T-1 of the cache and attending over rows 0..pos0+T-1.
+func (m *Model) block(i int, s *Activations, cache *KVCache, pos0 int) error {
+	b, c, l := m.B, m.Config, &m.Layers[i]
+	eps := float32(c.RMSNormEps)
+	return firstErr(
+		// x += attention(RMSNorm(x))
+		b.RMSNorm(s.AttnIn, s.X, l.InputNorm, eps),
+		b.MatMul(s.Q, s.AttnIn, l.Q),
+		b.MatMul(s.K, s.AttnIn, l.K),
+		b.MatMul(s.V, s.AttnIn, l.V),
+		b.RMSNorm(s.QR, s.Q, l.QNorm, eps), // q_norm has head_dim elements: per head
+		b.RMSNorm(s.KR, s.K, l.KNorm, eps),
+		b.RoPE(s.QR, s.QR, c.HeadDim, pos0, c.RopeTheta),
+		b.RoPE(s.KR, s.KR, c.HeadDim, pos0, c.RopeTheta),
+		b.CopyRows(cache.K(i), pos0, s.KR, 0, s.T),
+		b.CopyRows(cache.V(i), pos0, s.V, 0, s.T),
+		b.Attention(s.Ctx, s.QR, cache.K(i), cache.V(i), pos0, c.NumHeads, c.NumKVHeads, c.HeadDim),
+		b.MatMul(s.AttnOut, s.Ctx, l.O),
+		b.Add(s.X, s.AttnOut),
+		// x += mlp(RMSNorm(x))
+		b.RMSNorm(s.MLPIn, s.X, l.PostNorm, eps),
+		b.MatMul(s.Gate, s.MLPIn, l.Gate),
+		b.MatMul(s.Up, s.MLPIn, l.Up),
+		b.SwiGLU(s.H, s.Gate, s.Up),
+		b.MatMul(s.MLPOut, s.H, l.Down),
+		b.Add(s.X, s.MLPOut),
+	)
+}
+
+// Forward runs ids through the model at the cache's current position, appends their keys and
+// values to the cache and returns the logits mode asks for (nil for LogitsNone). With a nil
+// cache it runs over ids alone (a temporary cache: the recompute path). ctx is checked between
+// layers; a failed or cancelled call leaves the cache as it was.
+func (m *Model) Forward(ctx context.Context, ids []int, cache *KVCache, mode LogitsMode) (*Logits, error) {
+	return m.ForwardWith(ctx, ids, cache, mode, ForwardOptions{})
+}
+
+// ForwardWith is Forward with hooks.
+func (m *Model) ForwardWith(ctx context.Context, ids []int, cache *KVCache, mode LogitsMode, opt ForwardOptions) (_ *Logits, err error) {
 	c, b := m.Config, m.B
 	T := len(ids)
-	if T == 0 {
+	switch {
+	case m.Layers == nil:
+		return nil, fmt.Errorf("forward: the model was freed")
+	case T == 0:
 		return nil, fmt.Errorf("forward: no tokens")
+	case mode != LogitsLast && mode != LogitsAll && mode != LogitsNone:
+		return nil, fmt.Errorf("forward: unknown logits mode %d", int(mode))
 	}
 	if cache == nil {
 		if cache, err = m.NewKVCache(T); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("forward: %w", err)
 		}
 		defer cache.Free()
 	}
-	pos0 := cache.n
-	if pos0+T > cache.Cap() {
-		return nil, fmt.Errorf("KV cache full: %d cached + %d new tokens exceed its capacity of %d", pos0, T, cache.Cap())
+	if cache.Backend() != b || cache.Layers() != c.NumLayers || cache.Width() != c.KVDim() {
+		return nil, fmt.Errorf("forward: the KV cache (%d layers of width %d) was not made for this model (%d layers of width %d on %s)",
+			cache.Layers(), cache.Width(), c.NumLayers, c.KVDim(), b.Name())
 	}
-	var allocs []backend.Tensor
-	defer func() {
-		for _, t := range allocs {
-			b.Free(t)
-		}
-	}()
-	alloc := func(rows, cols int) backend.Tensor {
-		if err != nil {
+	pos0 := cache.Len()
+	if err := cache.Check(T); err != nil {
+		return nil, err
+	}
+	if c.MaxPositions > 0 && pos0+T > c.MaxPositions {
+		return nil, fmt.Errorf("forward: positions up to %d exceed max_position_embeddings %d", pos0+T-1, c.MaxPositions)
+	}
+	s, err := m.NewActivations(T)
+	if err != nil {
+		return nil, fmt.Errorf("forward: %w", err)
+	}
+	defer s.Free(b)
+	hook := func(layer int, t backend.Tensor) error {
+		if opt.OnHidden == nil {
 			return nil
 		}
-		var t backend.Tensor
-		t, err = b.Alloc(backend.Activations, rows, cols)
-		allocs = append(allocs, t)
-		return t
-	}
-	x := alloc(T, c.HiddenSize)
-	a := alloc(T, c.HiddenSize)
-	q := alloc(T, c.QDim())
-	k := alloc(T, c.KVDim())
-	v := alloc(T, c.KVDim())
-	att := alloc(T, c.QDim())
-	g := alloc(T, c.IntermediateSize)
-	u := alloc(T, c.IntermediateSize)
-	if err != nil {
-		return nil, err
-	}
-	hook := func(layer int, t backend.Tensor) {
-		if opt != nil && opt.OnHidden != nil {
-			opt.OnHidden(layer, b.Download(t, nil))
+		h, err := b.Download(t, nil)
+		if err == nil {
+			opt.OnHidden(layer, h)
 		}
+		return err
 	}
-	eps := float32(c.RMSNormEps)
-	do := func(errs ...error) error {
-		for _, e := range errs {
-			if e != nil {
-				return e
-			}
-		}
-		return nil
+
+	if err := b.Embedding(s.X, m.Embed, ids); err != nil {
+		return nil, fmt.Errorf("forward: embedding: %w", err)
 	}
-	if err := b.Embedding(x, m.Embed, ids); err != nil {
-		return nil, err
+	if err := hook(-1, s.X); err != nil {
+		return nil, fmt.Errorf("forward: embedding: %w", err)
 	}
-	hook(-1, x)
 	for i := range m.Layers {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		l := &m.Layers[i]
-		kc := b.RowSlice(cache.K[i], pos0, pos0+T)
-		vc := b.RowSlice(cache.V[i], pos0, pos0+T)
-		err := do(
-			b.RMSNorm(a, x, l.InputNorm, eps),
-			b.MatMul(q, a, l.Q),
-			b.MatMul(k, a, l.K),
-			b.MatMul(v, a, l.V),
-		)
-		if err == nil {
-			err = do(
-				b.RMSNorm(b.Reshape(q, T*c.NumHeads, c.HeadDim), b.Reshape(q, T*c.NumHeads, c.HeadDim), l.QNorm, eps),
-				b.RMSNorm(b.Reshape(k, T*c.NumKVHeads, c.HeadDim), b.Reshape(k, T*c.NumKVHeads, c.HeadDim), l.KNorm, eps),
-				b.RoPE(q, c.HeadDim, pos0, c.RopeTheta),
-				b.RoPE(k, c.HeadDim, pos0, c.RopeTheta),
-				b.Copy(kc, k),
-				b.Copy(vc, v),
-			)
+		if err := m.block(i, s, cache, pos0); err != nil {
+			return nil, fmt.Errorf("forward: layer %d: %w", i, err)
 		}
-		if err == nil {
-			err = do(
-				b.Attention(att, q, b.RowSlice(cache.K[i], 0, pos0+T), b.RowSlice(cache.V[i], 0, pos0+T), pos0, c.NumHeads, c.NumKVHeads, c.HeadDim),
-				b.MatMul(a, att, l.O),
-				b.Add(x, a),
-				b.RMSNorm(a, x, l.PostNorm, eps),
-				b.MatMul(g, a, l.Gate),
-				b.MatMul(u, a, l.Up),
-				b.SwiGLU(g, g, u),
-				b.MatMul(a, g, l.Down),
-				b.Add(x, a),
-			)
+		if err := hook(i, s.X); err != nil {
+			return nil, fmt.Errorf("forward: layer %d: %w", i, err)
 		}
-		if err != nil {
-			return nil, fmt.Errorf("layer %d: %w", i, err)
-		}
-		hook(i, x)
 	}
-	cache.n = pos0 + T
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if err := cache.Commit(T); err != nil {
+		return nil, err
+	}
 	if mode == LogitsNone {
 		return nil, nil
 	}
+	lg, err := m.logits(s.X, mode, hook)
+	if err != nil {
+		return nil, fmt.Errorf("forward: logits: %w", err)
+	}
+	lg.Pos0 = pos0
+	if mode == LogitsLast {
+		lg.Pos0 = pos0 + T - 1
+	}
+	return lg, nil
+}
+
+// logits computes RMSNorm(x; model.norm)·lm_headᵀ for all rows of x or its last row.
+func (m *Model) logits(x backend.Tensor, mode LogitsMode, hook func(int, backend.Tensor) error) (*Logits, error) {
+	b, c := m.B, m.Config
 	rows := x
 	if mode == LogitsLast {
-		rows = b.RowSlice(x, T-1, T)
+		last, err := b.Alloc(backend.Activations, 1, c.HiddenSize)
+		if err != nil {
+			return nil, err
+		}
+		defer b.Free(last)
+		if err := b.CopyRows(last, 0, x, x.Rows()-1, 1); err != nil {
+			return nil, err
+		}
+		rows = last
 	}
-	n := rows.Rows()
-	normed := alloc(n, c.HiddenSize)
-	logits := alloc(n, m.LMHead.Out())
+	n, vocab := rows.Rows(), m.LMHead.Out()
+	normed, err := b.Alloc(backend.Activations, n, c.HiddenSize)
 	if err != nil {
 		return nil, err
 	}
-	if err := b.RMSNorm(normed, rows, m.Norm, eps); err != nil {
+	defer b.Free(normed)
+	out, err := b.Alloc(backend.Activations, n, vocab)
+	if err != nil {
 		return nil, err
 	}
-	hook(c.NumLayers, normed)
-	if err := b.MatMul(logits, normed, m.LMHead); err != nil {
+	defer b.Free(out)
+	if err := b.RMSNorm(normed, rows, m.Norm, float32(c.RMSNormEps)); err != nil {
 		return nil, err
 	}
-	return &Logits{Rows: n, Vocab: m.LMHead.Out(), Data: b.Download(logits, nil)}, nil
+	if err := hook(c.NumLayers, normed); err != nil {
+		return nil, err
+	}
+	if err := b.MatMul(out, normed, m.LMHead); err != nil {
+		return nil, err
+	}
+	data, err := b.Download(out, nil)
+	if err != nil {
+		return nil, err
+	}
+	return &Logits{Rows: n, Vocab: vocab, Data: data}, nil
 }

@@ -47,7 +47,7 @@ func (m *Model) params() []named {
 		)
 	}
 	out = append(out, named{prefix: "model.norm", norm: m.Norm})
-	if !m.Config.TieEmbeddings {
+	if m.LMHead != nil && m.LMHead != m.Embed {
 		out = append(out, named{prefix: "lm_head", w: m.LMHead})
 	}
 	return out
@@ -55,16 +55,30 @@ func (m *Model) params() []named {
 
 // denseHost returns w as a float32 [out, in] matrix.
 func (m *Model) denseHost(w backend.Weight) ([]float32, error) {
-	hw := m.B.WeightHost(w)
+	hw, err := m.B.DownloadWeight(w)
+	if err != nil {
+		return nil, err
+	}
 	if hw.NVFP4 != nil {
 		return hw.NVFP4.Dequantize(), nil
 	}
 	return hw.Dense.Float32s(nil)
 }
 
-// Save writes the model as a Hugging Face checkpoint directory (config.json + safetensors),
-// atomically file by file.
+// Save writes the model as a Hugging Face checkpoint directory, each file atomically:
+// config.json and model.safetensors (or shards with an index). Format "bf16" or "f32" writes
+// every parameter dense in that type (NVFP4 weights dequantised). Format "nvfp4" writes the
+// ModelOpt layout vLLM and TensorRT-LLM load: each linear as weight (U8 packed) + weight_scale
+// (F8_E4M3) + weight_scale_2 (F32), NVFP4 weights exactly as held and dense ones quantised with
+// nvfp4.QuantizeModelOpt; embeddings, lm_head and norms in bf16; config.json gains a
+// quantization_config (quant_method modelopt, quant_algo NVFP4, group_size 16) and
+// hf_quant_config.json is written beside it. A model whose lm_head is separate although its
+// config ties it (a seed .dat) is written untied. The tensors are gathered on the host before
+// writing (memory: one copy of the checkpoint).
 func (m *Model) Save(dir string, opt SaveOptions) error {
+	if m.Layers == nil {
+		return fmt.Errorf("save: the model was freed")
+	}
 	var dt tensor.DType
 	switch opt.Format {
 	case "bf16", "nvfp4":
@@ -80,7 +94,11 @@ func (m *Model) Save(dir string, opt SaveOptions) error {
 	var ts []*tensor.Host
 	for _, p := range m.params() {
 		if p.norm != nil {
-			t, err := tensor.FromFloat32s(p.prefix+".weight", dt, []int{p.norm.Cols()}, m.B.Download(p.norm, nil))
+			v, err := m.B.Download(p.norm, nil)
+			if err != nil {
+				return fmt.Errorf("save %s: %w", p.prefix, err)
+			}
+			t, err := tensor.FromFloat32s(p.prefix+".weight", dt, []int{p.norm.Cols()}, v)
 			if err != nil {
 				return err
 			}
@@ -89,7 +107,11 @@ func (m *Model) Save(dir string, opt SaveOptions) error {
 		}
 		quant := opt.Format == "nvfp4" && p.prefix != "model.embed_tokens" && p.prefix != "lm_head"
 		if quant {
-			q := m.B.WeightHost(p.w).NVFP4
+			hw, err := m.B.DownloadWeight(p.w)
+			if err != nil {
+				return fmt.Errorf("save %s: %w", p.prefix, err)
+			}
+			q := hw.NVFP4
 			if q == nil {
 				v, err := m.denseHost(p.w)
 				if err != nil {
@@ -149,6 +171,14 @@ func (m *Model) configJSON(fmtName string) map[string]any {
 	if fmtName == "f32" {
 		dtype = "float32"
 	}
+	var eos any
+	switch len(c.EOSTokenIDs) {
+	case 0:
+	case 1:
+		eos = c.EOSTokenIDs[0]
+	default:
+		eos = c.EOSTokenIDs
+	}
 	out := map[string]any{
 		"architectures":           []string{"Qwen3ForCausalLM"},
 		"model_type":              "qwen3",
@@ -162,10 +192,10 @@ func (m *Model) configJSON(fmtName string) map[string]any {
 		"rms_norm_eps":            c.RMSNormEps,
 		"rope_theta":              c.RopeTheta,
 		"rope_scaling":            nil,
-		"tie_word_embeddings":     c.TieEmbeddings,
+		"tie_word_embeddings":     m.LMHead == m.Embed,
 		"max_position_embeddings": c.MaxPositions,
-		"bos_token_id":            c.BOSTokenID,
-		"eos_token_id":            c.EOSTokenID,
+		"bos_token_id":            nullable(c.BOSTokenID),
+		"eos_token_id":            eos,
 		"hidden_act":              "silu",
 		"attention_bias":          false,
 		"attention_dropout":       0.0,
@@ -174,8 +204,19 @@ func (m *Model) configJSON(fmtName string) map[string]any {
 		"torch_dtype":             dtype,
 		"use_cache":               true,
 	}
+	if c.MaxPositions == 0 {
+		out["max_position_embeddings"] = nil // unknown
+	}
 	if fmtName == "nvfp4" {
-		out["quantization_config"] = map[string]any{"quant_method": "modelopt", "quant_algo": "NVFP4", "group_size": nvfp4.BlockSize, "exclude_modules": []string{"lm_head"}}
+		out["quantization_config"] = QuantConfig{QuantMethod: "modelopt", QuantAlgo: "NVFP4", GroupSize: nvfp4.BlockSize, ExcludeModules: []string{"lm_head"}}
 	}
 	return out
+}
+
+// nullable writes a negative id as null.
+func nullable(id int) any {
+	if id < 0 {
+		return nil
+	}
+	return id
 }

@@ -1,0 +1,218 @@
+package cpu
+
+import (
+	"fmt"
+	"math"
+
+	"github.com/qwengo/qwengo/engine/backend"
+)
+
+// RMSNorm implements backend.Backend.
+func (b *Backend) RMSNorm(out, x, w backend.Tensor, eps float32) error {
+	o, err := b.ten(out, "rmsnorm", "out")
+	if err != nil {
+		return err
+	}
+	a, err := b.ten(x, "rmsnorm", "x")
+	if err != nil {
+		return err
+	}
+	g, err := b.ten(w, "rmsnorm", "weight")
+	if err != nil {
+		return err
+	}
+	n := len(g.Data)
+	if n == 0 || a.cols%n != 0 || o.rows != a.rows || o.cols != a.cols {
+		return fmt.Errorf("cpu: rmsnorm: x [%d, %d] with a weight of %d into [%d, %d] (the weight length must divide the width)", a.rows, a.cols, n, o.rows, o.cols)
+	}
+	groups := len(a.Data) / n
+	b.parallelRange(groups, max(1, 4096/n), func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			xs, os := a.Data[i*n:(i+1)*n], o.Data[i*n:(i+1)*n]
+			var ss float64
+			for _, v := range xs {
+				ss += float64(v) * float64(v)
+			}
+			inv := float32(1 / math.Sqrt(ss/float64(n)+float64(eps)))
+			for j, v := range xs {
+				os[j] = g.Data[j] * (v * inv)
+			}
+		}
+	})
+	return nil
+}
+
+// RoPE implements backend.Backend. As in Hugging Face: inv_freq in float32, the angle
+// position·inv_freq in float32, cos and sin of it.
+func (b *Backend) RoPE(out, x backend.Tensor, headDim, pos0 int, theta float64) error {
+	o, err := b.ten(out, "rope", "out")
+	if err != nil {
+		return err
+	}
+	a, err := b.ten(x, "rope", "x")
+	if err != nil {
+		return err
+	}
+	if headDim <= 0 || headDim%2 != 0 || a.cols%headDim != 0 || o.rows != a.rows || o.cols != a.cols || pos0 < 0 || !(theta > 0) {
+		return fmt.Errorf("cpu: rope: x [%d, %d] into [%d, %d] with head_dim %d, position %d, theta %v", a.rows, a.cols, o.rows, o.cols, headDim, pos0, theta)
+	}
+	half := headDim / 2
+	inv := make([]float32, half)
+	for i := range inv {
+		inv[i] = float32(1 / math.Pow(theta, float64(2*i)/float64(headDim)))
+	}
+	b.parallelRange(a.rows, 1, func(lo, hi int) {
+		cos := make([]float32, half)
+		sin := make([]float32, half)
+		for t := lo; t < hi; t++ {
+			p := float32(pos0 + t)
+			for i := range inv {
+				s, c := math.Sincos(float64(p * inv[i]))
+				cos[i], sin[i] = float32(c), float32(s)
+			}
+			src, dst := a.Row(t), o.Row(t)
+			for h := 0; h < a.cols; h += headDim {
+				xs, os := src[h:h+headDim], dst[h:h+headDim]
+				for i := 0; i < half; i++ {
+					x1, x2 := xs[i], xs[i+half]
+					os[i] = x1*cos[i] - x2*sin[i]
+					os[i+half] = x2*cos[i] + x1*sin[i]
+				}
+			}
+		}
+	})
+	return nil
+}
+
+// Attention implements backend.Backend: one job per (query row, head); scores in float32 with
+// the maximum subtracted before exp.
+func (b *Backend) Attention(out, q, k, v backend.Tensor, pos0, nHeads, nKV, headDim int) error {
+	var ts [4]*Tensor
+	for i, x := range []struct {
+		t    backend.Tensor
+		name string
+	}{{out, "out"}, {q, "q"}, {k, "k"}, {v, "v"}} {
+		t, err := b.ten(x.t, "attention", x.name)
+		if err != nil {
+			return err
+		}
+		ts[i] = t
+	}
+	o, qt, kt, vt := ts[0], ts[1], ts[2], ts[3]
+	T := qt.rows
+	if nHeads <= 0 || nKV <= 0 || headDim <= 0 || nHeads%nKV != 0 || pos0 < 0 ||
+		qt.cols != nHeads*headDim || kt.cols != nKV*headDim || vt.cols != nKV*headDim ||
+		kt.rows < pos0+T || vt.rows < pos0+T || o.rows != T || o.cols != qt.cols {
+		return fmt.Errorf("cpu: attention: q [%d, %d], k [%d, %d], v [%d, %d], out [%d, %d], position %d, heads %d/%d of %d",
+			qt.rows, qt.cols, kt.rows, kt.cols, vt.rows, vt.cols, o.rows, o.cols, pos0, nHeads, nKV, headDim)
+	}
+	if o == qt {
+		return fmt.Errorf("cpu: attention: out and q are the same tensor")
+	}
+	group := nHeads / nKV
+	scale := float32(1 / math.Sqrt(float64(headDim)))
+	bufs := make([]*[]float32, b.workers)
+	b.parallel(T*nHeads, func(worker, job int) {
+		t, h := job/nHeads, job%nHeads
+		kvh := h / group
+		n := pos0 + t + 1 // bottom-right causal mask
+		if bufs[worker] == nil {
+			bufs[worker] = b.buffer(pos0 + T)
+		}
+		s := (*bufs[worker])[:n]
+		qv := qt.Data[t*qt.cols+h*headDim : t*qt.cols+(h+1)*headDim]
+		maxv := float32(math.Inf(-1))
+		for j := range s {
+			s[j] = dot(qv, kt.Data[j*kt.cols+kvh*headDim:j*kt.cols+(kvh+1)*headDim]) * scale
+			maxv = max(maxv, s[j])
+		}
+		var sum float32
+		for j, x := range s {
+			e := float32(math.Exp(float64(x - maxv)))
+			s[j] = e
+			sum += e
+		}
+		ov := o.Data[t*o.cols+h*headDim : t*o.cols+(h+1)*headDim]
+		clear(ov)
+		inv := 1 / sum
+		for j, p := range s {
+			p *= inv
+			vv := vt.Data[j*vt.cols+kvh*headDim : j*vt.cols+(kvh+1)*headDim]
+			vv = vv[:len(ov)]
+			for i := range ov {
+				ov[i] += p * vv[i]
+			}
+		}
+	})
+	for _, p := range bufs {
+		if p != nil {
+			b.release(p)
+		}
+	}
+	return nil
+}
+
+// SwiGLU implements backend.Backend.
+func (b *Backend) SwiGLU(out, gate, up backend.Tensor) error {
+	o, err := b.ten(out, "swiglu", "out")
+	if err != nil {
+		return err
+	}
+	g, err := b.ten(gate, "swiglu", "gate")
+	if err != nil {
+		return err
+	}
+	u, err := b.ten(up, "swiglu", "up")
+	if err != nil {
+		return err
+	}
+	if g.rows != u.rows || g.cols != u.cols || o.rows != g.rows || o.cols != g.cols {
+		return fmt.Errorf("cpu: swiglu: gate [%d, %d], up [%d, %d], out [%d, %d]", g.rows, g.cols, u.rows, u.cols, o.rows, o.cols)
+	}
+	b.parallelRange(len(o.Data), 1<<14, func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			x := g.Data[i]
+			o.Data[i] = x / (1 + float32(math.Exp(float64(-x)))) * u.Data[i]
+		}
+	})
+	return nil
+}
+
+// Add implements backend.Backend.
+func (b *Backend) Add(dst, src backend.Tensor) error {
+	d, err := b.ten(dst, "add", "dst")
+	if err != nil {
+		return err
+	}
+	s, err := b.ten(src, "add", "src")
+	if err != nil {
+		return err
+	}
+	if d.rows != s.rows || d.cols != s.cols {
+		return fmt.Errorf("cpu: add: [%d, %d] += [%d, %d]", d.rows, d.cols, s.rows, s.cols)
+	}
+	b.parallelRange(len(d.Data), 1<<15, func(lo, hi int) {
+		ds, ss := d.Data[lo:hi], s.Data[lo:hi]
+		for i, v := range ss {
+			ds[i] += v
+		}
+	})
+	return nil
+}
+
+// CopyRows implements backend.Backend.
+func (b *Backend) CopyRows(dst backend.Tensor, dstRow int, src backend.Tensor, srcRow, n int) error {
+	d, err := b.ten(dst, "copy rows", "dst")
+	if err != nil {
+		return err
+	}
+	s, err := b.ten(src, "copy rows", "src")
+	if err != nil {
+		return err
+	}
+	if d.cols != s.cols || n < 0 || dstRow < 0 || srcRow < 0 || dstRow+n > d.rows || srcRow+n > s.rows {
+		return fmt.Errorf("cpu: copy rows: %d rows from row %d of [%d, %d] to row %d of [%d, %d]", n, srcRow, s.rows, s.cols, dstRow, d.rows, d.cols)
+	}
+	copy(d.Data[dstRow*d.cols:(dstRow+n)*d.cols], s.Data[srcRow*s.cols:(srcRow+n)*s.cols])
+	return nil
+}

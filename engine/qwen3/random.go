@@ -1,0 +1,99 @@
+package qwen3
+
+import (
+	"encoding/binary"
+	"fmt"
+	"hash/fnv"
+	"math"
+	"math/rand/v2"
+	"sort"
+
+	"github.com/qwengo/qwengo/engine/backend"
+	"github.com/qwengo/qwengo/engine/format"
+	"github.com/qwengo/qwengo/engine/tensor"
+)
+
+// RandomOptions controls NewRandom.
+type RandomOptions struct {
+	// Seed makes the weights reproducible; each tensor depends only on Seed and its name.
+	Seed uint64
+	// Std is the standard deviation of the (uniform) linear and embedding weights; 0 means
+	// 0.02, Hugging Face's initializer_range.
+	Std float32
+	// NormJitter makes norm weights 1 + NormJitter·u with u uniform in [-1, 1); 0 keeps them at
+	// 1 (HF's initialisation). Tests use it so a norm applied to the wrong tensor shows.
+	NormJitter float32
+	// Precision as in LoadOptions; the generated tensors are BF16 when it is BF16, else F32.
+	Precision string
+}
+
+// NewRandom builds a model with random weights for cfg, through the same streaming path as
+// Load: tensors are generated one at a time as the loader reads them, so host memory stays
+// bounded by the largest tensor. For tests, benchmarks and memory experiments.
+func NewRandom(cfg *Config, b backend.Backend, opt RandomOptions) (*Model, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if opt.Std == 0 {
+		opt.Std = 0.02
+	}
+	dt := tensor.F32
+	if opt.Precision == BF16 {
+		dt = tensor.BF16
+	}
+	src := &randomSource{opt: opt}
+	exp := cfg.expected()
+	for _, prefix := range sortedKeys(exp) {
+		shape := exp[prefix]
+		s := []int{shape[0], shape[1]}
+		if shape[1] == 0 {
+			s = s[:1]
+		}
+		src.infos = append(src.infos, format.TensorInfo{Name: prefix + ".weight", DType: dt, Shape: s, File: "random",
+			Size: int64(tensor.Numel(s) * dt.Size())})
+	}
+	sort.Slice(src.infos, func(i, j int) bool { return src.infos[i].Name < src.infos[j].Name })
+	m, err := Load(cfg, src, b, LoadOptions{Precision: opt.Precision})
+	if err != nil {
+		return nil, fmt.Errorf("random model: %w", err)
+	}
+	return m, nil
+}
+
+// randomSource is a format.Source generating each tensor on Read.
+type randomSource struct {
+	opt   RandomOptions
+	infos []format.TensorInfo
+}
+
+func (r *randomSource) Tensors() []format.TensorInfo { return r.infos }
+
+func (r *randomSource) Close() error { return nil }
+
+func (r *randomSource) Read(name string) (*tensor.Host, error) {
+	i := sort.Search(len(r.infos), func(i int) bool { return r.infos[i].Name >= name })
+	if i == len(r.infos) || r.infos[i].Name != name {
+		return nil, fmt.Errorf("random: no tensor %q", name)
+	}
+	info := r.infos[i]
+	h := fnv.New64a()
+	h.Write([]byte(name))
+	rng := rand.New(rand.NewPCG(r.opt.Seed, h.Sum64()))
+	n := tensor.Numel(info.Shape)
+	norm := len(info.Shape) == 1
+	a := r.opt.Std * float32(math.Sqrt(3)) // uniform [-a, a) has standard deviation Std
+	out := &tensor.Host{Name: name, DType: info.DType, Shape: info.Shape, Data: make([]byte, n*info.DType.Size())}
+	for j := 0; j < n; j++ {
+		u := 2*rng.Float32() - 1
+		v := u * a
+		if norm {
+			v = 1 + r.opt.NormJitter*u
+		}
+		if info.DType == tensor.BF16 {
+			binary.LittleEndian.PutUint16(out.Data[2*j:], tensor.F32ToBF16(v))
+		} else {
+			binary.LittleEndian.PutUint32(out.Data[4*j:], math.Float32bits(v))
+		}
+	}
+	return out, nil
+}
