@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -207,4 +208,88 @@ func TestFineTuneLearnsAnswer(t *testing.T) {
 	if fmt.Sprint(seq[len(prompt):]) != fmt.Sprint(answer) {
 		t.Fatalf("after training the model says %v, want %v then stop", seq[len(prompt):], answer)
 	}
+}
+
+func reload(t *testing.T, cfg *qwen3.Config, path string) *Model {
+	t.Helper()
+	src, err := format.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	m, err := Load(cfg, src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func maxRel(a, b []float32) float64 {
+	var num, den float64
+	for i := range a {
+		num = math.Max(num, math.Abs(float64(a[i]-b[i])))
+		den = math.Max(den, math.Abs(float64(b[i])))
+	}
+	return num / den
+}
+
+func TestExportRoundTrips(t *testing.T) {
+	m := tiny(t, "tiny-untied")
+	ids := []int{3, 14, 15, 92, 65, 35}
+	ref, _ := m.Logits(context.Background(), ids)
+	dir := t.TempDir()
+	// bf16 / f32 safetensors: every parameter, embeddings and norms included
+	if err := m.SaveSafetensors(filepath.Join(dir, "f32"), tensor.F32); err != nil {
+		t.Fatal(err)
+	}
+	back := reload(t, m.Config, filepath.Join(dir, "f32"))
+	got, _ := back.Logits(context.Background(), ids)
+	if e := maxRel(got, ref); e != 0 {
+		t.Fatalf("f32 export: %.3g", e)
+	}
+	m.SaveSafetensors(filepath.Join(dir, "bf16"), tensor.BF16)
+	got, _ = reload(t, m.Config, filepath.Join(dir, "bf16")).Logits(context.Background(), ids)
+	t.Logf("bf16 export: logits relative error %.3g", maxRel(got, ref))
+	if e := maxRel(got, ref); e > 0.03 {
+		t.Fatalf("bf16 export: %.3g", e)
+	}
+	// NVFP4 with QAT: the exported model computes exactly what the QAT forward computed
+	m.QAT = true
+	qat, _ := m.Logits(context.Background(), ids)
+	if err := m.SaveNVFP4(filepath.Join(dir, "nvfp4")); err != nil {
+		t.Fatal(err)
+	}
+	nv := reload(t, m.Config, filepath.Join(dir, "nvfp4"))
+	got, _ = nv.Logits(context.Background(), ids)
+	t.Logf("nvfp4 export vs QAT forward: %.3g; QAT forward vs dense: %.3g", maxRel(got, qat), maxRel(qat, ref))
+	if e := maxRel(got, qat); e > 0.01 { // embeddings and norms go through bf16
+		t.Fatalf("nvfp4 export differs from the QAT forward: %.3g", e)
+	}
+	m.QAT = false
+	// seed .dat: written in the seed's layout, read back, rewritten from its template byte for byte
+	p1 := filepath.Join(dir, "a.dat")
+	if err := m.SaveDat(p1, nil); err != nil {
+		t.Fatal(err)
+	}
+	d, err := format.OpenDat(p1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	p2 := filepath.Join(dir, "b.dat")
+	if err := m.SaveDat(p2, d); err != nil {
+		t.Fatal(err)
+	}
+	a, _ := os.ReadFile(p1)
+	b, _ := os.ReadFile(p2)
+	if string(a) != string(b) {
+		t.Fatal("rewriting a .dat from its template changed bytes")
+	}
+	for i, e := range d.Entries {
+		if e.ElemType != d.Entries[i].ElemType {
+			t.Fatal("elemType changed")
+		}
+	}
+	got, _ = reload(t, m.Config, p1).Logits(context.Background(), ids)
+	t.Logf(".dat export (seed NVFP4, f16 norms): logits relative error %.3g", maxRel(got, ref))
 }

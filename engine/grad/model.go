@@ -3,6 +3,7 @@ package grad
 import (
 	"context"
 	"fmt"
+	"sync"
 
 	"github.com/qwengo/qwengo/engine/data"
 	"github.com/qwengo/qwengo/engine/format"
@@ -34,6 +35,13 @@ type Model struct {
 	norm   int
 	layers []layer
 	byName map[string]int
+	// QAT runs projections through their NVFP4 quantise-dequantise image (STE), so that the
+	// trained model loses nothing when exported to NVFP4 (the seed's training path).
+	QAT bool
+	// OnPhase, when set, is called with "forward_done" and "backward_done" per sequence.
+	OnPhase func(phase string)
+	fq      map[int][]float32
+	fqMu    sync.Mutex
 }
 
 func (m *Model) add(name string, rows, cols int, noDecay bool) int {
@@ -191,6 +199,9 @@ func (t trainable) SetParam(i int, w []float32) error {
 		return fmt.Errorf("grad: SetParam %d with %d values", i, len(w))
 	}
 	copy(t.m.Params[i].W, w)
+	t.m.fqMu.Lock()
+	delete(t.m.fq, i)
+	t.m.fqMu.Unlock()
 	return nil
 }
 func (t trainable) Grad(ctx context.Context, b *data.Batch, loss train.Loss) (float64, int, [][]float32, error) {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/qwengo/qwengo/engine/nvfp4"
+
 	"github.com/qwengo/qwengo/engine/data"
 	"github.com/qwengo/qwengo/engine/train"
 )
@@ -25,6 +27,35 @@ type state struct {
 }
 
 func (m *Model) w(i int) []float32 { return m.Params[i].W }
+
+// lw returns the weights a projection computes with: the parameter itself, or under QAT its
+// NVFP4 quantise-dequantise image (straight-through: the gradient flows to the dense master).
+func (m *Model) lw(i int) []float32 {
+	if !m.QAT {
+		return m.Params[i].W
+	}
+	m.fqMu.Lock()
+	defer m.fqMu.Unlock()
+	if w, ok := m.fq[i]; ok {
+		return w
+	}
+	p := m.Params[i]
+	q, err := nvfp4.QuantizeModelOpt(p.W, p.Rows, p.Cols)
+	if err != nil { // non-finite weights: compute with them as they are
+		return p.W
+	}
+	if m.fq == nil {
+		m.fq = map[int][]float32{}
+	}
+	m.fq[i] = q.Dequantize()
+	return m.fq[i]
+}
+
+func (m *Model) phase(name string) {
+	if m.OnPhase != nil {
+		m.OnPhase(name)
+	}
+}
 
 func (m *Model) forward(ctx context.Context, ids []int) (*state, error) {
 	c := m.Config
@@ -48,9 +79,9 @@ func (m *Model) forward(ctx context.Context, ids []int) (*state, error) {
 		a.a, a.rstd1 = make([]float32, T*H), make([]float32, T)
 		rmsnormForward(a.a, a.rstd1, x, m.w(l.ln1), T, H, eps)
 		a.q, a.k, a.v = make([]float32, T*QD), make([]float32, T*KV), make([]float32, T*KV)
-		matmulForward(a.q, a.a, m.w(l.q), T, H, QD)
-		matmulForward(a.k, a.a, m.w(l.k), T, H, KV)
-		matmulForward(a.v, a.a, m.w(l.v), T, H, KV)
+		matmulForward(a.q, a.a, m.lw(l.q), T, H, QD)
+		matmulForward(a.k, a.a, m.lw(l.k), T, H, KV)
+		matmulForward(a.v, a.a, m.lw(l.v), T, H, KV)
 		a.qn, a.kn = make([]float32, T*QD), make([]float32, T*KV)
 		a.rstdq, a.rstdk = make([]float32, T*c.NumHeads), make([]float32, T*c.NumKVHeads)
 		rmsnormForward(a.qn, a.rstdq, a.q, m.w(l.qn), T*c.NumHeads, c.HeadDim, eps)
@@ -60,7 +91,7 @@ func (m *Model) forward(ctx context.Context, ids []int) (*state, error) {
 		a.P, a.o = make([]float32, c.NumHeads*T*T), make([]float32, T*QD)
 		attentionForward(a.o, a.P, a.qn, a.kn, a.v, T, c.NumHeads, c.NumKVHeads, c.HeadDim)
 		x1 := make([]float32, T*H)
-		matmulForward(x1, a.o, m.w(l.o), T, QD, H)
+		matmulForward(x1, a.o, m.lw(l.o), T, QD, H)
 		for i := range x1 {
 			x1[i] += x[i]
 		}
@@ -68,11 +99,11 @@ func (m *Model) forward(ctx context.Context, ids []int) (*state, error) {
 		a.mm, a.rstd2 = make([]float32, T*H), make([]float32, T)
 		rmsnormForward(a.mm, a.rstd2, x1, m.w(l.ln2), T, H, eps)
 		a.gate, a.up, a.h = make([]float32, T*I), make([]float32, T*I), make([]float32, T*I)
-		matmulForward(a.gate, a.mm, m.w(l.gate), T, H, I)
-		matmulForward(a.up, a.mm, m.w(l.up), T, H, I)
+		matmulForward(a.gate, a.mm, m.lw(l.gate), T, H, I)
+		matmulForward(a.up, a.mm, m.lw(l.up), T, H, I)
 		swigluForward(a.h, a.gate, a.up)
 		x2 := make([]float32, T*H)
-		matmulForward(x2, a.h, m.w(l.down), T, I, H)
+		matmulForward(x2, a.h, m.lw(l.down), T, I, H)
 		for i := range x2 {
 			x2[i] += x1[i]
 		}
@@ -95,17 +126,17 @@ func (m *Model) backward(s *state, dxf []float32, grads [][]float32) {
 		l, a := m.layers[li], s.layers[li]
 		// MLP: x2 = x1 + down(swiglu(gate(mm), up(mm)))
 		dh := make([]float32, T*I)
-		matmulBackward(dh, grads[l.down], dx, a.h, m.w(l.down), T, I, H)
+		matmulBackward(dh, grads[l.down], dx, a.h, m.lw(l.down), T, I, H)
 		dgate, dup := make([]float32, T*I), make([]float32, T*I)
 		swigluBackward(dgate, dup, dh, a.gate, a.up)
 		dmm := make([]float32, T*H)
-		matmulBackward(dmm, grads[l.gate], dgate, a.mm, m.w(l.gate), T, H, I)
-		matmulBackward(dmm, grads[l.up], dup, a.mm, m.w(l.up), T, H, I)
+		matmulBackward(dmm, grads[l.gate], dgate, a.mm, m.lw(l.gate), T, H, I)
+		matmulBackward(dmm, grads[l.up], dup, a.mm, m.lw(l.up), T, H, I)
 		dx1 := dx // residual
 		rmsnormBackward(dx1, grads[l.ln2], dmm, a.x1, a.rstd2, m.w(l.ln2), T, H)
 		// attention: x1 = x0 + o_proj(attn(rope(qnorm(q)), rope(knorm(k)), v))
 		do := make([]float32, T*QD)
-		matmulBackward(do, grads[l.o], dx1, a.o, m.w(l.o), T, QD, H)
+		matmulBackward(do, grads[l.o], dx1, a.o, m.lw(l.o), T, QD, H)
 		dqr, dkr, dv := make([]float32, T*QD), make([]float32, T*KV), make([]float32, T*KV)
 		attentionBackward(dqr, dkr, dv, do, a.P, a.qn, a.kn, a.v, T, c.NumHeads, c.NumKVHeads, c.HeadDim)
 		ropeApply(dqr, s.cos, s.sin, T, QD, c.HeadDim, -1)
@@ -114,9 +145,9 @@ func (m *Model) backward(s *state, dxf []float32, grads [][]float32) {
 		rmsnormBackward(dq, grads[l.qn], dqr, a.q, a.rstdq, m.w(l.qn), T*c.NumHeads, c.HeadDim)
 		rmsnormBackward(dk, grads[l.kn], dkr, a.k, a.rstdk, m.w(l.kn), T*c.NumKVHeads, c.HeadDim)
 		da := make([]float32, T*H)
-		matmulBackward(da, grads[l.q], dq, a.a, m.w(l.q), T, H, QD)
-		matmulBackward(da, grads[l.k], dk, a.a, m.w(l.k), T, H, KV)
-		matmulBackward(da, grads[l.v], dv, a.a, m.w(l.v), T, H, KV)
+		matmulBackward(da, grads[l.q], dq, a.a, m.lw(l.q), T, H, QD)
+		matmulBackward(da, grads[l.k], dk, a.a, m.lw(l.k), T, H, KV)
+		matmulBackward(da, grads[l.v], dv, a.a, m.lw(l.v), T, H, KV)
 		rmsnormBackward(dx1, grads[l.ln1], da, a.x0, a.rstd1, m.w(l.ln1), T, H)
 		dx = dx1
 	}
@@ -139,12 +170,14 @@ func (m *Model) sequence(ctx context.Context, ids []int, mask []bool, loss train
 	matmulForward(logits, s.xf, m.w(m.lm), T, H, V)
 	dlogits := make([]float32, T*V)
 	sum, n := loss.Value(logits, T, V, ids, mask, dlogits)
+	m.phase("forward_done")
 	if grads == nil || n == 0 {
 		return sum, n, nil
 	}
 	dxf := make([]float32, T*H)
 	matmulBackward(dxf, grads[m.lm], dlogits, s.xf, m.w(m.lm), T, H, V)
 	m.backward(s, dxf, grads)
+	m.phase("backward_done")
 	return sum, n, nil
 }
 
