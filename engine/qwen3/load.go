@@ -504,8 +504,8 @@ func (m *Model) WeightBytes() int64 {
 // String summarises the model.
 func (m *Model) String() string {
 	c := m.Config
-	return fmt.Sprintf("Qwen3: %d layers, hidden %d, heads %d/%d × %d, intermediate %d, vocab %d, %.2fB parameters; embed %s, layer 0 q_proj %s; %s of weights on %s",
-		c.NumLayers, c.HiddenSize, c.NumHeads, c.NumKVHeads, c.HeadDim, c.IntermediateSize, c.VocabSize, float64(c.NumParams())/1e9,
+	return fmt.Sprintf("Qwen3: %d layers, hidden %d, heads %d/%d × %d, intermediate %d, vocab %d, %.4gM parameters; embed %s, layer 0 q_proj %s; %s of weights on %s",
+		c.NumLayers, c.HiddenSize, c.NumHeads, c.NumKVHeads, c.HeadDim, c.IntermediateSize, c.VocabSize, float64(c.NumParams())/1e6,
 		m.Sources["model.embed_tokens"], m.Sources["model.layers.0.self_attn.q_proj"], backend.Human(m.WeightBytes()), m.B.Name())
 }
 

@@ -23,7 +23,8 @@ type RandomOptions struct {
 	// NormJitter makes norm weights 1 + NormJitter·u with u uniform in [-1, 1); 0 keeps them at
 	// 1 (HF's initialisation). Tests use it so a norm applied to the wrong tensor shows.
 	NormJitter float32
-	// Precision as in LoadOptions; the generated tensors are BF16 when it is BF16, else F32.
+	// Precision as in LoadOptions. The generated tensors are F32 for KeepStored and F32, else
+	// BF16 (as a real bf16 checkpoint, quantised on load for NVFP4).
 	Precision string
 }
 
@@ -37,9 +38,9 @@ func NewRandom(cfg *Config, b backend.Backend, opt RandomOptions) (*Model, error
 	if opt.Std == 0 {
 		opt.Std = 0.02
 	}
-	dt := tensor.F32
-	if opt.Precision == BF16 {
-		dt = tensor.BF16
+	dt := tensor.BF16
+	if opt.Precision == KeepStored || opt.Precision == F32 {
+		dt = tensor.F32
 	}
 	src := &randomSource{opt: opt}
 	exp := cfg.expected()
