@@ -5,201 +5,176 @@ import (
 	"unicode/utf8"
 )
 
-// split cuts NFC text into pre-tokens exactly as the Qwen pattern (see the package doc) does
-// under leftmost-first alternation with backtracking. Each alternative is a function returning
-// the length of its match at position i (0 = no match); the first that matches wins.
-func split(s string) []string {
-	var out []string
-	for i := 0; i < len(s); {
-		n := matchContraction(s, i)
-		if n == 0 {
-			n = matchLetters(s, i)
+// The Qwen pre-tokenizer pattern, alternatives tried in order at each position (leftmost-first,
+// with backtracking), as the tokenizers library runs it with Oniguruma:
+//
+//	1 (?i:'s|'t|'re|'ve|'m|'ll|'d)
+//	2 [^\r\n\p{L}\p{N}]?\p{L}+
+//	3 \p{N}
+//	4  ?[^\s\p{L}\p{N}]+[\r\n]*
+//	5 \s*[\r\n]+
+//	6 \s+(?!\S)
+//	7 \s+
+//
+// nextPiece decodes the first character once and goes to the only alternatives that can match it.
+// What backtracking does to each alternative, worked out once:
+//   - 2: the optional prefix is taken when a letter follows it; otherwise there is no match (the
+//     character was not a letter, or it would not qualify as prefix).
+//   - 4: the optional space is taken only when a non-space, non-letter, non-digit follows.
+//   - 5: \s* backtracks to the last CR/LF of the whitespace run: the match ends just after it.
+//   - 6: \s+ backtracks one character when the run is followed by non-space: the run minus its
+//     last character, which then starts the next piece (" word"); at the end of text, the run.
+//   - 7: the one-character run that 6 could not shorten.
+//
+// \s is White_Space (unicode.IsSpace), \p{L} and \p{N} are Go's Unicode categories. Under (?i)
+// Oniguruma folds U+017F (ſ, long s) to 's', so "'ſ" is a contraction; no other character folds
+// to s, t, r, e, v, m, l or d.
+
+// Character classes of the pattern.
+const (
+	cOther   = iota // not \s, \p{L}, \p{N}: punctuation, symbols, marks, invalid bytes
+	cLetter         // \p{L}
+	cNumber         // \p{N}
+	cSpace          // \s except CR and LF
+	cNewline        // CR or LF
+	cEnd            // past the end of the text
+)
+
+var asciiClass = func() (c [128]uint8) {
+	for b := range 128 {
+		r := rune(b)
+		switch {
+		case r == '\r' || r == '\n':
+			c[b] = cNewline
+		case unicode.IsSpace(r):
+			c[b] = cSpace
+		case unicode.IsLetter(r):
+			c[b] = cLetter
+		case unicode.IsNumber(r):
+			c[b] = cNumber
+		default:
+			c[b] = cOther
 		}
-		if n == 0 {
-			n = matchNumber(s, i)
-		}
-		if n == 0 {
-			n = matchPunct(s, i)
-		}
-		if n == 0 {
-			n = matchNewlines(s, i)
-		}
-		if n == 0 {
-			n = matchSpacesNotBeforeText(s, i)
-		}
-		if n == 0 {
-			n = matchSpaces(s, i)
-		}
-		if n == 0 { // unreachable for valid input: every rune is matched by some branch
-			_, n = utf8.DecodeRuneInString(s[i:])
-		}
-		out = append(out, s[i:i+n])
-		i += n
 	}
-	return out
-}
+	return
+}()
 
-func isL(r rune) bool { return unicode.IsLetter(r) }
-func isN(r rune) bool { return unicode.IsNumber(r) }
-
-// isS is \s: Unicode White_Space.
-func isS(r rune) bool { return unicode.IsSpace(r) }
-
-func at(s string, i int) (rune, int) {
+// class decodes the character at i: rune, byte length, class.
+func class(s string, i int) (rune, int, uint8) {
 	if i >= len(s) {
-		return -1, 0
+		return -1, 0, cEnd
 	}
-	return utf8.DecodeRuneInString(s[i:])
+	if c := s[i]; c < utf8.RuneSelf {
+		return rune(c), 1, asciiClass[c]
+	}
+	r, n := utf8.DecodeRuneInString(s[i:])
+	switch {
+	case unicode.IsLetter(r):
+		return r, n, cLetter
+	case unicode.IsNumber(r):
+		return r, n, cNumber
+	case unicode.IsSpace(r):
+		return r, n, cSpace
+	}
+	return r, n, cOther
 }
 
-// (?i:'s|'t|'re|'ve|'m|'ll|'d)
-func matchContraction(s string, i int) int {
-	if i >= len(s) || s[i] != '\'' {
-		return 0
-	}
-	lower := func(k int) byte {
-		if i+k >= len(s) {
-			return 0
+// nextPiece returns the end of the pre-token that starts at i (i < len(s)).
+func nextPiece(s string, i int) int {
+	r, n, c := class(s, i)
+	switch c {
+	case cLetter: // 2 without prefix
+		return runEnd(s, i+n, cLetter)
+	case cNumber: // 3
+		return i + n
+	case cOther:
+		if r == '\'' {
+			if k := contraction(s, i+1); k > 0 { // 1
+				return i + 1 + k
+			}
 		}
-		c := s[i+k]
-		if c >= 'A' && c <= 'Z' {
-			c += 'a' - 'A'
+		if _, n2, c2 := class(s, i+n); c2 == cLetter { // 2 with prefix
+			return runEnd(s, i+n+n2, cLetter)
 		}
-		return c
-	}
-	switch c := lower(1); c {
-	case 's', 't', 'm', 'd':
-		return 2
-	case 'r':
-		if lower(2) == 'e' {
-			return 3
+		return newlinesEnd(s, runEnd(s, i+n, cOther)) // 4 without space
+	case cSpace:
+		_, n2, c2 := class(s, i+n)
+		if c2 == cLetter { // 2 with a whitespace prefix
+			return runEnd(s, i+n+n2, cLetter)
 		}
-	case 'v':
-		if lower(2) == 'e' {
-			return 3
-		}
-	case 'l':
-		if lower(2) == 'l' {
-			return 3
+		if r == ' ' && c2 == cOther { // 4 with space
+			return newlinesEnd(s, runEnd(s, i+1+n2, cOther))
 		}
 	}
-	return 0
-}
-
-// [^\r\n\p{L}\p{N}]?\p{L}+
-func matchLetters(s string, i int) int {
-	r, n := at(s, i)
-	start := i
-	if r != '\r' && r != '\n' && !isL(r) && !isN(r) {
-		// optional prefix taken greedily; backtrack to without it if no letter follows
-		if r2, _ := at(s, i+n); isL(r2) {
-			i += n
-		} else {
-			return 0
-		}
-	}
-	j := i
+	// 5, 6, 7 on the whitespace run starting at i.
+	j, lastStart, afterNL := i, i, -1
 	for {
-		r, n := at(s, j)
-		if n == 0 || !isL(r) {
+		r, n, c := class(s, j)
+		if c != cSpace && c != cNewline {
+			break
+		}
+		lastStart = j
+		j += n
+		if r == '\r' || r == '\n' {
+			afterNL = j
+		}
+	}
+	switch {
+	case afterNL > 0: // 5
+		return afterNL
+	case j == len(s) || lastStart == i: // 6 at the end of text, or 7
+		return j
+	default: // 6
+		return lastStart
+	}
+}
+
+// runEnd returns the end of the run of characters of class c starting at j.
+func runEnd(s string, j int, c uint8) int {
+	for j < len(s) {
+		_, n, cj := class(s, j)
+		if cj != c {
 			break
 		}
 		j += n
 	}
-	if j == i {
-		return 0
-	}
-	return j - start
+	return j
 }
 
-// \p{N}
-func matchNumber(s string, i int) int {
-	if r, n := at(s, i); isN(r) {
-		return n
-	}
-	return 0
-}
-
-// ' ?[^\s\p{L}\p{N}]+[\r\n]*'
-func matchPunct(s string, i int) int {
-	start := i
-	isP := func(r rune) bool { return r >= 0 && !isS(r) && !isL(r) && !isN(r) }
-	if s[i] == ' ' {
-		if r, _ := at(s, i+1); isP(r) {
-			i++
-		} else {
-			return 0
-		}
-	}
-	j := i
-	for {
-		r, n := at(s, j)
-		if n == 0 || !isP(r) {
-			break
-		}
-		j += n
-	}
-	if j == i {
-		return 0
-	}
+// newlinesEnd skips [\r\n]* from j.
+func newlinesEnd(s string, j int) int {
 	for j < len(s) && (s[j] == '\r' || s[j] == '\n') {
 		j++
 	}
-	return j - start
+	return j
 }
 
-// \s*[\r\n]+ : within the whitespace run starting at i, up to and including its last CR/LF.
-func matchNewlines(s string, i int) int {
-	end := 0
-	j := i
-	for {
-		r, n := at(s, j)
-		if n == 0 || !isS(r) {
-			break
-		}
-		j += n
-		if r == '\r' || r == '\n' {
-			end = j
-		}
-	}
-	if end == 0 {
+// contraction returns the length of the contraction suffix (s, t, re, ve, m, ll, d, any case,
+// ſ for s) starting at j, just after an apostrophe, or 0.
+func contraction(s string, j int) int {
+	if j >= len(s) {
 		return 0
 	}
-	return end - i
-}
-
-// \s+(?!\S) : the whitespace run, minus its last character when text follows it.
-func matchSpacesNotBeforeText(s string, i int) int {
-	j, last := i, 0
-	for {
-		r, n := at(s, j)
-		if n == 0 || !isS(r) {
-			break
+	lower := func(k int) byte {
+		if k >= len(s) {
+			return 0
 		}
-		j += n
-		last = n
+		return s[k] | 0x20 // ASCII letters only are compared; other bytes never equal a letter here
 	}
-	if j == i {
-		return 0
+	switch lower(j) {
+	case 's', 't', 'm', 'd':
+		return 1
+	case 'r', 'v':
+		if lower(j+1) == 'e' {
+			return 2
+		}
+	case 'l':
+		if lower(j+1) == 'l' {
+			return 2
+		}
 	}
-	if j == len(s) {
-		return j - i
-	}
-	if j-last > i {
-		return j - last - i
+	if s[j] == 0xC5 && j+1 < len(s) && s[j+1] == 0xBF { // U+017F ſ
+		return 2
 	}
 	return 0
-}
-
-// \s+
-func matchSpaces(s string, i int) int {
-	j := i
-	for {
-		r, n := at(s, j)
-		if n == 0 || !isS(r) {
-			break
-		}
-		j += n
-	}
-	return j - i
 }

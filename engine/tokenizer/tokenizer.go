@@ -1,233 +1,80 @@
-// Package tokenizer is a byte-level BPE tokenizer loaded from a Hugging Face tokenizer.json,
-// plus the Qwen chat template.
+// Package tokenizer is a pure-Go byte-level BPE tokenizer loaded from a Hugging Face
+// tokenizer.json, plus the Qwen3 chat template. Its ids are those of the tokenizers library
+// (checked against it on multilingual text, code, emoji and special tokens).
 //
-// Encoding follows the tokenizers library step by step: added tokens (special or not) are cut
-// out of the raw text first (longest match), the rest is NFC-normalised, split by the Qwen
-// pre-tokenizer pattern, mapped to GPT-2's byte alphabet and merged by BPE rank. The pattern
+// Encoding follows the tokenizers library step by step:
 //
-//	(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
+//  1. Added tokens (special or not) are cut out of the raw text, leftmost-longest, as its
+//     Aho-Corasick matcher does; added tokens marked "normalized" are cut out of the normalised
+//     pieces instead.
+//  2. Each remaining piece is NFC-normalised (golang.org/x/text/unicode/norm).
+//  3. The piece is split by the Qwen pre-tokenizer pattern (QwenPattern). The pattern uses a
+//     negative lookahead, \s+(?!\S), that Go's regexp lacks; split.go implements exactly this
+//     pattern as a hand-written scanner, with Oniguruma's case folding for (?i:'s…). It is
+//     checked against a backtracking regex engine (github.com/dlclark/regexp2, test only) on
+//     random and fuzzed text and is much faster (see BenchmarkSplit).
+//  4. Each pre-token's bytes are mapped to single-byte tokens (GPT-2's byte alphabet) and merged
+//     by BPE: repeatedly the adjacent pair of lowest merge rank, leftmost first. Merge ranks are
+//     a map from a pair of token ids to (rank, merged id), so no strings are built while merging;
+//     long words use a heap. Results are cached per pre-token.
 //
-// uses a negative lookahead that Go's regexp lacks; split.go implements exactly this pattern as
-// a hand-written scanner (checked against the tokenizers library on a multilingual text), which
-// is also several times faster than a backtracking regex engine. Other pre-tokenizers or models
-// are rejected with an error naming the field.
+// Decoding maps tokens back to bytes (ByteLevel decoder) and replaces invalid UTF-8 as Rust's
+// String::from_utf8_lossy does; Decoder does the same incrementally for streaming, holding back
+// incomplete characters. Unknown ids decode to U+FFFD rather than being dropped.
+//
+// A Tokenizer is immutable after Load except for its word cache, and safe for concurrent use.
 package tokenizer
 
 import (
-	"encoding/json"
-	"fmt"
-	"os"
-	"sort"
 	"strings"
 	"sync"
-	"unicode/utf8"
 
 	"golang.org/x/text/unicode/norm"
 )
 
-// Tokenizer encodes and decodes text. It is safe for concurrent use.
+// Tokenizer encodes text to token ids and back. Create one with Load or Parse.
 type Tokenizer struct {
-	vocab      map[string]int
-	tokens     []string // id -> token string (byte-level alphabet, or raw text for added tokens)
-	added      map[int]bool
-	special    map[int]bool
-	addedList  []string // added token contents, longest first
-	merges     map[uint64]merge
-	byteToRune [256]rune
-	runeToByte map[rune]byte
-	byteID     [256]int // id of each single-byte token
-	mu         sync.Mutex
-	cache      map[string][]int
+	vocab        map[string]int // model vocabulary, byte-alphabet strings
+	tokens       []string       // id -> stored string (vocabulary entry or added token text)
+	addedByText  map[string]int // added token text -> id
+	special      map[int]bool   // ids of special added tokens
+	rawAdded     matcher        // added tokens matched on the raw text
+	normAdded    matcher        // added tokens matched on the normalised text
+	nfc          bool
+	ignoreMerges bool
+
+	byteRune [256]rune  // byte -> its character in the byte alphabet
+	byteID   [256]int32 // byte -> id of its single-byte token
+	merges   map[uint64]merge
+
+	decBytes []byte  // concatenated decoded bytes of every id
+	decOff   []int32 // id -> decBytes[decOff[id]:decOff[id+1]]
+
+	cache   wordCache
+	noCache bool // benchmarks: measure pre-tokenisation and BPE without the word cache
 }
 
+// merge is the result of merging a pair: its rank (lower merges first) and the merged token id.
 type merge struct{ rank, id int32 }
 
-// cacheLimit bounds the word cache; it is cleared when full.
-const cacheLimit = 1 << 16
-
-type tokenizerJSON struct {
-	AddedTokens []struct {
-		ID      int    `json:"id"`
-		Content string `json:"content"`
-		Special bool   `json:"special"`
-	} `json:"added_tokens"`
-	Normalizer   json.RawMessage `json:"normalizer"`
-	PreTokenizer json.RawMessage `json:"pre_tokenizer"`
-	Decoder      json.RawMessage `json:"decoder"`
-	Model        struct {
-		Type    string          `json:"type"`
-		Vocab   map[string]int  `json:"vocab"`
-		Merges  json.RawMessage `json:"merges"`
-		ByteFB  bool            `json:"byte_fallback"`
-		Dropout *float64        `json:"dropout"`
-	} `json:"model"`
-}
-
-// qwenPattern is the only Split pattern supported (implemented by split.go).
-const qwenPattern = `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`
-
-// Load reads a tokenizer.json.
-func Load(path string) (*Tokenizer, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	t, err := Parse(data)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return t, nil
-}
-
-// Parse builds a tokenizer from tokenizer.json bytes.
-func Parse(data []byte) (*Tokenizer, error) {
-	var j tokenizerJSON
-	if err := json.Unmarshal(data, &j); err != nil {
-		return nil, fmt.Errorf("tokenizer.json: %v", err)
-	}
-	if j.Model.Type != "BPE" {
-		return nil, fmt.Errorf("model.type %q is not supported (want BPE)", j.Model.Type)
-	}
-	if j.Model.ByteFB || (j.Model.Dropout != nil && *j.Model.Dropout != 0) {
-		return nil, fmt.Errorf("model: byte_fallback and dropout are not supported")
-	}
-	if err := checkComponents(j.Normalizer, j.PreTokenizer, j.Decoder); err != nil {
-		return nil, err
-	}
-	t := &Tokenizer{vocab: j.Model.Vocab, added: map[int]bool{}, special: map[int]bool{}, runeToByte: map[rune]byte{}, cache: map[string][]int{}}
-	maxID := -1
-	for s, id := range t.vocab {
-		if id < 0 {
-			return nil, fmt.Errorf("model.vocab: token %q has negative id %d", s, id)
-		}
-		maxID = max(maxID, id)
-	}
-	for _, a := range j.AddedTokens {
-		maxID = max(maxID, a.ID)
-	}
-	t.tokens = make([]string, maxID+1)
-	for s, id := range t.vocab {
-		t.tokens[id] = s
-	}
-	for _, a := range j.AddedTokens {
-		if a.Content == "" || a.ID < 0 {
-			return nil, fmt.Errorf("added_tokens: invalid token %q (id %d)", a.Content, a.ID)
-		}
-		t.tokens[a.ID] = a.Content
-		t.added[a.ID] = true
-		t.special[a.ID] = a.Special
-		t.addedList = append(t.addedList, a.Content)
-	}
-	sort.Slice(t.addedList, func(a, b int) bool { return len(t.addedList[a]) > len(t.addedList[b]) })
-	// GPT-2 byte alphabet: printable bytes map to themselves, the rest to U+0100 upwards.
-	n := 0
-	for b := 0; b < 256; b++ {
-		if (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF) {
-			t.byteToRune[b] = rune(b)
-		} else {
-			t.byteToRune[b] = rune(256 + n)
-			n++
-		}
-		t.runeToByte[t.byteToRune[b]] = byte(b)
-		id, ok := t.vocab[string(t.byteToRune[b])]
-		if !ok {
-			return nil, fmt.Errorf("model.vocab: byte %#02x (%q) has no token: not a byte-level vocabulary", b, t.byteToRune[b])
-		}
-		t.byteID[b] = id
-	}
-	merges, err := parseMerges(j.Model.Merges)
-	if err != nil {
-		return nil, err
-	}
-	t.merges = make(map[uint64]merge, len(merges))
-	for rank, m := range merges {
-		a, okA := t.vocab[m[0]]
-		b, okB := t.vocab[m[1]]
-		c, okC := t.vocab[m[0]+m[1]]
-		if !okA || !okB || !okC {
-			return nil, fmt.Errorf("model.merges[%d]: %q + %q refers to tokens not in the vocabulary", rank, m[0], m[1])
-		}
-		key := uint64(a)<<32 | uint64(b)
-		if _, dup := t.merges[key]; !dup {
-			t.merges[key] = merge{int32(rank), int32(c)}
-		}
-	}
-	return t, nil
-}
-
-func parseMerges(raw json.RawMessage) ([][2]string, error) {
-	var pairs [][2]string
-	if err := json.Unmarshal(raw, &pairs); err == nil {
-		return pairs, nil
-	}
-	var strs []string
-	if err := json.Unmarshal(raw, &strs); err != nil {
-		return nil, fmt.Errorf("model.merges: want [\"a b\", …] or [[a, b], …]: %v", err)
-	}
-	pairs = make([][2]string, len(strs))
-	for i, s := range strs {
-		a, b, ok := strings.Cut(s, " ")
-		if !ok {
-			return nil, fmt.Errorf("model.merges[%d]: %q is not \"a b\"", i, s)
-		}
-		pairs[i] = [2]string{a, b}
-	}
-	return pairs, nil
-}
-
-func checkComponents(normalizer, pre, dec json.RawMessage) error {
-	var n struct{ Type string }
-	if len(normalizer) > 0 && string(normalizer) != "null" {
-		json.Unmarshal(normalizer, &n)
-		if n.Type != "NFC" {
-			return fmt.Errorf("normalizer %q is not supported (want NFC or none)", n.Type)
-		}
-	}
-	var p struct {
-		Type          string
-		Pretokenizers []struct {
-			Type           string
-			Behavior       string
-			Invert         bool
-			Pattern        struct{ Regex string }
-			AddPrefixSpace bool `json:"add_prefix_space"`
-			UseRegex       bool `json:"use_regex"`
-		}
-	}
-	if err := json.Unmarshal(pre, &p); err != nil {
-		return fmt.Errorf("pre_tokenizer: %v", err)
-	}
-	ok := p.Type == "Sequence" && len(p.Pretokenizers) == 2 &&
-		p.Pretokenizers[0].Type == "Split" && p.Pretokenizers[0].Pattern.Regex == qwenPattern &&
-		p.Pretokenizers[0].Behavior == "Isolated" && !p.Pretokenizers[0].Invert &&
-		p.Pretokenizers[1].Type == "ByteLevel" && !p.Pretokenizers[1].AddPrefixSpace && !p.Pretokenizers[1].UseRegex
-	if !ok {
-		return fmt.Errorf("pre_tokenizer: only the Qwen2/Qwen3 Split pattern + ByteLevel sequence is supported")
-	}
-	var d struct{ Type string }
-	json.Unmarshal(dec, &d)
-	if d.Type != "ByteLevel" {
-		return fmt.Errorf("decoder %q is not supported (want ByteLevel)", d.Type)
-	}
-	return nil
-}
+func pairKey(a, b int32) uint64 { return uint64(uint32(a))<<32 | uint64(uint32(b)) }
 
 // VocabSize is the largest id plus one, added tokens included (151669 for Qwen3; the model's
 // embedding is padded to 151936 rows).
 func (t *Tokenizer) VocabSize() int { return len(t.tokens) }
 
-// TokenID returns the id of a token string (raw text for added tokens).
+// TokenID returns the id of a token given as stored: the text of an added token
+// ("<|im_end|>") or a vocabulary entry in the byte alphabet ("Ġthe" for " the").
 func (t *Tokenizer) TokenID(s string) (int, bool) {
-	for id := range t.added {
-		if t.tokens[id] == s {
-			return id, true
-		}
+	if id, ok := t.addedByText[s]; ok {
+		return id, true
 	}
 	id, ok := t.vocab[s]
 	return id, ok
 }
 
-// Token returns the stored string of id ("" when out of range).
+// Token returns the stored string of id (byte-alphabet form for vocabulary entries, text for
+// added tokens), or "" when id is unknown.
 func (t *Tokenizer) Token(id int) string {
 	if id < 0 || id >= len(t.tokens) {
 		return ""
@@ -235,153 +82,119 @@ func (t *Tokenizer) Token(id int) string {
 	return t.tokens[id]
 }
 
-// IsSpecial reports whether id is a special added token (<|im_end|>, …).
+// IsSpecial reports whether id is a special added token (<|endoftext|>, <|im_start|>, …).
+// Non-special added tokens such as <think> report false.
 func (t *Tokenizer) IsSpecial(id int) bool { return t.special[id] }
 
-// Encode tokenises text; added tokens in the text are matched first. No BOS is added.
+// Encode tokenises text. Added tokens (special and not) written in the text are matched first,
+// leftmost-longest, and become their ids; the rest is normalised, pre-tokenised and BPE-merged.
+// No BOS or EOS is added. Text that is not valid UTF-8 is encoded byte by byte where invalid.
 func (t *Tokenizer) Encode(text string) []int {
-	var out []int
+	return t.AppendEncode(make([]int, 0, len(text)/3+1), text)
+}
+
+// AppendEncode is Encode appending to dst.
+func (t *Tokenizer) AppendEncode(dst []int, text string) []int {
 	for len(text) > 0 {
-		pos, tok, id := t.nextAdded(text)
-		if pos < 0 {
-			return t.appendOrdinary(out, text)
+		at, n, id := t.rawAdded.find(text)
+		if n == 0 {
+			return t.appendNormalized(dst, text, true)
 		}
-		out = t.appendOrdinary(out, text[:pos])
-		out = append(out, id)
-		text = text[pos+len(tok):]
+		dst = t.appendNormalized(dst, text[:at], true)
+		dst = append(dst, id)
+		text = text[at+n:]
 	}
-	return out
+	return dst
 }
 
-// nextAdded finds the earliest added token in s (longest at that position).
-func (t *Tokenizer) nextAdded(s string) (int, string, int) {
-	best, bestTok := -1, ""
-	for _, a := range t.addedList {
-		if i := strings.Index(s, a); i >= 0 && (best < 0 || i < best || (i == best && len(a) > len(bestTok))) {
-			best, bestTok = i, a
-		}
-	}
-	if best < 0 {
-		return -1, "", 0
-	}
-	id, _ := t.TokenID(bestTok)
-	return best, bestTok, id
+// EncodeOrdinary tokenises text without matching any added token: "<|im_end|>" in the text is
+// encoded as the characters '<', '|', … . Use it for untrusted text that must not inject control
+// tokens.
+func (t *Tokenizer) EncodeOrdinary(text string) []int {
+	return t.appendNormalized(make([]int, 0, len(text)/3+1), text, false)
 }
 
-// EncodeOrdinary tokenises text without matching added tokens.
-func (t *Tokenizer) EncodeOrdinary(text string) []int { return t.appendOrdinary(nil, text) }
-
-func (t *Tokenizer) appendOrdinary(out []int, text string) []int {
+// appendNormalized normalises a piece between raw added tokens, cuts out normalised added tokens
+// (when matchAdded) and encodes the rest.
+func (t *Tokenizer) appendNormalized(dst []int, text string, matchAdded bool) []int {
 	if text == "" {
-		return out
+		return dst
 	}
-	text = norm.NFC.String(text)
-	for _, piece := range split(text) {
-		out = append(out, t.word(piece)...)
+	if t.nfc {
+		text = norm.NFC.String(text)
 	}
-	return out
-}
-
-// word returns the BPE ids of one pre-token, cached.
-func (t *Tokenizer) word(piece string) []int {
-	t.mu.Lock()
-	ids, ok := t.cache[piece]
-	t.mu.Unlock()
-	if ok {
-		return ids
-	}
-	ids = t.bpe(piece)
-	t.mu.Lock()
-	if len(t.cache) >= cacheLimit {
-		clear(t.cache)
-	}
-	t.cache[piece] = ids
-	t.mu.Unlock()
-	return ids
-}
-
-// bpe merges the bytes of piece by rank: repeatedly the leftmost pair of lowest rank.
-func (t *Tokenizer) bpe(piece string) []int {
-	syms := make([]int, len(piece))
-	for i := 0; i < len(piece); i++ {
-		syms[i] = t.byteID[piece[i]]
-	}
-	for len(syms) > 1 {
-		bestRank, bestAt := int32(-1), -1
-		var bestID int32
-		for i := 0; i+1 < len(syms); i++ {
-			if m, ok := t.merges[uint64(syms[i])<<32|uint64(syms[i+1])]; ok && (bestRank < 0 || m.rank < bestRank) {
-				bestRank, bestAt, bestID = m.rank, i, m.id
-			}
-		}
-		if bestAt < 0 {
+	for matchAdded && len(text) > 0 {
+		at, n, id := t.normAdded.find(text)
+		if n == 0 {
 			break
 		}
-		syms[bestAt] = int(bestID)
-		syms = append(syms[:bestAt+1], syms[bestAt+2:]...)
+		dst = t.appendPieces(dst, text[:at])
+		dst = append(dst, id)
+		text = text[at+n:]
 	}
-	return syms
+	return t.appendPieces(dst, text)
 }
 
-// Decode turns ids into text. Added tokens decode to their content; unknown ids to U+FFFD;
-// invalid UTF-8 produced by byte tokens is replaced by U+FFFD, as the tokenizers library does.
-func (t *Tokenizer) Decode(ids []int) string {
-	b := t.appendBytes(nil, ids)
-	return strings.ToValidUTF8(string(b), "\uFFFD")
-}
-
-func (t *Tokenizer) appendBytes(b []byte, ids []int) []byte {
-	for _, id := range ids {
-		if id < 0 || id >= len(t.tokens) || t.tokens[id] == "" {
-			b = append(b, "\uFFFD"...)
-			continue
-		}
-		if t.added[id] {
-			b = append(b, t.tokens[id]...)
-			continue
-		}
-		for _, r := range t.tokens[id] {
-			if c, ok := t.runeToByte[r]; ok {
-				b = append(b, c)
-			} else {
-				b = utf8.AppendRune(b, r)
-			}
-		}
+// appendPieces pre-tokenises normalised text and appends each pre-token's BPE ids.
+func (t *Tokenizer) appendPieces(dst []int, text string) []int {
+	for i := 0; i < len(text); {
+		j := nextPiece(text, i)
+		dst = t.appendWord(dst, text[i:j])
+		i = j
 	}
-	return b
+	return dst
 }
 
-// Decoder decodes a stream of ids incrementally, emitting only complete UTF-8.
-type Decoder struct {
-	t       *Tokenizer
-	pending []byte
-}
-
-// NewDecoder starts an incremental decoder.
-func (t *Tokenizer) NewDecoder() *Decoder { return &Decoder{t: t} }
-
-// Push adds one id and returns the text that is now complete (possibly "").
-func (d *Decoder) Push(id int) string {
-	d.pending = d.t.appendBytes(d.pending, []int{id})
-	// Hold back an incomplete UTF-8 sequence at the end (at most 3 bytes).
-	cut := len(d.pending)
-	for k := 1; k <= 3 && k <= len(d.pending); k++ {
-		c := d.pending[len(d.pending)-k]
-		if c&0xC0 != 0x80 { // a lead byte or ASCII
-			if c >= 0xC0 && !utf8.FullRune(d.pending[len(d.pending)-k:]) {
-				cut = len(d.pending) - k
-			}
-			break
-		}
+// Pretokenize returns the pre-tokens of text as the tokenizer sees them (after NFC, without
+// added-token matching); a debugging aid.
+func (t *Tokenizer) Pretokenize(text string) []string {
+	if t.nfc {
+		text = norm.NFC.String(text)
 	}
-	out := strings.ToValidUTF8(string(d.pending[:cut]), "\uFFFD")
-	d.pending = append(d.pending[:0], d.pending[cut:]...)
+	var out []string
+	for i := 0; i < len(text); {
+		j := nextPiece(text, i)
+		out = append(out, text[i:j])
+		i = j
+	}
 	return out
 }
 
-// Flush returns whatever is held back (as U+FFFD when incomplete).
-func (d *Decoder) Flush() string {
-	out := strings.ToValidUTF8(string(d.pending), "\uFFFD")
-	d.pending = d.pending[:0]
-	return out
+// wordCache maps pre-tokens to their ids. It is cleared when it reaches cacheLimit entries.
+type wordCache struct {
+	mu sync.RWMutex
+	m  map[string][]int
+}
+
+const (
+	cacheLimit   = 1 << 16
+	cacheMaxWord = 256 // longer pre-tokens are not cached (as in the tokenizers library)
+)
+
+// appendWord appends the ids of one pre-token.
+func (t *Tokenizer) appendWord(dst []int, w string) []int {
+	if len(w) == 1 {
+		return append(dst, int(t.byteID[w[0]]))
+	}
+	cached := len(w) <= cacheMaxWord && !t.noCache
+	if cached {
+		t.cache.mu.RLock()
+		ids, ok := t.cache.m[w]
+		t.cache.mu.RUnlock()
+		if ok {
+			return append(dst, ids...)
+		}
+	}
+	n := len(dst)
+	dst = t.bpe(dst, w)
+	if cached {
+		ids := append([]int(nil), dst[n:]...)
+		t.cache.mu.Lock()
+		if len(t.cache.m) >= cacheLimit {
+			clear(t.cache.m)
+		}
+		t.cache.m[strings.Clone(w)] = ids
+		t.cache.mu.Unlock()
+	}
+	return dst
 }
