@@ -130,6 +130,7 @@ type OverBudget struct {
 	Budget   int64
 }
 
+// Error reports the request, the bytes in use and the budget.
 func (e *OverBudget) Error() string {
 	return fmt.Sprintf("out of memory budget: %s for %s with %s of %s in use", Human(e.Request), e.Category, Human(e.InUse), Human(e.Budget))
 }

@@ -770,3 +770,33 @@ func TestHFParity(t *testing.T) {
 		})
 	}
 }
+
+// TestModelOptExtras: a ModelOpt export with W4A4 input_scale and FP8 KV k_scale/v_scale
+// tensors loads, ignoring them, with the same logits.
+func TestModelOptExtras(t *testing.T) {
+	m := newTiny(t, true, NVFP4)
+	dir := t.TempDir()
+	if err := m.Save(dir, SaveOptions{Format: NVFP4}); err != nil {
+		t.Fatal(err)
+	}
+	src, _ := format.Open(dir)
+	var ts []*tensor.Host
+	format.Stream(src, func(h *tensor.Host) error { ts = append(ts, h); return nil }, nil)
+	src.Close()
+	one, _ := tensor.FromFloat32s("", tensor.F32, []int{}, []float32{0.5})
+	for _, name := range []string{"model.layers.0.self_attn.q_proj.input_scale", "model.layers.1.mlp.down_proj.input_scale",
+		"model.layers.0.self_attn.k_proj.k_scale", "model.layers.0.self_attn.v_proj.v_scale"} {
+		c := *one
+		c.Name = name
+		ts = append(ts, &c)
+	}
+	if err := format.WriteSafetensors(filepath.Join(dir, "model.safetensors"), ts, nil); err != nil {
+		t.Fatal(err)
+	}
+	back := loadDir(t, dir, KeepStored)
+	ids := []int{4, 8, 15, 16, 23, 42}
+	want := forward(t, m, ids, nil, LogitsAll)
+	if e := rowsRelErr(forward(t, back, ids, nil, LogitsAll).Data, want.Data, want.Vocab); e > 0.01 {
+		t.Fatalf("reloaded with extra scales: relative error %.3g", e)
+	}
+}

@@ -67,10 +67,13 @@ type randomSource struct {
 	infos []format.TensorInfo
 }
 
+// Tensors implements format.Source.
 func (r *randomSource) Tensors() []format.TensorInfo { return r.infos }
 
+// Close implements format.Source.
 func (r *randomSource) Close() error { return nil }
 
+// Read implements format.Source: the tensor is generated from the seed and its name.
 func (r *randomSource) Read(name string) (*tensor.Host, error) {
 	i := sort.Search(len(r.infos), func(i int) bool { return r.infos[i].Name >= name })
 	if i == len(r.infos) || r.infos[i].Name != name {
