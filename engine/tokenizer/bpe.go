@@ -6,9 +6,11 @@ import (
 )
 
 // heapThreshold is the word length (bytes) from which bpe uses a heap instead of rescanning the
-// pair ranks after every merge. Rescanning is O(n²) but has no allocation and a tiny constant;
-// the heap is O(n log n). A variable so that tests can force either path.
-var heapThreshold = 128
+// pair ranks after every merge. Rescanning is O(n²) but allocation-free with a tiny constant, and
+// measured faster than the heap up to 256 bytes on English and mixed text; the heap, O(n log n),
+// keeps pathological inputs (a megabyte without a space) linear-ish. A variable so that tests can
+// force either path.
+var heapThreshold = 384
 
 const noRank = math.MaxInt32
 
@@ -69,7 +71,7 @@ func (t *Tokenizer) bpe(dst []int, w string) []int {
 
 // pair returns the merge rank and merged id of (a, b), or noRank.
 func (t *Tokenizer) pair(a, b int32) (int32, int32) {
-	if m, ok := t.merges[pairKey(a, b)]; ok {
+	if m, ok := t.merges.get(a, b); ok {
 		return m.rank, m.id
 	}
 	return noRank, 0

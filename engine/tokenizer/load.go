@@ -21,7 +21,7 @@ type fileJSON struct {
 	Normalizer    json.RawMessage `json:"normalizer"`
 	PreTokenizer  json.RawMessage `json:"pre_tokenizer"`
 	Decoder       json.RawMessage `json:"decoder"`
-	Model         json.RawMessage `json:"model"`
+	Model         *modelJSON      `json:"model"`
 	PostProcessor json.RawMessage `json:"post_processor"`
 }
 
@@ -71,13 +71,10 @@ func Parse(data []byte) (*Tokenizer, error) {
 	if err := json.Unmarshal(data, &f); err != nil {
 		return nil, fmt.Errorf("not a tokenizer.json: %v", err)
 	}
-	if len(f.Model) == 0 || string(f.Model) == "null" {
+	if f.Model == nil {
 		return nil, fmt.Errorf("model: missing")
 	}
-	var m modelJSON
-	if err := json.Unmarshal(f.Model, &m); err != nil {
-		return nil, fmt.Errorf("model: %v", err)
-	}
+	m := *f.Model
 	if m.Type != "BPE" {
 		return nil, fmt.Errorf("model.type %q is not supported (want BPE)", m.Type)
 	}
@@ -216,31 +213,29 @@ const maxTokenID = 1<<24 - 1
 // loadMerges fills t.merges from model.merges ("a b" strings or [a, b] pairs). A pair listed twice
 // keeps its last rank, as the tokenizers library's map does.
 func (t *Tokenizer) loadMerges(raw json.RawMessage) error {
-	var items []json.RawMessage
-	if err := json.Unmarshal(raw, &items); err != nil {
-		return fmt.Errorf("model.merges: want a list: %v", err)
-	}
-	t.merges = make(map[uint64]merge, len(items))
-	for rank, it := range items {
-		var a, b string
-		it = bytes.TrimSpace(it)
-		if len(it) > 0 && it[0] == '"' {
-			var s string
-			if err := json.Unmarshal(it, &s); err != nil {
-				return fmt.Errorf("model.merges[%d]: %v", rank, err)
-			}
-			parts := strings.Split(s, " ")
-			if len(parts) != 2 {
-				return fmt.Errorf("model.merges[%d]: %q is not \"a b\"", rank, s)
-			}
-			a, b = parts[0], parts[1]
-		} else {
-			var pair []string
-			if err := json.Unmarshal(it, &pair); err != nil || len(pair) != 2 {
-				return fmt.Errorf("model.merges[%d]: %s is not \"a b\" or [\"a\", \"b\"]", rank, it)
-			}
-			a, b = pair[0], pair[1]
+	var pairs [][]string
+	body := bytes.TrimLeft(bytes.TrimPrefix(bytes.TrimSpace(raw), []byte("[")), " \t\r\n")
+	if len(body) > 0 && body[0] == '"' {
+		var strs []string
+		if err := json.Unmarshal(raw, &strs); err != nil {
+			return fmt.Errorf("model.merges: want [\"a b\", …] or [[\"a\", \"b\"], …]: %v", err)
 		}
+		pairs = make([][]string, len(strs))
+		for i, s := range strs {
+			pairs[i] = strings.Split(s, " ")
+			if len(pairs[i]) != 2 {
+				return fmt.Errorf("model.merges[%d]: %q is not \"a b\"", i, s)
+			}
+		}
+	} else if err := json.Unmarshal(raw, &pairs); err != nil {
+		return fmt.Errorf("model.merges: want [\"a b\", …] or [[\"a\", \"b\"], …]: %v", err)
+	}
+	t.merges = newMergeTable(len(pairs))
+	for rank, p := range pairs {
+		if len(p) != 2 {
+			return fmt.Errorf("model.merges[%d]: %q is not a pair", rank, p)
+		}
+		a, b := p[0], p[1]
 		ia, okA := t.vocab[a]
 		ib, okB := t.vocab[b]
 		ic, okC := t.vocab[a+b]
@@ -252,7 +247,7 @@ func (t *Tokenizer) loadMerges(raw json.RawMessage) error {
 		case !okC:
 			return fmt.Errorf("model.merges[%d]: merged token %q is not in the vocabulary", rank, a+b)
 		}
-		t.merges[pairKey(int32(ia), int32(ib))] = merge{int32(rank), int32(ic)}
+		t.merges.put(int32(ia), int32(ib), merge{int32(rank), int32(ic)})
 	}
 	return nil
 }

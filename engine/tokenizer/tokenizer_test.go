@@ -355,3 +355,26 @@ func FuzzRoundTrip(f *testing.F) {
 		}
 	})
 }
+
+// TestDuplicateMergeKeepsLastRank: the tokenizers library builds its merge map by inserting in
+// order, so a pair listed twice ends with its later rank.
+func TestDuplicateMergeKeepsLastRank(t *testing.T) {
+	for _, c := range []struct {
+		merges []any
+		want   []string
+	}{
+		{[]any{[]string{"a", "b"}, []string{"b", "c"}}, []string{"ab", "c"}},
+		{[]any{[]string{"a", "b"}, []string{"b", "c"}, []string{"a", "b"}}, []string{"a", "bc"}},
+	} {
+		tk, err := Parse(tinyJSON(t, false, func(j map[string]any) { j["model"].(map[string]any)["merges"] = c.merges }))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := tokens(tk, tk.Encode("abc")); !reflect.DeepEqual(got, c.want) {
+			t.Errorf("merges %v: %q, want %q", c.merges, got, c.want)
+		}
+		if tk.merges.len() != 2 {
+			t.Errorf("merges %v: %d distinct pairs, want 2", c.merges, tk.merges.len())
+		}
+	}
+}
