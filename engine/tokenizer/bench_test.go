@@ -56,6 +56,24 @@ func BenchmarkEncode(b *testing.B) {
 	}
 }
 
+// BenchmarkEncodeParallel encodes the English text from GOMAXPROCS goroutines (cache shared).
+func BenchmarkEncodeParallel(b *testing.B) {
+	tk := loadQwen(b)
+	text, ok := benchTexts(b)["english"]
+	if !ok {
+		b.Skip("no go_spec.html")
+	}
+	n := len(tk.Encode(text))
+	b.SetBytes(int64(len(text)))
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			tk.Encode(text)
+		}
+	})
+	b.ReportMetric(float64(n)*float64(b.N)/b.Elapsed().Seconds(), "tokens/s")
+}
+
 // BenchmarkSplit compares the hand-written pre-tokenizer with the regexp2 pattern.
 func BenchmarkSplit(b *testing.B) {
 	texts := benchTexts(b)

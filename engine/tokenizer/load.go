@@ -203,7 +203,7 @@ func Parse(data []byte) (*Tokenizer, error) {
 	}
 	t.decOff[len(t.tokens)] = int32(len(buf))
 	t.decBytes = buf
-	t.cache.m = map[string][]int{}
+	t.cache = newWordCache()
 	return t, nil
 }
 

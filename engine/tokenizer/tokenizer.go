@@ -17,7 +17,8 @@
 //     by BPE: repeatedly the adjacent pair of lowest merge rank, leftmost first. Merge ranks live
 //     in an open-addressing hash table from a pair of token ids to (rank, merged id), so no
 //     strings are built while merging; very long words use a heap instead of rescanning. Results
-//     are cached per pre-token (up to 256 bytes, 65536 entries, cleared when full).
+//     are cached per pre-token of up to 256 bytes, in a lock-free direct-mapped table of
+//     65536 slots.
 //
 // Decoding maps tokens back to bytes (ByteLevel decoder) and replaces invalid UTF-8 as Rust's
 // String::from_utf8_lossy does; Decoder does the same incrementally for streaming, holding back
@@ -29,8 +30,9 @@
 package tokenizer
 
 import (
+	"hash/maphash"
 	"strings"
-	"sync"
+	"sync/atomic"
 
 	"golang.org/x/text/unicode/norm"
 )
@@ -163,41 +165,42 @@ func (t *Tokenizer) Pretokenize(text string) []string {
 	return out
 }
 
-// wordCache maps pre-tokens to their ids. It is cleared when it reaches cacheLimit entries.
+// wordCache maps pre-tokens to their ids: a direct-mapped table of atomic pointers indexed by a
+// hash of the word, so lookups take no lock and goroutines encoding in parallel do not contend.
+// A colliding word replaces the previous one.
 type wordCache struct {
-	mu sync.RWMutex
-	m  map[string][]int
+	seed  maphash.Seed
+	slots []atomic.Pointer[cacheEntry]
+}
+
+type cacheEntry struct {
+	word string
+	ids  []int
 }
 
 const (
-	cacheLimit   = 1 << 16
+	cacheSlots   = 1 << 16
 	cacheMaxWord = 256 // longer pre-tokens are not cached (as in the tokenizers library)
 )
+
+func newWordCache() wordCache {
+	return wordCache{seed: maphash.MakeSeed(), slots: make([]atomic.Pointer[cacheEntry], cacheSlots)}
+}
 
 // appendWord appends the ids of one pre-token.
 func (t *Tokenizer) appendWord(dst []int, w string) []int {
 	if len(w) == 1 {
 		return append(dst, int(t.byteID[w[0]]))
 	}
-	cached := len(w) <= cacheMaxWord && !t.noCache
-	if cached {
-		t.cache.mu.RLock()
-		ids, ok := t.cache.m[w]
-		t.cache.mu.RUnlock()
-		if ok {
-			return append(dst, ids...)
-		}
+	if len(w) > cacheMaxWord || t.noCache {
+		return t.bpe(dst, w)
+	}
+	slot := &t.cache.slots[maphash.String(t.cache.seed, w)&(cacheSlots-1)]
+	if e := slot.Load(); e != nil && e.word == w {
+		return append(dst, e.ids...)
 	}
 	n := len(dst)
 	dst = t.bpe(dst, w)
-	if cached {
-		ids := append([]int(nil), dst[n:]...)
-		t.cache.mu.Lock()
-		if len(t.cache.m) >= cacheLimit {
-			clear(t.cache.m)
-		}
-		t.cache.m[strings.Clone(w)] = ids
-		t.cache.mu.Unlock()
-	}
+	slot.Store(&cacheEntry{strings.Clone(w), append([]int(nil), dst[n:]...)})
 	return dst
 }
