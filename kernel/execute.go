@@ -67,7 +67,16 @@ func (k *Kernel) handleExecute(ch *wire.Channel, m *wire.Message) {
 	if !silent {
 		k.publish(m, "execute_input", map[string]any{"code": req.Code, "execution_count": k.count})
 	}
-	k.setParent(m, silent)
+	k.parentMu.Lock()
+	prevParent := k.parent
+	k.parentMu.Unlock()
+	if silent {
+		// Captured output of a silent cell is dropped; afterwards it goes
+		// to the last visible cell again.
+		k.setParent(prevParent, true)
+	} else {
+		k.setParent(m, false)
+	}
 
 	started := time.Now()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -86,10 +95,7 @@ func (k *Kernel) handleExecute(ch *wire.Channel, m *wire.Message) {
 	wall := time.Since(started)
 	k.flushOutput()
 	if silent {
-		// Output of background goroutines goes to the last visible cell.
-		k.parentMu.Lock()
-		k.discard = false
-		k.parentMu.Unlock()
+		k.setParent(prevParent, false)
 	}
 
 	md := map[string]any{

@@ -507,3 +507,37 @@ func TestTCPUnsignedAndHeartbeat(t *testing.T) {
 		t.Errorf("client saw routing frames %q", rep.Identities)
 	}
 }
+
+func TestSilentCellCapturedOutputDropped(t *testing.T) {
+	h := start(t, nil)
+	visible := h.c.send(h.c.shell, "execute_request", map[string]any{"code": "print v"})
+	h.c.reply(visible, h.c.shellCh, 5*time.Second)
+	h.c.untilIdle(visible, 5*time.Second)
+	_, io := h.c.execute(map[string]any{"code": "captured hidden", "silent": true})
+	if out, _ := streamText(io, "stdout"); out != "" {
+		t.Fatalf("silent cell published %q", out)
+	}
+	// Output captured afterwards (a background goroutine) goes to the last
+	// visible cell, not to the silent one.
+	h.k.CapturedOutput("stdout", []byte("background\n"))
+	deadline := time.After(2 * time.Second)
+	for {
+		select {
+		case m := <-h.c.iopubCh:
+			if m.Header.MsgType != "stream" {
+				continue
+			}
+			if content(m)["text"] == "hidden\n" {
+				t.Fatal("silent output leaked")
+			}
+			if content(m)["text"] == "background\n" {
+				if m.ParentHeader().MsgID != visible.Header.MsgID {
+					t.Fatalf("background output attributed to %s", m.ParentHeader().MsgType)
+				}
+				return
+			}
+		case <-deadline:
+			t.Fatal("background output lost")
+		}
+	}
+}
