@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log"
 	"net"
+	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -61,8 +63,9 @@ type Sockets struct {
 	Shell, Control, Stdin, IOPub *Channel
 	HB                           zmq4.Socket
 
-	ctx    context.Context
-	cancel context.CancelFunc
+	ctx      context.Context
+	cancel   context.CancelFunc
+	ipcPaths []string
 }
 
 // Listen binds the five sockets described by ci. Ports that are 0 (tcp) are
@@ -89,8 +92,11 @@ func Listen(ctx context.Context, ci *ConnectionInfo, sess *Session, logger *log.
 	bind := func(name string, sock zmq4.Socket, port *int) error {
 		opened = append(opened, sock)
 		ep := ci.Endpoint(*port)
-		if err := sock.Listen(ep); err != nil {
+		if err := sock.Listen(guardedEndpoint(ep)); err != nil {
 			return fmt.Errorf("%s: listen %s: %w", name, ep, err)
+		}
+		if ci.Transport == "ipc" {
+			s.ipcPaths = append(s.ipcPaths, strings.TrimPrefix(ep, "ipc://"))
 		}
 		if *port == 0 {
 			if a, ok := sock.Addr().(*net.TCPAddr); ok {
@@ -142,7 +148,7 @@ func (s *Sockets) Heartbeat() {
 
 func (s *Sockets) closed() bool { return s.ctx.Err() != nil }
 
-// Close closes all sockets (and removes ipc socket files).
+// Close closes all sockets and removes ipc socket files.
 func (s *Sockets) Close() error {
 	s.cancel()
 	var first error
@@ -150,6 +156,9 @@ func (s *Sockets) Close() error {
 		if err := c.Close(); err != nil && first == nil {
 			first = err
 		}
+	}
+	for _, path := range s.ipcPaths {
+		os.Remove(path)
 	}
 	return first
 }
