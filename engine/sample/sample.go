@@ -5,17 +5,22 @@
 // one draw from what is left. Temperature 0 is greedy decoding (penalties still apply).
 //
 // Design points:
-//   - The caller's logits are never modified: a Sampler copies the row into its own buffer,
-//     and every buffer it needs is allocated by New (or grown once if a longer row arrives),
-//     so Sample does not allocate in steady state.
-//   - NaN logits are treated as -Inf and are never selected. A row with no finite value falls
-//     back to the first +Inf entry if there is one, else to token 0; Sample never panics.
+//   - The caller's logits are never modified: with a penalty on, the row is copied into the
+//     Sampler's buffer first. Every buffer is allocated by New (or grown once if a longer row
+//     arrives), so Sample does not allocate in steady state.
+//   - NaN logits count as -Inf and are never selected. A row with nothing above -Inf gives
+//     token 0; a +Inf logit is taken outright. Sample never panics.
 //   - top-p always keeps the most likely token (the seed project's top-p could remove every
-//     token). Kept tokens are the shortest most-likely-first prefix whose mass reaches p.
+//     token): kept tokens are the shortest most-likely-first prefix whose mass reaches p.
 //   - top-k keeps exactly k tokens (ties at the k-th value go to the lower id; transformers
-//     keeps every token tied with the k-th). Selection uses a size-k heap, top-p collects
-//     candidates above a probability threshold before sorting them, and min-p is a threshold
-//     on exp((l-max)/T); none of these sorts the whole vocabulary in the usual case.
+//     keeps every token tied with the k-th).
+//   - Nothing sorts the vocabulary: top-k uses a size-k heap; top-p sums the row once (also
+//     collecting the tokens with probability >= 1/256 of the top one), then finds its prefix
+//     by a quickselect on mass among candidates above a threshold that it lowers only when
+//     their mass falls short of p; min-p is a threshold on the logits; plain temperature
+//     draws by inverse CDF over per-256-token block sums. exp is an inlined float32
+//     table-and-polynomial version (relative error < 2e-7), several times faster than
+//     math.Exp; tokens below e^-87 of the top one (float32 underflow) get probability 0.
 //   - Random numbers come from math/rand/v2's PCG seeded with Params.Seed: the same seed, the
 //     same rows and the same histories give the same tokens. Exactly one number is drawn per
 //     sampled (non-greedy) call.
