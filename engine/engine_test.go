@@ -1,0 +1,138 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/qwengo/qwengo/engine/format"
+	"github.com/qwengo/qwengo/engine/grad"
+	"github.com/qwengo/qwengo/engine/qwen3"
+	"github.com/qwengo/qwengo/engine/tensor"
+)
+
+func readInts(t *testing.T, src format.Source, name string) []int {
+	h, err := src.Read(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make([]int, h.Numel())
+	for i := range out {
+		var v int64
+		for j := 0; j < 8; j++ {
+			v |= int64(h.Data[8*i+j]) << (8 * j)
+		}
+		out[i] = int(v)
+	}
+	return out
+}
+
+// TestGreedyMatchesTransformers drives the façade on the tiny checkpoint: 64 greedy tokens
+// equal Hugging Face's, with and without the KV cache.
+func TestGreedyMatchesTransformers(t *testing.T) {
+	dir := filepath.Join("qwen3", "testdata", "tiny-untied")
+	m, err := LoadWith(dir, LoadOptions{Tokenizer: "-"})
+	if err == nil {
+		t.Fatal("a missing tokenizer path was accepted")
+	}
+	m, err = Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	ref, _ := format.Open(filepath.Join(dir, "reference.safetensors"))
+	defer ref.Close()
+	prompt, want := readInts(t, ref, "greedy_prompt"), readInts(t, ref, "greedy_ids")
+	for _, noCache := range []bool{false, true} {
+		g, err := m.GenerateIDs(prompt, GenerateOptions{MaxTokens: 64, NoKVCache: noCache})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range want {
+			if g.IDs[i] != want[i] {
+				t.Fatalf("no-kv-cache=%v: token %d is %d, transformers %d", noCache, i, g.IDs[i], want[i])
+			}
+		}
+	}
+	if mem := Memory(); mem.InUse[0] <= 0 {
+		t.Fatalf("weights not accounted: %+v", mem)
+	}
+	if !strings.Contains(m.String(), "2 layers") {
+		t.Fatalf("%s", m)
+	}
+}
+
+func qwenVocabModel(t *testing.T) string {
+	if _, err := os.Stat(DefaultTokenizerPath()); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("tokenizer missing at %s", DefaultTokenizerPath())
+		}
+		t.Skip("no tokenizer: run `make tokenizer`")
+	}
+	cfg, err := qwen3.ParseConfig([]byte(`{"model_type":"qwen3","hidden_size":32,"intermediate_size":64,"num_hidden_layers":2,
+		"num_attention_heads":2,"num_key_value_heads":1,"head_dim":16,"vocab_size":151936,"tie_word_embeddings":true,
+		"max_position_embeddings":1024,"eos_token_id":151645}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, _ := grad.New(cfg)
+	r := rand.New(rand.NewPCG(3, 4))
+	for _, p := range g.Params {
+		for i := range p.W {
+			if p.Rows == 1 {
+				p.W[i] = 1
+			} else {
+				p.W[i] = float32(r.NormFloat64() * 0.1)
+			}
+		}
+	}
+	dir := t.TempDir()
+	if err := g.SaveSafetensors(dir, tensor.BF16); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+func TestTextGenerateChatAndInterrupt(t *testing.T) {
+	m, err := Load(qwenVocabModel(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	var streamed strings.Builder
+	g, err := m.Generate("你是誰", GenerateOptions{Chat: true, MaxTokens: 8, Temperature: 0.8, Seed: 1, Stream: func(s string) { streamed.WriteString(s) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if streamed.String() != g.Text || g.PrefillTokens == 0 || len(g.IDs) == 0 {
+		t.Fatalf("%+v / streamed %q", g, streamed.String())
+	}
+	c, err := m.NewChat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Options.MaxTokens = 4
+	if _, err := c.Send("hi"); err != nil {
+		t.Fatal(err)
+	}
+	first := c.Last().PrefillTokens
+	if _, err := c.Send("again"); err != nil {
+		t.Fatal(err)
+	}
+	if c.Last().PrefillTokens >= first+8 || len(c.History()) != 4 {
+		t.Fatalf("second turn prefilled %d tokens (first %d)", c.Last().PrefillTokens, first)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	old := CurrentContext
+	CurrentContext = func() context.Context { return ctx }
+	defer func() { CurrentContext = old }()
+	if _, err := m.Generate("x", GenerateOptions{MaxTokens: 100}); !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled generation: %v", err)
+	}
+}
