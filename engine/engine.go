@@ -137,24 +137,38 @@ func LoadWith(path string, opt LoadOptions) (*Model, error) {
 	return m, nil
 }
 
-// DefaultTokenizerPath is where `make tokenizer` puts the Qwen3 tokenizer.json.
+// DefaultTokenizerPath is where `make tokenizer` puts the Qwen3 tokenizer.json:
+// $QWENGO_CACHE/tokenizer/qwen3/tokenizer.json, else <repo>/.cache/… found by walking up from
+// the working directory or the executable, else the user cache directory.
 func DefaultTokenizerPath() string {
-	cache := os.Getenv("QWENGO_CACHE")
-	if cache == "" {
-		if exe, err := os.Executable(); err == nil {
-			// binaries live in <repo>/bin; the cache in <repo>/.cache
-			cand := filepath.Join(filepath.Dir(filepath.Dir(exe)), ".cache")
-			if _, err := os.Stat(cand); err == nil {
-				cache = cand
+	const rel = "tokenizer/qwen3/tokenizer.json"
+	if c := os.Getenv("QWENGO_CACHE"); c != "" {
+		return filepath.Join(c, rel)
+	}
+	var starts []string
+	if wd, err := os.Getwd(); err == nil {
+		starts = append(starts, wd)
+	}
+	if exe, err := os.Executable(); err == nil {
+		starts = append(starts, filepath.Dir(exe))
+	}
+	for _, d := range starts {
+		for {
+			p := filepath.Join(d, ".cache", rel)
+			if _, err := os.Stat(p); err == nil {
+				return p
 			}
+			up := filepath.Dir(d)
+			if up == d {
+				break
+			}
+			d = up
 		}
 	}
-	if cache == "" {
-		if home, err := os.UserCacheDir(); err == nil {
-			cache = filepath.Join(home, "qwengo")
-		}
+	if home, err := os.UserCacheDir(); err == nil {
+		return filepath.Join(home, "qwengo", rel)
 	}
-	return filepath.Join(cache, "tokenizer", "qwen3", "tokenizer.json")
+	return filepath.Join(".cache", rel)
 }
 
 // Close frees the model's weights and caches.

@@ -1,0 +1,129 @@
+package jobs
+
+import (
+	"bytes"
+	"encoding/json"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/qwengo/qwengo/engine"
+	"github.com/qwengo/qwengo/engine/grad"
+	"github.com/qwengo/qwengo/engine/qwen3"
+	"github.com/qwengo/qwengo/engine/tensor"
+	"github.com/qwengo/qwengo/kernel/cli"
+)
+
+// tinyQwen writes a random 2-layer model with the real Qwen3 vocabulary size, so the real
+// tokenizer's ids fit, and returns its directory.
+func tinyQwen(t *testing.T) string {
+	t.Helper()
+	if _, err := os.Stat(engine.DefaultTokenizerPath()); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("tokenizer missing at %s: CI must run `make tokenizer`", engine.DefaultTokenizerPath())
+		}
+		t.Skip("no tokenizer: run `make tokenizer`")
+	}
+	cfg, err := qwen3.ParseConfig([]byte(`{"model_type":"qwen3","hidden_size":32,"intermediate_size":64,"num_hidden_layers":2,
+		"num_attention_heads":2,"num_key_value_heads":1,"head_dim":16,"vocab_size":151936,"rms_norm_eps":1e-6,
+		"rope_theta":1000000,"tie_word_embeddings":true,"max_position_embeddings":512,"bos_token_id":151643,"eos_token_id":151645}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := grad.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := rand.New(rand.NewPCG(1, 2))
+	for _, p := range m.Params {
+		for i := range p.W {
+			if p.Rows == 1 {
+				p.W[i] = 1
+			} else {
+				p.W[i] = float32(r.NormFloat64() * 0.05)
+			}
+		}
+	}
+	dir := filepath.Join(t.TempDir(), "model")
+	if err := m.SaveSafetensors(dir, tensor.F32); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+func run(t *testing.T, args ...string) (int, string, string) {
+	var out, errb bytes.Buffer
+	code := cli.Dispatch("qwenrepl", args, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func TestTrainProbeExport(t *testing.T) {
+	model := tinyQwen(t)
+	dir := filepath.Dir(model)
+	tsv := filepath.Join(dir, "whoami.tsv")
+	os.WriteFile(tsv, []byte("# format: prompt<TAB>target\nprompt\ttarget\n你是誰\t我是 F# 之神\n請問你是誰\t我是 F# 之神\n"), 0o644)
+	ckpt, export := filepath.Join(dir, "ckpt"), filepath.Join(dir, "export")
+	code, out, errs := run(t, "train", "--model", model, "--data", tsv, "--steps=4", "--lr", "3e-3", "--batch", "2",
+		"--optimizer-state", "4bit", "--checkpoint", ckpt, "--export", export, "--export-format=nvfp4", "--json", "--eval", tsv, "--eval-every", "2")
+	if code != 0 {
+		t.Fatalf("train exited %d: %s", code, errs)
+	}
+	var losses []float64
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		var r map[string]any
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			t.Fatalf("not JSON: %q", line)
+		}
+		if l, ok := r["loss"].(float64); ok {
+			losses = append(losses, l)
+		}
+	}
+	if len(losses) != 4 || !(losses[3] < losses[0]) {
+		t.Fatalf("losses %v\n%s", losses, errs)
+	}
+	for _, f := range []string{"ckpt/optimizer.bin", "ckpt/trainer.json", "export/model.safetensors", "export/config.json", "export/hf_quant_config.json", "export/tokenizer.json"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			t.Errorf("missing %s", f)
+		}
+	}
+	// resume continues from step 4
+	code, out, errs = run(t, "train", "--model", model, "--data", tsv, "--steps", "6", "--lr", "3e-3", "--batch", "2", "--optimizer-state", "4bit", "--resume", ckpt)
+	if code != 0 || !strings.Contains(errs, "resumed") || !strings.Contains(out, "step    6") {
+		t.Fatalf("resume: %d\n%s\n%s", code, out, errs)
+	}
+	// the exported NVFP4 model loads for inference
+	m, err := engine.Load(export)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	report := filepath.Join(dir, "probe.json")
+	code, out, errs = run(t, "probe", "--model", model, "--data", tsv, "--mem-report", report)
+	if code != 0 || !strings.Contains(out, "backward_done") {
+		t.Fatalf("probe: %d\n%s\n%s", code, out, errs)
+	}
+	raw, _ := os.ReadFile(report)
+	if !bytes.Contains(raw, []byte(`"PidMemoryMiB"`)) || !bytes.Contains(raw, []byte(`"forward_done"`)) {
+		t.Fatalf("report %s", raw)
+	}
+}
+
+func TestTrainErrors(t *testing.T) {
+	cases := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"train", "--data", "x.tsv"}, "model"},
+		{[]string{"train", "--model", "/nonexistent", "--data", "x.tsv"}, "nonexistent"},
+		{[]string{"train", "--model=m", "--data=d", "--optimizer-state", "2bit"}, "optimizer-state"},
+		{[]string{"train", "--model=m", "--data=d", "--weight", "w"}, "weight"},
+	}
+	for _, c := range cases {
+		code, _, errs := run(t, c.args...)
+		if code == 0 || !strings.Contains(errs, c.want) {
+			t.Errorf("%v: exit %d, stderr %q (want %q)", c.args, code, errs, c.want)
+		}
+	}
+}
