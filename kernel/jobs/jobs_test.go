@@ -3,6 +3,7 @@ package jobs
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -124,6 +125,38 @@ func TestTrainErrors(t *testing.T) {
 		code, _, errs := run(t, c.args...)
 		if code == 0 || !strings.Contains(errs, c.want) {
 			t.Errorf("%v: exit %d, stderr %q (want %q)", c.args, code, errs, c.want)
+		}
+	}
+}
+
+func TestGenerateCommand(t *testing.T) {
+	tiny := filepath.Join("..", "..", "engine", "qwen3", "testdata", "tiny-tied")
+	code, out, errs := run(t, "generate", "--model", tiny, "--ids", "1,2,3", "--max-tokens=5", "--json", "--logits", "last")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	var g generateOutput
+	if err := json.Unmarshal([]byte(out), &g); err != nil || len(g.IDs) != 5 || len(g.Logits) != 1 || len(g.Logits[0]) != 512 {
+		t.Fatalf("%v %+v", err, g)
+	}
+	code, out2, _ := run(t, "generate", "--model", tiny, "--ids=1,2,3", "--max-tokens", "5", "--json", "--no-kv-cache")
+	var g2 generateOutput
+	json.Unmarshal([]byte(out2), &g2)
+	if code != 0 || fmt.Sprint(g2.IDs) != fmt.Sprint(g.IDs) {
+		t.Fatalf("no-kv-cache ids %v vs %v", g2.IDs, g.IDs)
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"generate", "--model", tiny}, "exactly one of --prompt and --ids"},
+		{[]string{"generate", "--model", tiny, "--ids", "1,x"}, "ids"},
+		{[]string{"generate", "--model", tiny, "--ids", "1", "--temp", "-1"}, "emperature"},
+		{[]string{"generate", "--model", tiny, "--ids", "9999"}, "outside the vocabulary"},
+	} {
+		code, _, errs := run(t, c.args...)
+		if code == 0 || !strings.Contains(errs, c.want) {
+			t.Errorf("%v: exit %d, %q (want %q)", c.args, code, errs, c.want)
 		}
 	}
 }
