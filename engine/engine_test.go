@@ -74,7 +74,7 @@ func qwenVocabModel(t *testing.T) string {
 		t.Skip("no tokenizer: run `make tokenizer`")
 	}
 	cfg, err := qwen3.ParseConfig([]byte(`{"model_type":"qwen3","hidden_size":32,"intermediate_size":64,"num_hidden_layers":2,
-		"num_attention_heads":2,"num_key_value_heads":1,"head_dim":16,"vocab_size":151936,"tie_word_embeddings":true,
+		"num_attention_heads":2,"num_key_value_heads":1,"head_dim":16,"vocab_size":151936,"rope_theta":1000000,"tie_word_embeddings":true,
 		"max_position_embeddings":1024,"eos_token_id":151645}`))
 	if err != nil {
 		t.Fatal(err)
