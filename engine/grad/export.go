@@ -26,8 +26,14 @@ func (m *Model) configJSON(dtype string, nvfp4Export bool) ([]byte, error) {
 		"num_attention_heads": c.NumHeads, "num_key_value_heads": c.NumKVHeads, "head_dim": c.HeadDim,
 		"vocab_size": c.VocabSize, "rms_norm_eps": c.RMSNormEps, "rope_theta": c.RopeTheta, "rope_scaling": nil,
 		"tie_word_embeddings": c.TieEmbeddings, "max_position_embeddings": c.MaxPositions,
-		"bos_token_id": c.BOSTokenID, "eos_token_id": eos(c.EOSTokenIDs), "hidden_act": "silu",
+		"hidden_act": "silu",
 		"attention_bias": false, "use_sliding_window": false, "torch_dtype": dtype, "use_cache": true,
+	}
+	if c.BOSTokenID >= 0 {
+		out["bos_token_id"] = c.BOSTokenID
+	}
+	if len(c.EOSTokenIDs) > 0 {
+		out["eos_token_id"] = eos(c.EOSTokenIDs)
 	}
 	if nvfp4Export {
 		out["quantization_config"] = map[string]any{"quant_method": "modelopt", "quant_algo": "NVFP4", "group_size": nvfp4.BlockSize, "exclude_modules": []string{"lm_head"}}
