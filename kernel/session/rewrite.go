@@ -1,0 +1,138 @@
+package session
+
+import (
+	"fmt"
+	"go/ast"
+	"go/token"
+	"reflect"
+
+	"github.com/traefik/yaegi/stdlib"
+)
+
+func stdlibTable() map[string]map[string]reflect.Value { return stdlib.Symbols }
+
+// builtins cannot be assigned to a variable, so a go statement calling one keeps it inline.
+var builtins = map[string]bool{
+	"append": true, "cap": true, "clear": true, "close": true, "complex": true, "copy": true,
+	"delete": true, "imag": true, "len": true, "make": true, "max": true, "min": true, "new": true,
+	"panic": true, "print": true, "println": true, "real": true, "recover": true,
+}
+
+// rewriteGo replaces every go statement under n,
+//
+//	go f(x, 1)
+//
+// with
+//
+//	{ _qgF, _qgA0 := f, x; go _qgrt.Go(_qgrt.Cell(), func() { _qgF(_qgA0, 1) }) }
+//
+// so the call runs under the session's recover while the function and its arguments are
+// still evaluated by the go statement. Constant-looking arguments stay inline (their type may
+// depend on the parameter), as does a sole call argument (it may be multi-valued).
+func rewriteGo(n ast.Node) {
+	ast.Inspect(n, func(n ast.Node) bool {
+		switch x := n.(type) {
+		case *ast.BlockStmt:
+			rewriteList(x.List)
+		case *ast.CaseClause:
+			rewriteList(x.Body)
+		case *ast.CommClause:
+			rewriteList(x.Body)
+		case *ast.LabeledStmt:
+			if g, ok := x.Stmt.(*ast.GoStmt); ok && !isWrapped(g) {
+				x.Stmt = wrapGo(g)
+			}
+		}
+		return true
+	})
+}
+
+func rewriteList(list []ast.Stmt) {
+	for i, st := range list {
+		if g, ok := st.(*ast.GoStmt); ok && !isWrapped(g) {
+			list[i] = wrapGo(g)
+		}
+	}
+}
+
+// isWrapped reports whether g is already a go statement of the session's wrapper.
+func isWrapped(g *ast.GoStmt) bool {
+	sel, ok := g.Call.Fun.(*ast.SelectorExpr)
+	if !ok {
+		return false
+	}
+	id, ok := sel.X.(*ast.Ident)
+	return ok && id.Name == rtName && sel.Sel.Name == "Go"
+}
+
+func wrapGo(g *ast.GoStmt) ast.Stmt {
+	call := g.Call
+	var lhs, rhs []ast.Expr
+	hoist := func(e ast.Expr, name string) ast.Expr {
+		lhs = append(lhs, ast.NewIdent(name))
+		rhs = append(rhs, e)
+		return ast.NewIdent(name)
+	}
+	fun := call.Fun
+	if !keepInline(fun, true) {
+		fun = hoist(fun, hiddenPref+"F")
+	}
+	args := make([]ast.Expr, len(call.Args))
+	soleCall := false
+	if len(call.Args) == 1 {
+		_, soleCall = ast.Unparen(call.Args[0]).(*ast.CallExpr)
+	}
+	for i, a := range call.Args {
+		if soleCall || keepInline(a, false) {
+			args[i] = a
+			continue
+		}
+		args[i] = hoist(a, fmt.Sprintf("%sA%d", hiddenPref, i))
+	}
+	inner := &ast.CallExpr{Fun: fun, Args: args, Ellipsis: call.Ellipsis}
+	lit := &ast.FuncLit{
+		Type: &ast.FuncType{Func: g.Go, Params: &ast.FieldList{}},
+		Body: &ast.BlockStmt{List: []ast.Stmt{&ast.ExprStmt{X: inner}}},
+	}
+	rt := func(name string) ast.Expr {
+		return &ast.SelectorExpr{X: ast.NewIdent(rtName), Sel: ast.NewIdent(name)}
+	}
+	wrapped := &ast.GoStmt{Go: g.Go, Call: &ast.CallExpr{
+		Fun:  rt("Go"),
+		Args: []ast.Expr{&ast.CallExpr{Fun: rt("Cell")}, lit},
+	}}
+	block := &ast.BlockStmt{Lbrace: g.Go}
+	if len(lhs) > 0 {
+		block.List = append(block.List, &ast.AssignStmt{Lhs: lhs, Tok: token.DEFINE, TokPos: g.Go, Rhs: rhs})
+	}
+	block.List = append(block.List, wrapped)
+	return block
+}
+
+// keepInline reports whether an expression of a go statement's call is left in the
+// goroutine: literals and constant-looking expressions (untyped constants must meet their
+// parameter's type), builtins and generic instantiations as the function.
+func keepInline(e ast.Expr, isFun bool) bool {
+	switch x := ast.Unparen(e).(type) {
+	case *ast.BasicLit:
+		return true
+	case *ast.Ident:
+		if isFun {
+			return builtins[x.Name]
+		}
+		switch x.Name {
+		case "nil", "true", "false", "iota":
+			return true
+		}
+		return false
+	case *ast.IndexExpr, *ast.IndexListExpr:
+		return isFun
+	case *ast.UnaryExpr:
+		return !isFun && x.Op != token.AND && x.Op != token.ARROW && keepInline(x.X, false)
+	case *ast.BinaryExpr:
+		return !isFun && keepInline(x.X, false) && keepInline(x.Y, false)
+	case *ast.ArrayType, *ast.MapType, *ast.ChanType, *ast.FuncType, *ast.InterfaceType, *ast.StructType:
+		return true // a type (conversion or make/new argument)
+	}
+	return false
+}
