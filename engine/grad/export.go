@@ -26,7 +26,7 @@ func (m *Model) configJSON(dtype string, nvfp4Export bool) ([]byte, error) {
 		"num_attention_heads": c.NumHeads, "num_key_value_heads": c.NumKVHeads, "head_dim": c.HeadDim,
 		"vocab_size": c.VocabSize, "rms_norm_eps": c.RMSNormEps, "rope_theta": c.RopeTheta, "rope_scaling": nil,
 		"tie_word_embeddings": c.TieEmbeddings, "max_position_embeddings": c.MaxPositions,
-		"hidden_act": "silu",
+		"hidden_act":     "silu",
 		"attention_bias": false, "use_sliding_window": false, "torch_dtype": dtype, "use_cache": true,
 	}
 	if c.BOSTokenID >= 0 {
