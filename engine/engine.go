@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -51,6 +52,26 @@ func Memory() backend.MemStats { return Backend().Memory() }
 
 // ResetPeak restarts peak tracking (the kernel does this per cell).
 func ResetPeak() { Backend().ResetPeak() }
+
+// DefaultProgress, when set, reports loading progress for loads that pass no Progress of their
+// own: the kernel shows an updating progress bar in the cell, the console a terminal bar.
+var DefaultProgress func(path string, done, total int64)
+
+// ProgressBar returns a Progress function that redraws a one-line bar on w (a terminal).
+func ProgressBar(w io.Writer) func(path string, done, total int64) {
+	return func(path string, done, total int64) {
+		if total <= 0 {
+			return
+		}
+		const width = 30
+		n := int(done * width / total)
+		fmt.Fprintf(w, "\rloading %s [%s%s] %5.1f%% of %s", filepath.Base(path), strings.Repeat("=", n), strings.Repeat(" ", width-n),
+			100*float64(done)/float64(total), backend.Human(total))
+		if done >= total {
+			fmt.Fprintln(w)
+		}
+	}
+}
 
 // ErrNoTokenizer is returned by text methods of a model loaded without a tokenizer.
 var ErrNoTokenizer = errors.New("engine: no tokenizer: pass LoadOptions.Tokenizer, put tokenizer.json beside the weights, or run `make tokenizer`")
@@ -108,7 +129,11 @@ func LoadWith(path string, opt LoadOptions) (*Model, error) {
 		return nil, fmt.Errorf("engine: load %s: %w", path, err)
 	}
 	defer src.Close()
-	net, err := qwen3.Load(cfg, src, Backend(), qwen3.LoadOptions{Precision: opt.Precision, Progress: opt.Progress})
+	progress := opt.Progress
+	if progress == nil && DefaultProgress != nil {
+		progress = func(done, total int64) { DefaultProgress(path, done, total) }
+	}
+	net, err := qwen3.Load(cfg, src, Backend(), qwen3.LoadOptions{Precision: opt.Precision, Progress: progress})
 	if err != nil {
 		return nil, fmt.Errorf("engine: load %s: %w", path, err)
 	}

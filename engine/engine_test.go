@@ -136,3 +136,18 @@ func TestTextGenerateChatAndInterrupt(t *testing.T) {
 		t.Fatalf("cancelled generation: %v", err)
 	}
 }
+
+func TestProgress(t *testing.T) {
+	var b strings.Builder
+	var calls int
+	DefaultProgress = func(path string, done, total int64) { calls++; ProgressBar(&b)(path, done, total) }
+	defer func() { DefaultProgress = nil }()
+	m, err := Load(filepath.Join("qwen3", "testdata", "tiny-tied"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	if calls < 5 || !strings.Contains(b.String(), "100.0%") {
+		t.Fatalf("%d calls: %q", calls, b.String())
+	}
+}
