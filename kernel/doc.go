@@ -26,10 +26,11 @@
 // and, when the engine reports it, "peak_device_memory" (bytes).
 //
 // Interrupts (interrupt_request or SIGINT) cancel the cell's context and
-// call Interpreter.Interrupt. If the cell is still running InterruptGrace
-// later, a compiled call is ignoring cancellation: the kernel says so on
-// stderr, and a second interrupt abandons the cell so the notebook is not
-// stuck. IO.Input sends input_request on the stdin socket to the
+// call Interpreter.Interrupt, which reports a compiled call that ignores
+// cancellation and gives the cell up on the second interrupt. Should the
+// cell still not return InterruptGrace after a second interrupt, the
+// kernel abandons it itself (with a note on stderr), so the notebook is
+// never stuck. IO.Input sends input_request on the stdin socket to the
 // requester's identity and waits for input_reply (or the interrupt).
 //
 // Forged (bad or missing HMAC) and malformed messages are logged and

@@ -80,13 +80,13 @@ func (k *Kernel) handleExecute(ch *wire.Channel, m *wire.Message) {
 
 	started := time.Now()
 	ctx, cancel := context.WithCancel(context.Background())
-	cell := &runningCell{cancel: cancel, interrupts: make(chan struct{}, 1)}
+	cell := &runningCell{cancel: cancel, interrupts: make(chan struct{}, 4)}
 	k.cellMu.Lock()
 	k.cell = cell
 	k.cellMu.Unlock()
 	cio := &cellIO{k: k, req: m, silent: silent, allowStdin: allowStdin, ctx: ctx}
 
-	o := k.runCell(ctx, cell, req.Code, cio)
+	o := k.runCell(ctx, cell, req.Code, cio, ExecOptions{StoreHistory: storeHistory})
 
 	k.cellMu.Lock()
 	k.cell = nil
@@ -184,7 +184,7 @@ func asCellError(err error) *CellError {
 // runCell runs the interpreter in its own goroutine so that the kernel can
 // report, and after a second interrupt abandon, a compiled call that
 // ignores cancellation instead of hanging forever.
-func (k *Kernel) runCell(ctx context.Context, cell *runningCell, code string, cio *cellIO) outcome {
+func (k *Kernel) runCell(ctx context.Context, cell *runningCell, code string, cio *cellIO, opt ExecOptions) outcome {
 	done := make(chan outcome, 1)
 	go func() {
 		defer func() {
@@ -195,29 +195,36 @@ func (k *Kernel) runCell(ctx context.Context, cell *runningCell, code string, ci
 					Traceback: append([]string{fmt.Sprintf("panic in the interpreter: %v", r)}, stack...)}}
 			}
 		}()
-		res, err := k.interp.Execute(ctx, code, cio)
+		var res *Result
+		var err error
+		if ox, ok := k.interp.(OptionsExecutor); ok {
+			res, err = ox.ExecuteWith(ctx, code, cio, opt)
+		} else {
+			res, err = k.interp.Execute(ctx, code, cio)
+		}
 		done <- outcome{res: res, err: err}
 	}()
+	// The interpreter reports a stuck compiled call itself and gives the
+	// cell up on the second interrupt. If even that does not return the
+	// cell within InterruptGrace, the kernel abandons it, so the notebook
+	// is never stuck.
 	var grace <-chan time.Time
-	warned := false
+	interrupts := 0
 	for {
 		select {
 		case o := <-done:
 			return o
 		case <-cell.interrupts:
-			if warned {
-				k.log.Printf("cell abandoned after a second interrupt; its call keeps running")
-				msg := "the cell was abandoned after a second interrupt; a compiled call is still running in the background and may hold the interpreter"
-				return outcome{err: &CellError{Name: "Interrupted", Value: msg, Traceback: []string{"Interrupted: " + msg}}}
-			}
-			if grace == nil {
+			interrupts++
+			if interrupts == 2 {
 				grace = time.After(k.cfg.InterruptGrace)
 			}
 		case <-grace:
-			grace, warned = nil, true
-			k.sendStream(cio.req, "stderr", fmt.Sprintf(
-				"qwengo: the cell is still running %v after the interrupt: a compiled call is ignoring cancellation.\n"+
-					"Interrupt again to abandon the cell (the call keeps running in the background).\n", k.cfg.InterruptGrace))
+			k.log.Printf("cell abandoned: still running %v after the second interrupt", k.cfg.InterruptGrace)
+			msg := fmt.Sprintf("the cell did not stop within %v of a second interrupt: a compiled call is ignoring cancellation. "+
+				"The kernel abandoned the cell; the call keeps running in the background and may hold the interpreter", k.cfg.InterruptGrace)
+			k.sendStream(cio.req, "stderr", "qwengo: "+msg+"\n")
+			return outcome{err: &CellError{Name: "Interrupted", Value: msg, Traceback: []string{"Interrupted: " + msg}}}
 		}
 	}
 }

@@ -21,10 +21,18 @@ type fake struct {
 	release    chan struct{}
 	history    []HistoryEntry
 	executing  chan struct{} // receives a token when a cell starts
+	opts       []ExecOptions
 }
 
 func newFake() *fake {
 	return &fake{release: make(chan struct{}), executing: make(chan struct{}, 16)}
+}
+
+func (f *fake) ExecuteWith(ctx context.Context, code string, io IO, opt ExecOptions) (*Result, error) {
+	f.mu.Lock()
+	f.opts = append(f.opts, opt)
+	f.mu.Unlock()
+	return f.Execute(ctx, code, io)
 }
 
 func (f *fake) Execute(ctx context.Context, code string, io IO) (*Result, error) {

@@ -12,13 +12,16 @@ import (
 // The dispatcher serialises Execute calls; Interrupt, Complete, Inspect,
 // IsComplete and History may be called while Execute runs.
 type Interpreter interface {
-	// Execute runs one cell. Output goes to io while the cell runs. A
-	// failure of the cell (compile error, panic, interruption) is returned
-	// as a *CellError; any other error is reported the same way with a
-	// generic name.
+	// Execute runs one cell and records it in the history. Output goes
+	// to io while the cell runs. A failure of the cell (compile error,
+	// panic, interruption) is returned as a *CellError; any other error is
+	// reported the same way with a generic name.
 	Execute(ctx context.Context, code string, io IO) (*Result, error)
 	// Interrupt stops the running cell as soon as possible (ctx is
-	// cancelled as well).
+	// cancelled as well). The kernel calls it once per interrupt; an
+	// interpreter stuck in a compiled call that ignores cancellation
+	// should say so on the cell's stderr and give up the cell on the
+	// second call.
 	Interrupt()
 	// Complete returns completions at byte offset cursor of code.
 	Complete(code string, cursor int) Completion
@@ -49,6 +52,20 @@ type IO interface {
 	// fails with ErrStdinNotAllowed when the request did not allow stdin,
 	// and with an error when the cell is interrupted while waiting.
 	Input(prompt string, password bool) (string, error)
+}
+
+// ExecOptions modify one execution.
+type ExecOptions struct {
+	StoreHistory bool // count the cell and record it in the history
+}
+
+// OptionsExecutor is implemented by interpreters that can run a cell
+// without counting or recording it (store_history false, silent). The
+// kernel uses ExecuteWith when the interpreter has it, so that the
+// interpreter's history line numbers stay equal to execution_count;
+// otherwise every cell goes through Execute.
+type OptionsExecutor interface {
+	ExecuteWith(ctx context.Context, code string, io IO, opt ExecOptions) (*Result, error)
 }
 
 // Result is what a successful cell returns.

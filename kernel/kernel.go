@@ -32,9 +32,8 @@ type Config struct {
 	// HandleSIGINT makes SIGINT interrupt the running cell, as
 	// interrupt_request does.
 	HandleSIGINT bool
-	// InterruptGrace is how long a cell may keep running after an
-	// interrupt before the kernel says that a compiled call is ignoring
-	// cancellation (default 2s).
+	// InterruptGrace is how long a cell may keep running after a second
+	// interrupt before the kernel abandons it (default 2s).
 	InterruptGrace time.Duration
 }
 
@@ -77,7 +76,7 @@ type Kernel struct {
 // runningCell is the execute_request in progress.
 type runningCell struct {
 	cancel     context.CancelFunc
-	interrupts chan struct{} // one token per interrupt
+	interrupts chan struct{} // one token per interrupt (buffered; only the first two matter)
 }
 
 // New creates a kernel; Run starts serving.
@@ -361,7 +360,7 @@ func (k *Kernel) interrupt() {
 	k.interp.Interrupt()
 	select {
 	case c.interrupts <- struct{}{}:
-	default:
+	default: // runCell has enough tokens to act on
 	}
 }
 

@@ -87,6 +87,12 @@ func TestExecuteOrderAndCount(t *testing.T) {
 	if content(rep)["execution_count"] != 1.0 {
 		t.Errorf("store_history false advanced the count: %v", content(rep))
 	}
+	h.fake.mu.Lock()
+	opts := append([]ExecOptions(nil), h.fake.opts...)
+	h.fake.mu.Unlock()
+	if want := []ExecOptions{{true}, {false}, {false}}; !reflect.DeepEqual(opts[len(opts)-3:], want) {
+		t.Errorf("ExecOptions %v, want %v", opts[len(opts)-3:], want)
+	}
 	rep, _ = h.c.execute(map[string]any{"code": "peak 12345"})
 	if content(rep)["execution_count"] != 2.0 || metadata(rep)["peak_device_memory"] != 12345.0 {
 		t.Errorf("reply %v metadata %v", content(rep), metadata(rep))
@@ -219,23 +225,29 @@ func TestInterruptStuckCompiledCall(t *testing.T) {
 	h := start(t, nil)
 	req := h.c.send(h.c.shell, "execute_request", map[string]any{"code": "stuck"})
 	<-h.fake.executing
+	// The first interrupt is the interpreter's business; the kernel waits.
 	h.c.send(h.c.control, "interrupt_request", nil)
-	// After the grace period the kernel says why the cell does not stop.
-	deadline := time.After(3 * time.Second)
-	for said := false; !said; {
-		select {
-		case m := <-h.c.iopubCh:
-			if m.Header.MsgType == "stream" && strings.Contains(content(m)["text"].(string), "ignoring cancellation") {
-				said = true
-			}
-		case <-deadline:
-			t.Fatal("no notice about the stuck call")
-		}
+	select {
+	case r := <-h.c.shellCh:
+		t.Fatalf("cell given up after one interrupt: %v", content(r))
+	case <-time.After(2 * h.k.cfg.InterruptGrace):
 	}
+	// After a second interrupt and the grace period the kernel abandons it.
+	t0 := time.Now()
 	h.c.send(h.c.control, "interrupt_request", nil)
 	rep := h.c.reply(req, h.c.shellCh, 2*time.Second)
 	if c := content(rep); c["status"] != "error" || !strings.Contains(c["evalue"].(string), "abandoned") {
 		t.Fatalf("reply %v", c)
+	}
+	if d := time.Since(t0); d < h.k.cfg.InterruptGrace {
+		t.Errorf("abandoned after %v, before the grace period", d)
+	}
+	io := h.c.untilIdle(req, 2*time.Second)
+	if errText, _ := streamText(io, "stderr"); !strings.Contains(errText, "ignoring cancellation") {
+		t.Errorf("stderr %q", errText)
+	}
+	if h.fake.interrupts != 2 {
+		t.Errorf("Interpreter.Interrupt called %d times", h.fake.interrupts)
 	}
 }
 

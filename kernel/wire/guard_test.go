@@ -28,7 +28,7 @@ func longFrame(flags byte, size uint64) []byte {
 
 func TestGuardScan(t *testing.T) {
 	ok := append(greeting(), 0x04, 5, 'R', 'E', 'A', 'D', 'Y') // short command
-	ok = append(ok, 0x01, 0)                                  // empty frame, more
+	ok = append(ok, 0x01, 0)                                   // empty frame, more
 	ok = append(ok, longFrame(0, 300)...)
 	ok = append(ok, bytes.Repeat([]byte{'x'}, 300)...)
 	ok = append(ok, 0x00, 2, 'h', 'i')
