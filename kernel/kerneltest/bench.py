@@ -13,10 +13,14 @@ Usage: bench.py [--runs N] [--print-runs R] [--kernels qwengo,python3]
 """
 import argparse
 import statistics
+import subprocess
 import sys
 import time
 from queue import Empty
 
+import os
+
+import zmq
 from jupyter_client.manager import start_new_kernel
 
 CODE = {
@@ -27,30 +31,38 @@ CODE = {
 
 def run_once(kc, code):
     """Returns (seconds to idle, stream messages, stdout text)."""
+    shell, iopub = kc.shell_channel.socket, kc.iopub_channel.socket
+    poller = zmq.Poller()
+    poller.register(shell, zmq.POLLIN)
+    poller.register(iopub, zmq.POLLIN)
     t0 = time.perf_counter()
     msg_id = kc.execute(code)
     streams, text, idle, replied = 0, [], False, False
     while not (idle and replied):
-        if not replied:
+        ready = dict(poller.poll(60000))
+        if not ready:
+            raise TimeoutError(f"{code!r}: nothing for 60 s")
+        while shell in ready and not replied:
             try:
-                m = kc.get_shell_msg(timeout=0.0005)
-                if m["parent_header"].get("msg_id") == msg_id:
-                    replied = True
-                    if m["content"]["status"] != "ok":
-                        raise RuntimeError(f"{code!r}: {m['content']}")
+                m = kc.get_shell_msg(timeout=0)
             except Empty:
-                pass
-        try:
-            m = kc.get_iopub_msg(timeout=0.0005)
-        except Empty:
-            continue
-        if m["parent_header"].get("msg_id") != msg_id:
-            continue
-        if m["msg_type"] == "stream":
-            streams += 1
-            text.append(m["content"]["text"])
-        elif m["msg_type"] == "status" and m["content"]["execution_state"] == "idle":
-            idle = True
+                break
+            if m["parent_header"].get("msg_id") == msg_id:
+                replied = True
+                if m["content"]["status"] != "ok":
+                    raise RuntimeError(f"{code!r}: {m['content']}")
+        while iopub in ready and not idle:
+            try:
+                m = kc.get_iopub_msg(timeout=0)
+            except Empty:
+                break
+            if m["parent_header"].get("msg_id") != msg_id:
+                continue
+            if m["msg_type"] == "stream":
+                streams += 1
+                text.append(m["content"]["text"])
+            elif m["msg_type"] == "status" and m["content"]["execution_state"] == "idle":
+                idle = True
     return time.perf_counter() - t0, streams, "".join(text)
 
 
@@ -61,7 +73,8 @@ def pct(xs, p):
 
 
 def bench(kernel_name, runs, print_runs):
-    km, kc = start_new_kernel(kernel_name=kernel_name, startup_timeout=60)
+    # The kernels' own stderr (logs, debugger notes) would clutter the table.
+    km, kc = start_new_kernel(kernel_name=kernel_name, startup_timeout=60, stderr=subprocess.DEVNULL)
     try:
         code = CODE[kernel_name]
         for _ in range(10):
@@ -86,6 +99,7 @@ def bench(kernel_name, runs, print_runs):
 
 
 def main():
+    os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # ipykernel's debugger notes
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--print-runs", type=int, default=5)

@@ -1,7 +1,7 @@
 """Client-level behaviour of the qwengo kernel beyond the conformance suite:
 streaming while a cell runs, interrupts, stdin, forged messages, panics in
-goroutines, captured file-descriptor output, stop_on_error, and notebooks run
-by nbclient / jupyter-execute."""
+goroutines, captured file-descriptor output, stop_on_error, notebooks run by
+nbclient / jupyter-execute, and jupyter-console."""
 import json
 import os
 import signal
@@ -56,6 +56,20 @@ def test_state_persists_across_cells(kernel):
     assert r.status == "ok"
     assert r.result_text() == "42"
     assert r.reply["content"]["execution_count"] == r.of_type("execute_result")[0]["content"]["execution_count"]
+
+
+def test_history_lines_follow_execution_count(kernel):
+    km, kc = kernel
+    flush(kc)
+    n = execute(kc, "hx := 1").reply["content"]["execution_count"]
+    assert execute(kc, "hx = 2", silent=True).reply["content"]["execution_count"] == n
+    assert execute(kc, "hx = 3", store_history=False).reply["content"]["execution_count"] == n
+    r = execute(kc, "hx + 1")
+    assert r.reply["content"]["execution_count"] == n + 1
+    assert r.result_text() == "4"  # the unrecorded cells ran
+    kc.history(hist_access_type="tail", n=2, output=False, raw=True)
+    h = kc.get_shell_msg(timeout=10)["content"]["history"]
+    assert [(line, src) for _, line, src in h] == [(n, "hx := 1"), (n + 1, "hx + 1")]
 
 
 def test_execute_reply_metadata_has_wall_time(kernel):
@@ -148,6 +162,8 @@ def test_panicking_goroutine_survives(kernel):
     r2 = execute(kc, "survivor * 6")
     assert r2.status == "ok"
     assert r2.result_text() == "42"
+    # The panic was reported with its message (in that cell or the next).
+    assert "boom in goroutine" in r.stream("stderr") + r2.stream("stderr")
 
 
 def _interrupt_then_continue(kernel, code, how):
@@ -206,11 +222,10 @@ def test_stdin_round_trip(kernel):
 def test_stdin_not_allowed_fails_cleanly(kernel):
     km, kc = kernel
     flush(kc)
-    r = execute(kc, 'var s string\n_, err := fmt.Scanln(&s)\nfmt.Println("err:", err != nil)', allow_stdin=False)
-    # Either the read fails (err != nil) or the cell fails: never a hang.
-    assert r.status in ("ok", "error")
-    if r.status == "ok":
-        assert "err: true" in r.stream()
+    r = execute(kc, 'var s string\n_, err := fmt.Scanln(&s)\nfmt.Println("err:", err)', allow_stdin=False)
+    # The read fails with the kernel's explanation; no input_request, no hang.
+    assert r.status == "ok", r.reply["content"]
+    assert "allow_stdin false" in r.stream(), r.stream()
 
 
 def test_forged_and_unsigned_messages_ignored(kernel):
@@ -288,3 +303,12 @@ def test_jupyter_execute(tmp_path):
     p = subprocess.run(["jupyter-execute", "--kernel_name=" + KERNEL_NAME, str(bad)],
                        capture_output=True, text=True, timeout=120)
     assert p.returncode != 0
+
+
+def test_jupyter_console():
+    p = subprocess.run(["jupyter-console", "--kernel", KERNEL_NAME, "--simple-prompt"],
+                       input='x := 6\nx * 7\nfmt.Println("from console")\n',
+                       capture_output=True, text=True, timeout=120)
+    assert "Out[2]: 42" in p.stdout, p.stdout + p.stderr
+    assert "from console" in p.stdout
+    assert "shut down" in p.stderr  # the kernel's log: a clean shutdown_request
