@@ -239,8 +239,14 @@ type cellIO struct {
 }
 
 func (c *cellIO) Stream(name, text string) {
-	if c.silent {
+	if c.silent || text == "" {
 		return
+	}
+	if sw, ok := c.k.streamWriter(); ok && c.k.isParent(c.req) {
+		// Through the capture pipe, behind what compiled code wrote.
+		if sw.WriteStream(name, []byte(text)) == nil {
+			return
+		}
 	}
 	c.k.out.write(c.req, name, []byte(text))
 }

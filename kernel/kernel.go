@@ -21,6 +21,14 @@ import (
 // Kernel.CapturedOutput. *capture.Capture implements it.
 type Flusher interface{ Flush() }
 
+// StreamWriter is implemented by captures that accept text into their
+// pipes (*capture.Capture does). The kernel then sends IO.Stream text
+// through the same pipe as what compiled code writes to descriptors 1 and
+// 2, so interpreted and compiled output of a cell keep their relative order.
+type StreamWriter interface {
+	WriteStream(name string, p []byte) error
+}
+
 // Config configures a Kernel.
 type Config struct {
 	Conn   *wire.ConnectionInfo // where to listen and the signing key
@@ -120,7 +128,8 @@ func (k *Kernel) Ready() <-chan struct{} { return k.ready }
 func (k *Kernel) SessionID() string { return k.sess.ID }
 
 // AttachCapture makes the kernel flush f before it publishes displays,
-// results, replies and idle, so captured output keeps its place.
+// results, replies and idle, so captured output keeps its place. If f is
+// also a StreamWriter, IO.Stream text goes through it.
 func (k *Kernel) AttachCapture(f Flusher) {
 	k.flushMu.Lock()
 	k.flusher = f
@@ -137,6 +146,22 @@ func (k *Kernel) CapturedOutput(name string, data []byte) {
 		return
 	}
 	k.out.write(parent, name, data)
+}
+
+// streamWriter returns the attached capture's StreamWriter.
+func (k *Kernel) streamWriter() (StreamWriter, bool) {
+	k.flushMu.Lock()
+	defer k.flushMu.Unlock()
+	sw, ok := k.flusher.(StreamWriter)
+	return sw, ok
+}
+
+// isParent reports whether captured output is attributed to m now (so text
+// sent through the capture lands on m's cell).
+func (k *Kernel) isParent(m *wire.Message) bool {
+	k.parentMu.Lock()
+	defer k.parentMu.Unlock()
+	return k.parent == m && !k.discard
 }
 
 // flushOutput delivers captured and coalesced output now.

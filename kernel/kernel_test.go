@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -551,5 +552,41 @@ func TestSilentCellCapturedOutputDropped(t *testing.T) {
 		case <-deadline:
 			t.Fatal("background output lost")
 		}
+	}
+}
+
+// pipeCapture stands in for kernel/capture: WriteStream text and
+// CapturedOutput share one ordered path, as with the real pipes.
+type pipeCapture struct {
+	k      *Kernel
+	mu     sync.Mutex
+	writes int
+}
+
+func (p *pipeCapture) Flush() {}
+
+func (p *pipeCapture) WriteStream(name string, b []byte) error {
+	p.mu.Lock()
+	p.writes++
+	p.mu.Unlock()
+	p.k.CapturedOutput(name, b)
+	return nil
+}
+
+func TestStreamGoesThroughCapture(t *testing.T) {
+	h := start(t, nil)
+	pc := &pipeCapture{k: h.k}
+	h.k.AttachCapture(pc)
+	_, io := h.c.execute(map[string]any{"code": "print a\ncaptured b\nprint c"})
+	if out, _ := streamText(io, "stdout"); out != "a\nb\nc\n" {
+		t.Fatalf("stdout %q", out)
+	}
+	if pc.writes != 2 {
+		t.Errorf("%d stream writes through the capture, want 2", pc.writes)
+	}
+	// A silent cell's Stream text is dropped, not sent through the capture.
+	h.c.execute(map[string]any{"code": "print hidden", "silent": true})
+	if pc.writes != 2 {
+		t.Errorf("silent cell wrote through the capture")
 	}
 }

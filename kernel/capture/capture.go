@@ -277,3 +277,22 @@ func (c *Capture) Stop() error {
 	_ = debug.SetCrashOutput(nil, debug.CrashOptions{})
 	return first
 }
+
+// WriteStream writes p into the pipe of "stdout" or "stderr" (other names:
+// stdout), behind whatever compiled code has written there, so that text a
+// cell produces through the interpreter and through the descriptors comes
+// out in the order it was written.
+func (c *Capture) WriteStream(name string, p []byte) error {
+	c.mu.Lock()
+	stopped := c.stopped
+	c.mu.Unlock()
+	if stopped {
+		return errors.New("capture stopped")
+	}
+	s := c.streams[0]
+	if name == "stderr" {
+		s = c.streams[1]
+	}
+	_, err := s.w.Write(p)
+	return err
+}

@@ -222,3 +222,35 @@ func TestCStdioStreamsWithoutFlush(t *testing.T) {
 		t.Fatal("C output did not arrive without fflush")
 	}
 }
+
+func TestWriteStreamKeepsOrderWithDescriptorWrites(t *testing.T) {
+	var want strings.Builder
+	rec := capture(t, func(c *Capture) {
+		for i := 0; i < 1000; i++ {
+			syscall.Write(1, []byte(fmt.Sprintf("fd %d\n", i)))
+			c.WriteStream("stdout", []byte(fmt.Sprintf("io %d\n", i)))
+			c.WriteStream("stderr", []byte("e"))
+		}
+		c.Flush()
+	})
+	for i := 0; i < 1000; i++ {
+		fmt.Fprintf(&want, "fd %d\nio %d\n", i, i)
+	}
+	if got := rec.get("stdout"); got != want.String() {
+		t.Fatalf("stdout out of order or incomplete: %d bytes, want %d", len(got), want.Len())
+	}
+	if got := rec.get("stderr"); got != strings.Repeat("e", 1000) {
+		t.Fatalf("stderr %q", got)
+	}
+}
+
+func TestWriteStreamAfterStop(t *testing.T) {
+	c, err := Start(func(string, []byte) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Stop()
+	if err := c.WriteStream("stdout", []byte("x")); err == nil {
+		t.Fatal("WriteStream after Stop succeeded")
+	}
+}

@@ -96,18 +96,33 @@ def test_output_arrives_before_slow_cell_ends(kernel):
     assert r.stream() == "tick 0\ntick 1\ntick 2\n"
 
 
-def test_output_order_print_display_print(kernel):
+@pytest.mark.parametrize("pr", ['fmt.Println("%s")', 'os.Stdout.WriteString("%s\\n")'], ids=["interpreted", "fd1"])
+def test_output_order_print_display_print(kernel, pr):
     km, kc = kernel
-    r = execute(kc, 'fmt.Println("a")\ndisplay.HTML("<b>b</b>")\nfmt.Println("c")')
+    r = execute(kc, (pr % "a") + '\ndisplay.HTML("<b>b</b>")\n' + (pr % "c"))
     assert r.status == "ok", r.reply["content"]
-    kinds = [m["msg_type"] for _, m in r.iopub if m["msg_type"] in ("stream", "display_data")]
-    assert kinds == ["stream", "display_data", "stream"], kinds
+    seq = [m["content"].get("text", "<display>") for _, m in r.iopub if m["msg_type"] in ("stream", "display_data")]
+    assert seq == ["a\n", "<display>", "c\n"], seq
 
 
-def test_many_lines_neither_flood_nor_lose(kernel):
+def test_interpreted_and_fd_output_keep_order(kernel):
     km, kc = kernel
     flush(kc)
-    r = execute(kc, "for i := 0; i < 100000; i++ { fmt.Println(i) }", timeout=120)
+    r = execute(kc, 'for i := 0; i < 300; i++ {\n'
+                    '  fmt.Println("interp", i)\n'
+                    '  os.Stdout.WriteString(fmt.Sprintf("fd %d\\n", i))\n'
+                    '}')
+    assert r.status == "ok", r.reply["content"]
+    assert r.stream() == "".join(f"interp {i}\nfd {i}\n" for i in range(300))
+
+
+@pytest.mark.parametrize("printer", ["fmt.Println(i)", "os.Stdout.WriteString(strconv.Itoa(i) + \"\\n\")"],
+                         ids=["interpreted", "fd1"])
+def test_many_lines_neither_flood_nor_lose(kernel, printer):
+    km, kc = kernel
+    flush(kc)
+    code = 'import "strconv"\nfor i := 0; i < 100000; i++ { ' + printer + ' }'
+    r = execute(kc, code, timeout=120)
     assert r.status == "ok"
     out = r.stream()
     lines = out.split("\n")
