@@ -17,7 +17,9 @@
 // (zmq4 v0.17.0's PUB queue is unbounded, so a loop printing 100k lines must
 // not become 100k messages); output written to file descriptors 1 and 2 by
 // compiled code arrives through CapturedOutput (see kernel/capture) and is
-// attributed to the running cell. Before display data, execute_result,
+// attributed to the running cell; the running cell's IO.Stream text is
+// written into the same capture pipes, so interpreted and compiled output
+// keep their relative order. Before display data, execute_result,
 // error, execute_reply and idle the kernel flushes the capture and the
 // coalescer, so output keeps its order. A trailing expression becomes
 // execute_result; a failure becomes an error message (traceback never null)
