@@ -95,7 +95,7 @@ var (
 	mu        sync.RWMutex
 	publisher Publisher
 	// fallback receives the text form of displays when no publisher is installed.
-	fallback io.Writer = os.Stdout
+	fallback = func() io.Writer { return os.Stdout }
 )
 
 // SetPublisher installs p as the destination of display calls and returns the previous
@@ -136,7 +136,7 @@ func publish(data Data, metadata map[string]any, id string, update bool) {
 		p.Display(data, metadata, id, update)
 		return
 	}
-	fmt.Fprintln(fallback, TextOf(data))
+	fmt.Fprintln(fallback(), TextOf(data))
 }
 
 // TextOf returns the text/plain of a bundle, or a short description of its types when it has
@@ -189,8 +189,15 @@ func Image(img image.Image) {
 	publish(data, meta, "", false)
 }
 
-// MIME shows content under an arbitrary MIME type.
-func MIME(mimeType string, content any) { Show(Data{mimeType: content}) }
+// MIME shows content under an arbitrary MIME type (with a text/plain description for
+// consoles unless the type is text/plain).
+func MIME(mimeType string, content any) {
+	d := Data{mimeType: content}
+	if mimeType != MIMEText {
+		d[MIMEText] = TextOf(d)
+	}
+	Show(d)
+}
 
 // Clear clears the cell's output; with wait, only when the next output arrives (no flicker
 // in loops that redraw).
@@ -401,8 +408,10 @@ func Bundle(v any) Data {
 		for k, val := range m {
 			d[k] = val
 		}
-		if _, ok := m[MIMEText]; !ok {
-			delete(d, MIMEText)
+		_, isData := v.(Data)
+		_, isMap := v.(map[string]any)
+		if _, ok := m[MIMEText]; !ok && (isData || isMap) {
+			delete(d, MIMEText) // a bundle's %v is noise
 			d[MIMEText] = TextOf(d)
 		}
 	}

@@ -211,7 +211,7 @@ func (s *Session) isCellNameLocked(name string) bool {
 	if ok {
 		return true
 	}
-	_, ok = s.in.Globals()[name]
+	_, ok = s.globals()[name]
 	return ok
 }
 
@@ -277,35 +277,87 @@ func (s *Session) valueMembers(v reflect.Value, chain string) []candidate {
 	}
 	if st.Kind() == reflect.Struct {
 		for i := 0; i < st.NumField(); i++ {
-			f := st.Field(i)
-			if f.IsExported() || strings.HasPrefix(t.String(), "struct") || st.PkgPath() == "" {
-				out = append(out, candidate{f.Name, "field", f.Type.String()})
+			if name, ok := fieldName(st, st.Field(i)); ok {
+				out = append(out, candidate{name, "field", st.Field(i).Type.String()})
 			}
 		}
 	}
-	for _, m := range s.cellMethods(chain) {
-		out = append(out, candidate{m, "method", ""})
+	for m, key := range s.cellMethods(chain) {
+		sig := ""
+		if d, ok := s.cellDecl(key); ok {
+			sig = d.decl
+		}
+		out = append(out, candidate{m, "method", sig})
 	}
 	return out
 }
 
-// cellMethods returns the methods cells declared on the type of chain's value, found by
-// compiling (not running) a conversion of the value to each cell-defined type that has methods.
-func (s *Session) cellMethods(chain string) []string {
-	s.namesMu.RLock()
-	byType := map[string][]string{}
-	for k := range s.decls {
-		if t, m, ok := strings.Cut(k, "."); ok {
-			byType[t] = append(byType[t], m)
+// fieldName is the name cells use for a struct field: exported fields of compiled types,
+// and every field of yaegi's struct types (unnamed), where an unexported field f is
+// represented as "Xf".
+func fieldName(st reflect.Type, f reflect.StructField) (string, bool) {
+	if st.Name() != "" {
+		return f.Name, f.IsExported()
+	}
+	if len(f.Name) > 1 && f.Name[0] == 'X' {
+		if r, _ := utf8.DecodeRuneInString(f.Name[1:]); unicode.IsLower(r) || r == '_' {
+			return f.Name[1:], true
 		}
 	}
+	return f.Name, true
+}
+
+// cellTypesOf returns the cell-defined types whose values (or pointers to them) chain's
+// value can be passed as, found by compiling (not running) a call of a function literal with
+// it: yaegi's types carry no reflect names or methods. Only types with methods are tried
+// unless all is set.
+func (s *Session) cellTypesOf(chain string, all bool) []string {
+	s.namesMu.RLock()
+	var types []string
+	for k, d := range s.decls {
+		if d.kind != "type" {
+			continue
+		}
+		if !all {
+			has := false
+			for m := range s.decls {
+				if strings.HasPrefix(m, k+".") {
+					has = true
+					break
+				}
+			}
+			if !has {
+				continue
+			}
+		}
+		types = append(types, k)
+	}
 	s.namesMu.RUnlock()
+	sort.Strings(types)
 	var out []string
-	for t, ms := range byType {
+	for _, t := range types {
 		for _, form := range []string{t, "*" + t} {
-			if s.compiles(fmt.Sprintf("var _ %s = %s", form, chain)) {
-				out = append(out, ms...)
+			if s.compiles(fmt.Sprintf("func(%s) {}(%s)", form, chain)) {
+				out = append(out, form)
 				break
+			}
+		}
+	}
+	return out
+}
+
+// cellMethods returns the methods cells declared on the type of chain's value, as "Method"
+// → "Type.Method".
+func (s *Session) cellMethods(chain string) map[string]string {
+	out := map[string]string{}
+	types := s.cellTypesOf(chain, false)
+	s.namesMu.RLock()
+	defer s.namesMu.RUnlock()
+	for _, t := range types {
+		t = strings.TrimPrefix(t, "*")
+		for k := range s.decls {
+			if m, ok := strings.CutPrefix(k, t+"."); ok {
+				out[m] = k
 			}
 		}
 	}
@@ -401,7 +453,7 @@ func isComplete(code string) (status, indent string) {
 		if asSplit(err, &se) && len(se.list) > 0 {
 			p := se.list[0].Pos
 			lines := strings.Split(strings.TrimRight(code, " \t\r\n"), "\n")
-			if strings.Contains(se.list[0].Msg, "EOF") || p.Line > len(lines) {
+			if strings.Contains(se.list[0].Msg, "EOF") || strings.Contains(se.list[0].Msg, "end of cell") || p.Line > len(lines) {
 				return "incomplete", indent
 			}
 		}
@@ -426,19 +478,19 @@ func (s *Session) Inspect(code string, cursor, detail int) (map[string]string, b
 	if cursor < 0 || cursor > len(code) {
 		cursor = len(code)
 	}
-	chain := chainAt(code, cursor)
-	if chain == "" {
-		return nil, false
+	for _, chain := range []string{chainAt(code, cursor), callAt(code, cursor)} {
+		if chain == "" {
+			continue
+		}
+		if text, ok := s.describe(chain, detail); ok {
+			return map[string]string{"text/plain": text, "text/markdown": "```go\n" + text + "\n```"}, true
+		}
 	}
-	text, ok := s.describe(chain, detail)
-	if !ok {
-		return nil, false
-	}
-	return map[string]string{"text/plain": text, "text/markdown": "```go\n" + text + "\n```"}, true
+	return nil, false
 }
 
-// chainAt returns the identifier chain around cursor, or before the innermost open
-// parenthesis when the cursor is in a call's arguments.
+// chainAt returns the identifier chain around cursor (the chain up to the identifier under
+// the cursor), or the called function's when the cursor is in a call's arguments.
 func chainAt(code string, cursor int) string {
 	end := cursor
 	for end < len(code) {
@@ -457,7 +509,11 @@ func chainAt(code string, cursor int) string {
 		}
 		return code[start:end]
 	}
-	// Inside a call: find the unmatched '(' before the cursor on this statement.
+	return callAt(code, cursor)
+}
+
+// callAt returns the chain naming the function whose call parentheses enclose cursor.
+func callAt(code string, cursor int) string {
 	depth := 0
 	for i := cursor - 1; i >= 0; i-- {
 		switch code[i] {
@@ -556,7 +612,13 @@ func (s *Session) describe(chain string, detail int) (string, bool) {
 		if len(val) > 500 {
 			val = val[:500] + " …"
 		}
-		return fmt.Sprintf("%s: %s = %s", chain, v.Type(), val), true
+		typ := v.Type().String()
+		if v.Type().Name() == "" && v.Type().PkgPath() == "" {
+			if ts := s.cellTypesOf(chain, true); len(ts) == 1 {
+				typ = ts[0] // a cell-defined type: yaegi's reflect type is unnamed
+			}
+		}
+		return fmt.Sprintf("%s: %s = %s", chain, typ, val), true
 	}
 	return "", false
 }
@@ -590,19 +652,15 @@ func (s *Session) memberDoc(v reflect.Value, base, member string) (string, bool)
 		st = st.Elem()
 	}
 	if st.Kind() == reflect.Struct {
-		if f, ok := st.FieldByName(member); ok {
-			return fmt.Sprintf("field %s.%s %s", base, member, f.Type), true
+		for i := 0; i < st.NumField(); i++ {
+			if name, ok := fieldName(st, st.Field(i)); ok && name == member {
+				return fmt.Sprintf("field %s.%s %s", base, member, st.Field(i).Type), true
+			}
 		}
 	}
-	for _, m := range s.cellMethods(base) {
-		if m == member {
-			s.namesMu.RLock()
-			defer s.namesMu.RUnlock()
-			for k, d := range s.decls {
-				if strings.HasSuffix(k, "."+member) && d.kind == "method" {
-					return docText(d.decl, d.doc) + "\n\n(defined in cell " + d.label + ")", true
-				}
-			}
+	if key, ok := s.cellMethods(base)[member]; ok {
+		if d, ok := s.cellDecl(key); ok {
+			return docText(d.decl, d.doc) + "\n\n(defined in cell " + d.label + ")", true
 		}
 	}
 	return "", false

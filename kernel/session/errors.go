@@ -190,6 +190,9 @@ func (ec errorContext) frameLine(line string) string {
 // panicMessage formats a panic value; yaegi's reflect errors for nil dereferences are named
 // as what they are.
 func panicMessage(v any) string {
+	if rv, ok := v.(reflect.Value); ok && rv.IsValid() && rv.CanInterface() {
+		v = rv.Interface()
+	}
 	if ve, ok := v.(*reflect.ValueError); ok && ve.Kind == reflect.Invalid {
 		return "invalid memory address or nil pointer dereference (" + ve.Error() + ")"
 	}

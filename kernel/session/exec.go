@@ -10,6 +10,7 @@ import (
 	"path"
 	"reflect"
 	"runtime/pprof"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -44,7 +45,7 @@ func (s *Session) runCell(c *cell) (data map[string]any, err error) {
 			if seg.text == "%time" || seg.text == "%%time" || strings.HasPrefix(seg.text, "%time ") || strings.HasPrefix(seg.text, "%%time ") {
 				now := time.Now()
 				timer = &now
-				rest := strings.TrimSpace(strings.TrimPrefix(strings.TrimPrefix(seg.text, "%"), "%time"))
+				rest := strings.TrimSpace(strings.TrimPrefix(strings.TrimPrefix(seg.text, "%%time"), "%time"))
 				if rest == "" {
 					continue
 				}
@@ -143,8 +144,63 @@ func (s *Session) parseGroup(code string, kind unitKind) (ast.Node, *ast.BlockSt
 	return f, nil, nil
 }
 
+// runImports imports the packages of an import group that are not imported yet under the
+// same name; a name imported before from another path is replaced.
+func (s *Session) runImports(c *cell, ec errorContext, g group) error {
+	var b strings.Builder
+	b.WriteString("package main\n")
+	var replaced []string
+	n := 0
+	for _, u := range g.units {
+		for _, im := range u.imports {
+			name := im.name
+			if name == "" {
+				name = s.importName(im.path)
+			}
+			if name != "_" && name != "." {
+				s.namesMu.RLock()
+				old, ok := s.imports[name]
+				s.namesMu.RUnlock()
+				if ok && old == im.path {
+					continue
+				}
+				if ok {
+					replaced = append(replaced, name+"/_.go")
+				}
+			}
+			b.WriteString(lineDirective(cellName(c.seq), im.line, im.col))
+			if im.name != "" {
+				b.WriteString("import " + im.name + " " + strconv.Quote(im.path) + "\n")
+			} else {
+				b.WriteString("import " + strconv.Quote(im.path) + "\n")
+			}
+			n++
+		}
+	}
+	if n > 0 {
+		f, err := parser.ParseFile(s.in.FileSet(), "_.go", b.String(), 0)
+		if err != nil {
+			return ec.compileError(err)
+		}
+		restore, _ := forgetTypes(s.in, replaced)
+		prog, err := s.compile(f)
+		if err != nil {
+			restore()
+			return ec.compileError(err)
+		}
+		if _, err := s.exec(c, ec, prog); err != nil {
+			return err
+		}
+	}
+	s.record(c, "", g)
+	return nil
+}
+
 // runGroup compiles and runs one group, and records what it declared.
 func (s *Session) runGroup(c *cell, ec errorContext, text string, g group) error {
+	if g.kind == unitImport {
+		return s.runImports(c, ec, g)
+	}
 	code := groupSource(text, cellName(c.seq), g)
 	node, _, err := s.parseGroup(code, g.kind)
 	if err != nil {
@@ -385,7 +441,7 @@ func (s *Session) evalTrailing(c *cell, ec errorContext, text string, u unit) (m
 	if len(body.List) > 0 {
 		es, _ = body.List[0].(*ast.ExprStmt)
 	}
-	if es == nil || s.resultCount(es.X) != 1 {
+	if es == nil || !s.singleValue(body, es.X) {
 		_, err = s.exec(c, ec, plain)
 		return nil, err
 	}
@@ -406,80 +462,16 @@ func (s *Session) evalTrailing(c *cell, ec errorContext, text string, u unit) (m
 	return s.bundle(c, ec), nil
 }
 
-// builtinResults is the number of values each builtin returns.
-var builtinResults = map[string]int{
-	"append": 1, "cap": 1, "complex": 1, "copy": 1, "imag": 1, "len": 1, "make": 1, "max": 1,
-	"min": 1, "new": 1, "real": 1, "recover": 1,
-	"clear": 0, "close": 0, "delete": 0, "panic": 0, "print": 0, "println": 0,
-}
-
-// resultCount returns how many values e has: 1 for anything but a call; for a call, the
-// callee's result count, known from its declaration or by evaluating (never calling) the
-// callee when it is a chain of identifiers; -1 when it cannot be known. yaegi itself accepts
-// `v := f()` for functions with no or several results, so this must be decided here.
-func (s *Session) resultCount(e ast.Expr) int {
-	call, ok := ast.Unparen(e).(*ast.CallExpr)
-	if !ok {
-		return 1
-	}
-	switch f := ast.Unparen(call.Fun).(type) {
-	case *ast.FuncLit:
-		return f.Type.Results.NumFields()
-	case *ast.ArrayType, *ast.MapType, *ast.ChanType, *ast.FuncType, *ast.InterfaceType, *ast.StructType, *ast.StarExpr:
-		return 1 // a conversion
-	case *ast.Ident:
-		if n, ok := builtinResults[f.Name]; ok {
-			return n
-		}
-		for _, p := range predeclared {
-			if p == f.Name {
-				return 1
-			}
-		}
-		if d, ok := s.cellDecl(f.Name); ok {
-			switch d.kind {
-			case "type":
-				return 1
-			case "func":
-				return declResults(d.decl)
-			}
-		}
-		return s.funcResults(f.Name)
-	case *ast.SelectorExpr:
-		chain := exprChain(f)
-		if chain == "" {
-			return -1
-		}
-		pkg, member, _ := strings.Cut(chain, ".")
-		if p, ok := s.packagePathLocked(pkg); ok && !strings.Contains(member, ".") {
-			v, ok := s.exportsOf(p)[member]
-			if !ok {
-				return -1
-			}
-			switch {
-			case v.Kind() == reflect.Func:
-				return v.Type().NumOut()
-			case v.Kind() == reflect.Pointer && v.IsNil():
-				return 1 // a type: conversion
-			}
-			return -1
-		}
-		return s.funcResults(chain)
-	}
-	return -1
-}
-
-// declResults counts the results of a function declaration's header.
-func declResults(header string) int {
-	f, err := parser.ParseFile(token.NewFileSet(), "", "package p\n"+header+" {}", 0)
-	if err != nil || len(f.Decls) != 1 {
-		return -1
-	}
-	fd, ok := f.Decls[0].(*ast.FuncDecl)
-	if !ok {
-		return -1
-	}
-	return fd.Type.Results.NumFields()
+// singleValue reports whether an expression has exactly one value, by compiling (not running)
+// a call of the prelude's _qgOne(v any) with it: yaegi itself accepts `v := f()` for
+// functions with no or several results, but checks call arguments.
+// body is the parsed block holding x: its position names the source file, which yaegi needs
+// to resolve package names; its statements are replaced.
+func (s *Session) singleValue(body *ast.BlockStmt, x ast.Expr) bool {
+	call := &ast.CallExpr{Fun: ast.NewIdent(hiddenPref + "One"), Args: []ast.Expr{x}}
+	body.List = []ast.Stmt{&ast.ExprStmt{X: call}}
+	_, err := s.compile(body)
+	return err == nil
 }
 
 // exprChain renders a selector chain of identifiers ("a.b.c"), or "".
@@ -493,16 +485,6 @@ func exprChain(e ast.Expr) string {
 		}
 	}
 	return ""
-}
-
-// funcResults evaluates a chain naming a function value (s.mu held) and returns its result
-// count, or -1.
-func (s *Session) funcResults(chain string) int {
-	v, ok := s.evalChainLocked(chain)
-	if !ok || v.Kind() != reflect.Func {
-		return -1
-	}
-	return v.Type().NumOut()
 }
 
 // evalChainLocked evaluates a chain of identifiers without output or side effects (a chain
@@ -538,7 +520,8 @@ func (s *Session) evalChainLocked(chain string) (v reflect.Value, ok bool) {
 type probe struct{ mime, expr string }
 
 var probes = []probe{
-	{"", rtName + ".Bundle(" + lastVar + ")"}, // text/plain and what compiled types offer
+	{"", rtName + ".Bundle(" + lastVar + ")"}, // what compiled types offer
+	{display.MIMEText, hiddenPref + "fmt.Sprint(" + lastVar + ")"}, // yaegi's fmt sees interpreted String methods
 	{display.MIMEHTML, lastVar + ".HTML()"},
 	{display.MIMEMarkdown, lastVar + ".Markdown()"},
 	{display.MIMESVG, lastVar + ".SVG()"},

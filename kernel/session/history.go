@@ -229,7 +229,7 @@ func globRegexp(pattern string) (*regexp.Regexp, error) {
 			b.WriteString("]")
 			i += j + 1
 		default:
-			b.WriteString(regexp.QuoteMeta(string(ch)))
+			b.WriteString(regexp.QuoteMeta(pattern[i : i+1])) // bytes of a UTF-8 sequence pass through
 		}
 	}
 	b.WriteString("$")

@@ -88,8 +88,11 @@ func (s *Session) newInterpreter() (*interp.Interpreter, error) {
 	for name, p := range preImports() {
 		fmt.Fprintf(&b, "\t%s %q\n", name, p)
 	}
-	fmt.Fprintf(&b, "\t%s %q\n\t_qgdisplay %q\n)\n", rtName, rtPath, displayPath)
+	fmt.Fprintf(&b, "\t%s %q\n\t%sfmt \"fmt\"\n)\n", rtName, rtPath, hiddenPref)
 	if _, err := in.Eval(b.String()); err != nil {
+		return nil, fmt.Errorf("session: prelude: %w", err)
+	}
+	if _, err := in.Eval("func " + hiddenPref + "One(v any) {}"); err != nil {
 		return nil, fmt.Errorf("session: prelude: %w", err)
 	}
 	return in, nil
@@ -116,8 +119,9 @@ func (s *Session) sleep(d time.Duration) {
 	}
 }
 
-// goWrap runs the call of a rewritten go statement, reporting a panic instead of crashing.
-func (s *Session) goWrap(seq int, fn func()) {
+// goWrap runs the call of a rewritten go statement (see rewriteGo), reporting a panic
+// instead of crashing: fn called with args when reflection can pass them, else lazy.
+func (s *Session) goWrap(seq int, lazy func(), fn any, ellipsis bool, args ...any) {
 	defer func() {
 		r := recover()
 		if r == nil {
@@ -125,9 +129,7 @@ func (s *Session) goWrap(seq int, fn func()) {
 		}
 		stack := debug.Stack()
 		frames := s.takePanicLines()
-		s.namesMu.RLock()
-		label := s.labels[seq]
-		s.namesMu.RUnlock()
+		label := s.snapshotLabels()[seq]
 		if label == "" {
 			label = "[?]"
 		}
@@ -137,7 +139,59 @@ func (s *Session) goWrap(seq int, fn func()) {
 			label, strings.Join(ce.Traceback, "\n")))
 	}()
 	pprof.SetGoroutineLabels(context.Background())
-	fn()
+	if f, in, ok := reflectCall(fn, ellipsis, args); ok {
+		if ellipsis {
+			f.CallSlice(in)
+		} else {
+			f.Call(in)
+		}
+		return
+	}
+	lazy()
+}
+
+// reflectCall prepares a call of fn with args: untyped constants are converted to the
+// parameter types, nil becomes the zero value. ok is false when an argument does not fit.
+func reflectCall(fn any, ellipsis bool, args []any) (reflect.Value, []reflect.Value, bool) {
+	f := reflect.ValueOf(fn)
+	if !f.IsValid() || f.Kind() != reflect.Func {
+		return f, nil, false
+	}
+	t := f.Type()
+	n := t.NumIn()
+	if (!t.IsVariadic() || ellipsis) && len(args) != n || t.IsVariadic() && !ellipsis && len(args) < n-1 {
+		return f, nil, false
+	}
+	in := make([]reflect.Value, len(args))
+	for i, a := range args {
+		var pt reflect.Type
+		if t.IsVariadic() && !ellipsis && i >= n-1 {
+			pt = t.In(n - 1).Elem()
+		} else {
+			pt = t.In(i)
+		}
+		v := reflect.ValueOf(a)
+		switch {
+		case !v.IsValid():
+			switch pt.Kind() {
+			case reflect.Chan, reflect.Func, reflect.Interface, reflect.Map, reflect.Pointer, reflect.Slice:
+				v = reflect.Zero(pt)
+			default:
+				return f, nil, false
+			}
+		case v.Type().AssignableTo(pt):
+		case v.Type().ConvertibleTo(pt) && isBasic(v.Kind()) && isBasic(pt.Kind()):
+			v = v.Convert(pt)
+		default:
+			return f, nil, false
+		}
+		in[i] = v
+	}
+	return f, in, true
+}
+
+func isBasic(k reflect.Kind) bool {
+	return k >= reflect.Bool && k <= reflect.Complex128 || k == reflect.String
 }
 
 func (s *Session) snapshotLabels() map[int]string {

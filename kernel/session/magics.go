@@ -228,8 +228,13 @@ func (s *Session) magicWho(c *cell, _ string) error {
 
 // globals is the interpreter's package-level variables and constants, without the session's
 // own.
-func (s *Session) globals() map[string]reflect.Value {
-	g := s.in.Globals()
+func (s *Session) globals() (g map[string]reflect.Value) {
+	defer func() {
+		if recover() != nil { // a compiled but never executed declaration is out of yaegi's frame
+			g = map[string]reflect.Value{}
+		}
+	}()
+	g = s.in.Globals()
 	for k := range g {
 		if strings.HasPrefix(k, hiddenPref) || k == "_" {
 			delete(g, k)

@@ -24,11 +24,14 @@ var builtins = map[string]bool{
 //
 // with
 //
-//	{ _qgF, _qgA0 := f, x; go _qgrt.Go(_qgrt.Cell(), func() { _qgF(_qgA0, 1) }) }
+//	{ _qgF, _qgA0 := f, x; go _qgrt.Go(_qgrt.Cell(), func() { _qgF(_qgA0, 1) }, _qgF, false, _qgA0, 1) }
 //
-// so the call runs under the session's recover while the function and its arguments are
-// still evaluated by the go statement. Constant-looking arguments stay inline (their type may
-// depend on the parameter), as does a sole call argument (it may be multi-valued).
+// The go statement evaluates the function and the arguments, as Go does, and hands the values
+// to the session's runtime, which calls the function with them under a recover (reporting a
+// panic instead of crashing). The closure is the fallback when the values cannot be passed by
+// reflection (a parameter of an interpreted interface type) and the only path for builtins;
+// it reads the hoisted variables, which yaegi shares between loop iterations, so only the
+// reflective path has per-iteration values.
 func rewriteGo(n ast.Node) {
 	ast.Inspect(n, func(n ast.Node) bool {
 		switch x := n.(type) {
@@ -73,34 +76,41 @@ func wrapGo(g *ast.GoStmt) ast.Stmt {
 		rhs = append(rhs, e)
 		return ast.NewIdent(name)
 	}
+	rt := func(name string) ast.Expr {
+		return &ast.SelectorExpr{X: ast.NewIdent(rtName), Sel: ast.NewIdent(name)}
+	}
+	reflective := true
 	fun := call.Fun
-	if !keepInline(fun, true) {
+	if keepInline(fun, true) {
+		reflective = false // builtins and generic instantiations are not values
+	} else {
 		fun = hoist(fun, hiddenPref+"F")
 	}
 	args := make([]ast.Expr, len(call.Args))
 	soleCall := false
 	if len(call.Args) == 1 {
 		_, soleCall = ast.Unparen(call.Args[0]).(*ast.CallExpr)
+		reflective = reflective && !soleCall // it may be multi-valued
 	}
 	for i, a := range call.Args {
-		if soleCall || keepInline(a, false) {
+		if !reflective || keepInline(a, false) {
 			args[i] = a
 			continue
 		}
 		args[i] = hoist(a, fmt.Sprintf("%sA%d", hiddenPref, i))
 	}
-	inner := &ast.CallExpr{Fun: fun, Args: args, Ellipsis: call.Ellipsis}
 	lit := &ast.FuncLit{
 		Type: &ast.FuncType{Func: g.Go, Params: &ast.FieldList{}},
-		Body: &ast.BlockStmt{List: []ast.Stmt{&ast.ExprStmt{X: inner}}},
+		Body: &ast.BlockStmt{List: []ast.Stmt{&ast.ExprStmt{X: &ast.CallExpr{Fun: fun, Args: args, Ellipsis: call.Ellipsis}}}},
 	}
-	rt := func(name string) ast.Expr {
-		return &ast.SelectorExpr{X: ast.NewIdent(rtName), Sel: ast.NewIdent(name)}
+	goArgs := []ast.Expr{&ast.CallExpr{Fun: rt("Cell")}, lit}
+	if reflective {
+		goArgs = append(goArgs, fun, ast.NewIdent(fmt.Sprint(call.Ellipsis.IsValid())))
+		goArgs = append(goArgs, args...)
+	} else {
+		goArgs = append(goArgs, ast.NewIdent("nil"), ast.NewIdent("false"))
 	}
-	wrapped := &ast.GoStmt{Go: g.Go, Call: &ast.CallExpr{
-		Fun:  rt("Go"),
-		Args: []ast.Expr{&ast.CallExpr{Fun: rt("Cell")}, lit},
-	}}
+	wrapped := &ast.GoStmt{Go: g.Go, Call: &ast.CallExpr{Fun: rt("Go"), Args: goArgs}}
 	block := &ast.BlockStmt{Lbrace: g.Go}
 	if len(lhs) > 0 {
 		block.List = append(block.List, &ast.AssignStmt{Lhs: lhs, Tok: token.DEFINE, TokPos: g.Go, Rhs: rhs})

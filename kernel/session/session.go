@@ -198,6 +198,7 @@ func New(opt Options) (*Session, error) {
 		id:     fmt.Sprintf("s%d", sessionIDs.Add(1)),
 	}
 	s.stdin = &stdinReader{s: s}
+	go symbols.Docs() // decode the documentation table before the first inspection needs it
 	if err := s.reset(); err != nil {
 		return nil, err
 	}

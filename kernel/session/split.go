@@ -46,7 +46,12 @@ type unit struct {
 	isExpr  bool // an expression statement
 }
 
-type importSpec struct{ name, path string } // name "" for the package's own name
+// importSpec is one imported package: name "" for the package's own name; line:col locates
+// the spec in the cell.
+type importSpec struct {
+	name, path string
+	line, col  int
+}
 
 // splitError is a syntax error located in the cell.
 type splitError struct {
@@ -246,7 +251,7 @@ func parseUnit(src string, u *unit) error {
 	case unitImport, unitDecl:
 		f, err := parser.ParseFile(fset, "", "package p;"+dir+text+"\n", parser.DeclarationErrors)
 		if err != nil {
-			return toSplitError(err)
+			return u.endError(text, err)
 		}
 		if len(f.Decls) != 1 {
 			return &splitError{scanner.ErrorList{{Pos: token.Position{Filename: cellFile, Line: u.line, Column: u.col},
@@ -267,7 +272,8 @@ func parseUnit(src string, u *unit) error {
 			for _, sp := range d.Specs {
 				switch sp := sp.(type) {
 				case *ast.ImportSpec:
-					is := importSpec{path: strings.Trim(sp.Path.Value, "\"`")}
+					p := fset.Position(sp.Pos())
+					is := importSpec{path: strings.Trim(sp.Path.Value, "\"`"), line: p.Line, col: p.Column}
 					if sp.Name != nil {
 						is.name = sp.Name.Name
 					}
@@ -287,7 +293,7 @@ func parseUnit(src string, u *unit) error {
 	default:
 		f, err := parser.ParseFile(fset, "", "package p;func _(){"+dir+text+"\n}", 0)
 		if err != nil {
-			return toSplitError(err)
+			return u.endError(text, err)
 		}
 		body := f.Decls[0].(*ast.FuncDecl).Body
 		if len(body.List) == 1 {
@@ -314,6 +320,31 @@ func recvTypeName(e ast.Expr) string {
 			return ""
 		}
 	}
+}
+
+// endError converts a parse error of the unit; errors found past the unit's text (the
+// parser reached the wrapper's closing brace or the end) are placed at the end of the unit
+// and say so.
+func (u *unit) endError(text string, err error) error {
+	var list scanner.ErrorList
+	if !errors.As(err, &list) {
+		return err
+	}
+	endLine, endCol := u.line, u.col
+	for _, r := range text {
+		if r == '\n' {
+			endLine, endCol = endLine+1, 1
+		} else {
+			endCol++
+		}
+	}
+	for _, e := range list {
+		if e.Pos.Line > endLine || e.Pos.Line == endLine && e.Pos.Column > endCol {
+			e.Pos.Line, e.Pos.Column = endLine, endCol
+			e.Msg = strings.NewReplacer("found '}'", "found end of cell", "found 'EOF'", "found end of cell", "found newline", "found end of cell").Replace(e.Msg)
+		}
+	}
+	return &splitError{list}
 }
 
 func toSplitError(err error) error {

@@ -15,8 +15,12 @@ func init() {
 		"Gradients":      reflect.ValueOf(backend.Gradients),
 		"Human":          reflect.ValueOf(backend.Human),
 		"KVCache":        reflect.ValueOf(backend.KVCache),
+		"Names":          reflect.ValueOf(backend.Names),
 		"NumCategories":  reflect.ValueOf(backend.NumCategories),
+		"Open":           reflect.ValueOf(backend.Open),
 		"OptimizerState": reflect.ValueOf(backend.OptimizerState),
+		"Register":       reflect.ValueOf(backend.Register),
+		"Registered":     reflect.ValueOf(backend.Registered),
 		"Weights":        reflect.ValueOf(backend.Weights),
 		"Workspace":      reflect.ValueOf(backend.Workspace),
 

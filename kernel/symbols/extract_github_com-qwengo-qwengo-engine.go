@@ -12,12 +12,14 @@ func init() {
 		// function, constant and variable definitions
 		"Backend":              reflect.ValueOf(engine.Backend),
 		"CurrentContext":       reflect.ValueOf(&engine.CurrentContext).Elem(),
+		"DefaultProgress":      reflect.ValueOf(&engine.DefaultProgress).Elem(),
 		"DefaultTokenizerPath": reflect.ValueOf(engine.DefaultTokenizerPath),
 		"Device":               reflect.ValueOf(engine.Device),
 		"ErrNoTokenizer":       reflect.ValueOf(&engine.ErrNoTokenizer).Elem(),
 		"Load":                 reflect.ValueOf(engine.Load),
 		"LoadWith":             reflect.ValueOf(engine.LoadWith),
 		"Memory":               reflect.ValueOf(engine.Memory),
+		"ProgressBar":          reflect.ValueOf(engine.ProgressBar),
 		"ResetPeak":            reflect.ValueOf(engine.ResetPeak),
 
 		// type definitions
