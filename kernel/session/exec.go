@@ -520,7 +520,7 @@ func (s *Session) evalChainLocked(chain string) (v reflect.Value, ok bool) {
 type probe struct{ mime, expr string }
 
 var probes = []probe{
-	{"", rtName + ".Bundle(" + lastVar + ")"}, // what compiled types offer
+	{"", rtName + ".Bundle(" + lastVar + ")"},                      // what compiled types offer
 	{display.MIMEText, hiddenPref + "fmt.Sprint(" + lastVar + ")"}, // yaegi's fmt sees interpreted String methods
 	{display.MIMEHTML, lastVar + ".HTML()"},
 	{display.MIMEMarkdown, lastVar + ".Markdown()"},
