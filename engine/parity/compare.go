@@ -69,8 +69,8 @@ type Diff struct {
 	RelErr  Float `json:"rel_err"`
 }
 
-// Compute returns the Diff of a and b (equal lengths). Sums are in float64. Two zero vectors
-// have cosine 1, one zero vector cosine 0; ‖a‖ = 0 gives a relative error of 0 when b is zero
+// Compute returns the Diff of a and b (equal lengths). Sums are in float64. Equal vectors
+// (zero ones too) have cosine exactly 1, one zero vector cosine 0; ‖a‖ = 0 gives a relative error of 0 when b is zero
 // too and +Inf otherwise. A NaN anywhere makes every field NaN.
 func Compute(a, b []float32) Diff {
 	if len(a) != len(b) || len(a) == 0 {
@@ -97,11 +97,11 @@ func Compute(a, b []float32) Diff {
 	}
 	cos := 1.0
 	switch {
-	case na == 0 && nb == 0:
+	case nd == 0: // equal vectors (zero ones included): exactly 1, not 1 ± rounding
 	case na == 0 || nb == 0:
 		cos = 0
 	default:
-		cos = dot / (math.Sqrt(na) * math.Sqrt(nb))
+		cos = max(-1, min(1, dot/(math.Sqrt(na)*math.Sqrt(nb))))
 	}
 	rel := 0.0
 	switch {
