@@ -369,7 +369,7 @@ type MIMEer interface{ MIME() map[string]any }
 type Imager interface{ image.Image }
 
 // Bundle returns the MIME bundle of a compiled value by the protocol above (text/plain is
-// fmt's %v). The session uses its own interpreted probe for values of interpreted types,
+// fmt's %v, or "<image W×H>" for images without a String method). The session uses its own interpreted probe for values of interpreted types,
 // whose methods compiled code cannot see; for compiled values both agree.
 func Bundle(v any) Data {
 	d := Data{MIMEText: fmt.Sprint(v)}
@@ -401,6 +401,10 @@ func Bundle(v any) Data {
 	if x, ok := v.(image.Image); ok {
 		if b, err := EncodePNG(x); err == nil {
 			d[MIMEPNG] = base64.StdEncoding.EncodeToString(b)
+			if _, ok := v.(fmt.Stringer); !ok {
+				r := x.Bounds()
+				d[MIMEText] = fmt.Sprintf("<image %d×%d>", r.Dx(), r.Dy())
+			}
 		}
 	}
 	if x, ok := v.(MIMEer); ok {

@@ -516,29 +516,47 @@ func (s *Session) evalChainLocked(chain string) (v reflect.Value, ok bool) {
 	return v, true
 }
 
-// probe is one way a value offers a MIME representation.
-type probe struct{ mime, expr string }
+// probe is one way a value offers a MIME representation. Probes with a method name are
+// tried only when a cell declared a method of that name (compiled types are covered by
+// display.Bundle), which keeps a plain `1+1` fast.
+type probe struct{ mime, expr, method string }
 
 var probes = []probe{
-	{"", rtName + ".Bundle(" + lastVar + ")"},                      // what compiled types offer
-	{display.MIMEText, hiddenPref + "fmt.Sprint(" + lastVar + ")"}, // yaegi's fmt sees interpreted String methods
-	{display.MIMEHTML, lastVar + ".HTML()"},
-	{display.MIMEMarkdown, lastVar + ".Markdown()"},
-	{display.MIMESVG, lastVar + ".SVG()"},
-	{display.MIMEPNG, lastVar + ".PNG()"},
-	{display.MIMEJPEG, lastVar + ".JPEG()"},
-	{display.MIMEJSON, lastVar + ".JSON()"},
-	{display.MIMELaTeX, lastVar + ".LaTeX()"},
-	{"image", rtName + ".ImagePNG(" + lastVar + ")"},
-	{"mime", lastVar + ".MIME()"},
+	{display.MIMEText, hiddenPref + "fmt.Sprint(" + lastVar + ")", ""}, // yaegi's fmt sees interpreted String methods
+	{"", rtName + ".Bundle(" + lastVar + ")", ""},                      // what compiled types offer
+	{display.MIMEHTML, lastVar + ".HTML()", "HTML"},
+	{display.MIMEMarkdown, lastVar + ".Markdown()", "Markdown"},
+	{display.MIMESVG, lastVar + ".SVG()", "SVG"},
+	{display.MIMEPNG, lastVar + ".PNG()", "PNG"},
+	{display.MIMEJPEG, lastVar + ".JPEG()", "JPEG"},
+	{display.MIMEJSON, lastVar + ".JSON()", "JSON"},
+	{display.MIMELaTeX, lastVar + ".LaTeX()", "LaTeX"},
+	{"image", rtName + ".ImagePNG(" + lastVar + ")", "At"},
+	{"mime", lastVar + ".MIME()", "MIME"},
+}
+
+// declaredMethods is the set of method names cells declared.
+func (s *Session) declaredMethods() map[string]bool {
+	s.namesMu.RLock()
+	defer s.namesMu.RUnlock()
+	m := map[string]bool{}
+	for k, d := range s.decls {
+		if d.kind == "method" {
+			m[k[strings.LastIndexByte(k, '.')+1:]] = true
+		}
+	}
+	return m
 }
 
 // bundle computes the MIME bundle of _qgLast: each probe that compiles (the value has that
 // method) is run; failing or panicking probes are skipped.
 func (s *Session) bundle(c *cell, ec errorContext) map[string]any {
 	data := map[string]any{}
-	imageText := false
+	methods := s.declaredMethods()
 	for _, p := range probes {
+		if p.method != "" && !methods[p.method] {
+			continue
+		}
 		body, err := s.parseStmt(p.expr)
 		if err != nil {
 			continue
@@ -558,9 +576,6 @@ func (s *Session) bundle(c *cell, ec errorContext) map[string]any {
 		case "", "mime":
 			if m, ok := v.Interface().(map[string]any); ok {
 				for k, x := range m {
-					if k == display.MIMEText && imageText && p.mime == "" {
-						continue
-					}
 					data[k] = x
 				}
 			}
@@ -573,7 +588,6 @@ func (s *Session) bundle(c *cell, ec errorContext) map[string]any {
 						w := uint32(b[16])<<24 | uint32(b[17])<<16 | uint32(b[18])<<8 | uint32(b[19])
 						h := uint32(b[20])<<24 | uint32(b[21])<<16 | uint32(b[22])<<8 | uint32(b[23])
 						data[display.MIMEText] = fmt.Sprintf("<image %d×%d>", w, h)
-						imageText = true
 					}
 				}
 				data[mime] = pngBase64(b)

@@ -204,8 +204,21 @@ func (s *Session) snapshotLabels() map[int]string {
 	return m
 }
 
-// rtBundle is the compiled view of a value's MIME bundle (see display.Bundle).
-func rtBundle(v any) map[string]any { return display.Bundle(v) }
+// rtBundle is the compiled view of a value's MIME bundle (see display.Bundle). Its
+// text/plain is kept only for images and bundles a MIME method gave: otherwise the
+// interpreter's fmt.Sprint, which sees interpreted String methods, is better.
+func rtBundle(v any) map[string]any {
+	d := display.Bundle(v)
+	_, isImage := v.(image.Image)
+	m, isMIME := v.(display.MIMEer)
+	if isMIME {
+		_, isMIME = m.MIME()[display.MIMEText]
+	}
+	if !isImage && !isMIME {
+		delete(d, display.MIMEText)
+	}
+	return d
+}
 
 // rtImagePNG encodes an image for the trailing-expression probe (nil on failure).
 func rtImagePNG(img image.Image) []byte {
