@@ -523,3 +523,24 @@ func TestReportJSONRoundTrip(t *testing.T) {
 		t.Errorf("round trip lost data: %+v", back)
 	}
 }
+
+func TestPackedCheckpointPaths(t *testing.T) {
+	// On a checkpoint stored as NVFP4 the QAT image of a linear is the linear itself, and the
+	// dense precisions decode it exactly, so all these paths agree.
+	dir := seedStyle(t, tinyModels[1])
+	for _, c := range [][2]string{{"cpu:stored", "cpu:f32:qat"}, {"cpu:stored:kv", "cpu:f32"}, {"cpu:nvfp4", "cpu:stored"}} {
+		r, err := Compare(context.Background(), dir, MustParseSpec(c[0]), MustParseSpec(c[1]), promptIDs, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m := maxAbsAll(r); m > 1e-5 || r.Diverges() {
+			t.Errorf("%s vs %s: max_abs %g, first diverging %s", c[0], c[1], m, r.FirstDivergingName)
+		}
+		if len(r.B.Notes) != 0 {
+			t.Errorf("%s: notes %q, want none (nothing rewritten)", c[1], r.B.Notes)
+		}
+		if !strings.Contains(r.A.Weights, "nvfp4 (seed .dat") {
+			t.Errorf("%s weights %q", c[0], r.A.Weights)
+		}
+	}
+}

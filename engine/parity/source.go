@@ -108,6 +108,7 @@ func splitPart(name string) (prefix, part string) {
 type rewritten struct {
 	prefix string
 	parts  map[string]string // part → stored tensor name
+	stored []string          // the stored names in storage order
 	out    []format.TensorInfo
 	// ready holds computed output tensors until Stream reads them.
 	ready map[string]*tensor.Host
@@ -153,6 +154,7 @@ func newRewriteSource(src format.Source, s Spec) (*rewriteSource, error) {
 			return nil, fmt.Errorf("tensors %q and %q are both the %s of %s", prev, ti.Name, part, prefix)
 		}
 		p.parts[part] = ti.Name
+		p.stored = append(p.stored, ti.Name)
 	}
 	for _, key := range order {
 		prefix, isParam := strings.CutPrefix(key, "\x00")
@@ -166,7 +168,7 @@ func newRewriteSource(src format.Source, s Spec) (*rewriteSource, error) {
 			return nil, err
 		}
 		if out == nil { // nothing to change (QAT on a weight already stored as NVFP4)
-			for _, name := range p.parts {
+			for _, name := range p.stored {
 				w.infos = append(w.infos, stored[name])
 			}
 			continue
