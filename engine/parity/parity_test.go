@@ -544,3 +544,31 @@ func TestPackedCheckpointPaths(t *testing.T) {
 		}
 	}
 }
+
+func TestModelOptCheckpoint(t *testing.T) {
+	// A checkpoint in the ModelOpt layout (weight U8 + weight_scale + weight_scale_2): the bug
+	// rewrites its stored scale bytes, kept as NVFP4 or decoded densely.
+	m, _, err := LoadModel(tinyModels[0], MustParseSpec("cpu:nvfp4"), cpu.New(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(t.TempDir(), "modelopt")
+	err = m.Save(dir, qwen3.SaveOptions{Format: "nvfp4"})
+	m.Free()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range [][2]string{{"cpu:stored", "cpu:stored:scalebug=0"}, {"cpu:f32", "cpu:bf16:scalebug=1:kv"}, {"cpu:stored", "cpu:f32:qat"}} {
+		r, err := Compare(context.Background(), dir, MustParseSpec(c[0]), MustParseSpec(c[1]), promptIDs, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := NoDivergence
+		if s := MustParseSpec(c[1]); s.ScaleBug {
+			want = s.ScaleBugLayer
+		}
+		if r.FirstDiverging != want || !strings.Contains(r.A.Weights, "nvfp4 (modelopt)") {
+			t.Errorf("%s vs %s: first diverging %s, want %s; weights %q\n%s", c[0], c[1], r.FirstDivergingName, LayerName(want, r.NumLayers), r.A.Weights, r)
+		}
+	}
+}
