@@ -59,6 +59,10 @@ var (
 func (ec errorContext) rewrite(msg string) string {
 	msg = yaegiNoise.ReplaceAllString(msg, "")
 	msg = incompleteNames.ReplaceAllString(msg, "undefined: $1")
+	if msg == "nil type" || msg == "nil reflect type" {
+		// yaegi's compiler fails this way on some top-level forms, e.g. `v, ok := <-ch`.
+		msg += " (the interpreter cannot compile this statement at the top level of a cell: put it in a function)"
+	}
 	return posRe.ReplaceAllStringFunc(msg, func(m string) string {
 		sub := posRe.FindStringSubmatch(m)
 		seq := ec.seq

@@ -201,6 +201,8 @@ func TestErrors(t *testing.T) {
 		{code: "os.Exit(3)", errName: ErrPanic, errVal: "os.Exit(3)"},
 		// A panic in compiled code names its compiled frames.
 		{code: "import \"regexp\"\nregexp.MustCompile(\"(\")", errName: ErrPanic, errVal: "missing closing )", tbHas: "regexp.MustCompile"},
+		// yaegi's compiler panics on some forms: an error, with a hint.
+		{code: "ch := make(chan int, 1)\nclose(ch)\nv, open := <-ch", errName: ErrCompile, errVal: "put it in a function"},
 		{code: "ok + 1", text: "6"},
 	})
 }
