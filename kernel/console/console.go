@@ -317,11 +317,13 @@ func (c *Console) Interrupt() {
 	c.interrupt++
 	n, cell, cancel := c.interrupt, c.inCell, c.cancel
 	c.mu.Unlock()
-	if cancel != nil {
-		cancel()
-	}
+	// The interpreter first, then the context: a Remote sends one
+	// interrupt_request for both.
 	if cell {
 		c.opt.Interp.Interrupt()
+	}
+	if cancel != nil {
+		cancel()
 	}
 	switch {
 	case n == 3:

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -38,6 +39,8 @@ type Remote struct {
 	waiters map[string]chan *wire.Message // shell/control replies by request msg_id
 	iopubTo map[string]chan *wire.Message // iopub messages by parent msg_id
 	stdinCh chan *wire.Message
+
+	interrupts atomic.Int64 // interrupt_requests sent by Interrupt
 }
 
 // Dial connects to the kernel described by the connection file at path and
@@ -259,8 +262,11 @@ func (r *Remote) request(s zmq4.Socket, msgType string, content any) (*wire.Mess
 	}
 }
 
-// Interrupt sends interrupt_request on the control channel.
+// Interrupt sends interrupt_request on the control channel. Each call sends
+// one: a second interrupt of a cell stuck in a compiled call lets the
+// kernel abandon it.
 func (r *Remote) Interrupt() {
+	r.interrupts.Add(1)
 	go r.request(r.control, "interrupt_request", nil)
 }
 
@@ -319,7 +325,8 @@ func (r *Remote) IsComplete(code string) (status, indent string) {
 const idleGrace = 2 * time.Second
 
 // Execute runs code in the kernel. Cancelling ctx sends interrupt_request
-// and keeps waiting for the kernel to finish the cell.
+// (unless Interrupt was called during this execution already) and keeps
+// waiting for the kernel to finish the cell.
 func (r *Remote) Execute(ctx context.Context, code string, io IO) (*Result, error) {
 	m, err := r.sess.NewMessage("execute_request", nil, map[string]any{
 		"code": code, "silent": false, "store_history": true, "user_expressions": map[string]any{},
@@ -332,6 +339,7 @@ func (r *Remote) Execute(ctx context.Context, code string, io IO) (*Result, erro
 	replyCh, pubCh := r.expect(id, true)
 	defer r.forget(id)
 	start := time.Now()
+	interruptsBefore := r.interrupts.Load()
 	if err := r.send(r.shell, m); err != nil {
 		return nil, err
 	}
@@ -347,7 +355,9 @@ func (r *Remote) Execute(ctx context.Context, code string, io IO) (*Result, erro
 		select {
 		case <-interrupt:
 			interrupt = nil
-			r.Interrupt()
+			if r.interrupts.Load() == interruptsBefore {
+				r.Interrupt()
+			}
 		case reply = <-replyCh:
 			if !idle {
 				graceC = time.After(idleGrace)

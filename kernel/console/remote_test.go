@@ -142,6 +142,24 @@ func TestRemote(t *testing.T) {
 	if !errors.As(err, &ce) || ce.Name != "Interrupted" || time.Since(start) > 5*time.Second {
 		t.Fatalf("loop: %v after %v", err, time.Since(start))
 	}
+	// The console calls Interrupt and cancels the context: one interrupt_request.
+	cctx, cancel = context.WithCancel(ctx)
+	go func() {
+		<-f.running
+		r.Interrupt()
+		cancel()
+	}()
+	_, err = r.Execute(cctx, "loop", &recIO{})
+	if !errors.As(err, &ce) || ce.Name != "Interrupted" {
+		t.Fatalf("second loop: %v", err)
+	}
+	time.Sleep(300 * time.Millisecond) // a duplicate request would arrive by now
+	f.mu.Lock()
+	n := f.interrupted
+	f.mu.Unlock()
+	if n != 2 {
+		t.Errorf("interpreter interrupted %d times for two interrupted cells, want 2", n)
+	}
 	if res, err := r.Execute(ctx, "after", &recIO{}); err != nil || res.Data["text/plain"] != "after" {
 		t.Fatalf("after interrupt: %v %v", res, err)
 	}
