@@ -33,7 +33,7 @@ func (k *kernelFake) Complete(code string, cursor int) kernel.Completion {
 	return kernel.Completion{Matches: c.Matches, Start: c.Start, End: c.End}
 }
 func (k *kernelFake) Inspect(string, int, int) (map[string]string, bool) { return nil, false }
-func (k *kernelFake) History() kernel.History                          { return nil }
+func (k *kernelFake) History() kernel.History                            { return nil }
 
 // recIO records what a remote cell sends.
 type recIO struct {
