@@ -23,6 +23,7 @@ import (
 	"github.com/qwengo/qwengo/engine/cpu"
 	"github.com/qwengo/qwengo/engine/format"
 	"github.com/qwengo/qwengo/engine/generate"
+	"github.com/qwengo/qwengo/engine/parity"
 	"github.com/qwengo/qwengo/engine/qwen3"
 	"github.com/qwengo/qwengo/engine/sample"
 	"github.com/qwengo/qwengo/engine/tokenizer"
@@ -464,3 +465,31 @@ func (c *Chat) CachedTokens() int { return c.c.Cached() }
 
 // Close frees the chat's KV cache.
 func (c *Chat) Close() { c.cache.Free() }
+
+// Compare runs prompt through two numeric paths of this model — specs such as "cpu:bf16:kv" and
+// "cpu:nvfp4" (backend, precision, qat, kv, scalebug=N) — and reports per layer max_abs, mean_abs
+// and cosine of the hidden state, the first diverging layer and both sides' top-10 next tokens.
+// The prompt is tokenized as is; use tokenizer.RenderChat for the chat template.
+func (m *Model) Compare(a, b string, prompt string) (*parity.Report, error) {
+	if m.Tokenizer == nil {
+		return nil, ErrNoTokenizer
+	}
+	return m.CompareIDs(a, b, m.Tokenizer.Encode(prompt))
+}
+
+// CompareIDs is Compare on token ids.
+func (m *Model) CompareIDs(a, b string, ids []int) (*parity.Report, error) {
+	sa, err := parity.ParseSpec(a)
+	if err != nil {
+		return nil, err
+	}
+	sb, err := parity.ParseSpec(b)
+	if err != nil {
+		return nil, err
+	}
+	opt := parity.Options{}
+	if m.Tokenizer != nil {
+		opt.Decode = m.Tokenizer.Decode
+	}
+	return parity.Compare(CurrentContext(), m.Path, sa, sb, ids, opt)
+}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/qwengo/qwengo/engine/format"
 	"github.com/qwengo/qwengo/engine/grad"
+	"github.com/qwengo/qwengo/engine/parity"
 	"github.com/qwengo/qwengo/engine/qwen3"
 	"github.com/qwengo/qwengo/engine/tensor"
 )
@@ -149,5 +150,23 @@ func TestProgress(t *testing.T) {
 	m.Close()
 	if calls < 5 || !strings.Contains(b.String(), "100.0%") {
 		t.Fatalf("%d calls: %q", calls, b.String())
+	}
+}
+
+func TestCompare(t *testing.T) {
+	m, err := Load(filepath.Join("qwen3", "testdata", "tiny-tied"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	r, err := m.CompareIDs("cpu:f32:kv", "cpu:f32", []int{1, 2, 3, 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.FirstDiverging != parity.NoDivergence {
+		t.Fatalf("kv vs no-kv diverged:\n%s", r)
+	}
+	if _, err := m.CompareIDs("gpu", "cpu", []int{1}); err == nil {
+		t.Fatal("bad spec accepted")
 	}
 }
