@@ -43,6 +43,10 @@
 // given, the bytes of that process's tree (its descendants found through /proc, plus the members
 // of its process group). The seed project learnt that per-process figures read 0 on
 // unified-memory machines (and PIDs differ across container namespaces): when the tree reads 0
-// while the device's usage has grown since the Baseline, the Sampler says so in the Reading and
-// attributes the device total to the tree.
+// while the device's usage has grown past the Baseline by more than MinGrowth, the Sampler says
+// so in the Reading and attributes the device total to the tree.
+//
+// Seen on an H200 (driver 580, gVisor): nvmlDeviceGetComputeRunningProcesses_v3 lists the
+// command's PID with its memory (a 3e9-byte torch allocation read 3.39 GiB per process, 4.00 GiB
+// on the device), so per-process figures work there and the fallback is not needed.
 package guard

@@ -53,6 +53,11 @@ func (r Reading) Over(limit int64) (over bool, why string) {
 	return true, strings.Join(parts, " and ") + ", over the limit " + backend.Human(limit)
 }
 
+// MinGrowth is how much the device's usage must grow past the Sampler's Baseline before a tree
+// whose per-process figures read 0 is attributed the device total (driver bookkeeping moves the
+// device's figure by kilobytes; a CUDA context alone takes hundreds of MiB).
+const MinGrowth = 64 << 20
+
 // Sampler reads Readings from a MemorySource, attributing memory to a process tree when Root is
 // set. The zero value of each optional field is a usable default.
 type Sampler struct {
@@ -60,8 +65,8 @@ type Sampler struct {
 	// Root is the PID whose process tree is measured (0 = device only).
 	Root int
 	// Baseline is the device's bytes in use before the tree started: when the tree's
-	// per-process figures read 0 but DeviceUsed > Baseline, the device total is attributed to
-	// the tree. A negative Baseline disables that fallback.
+	// per-process figures read 0 but DeviceUsed exceeds Baseline by more than MinGrowth, the
+	// device total is attributed to the tree. A negative Baseline disables that fallback.
 	Baseline int64
 	// Tree lists the PIDs of Root's tree (nil = ProcessTree, reading /proc).
 	Tree func(root int) ([]int, error)
@@ -125,7 +130,7 @@ func (s *Sampler) Sample() (Reading, error) {
 			}
 		}
 	}
-	if r.Tree == 0 && s.Baseline >= 0 && r.DeviceUsed > s.Baseline {
+	if r.Tree == 0 && s.Baseline >= 0 && r.DeviceUsed-s.Baseline > MinGrowth {
 		why := "per-process memory reads 0 for the command's processes"
 		if !r.PerProcess {
 			why = "no per-process memory for the command's processes (" + r.Note + ")"

@@ -35,6 +35,8 @@ func TestSampler(t *testing.T) {
 			wantTree: 3 * GiB, wantPIDs: []int{100}, perProc: true, fromTotal: true, note: "grew from 1.00 GiB to 3.00 GiB"},
 		{name: "zero per pid, device did not grow", root: 100, baseline: 3 * GiB, used: 3 * GiB,
 			procs: []Process{{100, 0}}, wantTree: 0, wantPIDs: []int{100}, perProc: true},
+		{name: "growth below MinGrowth is noise", root: 100, baseline: GiB, used: GiB + MinGrowth,
+			procs: []Process{{100, 0}}, wantPIDs: []int{100}, perProc: true},
 		{name: "fallback disabled", root: 100, baseline: -1, used: 3 * GiB, procs: nil, perProc: true},
 		{name: "unsupported", root: 100, baseline: 0, used: 2 * GiB, procsErr: ErrPerProcessUnsupported,
 			wantTree: 2 * GiB, fromTotal: true, note: "no per-process memory"},

@@ -113,9 +113,20 @@ func TestGuardOverFor(t *testing.T) {
 }
 
 func TestGuardEscalatesToSIGKILL(t *testing.T) {
-	withGuardDevice(t, guard.NewFake(80*guard.GiB, 3*guard.GiB), nil)
+	fake := guard.NewFake(80*guard.GiB, guard.GiB)
+	withGuardDevice(t, fake, nil)
+	ready := filepath.Join(t.TempDir(), "ready")
+	go func() { // go over the limit once the shell ignores SIGTERM
+		for i := 0; i < 500; i++ {
+			if _, err := os.Stat(ready); err == nil {
+				fake.SetUsed(3 * guard.GiB)
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
 	code, out, errs, took := runGuardCmd(t, "--gpu-limit-gb", "2", "--gpu-poll-secs", "0.05", "--kill-grace-secs", "0.3", "--json",
-		"--", "sh", "-c", `trap "" TERM; sleep 30`)
+		"--", "sh", "-c", `trap "" TERM; touch `+ready+`; sleep 30`)
 	if code != 124 || took > 5*time.Second {
 		t.Fatalf("exit %d after %s\n%s", code, took, errs)
 	}
