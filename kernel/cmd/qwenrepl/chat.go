@@ -136,8 +136,15 @@ func (ch *chatter) Stats() string {
 		b.WriteString("no reply yet\n")
 	}
 	o := ch.c.Options
-	fmt.Fprintf(&b, "KV cache: %d tokens kept for reuse; sampling: temp %g, top-p %g, max %d tokens\n",
-		ch.c.CachedTokens(), o.Temperature, o.TopP, o.MaxTokens)
+	temp, topP := fmt.Sprint(o.Temperature), fmt.Sprint(o.TopP)
+	if o.Temperature == 0 {
+		temp = "0 (greedy)"
+	}
+	if o.TopP <= 0 || o.TopP >= 1 {
+		topP = "off"
+	}
+	fmt.Fprintf(&b, "KV cache: %d tokens kept for reuse; sampling: temp %s, top-p %s, max %d tokens\n",
+		ch.c.CachedTokens(), temp, topP, o.MaxTokens)
 	mem := engine.Memory()
 	fmt.Fprintf(&b, "memory: %s in use, peak %s on %s", console.FormatBytes(mem.Used()), console.FormatBytes(mem.Peak), mem.Device)
 	if mem.Budget > 0 {

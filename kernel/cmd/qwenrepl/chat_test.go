@@ -91,6 +91,7 @@ func TestConsoleTerminalChat(t *testing.T) {
 	// :chat again returns to the same conversation without reloading.
 	m.line(":chat")
 	m.waitFor(5*time.Second, "conversation kept", "chat> ")
+	t.Logf("screen:\n%s", m.screen())
 	m.keys("C-d")
 	m.waitExit(10 * time.Second)
 }
