@@ -384,18 +384,26 @@ func (s *Session) compiles(stmt string) bool {
 func (s *Session) IsComplete(code string) (status, indent string) { return isComplete(code) }
 
 func isComplete(code string) (status, indent string) {
-	trimmed := strings.TrimSpace(code)
-	if trimmed == "" {
-		return "complete", ""
-	}
-	if first := strings.TrimLeft(code, " \t\r\n"); strings.HasPrefix(first, "%") || strings.HasPrefix(first, "!") {
-		// Magic lines; the Go after them decides.
-		segs := splitSegments(code)
-		for _, sg := range segs {
-			if !sg.magic {
-				return isComplete(sg.text)
+	segs := splitSegments(code)
+	for _, sg := range segs {
+		if sg.magic {
+			// Magic lines are complete; the Go stretches around them decide.
+			for _, sg := range segs {
+				if !sg.magic {
+					if st, ind := isCompleteGo(sg.text); st != "complete" {
+						return st, ind
+					}
+				}
 			}
+			return "complete", ""
 		}
+	}
+	return isCompleteGo(code)
+}
+
+// isCompleteGo classifies Go code (no magics).
+func isCompleteGo(code string) (status, indent string) {
+	if strings.TrimSpace(code) == "" {
 		return "complete", ""
 	}
 	fset := token.NewFileSet()

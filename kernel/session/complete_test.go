@@ -157,6 +157,9 @@ func TestIsComplete(t *testing.T) {
 		{"%env A=1", "complete", ""},
 		{"!ls", "complete", ""},
 		{"%time\nfor {", "incomplete", "\t"},
+		{" %x", "invalid", ""},
+		{"\n!x", "complete", ""},
+		{"x := 1\n%env A=1\ny := (", "incomplete", "\t"},
 		{"package main\n\nfunc main() {\n\tfmt.Println(1)\n}", "complete", ""},
 	}
 	s := &Session{}

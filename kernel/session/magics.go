@@ -99,7 +99,7 @@ func splitSegments(src string) []segment {
 // goComplete reports whether Go code needs no more lines (is_complete's "complete" or an
 // error no more input fixes).
 func goComplete(code string) bool {
-	st, _ := isComplete(code)
+	st, _ := isCompleteGo(code)
 	return st != "incomplete"
 }
 
