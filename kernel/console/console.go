@@ -65,6 +65,7 @@ type Console struct {
 
 	chatMode bool
 	chat     Chatter
+	quit     bool // the interpreter is gone (a remote kernel died)
 
 	mu        sync.Mutex
 	running   bool // a cell or chat turn is running
@@ -249,7 +250,7 @@ func (c *Console) step() (done bool, err error) {
 	}
 	c.saveHistory()
 	c.execute(strings.TrimRight(strings.Join(lines, "\n"), " \t\n"))
-	return false, nil
+	return c.quit, nil
 }
 
 // execute runs one cell and prints its result or error.
@@ -264,6 +265,9 @@ func (c *Console) execute(code string) {
 	if err != nil {
 		c.out.freshLine()
 		printError(c.err, err)
+		if errors.Is(err, ErrKernelDied) {
+			c.quit = true
+		}
 		return
 	}
 	if res == nil {

@@ -29,6 +29,9 @@ type Remote struct {
 	// Timeout bounds the short requests (complete, is_complete,
 	// interrupt); default 5 s.
 	Timeout time.Duration
+	hbEndpoint string
+	dead       chan struct{}
+	deadOnce   sync.Once
 
 	sess                         *wire.Session
 	shell, control, stdin, iopub zmq4.Socket
@@ -64,6 +67,9 @@ func DialInfo(ci *wire.ConnectionInfo, timeout time.Duration) (*Remote, error) {
 		waiters: map[string]chan *wire.Message{},
 		iopubTo: map[string]chan *wire.Message{},
 		stdinCh: make(chan *wire.Message, 4),
+		dead:    make(chan struct{}),
+
+		hbEndpoint: ci.Endpoint(ci.HBPort),
 	}
 	id := zmq4.WithID(zmq4.SocketIdentity("qwenrepl-" + r.sess.ID))
 	opts := []zmq4.Option{zmq4.WithDialerRetry(50 * time.Millisecond), zmq4.WithDialerMaxRetries(int(timeout / (50 * time.Millisecond)))}
@@ -93,7 +99,89 @@ func DialInfo(ci *wire.ConnectionInfo, timeout time.Duration) (*Remote, error) {
 		r.Close()
 		return nil, err
 	}
+	go r.heartbeat()
 	return r, nil
+}
+
+// ErrKernelDied is returned by a Remote whose kernel stopped answering
+// heartbeats.
+var ErrKernelDied = errors.New("the kernel died (no answer on the heartbeat channel)")
+
+// The heartbeat channel is pinged every heartbeatInterval; after
+// heartbeatMisses unanswered pings in a row the kernel is declared dead and
+// every call fails with ErrKernelDied.
+var (
+	heartbeatInterval = time.Second
+	heartbeatMisses   = 3
+)
+
+// heartbeat pings the kernel's heartbeat channel until the Remote is closed
+// or the kernel misses heartbeatMisses pings in a row.
+func (r *Remote) heartbeat() {
+	interval, misses := heartbeatInterval, heartbeatMisses
+	var c *hbConn
+	defer func() {
+		if c != nil {
+			c.sock.Close()
+		}
+	}()
+	missed := 0
+	for {
+		select {
+		case <-r.ctx.Done():
+			return
+		case <-time.After(interval):
+		}
+		if c == nil {
+			c = &hbConn{sock: zmq4.NewReq(r.ctx, zmq4.WithDialerRetry(interval/4), zmq4.WithDialerMaxRetries(2))}
+		}
+		if r.ping(c, interval) {
+			missed = 0
+			continue
+		}
+		// A REQ socket that lost its reply cannot send again: start over.
+		c.sock.Close()
+		c = nil
+		if missed++; missed >= misses {
+			r.deadOnce.Do(func() { close(r.dead) })
+			return
+		}
+	}
+}
+
+// hbConn is the heartbeat socket and whether it is connected.
+type hbConn struct {
+	sock   zmq4.Socket
+	dialed atomic.Bool
+}
+
+// ping sends one heartbeat and waits up to timeout for the echo.
+func (r *Remote) ping(c *hbConn, timeout time.Duration) bool {
+	done := make(chan error, 1)
+	go func() {
+		sock := c.sock
+		if !c.dialed.Load() {
+			if err := sock.Dial(r.hbEndpoint); err != nil {
+				done <- err
+				return
+			}
+			c.dialed.Store(true)
+		}
+		if err := sock.Send(zmq4.NewMsg([]byte("ping"))); err != nil {
+			done <- err
+			return
+		}
+		_, err := sock.Recv()
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		return err == nil
+	case <-time.After(timeout):
+		return false
+	case <-r.ctx.Done():
+		return true
+	}
 }
 
 // handshake sends kernel_info_request until a reply arrives on shell and
@@ -257,6 +345,8 @@ func (r *Remote) request(s zmq4.Socket, msgType string, content any) (*wire.Mess
 		return rep, nil
 	case <-time.After(t):
 		return nil, fmt.Errorf("%s: no reply within %v", msgType, t)
+	case <-r.dead:
+		return nil, fmt.Errorf("%s: %w", msgType, ErrKernelDied)
 	case <-r.ctx.Done():
 		return nil, errors.New(msgType + ": connection closed")
 	}
@@ -416,6 +506,8 @@ func (r *Remote) Execute(ctx context.Context, code string, io IO) (*Result, erro
 			r.answerInput(in, io)
 		case <-r.ctx.Done():
 			return nil, errors.New("execute: connection closed")
+		case <-r.dead:
+			return nil, ErrKernelDied
 		}
 	}
 	res.Duration = time.Since(start)

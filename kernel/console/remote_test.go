@@ -63,6 +63,11 @@ func (r *recIO) Input(p string, pw bool) (string, error) {
 }
 
 func startKernel(t *testing.T, key string) (*wire.ConnectionInfo, *kernelFake) {
+	ci, f, _ := startStoppableKernel(t, key)
+	return ci, f
+}
+
+func startStoppableKernel(t *testing.T, key string) (*wire.ConnectionInfo, *kernelFake, context.CancelFunc) {
 	t.Helper()
 	ci := &wire.ConnectionInfo{Transport: "ipc", IP: filepath.Join(t.TempDir(), "k"),
 		ShellPort: 1, IOPubPort: 2, StdinPort: 3, ControlPort: 4, HBPort: 5,
@@ -76,7 +81,7 @@ func startKernel(t *testing.T, key string) (*wire.ConnectionInfo, *kernelFake) {
 	ctx, cancel := context.WithCancel(context.Background())
 	go k.Run(ctx)
 	t.Cleanup(cancel)
-	return ci, f
+	return ci, f, cancel
 }
 
 type testWriter struct{ t *testing.T }
@@ -194,5 +199,42 @@ func TestByteOffset(t *testing.T) {
 		if got := byteOffset(s, cp); got != want {
 			t.Errorf("byteOffset(%q,%d)=%d want %d", s, cp, got, want)
 		}
+	}
+}
+
+func TestRemoteKernelDies(t *testing.T) {
+	defer func(i time.Duration) { heartbeatInterval = i }(heartbeatInterval)
+	heartbeatInterval = 100 * time.Millisecond
+	ci, f, stop := startStoppableKernel(t, "k")
+	r, err := DialInfo(ci, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	go func() {
+		<-f.running
+		stop()
+	}()
+	start := time.Now()
+	_, err = r.Execute(context.Background(), "loop", &recIO{})
+	if !errors.Is(err, ErrKernelDied) {
+		t.Fatalf("Execute after the kernel stopped: %v", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("took %v to notice", d)
+	}
+	if _, err := r.Execute(context.Background(), "1", &recIO{}); !errors.Is(err, ErrKernelDied) {
+		t.Errorf("next Execute: %v", err)
+	}
+
+	// The console stops on a dead kernel instead of failing every cell.
+	fl := &fakeLines{inputs: lines("1", "2")}
+	var out, errb strings.Builder
+	c := New(Options{Interp: r, Lines: fl, Out: &out, Err: &errb})
+	if err := c.Run(); err != nil {
+		t.Fatal(err)
+	}
+	if len(fl.inputs) != 1 || !strings.Contains(errb.String(), "kernel died") {
+		t.Errorf("console went on after the kernel died: inputs left %d, stderr %q", len(fl.inputs), errb.String())
 	}
 }
