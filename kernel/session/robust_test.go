@@ -13,7 +13,7 @@ func TestRobustness(t *testing.T) {
 		"package", "package main\npackage main", "var", "go", "go 1", "defer f()", "return", "break",
 		"x := <-", "chan", "%", "%%", "!", "% time", "\ufeffx := 1", "é := 1\né", strings.Repeat("(", 500),
 		strings.Repeat("x := 1\n", 2000) + "x", "type T[K comparable] struct{ k K }", "func G[T any](t T) T { return t }\nG(1)",
-		"goto L", "L:\nfor {\nbreak L\n}", "select {\ndefault:\n}", "var _ = 1", "_ = 1", "import _ \"embed\"",
+		"goto L", "L:\nfor {\nbreak L\n}", "import \"runtime\"\nruntime.Goexit()", "select {\ndefault:\n}", "var _ = 1", "_ = 1", "import _ \"embed\"",
 	}
 	for _, code := range cells {
 		f, res, ce := run(t, s, code)
