@@ -287,3 +287,15 @@ func TestEditDistance(t *testing.T) {
 		}
 	}
 }
+
+func TestChoiceWithEmpty(t *testing.T) {
+	f := New("gen")
+	f.Choice("logits", "", []string{"", "last", "all"}, "which logits")
+	if u := f.Usage(); !strings.Contains(u, "--logits last|all ") {
+		t.Errorf("usage:\n%s", u)
+	}
+	err := f.Parse([]string{"--logits=none"})
+	if err == nil || !strings.Contains(err.Error(), `want one of "", last, all`) {
+		t.Errorf("bad choice: %v", err)
+	}
+}

@@ -148,7 +148,25 @@ func (v *choiceValue) Set(s string) error {
 			return nil
 		}
 	}
-	return fmt.Errorf("want one of %s", strings.Join(v.choices, ", "))
+	shown := make([]string, len(v.choices))
+	for i, c := range v.choices {
+		shown[i] = c
+		if c == "" {
+			shown[i] = `""`
+		}
+	}
+	return fmt.Errorf("want one of %s", strings.Join(shown, ", "))
 }
 func (v *choiceValue) String() string { return *v.p }
-func (v *choiceValue) Type() string   { return strings.Join(v.choices, "|") }
+
+// Type lists the choices; an empty choice (the flag's "off" default) is
+// left out.
+func (v *choiceValue) Type() string {
+	var cs []string
+	for _, c := range v.choices {
+		if c != "" {
+			cs = append(cs, c)
+		}
+	}
+	return strings.Join(cs, "|")
+}

@@ -28,7 +28,8 @@ type Remote struct {
 	KernelInfo map[string]any
 	// Timeout bounds the short requests (complete, is_complete,
 	// interrupt); default 5 s.
-	Timeout    time.Duration
+	Timeout time.Duration
+
 	hbEndpoint string
 	dead       chan struct{}
 	deadOnce   sync.Once
