@@ -3,7 +3,8 @@ package format
 import (
 	"bytes"
 	"encoding/binary"
-	"math"
+	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,346 +13,245 @@ import (
 	"github.com/qwengo/qwengo/engine/tensor"
 )
 
-func host(t testing.TB, name string, dt tensor.DType, shape []int) *tensor.Host {
-	t.Helper()
-	n := tensor.Numel(shape) * dt.Size()
-	h := &tensor.Host{Name: name, DType: dt, Shape: shape, Data: make([]byte, n)}
-	for i := range h.Data {
-		h.Data[i] = byte(i*7 + len(name))
+// mkHost makes a tensor with deterministic, name-dependent bytes.
+func mkHost(name string, dt tensor.DType, shape ...int) *tensor.Host {
+	h := &tensor.Host{Name: name, DType: dt, Shape: append([]int{}, shape...), Data: make([]byte, tensor.Numel(shape)*dt.Size())}
+	seed := byte(len(name))
+	for _, c := range name {
+		seed = seed*31 + byte(c)
 	}
-	if dt == tensor.F32 {
-		for i := 0; i < n/4; i++ {
-			binary.LittleEndian.PutUint32(h.Data[4*i:], math.Float32bits(float32(i)*0.5))
-		}
+	for i := range h.Data {
+		h.Data[i] = seed + byte(i*7)
 	}
 	return h
 }
 
-func TestSafetensorsRoundTrip(t *testing.T) {
-	dir := t.TempDir()
-	ts := []*tensor.Host{
-		host(t, "a", tensor.F32, []int{2, 3}),
-		host(t, "b", tensor.BF16, []int{5}),
-		host(t, "c", tensor.F8E4M3, []int{4, 4}),
-		host(t, "d", tensor.U8, []int{3, 2}),
-		host(t, "s", tensor.F32, []int{}),
-		host(t, "e", tensor.I64, []int{2}),
-	}
-	p := filepath.Join(dir, "m.safetensors")
-	if err := WriteSafetensors(p, ts, map[string]string{"format": "pt"}); err != nil {
+// writeFile writes b to dir/name and returns the path.
+func writeFile(t testing.TB, dir, name string, b []byte) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	src, err := Open(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close()
-	if md := src.(*Safetensors).Metadata(); md["format"] != "pt" {
-		t.Fatalf("metadata %v", md)
-	}
-	if len(src.Tensors()) != len(ts) {
-		t.Fatalf("%d tensors", len(src.Tensors()))
-	}
-	for _, want := range ts {
-		got, err := src.Read(want.Name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got.DType != want.DType || !bytes.Equal(got.Data, want.Data) || len(got.Shape) != len(want.Shape) {
-			t.Fatalf("%s: got %v%v", want.Name, got.DType, got.Shape)
-		}
-	}
-	raw, _ := os.ReadFile(p)
-	if hl := binary.LittleEndian.Uint64(raw); hl%8 != 0 {
-		t.Fatalf("header length %d not 8-aligned", hl)
-	}
-}
-
-func TestShardedRoundTripAndStream(t *testing.T) {
-	dir := t.TempDir()
-	var ts []*tensor.Host
-	for i := 0; i < 7; i++ {
-		ts = append(ts, host(t, "t"+string(rune('a'+i)), tensor.F32, []int{16, 8}))
-	}
-	if err := WriteSharded(dir, ts, 1200, nil); err != nil {
-		t.Fatal(err)
-	}
-	shards, _ := filepath.Glob(filepath.Join(dir, "model-*-of-*.safetensors"))
-	if len(shards) < 3 {
-		t.Fatalf("%d shards", len(shards))
-	}
-	src, err := Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close()
-	var names []string
-	var last int64
-	err = Stream(src, func(h *tensor.Host) error {
-		names = append(names, h.Name)
-		return h.Validate()
-	}, func(done, total int64) {
-		if done < last || done > total {
-			t.Errorf("progress %d/%d", done, total)
-		}
-		last = done
-	})
-	if err != nil || len(names) != 7 || last != 7*16*8*4 {
-		t.Fatalf("stream: %v %v %d", err, names, last)
-	}
-}
-
-// rawST builds a safetensors file from a literal header and n data bytes.
-func rawST(t *testing.T, header string, n int) string {
-	p := filepath.Join(t.TempDir(), "x.safetensors")
-	var b bytes.Buffer
-	binary.Write(&b, binary.LittleEndian, uint64(len(header)))
-	b.WriteString(header)
-	b.Write(make([]byte, n))
-	os.WriteFile(p, b.Bytes(), 0o644)
 	return p
 }
 
-func TestSafetensorsErrors(t *testing.T) {
-	cases := []struct {
-		name, header string
-		data         int
-		want         string
-	}{
-		{"bad json", `{"a":`, 0, "not valid JSON"},
-		{"unknown dtype", `{"a":{"dtype":"F7","shape":[1],"data_offsets":[0,4]}}`, 4, `tensor "a": unknown dtype "F7"`},
-		{"truncated data", `{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}`, 8, "truncated"},
-		{"size mismatch", `{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}`, 8, "needs 12 bytes"},
-		{"overlap", `{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}`, 12, "overlaps"},
-		{"bad offsets", `{"a":{"dtype":"F32","shape":[1],"data_offsets":[8,4]}}`, 8, "not [begin, end]"},
-		{"unknown field", `{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4],"x":1}}`, 4, "bad header entry"},
-		{"negative dim", `{"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}}`, 4, "bad shape"},
+// stBytes builds a safetensors file: length (len(header)+lenDelta), header, n data bytes.
+func stBytes(header string, lenDelta int, n int) []byte {
+	var b bytes.Buffer
+	binary.Write(&b, binary.LittleEndian, uint64(len(header)+lenDelta))
+	b.WriteString(header)
+	b.Write(make([]byte, n))
+	return b.Bytes()
+}
+
+// wantErr checks that err is a *Error (possibly wrapped) whose message holds every part.
+func wantErr(t *testing.T, err error, parts ...string) {
+	t.Helper()
+	if err == nil {
+		t.Fatalf("no error, want one containing %q", parts)
 	}
-	for _, c := range cases {
-		_, err := OpenSafetensors(rawST(t, c.header, c.data))
-		if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "x.safetensors") {
-			t.Errorf("%s: err = %v, want %q", c.name, err, c.want)
+	var fe *Error
+	if !errors.As(err, &fe) {
+		t.Errorf("error %T is not a *format.Error: %v", err, err)
+	}
+	for _, p := range parts {
+		if !strings.Contains(err.Error(), p) {
+			t.Errorf("error %q does not contain %q", err, p)
 		}
-	}
-	p := filepath.Join(t.TempDir(), "h.safetensors")
-	os.WriteFile(p, []byte{0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, '{'}, 0o644)
-	if _, err := OpenSafetensors(p); err == nil || !strings.Contains(err.Error(), "exceeds the file") {
-		t.Errorf("huge header length: %v", err)
-	}
-	os.WriteFile(p, []byte{1, 2}, 0o644)
-	if _, err := OpenSafetensors(p); err == nil || !strings.Contains(err.Error(), "truncated") {
-		t.Errorf("short file: %v", err)
 	}
 }
 
-func TestShardedErrors(t *testing.T) {
+// noTemps fails when a writer left temporary files in dir.
+func noTemps(t *testing.T, dir string) {
+	t.Helper()
+	m, _ := filepath.Glob(filepath.Join(dir, ".*.tmp*"))
+	if len(m) > 0 {
+		t.Errorf("temporary files left: %v", m)
+	}
+}
+
+// errSource is a Source whose reads can fail, recording how many tensors are outstanding.
+type countingSource struct {
+	infos       []TensorInfo
+	outstanding int
+	maxOut      int
+	failAt      string
+}
+
+func (c *countingSource) Tensors() []TensorInfo { return c.infos }
+func (c *countingSource) Close() error          { return nil }
+func (c *countingSource) Read(name string) (*tensor.Host, error) {
+	if name == c.failAt {
+		return nil, newErr("read", "mem", name, 0, "injected failure")
+	}
+	c.outstanding++
+	c.maxOut = max(c.maxOut, c.outstanding)
+	for _, ti := range c.infos {
+		if ti.Name == name {
+			return mkHost(name, ti.DType, ti.Shape...), nil
+		}
+	}
+	return nil, errors.New("no such tensor")
+}
+
+func TestStream(t *testing.T) {
+	src := &countingSource{}
+	for i, n := range []string{"a", "b", "c", "d"} {
+		src.infos = append(src.infos, TensorInfo{Name: n, DType: tensor.F32, Shape: []int{i + 1}, Size: int64(4 * (i + 1))})
+	}
+	var names []string
+	var progress [][2]int64
+	err := Stream(src, func(h *tensor.Host) error {
+		if src.outstanding != 1 {
+			t.Errorf("%d tensors held while handling %s: Stream reads ahead", src.outstanding, h.Name)
+		}
+		src.outstanding--
+		names = append(names, h.Name)
+		return nil
+	}, func(done, total int64) { progress = append(progress, [2]int64{done, total}) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(names, "") != "abcd" {
+		t.Errorf("order %v", names)
+	}
+	want := [][2]int64{{4, 40}, {12, 40}, {24, 40}, {40, 40}}
+	if len(progress) != 4 || progress[0] != want[0] || progress[3] != want[3] || progress[1] != want[1] {
+		t.Errorf("progress %v, want %v", progress, want)
+	}
+
+	// Errors from fn and from Read stop the stream and come back unchanged.
+	stop := errors.New("stop here")
+	n := 0
+	if err := Stream(src, func(*tensor.Host) error { n++; return stop }, nil); err != stop || n != 1 {
+		t.Errorf("fn error: %v after %d tensors", err, n)
+	}
+	src.failAt = "c"
+	n = 0
+	err = Stream(src, func(*tensor.Host) error { n++; return nil }, nil)
+	wantErr(t, err, `tensor "c"`, "injected failure")
+	if n != 2 {
+		t.Errorf("%d tensors before the failing one", n)
+	}
+}
+
+func TestOpen(t *testing.T) {
 	dir := t.TempDir()
-	WriteSafetensors(filepath.Join(dir, "s1.safetensors"), []*tensor.Host{host(t, "a", tensor.F32, []int{2})}, nil)
-	idx := filepath.Join(dir, "model.safetensors.index.json")
-	os.WriteFile(idx, []byte(`{"weight_map":{"a":"s1.safetensors","b":"s1.safetensors"}}`), 0o644)
-	if _, err := OpenSharded(idx); err == nil || !strings.Contains(err.Error(), `"b" is listed in the index but missing`) {
-		t.Errorf("missing tensor: %v", err)
-	}
-	os.WriteFile(idx, []byte(`{"weight_map":{"a":"../s1.safetensors"}}`), 0o644)
-	if _, err := OpenSharded(idx); err == nil || !strings.Contains(err.Error(), "leaves the checkpoint") {
-		t.Errorf("escaping shard: %v", err)
-	}
-	os.WriteFile(idx, []byte(`{"weight_map":{"a":"nope.safetensors"}}`), 0o644)
-	if _, err := OpenSharded(idx); err == nil || !strings.Contains(err.Error(), "nope.safetensors") {
-		t.Errorf("missing shard: %v", err)
-	}
-}
+	ts := []*tensor.Host{mkHost("x", tensor.F32, 3)}
 
-// datFile builds a .dat covering every elemType and both key spellings.
-func datFile(t testing.TB) (string, []DatEntry, [][]byte) {
-	entries := []DatEntry{
-		{Key: "model.layers.0.self_attn.q_proj.weight.qdata", ElemType: 0, Shape: []int{4, 16}},
-		{Key: "model.layers.0.self_attn.q_proj.weight.scale", ElemType: 101, Shape: []int{4, 2}},
-		{Key: "lm_head.qdata", ElemType: 100, Shape: []int{2, 8}},
-		{Key: "lm_head.scale", ElemType: 101, Shape: []int{2, 1}},
-		{Key: "model.norm.weight", ElemType: 5, Shape: []int{32}},
-		{Key: "scalar", ElemType: 6, Shape: []int{}},
-	}
-	for _, code := range []int{1, 2, 3, 4, 7, 11, 15} {
-		entries = append(entries, DatEntry{Key: "t" + string(rune('0'+code%10)) + string(rune('a'+code)), ElemType: code, Shape: []int{2, 1, 3}})
-	}
-	var payloads [][]byte
-	for i, e := range entries {
-		p := make([]byte, tensor.Numel(e.Shape)*datTypes[e.ElemType].Size())
-		for j := range p {
-			p[j] = byte(i*31 + j)
-		}
-		payloads = append(payloads, p)
-	}
-	path := filepath.Join(t.TempDir(), "w.dat")
-	if err := WriteDat(path, entries, func(i int) ([]byte, error) { return payloads[i], nil }); err != nil {
-		t.Fatal(err)
-	}
-	return path, entries, payloads
-}
+	single := filepath.Join(dir, "single")
+	os.Mkdir(single, 0o755)
+	WriteSafetensors(filepath.Join(single, "model.safetensors"), ts, nil)
 
-func TestDatRoundTripIdenticalBytes(t *testing.T) {
-	path, entries, payloads := datFile(t)
-	d, err := OpenDat(path)
-	if err != nil {
+	sharded := filepath.Join(dir, "sharded")
+	if err := WriteSharded(sharded, ts, 100, nil); err != nil {
 		t.Fatal(err)
 	}
-	defer d.Close()
-	if len(d.Entries) != len(entries) {
-		t.Fatalf("%d entries", len(d.Entries))
-	}
-	for i, e := range d.Entries {
-		if e.Key != entries[i].Key || e.ElemType != entries[i].ElemType {
-			t.Fatalf("entry %d: %+v", i, e)
-		}
-		b, err := d.ReadEntry(i)
-		if err != nil || !bytes.Equal(b, payloads[i]) {
-			t.Fatalf("entry %d payload: %v", i, err)
-		}
-	}
-	if ti := d.Tensors()[1]; ti.DType != tensor.F8E4M3 {
-		t.Fatalf("scale dtype %v", ti.DType)
-	}
-	out := filepath.Join(t.TempDir(), "copy.dat")
-	if err := WriteDat(out, d.Entries, d.ReadEntry); err != nil {
-		t.Fatal(err)
-	}
-	a, _ := os.ReadFile(path)
-	b, _ := os.ReadFile(out)
-	if !bytes.Equal(a, b) {
-		t.Fatal("rewrite changed bytes")
-	}
-	src, err := Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	src.Close()
-}
+	WriteSafetensors(filepath.Join(sharded, "model.safetensors"), ts, nil) // the index wins
 
-func TestDatErrors(t *testing.T) {
-	path, _, _ := datFile(t)
-	good, _ := os.ReadFile(path)
-	write := func(b []byte) string {
-		p := filepath.Join(t.TempDir(), "bad.dat")
-		os.WriteFile(p, b, 0o644)
-		return p
-	}
-	badType := append([]byte{1, 1, 'k', 99, 0}, 0)
+	datDir := filepath.Join(dir, "dat")
+	os.Mkdir(datDir, 0o755)
+	WriteDat(filepath.Join(datDir, "w.dat"), []DatEntry{{Key: "x", ElemType: 6, Shape: []int{3}}}, func(int) ([]byte, error) { return ts[0].Data, nil })
+
+	otherName := filepath.Join(dir, "other")
+	os.Mkdir(otherName, 0o755)
+	WriteSafetensors(filepath.Join(otherName, "weights.safetensors"), ts, nil)
+
+	ambiguous := filepath.Join(dir, "ambiguous")
+	os.Mkdir(ambiguous, 0o755)
+	WriteSafetensors(filepath.Join(ambiguous, "a.safetensors"), ts, nil)
+	WriteSafetensors(filepath.Join(ambiguous, "b.safetensors"), ts, nil)
+
+	WriteSafetensors(filepath.Join(dir, "noext"), ts, nil)
+	writeFile(t, dir, "junk.bin", []byte("hello, world"))
+
 	cases := []struct {
-		name string
-		data []byte
-		want string
+		path string
+		want string // dynamic type of the Source, or an error part
 	}{
-		{"empty", nil, "truncated at offset 0"},
-		{"truncated payload", good[:len(good)-3], "truncated"},
-		{"truncated header", []byte{1, 5, 'a', 'b', 'c', 'd', 'e', 6}, "truncated"},
-		{"count beyond file", good[:5], "cannot fit"},
-		{"unknown elemType", badType, "unknown elemType 99"},
-		{"huge count", []byte{0xff, 0xff, 0xff, 0x7f}, "cannot fit"},
-		{"non-minimal uleb", []byte{0x81, 0x00}, "not minimal"},
-		{"overlong uleb", []byte{0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01}, "too large"},
-		{"trailing bytes", append(append([]byte{}, good...), 0), "unexpected bytes"},
-		{"zero key", []byte{1, 0}, "key length 0"},
+		{single, "*format.Safetensors"},
+		{sharded, "*format.Sharded"},
+		{filepath.Join(sharded, IndexName), "*format.Sharded"},
+		{filepath.Join(sharded, "model-00001-of-00001.safetensors"), "*format.Safetensors"},
+		{datDir, "*format.Dat"},
+		{otherName, "*format.Safetensors"},
+		{filepath.Join(dir, "noext"), "*format.Safetensors"},
+		{ambiguous, "error: 2 other .safetensors/.dat files [a.safetensors b.safetensors]"},
+		{filepath.Join(dir, "junk.bin"), "error: unknown weight file type"},
+		{filepath.Join(dir, "missing"), "error: no such file"},
 	}
 	for _, c := range cases {
-		_, err := OpenDat(write(c.data))
-		if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "bad.dat") {
-			t.Errorf("%s: err = %v, want %q", c.name, err, c.want)
+		src, err := Open(c.path)
+		if strings.HasPrefix(c.want, "error: ") {
+			wantErr(t, err, c.path, strings.TrimPrefix(c.want, "error: "))
+			continue
 		}
-	}
-	if err := WriteDat(filepath.Join(t.TempDir(), "x.dat"), []DatEntry{{Key: "a", ElemType: 6, Shape: []int{2}}}, func(int) ([]byte, error) { return []byte{1}, nil }); err == nil || !strings.Contains(err.Error(), "needs 8 bytes") {
-		t.Errorf("short payload: %v", err)
-	}
-}
-
-func TestCheckFinite(t *testing.T) {
-	h, _ := tensor.FromFloat32s("w", tensor.BF16, []int{2, 3}, []float32{1, 2, 3, 4, float32(math.Inf(1)), 6})
-	err := CheckFinite(h)
-	if err == nil || !strings.Contains(err.Error(), `"w": element 4 [1 1]`) {
-		t.Fatalf("err = %v", err)
-	}
-	h, _ = tensor.FromFloat32s("ok", tensor.F32, []int{2}, []float32{1, 2})
-	if err := CheckFinite(h); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func FuzzSafetensorsHeader(f *testing.F) {
-	f.Add([]byte(`{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"__metadata__":{"x":"y"}}`), 8)
-	f.Add([]byte(`{"a":{"dtype":"U8","shape":[],"data_offsets":[0,1]}}`), 1)
-	f.Fuzz(func(t *testing.T, header []byte, n int) {
-		if n < 0 || n > 1<<16 {
-			return
-		}
-		var b bytes.Buffer
-		binary.Write(&b, binary.LittleEndian, uint64(len(header)))
-		b.Write(header)
-		b.Write(make([]byte, n))
-		p := filepath.Join(t.TempDir(), "f.safetensors")
-		os.WriteFile(p, b.Bytes(), 0o644)
-		st, err := OpenSafetensors(p)
 		if err != nil {
-			return
+			t.Errorf("Open(%s): %v", c.path, err)
+			continue
 		}
-		defer st.Close()
-		for _, ti := range st.Tensors() {
-			if _, err := st.Read(ti.Name); err != nil {
-				t.Fatalf("validated header but read failed: %v", err)
-			}
+		if got := typeName(src); got != c.want {
+			t.Errorf("Open(%s) = %s, want %s", c.path, got, c.want)
 		}
-	})
+		h, err := src.Read("x")
+		if err != nil || !bytes.Equal(h.Data, ts[0].Data) {
+			t.Errorf("Open(%s).Read: %v", c.path, err)
+		}
+		if err := src.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	}
+	if _, err := Open(filepath.Join(dir, "missing")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("missing path: %v is not fs.ErrNotExist", err)
+	}
 }
 
-func FuzzDat(f *testing.F) {
-	path, _, _ := datFile(f)
-	good, _ := os.ReadFile(path)
-	f.Add(good)
-	f.Add([]byte{1, 1, 'k', 6, 1, 1, 0, 0, 0, 0})
-	f.Fuzz(func(t *testing.T, data []byte) {
-		d, err := parseDat("f.dat", bytes.NewReader(data), int64(len(data)))
-		if err != nil {
-			return
-		}
-		var back bytes.Buffer
-		if err := writeDat(&back, "o.dat", d.Entries, d.ReadEntry); err != nil {
+func typeName(v any) string {
+	switch v.(type) {
+	case *Safetensors:
+		return "*format.Safetensors"
+	case *Sharded:
+		return "*format.Sharded"
+	case *Dat:
+		return "*format.Dat"
+	}
+	return "?"
+}
+
+func TestWriteFileAtomic(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "f.json")
+	for _, s := range []string{"first", "second"} {
+		if err := WriteFileAtomic(p, []byte(s)); err != nil {
 			t.Fatal(err)
 		}
-		if !bytes.Equal(back.Bytes(), data) {
-			t.Fatal("accepted file does not round-trip byte for byte")
+		if b, _ := os.ReadFile(p); string(b) != s {
+			t.Fatalf("content %q", b)
 		}
-	})
+	}
+	if fi, _ := os.Stat(p); fi.Mode().Perm() != 0o644 {
+		t.Errorf("mode %v", fi.Mode())
+	}
+	noTemps(t, dir)
+	wantErr(t, WriteFileAtomic(filepath.Join(dir, "no", "such", "dir"), nil), "no", "temporary file")
 }
 
-// BenchmarkLoad1GB streams a 1 GB BF16 safetensors file shaped like Qwen3-4B layers.
-func BenchmarkLoad1GB(b *testing.B) {
-	if testing.Short() {
-		b.Skip("1 GB file")
+func TestErrorFormat(t *testing.T) {
+	cases := []struct {
+		e    *Error
+		want string
+	}{
+		{&Error{Op: "open", File: "m.dat", Tensor: "w", Offset: 12, Msg: "bad"}, `open m.dat: tensor "w" at offset 12: bad`},
+		{&Error{Op: "open", File: "m.dat", Offset: 0, Msg: "bad"}, `open m.dat: at offset 0: bad`},
+		{&Error{Op: "write", File: "m.dat", Tensor: "w", Offset: -1, Msg: "bad", Err: fs.ErrClosed}, `write m.dat: tensor "w": bad: file already closed`},
 	}
-	dir := b.TempDir()
-	var ts []*tensor.Host
-	var total int64
-	for i := 0; total < 1<<30; i++ {
-		for _, shape := range [][]int{{4096, 2560}, {9728, 2560}, {2560, 9728}} {
-			h := &tensor.Host{Name: "layer" + string(rune('A'+i)) + string(rune('a'+len(ts)%26)) + string(rune('0'+len(ts)/26)), DType: tensor.BF16, Shape: shape, Data: make([]byte, tensor.Numel(shape)*2)}
-			ts = append(ts, h)
-			total += int64(len(h.Data))
+	for _, c := range cases {
+		if got := c.e.Error(); got != c.want {
+			t.Errorf("got %q, want %q", got, c.want)
 		}
 	}
-	p := filepath.Join(dir, "big.safetensors")
-	if err := WriteSafetensors(p, ts, nil); err != nil {
-		b.Fatal(err)
-	}
-	ts = nil
-	b.SetBytes(total)
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		src, err := Open(p)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if err := Stream(src, func(h *tensor.Host) error { return nil }, nil); err != nil {
-			b.Fatal(err)
-		}
-		src.Close()
+	if !errors.Is(cases[2].e, fs.ErrClosed) {
+		t.Error("Unwrap")
 	}
 }

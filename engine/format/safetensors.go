@@ -1,464 +1,451 @@
-// Package format reads and writes weight files: safetensors (single file, sharded with an
-// index) and the seed project's `.dat`. Every reader is lazy — it parses headers, validates them
-// against the file size, and reads one tensor at a time with ReadAt — so a 3 GB checkpoint loads
-// in one pass with host memory bounded by its largest tensor (Stream).
-//
-// We write our own safetensors code instead of using nlpodyssey/safetensors because that
-// library deserialises a whole file from one []byte, which defeats streaming loads.
-//
-// Errors name the file, the tensor and the byte offset; nothing is allocated from a size or
-// count that was not first checked against the file's length.
 package format
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/qwengo/qwengo/engine/tensor"
 )
 
-// TensorInfo describes one stored tensor without reading it.
-type TensorInfo struct {
-	Name   string
-	DType  tensor.DType
-	Shape  []int
-	File   string // path of the file holding it
-	Offset int64  // absolute byte offset of its data in File
-	Size   int64  // bytes
-}
-
-// Source is a set of named tensors read lazily.
-type Source interface {
-	Tensors() []TensorInfo                  // in storage order
-	Read(name string) (*tensor.Host, error) // one tensor, size validated
-	Close() error
-}
-
-// maxHeader bounds a safetensors JSON header (the reference implementation uses 100 MB).
+// maxHeader bounds a safetensors JSON header, as the reference implementation does (100 MB).
 const maxHeader = 100 << 20
 
-type stFile struct {
-	path     string
-	f        *os.File
+// Safetensors is one opened .safetensors file. It implements Source.
+//
+// Layout: an 8-byte little-endian header length N, N bytes of JSON mapping each tensor name to
+// {"dtype", "shape", "data_offsets": [begin, end]} (offsets relative to the byte after the
+// header) plus an optional "__metadata__" string map, then the tensor data.
+type Safetensors struct {
+	Path     string
+	r        io.ReaderAt
+	c        io.Closer
 	infos    []TensorInfo
 	byName   map[string]int
 	metadata map[string]string
 }
 
-// Safetensors is one opened .safetensors file.
-type Safetensors struct{ stFile }
-
-// OpenSafetensors parses and validates a safetensors header.
-func OpenSafetensors(path string) (*Safetensors, error) {
-	f, err := os.Open(path)
+// OpenSafetensors parses and validates the header of a .safetensors file; tensors are read
+// on demand. The Source it returns is a *Safetensors.
+func OpenSafetensors(path string) (Source, error) {
+	s, err := openSafetensors(path)
 	if err != nil {
 		return nil, err
 	}
-	st, err := parseSafetensors(path, f)
+	return s, nil
+}
+
+func openSafetensors(path string) (*Safetensors, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, ioErr("open", path, "", -1, errors.Unwrap(err), "cannot open")
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, ioErr("open", path, "", -1, err, "stat")
+	}
+	s, err := parseSafetensors(path, f, fi.Size())
 	if err != nil {
 		f.Close()
 		return nil, err
 	}
-	return &Safetensors{*st}, nil
+	s.c = f
+	return s, nil
 }
 
-func parseSafetensors(path string, f *os.File) (*stFile, error) {
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
+// parseSafetensors reads and validates the header of a safetensors file of size bytes.
+func parseSafetensors(path string, r io.ReaderAt, size int64) (*Safetensors, error) {
+	if size < 8 {
+		return nil, newErr("open", path, "", 0, "truncated: %d bytes, a safetensors file starts with an 8-byte header length", size)
 	}
-	size := fi.Size()
 	var hb [8]byte
-	if _, err := f.ReadAt(hb[:], 0); err != nil {
-		return nil, fmt.Errorf("%s: truncated: no 8-byte header length (file has %d bytes)", path, size)
+	if _, err := r.ReadAt(hb[:], 0); err != nil {
+		return nil, ioErr("open", path, "", 0, err, "reading the header length")
 	}
 	n := binary.LittleEndian.Uint64(hb[:])
-	if n > maxHeader || int64(n) > size-8 {
-		return nil, fmt.Errorf("%s: header length %d at offset 0 exceeds the file (%d bytes) or the 100 MB limit", path, n, size)
+	switch {
+	case n > uint64(size-8):
+		return nil, newErr("open", path, "", 0, "header length %d runs past the end of the file (%d bytes after the length): truncated or not safetensors", n, size-8)
+	case n > maxHeader:
+		return nil, newErr("open", path, "", 0, "header length %d exceeds the %d-byte limit", n, maxHeader)
+	case n < 2:
+		return nil, newErr("open", path, "", 0, "header length %d cannot hold a JSON object", n)
 	}
 	raw := make([]byte, n)
-	if _, err := f.ReadAt(raw, 8); err != nil {
-		return nil, fmt.Errorf("%s: reading header: %w", path, err)
+	if _, err := r.ReadAt(raw, 8); err != nil {
+		return nil, ioErr("open", path, "", 8, err, "reading the %d-byte header", n)
 	}
-	return parseHeader(path, raw, size, f)
+	s := &Safetensors{Path: path, r: r, byName: map[string]int{}}
+	if err := s.parseHeader(raw, size); err != nil {
+		return nil, err
+	}
+	return s, nil
 }
 
 type stEntry struct {
-	DType       string  `json:"dtype"`
+	DType       *string `json:"dtype"`
 	Shape       []int64 `json:"shape"`
 	DataOffsets []int64 `json:"data_offsets"`
 }
 
-// parseHeader validates a header (raw JSON) for a file of fileSize bytes.
-func parseHeader(path string, raw []byte, fileSize int64, f *os.File) (*stFile, error) {
-	var top map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &top); err != nil {
-		return nil, fmt.Errorf("%s: header at offset 8 is not valid JSON: %v", path, err)
+// parseHeader validates the JSON header raw (which starts at file offset 8) of a file of
+// fileSize bytes and fills s.infos in storage order.
+func (s *Safetensors) parseHeader(raw []byte, fileSize int64) error {
+	path := s.Path
+	if i := invalidUTF8(raw); i >= 0 {
+		return newErr("open", path, "", 8+int64(i), "header is not valid UTF-8")
 	}
-	st := &stFile{path: path, f: f, byName: map[string]int{}}
 	dataStart := 8 + int64(len(raw))
 	dataLen := fileSize - dataStart
-	for name, msg := range top {
+	err := eachMember("open", path, "header", raw, 8, func(name string, val json.RawMessage, at, _ int64) error {
 		if name == "__metadata__" {
-			if err := json.Unmarshal(msg, &st.metadata); err != nil {
-				return nil, fmt.Errorf("%s: __metadata__ must map strings to strings: %v", path, err)
+			if err := json.Unmarshal(val, &s.metadata); err != nil {
+				return newErr("open", path, "", at, "__metadata__ must map strings to strings: %v", jsonMsg(err))
 			}
-			continue
+			return nil
 		}
 		var e stEntry
-		dec := json.NewDecoder(strings.NewReader(string(msg)))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&e); err != nil {
-			return nil, fmt.Errorf("%s: tensor %q: bad header entry: %v", path, name, err)
+		if err := json.Unmarshal(val, &e); err != nil {
+			return newErr("open", path, name, at, "header entry is not {dtype, shape, data_offsets}: %v", jsonMsg(err))
 		}
-		dt, err := tensor.ParseDType(e.DType)
+		if e.DType == nil || e.Shape == nil || e.DataOffsets == nil {
+			return newErr("open", path, name, at, "header entry lacks dtype, shape or data_offsets: %s", truncate(val, 200))
+		}
+		dt, err := tensor.ParseDType(*e.DType)
 		if err != nil {
-			return nil, fmt.Errorf("%s: tensor %q: %v", path, name, err)
+			return newErr("open", path, name, at, "unknown dtype %q (known: F64 F32 F16 BF16 F8_E4M3 I64 I32 I16 I8 U8 BOOL)", *e.DType)
 		}
-		if len(e.DataOffsets) != 2 || e.DataOffsets[0] < 0 || e.DataOffsets[1] < e.DataOffsets[0] {
-			return nil, fmt.Errorf("%s: tensor %q: data_offsets %v are not [begin, end]", path, name, e.DataOffsets)
-		}
-		if e.DataOffsets[1] > dataLen {
-			return nil, fmt.Errorf("%s: tensor %q: data ends at %d but the file has only %d data bytes (truncated?)", path, name, dataStart+e.DataOffsets[1], dataLen)
-		}
-		numel := int64(1)
 		shape := make([]int, len(e.Shape))
 		for i, d := range e.Shape {
-			if d < 0 || (d > 0 && numel > (1<<50)/d) {
-				return nil, fmt.Errorf("%s: tensor %q: bad shape %v", path, name, e.Shape)
+			if d < 0 || d > 1<<53 {
+				return newErr("open", path, name, at, "bad dimension %d in shape %v", d, e.Shape)
 			}
-			numel *= d
 			shape[i] = int(d)
 		}
-		want := numel * int64(dt.Size())
-		if got := e.DataOffsets[1] - e.DataOffsets[0]; got != want {
-			return nil, fmt.Errorf("%s: tensor %q: %v%v needs %d bytes, data_offsets give %d", path, name, dt, shape, want, got)
+		want, err := shapeBytes(shape, dt.Size())
+		if err != nil {
+			return newErr("open", path, name, at, "%v", err)
 		}
-		st.infos = append(st.infos, TensorInfo{Name: name, DType: dt, Shape: shape, File: path, Offset: dataStart + e.DataOffsets[0], Size: want})
-	}
-	sort.Slice(st.infos, func(i, j int) bool {
-		if st.infos[i].Offset != st.infos[j].Offset {
-			return st.infos[i].Offset < st.infos[j].Offset
+		o := e.DataOffsets
+		if len(o) != 2 || o[0] < 0 || o[1] < o[0] {
+			return newErr("open", path, name, at, "data_offsets %v are not [begin, end] with 0 <= begin <= end", o)
 		}
-		return st.infos[i].Name < st.infos[j].Name
+		if o[1] > dataLen {
+			return newErr("open", path, name, dataStart+o[0],
+				"data_offsets %v end at file offset %d, past the end of the file (%d bytes): truncated", o, dataStart+o[1], fileSize)
+		}
+		if got := o[1] - o[0]; got != want {
+			return newErr("open", path, name, dataStart+o[0], "%v%v needs %d bytes but data_offsets %v span %d", dt, shape, want, o, got)
+		}
+		s.infos = append(s.infos, TensorInfo{Name: name, DType: dt, Shape: shape, File: path, Offset: dataStart + o[0], Size: want})
+		return nil
 	})
-	end := dataStart
-	for i, ti := range st.infos {
-		if ti.Size > 0 && ti.Offset < end {
-			return nil, fmt.Errorf("%s: tensor %q at offset %d overlaps the previous tensor (ends at %d)", path, ti.Name, ti.Offset, end)
-		}
-		end = max(end, ti.Offset+ti.Size)
-		st.byName[ti.Name] = i
+	if err != nil {
+		return err
 	}
-	return st, nil
+	sort.Slice(s.infos, func(i, j int) bool {
+		a, b := s.infos[i], s.infos[j]
+		if a.Offset != b.Offset {
+			return a.Offset < b.Offset
+		}
+		return a.Name < b.Name
+	})
+	prev := -1
+	for i, ti := range s.infos {
+		s.byName[ti.Name] = i
+		if ti.Size == 0 {
+			continue
+		}
+		if prev >= 0 {
+			p := s.infos[prev]
+			if ti.Offset < p.Offset+p.Size {
+				return newErr("open", path, ti.Name, ti.Offset, "data [%d, %d) overlaps tensor %q at [%d, %d)",
+					ti.Offset, ti.Offset+ti.Size, p.Name, p.Offset, p.Offset+p.Size)
+			}
+		}
+		prev = i
+	}
+	return nil
 }
 
-// Tensors lists the tensors in storage order.
-func (s *stFile) Tensors() []TensorInfo { return s.infos }
+// Tensors lists the tensors in storage order (ascending offset).
+func (s *Safetensors) Tensors() []TensorInfo { return copyInfos(s.infos) }
 
-// Metadata returns the header's __metadata__ map (may be nil).
-func (s *stFile) Metadata() map[string]string { return s.metadata }
+// Metadata returns a copy of the header's __metadata__ map (nil when absent).
+func (s *Safetensors) Metadata() map[string]string {
+	if s.metadata == nil {
+		return nil
+	}
+	m := make(map[string]string, len(s.metadata))
+	for k, v := range s.metadata {
+		m[k] = v
+	}
+	return m
+}
 
 // Read reads one tensor.
-func (s *stFile) Read(name string) (*tensor.Host, error) {
+func (s *Safetensors) Read(name string) (*tensor.Host, error) {
 	i, ok := s.byName[name]
 	if !ok {
-		return nil, fmt.Errorf("%s: no tensor %q", s.path, name)
+		return nil, newErr("read", s.Path, name, -1, "no such tensor in the file")
 	}
-	return readInfo(s.f, s.infos[i])
-}
-
-func readInfo(f io.ReaderAt, ti TensorInfo) (*tensor.Host, error) {
-	buf := make([]byte, ti.Size)
-	if ti.Size == 0 {
-		return &tensor.Host{Name: ti.Name, DType: ti.DType, Shape: append([]int(nil), ti.Shape...), Data: buf}, nil
-	}
-	if _, err := f.ReadAt(buf, ti.Offset); err != nil {
-		return nil, fmt.Errorf("%s: tensor %q: reading %d bytes at offset %d: %w", ti.File, ti.Name, ti.Size, ti.Offset, err)
-	}
-	return &tensor.Host{Name: ti.Name, DType: ti.DType, Shape: append([]int(nil), ti.Shape...), Data: buf}, nil
+	return readTensor(s.r, s.infos[i])
 }
 
 // Close closes the file.
-func (s *stFile) Close() error { return s.f.Close() }
-
-// Sharded is a safetensors checkpoint split across files listed by an index.
-type Sharded struct {
-	index  string
-	files  []*Safetensors
-	infos  []TensorInfo
-	byName map[string]int // tensor -> file
+func (s *Safetensors) Close() error {
+	if s.c == nil {
+		return nil
+	}
+	c := s.c
+	s.c = nil
+	return c.Close()
 }
 
-// OpenSharded opens model.safetensors.index.json and every shard it names.
-func OpenSharded(indexPath string) (*Sharded, error) {
-	raw, err := os.ReadFile(indexPath)
+// eachMember walks the members of the JSON object in raw (exactly one object, then only
+// whitespace), calling fn with each key, its raw value and the file offsets of the key and of
+// the value (raw starts at file offset base). Syntax errors and duplicate keys become *Error naming where.
+func eachMember(op, path, what string, raw []byte, base int64, fn func(key string, val json.RawMessage, at, valAt int64) error) error {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	bad := func(err error) error {
+		// The decoder's offsets are approximate; a validating pass gives the exact byte.
+		var se *json.SyntaxError
+		if errors.As(json.Unmarshal(raw, new(json.RawMessage)), &se) {
+			off := se.Offset // bytes consumed, including the offending one
+			if off > 0 && off <= int64(len(raw)) && !strings.HasPrefix(se.Error(), "unexpected end") {
+				off--
+			}
+			return newErr(op, path, "", base+off, "%s is not valid JSON: %v", what, se)
+		}
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return newErr(op, path, "", base+dec.InputOffset(), "%s is not valid JSON: %v", what, err)
+	}
+	tok, err := dec.Token()
 	if err != nil {
-		return nil, err
+		return bad(err)
 	}
-	var idx struct {
-		WeightMap map[string]string `json:"weight_map"`
+	if d, ok := tok.(json.Delim); !ok || d != '{' {
+		return newErr(op, path, "", base, "%s is not a JSON object", what)
 	}
-	if err := json.Unmarshal(raw, &idx); err != nil {
-		return nil, fmt.Errorf("%s: not a safetensors index: %v", indexPath, err)
-	}
-	if len(idx.WeightMap) == 0 {
-		return nil, fmt.Errorf("%s: weight_map is empty", indexPath)
-	}
-	dir := filepath.Dir(indexPath)
-	sh := &Sharded{index: indexPath, byName: map[string]int{}}
-	fileIdx := map[string]int{}
-	var shardNames []string
-	for _, fn := range idx.WeightMap {
-		if _, ok := fileIdx[fn]; !ok {
-			if strings.Contains(fn, "..") || filepath.IsAbs(fn) {
-				sh.Close()
-				return nil, fmt.Errorf("%s: shard name %q leaves the checkpoint directory", indexPath, fn)
-			}
-			fileIdx[fn] = -1
-			shardNames = append(shardNames, fn)
+	seen := map[string]int64{}
+	for dec.More() {
+		at := dec.InputOffset()
+		for at < int64(len(raw)) && bytes.IndexByte([]byte(" \t\r\n,"), raw[at]) >= 0 {
+			at++
 		}
-	}
-	sort.Strings(shardNames)
-	for _, fn := range shardNames {
-		st, err := OpenSafetensors(filepath.Join(dir, fn))
+		tok, err := dec.Token()
 		if err != nil {
-			sh.Close()
-			return nil, fmt.Errorf("%s: shard: %w", indexPath, err)
+			return bad(err)
 		}
-		fileIdx[fn] = len(sh.files)
-		sh.files = append(sh.files, st)
-	}
-	for name, fn := range idx.WeightMap {
-		st := sh.files[fileIdx[fn]]
-		if _, ok := st.byName[name]; !ok {
-			sh.Close()
-			return nil, fmt.Errorf("%s: tensor %q is listed in the index but missing from shard %s", indexPath, name, fn)
+		key, ok := tok.(string)
+		if !ok {
+			return newErr(op, path, "", base+at, "%s: object key expected", what)
 		}
-	}
-	for fi, st := range sh.files {
-		for _, ti := range st.infos {
-			if fn, ok := idx.WeightMap[ti.Name]; !ok || fileIdx[fn] != fi {
-				sh.Close()
-				return nil, fmt.Errorf("%s: tensor %q in shard %s is not mapped to it by the index", indexPath, ti.Name, st.path)
-			}
-			sh.byName[ti.Name] = fi
-			sh.infos = append(sh.infos, ti)
+		valAt := dec.InputOffset()
+		for valAt < int64(len(raw)) && bytes.IndexByte([]byte(" \t\r\n:"), raw[valAt]) >= 0 {
+			valAt++
 		}
-	}
-	return sh, nil
-}
-
-// Tensors lists tensors shard by shard, each in storage order.
-func (s *Sharded) Tensors() []TensorInfo { return s.infos }
-
-// Read reads one tensor from its shard.
-func (s *Sharded) Read(name string) (*tensor.Host, error) {
-	fi, ok := s.byName[name]
-	if !ok {
-		return nil, fmt.Errorf("%s: no tensor %q", s.index, name)
-	}
-	return s.files[fi].Read(name)
-}
-
-// Close closes every shard.
-func (s *Sharded) Close() error {
-	var first error
-	for _, f := range s.files {
-		if err := f.Close(); err != nil && first == nil {
-			first = err
+		var val json.RawMessage
+		if err := dec.Decode(&val); err != nil {
+			return bad(err)
 		}
-	}
-	return first
-}
-
-// Open opens a checkpoint: a directory (model.safetensors.index.json or model.safetensors, or a
-// single *.safetensors / *.dat inside), a .safetensors file, an index .json, or a seed .dat.
-func Open(path string) (Source, error) {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return nil, err
-	}
-	if fi.IsDir() {
-		for _, name := range []string{"model.safetensors.index.json", "model.safetensors"} {
-			p := filepath.Join(path, name)
-			if _, err := os.Stat(p); err == nil {
-				return Open(p)
-			}
+		if prev, dup := seen[key]; dup {
+			return newErr(op, path, key, base+at, "name appears twice in the %s (first at offset %d)", what, prev)
 		}
-		var cands []string
-		for _, pat := range []string{"*.safetensors", "*.dat"} {
-			m, _ := filepath.Glob(filepath.Join(path, pat))
-			cands = append(cands, m...)
-		}
-		if len(cands) == 1 {
-			return Open(cands[0])
-		}
-		return nil, fmt.Errorf("%s: no model.safetensors(.index.json) and %d other weight files: name the file", path, len(cands))
-	}
-	switch {
-	case strings.HasSuffix(path, ".json"):
-		return OpenSharded(path)
-	case strings.HasSuffix(path, ".dat"):
-		return OpenDat(path)
-	case strings.HasSuffix(path, ".safetensors"):
-		return OpenSafetensors(path)
-	}
-	return nil, fmt.Errorf("%s: unknown weight file type (want .safetensors, .safetensors.index.json or .dat)", path)
-}
-
-// Stream reads every tensor once in storage order (shard by shard, ascending offset), calling fn
-// with each. Host memory is bounded by the largest tensor. progress(done, total) is called
-// after each tensor when non-nil.
-func Stream(src Source, fn func(*tensor.Host) error, progress func(done, total int64)) error {
-	infos := src.Tensors()
-	var total, done int64
-	for _, ti := range infos {
-		total += ti.Size
-	}
-	for _, ti := range infos {
-		t, err := src.Read(ti.Name)
-		if err != nil {
+		seen[key] = base + at
+		if err := fn(key, val, base+at, base+valAt); err != nil {
 			return err
 		}
-		if err := fn(t); err != nil {
+	}
+	if _, err := dec.Token(); err != nil { // the closing brace
+		return bad(err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return newErr(op, path, "", base+dec.InputOffset(), "%s has data after its JSON object", what)
+	}
+	return nil
+}
+
+// jsonMsg shortens encoding/json errors.
+func jsonMsg(err error) string {
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) {
+		if te.Field != "" {
+			return fmt.Sprintf("field %q cannot hold a JSON %s", te.Field, te.Value)
+		}
+		return fmt.Sprintf("a JSON %s where %v was expected", te.Value, te.Type)
+	}
+	return err.Error()
+}
+
+func truncate(b []byte, n int) string {
+	if len(b) <= n {
+		return string(b)
+	}
+	return string(b[:n]) + "…"
+}
+
+// invalidUTF8 returns the index of the first invalid UTF-8 byte in b, or -1.
+func invalidUTF8(b []byte) int {
+	for i := 0; i < len(b); {
+		r, size := utf8.DecodeRune(b[i:])
+		if r == utf8.RuneError && size == 1 {
+			return i
+		}
+		i += size
+	}
+	return -1
+}
+
+// WriteSafetensors writes tensors in the given order to path, atomically. metadata, when not
+// empty, is stored as "__metadata__" (Hugging Face expects {"format": "pt"}). The header lists
+// __metadata__ first and then the tensors in data order, and is padded with spaces to a
+// multiple of 8 bytes like the reference implementation's.
+func WriteSafetensors(path string, tensors []*tensor.Host, metadata map[string]string) error {
+	infos, err := hostInfos(path, tensors)
+	if err != nil {
+		return err
+	}
+	return WriteSafetensorsFrom(path, infos, func(i int) (*tensor.Host, error) { return tensors[i], nil }, metadata)
+}
+
+// WriteSafetensorsFrom writes the tensors infos describe (Name, DType and Shape; File, Offset
+// and Size are ignored) to path, atomically, asking read(i) for tensor i just before writing
+// it, so host memory is bounded by one tensor. read must return a tensor with the promised
+// name, dtype and shape. To copy a Source: WriteSafetensorsFrom(p, infos, func(i int)
+// (*tensor.Host, error) { return src.Read(infos[i].Name) }, nil) with infos = src.Tensors().
+func WriteSafetensorsFrom(path string, infos []TensorInfo, read func(i int) (*tensor.Host, error), metadata map[string]string) error {
+	infos = copyInfos(infos)
+	header, err := safetensorsHeader(path, infos, metadata)
+	if err != nil {
+		return err
+	}
+	return writeAtomic(path, func(w io.Writer) error { return writeSafetensorsBody(w, path, header, infos, read) })
+}
+
+// hostInfos validates host tensors for writing and describes them.
+func hostInfos(path string, tensors []*tensor.Host) ([]TensorInfo, error) {
+	infos := make([]TensorInfo, len(tensors))
+	for i, t := range tensors {
+		if t == nil {
+			return nil, newErr("write", path, "", -1, "tensor %d is nil", i)
+		}
+		infos[i] = TensorInfo{Name: t.Name, DType: t.DType, Shape: t.Shape}
+	}
+	return infos, nil
+}
+
+// safetensorsHeader builds the padded JSON header and fills infos[i].Size.
+func safetensorsHeader(path string, infos []TensorInfo, metadata map[string]string) ([]byte, error) {
+	var b bytes.Buffer
+	b.WriteByte('{')
+	if len(metadata) > 0 {
+		for k, v := range metadata {
+			if !utf8.ValidString(k) || !utf8.ValidString(v) {
+				return nil, newErr("write", path, "", -1, "__metadata__ entry %q is not valid UTF-8", k)
+			}
+		}
+		b.WriteString(`"__metadata__":`)
+		b.Write(jsonBytes(metadata))
+	}
+	seen := map[string]int{}
+	var off int64
+	for i := range infos {
+		ti := &infos[i]
+		if err := checkWriteName(path, ti.Name, seen, i); err != nil {
+			return nil, err
+		}
+		if ti.Name == "__metadata__" {
+			return nil, newErr("write", path, ti.Name, -1, "the name __metadata__ is reserved")
+		}
+		if ti.DType.Size() == 0 {
+			return nil, newErr("write", path, ti.Name, -1, "invalid dtype %v", ti.DType)
+		}
+		size, err := shapeBytes(ti.Shape, ti.DType.Size())
+		if err != nil {
+			return nil, newErr("write", path, ti.Name, -1, "%v", err)
+		}
+		ti.Size = size
+		if b.Len() > 1 {
+			b.WriteByte(',')
+		}
+		b.Write(jsonBytes(ti.Name))
+		b.WriteString(`:{"dtype":`)
+		b.Write(jsonBytes(ti.DType.String()))
+		b.WriteString(`,"shape":[`)
+		for j, d := range ti.Shape {
+			if j > 0 {
+				b.WriteByte(',')
+			}
+			b.WriteString(strconv.Itoa(d))
+		}
+		fmt.Fprintf(&b, `],"data_offsets":[%d,%d]}`, off, off+size)
+		off += size
+	}
+	b.WriteByte('}')
+	for b.Len()%8 != 0 {
+		b.WriteByte(' ')
+	}
+	return b.Bytes(), nil
+}
+
+// writeSafetensorsBody writes the length, the header and each tensor's data.
+func writeSafetensorsBody(w io.Writer, path string, header []byte, infos []TensorInfo, read func(i int) (*tensor.Host, error)) error {
+	var lb [8]byte
+	binary.LittleEndian.PutUint64(lb[:], uint64(len(header)))
+	if _, err := w.Write(lb[:]); err != nil {
+		return err
+	}
+	if _, err := w.Write(header); err != nil {
+		return err
+	}
+	for i, ti := range infos {
+		t, err := read(i)
+		if err != nil {
+			return ioErr("write", path, ti.Name, -1, err, "getting the tensor")
+		}
+		if err := checkSupplied(path, ti, t); err != nil {
 			return err
 		}
-		done += ti.Size
-		if progress != nil {
-			progress(done, total)
+		if _, err := w.Write(t.Data); err != nil {
+			return err
 		}
 	}
 	return nil
 }
 
-// writeAtomic writes via a temporary file in the same directory and renames it into place.
-func writeAtomic(path string, write func(w io.Writer) error) (err error) {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
+// checkSupplied checks that a tensor handed to a writer is the one its header promised.
+func checkSupplied(path string, ti TensorInfo, t *tensor.Host) error {
+	switch {
+	case t == nil:
+		return newErr("write", path, ti.Name, -1, "got a nil tensor")
+	case t.Name != ti.Name:
+		return newErr("write", path, ti.Name, -1, "got tensor %q instead", t.Name)
+	case t.DType != ti.DType || !slices.Equal(t.Shape, ti.Shape):
+		return newErr("write", path, ti.Name, -1, "got %v%v, expected %v%v", t.DType, t.Shape, ti.DType, ti.Shape)
+	case int64(len(t.Data)) != ti.Size:
+		return newErr("write", path, ti.Name, -1, "%v%v needs %d bytes, data has %d", ti.DType, ti.Shape, ti.Size, len(t.Data))
 	}
-	defer func() {
-		if err != nil {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	bw := newBufWriter(tmp)
-	if err = write(bw); err != nil {
-		return err
-	}
-	if err = bw.Flush(); err != nil {
-		return err
-	}
-	if err = tmp.Sync(); err != nil {
-		return err
-	}
-	if err = tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
+	return nil
 }
 
-// WriteSafetensors writes tensors (in the given order) atomically, with an 8-byte aligned
-// header as the reference implementation pads it.
-func WriteSafetensors(path string, tensors []*tensor.Host, metadata map[string]string) error {
-	header := map[string]any{}
-	if len(metadata) > 0 {
-		header["__metadata__"] = metadata
-	}
-	var off int64
-	seen := map[string]bool{}
-	for _, t := range tensors {
-		if err := t.Validate(); err != nil {
-			return fmt.Errorf("write %s: %w", path, err)
-		}
-		if seen[t.Name] || t.Name == "__metadata__" || t.Name == "" {
-			return fmt.Errorf("write %s: duplicate or reserved tensor name %q", path, t.Name)
-		}
-		seen[t.Name] = true
-		shape := t.Shape
-		if shape == nil {
-			shape = []int{}
-		}
-		header[t.Name] = map[string]any{"dtype": t.DType.String(), "shape": shape, "data_offsets": []int64{off, off + int64(len(t.Data))}}
-		off += int64(len(t.Data))
-	}
-	hj, err := json.Marshal(header)
-	if err != nil {
-		return err
-	}
-	for len(hj)%8 != 0 {
-		hj = append(hj, ' ')
-	}
-	return writeAtomic(path, func(w io.Writer) error {
-		var lb [8]byte
-		binary.LittleEndian.PutUint64(lb[:], uint64(len(hj)))
-		if _, err := w.Write(lb[:]); err != nil {
-			return err
-		}
-		if _, err := w.Write(hj); err != nil {
-			return err
-		}
-		for _, t := range tensors {
-			if _, err := w.Write(t.Data); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-}
-
-// WriteSharded writes HF-style shards model-0000i-of-0000n.safetensors of at most maxShardBytes
-// (a larger tensor gets a shard of its own) plus model.safetensors.index.json.
-func WriteSharded(dir string, tensors []*tensor.Host, maxShardBytes int64, metadata map[string]string) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	var shards [][]*tensor.Host
-	var cur []*tensor.Host
-	var curBytes, total int64
-	for _, t := range tensors {
-		n := int64(len(t.Data))
-		if len(cur) > 0 && curBytes+n > maxShardBytes {
-			shards = append(shards, cur)
-			cur, curBytes = nil, 0
-		}
-		cur = append(cur, t)
-		curBytes += n
-		total += n
-	}
-	if len(cur) > 0 {
-		shards = append(shards, cur)
-	}
-	weightMap := map[string]string{}
-	for i, sh := range shards {
-		name := fmt.Sprintf("model-%05d-of-%05d.safetensors", i+1, len(shards))
-		if err := WriteSafetensors(filepath.Join(dir, name), sh, metadata); err != nil {
-			return err
-		}
-		for _, t := range sh {
-			weightMap[t.Name] = name
-		}
-	}
-	idx, err := json.MarshalIndent(map[string]any{"metadata": map[string]any{"total_size": total}, "weight_map": weightMap}, "", "  ")
-	if err != nil {
-		return err
-	}
-	return writeAtomic(filepath.Join(dir, "model.safetensors.index.json"), func(w io.Writer) error {
-		_, err := w.Write(append(idx, '\n'))
-		return err
-	})
-}
-
-// WriteFileAtomic writes data to path through a temporary file and a rename.
-func WriteFileAtomic(path string, data []byte) error {
-	return writeAtomic(path, func(w io.Writer) error { _, err := w.Write(data); return err })
+// jsonBytes encodes v without HTML escaping (names keep their '<', '>' and '&').
+func jsonBytes(v any) []byte {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	enc.Encode(v) // strings and string maps cannot fail
+	return bytes.TrimSuffix(b.Bytes(), []byte("\n"))
 }
