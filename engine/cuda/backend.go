@@ -1,0 +1,600 @@
+//go:build cuda
+
+package cuda
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"unsafe"
+
+	"github.com/qwengo/qwengo/engine/backend"
+	"github.com/qwengo/qwengo/engine/tensor"
+)
+
+func init() {
+	backend.Register("cuda", func() (backend.Backend, error) { return Open() })
+}
+
+// ErrClosed is returned by every call on a backend after Close.
+var ErrClosed = errors.New("cuda: the backend is closed")
+
+// gemvMaxShared is the dynamic shared memory the GEMV kernels may use (x staged as float32):
+// T*K*4 bytes up to this take the GEMV path.
+const gemvMaxShared = 160 << 10
+
+// Backend is the CUDA backend. Create it with Open; it is safe for use from any goroutine
+// (calls are serialised on the goroutine that owns the context).
+type Backend struct {
+	work   chan func()
+	quit   chan struct{}
+	closed atomic.Bool
+	once   sync.Once
+
+	name    string
+	devName string
+	ordinal int
+	sms     int
+	cc      [2]int
+	total   int64
+	driver  int
+
+	acct accounts
+
+	// Owned by the worker goroutine.
+	dev    device
+	ctx    cuContext
+	mods   []module
+	fns    map[string]function
+	live   map[devPtr]liveAlloc
+	idsBuf devBuf             // token ids (int32) for Embedding, Workspace
+	rope   map[ropeKey]devBuf // inverse frequencies per (head_dim, theta), Workspace
+	events [2]event           // for Time
+	evOK   bool
+}
+
+type liveAlloc struct {
+	cat   backend.Category
+	bytes int64
+}
+
+// devBuf is a grow-only device buffer.
+type devBuf struct {
+	ptr   devPtr
+	bytes int64
+}
+
+type ropeKey struct {
+	headDim int
+	theta   float64
+}
+
+// Open opens GPU 0. See OpenDevice.
+func Open() (*Backend, error) { return OpenDevice(0) }
+
+// OpenDevice loads the driver, makes device ordinal's primary context current on a new locked
+// goroutine and loads the kernels. It fails with a clear error where there is no driver, no GPU
+// or the GPU cannot run sm_90 PTX.
+func OpenDevice(ordinal int) (*Backend, error) {
+	if err := loadDriver(); err != nil {
+		return nil, err
+	}
+	b := &Backend{work: make(chan func()), quit: make(chan struct{}), ordinal: ordinal,
+		fns: map[string]function{}, live: map[devPtr]liveAlloc{}, rope: map[ropeKey]devBuf{}}
+	started := make(chan error, 1)
+	go b.worker(started)
+	if err := <-started; err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// worker owns the context: it runs setup, then every call sent on b.work until Close.
+func (b *Backend) worker(started chan<- error) {
+	runtime.LockOSThread()
+	if err := b.setup(); err != nil {
+		b.teardown()
+		started <- err
+		return // the thread stays locked and exits with the goroutine
+	}
+	started <- nil
+	for {
+		select {
+		case f := <-b.work:
+			f()
+		case <-b.quit:
+			return
+		}
+	}
+}
+
+func (b *Backend) setup() error {
+	n, err := deviceCount()
+	if err != nil {
+		return fmt.Errorf("cuda: %w", err)
+	}
+	if b.ordinal < 0 || b.ordinal >= n {
+		return fmt.Errorf("cuda: no GPU %d (%d present)", b.ordinal, n)
+	}
+	if b.dev, err = getDevice(b.ordinal); err != nil {
+		return fmt.Errorf("cuda: %w", err)
+	}
+	if b.devName, err = deviceName(b.dev); err != nil {
+		return fmt.Errorf("cuda: %w", err)
+	}
+	if b.total, err = deviceTotalMem(b.dev); err != nil {
+		return fmt.Errorf("cuda: %w", err)
+	}
+	for _, a := range []struct {
+		dst  *int
+		attr int
+	}{{&b.sms, attrSMCount}, {&b.cc[0], attrCCMajor}, {&b.cc[1], attrCCMinor}} {
+		if *a.dst, err = deviceAttribute(b.dev, a.attr); err != nil {
+			return fmt.Errorf("cuda: %s: %w", b.devName, err)
+		}
+	}
+	b.driver = driverVersion()
+	b.name = fmt.Sprintf("cuda:%d %s (%s, sm_%d%d, %d SMs, driver %d.%d)", b.ordinal, b.devName,
+		backend.Human(b.total), b.cc[0], b.cc[1], b.sms, b.driver/1000, b.driver%1000/10)
+	if b.cc[0] < 9 {
+		return fmt.Errorf("cuda: %s has compute capability %d.%d; the kernels are built for sm_90 (Hopper) and newer", b.devName, b.cc[0], b.cc[1])
+	}
+	ctx, err := retainPrimaryContext(b.dev)
+	if err != nil {
+		return fmt.Errorf("cuda: %s: %w", b.devName, err)
+	}
+	b.ctx = ctx
+	if err := setCurrent(ctx); err != nil {
+		return fmt.Errorf("cuda: %s: %w", b.devName, err)
+	}
+	for _, pm := range ptxModules {
+		src, err := ptxFS.ReadFile(pm.file)
+		if err != nil {
+			return fmt.Errorf("cuda: embedded %s: %w", pm.file, err)
+		}
+		m, err := loadModule(src)
+		if err != nil {
+			return fmt.Errorf("cuda: loading %s on %s: %w", pm.file, b.devName, err)
+		}
+		b.mods = append(b.mods, m)
+		for _, k := range pm.kernels {
+			f, err := moduleFunction(m, k)
+			if err != nil {
+				return fmt.Errorf("cuda: %s: %w", pm.file, err)
+			}
+			b.fns[k] = f
+		}
+	}
+	for _, k := range gemvKernels {
+		if err := setMaxDynamicShared(b.fns[k], gemvMaxShared); err != nil {
+			return fmt.Errorf("cuda: kernel %s: %w", k, err)
+		}
+	}
+	return nil
+}
+
+// teardown frees everything the backend holds and releases the context (worker goroutine).
+func (b *Backend) teardown() error {
+	var errs []error
+	for p, a := range b.live {
+		if err := memFree(p); err != nil {
+			errs = append(errs, err)
+		}
+		b.acct.release(a.cat, a.bytes)
+	}
+	clear(b.live)
+	b.idsBuf = devBuf{}
+	clear(b.rope)
+	if b.evOK {
+		eventDestroy(b.events[0])
+		eventDestroy(b.events[1])
+		b.evOK = false
+	}
+	for _, m := range b.mods {
+		if err := unloadModule(m); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	b.mods = nil
+	if b.ctx != nil {
+		if err := releasePrimaryContext(b.dev); err != nil {
+			errs = append(errs, err)
+		}
+		b.ctx = nil
+	}
+	return errors.Join(errs...)
+}
+
+// Close frees every tensor and weight of the backend, releases the context and stops the
+// owner goroutine. Later calls return ErrClosed; Close itself may be called again.
+func (b *Backend) Close() error {
+	var err error
+	b.once.Do(func() {
+		err = b.do(func() error {
+			b.closed.Store(true)
+			return b.teardown()
+		})
+		close(b.quit)
+	})
+	return err
+}
+
+// do runs f on the owner goroutine and returns its error; a panic in f becomes an error.
+func (b *Backend) do(f func() error) error {
+	if b.closed.Load() {
+		return ErrClosed
+	}
+	done := make(chan error, 1)
+	job := func() {
+		if b.closed.Load() {
+			done <- ErrClosed
+			return
+		}
+		defer func() {
+			if r := recover(); r != nil {
+				done <- fmt.Errorf("cuda: internal error: %v", r)
+			}
+		}()
+		done <- f()
+	}
+	select {
+	case b.work <- job:
+	case <-b.quit:
+		return ErrClosed
+	}
+	return <-done
+}
+
+// Name implements backend.Backend: the device, its memory, compute capability and driver.
+func (b *Backend) Name() string { return b.name }
+
+// DeviceName is the GPU's name as the driver reports it ("NVIDIA H200").
+func (b *Backend) DeviceName() string { return b.devName }
+
+// TotalMemory is the device's memory in bytes.
+func (b *Backend) TotalMemory() int64 { return b.total }
+
+// DeviceMemory asks the driver for the device's free and total bytes (all processes).
+func (b *Backend) DeviceMemory() (free, total int64, err error) {
+	err = b.do(func() error {
+		var e error
+		free, total, e = memGetInfo()
+		return e
+	})
+	return
+}
+
+// Sync waits for every launched kernel and returns the first asynchronous error.
+func (b *Backend) Sync() error { return b.do(synchronize) }
+
+// SetBudget limits the bytes the backend may hold (all categories); 0 removes the limit. An
+// allocation that would pass it fails with an error wrapping *backend.OverBudget.
+func (b *Backend) SetBudget(bytes int64) { b.acct.setBudget(bytes) }
+
+// Memory implements backend.Backend.
+func (b *Backend) Memory() backend.MemStats {
+	st := b.acct.stats()
+	st.Device, st.Total = b.name, b.total
+	return st
+}
+
+// ResetPeak implements backend.Backend.
+func (b *Backend) ResetPeak() { b.acct.resetPeak() }
+
+// accounts tracks bytes per category, the peak and the budget.
+type accounts struct {
+	mu     sync.Mutex
+	inUse  [backend.NumCategories]int64
+	peak   int64
+	peakBy [backend.NumCategories]int64
+	budget int64
+	allocs int64
+	live   int64
+}
+
+func (a *accounts) used() int64 {
+	var s int64
+	for _, v := range a.inUse {
+		s += v
+	}
+	return s
+}
+
+// check returns *backend.OverBudget (and the per-category figures) when n more bytes would
+// cross the budget.
+func (a *accounts) check(cat backend.Category, n int64) (*backend.OverBudget, string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if used := a.used(); a.budget > 0 && used+n > a.budget {
+		return &backend.OverBudget{Category: cat, Request: n, InUse: used, Budget: a.budget}, a.byCategory()
+	}
+	return nil, ""
+}
+
+// add records an allocation of n bytes under cat.
+func (a *accounts) add(cat backend.Category, n int64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.inUse[cat] += n
+	a.allocs++
+	a.live++
+	if used := a.used(); used > a.peak {
+		a.peak, a.peakBy = used, a.inUse
+	}
+}
+
+func (a *accounts) release(cat backend.Category, n int64) {
+	a.mu.Lock()
+	a.inUse[cat] -= n
+	a.live--
+	a.mu.Unlock()
+}
+
+// byCategory lists the non-zero categories, largest first ("weights 7.50 GiB, kv_cache 1.00 GiB").
+func (a *accounts) byCategory() string {
+	type kv struct {
+		c backend.Category
+		n int64
+	}
+	var l []kv
+	for c, n := range a.inUse {
+		if n > 0 {
+			l = append(l, kv{backend.Category(c), n})
+		}
+	}
+	if len(l) == 0 {
+		return "nothing"
+	}
+	sort.Slice(l, func(i, j int) bool { return l[i].n > l[j].n })
+	parts := make([]string, len(l))
+	for i, e := range l {
+		parts[i] = fmt.Sprintf("%s %s", e.c, backend.Human(e.n))
+	}
+	return strings.Join(parts, ", ")
+}
+
+func (a *accounts) setBudget(n int64) {
+	a.mu.Lock()
+	a.budget = max(n, 0)
+	a.mu.Unlock()
+}
+
+func (a *accounts) resetPeak() {
+	a.mu.Lock()
+	a.peak, a.peakBy = a.used(), a.inUse
+	a.mu.Unlock()
+}
+
+func (a *accounts) stats() backend.MemStats {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return backend.MemStats{InUse: a.inUse, Peak: a.peak, PeakBy: a.peakBy, Budget: a.budget, Allocs: a.allocs, Live: a.live}
+}
+
+// alloc is the one place device memory is allocated (worker goroutine): budget first, then
+// cuMemAlloc. what names the allocation in errors.
+func (b *Backend) alloc(cat backend.Category, n int64, what string) (devPtr, error) {
+	if n <= 0 {
+		return 0, fmt.Errorf("cuda: alloc %s: %d bytes", what, n)
+	}
+	if ob, by := b.acct.check(cat, n); ob != nil {
+		return 0, fmt.Errorf("cuda: alloc %s: %w (in use: %s)", what, ob, by)
+	}
+	p, err := memAlloc(n)
+	if err != nil {
+		free, total, _ := memGetInfo()
+		return 0, fmt.Errorf("cuda: alloc %s of %s under %s: %w (device: %s free of %s; this backend holds %s)",
+			what, backend.Human(n), cat, err, backend.Human(free), backend.Human(total), backend.Human(b.acct.stats().Used()))
+	}
+	b.acct.add(cat, n)
+	b.live[p] = liveAlloc{cat, n}
+	return p, nil
+}
+
+// free releases an allocation made by alloc (worker goroutine).
+func (b *Backend) free(p devPtr) {
+	a, ok := b.live[p]
+	if !ok {
+		return
+	}
+	delete(b.live, p)
+	memFree(p)
+	b.acct.release(a.cat, a.bytes)
+}
+
+// Tensor is a device tensor: row-major float32 [Rows, Cols] in one allocation.
+type Tensor struct {
+	rows, cols int
+	ptr        devPtr // 0 after Free
+	cat        backend.Category
+	owner      *Backend
+}
+
+// Rows implements backend.Tensor.
+func (t *Tensor) Rows() int { return t.rows }
+
+// Cols implements backend.Tensor.
+func (t *Tensor) Cols() int { return t.cols }
+
+// Shape implements backend.Tensor.
+func (t *Tensor) Shape() []int { return []int{t.rows, t.cols} }
+
+// DType implements backend.Tensor: F32.
+func (t *Tensor) DType() tensor.DType { return tensor.F32 }
+
+func (t *Tensor) n() int { return t.rows * t.cols }
+
+func (t *Tensor) bytes() int64 { return int64(t.rows) * int64(t.cols) * 4 }
+
+// maxElems bounds one tensor (2^34 floats = 64 GiB) so rows*cols cannot overflow.
+const maxElems = 1 << 34
+
+// Alloc implements backend.Backend.
+func (b *Backend) Alloc(cat backend.Category, rows, cols int) (backend.Tensor, error) {
+	if cat < 0 || cat >= backend.NumCategories {
+		return nil, fmt.Errorf("cuda: alloc: unknown category %d", int(cat))
+	}
+	if rows <= 0 || cols <= 0 || rows > maxElems/cols {
+		return nil, fmt.Errorf("cuda: alloc %s: cannot allocate [%d, %d]", cat, rows, cols)
+	}
+	t := &Tensor{rows: rows, cols: cols, cat: cat, owner: b}
+	err := b.do(func() error {
+		p, err := b.alloc(cat, t.bytes(), fmt.Sprintf("%s [%d, %d]", cat, rows, cols))
+		if err != nil {
+			return err
+		}
+		if err := memsetD8(p, 0, t.bytes()); err != nil {
+			b.free(p)
+			return fmt.Errorf("cuda: alloc %s [%d, %d]: %w", cat, rows, cols, err)
+		}
+		t.ptr = p
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// Free implements backend.Backend.
+func (b *Backend) Free(x backend.Tensor) {
+	t, ok := x.(*Tensor)
+	if !ok || t == nil || t.owner != b {
+		return
+	}
+	b.do(func() error {
+		if t.ptr != 0 {
+			b.free(t.ptr)
+			t.ptr = 0
+		}
+		return nil
+	})
+}
+
+// ten checks that x is a live tensor of this backend (worker goroutine).
+func (b *Backend) ten(x backend.Tensor, op, name string) (*Tensor, error) {
+	t, ok := x.(*Tensor)
+	switch {
+	case !ok || t == nil:
+		return nil, fmt.Errorf("cuda: %s: %s is %T, not a CUDA tensor", op, name, x)
+	case t.owner != b:
+		return nil, fmt.Errorf("cuda: %s: %s belongs to another backend", op, name)
+	case t.ptr == 0:
+		return nil, fmt.Errorf("cuda: %s: %s [%d, %d] was freed", op, name, t.rows, t.cols)
+	}
+	return t, nil
+}
+
+// Upload implements backend.Backend.
+func (b *Backend) Upload(x backend.Tensor, src []float32) error {
+	return b.do(func() error {
+		t, err := b.ten(x, "upload", "destination")
+		if err != nil {
+			return err
+		}
+		if len(src) != t.n() {
+			return fmt.Errorf("cuda: upload of %d values into [%d, %d]", len(src), t.rows, t.cols)
+		}
+		if err := memcpyHtoD(t.ptr, unsafe.Pointer(&src[0]), t.bytes()); err != nil {
+			return fmt.Errorf("cuda: upload [%d, %d]: %w", t.rows, t.cols, err)
+		}
+		return nil
+	})
+}
+
+// Download implements backend.Backend. It waits for the kernels writing t.
+func (b *Backend) Download(x backend.Tensor, dst []float32) ([]float32, error) {
+	var out []float32
+	err := b.do(func() error {
+		t, err := b.ten(x, "download", "source")
+		if err != nil {
+			return err
+		}
+		if cap(dst) >= t.n() {
+			out = dst[:t.n()]
+		} else {
+			out = make([]float32, t.n())
+		}
+		if err := memcpyDtoH(unsafe.Pointer(&out[0]), t.ptr, t.bytes()); err != nil {
+			return fmt.Errorf("cuda: download [%d, %d]: %w", t.rows, t.cols, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// grow makes buf hold at least n bytes under cat (worker goroutine).
+func (b *Backend) grow(buf *devBuf, cat backend.Category, n int64, what string) error {
+	if buf.bytes >= n {
+		return nil
+	}
+	n = max(n, 2*buf.bytes, 1024)
+	p, err := b.alloc(cat, n, what)
+	if err != nil {
+		return err
+	}
+	if buf.ptr != 0 {
+		b.free(buf.ptr)
+	}
+	*buf = devBuf{p, n}
+	return nil
+}
+
+// blocks is the grid size for a grid-stride kernel over n items with 256 threads per block.
+func (b *Backend) blocks(n int) int {
+	return max(1, min((n+255)/256, b.sms*32))
+}
+
+// Time runs f (which launches kernels through this backend's ops) reps times between two CUDA
+// events and returns the mean milliseconds per run on the GPU. For benchmarks.
+func (b *Backend) Time(reps int, f func() error) (float64, error) {
+	if reps <= 0 {
+		return 0, fmt.Errorf("cuda: time: %d repetitions", reps)
+	}
+	err := b.do(func() error {
+		if b.evOK {
+			return nil
+		}
+		var err error
+		if b.events[0], err = eventCreate(); err != nil {
+			return err
+		}
+		if b.events[1], err = eventCreate(); err != nil {
+			eventDestroy(b.events[0])
+			return err
+		}
+		b.evOK = true
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	if err := b.do(func() error { return eventRecord(b.events[0]) }); err != nil {
+		return 0, err
+	}
+	for i := 0; i < reps; i++ {
+		if err := f(); err != nil {
+			return 0, err
+		}
+	}
+	var ms float64
+	err = b.do(func() error {
+		if err := eventRecord(b.events[1]); err != nil {
+			return err
+		}
+		if err := eventSynchronize(b.events[1]); err != nil {
+			return err
+		}
+		var err error
+		ms, err = eventElapsed(b.events[0], b.events[1])
+		return err
+	})
+	return ms / float64(reps), err
+}

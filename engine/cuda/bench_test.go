@@ -1,0 +1,284 @@
+//go:build cuda
+
+package cuda
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/qwengo/qwengo/engine/backend"
+	"github.com/qwengo/qwengo/engine/nvfp4"
+	"github.com/qwengo/qwengo/engine/qwen3"
+	"github.com/qwengo/qwengo/engine/tensor"
+)
+
+// The kernel figures for NOTES.md: run with QWENGO_CUDA_BENCH=1 go test -tags cuda -run
+// Figures -v. Each timing is the mean over repetitions between two CUDA events, with the
+// launches queued on the owner goroutine (no channel round trip per launch), rotating over
+// enough weight copies that the weights do not sit in the 60 MB L2.
+
+const hbmBytesPerSec = 4.3e12 // measured device-copy rate of the H200 (shared/reference/anchors.md)
+
+func benchEnabled(t *testing.T) {
+	if os.Getenv("QWENGO_CUDA_BENCH") == "" {
+		t.Skip("set QWENGO_CUDA_BENCH=1 for the kernel figures")
+	}
+}
+
+// timeOnDevice runs launch once to warm up, then reps times between two events, all on the
+// owner goroutine, and returns the mean milliseconds per repetition.
+func timeOnDevice(g *Backend, reps int, launch func() error) (float64, error) {
+	var ms float64
+	err := g.do(func() error {
+		e0, err := eventCreate()
+		if err != nil {
+			return err
+		}
+		defer eventDestroy(e0)
+		e1, err := eventCreate()
+		if err != nil {
+			return err
+		}
+		defer eventDestroy(e1)
+		if err := launch(); err != nil {
+			return err
+		}
+		if err := eventRecord(e0); err != nil {
+			return err
+		}
+		for r := 0; r < reps; r++ {
+			if err := launch(); err != nil {
+				return err
+			}
+		}
+		if err := eventRecord(e1); err != nil {
+			return err
+		}
+		if err := eventSynchronize(e1); err != nil {
+			return err
+		}
+		total, err := eventElapsed(e0, e1)
+		ms = total / float64(reps)
+		return err
+	})
+	return ms, err
+}
+
+// randomNVFP4 builds an NVFP4 matrix from random codes and scales (no quantisation: fast).
+func randomNVFP4(rows, cols int, seed uint64) *nvfp4.Matrix {
+	r := rand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8)})
+	m := &nvfp4.Matrix{Rows: rows, Cols: cols, Packed: make([]byte, rows*cols/2), Scales: make([]byte, rows*cols/16), Global: 1.0 / 2688}
+	r.Read(m.Packed)
+	r.Read(m.Scales)
+	for i, s := range m.Scales {
+		m.Scales[i] = 0x30 | s&0x0f // finite, positive, 0.5..1.9
+	}
+	return m
+}
+
+// randomBF16 builds a bf16 matrix of random finite values in (-2, 2).
+func randomBF16(rows, cols int, seed uint64) *tensor.Host {
+	r := rand.NewChaCha8([32]byte{byte(seed), 1})
+	data := make([]byte, 2*rows*cols)
+	r.Read(data)
+	for i := 1; i < len(data); i += 2 {
+		data[i] &= 0xbf // clear the top exponent bit: |x| < 2, no Inf/NaN
+	}
+	return &tensor.Host{Name: "bench", DType: tensor.BF16, Shape: []int{rows, cols}, Data: data}
+}
+
+type figure struct {
+	name         string
+	bytes, flops float64
+	ms           float64
+}
+
+func (f figure) String() string {
+	s := fmt.Sprintf("figure %-46s %9.3f us  %8.2f MB  %9.3f GFLOP  %7.0f GB/s (%4.1f%% of 4.3 TB/s)",
+		f.name, f.ms*1e3, f.bytes/1e6, f.flops/1e9, f.bytes/(f.ms*1e-3)/1e9, 100*f.bytes/(f.ms*1e-3)/hbmBytesPerSec)
+	if f.flops > 0 {
+		s += fmt.Sprintf("  %6.2f TFLOP/s", f.flops/(f.ms*1e-3)/1e12)
+	}
+	return s
+}
+
+func TestFiguresMatMul(t *testing.T) {
+	benchEnabled(t)
+	g := openGPU(t)
+	type tcase struct {
+		kind    string
+		T, K, N int
+		copies  int
+		reps    int
+	}
+	for _, c := range []tcase{
+		{kindNVFP4, 1, 2560, 9728, 16, 20}, {kindNVFP4, 1, 9728, 2560, 16, 20},
+		{kindNVFP4, 4, 2560, 9728, 16, 20}, {kindNVFP4, 4, 9728, 2560, 16, 20},
+		{kindNVFP4, 1, 2560, 4096, 16, 20}, {kindNVFP4, 1, 4096, 2560, 16, 20},
+		{kindBF16, 1, 2560, 9728, 6, 20}, {kindBF16, 1, 2560, 151936, 1, 10},
+		{kindNVFP4, 512, 2560, 9728, 2, 3}, {kindBF16, 512, 2560, 9728, 2, 3}, {kindNVFP4, 2048, 2560, 9728, 1, 2},
+	} {
+		var ws []*Weight
+		for i := 0; i < c.copies; i++ {
+			hw := backend.HostWeight{Name: fmt.Sprintf("bench%d", i)}
+			if c.kind == kindNVFP4 {
+				hw.NVFP4 = randomNVFP4(c.N, c.K, uint64(i))
+			} else {
+				hw.Dense = randomBF16(c.N, c.K, uint64(i))
+			}
+			w, err := g.UploadWeight(hw)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ws = append(ws, w.(*Weight))
+		}
+		x, err := g.Alloc(backend.Activations, c.T, c.K)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := g.Upload(x, randn(c.T*c.K, 1, 1)); err != nil {
+			t.Fatal(err)
+		}
+		o, err := g.Alloc(backend.Activations, c.T, c.N)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ms, err := timeOnDevice(g, c.reps, func() error {
+			for _, w := range ws {
+				if err := g.matmul(o.(*Tensor), x.(*Tensor), w); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ms /= float64(len(ws))
+		wb := float64(ws[0].Bytes())
+		path := "tiled"
+		if gemvShape(c.kind, c.T, c.K) {
+			path = "gemv"
+		}
+		t.Log(figure{fmt.Sprintf("matmul %s %s T=%d %d→%d", path, c.kind, c.T, c.K, c.N),
+			wb + float64(4*c.T*(c.K+c.N)), float64(2 * c.T * c.K * c.N), ms})
+		g.Free(x)
+		g.Free(o)
+		for _, w := range ws {
+			g.FreeWeight(w)
+		}
+	}
+}
+
+func TestFiguresOps(t *testing.T) {
+	benchEnabled(t)
+	g := openGPU(t)
+	alloc := func(rows, cols int) *Tensor {
+		x, err := g.Alloc(backend.Activations, rows, cols)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { g.Free(x) })
+		if err := g.Upload(x, randn(rows*cols, uint64(rows+cols), 1)); err != nil {
+			t.Fatal(err)
+		}
+		return x.(*Tensor)
+	}
+	// Attention: Qwen3-4B heads (32 query, 8 KV, head_dim 128).
+	for _, s := range []struct{ T, pos0, reps int }{{1, 511, 50}, {1, 4095, 20}, {1, 8191, 10}, {512, 0, 3}, {2048, 0, 1}} {
+		n := s.pos0 + s.T
+		q, k, v, o := alloc(s.T, 4096), alloc(n, 1024), alloc(n, 1024), alloc(s.T, 4096)
+		ms, err := timeOnDevice(g, s.reps, func() error {
+			return launch(g.fns["attention_f32"], [3]int{32, s.T, 1}, [3]int{attThreads, 1, 1}, 4*(128+attThreads),
+				ptrArg(o.ptr), ptrArg(q.ptr), ptrArg(k.ptr), ptrArg(v.ptr), intArg(s.pos0), intArg(32), intArg(8), intArg(128), f32Arg(0.088))
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Keys attended: sum over rows of pos0+t+1; K and V read once per KV head ideally.
+		var keys float64
+		for t := 0; t < s.T; t++ {
+			keys += float64(s.pos0 + t + 1)
+		}
+		t.Log(figure{fmt.Sprintf("attention T=%d context %d (32/8 heads of 128)", s.T, n),
+			float64(2*n*1024*4 + 2*s.T*4096*4), keys * 32 * 128 * 4, ms})
+	}
+	x, w, out := alloc(1, 2560), alloc(1, 2560), alloc(1, 2560)
+	ms, err := timeOnDevice(g, 100, func() error {
+		return launch(g.fns["rmsnorm_f32"], [3]int{1, 1, 1}, [3]int{256, 1, 1}, 0, ptrArg(out.ptr), ptrArg(x.ptr), ptrArg(w.ptr), intArg(2560), f32Arg(1e-6))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Log(figure{"rmsnorm T=1 2560 (launch-bound)", 3 * 2560 * 4, 3 * 2560, ms})
+	big, big2 := alloc(2048, 9728), alloc(2048, 9728)
+	ms, err = timeOnDevice(g, 10, func() error {
+		return launch(g.fns["swiglu_f32"], [3]int{g.blocks(2048 * 9728), 1, 1}, [3]int{256, 1, 1}, 0, ptrArg(big.ptr), ptrArg(big.ptr), ptrArg(big2.ptr), sizeArg(2048*9728))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Log(figure{"swiglu 2048x9728 (in place)", 3 * 2048 * 9728 * 4, 5 * 2048 * 9728, ms})
+}
+
+// TestFiguresDecode times whole-model decode through qwen3.Forward (every op a round trip to
+// the owner goroutine, activations allocated per call) on a random model with Qwen3-4B layer
+// shapes, NVFP4 linears and a small vocabulary; per-layer time scales to 36 layers.
+func TestFiguresDecode(t *testing.T) {
+	benchEnabled(t)
+	g := openGPU(t)
+	cfg := &qwen3.Config{HiddenSize: 2560, IntermediateSize: 9728, NumLayers: 2, NumHeads: 32, NumKVHeads: 8, HeadDim: 128,
+		VocabSize: 1024, RMSNormEps: 1e-6, RopeTheta: 5e6, TieEmbeddings: true, MaxPositions: 40960, BOSTokenID: -1}
+	start := time.Now()
+	m, err := qwen3.NewRandom(cfg, g, qwen3.RandomOptions{Seed: 1, Precision: qwen3.NVFP4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Free()
+	t.Logf("random 2-layer model (Qwen3-4B layer shapes, NVFP4 linears) built and uploaded in %v; %s", time.Since(start).Round(time.Millisecond), backend.Human(m.WeightBytes()))
+	ctx := context.Background()
+	cache, err := m.NewKVCache(600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cache.Free()
+	prompt := make([]int, 512)
+	for i := range prompt {
+		prompt[i] = (i * 37) % cfg.VocabSize
+	}
+	start = time.Now()
+	if _, err := m.Forward(ctx, prompt, cache, qwen3.LogitsLast); err != nil {
+		t.Fatal(err)
+	}
+	prefill := time.Since(start)
+	const steps = 64
+	start = time.Now()
+	tok := 5
+	for i := 0; i < steps; i++ {
+		lg, err := m.Forward(ctx, []int{tok}, cache, qwen3.LogitsLast)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tok = argmax(lg.Data)
+	}
+	per := time.Since(start) / steps
+	t.Logf("figure decode 2 layers: %v per token (context 512..576); prefill 512 tokens: %v (%.0f tok/s for 2 layers)",
+		per, prefill.Round(time.Microsecond), 512/prefill.Seconds())
+	t.Logf("figure decode estimate for 36 layers: %.2f ms per token from the per-layer time, plus the 151936-row bf16 lm_head GEMV (see the matmul figures)",
+		36*per.Seconds()*1e3/2)
+	t.Log(g.Memory())
+}
+
+func argmax(v []float32) int {
+	best := 0
+	for i, x := range v {
+		if x > v[best] {
+			best = i
+		}
+	}
+	return best
+}

@@ -1,0 +1,34 @@
+// Package cuda is the GPU backend: engine/backend.Backend on an NVIDIA GPU through the CUDA
+// driver API. Everything that touches CUDA is behind the build tag `cuda`; without it the
+// package holds only the embedded kernels and this documentation.
+//
+// # Design
+//
+//   - Driver: libcuda.so.1 is opened with dlopen (a small cgo shim over cuda.h's types), so a
+//     binary built with the tag starts on machines without a GPU or driver; Open then returns an
+//     error and the tests skip. gorgonia.org/cu was the first choice but its package init calls
+//     cuInit and exits the process when that fails.
+//   - One owner of the context (DESIGN principle 6): Open starts a goroutine locked to its OS
+//     thread that makes the device's primary context current and runs every backend call, sent
+//     to it as a closure over a channel. Callers on any goroutine (yaegi cells) are safe; calls
+//     are serialised. Kernels run on the default stream in call order; Download (and Sync)
+//     wait for them, so a kernel fault surfaces there at the latest.
+//   - Kernels are CUDA C++ in kernels/*.cu, compiled to PTX for sm_90 by gen_ptx.sh, committed
+//     and embedded; Open JIT-loads them with cuModuleLoadData. No PTX is written by hand.
+//   - Memory is accounted, not discovered (principle 4): every cuMemAlloc goes through one
+//     allocator that tracks bytes per backend.Category, the peak and the live allocations, and
+//     checks an optional budget (SetBudget) before asking the driver: an allocation that would
+//     cross it fails with an error wrapping *backend.OverBudget that also names the bytes in use
+//     per category; nothing is allocated and the backend stays usable.
+//   - Tensors are float32 on the device (bf16 activations come later). Weights stay in their
+//     stored precision (f32, bf16, NVFP4 packed codes + E4M3 block scales + FP32 tensor scale)
+//     and MatMul decodes them in registers: a GEMV kernel for up to 4 token rows (decode) that
+//     streams each weight row once, and a tiled kernel for more rows (prefill).
+//
+// # Numerics (parity with engine/cpu)
+//
+// Element-wise ops, RMSNorm (statistics in double), RoPE (inv_freq from the host, angles in
+// float32, sin/cos in double, no fused multiply-adds) and the embedding gather reproduce the CPU
+// reference to a bit or two. MatMul and attention accumulate in float32 in a different order
+// than the CPU, so they agree to about 1e-6 relative; the tests state the bound per op.
+package cuda

@@ -1,0 +1,333 @@
+//go:build cuda
+
+package cuda
+
+// The CUDA driver API through dlopen: cuda.h supplies the types, libcuda.so.1 is opened at run
+// time, so a binary built with the cuda tag starts (and its tests skip) on machines without the
+// NVIDIA driver. The symbols looked up are the ABI names cuda.h maps the API to
+// (cuMemAlloc → cuMemAlloc_v2, …), which every driver since CUDA 11 exports.
+
+/*
+#cgo LDFLAGS: -ldl
+#include <cuda.h>
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stddef.h>
+#include <stdlib.h>
+
+#define QG_STR2(x) #x
+#define QG_STR(x) QG_STR2(x)
+#define QG_FUNCS(X) \
+	X(cuInit) X(cuDriverGetVersion) X(cuGetErrorName) X(cuGetErrorString) \
+	X(cuDeviceGetCount) X(cuDeviceGet) X(cuDeviceGetName) X(cuDeviceTotalMem) X(cuDeviceGetAttribute) \
+	X(cuDevicePrimaryCtxRetain) X(cuDevicePrimaryCtxRelease) X(cuCtxSetCurrent) X(cuCtxSynchronize) \
+	X(cuMemAlloc) X(cuMemFree) X(cuMemGetInfo) X(cuMemcpyHtoD) X(cuMemcpyDtoH) X(cuMemcpyDtoD) X(cuMemsetD8) \
+	X(cuModuleLoadData) X(cuModuleUnload) X(cuModuleGetFunction) X(cuFuncSetAttribute) X(cuLaunchKernel) \
+	X(cuEventCreate) X(cuEventRecord) X(cuEventSynchronize) X(cuEventElapsedTime) X(cuEventDestroy)
+
+#define QG_DECL(n) static __typeof__(&n) p_##n;
+QG_FUNCS(QG_DECL)
+
+static char qg_err[512];
+
+// qg_load opens libcuda and resolves every symbol; it returns NULL or a message.
+static const char* qg_load(void) {
+	const char* names[] = {"libcuda.so.1", "libcuda.so"};
+	void* lib = NULL;
+	for (int i = 0; i < 2 && lib == NULL; i++) lib = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
+	if (lib == NULL) {
+		const char* e = dlerror();
+		snprintf(qg_err, sizeof qg_err, "cannot load the NVIDIA driver library libcuda.so.1: %s", e ? e : "not found");
+		return qg_err;
+	}
+#define QG_LOAD(n) \
+	p_##n = (__typeof__(p_##n))dlsym(lib, QG_STR(n)); \
+	if (p_##n == NULL) { snprintf(qg_err, sizeof qg_err, "libcuda.so.1 lacks %s (driver too old?)", QG_STR(n)); return qg_err; }
+	QG_FUNCS(QG_LOAD)
+	return NULL;
+}
+
+static CUresult qg_cuInit(void) { return p_cuInit(0); }
+static CUresult qg_cuDriverGetVersion(int* v) { return p_cuDriverGetVersion(v); }
+static const char* qg_errname(CUresult r) {
+	const char* s = NULL;
+	if (p_cuGetErrorName == NULL || p_cuGetErrorName(r, &s) != CUDA_SUCCESS) return NULL;
+	return s;
+}
+static const char* qg_errstring(CUresult r) {
+	const char* s = NULL;
+	if (p_cuGetErrorString == NULL || p_cuGetErrorString(r, &s) != CUDA_SUCCESS) return NULL;
+	return s;
+}
+static CUresult qg_cuDeviceGetCount(int* n) { return p_cuDeviceGetCount(n); }
+static CUresult qg_cuDeviceGet(CUdevice* d, int i) { return p_cuDeviceGet(d, i); }
+static CUresult qg_cuDeviceGetName(char* s, int n, CUdevice d) { return p_cuDeviceGetName(s, n, d); }
+static CUresult qg_cuDeviceTotalMem(size_t* b, CUdevice d) { return p_cuDeviceTotalMem(b, d); }
+static CUresult qg_cuDeviceGetAttribute(int* v, int a, CUdevice d) { return p_cuDeviceGetAttribute(v, (CUdevice_attribute)a, d); }
+static CUresult qg_cuDevicePrimaryCtxRetain(CUcontext* c, CUdevice d) { return p_cuDevicePrimaryCtxRetain(c, d); }
+static CUresult qg_cuDevicePrimaryCtxRelease(CUdevice d) { return p_cuDevicePrimaryCtxRelease(d); }
+static CUresult qg_cuCtxSetCurrent(CUcontext c) { return p_cuCtxSetCurrent(c); }
+static CUresult qg_cuCtxSynchronize(void) { return p_cuCtxSynchronize(); }
+static CUresult qg_cuMemAlloc(CUdeviceptr* p, size_t n) { return p_cuMemAlloc(p, n); }
+static CUresult qg_cuMemFree(CUdeviceptr p) { return p_cuMemFree(p); }
+static CUresult qg_cuMemGetInfo(size_t* f, size_t* t) { return p_cuMemGetInfo(f, t); }
+static CUresult qg_cuMemcpyHtoD(CUdeviceptr d, const void* s, size_t n) { return p_cuMemcpyHtoD(d, s, n); }
+static CUresult qg_cuMemcpyDtoH(void* d, CUdeviceptr s, size_t n) { return p_cuMemcpyDtoH(d, s, n); }
+static CUresult qg_cuMemcpyDtoD(CUdeviceptr d, CUdeviceptr s, size_t n) { return p_cuMemcpyDtoD(d, s, n); }
+static CUresult qg_cuMemsetD8(CUdeviceptr d, unsigned char v, size_t n) { return p_cuMemsetD8(d, v, n); }
+static CUresult qg_cuModuleLoadData(CUmodule* m, const void* img) { return p_cuModuleLoadData(m, img); }
+static CUresult qg_cuModuleUnload(CUmodule m) { return p_cuModuleUnload(m); }
+static CUresult qg_cuModuleGetFunction(CUfunction* f, CUmodule m, const char* name) { return p_cuModuleGetFunction(f, m, name); }
+static CUresult qg_cuFuncSetAttribute(CUfunction f, int a, int v) { return p_cuFuncSetAttribute(f, (CUfunction_attribute)a, v); }
+static CUresult qg_cuEventCreate(CUevent* e) { return p_cuEventCreate(e, CU_EVENT_DEFAULT); }
+static CUresult qg_cuEventRecord(CUevent e) { return p_cuEventRecord(e, NULL); }
+static CUresult qg_cuEventSynchronize(CUevent e) { return p_cuEventSynchronize(e); }
+static CUresult qg_cuEventElapsedTime(float* ms, CUevent a, CUevent b) { return p_cuEventElapsedTime(ms, a, b); }
+static CUresult qg_cuEventDestroy(CUevent e) { return p_cuEventDestroy(e); }
+
+// qg_launch launches f on the default stream; args holds n 8-byte slots, one per kernel
+// parameter (4-byte parameters in the low half: little-endian).
+static CUresult qg_launch(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
+                          unsigned shmem, void* args, int n) {
+	void* ptrs[32];
+	if (n < 0 || n > 32) return CUDA_ERROR_INVALID_VALUE;
+	for (int i = 0; i < n; i++) ptrs[i] = (char*)args + 8 * (size_t)i;
+	return p_cuLaunchKernel(f, gx, gy, gz, bx, by, bz, shmem, NULL, ptrs, NULL);
+}
+*/
+import "C"
+
+import (
+	"fmt"
+	"math"
+	"sync"
+	"unsafe"
+)
+
+// devPtr is a device address.
+type devPtr = C.CUdeviceptr
+
+// DriverError is a failed CUDA driver call: the call's name and the driver's result code.
+type DriverError struct {
+	Op   string // the driver function, e.g. "cuMemAlloc"
+	Code int    // the CUresult
+}
+
+// Error names the call, the code's symbolic name and the driver's description.
+func (e *DriverError) Error() string {
+	name, desc := "", ""
+	if s := C.qg_errname(C.CUresult(e.Code)); s != nil {
+		name = C.GoString(s)
+	}
+	if s := C.qg_errstring(C.CUresult(e.Code)); s != nil {
+		desc = C.GoString(s)
+	}
+	switch {
+	case name != "" && desc != "":
+		return fmt.Sprintf("%s: %s (%s)", e.Op, name, desc)
+	case name != "":
+		return fmt.Sprintf("%s: %s", e.Op, name)
+	}
+	return fmt.Sprintf("%s: CUDA error %d", e.Op, e.Code)
+}
+
+// OutOfMemory reports whether the driver ran out of device memory.
+func (e *DriverError) OutOfMemory() bool { return e.Code == int(C.CUDA_ERROR_OUT_OF_MEMORY) }
+
+func check(op string, r C.CUresult) error {
+	if r == C.CUDA_SUCCESS {
+		return nil
+	}
+	return &DriverError{Op: op, Code: int(r)}
+}
+
+var driver struct {
+	once sync.Once
+	err  error
+}
+
+// loadDriver opens libcuda.so.1 and calls cuInit once per process.
+func loadDriver() error {
+	driver.once.Do(func() {
+		if msg := C.qg_load(); msg != nil {
+			driver.err = fmt.Errorf("cuda: %s", C.GoString(msg))
+			return
+		}
+		if err := check("cuInit", C.qg_cuInit()); err != nil {
+			driver.err = fmt.Errorf("cuda: no usable GPU: %w", err)
+		}
+	})
+	return driver.err
+}
+
+func driverVersion() int {
+	var v C.int
+	if C.qg_cuDriverGetVersion(&v) != C.CUDA_SUCCESS {
+		return 0
+	}
+	return int(v)
+}
+
+func deviceCount() (int, error) {
+	var n C.int
+	err := check("cuDeviceGetCount", C.qg_cuDeviceGetCount(&n))
+	return int(n), err
+}
+
+type device = C.CUdevice
+
+func getDevice(i int) (device, error) {
+	var d C.CUdevice
+	err := check("cuDeviceGet", C.qg_cuDeviceGet(&d, C.int(i)))
+	return d, err
+}
+
+func deviceName(d device) (string, error) {
+	var buf [256]C.char
+	if err := check("cuDeviceGetName", C.qg_cuDeviceGetName(&buf[0], C.int(len(buf)), d)); err != nil {
+		return "", err
+	}
+	return C.GoString(&buf[0]), nil
+}
+
+func deviceTotalMem(d device) (int64, error) {
+	var n C.size_t
+	err := check("cuDeviceTotalMem", C.qg_cuDeviceTotalMem(&n, d))
+	return int64(n), err
+}
+
+// Device attributes used here.
+const (
+	attrSMCount   = int(C.CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+	attrCCMajor   = int(C.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)
+	attrCCMinor   = int(C.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)
+	attrSmemOptin = int(C.CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+)
+
+func deviceAttribute(d device, a int) (int, error) {
+	var v C.int
+	err := check("cuDeviceGetAttribute", C.qg_cuDeviceGetAttribute(&v, C.int(a), d))
+	return int(v), err
+}
+
+type cuContext = C.CUcontext
+
+func retainPrimaryContext(d device) (cuContext, error) {
+	var c C.CUcontext
+	err := check("cuDevicePrimaryCtxRetain", C.qg_cuDevicePrimaryCtxRetain(&c, d))
+	return c, err
+}
+
+func releasePrimaryContext(d device) error {
+	return check("cuDevicePrimaryCtxRelease", C.qg_cuDevicePrimaryCtxRelease(d))
+}
+
+func setCurrent(c cuContext) error { return check("cuCtxSetCurrent", C.qg_cuCtxSetCurrent(c)) }
+
+func synchronize() error { return check("cuCtxSynchronize", C.qg_cuCtxSynchronize()) }
+
+func memAlloc(n int64) (devPtr, error) {
+	var p C.CUdeviceptr
+	err := check("cuMemAlloc", C.qg_cuMemAlloc(&p, C.size_t(n)))
+	return p, err
+}
+
+func memFree(p devPtr) error { return check("cuMemFree", C.qg_cuMemFree(p)) }
+
+func memGetInfo() (free, total int64, err error) {
+	var f, t C.size_t
+	err = check("cuMemGetInfo", C.qg_cuMemGetInfo(&f, &t))
+	return int64(f), int64(t), err
+}
+
+// memcpyHtoD copies n bytes from host memory at src (Go memory holding no pointers) to dst.
+func memcpyHtoD(dst devPtr, src unsafe.Pointer, n int64) error {
+	if n == 0 {
+		return nil
+	}
+	return check("cuMemcpyHtoD", C.qg_cuMemcpyHtoD(dst, src, C.size_t(n)))
+}
+
+// memcpyDtoH copies n bytes from src to host memory at dst; it waits for earlier work.
+func memcpyDtoH(dst unsafe.Pointer, src devPtr, n int64) error {
+	if n == 0 {
+		return nil
+	}
+	return check("cuMemcpyDtoH", C.qg_cuMemcpyDtoH(dst, src, C.size_t(n)))
+}
+
+func memcpyDtoD(dst, src devPtr, n int64) error {
+	if n == 0 {
+		return nil
+	}
+	return check("cuMemcpyDtoD", C.qg_cuMemcpyDtoD(dst, src, C.size_t(n)))
+}
+
+func memsetD8(dst devPtr, v byte, n int64) error {
+	return check("cuMemsetD8", C.qg_cuMemsetD8(dst, C.uchar(v), C.size_t(n)))
+}
+
+type module = C.CUmodule
+
+// loadModule JIT-compiles a NUL-terminated PTX image for the current context.
+func loadModule(ptx []byte) (module, error) {
+	img := C.CBytes(append(append([]byte(nil), ptx...), 0))
+	defer C.free(img)
+	var m C.CUmodule
+	err := check("cuModuleLoadData", C.qg_cuModuleLoadData(&m, img))
+	return m, err
+}
+
+func unloadModule(m module) error { return check("cuModuleUnload", C.qg_cuModuleUnload(m)) }
+
+type function = C.CUfunction
+
+func moduleFunction(m module, name string) (function, error) {
+	cs := C.CString(name)
+	defer C.free(unsafe.Pointer(cs))
+	var f C.CUfunction
+	if err := check("cuModuleGetFunction", C.qg_cuModuleGetFunction(&f, m, cs)); err != nil {
+		return f, fmt.Errorf("kernel %s: %w", name, err)
+	}
+	return f, nil
+}
+
+// setMaxDynamicShared lets f use up to n bytes of dynamic shared memory (past the default 48 KiB).
+func setMaxDynamicShared(f function, n int) error {
+	return check("cuFuncSetAttribute", C.qg_cuFuncSetAttribute(f, C.int(C.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES), C.int(n)))
+}
+
+// arg is one kernel parameter in its 8-byte slot.
+type arg uint64
+
+func ptrArg(p devPtr) arg  { return arg(p) }
+func intArg(v int) arg     { return arg(uint32(int32(v))) }
+func f32Arg(v float32) arg { return arg(math.Float32bits(v)) }
+func sizeArg(v int64) arg  { return arg(uint64(v)) }
+
+// launch runs f on the default stream with a grid of g blocks of bl threads.
+func launch(f function, g, bl [3]int, shmem int, args ...arg) error {
+	if len(args) == 0 {
+		args = []arg{0}
+	}
+	return check("cuLaunchKernel", C.qg_launch(f, C.uint(g[0]), C.uint(g[1]), C.uint(g[2]),
+		C.uint(bl[0]), C.uint(bl[1]), C.uint(bl[2]), C.uint(shmem), unsafe.Pointer(&args[0]), C.int(len(args))))
+}
+
+type event = C.CUevent
+
+func eventCreate() (event, error) {
+	var e C.CUevent
+	err := check("cuEventCreate", C.qg_cuEventCreate(&e))
+	return e, err
+}
+
+func eventRecord(e event) error      { return check("cuEventRecord", C.qg_cuEventRecord(e)) }
+func eventSynchronize(e event) error { return check("cuEventSynchronize", C.qg_cuEventSynchronize(e)) }
+func eventDestroy(e event) error     { return check("cuEventDestroy", C.qg_cuEventDestroy(e)) }
+
+func eventElapsed(a, b event) (float64, error) {
+	var ms C.float
+	err := check("cuEventElapsedTime", C.qg_cuEventElapsedTime(&ms, a, b))
+	return float64(ms), err
+}

@@ -1,0 +1,50 @@
+// Element-wise kernels: embedding gather, SwiGLU, residual add. Every kernel is a grid-stride
+// loop over the elements, so any launch size covers any tensor. Numerics follow engine/cpu:
+// exp in double (as Go's math.Exp), decoded weights bit-identical to nvfp4.Matrix.DecodeRows.
+#include "common.cuh"
+
+#define GRID_STRIDE(i, n) \
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (size_t)gridDim.x * blockDim.x)
+
+// out[t, :] = table[ids[t], :] for a dense float32 table [V, D].
+extern "C" __global__ void embedding_f32(float* out, const float* table, const int* ids, int T, int D) {
+    GRID_STRIDE(i, (size_t)T * D) {
+        size_t t = i / D, d = i % D;
+        out[i] = table[(size_t)ids[t] * D + d];
+    }
+}
+
+// out[t, :] = table[ids[t], :] for a bf16 table [V, D].
+extern "C" __global__ void embedding_bf16(float* out, const uint16_t* table, const int* ids, int T, int D) {
+    GRID_STRIDE(i, (size_t)T * D) {
+        size_t t = i / D, d = i % D;
+        out[i] = bf16_to_f32(table[(size_t)ids[t] * D + d]);
+    }
+}
+
+// out[t, :] = decode(table row ids[t]) for an NVFP4 table: packed [V, D/2], scales [V, D/16],
+// tensor scale g; each element E2M1[code] * (float(scale) * g) as nvfp4.Matrix.DecodeRows.
+extern "C" __global__ void embedding_nvfp4(float* out, const uint8_t* packed, const uint8_t* scales, float g,
+                                           const int* ids, int T, int D) {
+    GRID_STRIDE(i, (size_t)T * D) {
+        size_t t = i / D, d = i % D;
+        size_t row = (size_t)ids[t];
+        uint32_t code = (packed[row * (D / 2) + d / 2] >> (4 * (d & 1))) & 15u;
+        float f = __fmul_rn(e4m3_to_f32(scales[row * (D / 16) + d / 16]), g);
+        out[i] = __fmul_rn(e2m1_value(code), f);
+    }
+}
+
+// out = silu(gate) * up = gate / (1 + exp(-gate)) * up. out may alias gate or up.
+extern "C" __global__ void swiglu_f32(float* out, const float* gate, const float* up, size_t n) {
+    GRID_STRIDE(i, n) {
+        float x = gate[i];
+        float e = (float)exp(-(double)x);
+        out[i] = __fmul_rn(__fdiv_rn(x, __fadd_rn(1.0f, e)), up[i]);
+    }
+}
+
+// dst += src.
+extern "C" __global__ void add_f32(float* dst, const float* src, size_t n) {
+    GRID_STRIDE(i, n) { dst[i] += src[i]; }
+}

@@ -1,0 +1,46 @@
+// RMSNorm and RoPE. Numerics follow engine/cpu: RMSNorm statistics in double, RoPE angles
+// position*inv_freq in float32 (inv_freq computed on the host exactly as the CPU does), sin and
+// cos of the angle in double, products and sums rounded separately (no fused multiply-add), so
+// results match the CPU to the last bit or two.
+#include "common.cuh"
+
+// rmsnorm_f32 normalises one group of n consecutive elements per block (blockIdx.x = group):
+// out = w * (x * 1/sqrt(mean(x^2) + eps)). out may be x.
+extern "C" __global__ void rmsnorm_f32(float* out, const float* x, const float* w, int n, float eps) {
+    __shared__ double red[32];
+    size_t base = (size_t)blockIdx.x * n;
+    double ss = 0.0;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        double v = (double)x[base + j];
+        ss = fma(v, v, ss);
+    }
+    ss = block_sum_d(ss, red);
+    float inv = (float)(1.0 / sqrt(ss / (double)n + (double)eps));
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        out[base + j] = __fmul_rn(w[j], __fmul_rn(x[base + j], inv));
+    }
+}
+
+// rope_f32 rotates pairs (i, i+headDim/2) of every head of x [rows, cols] (NeoX rotate-half);
+// row t is at position pos0+t; invf holds headDim/2 inverse frequencies. One thread per pair.
+// out may be x.
+extern "C" __global__ void rope_f32(float* out, const float* x, const float* invf, int rows, int cols,
+                                    int headDim, int pos0) {
+    int half = headDim / 2;
+    size_t pairsPerRow = (size_t)cols / 2;
+    size_t total = (size_t)rows * pairsPerRow;
+    for (size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
+         idx += (size_t)gridDim.x * blockDim.x) {
+        size_t t = idx / pairsPerRow;
+        int r = (int)(idx % pairsPerRow);
+        int h = r / half, i = r % half;
+        float ang = __fmul_rn((float)(pos0 + (int)t), invf[i]);
+        double s, c;
+        sincos((double)ang, &s, &c);
+        float cs = (float)c, sn = (float)s;
+        size_t o = t * cols + (size_t)h * headDim + i;
+        float x1 = x[o], x2 = x[o + half];
+        out[o] = __fsub_rn(__fmul_rn(x1, cs), __fmul_rn(x2, sn));
+        out[o + half] = __fadd_rn(__fmul_rn(x2, cs), __fmul_rn(x1, sn));
+    }
+}

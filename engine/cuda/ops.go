@@ -1,0 +1,336 @@
+//go:build cuda
+
+package cuda
+
+import (
+	"fmt"
+	"math"
+	"unsafe"
+
+	"github.com/qwengo/qwengo/engine/backend"
+)
+
+// Every op validates its arguments on the owner goroutine before launching anything, so an op
+// that returns an error has written nothing. Launches are asynchronous; a fault inside a kernel
+// surfaces at the next Download or Sync.
+
+// Embedding implements backend.Backend.
+func (b *Backend) Embedding(out backend.Tensor, table backend.Weight, ids []int) error {
+	return b.do(func() error {
+		o, err := b.ten(out, "embedding", "out")
+		if err != nil {
+			return err
+		}
+		w, err := b.weight(table, "embedding")
+		if err != nil {
+			return err
+		}
+		if o.rows != len(ids) || o.cols != w.in {
+			return fmt.Errorf("cuda: embedding: out [%d, %d] for %d ids of width %d", o.rows, o.cols, len(ids), w.in)
+		}
+		ids32 := make([]int32, len(ids))
+		for t, id := range ids {
+			if id < 0 || id >= w.out {
+				return fmt.Errorf("token id %d at position %d is outside the vocabulary (0..%d)", id, t, w.out-1)
+			}
+			ids32[t] = int32(id)
+		}
+		if err := b.grow(&b.idsBuf, backend.Workspace, int64(4*len(ids)), "token ids"); err != nil {
+			return err
+		}
+		if err := memcpyHtoD(b.idsBuf.ptr, unsafe.Pointer(&ids32[0]), int64(4*len(ids))); err != nil {
+			return fmt.Errorf("cuda: embedding: %w", err)
+		}
+		g, bl := [3]int{b.blocks(o.n()), 1, 1}, [3]int{256, 1, 1}
+		var lerr error
+		switch w.kind {
+		case kindF32:
+			lerr = launch(b.fns["embedding_f32"], g, bl, 0, ptrArg(o.ptr), ptrArg(w.ptr), ptrArg(b.idsBuf.ptr), intArg(o.rows), intArg(o.cols))
+		case kindBF16:
+			lerr = launch(b.fns["embedding_bf16"], g, bl, 0, ptrArg(o.ptr), ptrArg(w.ptr), ptrArg(b.idsBuf.ptr), intArg(o.rows), intArg(o.cols))
+		default:
+			lerr = launch(b.fns["embedding_nvfp4"], g, bl, 0, ptrArg(o.ptr), ptrArg(w.ptr), ptrArg(w.scales), f32Arg(w.global),
+				ptrArg(b.idsBuf.ptr), intArg(o.rows), intArg(o.cols))
+		}
+		if lerr != nil {
+			return fmt.Errorf("cuda: embedding %s: %w", w.name, lerr)
+		}
+		return nil
+	})
+}
+
+// gemvMaxRows is the largest number of token rows the GEMV kernels take.
+const gemvMaxRows = 4
+
+// MatMul implements backend.Backend: out[T, N] = x[T, K] · W[N, K]ᵀ. Up to four token rows use
+// the GEMV kernels (each weight row read once for all of them), more use the tiled kernel.
+func (b *Backend) MatMul(out, x backend.Tensor, bw backend.Weight) error {
+	return b.do(func() error {
+		o, err := b.ten(out, "matmul", "out")
+		if err != nil {
+			return err
+		}
+		a, err := b.ten(x, "matmul", "x")
+		if err != nil {
+			return err
+		}
+		w, err := b.weight(bw, "matmul")
+		if err != nil {
+			return err
+		}
+		if a.cols != w.in || o.rows != a.rows || o.cols != w.out {
+			return fmt.Errorf("cuda: matmul %s: x [%d, %d] · W[%d, %d]ᵀ into [%d, %d]", w.name, a.rows, a.cols, w.out, w.in, o.rows, o.cols)
+		}
+		if o == a {
+			return fmt.Errorf("cuda: matmul %s: out and x are the same tensor", w.name)
+		}
+		if err := b.matmul(o, a, w); err != nil {
+			return fmt.Errorf("cuda: matmul %s: %w", w.name, err)
+		}
+		return nil
+	})
+}
+
+// gemvShape reports whether a product of T token rows with K inputs takes the GEMV path.
+func gemvShape(kind string, T, K int) bool {
+	return T <= gemvMaxRows && (kind == kindNVFP4 || K%8 == 0) && T*K*4 <= gemvMaxShared
+}
+
+func (b *Backend) matmul(o, a *Tensor, w *Weight) error {
+	T, K, N := a.rows, a.cols, w.out
+	if gemvShape(w.kind, T, K) {
+		shmem := T * K * 4
+		warps := 8
+		if (N+warps*4-1)/(warps*4) < 2*b.sms {
+			warps = 4 // small N: more, smaller blocks to cover every SM
+		}
+		rowsPerBlock := warps * 4
+		perSM := max(1, min(2048/(32*warps), (227<<10)/(shmem+1024)))
+		grid := max(1, min((N+rowsPerBlock-1)/rowsPerBlock, b.sms*perSM))
+		g, bl := [3]int{grid, 1, 1}, [3]int{32 * warps, 1, 1}
+		fn := b.fns[fmt.Sprintf("gemv_%s_t%d", w.kind, T)]
+		if w.kind == kindNVFP4 {
+			return launch(fn, g, bl, shmem, ptrArg(o.ptr), ptrArg(a.ptr), ptrArg(w.ptr), ptrArg(w.scales),
+				f32Arg(w.global*16384), intArg(N), intArg(K))
+		}
+		return launch(fn, g, bl, shmem, ptrArg(o.ptr), ptrArg(a.ptr), ptrArg(w.ptr), intArg(N), intArg(K))
+	}
+	if (T+63)/64 > 65535 {
+		return fmt.Errorf("%d token rows exceed the tiled kernel's grid (%d)", T, 65535*64)
+	}
+	g, bl := [3]int{(N + 63) / 64, (T + 63) / 64, 1}, [3]int{256, 1, 1}
+	if w.kind == kindNVFP4 {
+		return launch(b.fns["matmul_tiled_nvfp4"], g, bl, 0, ptrArg(o.ptr), ptrArg(a.ptr), ptrArg(w.ptr), ptrArg(w.scales),
+			f32Arg(w.global), intArg(T), intArg(N), intArg(K))
+	}
+	return launch(b.fns["matmul_tiled_"+w.kind], g, bl, 0, ptrArg(o.ptr), ptrArg(a.ptr), ptrArg(w.ptr), intArg(T), intArg(N), intArg(K))
+}
+
+// RMSNorm implements backend.Backend.
+func (b *Backend) RMSNorm(out, x, w backend.Tensor, eps float32) error {
+	return b.do(func() error {
+		o, err := b.ten(out, "rmsnorm", "out")
+		if err != nil {
+			return err
+		}
+		a, err := b.ten(x, "rmsnorm", "x")
+		if err != nil {
+			return err
+		}
+		g, err := b.ten(w, "rmsnorm", "weight")
+		if err != nil {
+			return err
+		}
+		n := g.n()
+		if a.cols%n != 0 || o.rows != a.rows || o.cols != a.cols {
+			return fmt.Errorf("cuda: rmsnorm: x [%d, %d] with a weight of %d into [%d, %d] (the weight length must divide the width)", a.rows, a.cols, n, o.rows, o.cols)
+		}
+		groups := a.n() / n
+		threads := min(256, max(32, (n+31)/32*32))
+		if err := launch(b.fns["rmsnorm_f32"], [3]int{groups, 1, 1}, [3]int{threads, 1, 1}, 0,
+			ptrArg(o.ptr), ptrArg(a.ptr), ptrArg(g.ptr), intArg(n), f32Arg(eps)); err != nil {
+			return fmt.Errorf("cuda: rmsnorm: %w", err)
+		}
+		return nil
+	})
+}
+
+// invFreq returns the device copy of inv_freq_i = theta^(-2i/headDim), computed in float32
+// exactly as engine/cpu does, cached per (headDim, theta) under Workspace (worker goroutine).
+func (b *Backend) invFreq(headDim int, theta float64) (devPtr, error) {
+	key := ropeKey{headDim, theta}
+	if buf, ok := b.rope[key]; ok {
+		return buf.ptr, nil
+	}
+	half := headDim / 2
+	inv := make([]float32, half)
+	for i := range inv {
+		inv[i] = float32(1 / math.Pow(theta, float64(2*i)/float64(headDim)))
+	}
+	var buf devBuf
+	if err := b.grow(&buf, backend.Workspace, int64(4*half), "rope frequencies"); err != nil {
+		return 0, err
+	}
+	if err := memcpyHtoD(buf.ptr, unsafe.Pointer(&inv[0]), int64(4*half)); err != nil {
+		b.free(buf.ptr)
+		return 0, err
+	}
+	b.rope[key] = buf
+	return buf.ptr, nil
+}
+
+// RoPE implements backend.Backend.
+func (b *Backend) RoPE(out, x backend.Tensor, headDim, pos0 int, theta float64) error {
+	return b.do(func() error {
+		o, err := b.ten(out, "rope", "out")
+		if err != nil {
+			return err
+		}
+		a, err := b.ten(x, "rope", "x")
+		if err != nil {
+			return err
+		}
+		if headDim <= 0 || headDim%2 != 0 || a.cols%headDim != 0 || o.rows != a.rows || o.cols != a.cols || pos0 < 0 || !(theta > 0) ||
+			pos0+a.rows > math.MaxInt32 {
+			return fmt.Errorf("cuda: rope: x [%d, %d] into [%d, %d] with head_dim %d, position %d, theta %v", a.rows, a.cols, o.rows, o.cols, headDim, pos0, theta)
+		}
+		inv, err := b.invFreq(headDim, theta)
+		if err != nil {
+			return fmt.Errorf("cuda: rope: %w", err)
+		}
+		if err := launch(b.fns["rope_f32"], [3]int{b.blocks(a.n() / 2), 1, 1}, [3]int{256, 1, 1}, 0,
+			ptrArg(o.ptr), ptrArg(a.ptr), ptrArg(inv), intArg(a.rows), intArg(a.cols), intArg(headDim), intArg(pos0)); err != nil {
+			return fmt.Errorf("cuda: rope: %w", err)
+		}
+		return nil
+	})
+}
+
+// attThreads and attMaxHeadDim mirror ATT_THREADS and ATT_THREADS*ATT_MAXD in attention.cu.
+const (
+	attThreads    = 128
+	attMaxHeadDim = 512
+)
+
+// Attention implements backend.Backend.
+func (b *Backend) Attention(out, q, k, v backend.Tensor, pos0, nHeads, nKV, headDim int) error {
+	return b.do(func() error {
+		var ts [4]*Tensor
+		for i, x := range []struct {
+			t    backend.Tensor
+			name string
+		}{{out, "out"}, {q, "q"}, {k, "k"}, {v, "v"}} {
+			t, err := b.ten(x.t, "attention", x.name)
+			if err != nil {
+				return err
+			}
+			ts[i] = t
+		}
+		o, qt, kt, vt := ts[0], ts[1], ts[2], ts[3]
+		T := qt.rows
+		if nHeads <= 0 || nKV <= 0 || headDim <= 0 || nHeads%nKV != 0 || pos0 < 0 ||
+			qt.cols != nHeads*headDim || kt.cols != nKV*headDim || vt.cols != nKV*headDim ||
+			kt.rows < pos0+T || vt.rows < pos0+T || o.rows != T || o.cols != qt.cols {
+			return fmt.Errorf("cuda: attention: q [%d, %d], k [%d, %d], v [%d, %d], out [%d, %d], position %d, heads %d/%d of %d",
+				qt.rows, qt.cols, kt.rows, kt.cols, vt.rows, vt.cols, o.rows, o.cols, pos0, nHeads, nKV, headDim)
+		}
+		if o == qt {
+			return fmt.Errorf("cuda: attention: out and q are the same tensor")
+		}
+		if headDim > attMaxHeadDim || T > 65535 {
+			return fmt.Errorf("cuda: attention: head_dim %d (at most %d) with %d query rows (at most 65535) is not supported by this kernel", headDim, attMaxHeadDim, T)
+		}
+		scale := float32(1 / math.Sqrt(float64(headDim)))
+		shmem := 4 * (headDim + attThreads)
+		if err := launch(b.fns["attention_f32"], [3]int{nHeads, T, 1}, [3]int{attThreads, 1, 1}, shmem,
+			ptrArg(o.ptr), ptrArg(qt.ptr), ptrArg(kt.ptr), ptrArg(vt.ptr), intArg(pos0), intArg(nHeads), intArg(nKV), intArg(headDim), f32Arg(scale)); err != nil {
+			return fmt.Errorf("cuda: attention: %w", err)
+		}
+		return nil
+	})
+}
+
+// SwiGLU implements backend.Backend.
+func (b *Backend) SwiGLU(out, gate, up backend.Tensor) error {
+	return b.do(func() error {
+		o, err := b.ten(out, "swiglu", "out")
+		if err != nil {
+			return err
+		}
+		g, err := b.ten(gate, "swiglu", "gate")
+		if err != nil {
+			return err
+		}
+		u, err := b.ten(up, "swiglu", "up")
+		if err != nil {
+			return err
+		}
+		if g.rows != u.rows || g.cols != u.cols || o.rows != g.rows || o.cols != g.cols {
+			return fmt.Errorf("cuda: swiglu: gate [%d, %d], up [%d, %d], out [%d, %d]", g.rows, g.cols, u.rows, u.cols, o.rows, o.cols)
+		}
+		if err := launch(b.fns["swiglu_f32"], [3]int{b.blocks(o.n()), 1, 1}, [3]int{256, 1, 1}, 0,
+			ptrArg(o.ptr), ptrArg(g.ptr), ptrArg(u.ptr), sizeArg(int64(o.n()))); err != nil {
+			return fmt.Errorf("cuda: swiglu: %w", err)
+		}
+		return nil
+	})
+}
+
+// Add implements backend.Backend.
+func (b *Backend) Add(dst, src backend.Tensor) error {
+	return b.do(func() error {
+		d, err := b.ten(dst, "add", "dst")
+		if err != nil {
+			return err
+		}
+		s, err := b.ten(src, "add", "src")
+		if err != nil {
+			return err
+		}
+		if d.rows != s.rows || d.cols != s.cols {
+			return fmt.Errorf("cuda: add: [%d, %d] += [%d, %d]", d.rows, d.cols, s.rows, s.cols)
+		}
+		if err := launch(b.fns["add_f32"], [3]int{b.blocks(d.n()), 1, 1}, [3]int{256, 1, 1}, 0,
+			ptrArg(d.ptr), ptrArg(s.ptr), sizeArg(int64(d.n()))); err != nil {
+			return fmt.Errorf("cuda: add: %w", err)
+		}
+		return nil
+	})
+}
+
+// CopyRows implements backend.Backend: one device-to-device copy (rows are contiguous).
+func (b *Backend) CopyRows(dst backend.Tensor, dstRow int, src backend.Tensor, srcRow, n int) error {
+	return b.do(func() error {
+		d, err := b.ten(dst, "copy rows", "dst")
+		if err != nil {
+			return err
+		}
+		s, err := b.ten(src, "copy rows", "src")
+		if err != nil {
+			return err
+		}
+		if d.cols != s.cols || n < 0 || dstRow < 0 || srcRow < 0 || dstRow+n > d.rows || srcRow+n > s.rows {
+			return fmt.Errorf("cuda: copy rows: %d rows from row %d of [%d, %d] to row %d of [%d, %d]", n, srcRow, s.rows, s.cols, dstRow, d.rows, d.cols)
+		}
+		row := int64(d.cols) * 4
+		to, from, size := d.ptr+devPtr(int64(dstRow)*row), s.ptr+devPtr(int64(srcRow)*row), int64(n)*row
+		if d == s && n > 0 && dstRow != srcRow && dstRow < srcRow+n && srcRow < dstRow+n {
+			// Overlapping ranges of one tensor: cuMemcpyDtoD does not allow it; go through a copy.
+			tmp, err := b.alloc(backend.Workspace, size, "copy rows (overlapping)")
+			if err != nil {
+				return err
+			}
+			defer b.free(tmp)
+			if err := memcpyDtoD(tmp, from, size); err != nil {
+				return fmt.Errorf("cuda: copy rows: %w", err)
+			}
+			from = tmp
+		}
+		if err := memcpyDtoD(to, from, size); err != nil {
+			return fmt.Errorf("cuda: copy rows: %w", err)
+		}
+		return nil
+	})
+}
+
+var _ backend.Backend = (*Backend)(nil)

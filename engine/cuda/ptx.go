@@ -1,0 +1,31 @@
+package cuda
+
+import "embed"
+
+// The kernels' PTX, generated from kernels/*.cu by gen_ptx.sh (nvcc -ptx -arch=sm_90) and
+// committed, so building the backend needs the CUDA headers but no compiler; the driver
+// JIT-compiles the PTX for the GPU when the backend opens. This file has no build tag so that
+// tests without a GPU can check the embedded modules.
+
+//go:embed kernels/*.ptx
+var ptxFS embed.FS
+
+// ptxModule is one PTX file and the kernels the backend launches from it.
+type ptxModule struct {
+	file    string
+	kernels []string
+}
+
+// gemvKernels are the decode-shaped matmul kernels, one per weight kind and token count 1..4.
+var gemvKernels = []string{
+	"gemv_nvfp4_t1", "gemv_nvfp4_t2", "gemv_nvfp4_t3", "gemv_nvfp4_t4",
+	"gemv_bf16_t1", "gemv_bf16_t2", "gemv_bf16_t3", "gemv_bf16_t4",
+	"gemv_f32_t1", "gemv_f32_t2", "gemv_f32_t3", "gemv_f32_t4",
+}
+
+var ptxModules = []ptxModule{
+	{"kernels/elementwise.ptx", []string{"embedding_f32", "embedding_bf16", "embedding_nvfp4", "swiglu_f32", "add_f32"}},
+	{"kernels/norm.ptx", []string{"rmsnorm_f32", "rope_f32"}},
+	{"kernels/attention.ptx", []string{"attention_f32"}},
+	{"kernels/matmul.ptx", append([]string{"matmul_tiled_f32", "matmul_tiled_bf16", "matmul_tiled_nvfp4"}, gemvKernels...)},
+}
