@@ -47,6 +47,7 @@ func DatElemType(d tensor.DType) (int, bool) {
 const (
 	maxDatKey  = 1 << 16 // longest key accepted (bytes)
 	maxDatDims = 64      // most dimensions accepted
+	datWindow  = 4 << 10 // bytes the index parser reads at a time
 )
 
 // DatEntry is one entry of a seed `.dat` file.
@@ -122,7 +123,7 @@ func (s *datScanner) fill() error {
 		return nil
 	}
 	if s.buf == nil {
-		s.buf = make([]byte, min(64<<10, s.size))
+		s.buf = make([]byte, min(datWindow, s.size))
 	}
 	s.win = s.buf[:min(int64(len(s.buf)), s.size-s.off)]
 	n, err := s.r.ReadAt(s.win, s.off)

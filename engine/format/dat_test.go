@@ -321,3 +321,73 @@ func TestWriteDatErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestDatWindowBoundary runs entry headers back to back (zero-sized payloads) across many
+// parser windows, so keys and multi-byte ULEB128 numbers straddle window edges.
+func TestDatWindowBoundary(t *testing.T) {
+	var specs []datSpec
+	for i := 0; len(specs) < 3000; i++ {
+		key := fmt.Sprintf("%d.", i) + strings.Repeat("k", i%300)
+		if i%7 == 0 {
+			specs = append(specs, datSpec{key, 0, []int{i % 500}})
+		} else {
+			specs = append(specs, datSpec{key, 6, []int{0, 129 + i}})
+		}
+	}
+	file, payloads, offsets := datBytes(specs)
+	if len(file) < 20*datWindow {
+		t.Fatalf("only %d bytes", len(file))
+	}
+	d, err := parseDat("w.dat", bytes.NewReader(file), int64(len(file)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, e := range d.Entries {
+		if e.Key != specs[i].key || e.Offset != offsets[i] || !slices.Equal(e.Shape, specs[i].shape) {
+			t.Fatalf("entry %d = %+v", i, e)
+		}
+		if b, _ := d.ReadEntry(i); !bytes.Equal(b, payloads[i]) {
+			t.Fatalf("payload %d", i)
+		}
+	}
+}
+
+// failingReader serves the first n bytes of b and then fails.
+type failingReader struct {
+	b []byte
+	n int64
+}
+
+var errDisk = errors.New("injected I/O error")
+
+func (f failingReader) ReadAt(p []byte, off int64) (int, error) {
+	if off+int64(len(p)) <= f.n {
+		return copy(p, f.b[off:]), nil
+	}
+	n := 0
+	if off < f.n {
+		n = copy(p, f.b[off:f.n])
+	}
+	return n, errDisk
+}
+
+func TestDatIOErrors(t *testing.T) {
+	file, _, _ := datBytes(seedSpecs())
+	for _, n := range []int64{0, 3, 1000} {
+		_, err := parseDat("io.dat", failingReader{file, n}, int64(len(file)))
+		wantErr(t, err, "open io.dat", fmt.Sprintf("at offset %d", n), "reading the index", "injected I/O error")
+		if !errors.Is(err, errDisk) {
+			t.Errorf("error does not wrap the cause: %v", err)
+		}
+	}
+	// The index is readable, the end of a large last payload is not.
+	file, _, _ = datBytes([]datSpec{{"a", 6, []int{2}}, {"big", 0, []int{3 * datWindow}}})
+	d, err := parseDat("io.dat", failingReader{file, int64(len(file)) - 1}, int64(len(file)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = d.ReadEntry(len(d.Entries) - 1)
+	wantErr(t, err, "read io.dat", "injected I/O error")
+	_, err = OpenDat(filepath.Join(t.TempDir(), "absent.dat"))
+	wantErr(t, err, "absent.dat", "no such file")
+}

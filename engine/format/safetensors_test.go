@@ -347,3 +347,27 @@ func TestWriteSafetensorsFrom(t *testing.T) {
 	}
 	noTemps(t, dir)
 }
+
+func TestSafetensorsIOErrors(t *testing.T) {
+	var b bytes.Buffer
+	if err := writeSafetensorsBody(&b, "m", []byte(`{"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]}}  `), []TensorInfo{{Name: "a", DType: tensor.U8, Shape: []int{4}, Size: 4}},
+		func(int) (*tensor.Host, error) { return mkHost("a", tensor.U8, 4), nil }); err != nil {
+		t.Fatal(err)
+	}
+	file := b.Bytes()
+	for _, c := range []struct {
+		n    int64
+		want string
+	}{{4, "at offset 0: reading the header length"}, {20, "at offset 8: reading the 55-byte header"}} {
+		_, err := parseSafetensors("io.safetensors", failingReader{file, c.n}, int64(len(file)))
+		wantErr(t, err, "open io.safetensors", c.want, "injected I/O error")
+	}
+	s, err := parseSafetensors("io.safetensors", failingReader{file, int64(len(file)) - 2}, int64(len(file)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.Read("a")
+	wantErr(t, err, `read io.safetensors: tensor "a" at offset 65`, "got 2 of 4 bytes", "injected I/O error")
+	_, err = OpenSafetensors(filepath.Join(t.TempDir(), "absent.safetensors"))
+	wantErr(t, err, "absent.safetensors", "no such file")
+}
