@@ -5,27 +5,34 @@ package symbols
 import (
 	"github.com/qwengo/qwengo/engine/format"
 	"github.com/qwengo/qwengo/engine/tensor"
+	"go/constant"
+	"go/token"
 	"reflect"
 )
 
 func init() {
 	Symbols["github.com/qwengo/qwengo/engine/format/format"] = map[string]reflect.Value{
 		// function, constant and variable definitions
-		"CheckFinite":      reflect.ValueOf(format.CheckFinite),
-		"DatElemType":      reflect.ValueOf(format.DatElemType),
-		"Open":             reflect.ValueOf(format.Open),
-		"OpenDat":          reflect.ValueOf(format.OpenDat),
-		"OpenSafetensors":  reflect.ValueOf(format.OpenSafetensors),
-		"OpenSharded":      reflect.ValueOf(format.OpenSharded),
-		"Stream":           reflect.ValueOf(format.Stream),
-		"WriteDat":         reflect.ValueOf(format.WriteDat),
-		"WriteFileAtomic":  reflect.ValueOf(format.WriteFileAtomic),
-		"WriteSafetensors": reflect.ValueOf(format.WriteSafetensors),
-		"WriteSharded":     reflect.ValueOf(format.WriteSharded),
+		"CheckFinite":          reflect.ValueOf(format.CheckFinite),
+		"DatDType":             reflect.ValueOf(format.DatDType),
+		"DatElemType":          reflect.ValueOf(format.DatElemType),
+		"IndexName":            reflect.ValueOf(constant.MakeFromLiteral("\"model.safetensors.index.json\"", token.STRING, 0)),
+		"Open":                 reflect.ValueOf(format.Open),
+		"OpenDat":              reflect.ValueOf(format.OpenDat),
+		"OpenSafetensors":      reflect.ValueOf(format.OpenSafetensors),
+		"OpenSharded":          reflect.ValueOf(format.OpenSharded),
+		"Stream":               reflect.ValueOf(format.Stream),
+		"WriteDat":             reflect.ValueOf(format.WriteDat),
+		"WriteFileAtomic":      reflect.ValueOf(format.WriteFileAtomic),
+		"WriteSafetensors":     reflect.ValueOf(format.WriteSafetensors),
+		"WriteSafetensorsFrom": reflect.ValueOf(format.WriteSafetensorsFrom),
+		"WriteSharded":         reflect.ValueOf(format.WriteSharded),
+		"WriteShardedFrom":     reflect.ValueOf(format.WriteShardedFrom),
 
 		// type definitions
 		"Dat":         reflect.ValueOf((*format.Dat)(nil)),
 		"DatEntry":    reflect.ValueOf((*format.DatEntry)(nil)),
+		"Error":       reflect.ValueOf((*format.Error)(nil)),
 		"Safetensors": reflect.ValueOf((*format.Safetensors)(nil)),
 		"Sharded":     reflect.ValueOf((*format.Sharded)(nil)),
 		"Source":      reflect.ValueOf((*format.Source)(nil)),

@@ -21,6 +21,7 @@ func init() {
 		"GiB":                      reflect.ValueOf(guard.GiB),
 		"GiBToBytes":               reflect.ValueOf(guard.GiBToBytes),
 		"Margin":                   reflect.ValueOf(guard.Margin),
+		"MinGrowth":                reflect.ValueOf(constant.MakeFromLiteral("67108864", token.INT, 0)),
 		"MinMargin":                reflect.ValueOf(guard.MinMargin),
 		"New":                      reflect.ValueOf(guard.New),
 		"NewFake":                  reflect.ValueOf(guard.NewFake),
