@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/qwengo/qwengo/engine/cpu"
 	"github.com/qwengo/qwengo/engine/data"
 	"github.com/qwengo/qwengo/engine/format"
 	"github.com/qwengo/qwengo/engine/optim"
@@ -292,4 +293,21 @@ func TestExportRoundTrips(t *testing.T) {
 	}
 	got, _ = reload(t, m.Config, p1).Logits(context.Background(), ids)
 	t.Logf(".dat export (seed NVFP4, f16 norms): logits relative error %.3g", maxRel(got, ref))
+}
+
+func TestSourceBuildsInferenceModel(t *testing.T) {
+	m := tiny(t, "tiny-tied")
+	ids := []int{4, 8, 15, 16, 23, 42}
+	want, _ := m.Logits(context.Background(), ids)
+	inf, err := qwen3.Load(m.Config, m.Source(), cpu.New(), qwen3.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lg, err := inf.Forward(context.Background(), ids, nil, qwen3.LogitsAll)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := maxRel(lg.Data, want); e > 1e-5 {
+		t.Fatalf("inference model from the training weights differs: %.3g", e)
+	}
 }
