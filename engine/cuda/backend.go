@@ -23,10 +23,6 @@ func init() {
 // ErrClosed is returned by every call on a backend after Close.
 var ErrClosed = errors.New("cuda: the backend is closed")
 
-// gemvMaxShared is the dynamic shared memory the GEMV kernels may use (x staged as float32):
-// T*K*4 bytes up to this take the GEMV path.
-const gemvMaxShared = 160 << 10
-
 // Backend is the CUDA backend. Create it with Open; it is safe for use from any goroutine
 // (calls are serialised on the goroutine that owns the context).
 type Backend struct {
@@ -46,15 +42,20 @@ type Backend struct {
 	acct accounts
 
 	// Owned by the worker goroutine.
-	dev    device
-	ctx    cuContext
-	mods   []module
-	fns    map[string]function
-	live   map[devPtr]liveAlloc
-	idsBuf devBuf             // token ids (int32) for Embedding, Workspace
-	rope   map[ropeKey]devBuf // inverse frequencies per (head_dim, theta), Workspace
-	events [2]event           // for Time
-	evOK   bool
+	dev     device
+	ctx     cuContext
+	mods    []module
+	fns     map[string]function
+	live    map[devPtr]liveAlloc
+	idsBuf  devBuf // token ids (int32) for Embedding, Workspace
+	attnBuf devBuf // split attention partial results, Workspace
+	// pool keeps freed transient tensors (Activations, Gradients, Workspace) by size for
+	// reuse, accounted under Workspace; see Alloc.
+	pool      map[int64][]devPtr
+	poolBytes int64
+	rope      map[ropeKey]devBuf // inverse frequencies per (head_dim, theta), Workspace
+	events    [2]event           // for Time
+	evOK      bool
 }
 
 type liveAlloc struct {
@@ -84,7 +85,7 @@ func OpenDevice(ordinal int) (*Backend, error) {
 		return nil, err
 	}
 	b := &Backend{work: make(chan func()), quit: make(chan struct{}), ordinal: ordinal,
-		fns: map[string]function{}, live: map[devPtr]liveAlloc{}, rope: map[ropeKey]devBuf{}}
+		fns: map[string]function{}, live: map[devPtr]liveAlloc{}, rope: map[ropeKey]devBuf{}, pool: map[int64][]devPtr{}}
 	started := make(chan error, 1)
 	go b.worker(started)
 	if err := <-started; err != nil {
@@ -169,11 +170,6 @@ func (b *Backend) setup() error {
 			b.fns[k] = f
 		}
 	}
-	for _, k := range gemvKernels {
-		if err := setMaxDynamicShared(b.fns[k], gemvMaxShared); err != nil {
-			return fmt.Errorf("cuda: kernel %s: %w", k, err)
-		}
-	}
 	return nil
 }
 
@@ -184,10 +180,11 @@ func (b *Backend) teardown() error {
 		if err := memFree(p); err != nil {
 			errs = append(errs, err)
 		}
-		b.acct.release(a.cat, a.bytes)
+		b.acct.remove(a.cat, a.bytes)
 	}
 	clear(b.live)
-	b.idsBuf = devBuf{}
+	b.dropPool()
+	b.idsBuf, b.attnBuf = devBuf{}, devBuf{}
 	clear(b.rope)
 	if b.evOK {
 		eventDestroy(b.events[0])
@@ -327,10 +324,37 @@ func (a *accounts) add(cat backend.Category, n int64) {
 	}
 }
 
-func (a *accounts) release(cat backend.Category, n int64) {
+// remove records that an allocation of n bytes under cat was freed.
+func (a *accounts) remove(cat backend.Category, n int64) {
 	a.mu.Lock()
 	a.inUse[cat] -= n
 	a.live--
+	a.mu.Unlock()
+}
+
+// toPool moves a freed allocation of n bytes from cat to the pool (Workspace).
+func (a *accounts) toPool(cat backend.Category, n int64) {
+	a.mu.Lock()
+	a.inUse[cat] -= n
+	a.inUse[backend.Workspace] += n
+	a.live--
+	a.mu.Unlock()
+}
+
+// fromPool moves a pooled block of n bytes to a new allocation under cat.
+func (a *accounts) fromPool(cat backend.Category, n int64) {
+	a.mu.Lock()
+	a.inUse[backend.Workspace] -= n
+	a.inUse[cat] += n
+	a.allocs++
+	a.live++
+	a.mu.Unlock()
+}
+
+// dropPooled records that a pooled block of n bytes was returned to the driver.
+func (a *accounts) dropPooled(n int64) {
+	a.mu.Lock()
+	a.inUse[backend.Workspace] -= n
 	a.mu.Unlock()
 }
 
@@ -376,15 +400,23 @@ func (a *accounts) stats() backend.MemStats {
 }
 
 // alloc is the one place device memory is allocated (worker goroutine): budget first, then
-// cuMemAlloc. what names the allocation in errors.
+// cuMemAlloc. Where the budget or the device is short, the pool of freed blocks is returned to
+// the driver and the request tried again. what names the allocation in errors.
 func (b *Backend) alloc(cat backend.Category, n int64, what string) (devPtr, error) {
 	if n <= 0 {
 		return 0, fmt.Errorf("cuda: alloc %s: %d bytes", what, n)
+	}
+	if ob, _ := b.acct.check(cat, n); ob != nil && b.poolBytes > 0 {
+		b.dropPool()
 	}
 	if ob, by := b.acct.check(cat, n); ob != nil {
 		return 0, fmt.Errorf("cuda: alloc %s: %w (in use: %s)", what, ob, by)
 	}
 	p, err := memAlloc(n)
+	if err != nil && b.poolBytes > 0 {
+		b.dropPool()
+		p, err = memAlloc(n)
+	}
 	if err != nil {
 		free, total, _ := memGetInfo()
 		return 0, fmt.Errorf("cuda: alloc %s of %s under %s: %w (device: %s free of %s; this backend holds %s)",
@@ -395,6 +427,66 @@ func (b *Backend) alloc(cat backend.Category, n int64, what string) (devPtr, err
 	return p, nil
 }
 
+// Pool limits: blocks up to poolMaxBlock, poolMaxBytes in all.
+const (
+	poolMaxBlock = 256 << 20
+	poolMaxBytes = 2 << 30
+)
+
+// pooled reports whether freed tensors of cat are kept for reuse: per-step transient memory.
+func pooled(cat backend.Category) bool {
+	return cat == backend.Activations || cat == backend.Gradients || cat == backend.Workspace
+}
+
+// allocTensor allocates n bytes under cat, from the pool when a block of that size is there
+// (worker goroutine). The memory is not zeroed.
+func (b *Backend) allocTensor(cat backend.Category, n int64, what string) (devPtr, error) {
+	if l := b.pool[n]; pooled(cat) && len(l) > 0 {
+		p := l[len(l)-1]
+		b.pool[n] = l[:len(l)-1]
+		b.poolBytes -= n
+		b.acct.fromPool(cat, n)
+		b.live[p] = liveAlloc{cat, n}
+		return p, nil
+	}
+	return b.alloc(cat, n, what)
+}
+
+// freeTensor frees an allocation, keeping it in the pool where it qualifies (worker goroutine).
+func (b *Backend) freeTensor(p devPtr) {
+	a, ok := b.live[p]
+	if !ok {
+		return
+	}
+	if !pooled(a.cat) || a.bytes > poolMaxBlock || b.poolBytes+a.bytes > poolMaxBytes {
+		b.free(p)
+		return
+	}
+	delete(b.live, p)
+	b.pool[a.bytes] = append(b.pool[a.bytes], p)
+	b.poolBytes += a.bytes
+	b.acct.toPool(a.cat, a.bytes)
+}
+
+// dropPool returns every pooled block to the driver (worker goroutine).
+func (b *Backend) dropPool() {
+	for n, l := range b.pool {
+		for _, p := range l {
+			memFree(p)
+			b.acct.dropPooled(n)
+		}
+	}
+	clear(b.pool)
+	b.poolBytes = 0
+}
+
+// ReleaseCache returns the freed tensors kept for reuse to the driver. They are accounted under
+// Workspace until then; an allocation that would cross the budget (or find the device full)
+// releases them by itself first.
+func (b *Backend) ReleaseCache() error {
+	return b.do(func() error { b.dropPool(); return nil })
+}
+
 // free releases an allocation made by alloc (worker goroutine).
 func (b *Backend) free(p devPtr) {
 	a, ok := b.live[p]
@@ -403,7 +495,7 @@ func (b *Backend) free(p devPtr) {
 	}
 	delete(b.live, p)
 	memFree(p)
-	b.acct.release(a.cat, a.bytes)
+	b.acct.remove(a.cat, a.bytes)
 }
 
 // Tensor is a device tensor: row-major float32 [Rows, Cols] in one allocation.
@@ -433,7 +525,9 @@ func (t *Tensor) bytes() int64 { return int64(t.rows) * int64(t.cols) * 4 }
 // maxElems bounds one tensor (2^34 floats = 64 GiB) so rows*cols cannot overflow.
 const maxElems = 1 << 34
 
-// Alloc implements backend.Backend.
+// Alloc implements backend.Backend. Freed tensors of the transient categories (Activations,
+// Gradients, Workspace) are kept by size and handed out again (zeroed) instead of going back to
+// the driver: cuMemFree waits for the GPU, and a forward allocates the same shapes every call.
 func (b *Backend) Alloc(cat backend.Category, rows, cols int) (backend.Tensor, error) {
 	if cat < 0 || cat >= backend.NumCategories {
 		return nil, fmt.Errorf("cuda: alloc: unknown category %d", int(cat))
@@ -443,12 +537,12 @@ func (b *Backend) Alloc(cat backend.Category, rows, cols int) (backend.Tensor, e
 	}
 	t := &Tensor{rows: rows, cols: cols, cat: cat, owner: b}
 	err := b.do(func() error {
-		p, err := b.alloc(cat, t.bytes(), fmt.Sprintf("%s [%d, %d]", cat, rows, cols))
+		p, err := b.allocTensor(cat, t.bytes(), fmt.Sprintf("%s [%d, %d]", cat, rows, cols))
 		if err != nil {
 			return err
 		}
 		if err := memsetD8(p, 0, t.bytes()); err != nil {
-			b.free(p)
+			b.freeTensor(p)
 			return fmt.Errorf("cuda: alloc %s [%d, %d]: %w", cat, rows, cols, err)
 		}
 		t.ptr = p
@@ -468,7 +562,7 @@ func (b *Backend) Free(x backend.Tensor) {
 	}
 	b.do(func() error {
 		if t.ptr != 0 {
-			b.free(t.ptr)
+			b.freeTensor(t.ptr)
 			t.ptr = 0
 		}
 		return nil

@@ -188,13 +188,13 @@ func TestFiguresOps(t *testing.T) {
 		}
 		return x.(*Tensor)
 	}
-	// Attention: Qwen3-4B heads (32 query, 8 KV, head_dim 128).
-	for _, s := range []struct{ T, pos0, reps int }{{1, 511, 50}, {1, 4095, 20}, {1, 8191, 10}, {512, 0, 3}, {2048, 0, 1}} {
+	// Attention: Qwen3-4B heads (32 query, 8 KV, head_dim 128), through the op (split over
+	// the keys for decode) but timed on the device.
+	for _, s := range []struct{ T, pos0, reps int }{{1, 511, 50}, {1, 4095, 20}, {1, 8191, 10}, {4, 4092, 20}, {512, 0, 3}, {2048, 0, 1}} {
 		n := s.pos0 + s.T
 		q, k, v, o := alloc(s.T, 4096), alloc(n, 1024), alloc(n, 1024), alloc(s.T, 4096)
 		ms, err := timeOnDevice(g, s.reps, func() error {
-			return launch(g.fns["attention_f32"], [3]int{32, s.T, 1}, [3]int{attThreads, 1, 1}, 4*(128+attThreads),
-				ptrArg(o.ptr), ptrArg(q.ptr), ptrArg(k.ptr), ptrArg(v.ptr), intArg(s.pos0), intArg(32), intArg(8), intArg(128), f32Arg(0.088))
+			return g.attention(o, q, k, v, s.pos0, 32, 8, 128)
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -204,10 +204,37 @@ func TestFiguresOps(t *testing.T) {
 		for t := 0; t < s.T; t++ {
 			keys += float64(s.pos0 + t + 1)
 		}
-		t.Log(figure{fmt.Sprintf("attention T=%d context %d (32/8 heads of 128)", s.T, n),
+		splits, _ := attentionSplit(g.sms, s.T, 32, n)
+		t.Log(figure{fmt.Sprintf("attention T=%d context %d, %d splits", s.T, n, splits),
 			float64(2*n*1024*4 + 2*s.T*4096*4), keys * 32 * 128 * 4, ms})
 	}
+	// Host-side costs: a round trip to the owner goroutine, a small op, a pooled Alloc+Free.
+	const calls = 20000
+	start := time.Now()
+	for i := 0; i < calls; i++ {
+		g.do(func() error { return nil })
+	}
+	t.Logf("figure host: owner-goroutine round trip (empty call) %v", time.Since(start)/calls)
 	x, w, out := alloc(1, 2560), alloc(1, 2560), alloc(1, 2560)
+	start = time.Now()
+	for i := 0; i < calls; i++ {
+		if err := g.Add(x, w); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := g.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("figure host: Add of [1, 2560] through the API %v per op (launch + round trip)", time.Since(start)/calls)
+	start = time.Now()
+	for i := 0; i < calls/10; i++ {
+		y, err := g.Alloc(backend.Activations, 1, 2560)
+		if err != nil {
+			t.Fatal(err)
+		}
+		g.Free(y)
+	}
+	t.Logf("figure host: Alloc+Free of [1, 2560] (pooled, zeroed) %v", time.Since(start)/(calls/10))
 	ms, err := timeOnDevice(g, 100, func() error {
 		return launch(g.fns["rmsnorm_f32"], [3]int{1, 1, 1}, [3]int{256, 1, 1}, 0, ptrArg(out.ptr), ptrArg(x.ptr), ptrArg(w.ptr), intArg(2560), f32Arg(1e-6))
 	})

@@ -199,8 +199,8 @@ func TestMatMul(t *testing.T) {
 	const bound = 2e-5
 	type shape struct{ T, K, N int }
 	shapes := []shape{
-		{1, 64, 96}, {2, 2560, 40}, {3, 48, 33}, {4, 160, 64}, {1, 9728, 24}, // GEMV
-		{5, 64, 70}, {37, 160, 97}, {130, 272, 130}, {4, 12800, 20}, // tiled (the last: x too big for GEMV)
+		{1, 64, 96}, {2, 2560, 40}, {3, 48, 33}, {4, 160, 64}, {1, 9728, 24}, {3, 4096, 300}, {4, 12800, 20}, // GEMV
+		{5, 64, 70}, {37, 160, 97}, {130, 272, 130}, // tiled
 	}
 	for _, kind := range []string{kindF32, kindBF16, kindNVFP4} {
 		for i, s := range shapes {
@@ -299,8 +299,10 @@ func TestAttention(t *testing.T) {
 	const bound = 1e-5
 	for _, s := range []struct{ T, pos0, heads, kv, hd int }{
 		{1, 0, 4, 2, 32}, {5, 0, 4, 2, 32}, {3, 200, 4, 2, 32}, {9, 300, 8, 2, 128}, {1, 1000, 4, 4, 64}, {2, 5, 6, 1, 256},
+		{70, 10, 4, 2, 32}, {2, 3000, 2, 1, 128}, {2, 127, 4, 2, 32}, {1, 5000, 32, 8, 128},
 	} {
-		name := fmt.Sprintf("attention T=%d pos0=%d heads=%d/%d hd=%d", s.T, s.pos0, s.heads, s.kv, s.hd)
+		splits, _ := attentionSplit(g.sms, s.T, s.heads, s.pos0+s.T)
+		name := fmt.Sprintf("attention T=%d pos0=%d heads=%d/%d hd=%d splits=%d", s.T, s.pos0, s.heads, s.kv, s.hd, splits)
 		n := s.pos0 + s.T + 3 // the cache may be longer than what is attended to
 		cq, gq := pair(t, c, g, s.T, s.heads*s.hd, randn(s.T*s.heads*s.hd, 4, 1))
 		ck, gk := pair(t, c, g, n, s.kv*s.hd, randn(n*s.kv*s.hd, 5, 1))
@@ -485,6 +487,9 @@ func TestMemoryAccounting(t *testing.T) {
 func TestBudget(t *testing.T) {
 	g := openGPU(t)
 	c := cpu.New()
+	if err := g.ReleaseCache(); err != nil {
+		t.Fatal(err)
+	}
 	used := g.Memory().Used()
 	g.SetBudget(used + 1<<20)
 	defer g.SetBudget(0)
@@ -516,6 +521,61 @@ func TestBudget(t *testing.T) {
 	if _, err := g.UploadWeight(hostWeight(t, kindF32, 1024, 1024, 1)); !errors.As(err, &ob) {
 		t.Errorf("4 MiB weight under the budget: %v", err)
 	}
+}
+
+// TestPool checks that freed activations are kept (under Workspace) and handed out again
+// zeroed, and that an allocation the budget allows only without them releases them.
+func TestPool(t *testing.T) {
+	g := openGPU(t)
+	if err := g.ReleaseCache(); err != nil {
+		t.Fatal(err)
+	}
+	before := g.Memory()
+	x, err := g.Alloc(backend.Activations, 3, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ones := make([]float32, 3000)
+	for i := range ones {
+		ones[i] = 1
+	}
+	if err := g.Upload(x, ones); err != nil {
+		t.Fatal(err)
+	}
+	g.Free(x)
+	m := g.Memory()
+	if m.InUse[backend.Activations] != before.InUse[backend.Activations] || m.InUse[backend.Workspace] != before.InUse[backend.Workspace]+12000 || m.Live != before.Live {
+		t.Errorf("after a free: %s; before: %s", m, before)
+	}
+	y, err := g.Alloc(backend.Activations, 3, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := g.Download(y, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, v := range got {
+		if v != 0 {
+			t.Fatalf("reused block not zeroed: element %d is %v", i, v)
+		}
+	}
+	m = g.Memory()
+	if m.InUse[backend.Workspace] != before.InUse[backend.Workspace] || m.InUse[backend.Activations] != before.InUse[backend.Activations]+12000 ||
+		m.Allocs != before.Allocs+2 || m.Live != before.Live+1 {
+		t.Errorf("after reuse: %s (allocs %d, live %d); before: %s (allocs %d, live %d)", m, m.Allocs, m.Live, before, before.Allocs, before.Live)
+	}
+	g.Free(y)
+	g.SetBudget(before.Used() + 12000 + 4096) // fits 8000 more bytes only without the pooled 12000
+	defer g.SetBudget(0)
+	z, err := g.Alloc(backend.Activations, 2, 1000)
+	if err != nil {
+		t.Fatalf("allocation that fits once the pool is released: %v", err)
+	}
+	if m := g.Memory(); m.InUse[backend.Workspace] != before.InUse[backend.Workspace] {
+		t.Errorf("the pool was not released: %s", m)
+	}
+	g.Free(z)
 }
 
 func TestConcurrentCallers(t *testing.T) {

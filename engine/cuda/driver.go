@@ -22,7 +22,7 @@ package cuda
 	X(cuDeviceGetCount) X(cuDeviceGet) X(cuDeviceGetName) X(cuDeviceTotalMem) X(cuDeviceGetAttribute) \
 	X(cuDevicePrimaryCtxRetain) X(cuDevicePrimaryCtxRelease) X(cuCtxSetCurrent) X(cuCtxSynchronize) \
 	X(cuMemAlloc) X(cuMemFree) X(cuMemGetInfo) X(cuMemcpyHtoD) X(cuMemcpyDtoH) X(cuMemcpyDtoD) X(cuMemsetD8) \
-	X(cuModuleLoadData) X(cuModuleUnload) X(cuModuleGetFunction) X(cuFuncSetAttribute) X(cuLaunchKernel) \
+	X(cuModuleLoadData) X(cuModuleUnload) X(cuModuleGetFunction) X(cuLaunchKernel) \
 	X(cuEventCreate) X(cuEventRecord) X(cuEventSynchronize) X(cuEventElapsedTime) X(cuEventDestroy)
 
 #define QG_DECL(n) static __typeof__(&n) p_##n;
@@ -78,7 +78,6 @@ static CUresult qg_cuMemsetD8(CUdeviceptr d, unsigned char v, size_t n) { return
 static CUresult qg_cuModuleLoadData(CUmodule* m, const void* img) { return p_cuModuleLoadData(m, img); }
 static CUresult qg_cuModuleUnload(CUmodule m) { return p_cuModuleUnload(m); }
 static CUresult qg_cuModuleGetFunction(CUfunction* f, CUmodule m, const char* name) { return p_cuModuleGetFunction(f, m, name); }
-static CUresult qg_cuFuncSetAttribute(CUfunction f, int a, int v) { return p_cuFuncSetAttribute(f, (CUfunction_attribute)a, v); }
 static CUresult qg_cuEventCreate(CUevent* e) { return p_cuEventCreate(e, CU_EVENT_DEFAULT); }
 static CUresult qg_cuEventRecord(CUevent e) { return p_cuEventRecord(e, NULL); }
 static CUresult qg_cuEventSynchronize(CUevent e) { return p_cuEventSynchronize(e); }
@@ -198,10 +197,9 @@ func deviceTotalMem(d device) (int64, error) {
 
 // Device attributes used here.
 const (
-	attrSMCount   = int(C.CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-	attrCCMajor   = int(C.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)
-	attrCCMinor   = int(C.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)
-	attrSmemOptin = int(C.CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+	attrSMCount = int(C.CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+	attrCCMajor = int(C.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)
+	attrCCMinor = int(C.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)
 )
 
 func deviceAttribute(d device, a int) (int, error) {
@@ -290,11 +288,6 @@ func moduleFunction(m module, name string) (function, error) {
 		return f, fmt.Errorf("kernel %s: %w", name, err)
 	}
 	return f, nil
-}
-
-// setMaxDynamicShared lets f use up to n bytes of dynamic shared memory (past the default 48 KiB).
-func setMaxDynamicShared(f function, n int) error {
-	return check("cuFuncSetAttribute", C.qg_cuFuncSetAttribute(f, C.int(C.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES), C.int(n)))
 }
 
 // arg is one kernel parameter in its 8-byte slot.

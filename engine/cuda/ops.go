@@ -93,27 +93,43 @@ func (b *Backend) MatMul(out, x backend.Tensor, bw backend.Weight) error {
 
 // gemvShape reports whether a product of T token rows with K inputs takes the GEMV path.
 func gemvShape(kind string, T, K int) bool {
-	return T <= gemvMaxRows && (kind == kindNVFP4 || K%8 == 0) && T*K*4 <= gemvMaxShared
+	return T <= gemvMaxRows && (kind == kindNVFP4 || K%8 == 0)
+}
+
+// GEMV launch geometry, mirroring matmul.cu: 8 warps per block, 4 weight rows per warp.
+const (
+	gemvWarps = 8
+	gemvRows  = 4
+)
+
+// gemvSplit picks how many warps share one group of 4 weight rows, each taking a slice of K:
+// enough warps in all to fill every SM (about 48 resident warps each), but at least 32 units
+// (one per lane) per slice.
+func gemvSplit(sms, N, units int) int {
+	groups := (N + gemvRows - 1) / gemvRows
+	ksplit := 1
+	for ksplit < gemvWarps && groups*ksplit < 48*sms && units/(2*ksplit) >= 32 {
+		ksplit *= 2
+	}
+	return ksplit
 }
 
 func (b *Backend) matmul(o, a *Tensor, w *Weight) error {
 	T, K, N := a.rows, a.cols, w.out
 	if gemvShape(w.kind, T, K) {
-		shmem := T * K * 4
-		warps := 8
-		if (N+warps*4-1)/(warps*4) < 2*b.sms {
-			warps = 4 // small N: more, smaller blocks to cover every SM
+		units := K / 8
+		if w.kind == kindNVFP4 {
+			units = K / 16
 		}
-		rowsPerBlock := warps * 4
-		perSM := max(1, min(2048/(32*warps), (227<<10)/(shmem+1024)))
-		grid := max(1, min((N+rowsPerBlock-1)/rowsPerBlock, b.sms*perSM))
-		g, bl := [3]int{grid, 1, 1}, [3]int{32 * warps, 1, 1}
+		ksplit := gemvSplit(b.sms, N, units)
+		rowsPerBlock := gemvRows * gemvWarps / ksplit
+		g, bl := [3]int{(N + rowsPerBlock - 1) / rowsPerBlock, 1, 1}, [3]int{32 * gemvWarps, 1, 1}
 		fn := b.fns[fmt.Sprintf("gemv_%s_t%d", w.kind, T)]
 		if w.kind == kindNVFP4 {
-			return launch(fn, g, bl, shmem, ptrArg(o.ptr), ptrArg(a.ptr), ptrArg(w.ptr), ptrArg(w.scales),
-				f32Arg(w.global*16384), intArg(N), intArg(K))
+			return launch(fn, g, bl, 0, ptrArg(o.ptr), ptrArg(a.ptr), ptrArg(w.ptr), ptrArg(w.scales),
+				f32Arg(w.global*16384), intArg(N), intArg(K), intArg(ksplit))
 		}
-		return launch(fn, g, bl, shmem, ptrArg(o.ptr), ptrArg(a.ptr), ptrArg(w.ptr), intArg(N), intArg(K))
+		return launch(fn, g, bl, 0, ptrArg(o.ptr), ptrArg(a.ptr), ptrArg(w.ptr), intArg(N), intArg(K), intArg(ksplit))
 	}
 	if (T+63)/64 > 65535 {
 		return fmt.Errorf("%d token rows exceed the tiled kernel's grid (%d)", T, 65535*64)
@@ -212,6 +228,20 @@ const (
 	attMaxHeadDim = 512
 )
 
+// attentionSplit picks how many blocks share the keys of one (head, query row) pair: 1 when
+// the pairs alone fill the GPU (prefill), else enough splits of whole 128-key chunks for about
+// four blocks per SM (decode), at most 64. It returns the split count and the keys per split.
+func attentionSplit(sms, T, nHeads, keys int) (splits, chunk int) {
+	pairs := T * nHeads
+	chunks := (keys + attThreads - 1) / attThreads
+	if pairs >= 2*sms || chunks <= 1 {
+		return 1, keys
+	}
+	s := min(chunks, (4*sms+pairs-1)/pairs, 64)
+	chunk = (chunks + s - 1) / s * attThreads
+	return (keys + chunk - 1) / chunk, chunk
+}
+
 // Attention implements backend.Backend.
 func (b *Backend) Attention(out, q, k, v backend.Tensor, pos0, nHeads, nKV, headDim int) error {
 	return b.do(func() error {
@@ -240,14 +270,39 @@ func (b *Backend) Attention(out, q, k, v backend.Tensor, pos0, nHeads, nKV, head
 		if headDim > attMaxHeadDim || T > 65535 {
 			return fmt.Errorf("cuda: attention: head_dim %d (at most %d) with %d query rows (at most 65535) is not supported by this kernel", headDim, attMaxHeadDim, T)
 		}
-		scale := float32(1 / math.Sqrt(float64(headDim)))
-		shmem := 4 * (headDim + attThreads)
-		if err := launch(b.fns["attention_f32"], [3]int{nHeads, T, 1}, [3]int{attThreads, 1, 1}, shmem,
-			ptrArg(o.ptr), ptrArg(qt.ptr), ptrArg(kt.ptr), ptrArg(vt.ptr), intArg(pos0), intArg(nHeads), intArg(nKV), intArg(headDim), f32Arg(scale)); err != nil {
+		if err := b.attention(o, qt, kt, vt, pos0, nHeads, nKV, headDim); err != nil {
 			return fmt.Errorf("cuda: attention: %w", err)
 		}
 		return nil
 	})
+}
+
+// attention launches the attention kernels on checked arguments (worker goroutine).
+func (b *Backend) attention(o, qt, kt, vt *Tensor, pos0, nHeads, nKV, headDim int) error {
+	T := qt.rows
+	scale := float32(1 / math.Sqrt(float64(headDim)))
+	shmem := 4 * (headDim + attThreads)
+	S, chunk := attentionSplit(b.sms, T, nHeads, pos0+T)
+	if S == 1 {
+		if err := launch(b.fns["attention_f32"], [3]int{nHeads, T, 1}, [3]int{attThreads, 1, 1}, shmem,
+			ptrArg(o.ptr), ptrArg(qt.ptr), ptrArg(kt.ptr), ptrArg(vt.ptr), intArg(pos0), intArg(nHeads), intArg(nKV), intArg(headDim), f32Arg(scale)); err != nil {
+			return err
+		}
+		return nil
+	}
+	if err := b.grow(&b.attnBuf, backend.Workspace, int64(4*T*nHeads*S*(headDim+2)), "attention partials"); err != nil {
+		return err
+	}
+	if err := launch(b.fns["attention_split_f32"], [3]int{nHeads, T, S}, [3]int{attThreads, 1, 1}, shmem,
+		ptrArg(b.attnBuf.ptr), ptrArg(qt.ptr), ptrArg(kt.ptr), ptrArg(vt.ptr), intArg(pos0), intArg(nHeads), intArg(nKV), intArg(headDim),
+		f32Arg(scale), intArg(chunk)); err != nil {
+		return err
+	}
+	if err := launch(b.fns["attention_combine_f32"], [3]int{nHeads, T, 1}, [3]int{attThreads, 1, 1}, 0,
+		ptrArg(o.ptr), ptrArg(b.attnBuf.ptr), intArg(nHeads), intArg(headDim), intArg(S)); err != nil {
+		return err
+	}
+	return nil
 }
 
 // SwiGLU implements backend.Backend.

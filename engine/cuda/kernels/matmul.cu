@@ -3,43 +3,63 @@
 // decoded in registers inside the product; no dequantised copy exists.
 //
 // Two shapes of kernel:
-//   gemv_*_t{1..4}  few token rows (decode): each warp owns GEMV_ROWS weight rows and streams
-//                   them once for all T token rows; x is staged in shared memory in a swizzled
-//                   layout so that each lane's float4 reads are conflict-free.
+//   gemv_*_t{1..4}  few token rows (decode): each warp streams GEMV_ROWS weight rows over a
+//                   slice of K (split-K across the warps of a block, ksplit of them per row
+//                   group) for all T token rows at once; x is read through the L1 cache; the
+//                   block sums the warps' partial dot products in a fixed order.
 //   matmul_tiled_*  many token rows (prefill): 64x64 output tiles, 32-wide K steps through
 //                   shared memory, 4x4 outputs per thread; weight tiles are decoded to float32
 //                   on the way into shared memory.
 #include "common.cuh"
 
-#define GEMV_ROWS 4  // weight rows per warp
+#define GEMV_ROWS 4    // weight rows per warp
+#define GEMV_WARPS 8   // warps per block (blockDim.x = 256)
+
+// gemv_reduce sums the per-warp partials acc[r][t] of each row group over its ksplit warps and
+// writes out[t, n]. Warp w of the block owns row group w / ksplit and K slice w % ksplit.
+template <int T>
+__device__ __forceinline__ void gemv_reduce(float* __restrict__ out, float (&acc)[GEMV_ROWS][T], int ksplit, int N) {
+    __shared__ float red[GEMV_WARPS * GEMV_ROWS * T];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+#pragma unroll
+    for (int r = 0; r < GEMV_ROWS; r++)
+#pragma unroll
+        for (int t = 0; t < T; t++) {
+            float s = warp_sum(acc[r][t]);
+            if (lane == 0) red[(warp * GEMV_ROWS + r) * T + t] = s;
+        }
+    __syncthreads();
+    const int groups = GEMV_WARPS / ksplit;
+    for (int i = threadIdx.x; i < groups * GEMV_ROWS * T; i += blockDim.x) {
+        int g = i / (GEMV_ROWS * T), rem = i % (GEMV_ROWS * T), r = rem / T, t = rem % T;
+        float s = 0.f;
+        for (int kp = 0; kp < ksplit; kp++) s += red[((g * ksplit + kp) * GEMV_ROWS + r) * T + t];
+        int n = (blockIdx.x * groups + g) * GEMV_ROWS + r;
+        if (n < N) out[(size_t)t * N + n] = s;
+    }
+}
 
 // gemv_nvfp4: one lane handles one 16-element block (8 packed bytes, one scale) per step.
-// x element k of token row t is staged at float4 index t*4*nb + ((k%16)/4)*nb + k/16.
 template <int T>
 __device__ __forceinline__ void gemv_nvfp4(float* __restrict__ out, const float* __restrict__ x,
                                            const uint8_t* __restrict__ packed, const uint8_t* __restrict__ scales,
-                                           float g16k, int N, int K) {
-    extern __shared__ float4 xs[];
+                                           float g16k, int N, int K, int ksplit) {
     const int nb = K / 16;
-    float* xsf = reinterpret_cast<float*>(xs);
-    for (int i = threadIdx.x; i < T * K; i += blockDim.x) {
-        int t = i / K, k = i - t * K;
-        xsf[((size_t)t * 4 * nb + ((k & 15) >> 2) * nb + (k >> 4)) * 4 + (k & 3)] = x[i];
-    }
-    __syncthreads();
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
-    for (int row0 = (blockIdx.x * warps + warp) * GEMV_ROWS; row0 < N; row0 += gridDim.x * warps * GEMV_ROWS) {
-        float acc[GEMV_ROWS][T];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int groups = GEMV_WARPS / ksplit;
+    const int row0 = (blockIdx.x * groups + warp / ksplit) * GEMV_ROWS, kp = warp % ksplit;
+    float acc[GEMV_ROWS][T];
 #pragma unroll
-        for (int r = 0; r < GEMV_ROWS; r++)
+    for (int r = 0; r < GEMV_ROWS; r++)
 #pragma unroll
-            for (int t = 0; t < T; t++) acc[r][t] = 0.f;
-        for (int blk = lane; blk < nb; blk += 32) {
+        for (int t = 0; t < T; t++) acc[r][t] = 0.f;
+    if (row0 < N) {
+        for (int blk = kp * 32 + lane; blk < nb; blk += 32 * ksplit) {
             float4 xv[T][4];
 #pragma unroll
             for (int t = 0; t < T; t++)
 #pragma unroll
-                for (int q = 0; q < 4; q++) xv[t][q] = xs[t * 4 * nb + q * nb + blk];
+                for (int q = 0; q < 4; q++) xv[t][q] = __ldg(reinterpret_cast<const float4*>(x + (size_t)t * K) + blk * 4 + q);
 #pragma unroll
             for (int r = 0; r < GEMV_ROWS; r++) {
                 int n = row0 + r;
@@ -54,42 +74,31 @@ __device__ __forceinline__ void gemv_nvfp4(float* __restrict__ out, const float*
                 }
             }
         }
-#pragma unroll
-        for (int r = 0; r < GEMV_ROWS; r++)
-#pragma unroll
-            for (int t = 0; t < T; t++) {
-                float s = warp_sum(acc[r][t]);
-                if (lane == 0 && row0 + r < N) out[(size_t)t * N + row0 + r] = s;
-            }
     }
+    gemv_reduce<T>(out, acc, ksplit, N);
 }
 
-// gemv_dense: one lane handles 8 consecutive elements per step (K % 8 == 0). x element k of
-// token row t is staged at float4 index t*2*nu + ((k%8)/4)*nu + k/8.
+// gemv_dense: one lane handles 8 consecutive elements per step (K % 8 == 0).
 template <int T, bool BF16>
 __device__ __forceinline__ void gemv_dense(float* __restrict__ out, const float* __restrict__ x,
-                                           const void* __restrict__ w, int N, int K) {
-    extern __shared__ float4 xs[];
+                                           const void* __restrict__ w, int N, int K, int ksplit) {
     const int nu = K / 8;
-    float* xsf = reinterpret_cast<float*>(xs);
-    for (int i = threadIdx.x; i < T * K; i += blockDim.x) {
-        int t = i / K, k = i - t * K;
-        xsf[((size_t)t * 2 * nu + ((k & 7) >> 2) * nu + (k >> 3)) * 4 + (k & 3)] = x[i];
-    }
-    __syncthreads();
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
-    for (int row0 = (blockIdx.x * warps + warp) * GEMV_ROWS; row0 < N; row0 += gridDim.x * warps * GEMV_ROWS) {
-        float acc[GEMV_ROWS][T];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int groups = GEMV_WARPS / ksplit;
+    const int row0 = (blockIdx.x * groups + warp / ksplit) * GEMV_ROWS, kp = warp % ksplit;
+    float acc[GEMV_ROWS][T];
 #pragma unroll
-        for (int r = 0; r < GEMV_ROWS; r++)
+    for (int r = 0; r < GEMV_ROWS; r++)
 #pragma unroll
-            for (int t = 0; t < T; t++) acc[r][t] = 0.f;
-        for (int u = lane; u < nu; u += 32) {
+        for (int t = 0; t < T; t++) acc[r][t] = 0.f;
+    if (row0 < N) {
+        for (int u = kp * 32 + lane; u < nu; u += 32 * ksplit) {
             float4 xv[T][2];
 #pragma unroll
             for (int t = 0; t < T; t++) {
-                xv[t][0] = xs[t * 2 * nu + u];
-                xv[t][1] = xs[t * 2 * nu + nu + u];
+                const float4* xr = reinterpret_cast<const float4*>(x + (size_t)t * K);
+                xv[t][0] = __ldg(xr + 2 * u);
+                xv[t][1] = __ldg(xr + 2 * u + 1);
             }
 #pragma unroll
             for (int r = 0; r < GEMV_ROWS; r++) {
@@ -121,31 +130,28 @@ __device__ __forceinline__ void gemv_dense(float* __restrict__ out, const float*
                 }
             }
         }
-#pragma unroll
-        for (int r = 0; r < GEMV_ROWS; r++)
-#pragma unroll
-            for (int t = 0; t < T; t++) {
-                float s = warp_sum(acc[r][t]);
-                if (lane == 0 && row0 + r < N) out[(size_t)t * N + row0 + r] = s;
-            }
     }
+    gemv_reduce<T>(out, acc, ksplit, N);
 }
 
-// Entry points. Launch with blockDim.x = 32*warps, dynamic shared memory T*K*4 bytes.
+// Entry points. Launch with GEMV_WARPS*32 threads and ceil(N / (GEMV_ROWS * GEMV_WARPS/ksplit))
+// blocks, ksplit one of 1, 2, 4, 8.
 #define GEMV_ENTRIES(T)                                                                                     \
     extern "C" __global__ void __launch_bounds__(256) gemv_nvfp4_t##T(float* out, const float* x,          \
                                                                       const uint8_t* packed,               \
                                                                       const uint8_t* scales, float g16k,   \
-                                                                      int N, int K) {                      \
-        gemv_nvfp4<T>(out, x, packed, scales, g16k, N, K);                                                  \
+                                                                      int N, int K, int ksplit) {          \
+        gemv_nvfp4<T>(out, x, packed, scales, g16k, N, K, ksplit);                                          \
     }                                                                                                       \
     extern "C" __global__ void __launch_bounds__(256) gemv_bf16_t##T(float* out, const float* x,           \
-                                                                     const uint16_t* w, int N, int K) {    \
-        gemv_dense<T, true>(out, x, w, N, K);                                                               \
+                                                                     const uint16_t* w, int N, int K,      \
+                                                                     int ksplit) {                         \
+        gemv_dense<T, true>(out, x, w, N, K, ksplit);                                                       \
     }                                                                                                       \
     extern "C" __global__ void __launch_bounds__(256) gemv_f32_t##T(float* out, const float* x,            \
-                                                                    const float* w, int N, int K) {        \
-        gemv_dense<T, false>(out, x, w, N, K);                                                              \
+                                                                    const float* w, int N, int K,          \
+                                                                    int ksplit) {                          \
+        gemv_dense<T, false>(out, x, w, N, K, ksplit);                                                      \
     }
 GEMV_ENTRIES(1)
 GEMV_ENTRIES(2)
