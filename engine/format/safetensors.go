@@ -114,6 +114,9 @@ func (s *Safetensors) parseHeader(raw []byte, fileSize int64) error {
 			}
 			return nil
 		}
+		if name == "" { // the writer refuses it too: a file we accept must round-trip
+			return newErr("open", path, name, at, "a tensor has an empty name")
+		}
 		var e stEntry
 		if err := json.Unmarshal(val, &e); err != nil {
 			return newErr("open", path, name, at, "header entry is not {dtype, shape, data_offsets}: %v", jsonMsg(err))
