@@ -40,6 +40,8 @@ type Backend struct {
 	driver  int
 
 	acct accounts
+	spin bool // callers and the owner goroutine poll a while before blocking (GOMAXPROCS > 1)
+	noX1 bool // benchmarks: use gemv_nvfp4_t1 instead of gemv_nvfp4_x1
 
 	// Owned by the worker goroutine.
 	dev     device
@@ -84,7 +86,7 @@ func OpenDevice(ordinal int) (*Backend, error) {
 	if err := loadDriver(); err != nil {
 		return nil, err
 	}
-	b := &Backend{work: make(chan func()), quit: make(chan struct{}), ordinal: ordinal,
+	b := &Backend{work: make(chan func(), 1), quit: make(chan struct{}), ordinal: ordinal, spin: runtime.GOMAXPROCS(0) > 1,
 		fns: map[string]function{}, live: map[devPtr]liveAlloc{}, rope: map[ropeKey]devBuf{}, pool: map[int64][]devPtr{}}
 	started := make(chan error, 1)
 	go b.worker(started)
@@ -94,7 +96,10 @@ func OpenDevice(ordinal int) (*Backend, error) {
 	return b, nil
 }
 
-// worker owns the context: it runs setup, then every call sent on b.work until Close.
+// worker owns the context: it runs setup, then every call sent on b.work until Close. After a
+// call it polls for the next one a while before blocking, as callers poll for the result: ops
+// come in bursts (a forward is ~20 calls per layer) and a hand-off through a parked thread costs
+// far more than a launch.
 func (b *Backend) worker(started chan<- error) {
 	runtime.LockOSThread()
 	if err := b.setup(); err != nil {
@@ -104,6 +109,10 @@ func (b *Backend) worker(started chan<- error) {
 	}
 	started <- nil
 	for {
+		if f := b.poll(); f != nil {
+			f()
+			continue
+		}
 		select {
 		case f := <-b.work:
 			f()
@@ -111,6 +120,26 @@ func (b *Backend) worker(started chan<- error) {
 			return
 		}
 	}
+}
+
+// spinPolls bounds the polling of the hand-off channels (some tens of microseconds) before a
+// side blocks: waking a parked thread costs about 10 µs each way, more than most ops.
+const spinPolls = 4096
+
+// poll waits for a job by polling (when spinning is on) and returns nil if none came.
+func (b *Backend) poll() func() {
+	n := 1
+	if b.spin {
+		n = spinPolls
+	}
+	for i := 0; i < n; i++ {
+		select {
+		case f := <-b.work:
+			return f
+		default:
+		}
+	}
+	return nil
 }
 
 func (b *Backend) setup() error {
@@ -242,6 +271,15 @@ func (b *Backend) do(f func() error) error {
 	case b.work <- job:
 	case <-b.quit:
 		return ErrClosed
+	}
+	if b.spin {
+		for i := 0; i < spinPolls; i++ {
+			select {
+			case err := <-done:
+				return err
+			default:
+			}
+		}
 	}
 	return <-done
 }

@@ -199,13 +199,16 @@ func TestMatMul(t *testing.T) {
 	const bound = 2e-5
 	type shape struct{ T, K, N int }
 	shapes := []shape{
-		{1, 64, 96}, {2, 2560, 40}, {3, 48, 33}, {4, 160, 64}, {1, 9728, 24}, {3, 4096, 300}, {4, 12800, 20}, // GEMV
+		{1, 64, 96}, {2, 2560, 40}, {3, 48, 33}, {4, 160, 64}, {1, 9728, 24}, {3, 4096, 300}, {4, 12800, 20}, {1, 16400, 8}, {1, 2560, 777}, // GEMV
 		{5, 64, 70}, {37, 160, 97}, {130, 272, 130}, // tiled
 	}
 	for _, kind := range []string{kindF32, kindBF16, kindNVFP4} {
 		for i, s := range shapes {
 			path := "tiled"
-			if gemvShape(kind, s.T, s.K) {
+			switch {
+			case s.T == 1 && kind == kindNVFP4 && s.K <= 16*32*x1Iters*gemvWarps:
+				path = "gemv_x1"
+			case gemvShape(kind, s.T, s.K):
 				path = "gemv"
 			}
 			name := fmt.Sprintf("matmul %s %s T=%d K=%d N=%d", kind, path, s.T, s.K, s.N)
