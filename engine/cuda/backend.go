@@ -39,9 +39,9 @@ type Backend struct {
 	total   int64
 	driver  int
 
-	acct accounts
-	spin bool // callers and the owner goroutine poll a while before blocking (GOMAXPROCS > 1)
-	noX1 bool // benchmarks: use gemv_nvfp4_t1 instead of gemv_nvfp4_x1
+	acct   accounts
+	spin   bool // callers and the owner goroutine poll a while before blocking (GOMAXPROCS > 1)
+	narrow bool // benchmarks: NVFP4 GEMV with 8 bytes per lane and step even where 16 would do
 
 	// Owned by the worker goroutine.
 	dev     device

@@ -199,15 +199,15 @@ func TestMatMul(t *testing.T) {
 	const bound = 2e-5
 	type shape struct{ T, K, N int }
 	shapes := []shape{
-		{1, 64, 96}, {2, 2560, 40}, {3, 48, 33}, {4, 160, 64}, {1, 9728, 24}, {3, 4096, 300}, {4, 12800, 20}, {1, 16400, 8}, {1, 2560, 777}, // GEMV
+		{1, 64, 96}, {2, 2560, 40}, {3, 48, 33}, {4, 160, 64}, {1, 9728, 24}, {3, 4096, 300}, {4, 12800, 20}, {1, 16400, 8}, {1, 2560, 777}, {2, 80, 50}, {4, 208, 30}, // GEMV
 		{5, 64, 70}, {37, 160, 97}, {130, 272, 130}, // tiled
 	}
 	for _, kind := range []string{kindF32, kindBF16, kindNVFP4} {
 		for i, s := range shapes {
 			path := "tiled"
 			switch {
-			case s.T == 1 && kind == kindNVFP4 && s.K <= 16*32*x1Iters*gemvWarps:
-				path = "gemv_x1"
+			case gemvShape(kind, s.T, s.K) && kind == kindNVFP4 && s.K%32 == 0:
+				path = "gemv-wide"
 			case gemvShape(kind, s.T, s.K):
 				path = "gemv"
 			}

@@ -9,7 +9,7 @@ for cu in *.cu; do
   out=${cu%.cu}.ptx
   tmp=$(mktemp ".${out}.XXXXXX")
   trap 'rm -f "$tmp"' EXIT
-  "$nvcc" -ptx -arch=sm_90 -O3 -std=c++14 -o "$tmp" "$cu"
+  "$nvcc" -ptx -arch=sm_90 -O3 -std=c++17 -o "$tmp" "$cu"
   chmod 644 "$tmp"
   mv "$tmp" "$out"
   trap - EXIT

@@ -96,12 +96,10 @@ func gemvShape(kind string, T, K int) bool {
 	return T <= gemvMaxRows && (kind == kindNVFP4 || K%8 == 0)
 }
 
-// GEMV launch geometry, mirroring matmul.cu: 8 warps per block, 4 weight rows per warp, and
-// for gemv_nvfp4_x1 up to 4 blocks of 16 elements per lane and K slice.
+// GEMV launch geometry, mirroring matmul.cu: 8 warps per block, 4 weight rows per warp.
 const (
 	gemvWarps = 8
 	gemvRows  = 4
-	x1Iters   = 4
 )
 
 // gemvSplit picks how many warps share one group of 4 weight rows, each taking a slice of K:
@@ -118,29 +116,18 @@ func gemvSplit(sms, N, units int) int {
 
 func (b *Backend) matmul(o, a *Tensor, w *Weight) error {
 	T, K, N := a.rows, a.cols, w.out
-	if T == 1 && w.kind == kindNVFP4 && !b.noX1 {
-		// One token row: x stays in registers (gemv_nvfp4_x1) when K fits the slices.
-		nb, ksplit := K/16, 1
-		for ksplit*32*x1Iters < nb {
-			ksplit *= 2
-		}
-		if ksplit <= gemvWarps {
-			per := gemvWarps / ksplit
-			groups := (N + gemvRows - 1) / gemvRows
-			blocks := max(1, min((groups+per-1)/per, 2*b.sms))
-			return launch(b.fns["gemv_nvfp4_x1"], [3]int{blocks, 1, 1}, [3]int{32 * gemvWarps, 1, 1}, 0, ptrArg(o.ptr), ptrArg(a.ptr),
-				ptrArg(w.ptr), ptrArg(w.scales), f32Arg(w.global), intArg(N), intArg(K), intArg(ksplit))
-		}
-	}
 	if gemvShape(w.kind, T, K) {
-		units := K / 8
-		if w.kind == kindNVFP4 {
+		units, name := K/8, fmt.Sprintf("gemv_%s_t%d", w.kind, T)
+		switch {
+		case w.kind == kindNVFP4 && K%32 == 0 && !b.narrow:
+			units, name = K/32, fmt.Sprintf("gemv_nvfp4w_t%d", T) // two blocks (16 bytes) per lane and step
+		case w.kind == kindNVFP4:
 			units = K / 16
 		}
 		ksplit := gemvSplit(b.sms, N, units)
 		rowsPerBlock := gemvRows * gemvWarps / ksplit
 		g, bl := [3]int{(N + rowsPerBlock - 1) / rowsPerBlock, 1, 1}, [3]int{32 * gemvWarps, 1, 1}
-		fn := b.fns[fmt.Sprintf("gemv_%s_t%d", w.kind, T)]
+		fn := b.fns[name]
 		if w.kind == kindNVFP4 {
 			return launch(fn, g, bl, 0, ptrArg(o.ptr), ptrArg(a.ptr), ptrArg(w.ptr), ptrArg(w.scales),
 				f32Arg(w.global*16384), intArg(N), intArg(K), intArg(ksplit))

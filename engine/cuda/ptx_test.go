@@ -69,7 +69,7 @@ func TestPTXUpToDate(t *testing.T) {
 	dir := t.TempDir()
 	for _, cu := range cus {
 		out := filepath.Join(dir, strings.TrimSuffix(filepath.Base(cu), ".cu")+".ptx")
-		cmd := exec.Command(nvcc, "-ptx", "-arch=sm_90", "-O3", "-std=c++14", "-o", out, filepath.Base(cu))
+		cmd := exec.Command(nvcc, "-ptx", "-arch=sm_90", "-O3", "-std=c++17", "-o", out, filepath.Base(cu))
 		cmd.Dir = "kernels"
 		if msg, err := cmd.CombinedOutput(); err != nil {
 			t.Fatalf("nvcc %s: %v\n%s", cu, err, msg)

@@ -39,12 +39,14 @@ __device__ __forceinline__ void gemv_reduce(float* __restrict__ out, float (&acc
     }
 }
 
-// gemv_nvfp4: one lane handles one 16-element block (8 packed bytes, one scale) per step.
-template <int T>
+// gemv_nvfp4 (entry points gemv_nvfp4_t*, gemv_nvfp4w_t*): one lane handles one 16-element block (8 packed bytes, one scale) per step, or
+// with WIDE two consecutive blocks (16 packed bytes, two scales; K % 32 == 0).
+template <int T, bool WIDE>
 __device__ __forceinline__ void gemv_nvfp4(float* __restrict__ out, const float* __restrict__ x,
                                            const uint8_t* __restrict__ packed, const uint8_t* __restrict__ scales,
                                            float g16k, int N, int K, int ksplit) {
-    const int nb = K / 16;
+    constexpr int B = WIDE ? 2 : 1;  // 16-element blocks per lane and step
+    const int nb = K / 16, nu = nb / B;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int groups = GEMV_WARPS / ksplit;
     const int row0 = (blockIdx.x * groups + warp / ksplit) * GEMV_ROWS, kp = warp % ksplit;
@@ -54,22 +56,37 @@ __device__ __forceinline__ void gemv_nvfp4(float* __restrict__ out, const float*
 #pragma unroll
         for (int t = 0; t < T; t++) acc[r][t] = 0.f;
     if (row0 < N) {
-        for (int blk = kp * 32 + lane; blk < nb; blk += 32 * ksplit) {
-            float4 xv[T][4];
+        for (int u = kp * 32 + lane; u < nu; u += 32 * ksplit) {
+            float4 xv[T][4 * B];
 #pragma unroll
             for (int t = 0; t < T; t++)
 #pragma unroll
-                for (int q = 0; q < 4; q++) xv[t][q] = __ldg(reinterpret_cast<const float4*>(x + (size_t)t * K) + blk * 4 + q);
+                for (int q = 0; q < 4 * B; q++) xv[t][q] = __ldg(reinterpret_cast<const float4*>(x + (size_t)t * K) + u * 4 * B + q);
 #pragma unroll
             for (int r = 0; r < GEMV_ROWS; r++) {
                 int n = row0 + r;
                 if (n < N) {
-                    uint2 p = __ldg(reinterpret_cast<const uint2*>(packed + (size_t)n * (K / 2)) + blk);
-                    float f = e4m3_to_f32(__ldg(scales + (size_t)n * nb + blk)) * g16k;
+                    uint32_t w0, w1, w2 = 0, w3 = 0;
+                    float f0, f1 = 0.f;
+                    if constexpr (WIDE) {
+                        uint4 p = __ldg(reinterpret_cast<const uint4*>(packed + (size_t)n * (K / 2)) + u);
+                        w0 = p.x, w1 = p.y, w2 = p.z, w3 = p.w;
+                        uint32_t sc = __ldg(reinterpret_cast<const uint16_t*>(scales + (size_t)n * nb) + u);
+                        f0 = e4m3_to_f32(sc & 0xffu) * g16k;
+                        f1 = e4m3_to_f32(sc >> 8) * g16k;
+                    } else {
+                        uint2 p = __ldg(reinterpret_cast<const uint2*>(packed + (size_t)n * (K / 2)) + u);
+                        w0 = p.x, w1 = p.y;
+                        f0 = e4m3_to_f32(__ldg(scales + (size_t)n * nb + u)) * g16k;
+                    }
 #pragma unroll
                     for (int t = 0; t < T; t++) {
-                        float s = dot8(p.x, xv[t][0], xv[t][1]) + dot8(p.y, xv[t][2], xv[t][3]);
-                        acc[r][t] = fmaf(s, f, acc[r][t]);
+                        float s = dot8(w0, xv[t][0], xv[t][1]) + dot8(w1, xv[t][2], xv[t][3]);
+                        acc[r][t] = fmaf(s, f0, acc[r][t]);
+                        if constexpr (WIDE) {
+                            s = dot8(w2, xv[t][4 * B - 4], xv[t][4 * B - 3]) + dot8(w3, xv[t][4 * B - 2], xv[t][4 * B - 1]);
+                            acc[r][t] = fmaf(s, f1, acc[r][t]);
+                        }
                     }
                 }
             }
@@ -105,7 +122,7 @@ __device__ __forceinline__ void gemv_dense(float* __restrict__ out, const float*
                 int n = row0 + r;
                 if (n < N) {
                     float4 wa, wb;
-                    if (BF16) {
+                    if constexpr (BF16) {
                         uint4 p = __ldg(reinterpret_cast<const uint4*>(reinterpret_cast<const uint16_t*>(w) + (size_t)n * K) + u);
                         wa = make_float4(bf16_lo(p.x), bf16_hi(p.x), bf16_lo(p.y), bf16_hi(p.y));
                         wb = make_float4(bf16_lo(p.z), bf16_hi(p.z), bf16_lo(p.w), bf16_hi(p.w));
@@ -134,88 +151,6 @@ __device__ __forceinline__ void gemv_dense(float* __restrict__ out, const float*
     gemv_reduce<T>(out, acc, ksplit, N);
 }
 
-// gemv_nvfp4_x1: one token row, x held in registers. Warp w of a block owns K slice
-// w % ksplit (16-element blocks kp*32 + lane + i*32*ksplit, i < X1_ITERS, loaded into registers
-// once) and walks row groups w / ksplit, w / ksplit + GEMV_WARPS/ksplit, ... of 4 rows each,
-// streaming only the weights. E2M1 codes are decoded through a 16-entry table in shared memory
-// (16 words in 16 banks: conflict-free). Needs K/16 <= ksplit*32*X1_ITERS.
-#define X1_ITERS 4
-extern "C" __global__ void __launch_bounds__(256, 2)
-gemv_nvfp4_x1(float* __restrict__ out, const float* __restrict__ x, const uint8_t* __restrict__ packed,
-              const uint8_t* __restrict__ scales, float g, int N, int K, int ksplit) {
-    __shared__ float lut[16];
-    __shared__ float red[GEMV_WARPS * GEMV_ROWS];
-    if (threadIdx.x < 16) lut[threadIdx.x] = e2m1_value(threadIdx.x);
-    const int nb = K / 16;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int per = GEMV_WARPS / ksplit, kp = warp % ksplit, gw = warp / ksplit;
-    float4 xv[X1_ITERS][4];
-#pragma unroll
-    for (int i = 0; i < X1_ITERS; i++) {
-        int blk = kp * 32 + lane + i * 32 * ksplit;
-#pragma unroll
-        for (int q = 0; q < 4; q++)
-            xv[i][q] = blk < nb ? __ldg(reinterpret_cast<const float4*>(x) + blk * 4 + q) : make_float4(0.f, 0.f, 0.f, 0.f);
-    }
-    __syncthreads();
-    const int groups = (N + GEMV_ROWS - 1) / GEMV_ROWS;
-    for (int base = blockIdx.x * per; base < groups; base += gridDim.x * per) {
-        const int row0 = (base + gw) * GEMV_ROWS;
-        float acc[GEMV_ROWS];
-#pragma unroll
-        for (int r = 0; r < GEMV_ROWS; r++) acc[r] = 0.f;
-        if (row0 < N) {
-#pragma unroll
-            for (int i = 0; i < X1_ITERS; i++) {
-                int blk = kp * 32 + lane + i * 32 * ksplit;
-                if (blk < nb) {
-#pragma unroll
-                    for (int r = 0; r < GEMV_ROWS; r++) {
-                        int n = row0 + r;
-                        if (n < N) {
-                            uint2 p = __ldg(reinterpret_cast<const uint2*>(packed + (size_t)n * (K / 2)) + blk);
-                            float f = e4m3_to_f32(__ldg(scales + (size_t)n * nb + blk)) * g;
-                            const float4 a = xv[i][0], b = xv[i][1], c = xv[i][2], d = xv[i][3];
-                            float s = 0.f;
-                            s = fmaf(lut[p.x & 15u], a.x, s);
-                            s = fmaf(lut[(p.x >> 4) & 15u], a.y, s);
-                            s = fmaf(lut[(p.x >> 8) & 15u], a.z, s);
-                            s = fmaf(lut[(p.x >> 12) & 15u], a.w, s);
-                            s = fmaf(lut[(p.x >> 16) & 15u], b.x, s);
-                            s = fmaf(lut[(p.x >> 20) & 15u], b.y, s);
-                            s = fmaf(lut[(p.x >> 24) & 15u], b.z, s);
-                            s = fmaf(lut[p.x >> 28], b.w, s);
-                            s = fmaf(lut[p.y & 15u], c.x, s);
-                            s = fmaf(lut[(p.y >> 4) & 15u], c.y, s);
-                            s = fmaf(lut[(p.y >> 8) & 15u], c.z, s);
-                            s = fmaf(lut[(p.y >> 12) & 15u], c.w, s);
-                            s = fmaf(lut[(p.y >> 16) & 15u], d.x, s);
-                            s = fmaf(lut[(p.y >> 20) & 15u], d.y, s);
-                            s = fmaf(lut[(p.y >> 24) & 15u], d.z, s);
-                            s = fmaf(lut[p.y >> 28], d.w, s);
-                            acc[r] = fmaf(s, f, acc[r]);
-                        }
-                    }
-                }
-            }
-        }
-#pragma unroll
-        for (int r = 0; r < GEMV_ROWS; r++) {
-            float s = warp_sum(acc[r]);
-            if (lane == 0) red[warp * GEMV_ROWS + r] = s;
-        }
-        __syncthreads();
-        if (threadIdx.x < per * GEMV_ROWS) {
-            int g2 = threadIdx.x / GEMV_ROWS, r = threadIdx.x % GEMV_ROWS;
-            float s = 0.f;
-            for (int k2 = 0; k2 < ksplit; k2++) s += red[(g2 * ksplit + k2) * GEMV_ROWS + r];
-            int n = (base + g2) * GEMV_ROWS + r;
-            if (n < N) out[n] = s;
-        }
-        __syncthreads();
-    }
-}
-
 // Entry points. Launch with GEMV_WARPS*32 threads and ceil(N / (GEMV_ROWS * GEMV_WARPS/ksplit))
 // blocks, ksplit one of 1, 2, 4, 8.
 #define GEMV_ENTRIES(T)                                                                                     \
@@ -223,7 +158,13 @@ gemv_nvfp4_x1(float* __restrict__ out, const float* __restrict__ x, const uint8_
                                                                       const uint8_t* packed,               \
                                                                       const uint8_t* scales, float g16k,   \
                                                                       int N, int K, int ksplit) {          \
-        gemv_nvfp4<T>(out, x, packed, scales, g16k, N, K, ksplit);                                          \
+        gemv_nvfp4<T, false>(out, x, packed, scales, g16k, N, K, ksplit);                                   \
+    }                                                                                                       \
+    extern "C" __global__ void __launch_bounds__(256) gemv_nvfp4w_t##T(float* out, const float* x,         \
+                                                                       const uint8_t* packed,              \
+                                                                       const uint8_t* scales, float g16k,  \
+                                                                       int N, int K, int ksplit) {         \
+        gemv_nvfp4<T, true>(out, x, packed, scales, g16k, N, K, ksplit);                                    \
     }                                                                                                       \
     extern "C" __global__ void __launch_bounds__(256) gemv_bf16_t##T(float* out, const float* x,           \
                                                                      const uint16_t* w, int N, int K,      \
