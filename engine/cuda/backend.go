@@ -39,9 +39,8 @@ type Backend struct {
 	total   int64
 	driver  int
 
-	acct   accounts
-	spin   bool // callers and the owner goroutine poll a while before blocking (GOMAXPROCS > 1)
-	narrow bool // benchmarks: NVFP4 GEMV with 8 bytes per lane and step even where 16 would do
+	acct accounts
+	spin bool // callers and the owner goroutine poll a while before blocking (GOMAXPROCS > 1)
 
 	// Owned by the worker goroutine.
 	dev     device

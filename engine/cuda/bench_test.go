@@ -117,17 +117,11 @@ func TestFiguresMatMul(t *testing.T) {
 	}
 	for _, c := range []tcase{
 		{kindNVFP4, 1, 2560, 9728, 16, 20}, {kindNVFP4, 1, 9728, 2560, 16, 20},
-		{"nvfp4-narrow", 1, 2560, 9728, 16, 20}, {"nvfp4-narrow", 1, 9728, 2560, 16, 20}, {"nvfp4-narrow", 4, 2560, 9728, 16, 20},
 		{kindNVFP4, 4, 2560, 9728, 16, 20}, {kindNVFP4, 4, 9728, 2560, 16, 20},
 		{kindNVFP4, 1, 2560, 4096, 16, 20}, {kindNVFP4, 1, 4096, 2560, 16, 20},
 		{kindBF16, 1, 2560, 9728, 6, 20}, {kindBF16, 1, 2560, 151936, 1, 10},
 		{kindNVFP4, 512, 2560, 9728, 2, 3}, {kindBF16, 512, 2560, 9728, 2, 3}, {kindNVFP4, 2048, 2560, 9728, 1, 2},
 	} {
-		narrow := c.kind == "nvfp4-narrow" // 8 bytes per lane and step instead of 16
-		if narrow {
-			c.kind = kindNVFP4
-		}
-		g.do(func() error { g.narrow = narrow; return nil })
 		var ws []*Weight
 		for i := 0; i < c.copies; i++ {
 			hw := backend.HostWeight{Name: fmt.Sprintf("bench%d", i)}
@@ -167,13 +161,9 @@ func TestFiguresMatMul(t *testing.T) {
 		ms /= float64(len(ws))
 		wb := float64(ws[0].Bytes())
 		path := "tiled"
-		switch {
-		case gemvShape(c.kind, c.T, c.K) && c.kind == kindNVFP4 && c.K%32 == 0 && !narrow:
-			path = "gemv-wide"
-		case gemvShape(c.kind, c.T, c.K):
+		if gemvShape(c.kind, c.T, c.K) {
 			path = "gemv"
 		}
-		g.do(func() error { g.narrow = false; return nil })
 		t.Log(figure{fmt.Sprintf("matmul %s %s T=%d %d→%d", path, c.kind, c.T, c.K, c.N),
 			wb + float64(4*c.T*(c.K+c.N)), float64(2 * c.T * c.K * c.N), ms})
 		g.Free(x)

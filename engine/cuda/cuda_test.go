@@ -205,10 +205,7 @@ func TestMatMul(t *testing.T) {
 	for _, kind := range []string{kindF32, kindBF16, kindNVFP4} {
 		for i, s := range shapes {
 			path := "tiled"
-			switch {
-			case gemvShape(kind, s.T, s.K) && kind == kindNVFP4 && s.K%32 == 0:
-				path = "gemv-wide"
-			case gemvShape(kind, s.T, s.K):
+			if gemvShape(kind, s.T, s.K) {
 				path = "gemv"
 			}
 			name := fmt.Sprintf("matmul %s %s T=%d K=%d N=%d", kind, path, s.T, s.K, s.N)

@@ -118,10 +118,7 @@ func (b *Backend) matmul(o, a *Tensor, w *Weight) error {
 	T, K, N := a.rows, a.cols, w.out
 	if gemvShape(w.kind, T, K) {
 		units, name := K/8, fmt.Sprintf("gemv_%s_t%d", w.kind, T)
-		switch {
-		case w.kind == kindNVFP4 && K%32 == 0 && !b.narrow:
-			units, name = K/32, fmt.Sprintf("gemv_nvfp4w_t%d", T) // two blocks (16 bytes) per lane and step
-		case w.kind == kindNVFP4:
+		if w.kind == kindNVFP4 {
 			units = K / 16
 		}
 		ksplit := gemvSplit(b.sms, N, units)

@@ -16,11 +16,9 @@ type ptxModule struct {
 	kernels []string
 }
 
-// gemvKernels are the decode-shaped matmul kernels, one per weight kind (NVFP4 in two load
-// widths) and token count 1..4.
+// gemvKernels are the decode-shaped matmul kernels, one per weight kind and token count 1..4.
 var gemvKernels = []string{
 	"gemv_nvfp4_t1", "gemv_nvfp4_t2", "gemv_nvfp4_t3", "gemv_nvfp4_t4",
-	"gemv_nvfp4w_t1", "gemv_nvfp4w_t2", "gemv_nvfp4w_t3", "gemv_nvfp4w_t4",
 	"gemv_bf16_t1", "gemv_bf16_t2", "gemv_bf16_t3", "gemv_bf16_t4",
 	"gemv_f32_t1", "gemv_f32_t2", "gemv_f32_t3", "gemv_f32_t4",
 }

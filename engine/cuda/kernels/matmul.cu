@@ -39,14 +39,14 @@ __device__ __forceinline__ void gemv_reduce(float* __restrict__ out, float (&acc
     }
 }
 
-// gemv_nvfp4 (entry points gemv_nvfp4_t*, gemv_nvfp4w_t*): one lane handles one 16-element block (8 packed bytes, one scale) per step, or
-// with WIDE two consecutive blocks (16 packed bytes, two scales; K % 32 == 0).
-template <int T, bool WIDE>
+// gemv_nvfp4: one lane handles one 16-element block (8 packed bytes, one scale) per step. (A
+// variant loading two blocks, 16 bytes, per lane and step ran no faster for one token row and
+// slower for four: the kernel is latency-bound, see NOTES.md.)
+template <int T>
 __device__ __forceinline__ void gemv_nvfp4(float* __restrict__ out, const float* __restrict__ x,
                                            const uint8_t* __restrict__ packed, const uint8_t* __restrict__ scales,
                                            float g16k, int N, int K, int ksplit) {
-    constexpr int B = WIDE ? 2 : 1;  // 16-element blocks per lane and step
-    const int nb = K / 16, nu = nb / B;
+    const int nb = K / 16;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int groups = GEMV_WARPS / ksplit;
     const int row0 = (blockIdx.x * groups + warp / ksplit) * GEMV_ROWS, kp = warp % ksplit;
@@ -56,37 +56,22 @@ __device__ __forceinline__ void gemv_nvfp4(float* __restrict__ out, const float*
 #pragma unroll
         for (int t = 0; t < T; t++) acc[r][t] = 0.f;
     if (row0 < N) {
-        for (int u = kp * 32 + lane; u < nu; u += 32 * ksplit) {
-            float4 xv[T][4 * B];
+        for (int u = kp * 32 + lane; u < nb; u += 32 * ksplit) {
+            float4 xv[T][4];
 #pragma unroll
             for (int t = 0; t < T; t++)
 #pragma unroll
-                for (int q = 0; q < 4 * B; q++) xv[t][q] = __ldg(reinterpret_cast<const float4*>(x + (size_t)t * K) + u * 4 * B + q);
+                for (int q = 0; q < 4; q++) xv[t][q] = __ldg(reinterpret_cast<const float4*>(x + (size_t)t * K) + u * 4 + q);
 #pragma unroll
             for (int r = 0; r < GEMV_ROWS; r++) {
                 int n = row0 + r;
                 if (n < N) {
-                    uint32_t w0, w1, w2 = 0, w3 = 0;
-                    float f0, f1 = 0.f;
-                    if constexpr (WIDE) {
-                        uint4 p = __ldg(reinterpret_cast<const uint4*>(packed + (size_t)n * (K / 2)) + u);
-                        w0 = p.x, w1 = p.y, w2 = p.z, w3 = p.w;
-                        uint32_t sc = __ldg(reinterpret_cast<const uint16_t*>(scales + (size_t)n * nb) + u);
-                        f0 = e4m3_to_f32(sc & 0xffu) * g16k;
-                        f1 = e4m3_to_f32(sc >> 8) * g16k;
-                    } else {
-                        uint2 p = __ldg(reinterpret_cast<const uint2*>(packed + (size_t)n * (K / 2)) + u);
-                        w0 = p.x, w1 = p.y;
-                        f0 = e4m3_to_f32(__ldg(scales + (size_t)n * nb + u)) * g16k;
-                    }
+                    uint2 p = __ldg(reinterpret_cast<const uint2*>(packed + (size_t)n * (K / 2)) + u);
+                    float f = e4m3_to_f32(__ldg(scales + (size_t)n * nb + u)) * g16k;
 #pragma unroll
                     for (int t = 0; t < T; t++) {
-                        float s = dot8(w0, xv[t][0], xv[t][1]) + dot8(w1, xv[t][2], xv[t][3]);
-                        acc[r][t] = fmaf(s, f0, acc[r][t]);
-                        if constexpr (WIDE) {
-                            s = dot8(w2, xv[t][4 * B - 4], xv[t][4 * B - 3]) + dot8(w3, xv[t][4 * B - 2], xv[t][4 * B - 1]);
-                            acc[r][t] = fmaf(s, f1, acc[r][t]);
-                        }
+                        float s = dot8(p.x, xv[t][0], xv[t][1]) + dot8(p.y, xv[t][2], xv[t][3]);
+                        acc[r][t] = fmaf(s, f, acc[r][t]);
                     }
                 }
             }
@@ -158,13 +143,7 @@ __device__ __forceinline__ void gemv_dense(float* __restrict__ out, const float*
                                                                       const uint8_t* packed,               \
                                                                       const uint8_t* scales, float g16k,   \
                                                                       int N, int K, int ksplit) {          \
-        gemv_nvfp4<T, false>(out, x, packed, scales, g16k, N, K, ksplit);                                   \
-    }                                                                                                       \
-    extern "C" __global__ void __launch_bounds__(256) gemv_nvfp4w_t##T(float* out, const float* x,         \
-                                                                       const uint8_t* packed,              \
-                                                                       const uint8_t* scales, float g16k,  \
-                                                                       int N, int K, int ksplit) {         \
-        gemv_nvfp4<T, true>(out, x, packed, scales, g16k, N, K, ksplit);                                    \
+        gemv_nvfp4<T>(out, x, packed, scales, g16k, N, K, ksplit);                                          \
     }                                                                                                       \
     extern "C" __global__ void __launch_bounds__(256) gemv_bf16_t##T(float* out, const float* x,           \
                                                                      const uint16_t* w, int N, int K,      \
