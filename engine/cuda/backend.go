@@ -55,8 +55,6 @@ type Backend struct {
 	pool      map[int64][]devPtr
 	poolBytes int64
 	rope      map[ropeKey]devBuf // inverse frequencies per (head_dim, theta), Workspace
-	events    [2]event           // for Time
-	evOK      bool
 }
 
 type liveAlloc struct {
@@ -214,11 +212,6 @@ func (b *Backend) teardown() error {
 	b.dropPool()
 	b.idsBuf, b.attnBuf = devBuf{}, devBuf{}
 	clear(b.rope)
-	if b.evOK {
-		eventDestroy(b.events[0])
-		eventDestroy(b.events[1])
-		b.evOK = false
-	}
 	for _, m := range b.mods {
 		if err := unloadModule(m); err != nil {
 			errs = append(errs, err)
@@ -681,51 +674,4 @@ func (b *Backend) grow(buf *devBuf, cat backend.Category, n int64, what string) 
 // blocks is the grid size for a grid-stride kernel over n items with 256 threads per block.
 func (b *Backend) blocks(n int) int {
 	return max(1, min((n+255)/256, b.sms*32))
-}
-
-// Time runs f (which launches kernels through this backend's ops) reps times between two CUDA
-// events and returns the mean milliseconds per run on the GPU. For benchmarks.
-func (b *Backend) Time(reps int, f func() error) (float64, error) {
-	if reps <= 0 {
-		return 0, fmt.Errorf("cuda: time: %d repetitions", reps)
-	}
-	err := b.do(func() error {
-		if b.evOK {
-			return nil
-		}
-		var err error
-		if b.events[0], err = eventCreate(); err != nil {
-			return err
-		}
-		if b.events[1], err = eventCreate(); err != nil {
-			eventDestroy(b.events[0])
-			return err
-		}
-		b.evOK = true
-		return nil
-	})
-	if err != nil {
-		return 0, err
-	}
-	if err := b.do(func() error { return eventRecord(b.events[0]) }); err != nil {
-		return 0, err
-	}
-	for i := 0; i < reps; i++ {
-		if err := f(); err != nil {
-			return 0, err
-		}
-	}
-	var ms float64
-	err = b.do(func() error {
-		if err := eventRecord(b.events[1]); err != nil {
-			return err
-		}
-		if err := eventSynchronize(b.events[1]); err != nil {
-			return err
-		}
-		var err error
-		ms, err = eventElapsed(b.events[0], b.events[1])
-		return err
-	})
-	return ms / float64(reps), err
 }
