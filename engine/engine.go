@@ -38,12 +38,30 @@ var (
 	defaultB    backend.Backend
 )
 
-// Backend returns the process-wide compute backend (the CPU reference in this build), shared by
-// every model so memory is accounted in one place.
+// Backend returns the process-wide compute backend, shared by every model so memory is
+// accounted in one place: $QWENGO_BACKEND when set ("cpu", "cuda"), else the GPU when this
+// binary was built with -tags cuda and a device answers, else the CPU reference.
 func Backend() backend.Backend {
-	defaultOnce.Do(func() { defaultB = cpu.New() })
+	defaultOnce.Do(func() {
+		name := os.Getenv("QWENGO_BACKEND")
+		if name == "" && backend.Registered("cuda") {
+			name = "cuda"
+		}
+		if name != "" && name != "cpu" {
+			b, err := backend.Open(name)
+			if err == nil {
+				defaultB = b
+				return
+			}
+			BackendNote = fmt.Sprintf("%s backend unavailable (%v); using the CPU", name, err)
+		}
+		defaultB = cpu.New()
+	})
 	return defaultB
 }
+
+// BackendNote says why the preferred backend was not used ("" when it was).
+var BackendNote string
 
 // Device names the compute device for banners ("CPU (2 threads)" or the GPU and its memory).
 func Device() string { return Backend().Name() }
