@@ -7,7 +7,7 @@ CACHE   ?= $(CURDIR)/.cache
 FUZZTIME ?= 20000x
 export QWENGO_CACHE := $(CACHE)
 
-.PHONY: help build tokenizer install uninstall generate test test-go test-kernel fuzz vet cuda-vet quickstart
+.PHONY: help build tokenizer install uninstall generate test test-go test-kernel fuzz vet cuda-vet cuda-ptx cuda-bins quickstart
 
 help:
 	@echo "make quickstart   install everything (modules, tokenizer, binaries, kernelspec), then open the console"
@@ -55,6 +55,17 @@ test: vet tokenizer test-go test-kernel fuzz
 
 quickstart: tokenizer install
 	$(BIN)/qwenrepl
+
+# Regenerate the embedded PTX from engine/cuda/kernels/*.cu (nvcc 11.8 from Debian non-free).
+cuda-ptx:
+	bash ../shared/scripts/cuda-dev-setup.sh --nvcc
+	bash engine/cuda/gen_ptx.sh
+
+# GPU binaries for the device machine (carry .dev/gpu; run there with
+# LD_LIBRARY_PATH=/usr/local/cuda/lib64; in engine/cuda: ../../.dev/gpu/cuda.test -test.short -test.v).
+cuda-bins:
+	$(GO) build -tags cuda -o .dev/gpu/ ./kernel/cmd/qwenrepl ./kernel/cmd/qwenkernel
+	$(GO) test -tags cuda -c -o .dev/gpu/cuda.test ./engine/cuda
 
 # The GPU build compiles and vets without a GPU (headers from ../shared/scripts/cuda-dev-setup.sh).
 cuda-vet:
