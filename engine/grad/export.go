@@ -19,34 +19,12 @@ func isLinear(p *Param) bool {
 
 // configJSON is the Hugging Face config of the model (quantization_config for NVFP4).
 func (m *Model) configJSON(dtype string, nvfp4Export bool) ([]byte, error) {
-	c := m.Config
-	out := map[string]any{
-		"architectures": []string{"Qwen3ForCausalLM"}, "model_type": "qwen3",
-		"hidden_size": c.HiddenSize, "intermediate_size": c.IntermediateSize, "num_hidden_layers": c.NumLayers,
-		"num_attention_heads": c.NumHeads, "num_key_value_heads": c.NumKVHeads, "head_dim": c.HeadDim,
-		"vocab_size": c.VocabSize, "rms_norm_eps": c.RMSNormEps, "rope_theta": c.RopeTheta, "rope_scaling": nil,
-		"tie_word_embeddings": c.TieEmbeddings, "max_position_embeddings": c.MaxPositions,
-		"hidden_act":     "silu",
-		"attention_bias": false, "use_sliding_window": false, "torch_dtype": dtype, "use_cache": true,
-	}
-	if c.BOSTokenID >= 0 {
-		out["bos_token_id"] = c.BOSTokenID
-	}
-	if len(c.EOSTokenIDs) > 0 {
-		out["eos_token_id"] = eos(c.EOSTokenIDs)
-	}
+	fmtName := map[string]string{"float32": "f32", "bfloat16": "bf16"}[dtype]
 	if nvfp4Export {
-		out["quantization_config"] = map[string]any{"quant_method": "modelopt", "quant_algo": "NVFP4", "group_size": nvfp4.BlockSize, "exclude_modules": []string{"lm_head"}}
+		fmtName = "nvfp4"
 	}
-	b, err := json.MarshalIndent(out, "", "  ")
+	b, err := json.MarshalIndent(m.Config.HFJSON(fmtName, m.lm == m.embed), "", "  ")
 	return append(b, '\n'), err
-}
-
-func eos(ids []int) any {
-	if len(ids) == 1 {
-		return ids[0]
-	}
-	return ids
 }
 
 // SaveSafetensors writes dir/config.json and dir/model.safetensors with every parameter

@@ -166,7 +166,13 @@ func (m *Model) Save(dir string, opt SaveOptions) error {
 }
 
 func (m *Model) configJSON(fmtName string) map[string]any {
-	c := m.Config
+	return m.Config.HFJSON(fmtName, m.LMHead == m.Embed)
+}
+
+// HFJSON returns the config.json fields of a checkpoint of this config saved in format fmtName
+// ("f32", "bf16" or "nvfp4", which adds the ModelOpt quantization_config); tied says whether
+// lm_head is the embedding. Every writer of checkpoints (Save, the trainer's exports) uses it.
+func (c *Config) HFJSON(fmtName string, tied bool) map[string]any {
 	dtype := "bfloat16"
 	if fmtName == "f32" {
 		dtype = "float32"
@@ -192,7 +198,7 @@ func (m *Model) configJSON(fmtName string) map[string]any {
 		"rms_norm_eps":            c.RMSNormEps,
 		"rope_theta":              c.RopeTheta,
 		"rope_scaling":            nil,
-		"tie_word_embeddings":     m.LMHead == m.Embed,
+		"tie_word_embeddings":     tied,
 		"max_position_embeddings": c.MaxPositions,
 		"bos_token_id":            nullable(c.BOSTokenID),
 		"eos_token_id":            eos,
