@@ -327,3 +327,19 @@ def test_jupyter_console():
     assert "Out[2]: 42" in p.stdout, p.stdout + p.stderr
     assert "from console" in p.stdout
     assert "shut down" in p.stderr  # the kernel's log: a clean shutdown_request
+
+
+def test_model_load_shows_progress_and_stays_resident(kernel):
+    km, kc = kernel
+    tiny = os.path.join(os.path.dirname(__file__), "..", "..", "engine", "qwen3", "testdata", "tiny-tied")
+    r = execute(kc, 'tinyModel, loadErr := engine.Load(%s)\nfmt.Println(loadErr)' % json.dumps(os.path.abspath(tiny)))
+    assert r.status == "ok", r.reply
+    bars = [m for _, m in r.iopub if m["msg_type"] in ("display_data", "update_display_data")]
+    assert bars, "no progress display"
+    assert all("transient" in m["content"] and m["content"]["transient"].get("display_id") for m in bars)
+    assert "100%" in bars[-1]["content"]["data"]["text/plain"]
+    assert "<progress" in bars[-1]["content"]["data"]["text/html"]
+    # the model stays loaded for the next cell
+    r = execute(kc, "g, _ := tinyModel.GenerateIDs([]int{1, 2, 3}, engine.GenerateOptions{MaxTokens: 4})\nlen(g.IDs)")
+    assert r.status == "ok", r.reply
+    assert r.result_text() == "4"

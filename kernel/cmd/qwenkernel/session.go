@@ -22,6 +22,7 @@ type interp struct{ s *session.Session }
 // and %history see earlier sessions.
 func newInterpreter(logger *log.Logger) (kernel.Interpreter, error) {
 	kernel.DeviceName = engine.Device
+	engine.DefaultProgress = cellProgress()
 	opt := session.Options{Stdout: logger.Writer(), Stderr: logger.Writer(), Args: []string{"qwenkernel"}}
 	if f, ok := os.LookupEnv("QWENGO_HISTORY"); ok {
 		opt.HistoryFile = f

@@ -28,6 +28,20 @@ func runConsole(stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "qwenrepl: start interpreter: %v\n", err)
 		return cli.ExitError
 	}
+	// engine.Load in a cell draws a terminal progress bar.
+	loads := map[string]func(done, total int64){}
+	engine.DefaultProgress = func(path string, done, total int64) {
+		p := loads[path]
+		if p == nil {
+			p = progressPrinter("loading " + path)
+			loads[path] = p
+		}
+		p(done, total)
+		if total > 0 && done >= total {
+			fmt.Fprintln(os.Stderr)
+			delete(loads, path)
+		}
+	}
 	c := console.New(console.Options{
 		Interp:        interp,
 		Out:           stdout,
