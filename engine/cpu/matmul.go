@@ -236,11 +236,8 @@ func (b *Backend) MatMul(out, x backend.Tensor, bw backend.Weight) error {
 	if err != nil {
 		return err
 	}
-	if a.cols != w.in || o.rows != a.rows || o.cols != w.out {
-		return fmt.Errorf("cpu: matmul %s: x [%d, %d] · W[%d, %d]ᵀ into [%d, %d]", w.name, a.rows, a.cols, w.out, w.in, o.rows, o.cols)
-	}
-	if o == a {
-		return fmt.Errorf("cpu: matmul %s: out and x are the same tensor", w.name)
+	if err := backend.CheckMatMul("cpu", o, a, w, w.name); err != nil {
+		return err
 	}
 	T, K, N := a.rows, a.cols, w.out
 	tiles := (N + tileRows - 1) / tileRows

@@ -99,16 +99,10 @@ func (b *Backend) Attention(out, q, k, v backend.Tensor, pos0, nHeads, nKV, head
 		ts[i] = t
 	}
 	o, qt, kt, vt := ts[0], ts[1], ts[2], ts[3]
+	if err := backend.CheckAttention("cpu", o, qt, kt, vt, pos0, nHeads, nKV, headDim); err != nil {
+		return err
+	}
 	T := qt.rows
-	if nHeads <= 0 || nKV <= 0 || headDim <= 0 || nHeads%nKV != 0 || pos0 < 0 ||
-		qt.cols != nHeads*headDim || kt.cols != nKV*headDim || vt.cols != nKV*headDim ||
-		kt.rows < pos0+T || vt.rows < pos0+T || o.rows != T || o.cols != qt.cols {
-		return fmt.Errorf("cpu: attention: q [%d, %d], k [%d, %d], v [%d, %d], out [%d, %d], position %d, heads %d/%d of %d",
-			qt.rows, qt.cols, kt.rows, kt.cols, vt.rows, vt.cols, o.rows, o.cols, pos0, nHeads, nKV, headDim)
-	}
-	if o == qt {
-		return fmt.Errorf("cpu: attention: out and q are the same tensor")
-	}
 	group := nHeads / nKV
 	scale := float32(1 / math.Sqrt(float64(headDim)))
 	bufs := make([]*[]float32, b.workers)

@@ -78,11 +78,8 @@ func (b *Backend) MatMul(out, x backend.Tensor, bw backend.Weight) error {
 		if err != nil {
 			return err
 		}
-		if a.cols != w.in || o.rows != a.rows || o.cols != w.out {
-			return fmt.Errorf("cuda: matmul %s: x [%d, %d] · W[%d, %d]ᵀ into [%d, %d]", w.name, a.rows, a.cols, w.out, w.in, o.rows, o.cols)
-		}
-		if o == a {
-			return fmt.Errorf("cuda: matmul %s: out and x are the same tensor", w.name)
+		if err := backend.CheckMatMul("cuda", o, a, w, w.name); err != nil {
+			return err
 		}
 		if err := b.matmul(o, a, w); err != nil {
 			return fmt.Errorf("cuda: matmul %s: %w", w.name, err)
@@ -257,16 +254,10 @@ func (b *Backend) Attention(out, q, k, v backend.Tensor, pos0, nHeads, nKV, head
 			ts[i] = t
 		}
 		o, qt, kt, vt := ts[0], ts[1], ts[2], ts[3]
+		if err := backend.CheckAttention("cuda", o, qt, kt, vt, pos0, nHeads, nKV, headDim); err != nil {
+			return err
+		}
 		T := qt.rows
-		if nHeads <= 0 || nKV <= 0 || headDim <= 0 || nHeads%nKV != 0 || pos0 < 0 ||
-			qt.cols != nHeads*headDim || kt.cols != nKV*headDim || vt.cols != nKV*headDim ||
-			kt.rows < pos0+T || vt.rows < pos0+T || o.rows != T || o.cols != qt.cols {
-			return fmt.Errorf("cuda: attention: q [%d, %d], k [%d, %d], v [%d, %d], out [%d, %d], position %d, heads %d/%d of %d",
-				qt.rows, qt.cols, kt.rows, kt.cols, vt.rows, vt.cols, o.rows, o.cols, pos0, nHeads, nKV, headDim)
-		}
-		if o == qt {
-			return fmt.Errorf("cuda: attention: out and q are the same tensor")
-		}
 		if headDim > attMaxHeadDim || T > 65535 {
 			return fmt.Errorf("cuda: attention: head_dim %d (at most %d) with %d query rows (at most 65535) is not supported by this kernel", headDim, attMaxHeadDim, T)
 		}
