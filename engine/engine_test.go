@@ -3,7 +3,6 @@ package engine
 import (
 	"context"
 	"errors"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -81,16 +80,7 @@ func qwenVocabModel(t *testing.T) string {
 		t.Fatal(err)
 	}
 	g, _ := grad.New(cfg)
-	r := rand.New(rand.NewPCG(3, 4))
-	for _, p := range g.Params {
-		for i := range p.W {
-			if p.Rows == 1 {
-				p.W[i] = 1
-			} else {
-				p.W[i] = float32(r.NormFloat64() * 0.1)
-			}
-		}
-	}
+	g.Randomize(3, 4, 0.1)
 	dir := t.TempDir()
 	if err := g.SaveSafetensors(dir, tensor.BF16); err != nil {
 		t.Fatal(err)

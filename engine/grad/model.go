@@ -3,6 +3,7 @@ package grad
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"sync"
 
 	"github.com/qwengo/qwengo/engine/data"
@@ -209,4 +210,22 @@ func (t trainable) Grad(ctx context.Context, b *data.Batch, loss train.Loss) (fl
 }
 func (t trainable) LossOnly(ctx context.Context, b *data.Batch, loss train.Loss) (float64, int, error) {
 	return t.m.LossOnly(ctx, b, loss)
+}
+
+// Randomize sets every matrix to N(0, std²) and every norm to 1, from a PCG seeded with
+// (seed, stream): the starting point of pretraining, and the random models tests build.
+func (m *Model) Randomize(seed, stream uint64, std float64) {
+	r := rand.New(rand.NewPCG(seed, stream))
+	for _, p := range m.Params {
+		for i := range p.W {
+			if p.Rows == 1 {
+				p.W[i] = 1
+			} else {
+				p.W[i] = float32(r.NormFloat64() * std)
+			}
+		}
+	}
+	m.fqMu.Lock()
+	clear(m.fq)
+	m.fqMu.Unlock()
 }

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -37,16 +36,7 @@ func tinyQwen(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := rand.New(rand.NewPCG(1, 2))
-	for _, p := range m.Params {
-		for i := range p.W {
-			if p.Rows == 1 {
-				p.W[i] = 1
-			} else {
-				p.W[i] = float32(r.NormFloat64() * 0.05)
-			}
-		}
-	}
+	m.Randomize(1, 2, 0.05)
 	dir := filepath.Join(t.TempDir(), "model")
 	if err := m.SaveSafetensors(dir, tensor.F32); err != nil {
 		t.Fatal(err)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"testing"
@@ -43,16 +42,7 @@ func tinyModel(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := rand.New(rand.NewPCG(3, 4))
-	for _, p := range m.Params {
-		for i := range p.W {
-			if p.Rows == 1 {
-				p.W[i] = 1
-			} else {
-				p.W[i] = float32(r.NormFloat64() * 0.05)
-			}
-		}
-	}
+	m.Randomize(3, 4, 0.05)
 	dir := filepath.Join(t.TempDir(), "model")
 	if err := m.SaveSafetensors(dir, tensor.F32); err != nil {
 		t.Fatal(err)
