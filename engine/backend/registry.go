@@ -95,3 +95,19 @@ func Open(name string) (Backend, error) {
 	}
 	return b, nil
 }
+
+// Runner is implemented by backends whose calls are handed to one owner goroutine (the CUDA
+// backend): Run executes fn there, and the backend calls fn makes run directly, without a
+// hand-off each. A whole decode step run this way costs the host only its kernel launches.
+// Callers use RunOn, which falls back to calling fn for other backends.
+type Runner interface {
+	Run(fn func() error) error
+}
+
+// RunOn runs fn through b's Runner when it has one, else calls it.
+func RunOn(b Backend, fn func() error) error {
+	if r, ok := b.(Runner); ok {
+		return r.Run(fn)
+	}
+	return fn()
+}

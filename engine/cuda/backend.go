@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"unsafe"
 
 	"github.com/qwengo/qwengo/engine/backend"
@@ -41,6 +42,9 @@ type Backend struct {
 
 	acct accounts
 	spin bool // callers and the owner goroutine poll a while before blocking (GOMAXPROCS > 1)
+	// tid is the OS thread the owner goroutine is locked to: a call made on that thread is
+	// made by the owner itself (inside Run) and runs directly instead of being handed off.
+	tid atomic.Int64
 
 	// Owned by the worker goroutine.
 	dev     device
@@ -99,6 +103,7 @@ func OpenDevice(ordinal int) (*Backend, error) {
 // far more than a launch.
 func (b *Backend) worker(started chan<- error) {
 	runtime.LockOSThread()
+	b.tid.Store(int64(syscall.Gettid()))
 	if err := b.setup(); err != nil {
 		b.teardown()
 		started <- err
@@ -246,6 +251,9 @@ func (b *Backend) do(f func() error) error {
 	if b.closed.Load() {
 		return ErrClosed
 	}
+	if b.onOwner() {
+		return f()
+	}
 	done := make(chan error, 1)
 	job := func() {
 		if b.closed.Load() {
@@ -275,6 +283,15 @@ func (b *Backend) do(f func() error) error {
 	}
 	return <-done
 }
+
+// onOwner reports whether the caller is the owner goroutine: only it runs on the locked thread.
+func (b *Backend) onOwner() bool { return int64(syscall.Gettid()) == b.tid.Load() }
+
+// Run implements backend.Runner: fn runs on the owner goroutine, and every backend call it
+// makes runs there directly — no hand-off per op, so a decode step costs the kernel launches
+// alone on the host. Calls from other goroutines wait until fn returns. A panic in fn becomes
+// an error.
+func (b *Backend) Run(fn func() error) error { return b.do(fn) }
 
 // Name implements backend.Backend: the device, its memory, compute capability and driver.
 func (b *Backend) Name() string { return b.name }

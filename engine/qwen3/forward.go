@@ -169,8 +169,21 @@ func (m *Model) Forward(ctx context.Context, ids []int, cache *KVCache, mode Log
 	return m.ForwardWith(ctx, ids, cache, mode, ForwardOptions{})
 }
 
-// ForwardWith is Forward with hooks.
-func (m *Model) ForwardWith(ctx context.Context, ids []int, cache *KVCache, mode LogitsMode, opt ForwardOptions) (_ *Logits, err error) {
+// ForwardWith is Forward with hooks. The whole call runs through backend.RunOn, so on the GPU
+// the layers' ops go to the device without a goroutine hand-off each.
+func (m *Model) ForwardWith(ctx context.Context, ids []int, cache *KVCache, mode LogitsMode, opt ForwardOptions) (lg *Logits, err error) {
+	if m.B == nil {
+		return nil, fmt.Errorf("forward: the model has no backend")
+	}
+	err = backend.RunOn(m.B, func() error {
+		var ferr error
+		lg, ferr = m.forwardWith(ctx, ids, cache, mode, opt)
+		return ferr
+	})
+	return lg, err
+}
+
+func (m *Model) forwardWith(ctx context.Context, ids []int, cache *KVCache, mode LogitsMode, opt ForwardOptions) (_ *Logits, err error) {
 	c, b := m.Config, m.B
 	T := len(ids)
 	switch {
