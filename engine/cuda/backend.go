@@ -45,6 +45,8 @@ type Backend struct {
 	// tid is the OS thread the owner goroutine is locked to: a call made on that thread is
 	// made by the owner itself (inside Run) and runs directly instead of being handed off.
 	tid atomic.Int64
+	// gemvV2 selects matmul.cu's older NVFP4 GEMV instead of gemv.cu's (QWENGO_CUDA_GEMV=v2).
+	gemvV2 bool
 
 	// Owned by the worker goroutine.
 	dev     device
@@ -87,7 +89,7 @@ func OpenDevice(ordinal int) (*Backend, error) {
 	if err := loadDriver(); err != nil {
 		return nil, err
 	}
-	b := &Backend{work: make(chan func(), 1), quit: make(chan struct{}), ordinal: ordinal, spin: runtime.GOMAXPROCS(0) > 1,
+	b := &Backend{work: make(chan func(), 1), quit: make(chan struct{}), ordinal: ordinal, spin: runtime.GOMAXPROCS(0) > 1, gemvV2: gemvV2FromEnv(),
 		fns: map[string]function{}, live: map[devPtr]liveAlloc{}, rope: map[ropeKey]devBuf{}, pool: map[int64][]devPtr{}}
 	started := make(chan error, 1)
 	go b.worker(started)

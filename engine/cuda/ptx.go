@@ -23,7 +23,11 @@ var gemvKernels = []string{
 	"gemv_f32_t1", "gemv_f32_t2", "gemv_f32_t3", "gemv_f32_t4",
 }
 
+// gemvStreamKernels are the streaming NVFP4 GEMV kernels for 1..4 token rows (gemv.cu).
+var gemvStreamKernels = []string{"gemv_nvfp4s_t1", "gemv_nvfp4s_t2", "gemv_nvfp4s_t3", "gemv_nvfp4s_t4"}
+
 var ptxModules = []ptxModule{
+	{"kernels/gemv.ptx", gemvStreamKernels},
 	{"kernels/elementwise.ptx", []string{"embedding_f32", "embedding_bf16", "embedding_nvfp4", "swiglu_f32", "add_f32"}},
 	{"kernels/norm.ptx", []string{"rmsnorm_f32", "rope_f32"}},
 	{"kernels/attention.ptx", []string{"attention_f32", "attention_split_f32", "attention_combine_f32"}},

@@ -1,0 +1,137 @@
+// Streaming NVFP4 GEMV for decode: out[t, n] = Σ_k x[t, k] · W[n, k] for T ≤ 4 token rows.
+//
+// Why a second GEMV: the first one (matmul.cu, gemv_nvfp4_t*) issues its weight loads from
+// registers and reaches only ~15 % of HBM bandwidth; Nsight showed it latency-bound (too few
+// bytes in flight; see NOTES.md). Here every lane copies its next 16-byte chunk of each of the
+// warp's 4 weight rows (and lanes 0-3 the rows' block scales) into a shared-memory ring with
+// cp.async before it computes on the current chunk, so the loads of the next step are always in
+// flight while the current one is decoded: 2 KB per warp and stage, ~100 KB per SM.
+//
+// Geometry (as matmul.cu's GEMV, so the same block reduction is used): 8 warps per block; warp
+// w owns row group w / ksplit (4 rows) and K slice w % ksplit; a slice is a whole number of
+// 8-chunk units (chunk = 32 elements = 16 packed bytes = 2 scale bytes) so the 16-byte copies of
+// the scales stay aligned. Needs K % 256 == 0 (checked on the host).
+#include "common.cuh"
+
+#define GS_ROWS 4
+#define GS_WARPS 8
+#define GS_STAGES 2
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int src_bytes) {
+    unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+struct gs_stage {
+    uint4 w[GS_ROWS][32];        // one 16-byte chunk per row and lane
+    uint32_t sc[GS_ROWS][16];    // the 64 scale bytes of the step's 32 chunks, per row
+};
+
+template <int T>
+__device__ __forceinline__ void gemv_nvfp4_stream(float* __restrict__ out, const float* __restrict__ x,
+                                                  const uint8_t* __restrict__ packed, const uint8_t* __restrict__ scales,
+                                                  float g16k, int N, int K, int ksplit, int slice) {
+    __shared__ __align__(16) gs_stage ring[GS_WARPS][GS_STAGES];
+    __shared__ float red[GS_WARPS * GS_ROWS * T];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int groups = GS_WARPS / ksplit;
+    const int row0 = (blockIdx.x * groups + warp / ksplit) * GS_ROWS, kp = warp % ksplit;
+    const int chunks = K / 32, nb = K / 16;
+    const int c0 = kp * slice, c1 = min(chunks, c0 + slice);
+    const int steps = c1 > c0 ? (c1 - c0 + 31) / 32 : 0;
+    float acc[GS_ROWS][T];
+#pragma unroll
+    for (int r = 0; r < GS_ROWS; r++)
+#pragma unroll
+        for (int t = 0; t < T; t++) acc[r][t] = 0.f;
+
+    // issue copies step s of this warp's slice into ring stage s % GS_STAGES.
+    auto issue = [&](int s) {
+        gs_stage& st = ring[warp][s % GS_STAGES];
+        const int cs = c0 + s * 32, valid = min(32, c1 - cs);
+#pragma unroll
+        for (int r = 0; r < GS_ROWS; r++) {
+            const int n = row0 + r;
+            const bool ok = n < N && lane < valid;
+            const uint8_t* src = packed + (size_t)(ok ? n : 0) * (K / 2) + (size_t)(ok ? cs + lane : 0) * 16;
+            cp_async16(&st.w[r][lane], src, ok ? 16 : 0);
+            if (lane < 4) {
+                const int bytes = n < N ? max(0, min(16, 2 * valid - 16 * lane)) : 0;
+                const uint8_t* ssrc = scales + (size_t)(n < N ? n : 0) * nb + (size_t)2 * cs + (bytes ? 16 * lane : 0);
+                cp_async16(&st.sc[r][4 * lane], ssrc, bytes);
+            }
+        }
+    };
+
+    if (row0 < N && steps > 0) {
+#pragma unroll
+        for (int s = 0; s < GS_STAGES - 1; s++) {
+            if (s < steps) issue(s);
+            cp_async_commit();
+        }
+        for (int s = 0; s < steps; s++) {
+            if (s + GS_STAGES - 1 < steps) issue(s + GS_STAGES - 1);
+            cp_async_commit();
+            cp_async_wait<GS_STAGES - 1>();
+            __syncwarp();
+            const gs_stage& st = ring[warp][s % GS_STAGES];
+            const int c = c0 + s * 32 + lane;
+            if (c < c1) {
+                float4 xv[T][8];
+#pragma unroll
+                for (int t = 0; t < T; t++)
+#pragma unroll
+                    for (int q = 0; q < 8; q++) xv[t][q] = __ldg(reinterpret_cast<const float4*>(x + (size_t)t * K) + c * 8 + q);
+#pragma unroll
+                for (int r = 0; r < GS_ROWS; r++) {
+                    const uint4 p = st.w[r][lane];
+                    const uint32_t sw = st.sc[r][lane >> 1] >> (16 * (lane & 1));
+                    const float f0 = e4m3_to_f32(sw & 0xffu) * g16k, f1 = e4m3_to_f32((sw >> 8) & 0xffu) * g16k;
+#pragma unroll
+                    for (int t = 0; t < T; t++) {
+                        float s0 = dot8(p.x, xv[t][0], xv[t][1]) + dot8(p.y, xv[t][2], xv[t][3]);
+                        float s1 = dot8(p.z, xv[t][4], xv[t][5]) + dot8(p.w, xv[t][6], xv[t][7]);
+                        acc[r][t] = fmaf(s1, f1, fmaf(s0, f0, acc[r][t]));
+                    }
+                }
+            }
+            __syncwarp(); // every lane is done with this stage before it is refilled
+        }
+        cp_async_wait<0>();
+    }
+
+    // Block reduction in a fixed order (deterministic): warp sums, then the ksplit slices.
+#pragma unroll
+    for (int r = 0; r < GS_ROWS; r++)
+#pragma unroll
+        for (int t = 0; t < T; t++) {
+            float s = warp_sum(acc[r][t]);
+            if (lane == 0) red[(warp * GS_ROWS + r) * T + t] = s;
+        }
+    __syncthreads();
+    for (int i = threadIdx.x; i < groups * GS_ROWS * T; i += blockDim.x) {
+        int g = i / (GS_ROWS * T), rem = i % (GS_ROWS * T), r = rem / T, t = rem % T;
+        float s = 0.f;
+        for (int q = 0; q < ksplit; q++) s += red[((g * ksplit + q) * GS_ROWS + r) * T + t];
+        int n = (blockIdx.x * groups + g) * GS_ROWS + r;
+        if (n < N) out[(size_t)t * N + n] = s;
+    }
+}
+
+// Entry points: 256 threads, ceil(N / (4 · 8/ksplit)) blocks, ksplit one of 1, 2, 4, 8, slice the
+// chunks (of 32 elements) per K slice, a multiple of 8.
+#define GS_ENTRY(T)                                                                                        \
+    extern "C" __global__ void __launch_bounds__(256) gemv_nvfp4s_t##T(float* out, const float* x,       \
+                                                                       const uint8_t* packed,             \
+                                                                       const uint8_t* scales, float g16k, \
+                                                                       int N, int K, int ksplit,          \
+                                                                       int slice) {                       \
+        gemv_nvfp4_stream<T>(out, x, packed, scales, g16k, N, K, ksplit, slice);                          \
+    }
+GS_ENTRY(1)
+GS_ENTRY(2)
+GS_ENTRY(3)
+GS_ENTRY(4)
