@@ -61,6 +61,7 @@ type Backend struct {
 	pool      map[int64][]devPtr
 	poolBytes int64
 	rope      map[ropeKey]devBuf // inverse frequencies per (head_dim, theta), Workspace
+	gemm      gemmState          // cuBLASLt handle, plans and bf16 scratch (gemm.go)
 }
 
 type liveAlloc struct {
@@ -209,6 +210,7 @@ func (b *Backend) setup() error {
 // teardown frees everything the backend holds and releases the context (worker goroutine).
 func (b *Backend) teardown() error {
 	var errs []error
+	b.gemm.release()
 	for p, a := range b.live {
 		if err := memFree(p); err != nil {
 			errs = append(errs, err)

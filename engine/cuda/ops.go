@@ -131,6 +131,9 @@ func (b *Backend) matmul(o, a *Tensor, w *Weight) error {
 		}
 		return launch(fn, g, bl, 0, ptrArg(o.ptr), ptrArg(a.ptr), ptrArg(w.ptr), intArg(N), intArg(K), intArg(ksplit))
 	}
+	if ok, err := b.gemmMatMul(o, a, w); ok {
+		return err // cuBLASLt (gemm.go): T ≥ 16 rows, dimensions multiples of 8
+	}
 	if (T+63)/64 > 65535 {
 		return fmt.Errorf("%d token rows exceed the tiled kernel's grid (%d)", T, 65535*64)
 	}

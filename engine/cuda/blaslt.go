@@ -1,0 +1,314 @@
+//go:build cuda
+
+package cuda
+
+// cuBLASLt through dlopen, like the driver (driver.go): libcublasLt.so.13, .12 or .11 is opened
+// at run time, so a binary built with the cuda tag needs no cuBLAS at build time and still runs
+// (MatMul on the SIMT kernels) where the library is missing. The few types and enum values used
+// are declared here with their cublasLt.h / cublas_api.h / library_types.h values, which are
+// part of the ABI and unchanged from CUDA 11 to 13; the handles are opaque pointers and the
+// descriptors are created by the library, so their sizes do not matter. Only
+// cublasLtMatmulAlgo_t (8 × uint64) and cublasLtMatmulHeuristicResult_t are laid out here.
+
+/*
+#cgo LDFLAGS: -ldl
+#include <dlfcn.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef int qglt_status;          // cublasStatus_t
+typedef void* qglt_handle;        // cublasLtHandle_t
+typedef void* qglt_desc;          // cublasLtMatmulDesc_t
+typedef void* qglt_layout;        // cublasLtMatrixLayout_t
+typedef void* qglt_pref;          // cublasLtMatmulPreference_t
+typedef struct { uint64_t data[8]; } qglt_algo; // cublasLtMatmulAlgo_t
+typedef struct {                  // cublasLtMatmulHeuristicResult_t
+	qglt_algo algo;
+	size_t workspaceSize;
+	qglt_status state;
+	float wavesCount;
+	int reserved[4];
+} qglt_heuristic;
+
+enum {
+	QGLT_SUCCESS = 0,              // CUBLAS_STATUS_SUCCESS
+	QGLT_NOT_SUPPORTED = 15,       // CUBLAS_STATUS_NOT_SUPPORTED
+	QGLT_COMPUTE_32F = 68,         // CUBLAS_COMPUTE_32F
+	QGLT_R_32F = 0,                // CUDA_R_32F
+	QGLT_R_16BF = 14,              // CUDA_R_16BF
+	QGLT_OP_N = 0,                 // CUBLAS_OP_N
+	QGLT_OP_T = 1,                 // CUBLAS_OP_T
+	QGLT_DESC_TRANSA = 3,          // CUBLASLT_MATMUL_DESC_TRANSA (int32_t)
+	QGLT_DESC_TRANSB = 4,          // CUBLASLT_MATMUL_DESC_TRANSB (int32_t)
+	QGLT_PREF_MAX_WORKSPACE = 1,   // CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES (uint64_t)
+	QGLT_PREF_ALIGN_A = 5,         // CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES (uint32_t); B 6, C 7, D 8
+};
+
+static qglt_status (*p_create)(qglt_handle*);
+static qglt_status (*p_destroy)(qglt_handle);
+static size_t (*p_version)(void);
+static const char* (*p_status_name)(qglt_status);
+static const char* (*p_status_string)(qglt_status);
+static qglt_status (*p_desc_create)(qglt_desc*, int, int);
+static qglt_status (*p_desc_set)(qglt_desc, int, const void*, size_t);
+static qglt_status (*p_desc_destroy)(qglt_desc);
+static qglt_status (*p_layout_create)(qglt_layout*, int, uint64_t, uint64_t, int64_t);
+static qglt_status (*p_layout_destroy)(qglt_layout);
+static qglt_status (*p_pref_create)(qglt_pref*);
+static qglt_status (*p_pref_set)(qglt_pref, int, const void*, size_t);
+static qglt_status (*p_pref_destroy)(qglt_pref);
+static qglt_status (*p_heuristic)(qglt_handle, qglt_desc, qglt_layout, qglt_layout, qglt_layout, qglt_layout,
+                                  qglt_pref, int, qglt_heuristic*, int*);
+static qglt_status (*p_matmul)(qglt_handle, qglt_desc, const void*, const void*, qglt_layout, const void*, qglt_layout,
+                               const void*, const void*, qglt_layout, void*, qglt_layout, const qglt_algo*, void*, size_t,
+                               void*);
+
+static char qglt_err[1024];
+static char qglt_path[512];
+
+// qglt_load opens cuBLASLt (13, 12, 11; by name through the loader's path, then in the usual
+// CUDA install directories) and resolves the symbols; it returns NULL or a message.
+static const char* qglt_load(void) {
+	const char* names[] = {"libcublasLt.so.13", "libcublasLt.so.12", "libcublasLt.so.11"};
+	const char* dirs[] = {"", "/usr/local/cuda/lib64/", "/usr/local/cuda/targets/x86_64-linux/lib/",
+	                      "/usr/local/cuda/targets/sbsa-linux/lib/"};
+	void* lib = NULL;
+	char tried[768] = "";
+	for (int d = 0; d < 4 && lib == NULL; d++)
+		for (int i = 0; i < 3 && lib == NULL; i++) {
+			snprintf(qglt_path, sizeof qglt_path, "%s%s", dirs[d], names[i]);
+			lib = dlopen(qglt_path, RTLD_NOW | RTLD_LOCAL);
+			if (lib == NULL && d == 0) {
+				const char* e = dlerror();
+				if (i == 0 && e != NULL) snprintf(tried, sizeof tried, "%s", e);
+			}
+		}
+	if (lib == NULL) {
+		snprintf(qglt_err, sizeof qglt_err,
+		         "cannot load libcublasLt.so.13/.12/.11 (from LD_LIBRARY_PATH or /usr/local/cuda/lib64): %s",
+		         tried[0] ? tried : "not found");
+		return qglt_err;
+	}
+#define QGLT_SYM(var, name) \
+	*(void**)(&var) = dlsym(lib, name); \
+	if (var == NULL) { snprintf(qglt_err, sizeof qglt_err, "%s lacks %s", qglt_path, name); return qglt_err; }
+	QGLT_SYM(p_create, "cublasLtCreate")
+	QGLT_SYM(p_destroy, "cublasLtDestroy")
+	QGLT_SYM(p_version, "cublasLtGetVersion")
+	QGLT_SYM(p_desc_create, "cublasLtMatmulDescCreate")
+	QGLT_SYM(p_desc_set, "cublasLtMatmulDescSetAttribute")
+	QGLT_SYM(p_desc_destroy, "cublasLtMatmulDescDestroy")
+	QGLT_SYM(p_layout_create, "cublasLtMatrixLayoutCreate")
+	QGLT_SYM(p_layout_destroy, "cublasLtMatrixLayoutDestroy")
+	QGLT_SYM(p_pref_create, "cublasLtMatmulPreferenceCreate")
+	QGLT_SYM(p_pref_set, "cublasLtMatmulPreferenceSetAttribute")
+	QGLT_SYM(p_pref_destroy, "cublasLtMatmulPreferenceDestroy")
+	QGLT_SYM(p_heuristic, "cublasLtMatmulAlgoGetHeuristic")
+	QGLT_SYM(p_matmul, "cublasLtMatmul")
+	// Optional: error names (cuBLASLt ≥ 11.4).
+	*(void**)(&p_status_name) = dlsym(lib, "cublasLtGetStatusName");
+	*(void**)(&p_status_string) = dlsym(lib, "cublasLtGetStatusString");
+	return NULL;
+}
+
+static const char* qglt_libpath(void) { return qglt_path; }
+static size_t qglt_version(void) { return p_version(); }
+static const char* qglt_status_name(qglt_status s) { return p_status_name ? p_status_name(s) : NULL; }
+static const char* qglt_status_string(qglt_status s) { return p_status_string ? p_status_string(s) : NULL; }
+static qglt_status qglt_create(qglt_handle* h) { return p_create(h); }
+static qglt_status qglt_destroy(qglt_handle h) { return p_destroy(h); }
+
+// qglt_plan is one product's descriptors and the algorithm the heuristic chose for them.
+typedef struct {
+	qglt_desc desc;
+	qglt_layout a, b, c;
+	qglt_algo algo;
+} qglt_plan;
+
+static void qglt_plan_free(qglt_plan* p) {
+	if (p == NULL) return;
+	if (p->a) p_layout_destroy(p->a);
+	if (p->b) p_layout_destroy(p->b);
+	if (p->c) p_layout_destroy(p->c);
+	if (p->desc) p_desc_destroy(p->desc);
+	free(p);
+}
+
+// qglt_plan_new describes D[m, n] (fp32, column-major, leading dimension ldc; C = D) =
+// alpha · op(A) · op(B) + beta · C with bf16 A (stored k×m when transa, else m×k; leading
+// dimension lda) and bf16 B (stored n×k when transb, else k×n; ldb), fp32 compute and scale,
+// asks the heuristic for the best algorithm within ws bytes of workspace and returns the plan
+// in *out. align[0..2] are the alignments in bytes (powers of two, at most 256) that the
+// pointers of A, B and C = D will have: algorithms that need more are excluded. *stage names the call that failed; a status of QGLT_NOT_SUPPORTED with *stage
+// "heuristic" means no algorithm fits.
+static qglt_status qglt_plan_new(qglt_handle h, int transa, int transb, uint64_t m, uint64_t n, uint64_t k,
+                                 int64_t lda, int64_t ldb, int64_t ldc, uint64_t ws, const uint32_t* align,
+                                 qglt_plan** out, const char** stage) {
+	qglt_status s;
+	qglt_pref pref = NULL;
+	qglt_plan* p = (qglt_plan*)calloc(1, sizeof *p);
+	*out = NULL;
+	if (p == NULL) { *stage = "calloc"; return 3; }
+	int32_t ta = transa ? QGLT_OP_T : QGLT_OP_N, tb = transb ? QGLT_OP_T : QGLT_OP_N;
+#define QGLT_TRY(call, name) if ((s = (call)) != QGLT_SUCCESS) { *stage = name; goto fail; }
+	QGLT_TRY(p_desc_create(&p->desc, QGLT_COMPUTE_32F, QGLT_R_32F), "cublasLtMatmulDescCreate")
+	QGLT_TRY(p_desc_set(p->desc, QGLT_DESC_TRANSA, &ta, sizeof ta), "cublasLtMatmulDescSetAttribute(TRANSA)")
+	QGLT_TRY(p_desc_set(p->desc, QGLT_DESC_TRANSB, &tb, sizeof tb), "cublasLtMatmulDescSetAttribute(TRANSB)")
+	QGLT_TRY(p_layout_create(&p->a, QGLT_R_16BF, transa ? k : m, transa ? m : k, lda), "cublasLtMatrixLayoutCreate(A)")
+	QGLT_TRY(p_layout_create(&p->b, QGLT_R_16BF, transb ? n : k, transb ? k : n, ldb), "cublasLtMatrixLayoutCreate(B)")
+	QGLT_TRY(p_layout_create(&p->c, QGLT_R_32F, m, n, ldc), "cublasLtMatrixLayoutCreate(C)")
+	QGLT_TRY(p_pref_create(&pref), "cublasLtMatmulPreferenceCreate")
+	QGLT_TRY(p_pref_set(pref, QGLT_PREF_MAX_WORKSPACE, &ws, sizeof ws), "cublasLtMatmulPreferenceSetAttribute(MAX_WORKSPACE_BYTES)")
+	for (int i = 0; i < 4; i++) {
+		uint32_t al = align[i < 3 ? i : 2];
+		QGLT_TRY(p_pref_set(pref, QGLT_PREF_ALIGN_A + i, &al, sizeof al), "cublasLtMatmulPreferenceSetAttribute(MIN_ALIGNMENT)")
+	}
+	qglt_heuristic res;
+	int found = 0;
+	memset(&res, 0, sizeof res);
+	QGLT_TRY(p_heuristic(h, p->desc, p->a, p->b, p->c, p->c, pref, 1, &res, &found), "cublasLtMatmulAlgoGetHeuristic")
+	if (found < 1 || res.state != QGLT_SUCCESS) { s = QGLT_NOT_SUPPORTED; *stage = "heuristic"; goto fail; }
+	p->algo = res.algo;
+	p_pref_destroy(pref);
+	*out = p;
+	return QGLT_SUCCESS;
+fail:
+	if (pref) p_pref_destroy(pref);
+	qglt_plan_free(p);
+	return s;
+}
+
+// qglt_run runs a plan on the default (NULL) stream, the stream the backend's kernels use.
+static qglt_status qglt_run(qglt_handle h, qglt_plan* p, float alpha, float beta, uintptr_t a, uintptr_t b, uintptr_t d,
+                            uintptr_t ws, size_t wsBytes) {
+	return p_matmul(h, p->desc, &alpha, (const void*)a, p->a, (const void*)b, p->b, &beta, (const void*)d, p->c,
+	                (void*)d, p->c, &p->algo, (void*)ws, wsBytes, NULL);
+}
+*/
+import "C"
+
+import (
+	"fmt"
+	"sync"
+)
+
+// ltError is a failed cuBLASLt call: the call and its cublasStatus_t.
+type ltError struct {
+	op     string
+	status int
+}
+
+func (e *ltError) Error() string {
+	name, desc := "", ""
+	if s := C.qglt_status_name(C.qglt_status(e.status)); s != nil {
+		name = C.GoString(s)
+	}
+	if s := C.qglt_status_string(C.qglt_status(e.status)); s != nil {
+		desc = C.GoString(s)
+	}
+	switch {
+	case name != "" && desc != "":
+		return fmt.Sprintf("%s: %s (%s)", e.op, name, desc)
+	case name != "":
+		return fmt.Sprintf("%s: %s", e.op, name)
+	}
+	return fmt.Sprintf("%s: cuBLAS status %d", e.op, e.status)
+}
+
+// notSupported reports whether no algorithm fits the product (the heuristic found none).
+func (e *ltError) notSupported() bool { return e.status == int(C.QGLT_NOT_SUPPORTED) }
+
+var cublasLt struct {
+	once    sync.Once
+	err     error
+	path    string
+	version int
+}
+
+// loadCublasLt opens cuBLASLt once per process; the error says what is missing.
+func loadCublasLt() error {
+	cublasLt.once.Do(func() {
+		if msg := C.qglt_load(); msg != nil {
+			cublasLt.err = fmt.Errorf("cuda: %s", C.GoString(msg))
+			return
+		}
+		cublasLt.path = C.GoString(C.qglt_libpath())
+		cublasLt.version = int(C.qglt_version())
+	})
+	return cublasLt.err
+}
+
+// ltHandle is a cuBLASLt handle (one per backend, used on its owner goroutine).
+type ltHandle struct{ h C.qglt_handle }
+
+func newLtHandle() (ltHandle, error) {
+	var h C.qglt_handle
+	if s := C.qglt_create(&h); s != C.QGLT_SUCCESS {
+		return ltHandle{}, &ltError{"cublasLtCreate", int(s)}
+	}
+	return ltHandle{h}, nil
+}
+
+func (h ltHandle) destroy() {
+	if h.h != nil {
+		C.qglt_destroy(h.h)
+	}
+}
+
+// ltPlan is a described product with its chosen algorithm (C memory, freed by free).
+type ltPlan struct{ p *C.qglt_plan }
+
+// ltShape is a product in cuBLAS's column-major terms: D[m, n] = alpha·op(A)·op(B) + beta·D,
+// A and B bf16, D fp32; op(A) is m×k (A stored k×m when transA), op(B) k×n (B stored n×k
+// when transB); lda, ldb, ldd are leading dimensions (elements between columns).
+type ltShape struct {
+	transA, transB bool
+	m, n, k        int
+	lda, ldb, ldd  int
+	// alignA, alignB, alignD: the alignment in bytes of the pointers the plan will be run with
+	// (a power of two, at most 256; see ptrAlign).
+	alignA, alignB, alignD int
+}
+
+func (s ltShape) String() string {
+	op := func(t bool) string {
+		if t {
+			return "T"
+		}
+		return "N"
+	}
+	return fmt.Sprintf("%s%s m=%d n=%d k=%d lda=%d ldb=%d ldd=%d align %d/%d/%d", op(s.transA), op(s.transB), s.m, s.n, s.k,
+		s.lda, s.ldb, s.ldd, s.alignA, s.alignB, s.alignD)
+}
+
+// newLtPlan describes s and picks an algorithm that needs at most wsBytes of workspace.
+func newLtPlan(h ltHandle, s ltShape, wsBytes int64) (ltPlan, error) {
+	b2i := func(b bool) C.int {
+		if b {
+			return 1
+		}
+		return 0
+	}
+	var p *C.qglt_plan
+	var stage *C.char
+	align := [3]C.uint32_t{C.uint32_t(s.alignA), C.uint32_t(s.alignB), C.uint32_t(s.alignD)}
+	st := C.qglt_plan_new(h.h, b2i(s.transA), b2i(s.transB), C.uint64_t(s.m), C.uint64_t(s.n), C.uint64_t(s.k),
+		C.int64_t(s.lda), C.int64_t(s.ldb), C.int64_t(s.ldd), C.uint64_t(wsBytes), &align[0], &p, &stage)
+	if st != C.QGLT_SUCCESS {
+		return ltPlan{}, &ltError{C.GoString(stage) + " for " + s.String(), int(st)}
+	}
+	return ltPlan{p}, nil
+}
+
+func (p ltPlan) free() { C.qglt_plan_free(p.p) }
+
+// run launches D = alpha·op(A)·op(B) + beta·D on the default stream (owner goroutine).
+func (p ltPlan) run(h ltHandle, alpha, beta float32, a, b, d devPtr, ws devPtr, wsBytes int64) error {
+	if s := C.qglt_run(h.h, p.p, C.float(alpha), C.float(beta), C.uintptr_t(a), C.uintptr_t(b), C.uintptr_t(d),
+		C.uintptr_t(ws), C.size_t(wsBytes)); s != C.QGLT_SUCCESS {
+		return &ltError{"cublasLtMatmul", int(s)}
+	}
+	return nil
+}
