@@ -7,7 +7,7 @@ CACHE   ?= $(CURDIR)/.cache
 FUZZTIME ?= 20000x
 export QWENGO_CACHE := $(CACHE)
 
-.PHONY: help build tokenizer install uninstall generate test test-go test-kernel fuzz vet cuda-vet cuda-ptx cuda-bins quickstart
+.PHONY: help build tokenizer install uninstall generate test test-go test-kernel test-browser fuzz vet cuda-vet cuda-ptx cuda-bins quickstart
 
 help:
 	@echo "make quickstart   install everything (modules, tokenizer, binaries, kernelspec), then open the console"
@@ -51,7 +51,13 @@ fuzz:
 	    echo "fuzz $$d $$t"; $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$d; \
 	  done; done
 
-test: vet tokenizer test-go test-kernel fuzz
+# The browser test: Jupyter Notebook + headless Chromium, kernel picked from the menu, all
+# cells run (kernel/kerneltest/browser/run.sh; artifacts in .cache/browser-artifacts).
+test-browser:
+	bash kernel/kerneltest/browser/run.sh kernel/kerneltest/browser/testdata/smoke.ipynb \
+	  --expect "hello from qwengo" --expect "loaded 2 layers" --expect "generated 6 ids" --expect kv_cache --expect 42
+
+test: vet tokenizer test-go test-kernel test-browser fuzz
 
 quickstart: tokenizer install
 	$(BIN)/qwenrepl
