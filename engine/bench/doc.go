@@ -1,0 +1,35 @@
+// Package bench is the side-by-side benchmark of issues 6 and 7: the same figures measured on
+// the qwengo engine (this package) and on PyTorch + transformers (peer.py, beside this file),
+// in one run on the GPU machine (run.sh), combined into one markdown table of our figure, the
+// peer's figure, the ratio and the fraction of a roofline.
+//
+// # Workloads
+//
+// A random model with Qwen3-4B shapes (hidden 2560, intermediate 9728, 36 layers, 32/8 heads
+// of 128, vocabulary 151,936, tied embeddings; Options.Layers takes fewer layers) is built on
+// the backend the caller passes (engine.Backend() in `qwenrepl bench`): NVFP4 linears and a bf16
+// embedding that doubles as the lm_head, through qwen3.Load from a generator that fills each
+// tensor on all cores (qwen3.NewRandom's generator is serial: about 17 ns per parameter,
+// a minute for 4B parameters). Then, in this order:
+//
+//   - prefill S = 512, 2048, 8192: one forward of S tokens into an empty KV cache up to the
+//     last row's logits on the host (time to first token), tokens/s;
+//   - decode, batch 1, at context 512 and 8192: the cache filled by that prefill (or by an
+//     untimed one), then N one-token forwards through the cache with host logits and a greedy
+//     pick, tokens/s; batch 8 at context 1024 is reported "n/a" until the engine can batch;
+//   - a full-parameter training step at S = 192 and 2048, batch 1 and 8, through
+//     engine/devtrain (bf16 masters, int8 AdamW states, recompute): tokens/s, peak memory,
+//     optimizer time and optimizer bytes per parameter.
+//
+// Every timing is wall-clock on the host around a call that ends with a download (a sync):
+// one warm-up, then the median of several repetitions within a per-figure time budget (a
+// single run longer than LongRun is its own only sample, and says so). Peak memory is the
+// backend's MemStats.Peak after a ResetPeak before the figure.
+//
+// # Reports
+//
+// Report is the JSON document both sides write (peer.py writes the same schema). Rooflines
+// are computed here from the model's shapes and layer count and the H200 anchors of
+// shared/reference/anchors.md (4.3 TB/s HBM, 790 TFLOP/s bf16 matmul); Roofline documents
+// each. Markdown combines our report with the peer's.
+package bench
