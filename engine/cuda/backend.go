@@ -62,6 +62,7 @@ type Backend struct {
 	poolBytes int64
 	rope      map[ropeKey]devBuf // inverse frequencies per (head_dim, theta), Workspace
 	gemm      gemmState          // cuBLASLt handle, plans and bf16 scratch (gemm.go)
+	tr        trainBufs          // scratch of the training ops (training.go)
 }
 
 type liveAlloc struct {
@@ -220,6 +221,7 @@ func (b *Backend) teardown() error {
 	clear(b.live)
 	b.dropPool()
 	b.idsBuf, b.attnBuf = devBuf{}, devBuf{}
+	b.tr = trainBufs{}
 	clear(b.rope)
 	for _, m := range b.mods {
 		if err := unloadModule(m); err != nil {
@@ -555,6 +557,7 @@ type Tensor struct {
 	ptr        devPtr // 0 after Free
 	cat        backend.Category
 	owner      *Backend
+	view       bool // shares another allocation (RowView, WeightTensor): Free does nothing
 }
 
 // Rows implements backend.Tensor.
@@ -608,7 +611,7 @@ func (b *Backend) Alloc(cat backend.Category, rows, cols int) (backend.Tensor, e
 // Free implements backend.Backend.
 func (b *Backend) Free(x backend.Tensor) {
 	t, ok := x.(*Tensor)
-	if !ok || t == nil || t.owner != b {
+	if !ok || t == nil || t.owner != b || t.view {
 		return
 	}
 	b.do(func() error {

@@ -26,7 +26,16 @@ var gemvKernels = []string{
 // gemvStreamKernels are the streaming NVFP4 GEMV kernels for 1..4 token rows (gemv.cu).
 var gemvStreamKernels = []string{"gemv_nvfp4s_t1", "gemv_nvfp4s_t2", "gemv_nvfp4s_t3", "gemv_nvfp4s_t4"}
 
+// trainKernels are the training ops' kernels (train.cu, launched from training.go).
+var trainKernels = []string{
+	"scale_f32", "sumsq_part_f32", "mm_bwd_dx_f32", "mm_bwd_dx_bf16", "mm_bwd_dx_nvfp4", "mm_bwd_dw_f32",
+	"rmsnorm_bwd_dx", "rmsnorm_rstd", "rmsnorm_bwd_dw_part", "sum_parts_add", "rope_bwd_f32", "swiglu_bwd_f32",
+	"embedding_bwd_f32", "attn_bwd_dq", "attn_bwd_dkv", "cross_entropy_f32",
+	"adamw_f32_fp32", "adamw_bf16_fp32", "adamw_f32_int8", "adamw_bf16_int8",
+}
+
 var ptxModules = []ptxModule{
+	{"kernels/train.ptx", trainKernels},
 	{"kernels/gemv.ptx", gemvStreamKernels},
 	{"kernels/elementwise.ptx", []string{"embedding_f32", "embedding_bf16", "embedding_nvfp4", "swiglu_f32", "add_f32"}},
 	{"kernels/norm.ptx", []string{"rmsnorm_f32", "rope_f32"}},

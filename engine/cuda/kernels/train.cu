@@ -1,0 +1,656 @@
+// Training kernels: the backward twins of the forward ops, cross-entropy over logit rows, AdamW
+// on resident weights with fp32 or blockwise int8 moments, and the small ops (scale, sum of
+// squares). Every kernel is deterministic: each output element is produced by one thread in a
+// fixed order, and reductions across blocks go through per-block partial results that a second
+// kernel (or the host) sums in a fixed order — no floating-point atomics.
+//
+// Numerics follow engine/cpu and engine/optim where they are element-wise: products and sums are
+// rounded separately (__fmul_rn/__fadd_rn, no contraction into fused multiply-adds), exp in
+// double where the CPU uses math.Exp, RoPE angles in float32 with sin/cos in double. Products
+// that accumulate (matmul, attention) use fmaf in float32.
+#include "common.cuh"
+
+#define GRID_STRIDE(i, n) \
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (size_t)gridDim.x * blockDim.x)
+
+// ---------------------------------------------------------------------------------------------
+// Small ops.
+
+// scale_f32: x *= s.
+extern "C" __global__ void scale_f32(float* x, float s, size_t n) {
+    GRID_STRIDE(i, n) { x[i] = __fmul_rn(x[i], s); }
+}
+
+// sumsq_part_f32: part[block] = Σ x² (in double) over the block's grid-stride share of x. The
+// grid size is a function of n only, so the sum of the partials (on the host, in block order)
+// is the same on every run.
+extern "C" __global__ void sumsq_part_f32(double* part, const float* x, size_t n) {
+    __shared__ double red[32];
+    double s = 0.0;
+    GRID_STRIDE(i, n) {
+        double v = (double)x[i];
+        s = fma(v, v, s);
+    }
+    s = block_sum_d(s, red);
+    if (threadIdx.x == 0) part[blockIdx.x] = s;
+}
+
+// ---------------------------------------------------------------------------------------------
+// MatMul backward. The forward is out[T, N] = x[T, K] · W[N, K]ᵀ.
+
+#define TM 64
+#define TN 64
+#define TK 32
+#define TPAD 4
+
+enum { KIND_F32 = 0, KIND_BF16 = 1, KIND_NVFP4 = 2 };
+
+// mm_tile_product accumulates acc += As[kk][ty*4+i] * Bs[kk][tx*4+j] over the 32 steps of a tile.
+__device__ __forceinline__ void mm_tile_product(const float (&As)[TK][TM + TPAD], const float (&Bs)[TK][TN + TPAD],
+                                                float (&acc)[4][4], int tx, int ty) {
+#pragma unroll 8
+    for (int kk = 0; kk < TK; kk++) {
+        float4 a = *reinterpret_cast<const float4*>(&As[kk][ty * 4]);
+        float4 b = *reinterpret_cast<const float4*>(&Bs[kk][tx * 4]);
+        float av[4] = {a.x, a.y, a.z, a.w}, bv[4] = {b.x, b.y, b.z, b.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+#pragma unroll
+            for (int j = 0; j < 4; j++) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+    }
+}
+
+// mm_bwd_dx: dx[T, K] = dout[T, N] · W[N, K] (added to dx when accumulate != 0). Grid
+// (ceil(K/64), ceil(T/64)), 256 threads; 64x64 output tiles, 32 rows of W per step, W decoded to
+// float32 on the way into shared memory exactly as matmul.cu's tiled kernel decodes it.
+template <int KIND>
+__device__ __forceinline__ void mm_bwd_dx(float* __restrict__ dx, const float* __restrict__ dout,
+                                          const void* __restrict__ w, const uint8_t* __restrict__ scales, float g,
+                                          int T, int N, int K, int accumulate) {
+    __shared__ __align__(16) float As[TK][TM + TPAD];  // As[n][t] = dout[t][n]
+    __shared__ __align__(16) float Bs[TK][TN + TPAD];  // Bs[n][k] = W[n][k]
+    const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
+    const int m0 = blockIdx.y * TM, k0 = blockIdx.x * TN;
+    float acc[4][4];
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) acc[i][j] = 0.f;
+    for (int n0 = 0; n0 < N; n0 += TK) {
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            int r = (tid >> 5) + 8 * i, c = tid & 31;
+            int m = m0 + r, n = n0 + c;
+            As[c][r] = (m < T && n < N) ? dout[(size_t)m * N + n] : 0.f;
+        }
+        if (KIND == KIND_NVFP4) {
+            // 32 weight rows x 8 parts of 8 elements (one packed 32-bit word) per thread.
+            int r = tid >> 3, part = tid & 7;
+            int n = n0 + r, k = k0 + part * 8;
+            float v[8];
+            if (n < N && k < K) {
+                const uint8_t* pk = reinterpret_cast<const uint8_t*>(w) + (size_t)n * (K / 2) + k / 2;
+                uint32_t word = __ldg(reinterpret_cast<const uint32_t*>(pk));
+                float f = __fmul_rn(e4m3_to_f32(__ldg(scales + (size_t)n * (K / 16) + k / 16)), g);
+#pragma unroll
+                for (int i = 0; i < 8; i++) v[i] = __fmul_rn(e2m1_value((word >> (4 * i)) & 15u), f);
+            } else {
+#pragma unroll
+                for (int i = 0; i < 8; i++) v[i] = 0.f;
+            }
+#pragma unroll
+            for (int i = 0; i < 8; i++) Bs[r][part * 8 + i] = v[i];
+        } else {
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                int r = (tid >> 6) + 4 * i, c = tid & 63;
+                int n = n0 + r, k = k0 + c;
+                float v = 0.f;
+                if (n < N && k < K) {
+                    size_t o = (size_t)n * K + k;
+                    v = KIND == KIND_BF16 ? bf16_to_f32(reinterpret_cast<const uint16_t*>(w)[o])
+                                          : reinterpret_cast<const float*>(w)[o];
+                }
+                Bs[r][c] = v;
+            }
+        }
+        __syncthreads();
+        mm_tile_product(As, Bs, acc, tx, ty);
+        __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        int m = m0 + ty * 4 + i;
+        if (m >= T) continue;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            int k = k0 + tx * 4 + j;
+            if (k < K) {
+                size_t o = (size_t)m * K + k;
+                dx[o] = accumulate ? __fadd_rn(dx[o], acc[i][j]) : acc[i][j];
+            }
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+mm_bwd_dx_f32(float* dx, const float* dout, const float* w, int T, int N, int K, int accumulate) {
+    mm_bwd_dx<KIND_F32>(dx, dout, w, nullptr, 1.f, T, N, K, accumulate);
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+mm_bwd_dx_bf16(float* dx, const float* dout, const uint16_t* w, int T, int N, int K, int accumulate) {
+    mm_bwd_dx<KIND_BF16>(dx, dout, w, nullptr, 1.f, T, N, K, accumulate);
+}
+
+// K % 16 == 0 (NVFP4 blocks): an 8-element part never straddles a block or the row's end.
+extern "C" __global__ void __launch_bounds__(256)
+mm_bwd_dx_nvfp4(float* dx, const float* dout, const uint8_t* packed, const uint8_t* scales, float g, int T, int N,
+                int K, int accumulate) {
+    mm_bwd_dx<KIND_NVFP4>(dx, dout, packed, scales, g, T, N, K, accumulate);
+}
+
+// mm_bwd_dw_f32: dw[N, K] += dout[T, N]ᵀ · x[T, K]. Grid (ceil(K/64), ceil(N/64)), 256 threads;
+// 64x64 tiles of dw, 32 token rows per step; each dw element is summed by one thread over the
+// token rows in order, then added to dw.
+extern "C" __global__ void __launch_bounds__(256)
+mm_bwd_dw_f32(float* __restrict__ dw, const float* __restrict__ dout, const float* __restrict__ x, int T, int N,
+              int K) {
+    __shared__ __align__(16) float As[TK][TM + TPAD];  // As[t][n] = dout[t][n]
+    __shared__ __align__(16) float Bs[TK][TN + TPAD];  // Bs[t][k] = x[t][k]
+    const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
+    const int n0 = blockIdx.y * TM, k0 = blockIdx.x * TN;
+    float acc[4][4];
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) acc[i][j] = 0.f;
+    for (int t0 = 0; t0 < T; t0 += TK) {
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            int r = (tid >> 6) + 4 * i, c = tid & 63;
+            int t = t0 + r;
+            As[r][c] = (t < T && n0 + c < N) ? dout[(size_t)t * N + n0 + c] : 0.f;
+            Bs[r][c] = (t < T && k0 + c < K) ? x[(size_t)t * K + k0 + c] : 0.f;
+        }
+        __syncthreads();
+        mm_tile_product(As, Bs, acc, tx, ty);
+        __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        int n = n0 + ty * 4 + i;
+        if (n >= N) continue;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            int k = k0 + tx * 4 + j;
+            if (k < K) {
+                size_t o = (size_t)n * K + k;
+                dw[o] = __fadd_rn(dw[o], acc[i][j]);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// RMSNorm backward. The forward (norm.cu) is out = w ⊙ (x · r), r = 1/√(mean(x²) + eps) over
+// groups of n consecutive elements, the statistics in double.
+
+// rms_inv recomputes r for the group at base exactly as rmsnorm_f32 does (block-wide).
+__device__ __forceinline__ float rms_inv(const float* x, size_t base, int n, float eps, double* red) {
+    double ss = 0.0;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        double v = (double)x[base + j];
+        ss = fma(v, v, ss);
+    }
+    ss = block_sum_d(ss, red);
+    return (float)(1.0 / sqrt(ss / (double)n + (double)eps));
+}
+
+// rmsnorm_bwd_dx: one block per group. dx = r·w·dy − c·x with c = (Σ w·dy·x)·r³/n (the sum in
+// double over float32 products); added to dx when accumulate != 0. dx may be dy when not
+// accumulating (each element is read, then written, by the same thread after the reductions).
+extern "C" __global__ void rmsnorm_bwd_dx(float* dx, const float* dy, const float* x, const float* w, int n,
+                                          float eps, int accumulate) {
+    __shared__ double red[32];
+    const size_t base = (size_t)blockIdx.x * n;
+    float inv = rms_inv(x, base, n, eps, red);
+    double s = 0.0;
+    for (int j = threadIdx.x; j < n; j += blockDim.x)
+        s += (double)__fmul_rn(__fmul_rn(w[j], dy[base + j]), x[base + j]);
+    s = block_sum_d(s, red);
+    float c = __fdiv_rn(__fmul_rn(__fmul_rn(__fmul_rn((float)s, inv), inv), inv), (float)n);
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        size_t o = base + j;
+        float v = __fsub_rn(__fmul_rn(__fmul_rn(inv, w[j]), dy[o]), __fmul_rn(c, x[o]));
+        dx[o] = accumulate ? __fadd_rn(dx[o], v) : v;
+    }
+}
+
+// rmsnorm_rstd: rstd[group] = r of that group (one block per group).
+extern "C" __global__ void rmsnorm_rstd(float* rstd, const float* x, int n, float eps) {
+    __shared__ double red[32];
+    float inv = rms_inv(x, (size_t)blockIdx.x * n, n, eps, red);
+    if (threadIdx.x == 0) rstd[blockIdx.x] = inv;
+}
+
+// rmsnorm_bwd_dw_part: part[p, j] = Σ over groups [p·per, (p+1)·per) of dy·x·r, in group order.
+// Grid (ceil(n/128), P), 128 threads, one column j per thread.
+extern "C" __global__ void rmsnorm_bwd_dw_part(float* part, const float* dy, const float* x, const float* rstd, int n,
+                                               int groups, int per) {
+    const int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= n) return;
+    const int g0 = blockIdx.y * per, g1 = min(g0 + per, groups);
+    float s = 0.f;
+    for (int g = g0; g < g1; g++) {
+        size_t o = (size_t)g * n + j;
+        s = __fadd_rn(s, __fmul_rn(__fmul_rn(dy[o], x[o]), rstd[g]));
+    }
+    part[(size_t)blockIdx.y * n + j] = s;
+}
+
+// sum_parts_add: dst[j] += Σ_p part[p, j] in order of p (one thread per column j).
+extern "C" __global__ void sum_parts_add(float* dst, const float* part, int n, int P) {
+    const int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= n) return;
+    float s = 0.f;
+    for (int p = 0; p < P; p++) s = __fadd_rn(s, part[(size_t)p * n + j]);
+    dst[j] = __fadd_rn(dst[j], s);
+}
+
+// ---------------------------------------------------------------------------------------------
+// RoPE backward: the transposed rotation, with the angles of rope_f32 (norm.cu):
+// dx1 = dy1·cos + dy2·sin, dx2 = dy2·cos − dy1·sin. dx may be dy.
+extern "C" __global__ void rope_bwd_f32(float* dx, const float* dy, const float* invf, int rows, int cols,
+                                        int headDim, int pos0) {
+    int half = headDim / 2;
+    size_t pairsPerRow = (size_t)cols / 2;
+    size_t total = (size_t)rows * pairsPerRow;
+    for (size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
+         idx += (size_t)gridDim.x * blockDim.x) {
+        size_t t = idx / pairsPerRow;
+        int r = (int)(idx % pairsPerRow);
+        int h = r / half, i = r % half;
+        float ang = __fmul_rn((float)(pos0 + (int)t), invf[i]);
+        double s, c;
+        sincos((double)ang, &s, &c);
+        float cs = (float)c, sn = (float)s;
+        size_t o = t * cols + (size_t)h * headDim + i;
+        float y1 = dy[o], y2 = dy[o + half];
+        dx[o] = __fadd_rn(__fmul_rn(y1, cs), __fmul_rn(y2, sn));
+        dx[o + half] = __fsub_rn(__fmul_rn(y2, cs), __fmul_rn(y1, sn));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SwiGLU backward: with s = 1/(1+e^−g), dgate = dout·up·(s·(1 + g·(1−s))), dup = dout·g·s.
+// Each element is read before it is written, so the outputs may alias the inputs.
+extern "C" __global__ void swiglu_bwd_f32(float* dgate, float* dup, const float* dout, const float* gate,
+                                          const float* up, size_t n) {
+    GRID_STRIDE(i, n) {
+        float g = gate[i], u = up[i], d = dout[i];
+        float s = __fdiv_rn(1.f, __fadd_rn(1.f, (float)exp(-(double)g)));
+        float ds = __fmul_rn(s, __fadd_rn(1.f, __fmul_rn(g, __fsub_rn(1.f, s))));
+        float dg = __fmul_rn(__fmul_rn(d, u), ds);
+        float du = __fmul_rn(__fmul_rn(d, g), s);
+        dgate[i] = dg;
+        dup[i] = du;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Embedding backward: dtable[uniq[u], :] += dout[p, :] for the positions p of id uniq[u]
+// (pos[off[u] .. off[u+1]), ascending), summed in that order. Grid (U, ceil(H/256)); the host
+// sorted the positions by id, so no two blocks write one row.
+extern "C" __global__ void embedding_bwd_f32(float* dtable, const float* dout, const int* uniq, const int* off,
+                                             const int* pos, int H) {
+    const int u = blockIdx.x;
+    const int c = blockIdx.y * blockDim.x + threadIdx.x;
+    if (c >= H) return;
+    float* row = dtable + (size_t)uniq[u] * H;
+    float s = row[c];
+    for (int i = off[u]; i < off[u + 1]; i++) s = __fadd_rn(s, dout[(size_t)pos[i] * H + c]);
+    row[c] = s;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention backward (causal, no cache, GQA), flash style: nothing of size T×T is stored.
+//   attn_bwd_dq:  block (h, t) recomputes the softmax statistics of query row t (as the forward's
+//                 online softmax does), writes lse[h, t] and D[h, t] = Σ dout∘out, then
+//                 dq = Σ_j dS_j k_j · scale with P_j = e^(s_j − lse), dS_j = P_j (dout·v_j − D).
+//   attn_bwd_dkv: block (g, j) for KV head g and key row j sums over the heads of the group and
+//                 the query rows t ≥ j: dv_j = Σ P dout_t, dk_j = Σ dS q_t · scale.
+// Scores are computed the same way in both kernels (fmaf over the head dimension in order), so
+// P is the same number in both.
+
+#define ATT_THREADS 128
+#define ATT_MAXD 4  // head_dim <= ATT_THREADS * ATT_MAXD = 512
+
+__device__ __forceinline__ float dot_f32(const float* a, const float* b, int n) {
+    float s = 0.f;
+    for (int d = 0; d < n; d++) s = fmaf(a[d], b[d], s);
+    return s;
+}
+
+// attn_bwd_dq: grid (nHeads, T), ATT_THREADS threads, dynamic shared memory (2·hd + ATT_THREADS)
+// floats. q, out, dout, dq are [T, nHeads·hd]; k, v [T, nKV·hd]; stats is [2, nHeads, T]
+// (lse, then D).
+extern "C" __global__ void __launch_bounds__(ATT_THREADS)
+attn_bwd_dq(float* dq, float* stats, const float* dout, const float* q, const float* k, const float* v,
+            const float* out, int T, int nHeads, int nKV, int headDim, float scale) {
+    extern __shared__ float sh[];
+    float* qs = sh;                 // [hd]
+    float* dos = sh + headDim;      // [hd]
+    float* ps = sh + 2 * headDim;   // [ATT_THREADS]
+    __shared__ float red[32];
+    __shared__ double redd[32];
+    const int h = blockIdx.x, t = blockIdx.y, tid = threadIdx.x;
+    const int kvh = h / (nHeads / nKV);
+    const size_t qStride = (size_t)nHeads * headDim, kvStride = (size_t)nKV * headDim;
+    const size_t qo = (size_t)t * qStride + (size_t)h * headDim;
+    double dd = 0.0;
+    for (int d = tid; d < headDim; d += ATT_THREADS) {
+        float a = dout[qo + d];
+        qs[d] = q[qo + d];
+        dos[d] = a;
+        dd += (double)__fmul_rn(a, out[qo + d]);
+    }
+    const float D = (float)block_sum_d(dd, redd);  // its barriers also publish qs and dos
+    const float* kb = k + (size_t)kvh * headDim;
+    const float* vb = v + (size_t)kvh * headDim;
+    const int nk = t + 1;
+    // Pass 1: the running maximum and sum of exponentials, chunk by chunk as the forward.
+    float m = -INFINITY, l = 0.f;
+    for (int j0 = 0; j0 < nk; j0 += ATT_THREADS) {
+        int j = j0 + tid;
+        float s = j < nk ? dot_f32(qs, kb + (size_t)j * kvStride, headDim) * scale : -INFINITY;
+        float mnew = fmaxf(m, block_max(s, red));
+        float p = j < nk ? expf(s - mnew) : 0.f;
+        l = l * expf(m - mnew) + block_sum(p, red);
+        m = mnew;
+    }
+    const float lse = m + logf(l);
+    // Pass 2: dS per key, then dq.
+    float acc[ATT_MAXD];
+#pragma unroll
+    for (int i = 0; i < ATT_MAXD; i++) acc[i] = 0.f;
+    for (int j0 = 0; j0 < nk; j0 += ATT_THREADS) {
+        int j = j0 + tid;
+        float ds = 0.f;
+        if (j < nk) {
+            float s = dot_f32(qs, kb + (size_t)j * kvStride, headDim) * scale;
+            float p = expf(s - lse);
+            float dp = dot_f32(dos, vb + (size_t)j * kvStride, headDim);
+            ds = p * (dp - D);
+        }
+        ps[tid] = ds;
+        __syncthreads();
+        int cnt = min(ATT_THREADS, nk - j0);
+#pragma unroll
+        for (int i = 0; i < ATT_MAXD; i++) {
+            int d = tid + i * ATT_THREADS;
+            if (d < headDim) {
+                float a = acc[i];
+                const float* kc = kb + (size_t)j0 * kvStride + d;
+                for (int jj = 0; jj < cnt; jj++) a = fmaf(ps[jj], kc[(size_t)jj * kvStride], a);
+                acc[i] = a;
+            }
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < ATT_MAXD; i++) {
+        int d = tid + i * ATT_THREADS;
+        if (d < headDim) dq[qo + d] = acc[i] * scale;
+    }
+    if (tid == 0) {
+        stats[(size_t)h * T + t] = lse;
+        stats[(size_t)nHeads * T + (size_t)h * T + t] = D;
+    }
+}
+
+// attn_bwd_dkv: grid (nKV, T), ATT_THREADS threads, dynamic shared memory (2·hd + 2·ATT_THREADS)
+// floats. dk, dv are [T, nKV·hd]; stats as written by attn_bwd_dq.
+extern "C" __global__ void __launch_bounds__(ATT_THREADS)
+attn_bwd_dkv(float* dk, float* dv, const float* stats, const float* dout, const float* q, const float* k,
+             const float* v, int T, int nHeads, int nKV, int headDim, float scale) {
+    extern __shared__ float sh[];
+    float* ks = sh;                             // [hd]
+    float* vs = sh + headDim;                   // [hd]
+    float* ps = sh + 2 * headDim;               // [ATT_THREADS] P
+    float* dss = sh + 2 * headDim + ATT_THREADS;  // [ATT_THREADS] dS
+    const int g = blockIdx.x, j = blockIdx.y, tid = threadIdx.x;
+    const int group = nHeads / nKV;
+    const size_t qStride = (size_t)nHeads * headDim, kvStride = (size_t)nKV * headDim;
+    const size_t ko = (size_t)j * kvStride + (size_t)g * headDim;
+    for (int d = tid; d < headDim; d += ATT_THREADS) {
+        ks[d] = k[ko + d];
+        vs[d] = v[ko + d];
+    }
+    __syncthreads();
+    float ak[ATT_MAXD], av[ATT_MAXD];
+#pragma unroll
+    for (int i = 0; i < ATT_MAXD; i++) ak[i] = av[i] = 0.f;
+    for (int h = g * group; h < (g + 1) * group; h++) {
+        const float* lse = stats + (size_t)h * T;
+        const float* Ds = stats + (size_t)nHeads * T + (size_t)h * T;
+        for (int t0 = j; t0 < T; t0 += ATT_THREADS) {
+            int t = t0 + tid;
+            float p = 0.f, ds = 0.f;
+            if (t < T) {
+                const size_t qo = (size_t)t * qStride + (size_t)h * headDim;
+                float s = dot_f32(q + qo, ks, headDim) * scale;
+                p = expf(s - lse[t]);
+                float dp = dot_f32(dout + qo, vs, headDim);
+                ds = p * (dp - Ds[t]);
+            }
+            ps[tid] = p;
+            dss[tid] = ds;
+            __syncthreads();
+            int cnt = min(ATT_THREADS, T - t0);
+#pragma unroll
+            for (int i = 0; i < ATT_MAXD; i++) {
+                int d = tid + i * ATT_THREADS;
+                if (d < headDim) {
+                    float a = av[i], b = ak[i];
+                    const size_t base = (size_t)t0 * qStride + (size_t)h * headDim + d;
+                    for (int tt = 0; tt < cnt; tt++) {
+                        size_t o = base + (size_t)tt * qStride;
+                        a = fmaf(ps[tt], dout[o], a);
+                        b = fmaf(dss[tt], q[o], b);
+                    }
+                    av[i] = a;
+                    ak[i] = b;
+                }
+            }
+            __syncthreads();
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < ATT_MAXD; i++) {
+        int d = tid + i * ATT_THREADS;
+        if (d < headDim) {
+            dk[ko + d] = ak[i] * scale;
+            dv[ko + d] = av[i];
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cross-entropy over logit rows, as engine/train's CrossEntropy: per scored row (target ≥ 0)
+// lse = max + log Σ e^(x − max) (exp and sums in double), loss = (1−ls)·(lse − x_target) +
+// ls·(lse − mean x), and dlogits = scale·(softmax − ls/V − (1−ls)·onehot). Unscored rows get a
+// zero gradient and loss 0. One block per row; dlogits may be logits (every thread has read what
+// it needs before the first write).
+extern "C" __global__ void cross_entropy_f32(float* dlogits, double* loss, const float* logits, const int* targets,
+                                             int V, float ls, float scale) {
+    __shared__ float red[32];
+    __shared__ double redd[32];
+    const size_t base = (size_t)blockIdx.x * V;
+    const float* x = logits + base;
+    float* d = dlogits + base;
+    const int tgt = targets[blockIdx.x];
+    if (tgt < 0) {
+        for (int j = threadIdx.x; j < V; j += blockDim.x) d[j] = 0.f;
+        if (threadIdx.x == 0) loss[blockIdx.x] = 0.0;
+        return;
+    }
+    const float xt = x[tgt];
+    float m = -INFINITY;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) m = fmaxf(m, x[j]);
+    m = block_max(m, red);
+    double s = 0.0, sx = 0.0;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) {
+        double xv = (double)x[j];
+        s += exp(xv - (double)m);
+        sx += xv;
+    }
+    s = block_sum_d(s, redd);
+    sx = block_sum_d(sx, redd);
+    const double lse = (double)m + log(s);
+    const double eps = (double)ls;
+    if (threadIdx.x == 0) {
+        double nll = lse - (double)xt;
+        if (eps > 0) nll = (1 - eps) * nll + eps * (lse - sx / (double)V);
+        loss[blockIdx.x] = nll;
+    }
+    const double epsV = eps / (double)V, sc = (double)scale;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) {
+        double gj = exp((double)x[j] - lse) - epsV;
+        if (j == tgt) gj -= 1 - eps;
+        d[j] = (float)(gj * sc);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// AdamW, as engine/optim's update(): for each element, with g = grad·gscale,
+//   m = β1·m + (1−β1)·g;  v = β2·v + (1−β2)·g·g;
+//   w = w − decay·w − lr·((m/bc1) / (√(v/bc2) + eps))
+// every operation rounded to float32 separately (Go does not fuse on amd64). Moments are fp32 or
+// engine/optim's Int8 format (blocks of 64: m signed linear int8 with absmax scale, √v the
+// zero-free unsigned code (k+1)/256 of the block's max √v). Weights are f32, or bf16 rounded to
+// nearest even or stochastically with optim's srBits(seed, step, param, index). One warp per
+// block of 64 elements (lane l owns elements l and l+32), in place, one pass.
+
+// AdamParams are the per-call scalars, computed on the host in float32 exactly as optim does
+// (omb1 = 1−β1 in float32, bc = float32(1 − β^step), decay = float32(lr·wd) or 0).
+struct AdamParams {
+    float lr, b1, b2, omb1, omb2, bc1, bc2, eps, decay, gscale;
+};
+
+// sr_bits is engine/optim's srBits: splitmix64 of (seed, step, param, index), 16 bits.
+__device__ __forceinline__ uint32_t sr_bits(uint64_t seed, uint64_t step, uint64_t param, uint64_t idx) {
+    uint64_t z = seed ^ step * 0x9e3779b97f4a7c15ULL ^ param * 0xbf58476d1ce4e5b9ULL ^ idx * 0x94d049bb133111ebULL;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return (uint32_t)(z ^ (z >> 31)) & 0xffffu;
+}
+
+// bf16_rne is engine/tensor's F32ToBF16: round to nearest even, NaN kept quiet.
+__device__ __forceinline__ uint16_t bf16_rne(float f) {
+    uint32_t b = __float_as_uint(f);
+    if ((b & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((b >> 16) | 0x40u);
+    b += 0x7fffu + ((b >> 16) & 1u);
+    return (uint16_t)(b >> 16);
+}
+
+// stochastic_bf16 is engine/optim's stochasticBF16.
+__device__ __forceinline__ uint16_t stochastic_bf16(float x, uint32_t r) {
+    uint32_t b = __float_as_uint(x);
+    if ((b & 0x7fffffffu) >= 0x7f800000u) return bf16_rne(x);
+    return (uint16_t)((b + r) >> 16);
+}
+
+template <bool BF16, bool INT8>
+__device__ __forceinline__ void adamw(void* __restrict__ w, const float* __restrict__ grad, void* __restrict__ mbuf,
+                                      void* __restrict__ vbuf, float* __restrict__ msc, float* __restrict__ vsc,
+                                      AdamParams p, int sr, uint64_t seed, uint64_t step, uint64_t param, size_t n) {
+    const int lane = threadIdx.x & 31;
+    const size_t warps = (size_t)gridDim.x * (blockDim.x >> 5);
+    for (size_t blk = (size_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); blk * 64 < n; blk += warps) {
+        float mo[2], vo[2], wo[2];
+        bool ok[2];
+        float mf = 0.f, vf = 0.f;
+        if (INT8) {
+            mf = __fdiv_rn(msc[blk], 127.f);
+            vf = __fdiv_rn(vsc[blk], 256.f);
+        }
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            size_t i = blk * 64 + lane + 32 * e;
+            ok[e] = i < n;
+            mo[e] = vo[e] = wo[e] = 0.f;
+            if (!ok[e]) continue;
+            float wv = BF16 ? bf16_to_f32(reinterpret_cast<const uint16_t*>(w)[i]) : reinterpret_cast<const float*>(w)[i];
+            float m, v;
+            if (INT8) {
+                m = __fmul_rn((float)reinterpret_cast<const int8_t*>(mbuf)[i], mf);
+                float sv = __fmul_rn(__fadd_rn((float)reinterpret_cast<const uint8_t*>(vbuf)[i], 1.f), vf);
+                v = vsc[blk] == 0.f ? 0.f : __fmul_rn(sv, sv);
+            } else {
+                m = reinterpret_cast<const float*>(mbuf)[i];
+                v = reinterpret_cast<const float*>(vbuf)[i];
+            }
+            float g = __fmul_rn(grad[i], p.gscale);
+            m = __fadd_rn(__fmul_rn(p.b1, m), __fmul_rn(p.omb1, g));
+            v = __fadd_rn(__fmul_rn(p.b2, v), __fmul_rn(__fmul_rn(p.omb2, g), g));
+            float den = __fadd_rn((float)sqrt((double)__fdiv_rn(v, p.bc2)), p.eps);
+            float upd = __fdiv_rn(__fdiv_rn(m, p.bc1), den);
+            wv = __fsub_rn(__fsub_rn(wv, __fmul_rn(p.decay, wv)), __fmul_rn(p.lr, upd));
+            mo[e] = m;
+            vo[e] = v;
+            wo[e] = wv;
+        }
+        float am = 0.f, avmax = 0.f;
+        if (INT8) {
+            am = warp_max(fmaxf(fabsf(mo[0]), fabsf(mo[1])));
+            avmax = warp_max(fmaxf(fabsf(vo[0]), fabsf(vo[1])));
+        }
+        const float ms = am, vs = (float)sqrt((double)avmax);
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            if (!ok[e]) continue;
+            size_t i = blk * 64 + lane + 32 * e;
+            if (BF16) {
+                uint16_t h = sr ? stochastic_bf16(wo[e], sr_bits(seed, step, param, (uint64_t)i)) : bf16_rne(wo[e]);
+                reinterpret_cast<uint16_t*>(w)[i] = h;
+            } else {
+                reinterpret_cast<float*>(w)[i] = wo[e];
+            }
+            if (INT8) {
+                int8_t mc = 0;
+                if (ms != 0.f) {
+                    double r = round((double)__fmul_rn(mo[e], __fdiv_rn(127.f, ms)));
+                    mc = (int8_t)fmax(-127.0, fmin(127.0, r));
+                }
+                uint8_t vc = 0;
+                if (vs != 0.f) {
+                    double kf = round(sqrt((double)vo[e]) * (double)__fdiv_rn(256.f, vs)) - 1.0;
+                    vc = (uint8_t)fmax(0.0, fmin(255.0, kf));
+                }
+                reinterpret_cast<int8_t*>(mbuf)[i] = mc;
+                reinterpret_cast<uint8_t*>(vbuf)[i] = vc;
+            } else {
+                reinterpret_cast<float*>(mbuf)[i] = mo[e];
+                reinterpret_cast<float*>(vbuf)[i] = vo[e];
+            }
+        }
+        if (INT8 && lane == 0) {
+            msc[blk] = ms;
+            vsc[blk] = vs;
+        }
+    }
+}
+
+#define ADAMW_ENTRY(name, BF16, INT8)                                                                          \
+    extern "C" __global__ void __launch_bounds__(256)                                                          \
+    name(void* w, const float* grad, void* m, void* v, float* msc, float* vsc, float lr, float b1, float b2,   \
+         float omb1, float omb2, float bc1, float bc2, float eps, float decay, float gscale, int sr,             \
+         uint64_t seed, uint64_t step, uint64_t param, size_t n) {                                             \
+        AdamParams p = {lr, b1, b2, omb1, omb2, bc1, bc2, eps, decay, gscale};                                 \
+        adamw<BF16, INT8>(w, grad, m, v, msc, vsc, p, sr, seed, step, param, n);                                \
+    }
+ADAMW_ENTRY(adamw_f32_fp32, false, false)
+ADAMW_ENTRY(adamw_bf16_fp32, true, false)
+ADAMW_ENTRY(adamw_f32_int8, false, true)
+ADAMW_ENTRY(adamw_bf16_int8, true, true)

@@ -1,0 +1,748 @@
+//go:build cuda
+
+package cuda
+
+import (
+	"fmt"
+	"math"
+	"sort"
+	"unsafe"
+
+	"github.com/qwengo/qwengo/engine/backend"
+)
+
+// The training ops (backend.Training): backward kernels, cross-entropy over logit rows and
+// AdamW on resident weights, all in kernels/train.cu. Every op is deterministic — each output
+// element is computed by one thread in a fixed order and cross-block reductions go through
+// per-block partials summed in a fixed order (on the device or the host), never through
+// floating-point atomics — so a training step gives the same bits on every run. As the forward
+// ops, each op checks its arguments before launching anything.
+
+// trainBufs are the grow-only scratch buffers of the training ops (owner goroutine), accounted
+// under Workspace.
+type trainBufs struct {
+	scratch devBuf // float/double partials: attention statistics, RMSNorm rstd and dw partials, losses, sums
+	ints    devBuf // int32 data from the host: targets, embedding ids and positions
+}
+
+// scratch returns the training scratch buffer grown to at least n bytes (owner goroutine).
+// Its content is undefined; an op uses it between its launches only.
+func (b *Backend) scratch(n int64, what string) (devPtr, error) {
+	if err := b.grow(&b.tr.scratch, backend.Workspace, n, "training scratch ("+what+")"); err != nil {
+		return 0, err
+	}
+	return b.tr.scratch.ptr, nil
+}
+
+// uploadInts copies v into the int32 scratch buffer (owner goroutine). The copy is ordered after
+// the kernels already queued, so the buffer can be reused by consecutive ops.
+func (b *Backend) uploadInts(v []int32, what string) (devPtr, error) {
+	n := int64(4 * len(v))
+	if err := b.grow(&b.tr.ints, backend.Workspace, n, what); err != nil {
+		return 0, err
+	}
+	if err := memcpyHtoD(b.tr.ints.ptr, unsafe.Pointer(&v[0]), n); err != nil {
+		return 0, err
+	}
+	return b.tr.ints.ptr, nil
+}
+
+// optTen is ten for an optional argument: nil stays nil.
+func (b *Backend) optTen(x backend.Tensor, op, name string) (*Tensor, error) {
+	if x == nil {
+		return nil, nil
+	}
+	return b.ten(x, op, name)
+}
+
+// overlaps reports whether two tensors share any device memory (views included).
+func overlaps(a, c *Tensor) bool {
+	if a == nil || c == nil {
+		return false
+	}
+	return a.ptr < c.ptr+devPtr(c.bytes()) && c.ptr < a.ptr+devPtr(a.bytes())
+}
+
+// same reports whether two tensors are the same storage with the same shape (an allowed alias).
+func same(a, c *Tensor) bool { return a.ptr == c.ptr && a.rows == c.rows && a.cols == c.cols }
+
+// RowView implements backend.Training: rows [row0, row0+n) of t as a tensor sharing its memory.
+// Freeing the view does nothing; it must not be used after t is freed (not detected).
+func (b *Backend) RowView(x backend.Tensor, row0, n int) (backend.Tensor, error) {
+	var v *Tensor
+	err := b.do(func() error {
+		t, err := b.ten(x, "row view", "tensor")
+		if err != nil {
+			return err
+		}
+		if row0 < 0 || n <= 0 || row0+n > t.rows {
+			return fmt.Errorf("cuda: row view: rows [%d, %d) of [%d, %d]", row0, row0+n, t.rows, t.cols)
+		}
+		v = &Tensor{rows: n, cols: t.cols, ptr: t.ptr + devPtr(int64(row0)*int64(t.cols)*4), cat: t.cat, owner: b, view: true}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+// WeightTensor implements backend.Training: an f32 weight [Out, In] as a tensor sharing its
+// memory (the RMSNorm weights of a trainable model). bf16 and NVFP4 weights are refused.
+func (b *Backend) WeightTensor(bw backend.Weight) (backend.Tensor, error) {
+	var v *Tensor
+	err := b.do(func() error {
+		w, err := b.weight(bw, "weight tensor")
+		if err != nil {
+			return err
+		}
+		if w.kind != kindF32 {
+			return fmt.Errorf("cuda: weight tensor: weight %q is %s; only f32 weights can be viewed as tensors", w.name, w.kind)
+		}
+		v = &Tensor{rows: w.out, cols: w.in, ptr: w.ptr, cat: backend.Weights, owner: b, view: true}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+// Zero implements backend.Training.
+func (b *Backend) Zero(x backend.Tensor) error {
+	return b.do(func() error {
+		t, err := b.ten(x, "zero", "tensor")
+		if err != nil {
+			return err
+		}
+		if err := memsetD8(t.ptr, 0, t.bytes()); err != nil {
+			return fmt.Errorf("cuda: zero [%d, %d]: %w", t.rows, t.cols, err)
+		}
+		return nil
+	})
+}
+
+// Scale implements backend.Training: t *= s.
+func (b *Backend) Scale(x backend.Tensor, s float32) error {
+	return b.do(func() error {
+		t, err := b.ten(x, "scale", "tensor")
+		if err != nil {
+			return err
+		}
+		if err := launch(b.fns["scale_f32"], [3]int{b.blocks(t.n()), 1, 1}, [3]int{256, 1, 1}, 0,
+			ptrArg(t.ptr), f32Arg(s), sizeArg(int64(t.n()))); err != nil {
+			return fmt.Errorf("cuda: scale [%d, %d]: %w", t.rows, t.cols, err)
+		}
+		return nil
+	})
+}
+
+// sumsqParts is the number of partial sums of SumSquares for n elements: a function of n
+// alone (not of the GPU), so the result is the same on every device.
+func sumsqParts(n int) int { return max(1, min(1024, (n+4095)/4096)) }
+
+// SumSquares implements backend.Training: Σ t² in double, per-block partials summed on the host
+// in block order. It waits for the GPU.
+func (b *Backend) SumSquares(x backend.Tensor) (float64, error) {
+	var sum float64
+	err := b.do(func() error {
+		t, err := b.ten(x, "sum of squares", "tensor")
+		if err != nil {
+			return err
+		}
+		P := sumsqParts(t.n())
+		part, err := b.scratch(int64(8*P), "sum of squares")
+		if err != nil {
+			return err
+		}
+		if err := launch(b.fns["sumsq_part_f32"], [3]int{P, 1, 1}, [3]int{256, 1, 1}, 0,
+			ptrArg(part), ptrArg(t.ptr), sizeArg(int64(t.n()))); err != nil {
+			return fmt.Errorf("cuda: sum of squares: %w", err)
+		}
+		host := make([]float64, P)
+		if err := memcpyDtoH(unsafe.Pointer(&host[0]), part, int64(8*P)); err != nil {
+			return fmt.Errorf("cuda: sum of squares [%d, %d]: %w", t.rows, t.cols, err)
+		}
+		for _, v := range host {
+			sum += v
+		}
+		return nil
+	})
+	return sum, err
+}
+
+// MatMulBackward implements backend.Training: for out = x·Wᵀ, dw += doutᵀ·x (first) and
+// dx = dout·W (or dx += when accumulate); dx or dw may be nil (x may then be nil too). dw is
+// computed before dx, so dx may share x's memory.
+func (b *Backend) MatMulBackward(dx, dw, dout, x backend.Tensor, bw backend.Weight, accumulate bool) error {
+	return b.do(func() error {
+		const op = "matmul backward"
+		w, err := b.weight(bw, op)
+		if err != nil {
+			return err
+		}
+		d, err := b.ten(dout, op, "dout")
+		if err != nil {
+			return err
+		}
+		dxt, err := b.optTen(dx, op, "dx")
+		if err != nil {
+			return err
+		}
+		dwt, err := b.optTen(dw, op, "dw")
+		if err != nil {
+			return err
+		}
+		xt, err := b.optTen(x, op, "x")
+		if err != nil {
+			return err
+		}
+		T, N, K := d.rows, w.out, w.in
+		if d.cols != N {
+			return fmt.Errorf("cuda: %s %s: dout [%d, %d] for a weight [%d, %d]", op, w.name, d.rows, d.cols, N, K)
+		}
+		if (T+63)/64 > 65535 {
+			return fmt.Errorf("cuda: %s %s: %d token rows exceed the kernel's grid (%d)", op, w.name, T, 65535*64)
+		}
+		if dxt != nil {
+			if dxt.rows != T || dxt.cols != K {
+				return fmt.Errorf("cuda: %s %s: dx [%d, %d], want [%d, %d]", op, w.name, dxt.rows, dxt.cols, T, K)
+			}
+			if overlaps(dxt, d) {
+				return fmt.Errorf("cuda: %s %s: dx and dout share memory", op, w.name)
+			}
+		}
+		if xt != nil && (xt.rows != T || xt.cols != K) {
+			return fmt.Errorf("cuda: %s %s: x [%d, %d], want [%d, %d]", op, w.name, xt.rows, xt.cols, T, K)
+		}
+		if dwt != nil {
+			if xt == nil {
+				return fmt.Errorf("cuda: %s %s: dw needs x", op, w.name)
+			}
+			if dwt.rows != N || dwt.cols != K {
+				return fmt.Errorf("cuda: %s %s: dw [%d, %d], want [%d, %d]", op, w.name, dwt.rows, dwt.cols, N, K)
+			}
+			if overlaps(dwt, d) || overlaps(dwt, xt) || overlaps(dwt, dxt) {
+				return fmt.Errorf("cuda: %s %s: dw shares memory with dout, x or dx", op, w.name)
+			}
+		}
+		if dwt != nil {
+			if err := b.matmulDW(dwt, d, xt); err != nil {
+				return fmt.Errorf("cuda: %s %s (dw): %w", op, w.name, err)
+			}
+		}
+		if dxt != nil {
+			if err := b.matmulDX(dxt, d, w, accumulate); err != nil {
+				return fmt.Errorf("cuda: %s %s (dx): %w", op, w.name, err)
+			}
+		}
+		return nil
+	})
+}
+
+// matmulDX launches dx[T, K] = dout[T, N]·W[N, K] (added when accumulate) on checked
+// arguments: the SIMT tiled kernel, fp32 accumulation, W decoded in registers. This is the one
+// place to route the product elsewhere (gemmDX, cuBLASLt, rounds dout to bf16). Owner goroutine.
+func (b *Backend) matmulDX(dx, dout *Tensor, w *Weight, accumulate bool) error {
+	T, N, K := dout.rows, w.out, w.in
+	acc := 0
+	if accumulate {
+		acc = 1
+	}
+	g, bl := [3]int{(K + 63) / 64, (T + 63) / 64, 1}, [3]int{256, 1, 1}
+	switch w.kind {
+	case kindNVFP4:
+		return launch(b.fns["mm_bwd_dx_nvfp4"], g, bl, 0, ptrArg(dx.ptr), ptrArg(dout.ptr), ptrArg(w.ptr), ptrArg(w.scales),
+			f32Arg(w.global), intArg(T), intArg(N), intArg(K), intArg(acc))
+	case kindBF16, kindF32:
+		return launch(b.fns["mm_bwd_dx_"+w.kind], g, bl, 0, ptrArg(dx.ptr), ptrArg(dout.ptr), ptrArg(w.ptr),
+			intArg(T), intArg(N), intArg(K), intArg(acc))
+	}
+	return fmt.Errorf("unknown weight kind %q", w.kind)
+}
+
+// matmulDW launches dw[N, K] += dout[T, N]ᵀ·x[T, K] on checked arguments: the SIMT tiled kernel,
+// fp32, each element summed over the token rows in order. The place to route it elsewhere
+// (gemmDW). Owner goroutine.
+func (b *Backend) matmulDW(dw, dout, x *Tensor) error {
+	T, N, K := dout.rows, dout.cols, x.cols
+	if (N+63)/64 > 65535 {
+		return fmt.Errorf("%d output rows exceed the kernel's grid (%d)", N, 65535*64)
+	}
+	return launch(b.fns["mm_bwd_dw_f32"], [3]int{(K + 63) / 64, (N + 63) / 64, 1}, [3]int{256, 1, 1}, 0,
+		ptrArg(dw.ptr), ptrArg(dout.ptr), ptrArg(x.ptr), intArg(T), intArg(N), intArg(K))
+}
+
+// rmsnormDWPer is how many groups one partial sum of RMSNorm's dw covers: at least 64, more
+// when there are so many groups that the partials would pass 4096 (a function of the shape).
+func rmsnormDWPer(groups int) int { return max(64, (groups+4095)/4096) }
+
+// RMSNormBackward implements backend.Training. dw (when wanted) is reduced deterministically:
+// per-group statistics, per-column partial sums over runs of groups, then one ordered sum per
+// column added to dw. dx is computed last, so it may be dout (when not accumulating) or x.
+func (b *Backend) RMSNormBackward(dx, dw, dout, x, w backend.Tensor, eps float32, accumulate bool) error {
+	return b.do(func() error {
+		const op = "rmsnorm backward"
+		d, err := b.ten(dout, op, "dout")
+		if err != nil {
+			return err
+		}
+		a, err := b.ten(x, op, "x")
+		if err != nil {
+			return err
+		}
+		g, err := b.ten(w, op, "weight")
+		if err != nil {
+			return err
+		}
+		dxt, err := b.optTen(dx, op, "dx")
+		if err != nil {
+			return err
+		}
+		dwt, err := b.optTen(dw, op, "dw")
+		if err != nil {
+			return err
+		}
+		n := g.n()
+		if a.cols%n != 0 || d.rows != a.rows || d.cols != a.cols {
+			return fmt.Errorf("cuda: %s: x [%d, %d], dout [%d, %d] with a weight of %d (the weight length must divide the width)", op, a.rows, a.cols, d.rows, d.cols, n)
+		}
+		if dxt != nil {
+			if dxt.rows != a.rows || dxt.cols != a.cols {
+				return fmt.Errorf("cuda: %s: dx [%d, %d] for x [%d, %d]", op, dxt.rows, dxt.cols, a.rows, a.cols)
+			}
+			if overlaps(dxt, d) && !(same(dxt, d) && !accumulate) {
+				return fmt.Errorf("cuda: %s: dx shares memory with dout (allowed only as the same tensor without accumulate)", op)
+			}
+			if overlaps(dxt, a) && !same(dxt, a) || overlaps(dxt, g) {
+				return fmt.Errorf("cuda: %s: dx shares memory with x or the weight", op)
+			}
+		}
+		if dwt != nil {
+			if dwt.n() != n {
+				return fmt.Errorf("cuda: %s: dw [%d, %d] for a weight of %d", op, dwt.rows, dwt.cols, n)
+			}
+			if overlaps(dwt, d) || overlaps(dwt, a) || overlaps(dwt, g) || overlaps(dwt, dxt) {
+				return fmt.Errorf("cuda: %s: dw shares memory with another argument", op)
+			}
+		}
+		groups := a.n() / n
+		threads := min(256, max(32, (n+31)/32*32))
+		if dwt != nil {
+			per := rmsnormDWPer(groups)
+			P := (groups + per - 1) / per
+			rstdBytes := align256(int64(4 * groups))
+			buf, err := b.scratch(rstdBytes+int64(4*P*n), "rmsnorm dw partials")
+			if err != nil {
+				return err
+			}
+			rstd, part := buf, buf+devPtr(rstdBytes)
+			if err := launch(b.fns["rmsnorm_rstd"], [3]int{groups, 1, 1}, [3]int{threads, 1, 1}, 0,
+				ptrArg(rstd), ptrArg(a.ptr), intArg(n), f32Arg(eps)); err != nil {
+				return fmt.Errorf("cuda: %s: %w", op, err)
+			}
+			if err := launch(b.fns["rmsnorm_bwd_dw_part"], [3]int{(n + 127) / 128, P, 1}, [3]int{128, 1, 1}, 0,
+				ptrArg(part), ptrArg(d.ptr), ptrArg(a.ptr), ptrArg(rstd), intArg(n), intArg(groups), intArg(per)); err != nil {
+				return fmt.Errorf("cuda: %s: %w", op, err)
+			}
+			if err := launch(b.fns["sum_parts_add"], [3]int{(n + 127) / 128, 1, 1}, [3]int{128, 1, 1}, 0,
+				ptrArg(dwt.ptr), ptrArg(part), intArg(n), intArg(P)); err != nil {
+				return fmt.Errorf("cuda: %s: %w", op, err)
+			}
+		}
+		if dxt != nil {
+			acc := 0
+			if accumulate {
+				acc = 1
+			}
+			if err := launch(b.fns["rmsnorm_bwd_dx"], [3]int{groups, 1, 1}, [3]int{threads, 1, 1}, 0,
+				ptrArg(dxt.ptr), ptrArg(d.ptr), ptrArg(a.ptr), ptrArg(g.ptr), intArg(n), f32Arg(eps), intArg(acc)); err != nil {
+				return fmt.Errorf("cuda: %s: %w", op, err)
+			}
+		}
+		return nil
+	})
+}
+
+// RoPEBackward implements backend.Training: dx = Rᵀ·dout with RoPE's angles. dx may be dout.
+func (b *Backend) RoPEBackward(dx, dout backend.Tensor, headDim, pos0 int, theta float64) error {
+	return b.do(func() error {
+		const op = "rope backward"
+		o, err := b.ten(dx, op, "dx")
+		if err != nil {
+			return err
+		}
+		a, err := b.ten(dout, op, "dout")
+		if err != nil {
+			return err
+		}
+		if headDim <= 0 || headDim%2 != 0 || a.cols%headDim != 0 || o.rows != a.rows || o.cols != a.cols || pos0 < 0 || !(theta > 0) ||
+			pos0+a.rows > math.MaxInt32 {
+			return fmt.Errorf("cuda: %s: dout [%d, %d] into [%d, %d] with head_dim %d, position %d, theta %v", op, a.rows, a.cols, o.rows, o.cols, headDim, pos0, theta)
+		}
+		if overlaps(o, a) && !same(o, a) {
+			return fmt.Errorf("cuda: %s: dx partly overlaps dout", op)
+		}
+		inv, err := b.invFreq(headDim, theta)
+		if err != nil {
+			return fmt.Errorf("cuda: %s: %w", op, err)
+		}
+		if err := launch(b.fns["rope_bwd_f32"], [3]int{b.blocks(a.n() / 2), 1, 1}, [3]int{256, 1, 1}, 0,
+			ptrArg(o.ptr), ptrArg(a.ptr), ptrArg(inv), intArg(a.rows), intArg(a.cols), intArg(headDim), intArg(pos0)); err != nil {
+			return fmt.Errorf("cuda: %s: %w", op, err)
+		}
+		return nil
+	})
+}
+
+// AttentionBackward implements backend.Training (causal, pos0 = 0, k and v with T rows): two
+// kernels, no [T × T] buffer. The first, per (query head, query row), recomputes the softmax
+// statistics and writes dq, the row's log-sum-exp and D = Σ dout∘out into a [2, nHeads, T]
+// scratch; the second, per (KV head, key row), sums dk and dv over the query rows and the heads
+// of the group in a fixed order. The gradients must not share memory with the inputs.
+func (b *Backend) AttentionBackward(dq, dk, dv, dout, q, k, v, out backend.Tensor, nHeads, nKV, headDim int) error {
+	return b.do(func() error {
+		const op = "attention backward"
+		var ts [8]*Tensor
+		for i, x := range []struct {
+			t    backend.Tensor
+			name string
+		}{{dq, "dq"}, {dk, "dk"}, {dv, "dv"}, {dout, "dout"}, {q, "q"}, {k, "k"}, {v, "v"}, {out, "out"}} {
+			t, err := b.ten(x.t, op, x.name)
+			if err != nil {
+				return err
+			}
+			ts[i] = t
+		}
+		dqt, dkt, dvt, dot, qt, kt, vt, ot := ts[0], ts[1], ts[2], ts[3], ts[4], ts[5], ts[6], ts[7]
+		if err := backend.CheckAttention("cuda", ot, qt, kt, vt, 0, nHeads, nKV, headDim); err != nil {
+			return fmt.Errorf("%w (backward)", err)
+		}
+		T := qt.rows
+		if kt.rows != T || vt.rows != T || dot.rows != T || dot.cols != qt.cols || dqt.rows != T || dqt.cols != qt.cols ||
+			dkt.rows != T || dkt.cols != kt.cols || dvt.rows != T || dvt.cols != kt.cols {
+			return fmt.Errorf("cuda: %s: T %d: dq [%d, %d], dk [%d, %d], dv [%d, %d], dout [%d, %d], k [%d, %d], v [%d, %d] (k, v and the gradients need exactly T rows)",
+				op, T, dqt.rows, dqt.cols, dkt.rows, dkt.cols, dvt.rows, dvt.cols, dot.rows, dot.cols, kt.rows, kt.cols, vt.rows, vt.cols)
+		}
+		if headDim > attMaxHeadDim || T > 65535 {
+			return fmt.Errorf("cuda: %s: head_dim %d (at most %d) with %d rows (at most 65535) is not supported by this kernel", op, headDim, attMaxHeadDim, T)
+		}
+		for i, gt := range ts[:3] {
+			for j, it := range ts {
+				if i != j && overlaps(gt, it) {
+					return fmt.Errorf("cuda: %s: %s shares memory with %s", op, []string{"dq", "dk", "dv"}[i],
+						[]string{"dq", "dk", "dv", "dout", "q", "k", "v", "out"}[j])
+				}
+			}
+		}
+		scale := float32(1 / math.Sqrt(float64(headDim)))
+		stats, err := b.scratch(int64(8*nHeads*T), "attention statistics")
+		if err != nil {
+			return err
+		}
+		if err := launch(b.fns["attn_bwd_dq"], [3]int{nHeads, T, 1}, [3]int{attThreads, 1, 1}, 4*(2*headDim+attThreads),
+			ptrArg(dqt.ptr), ptrArg(stats), ptrArg(dot.ptr), ptrArg(qt.ptr), ptrArg(kt.ptr), ptrArg(vt.ptr), ptrArg(ot.ptr),
+			intArg(T), intArg(nHeads), intArg(nKV), intArg(headDim), f32Arg(scale)); err != nil {
+			return fmt.Errorf("cuda: %s (dq): %w", op, err)
+		}
+		if err := launch(b.fns["attn_bwd_dkv"], [3]int{nKV, T, 1}, [3]int{attThreads, 1, 1}, 4*(2*headDim+2*attThreads),
+			ptrArg(dkt.ptr), ptrArg(dvt.ptr), ptrArg(stats), ptrArg(dot.ptr), ptrArg(qt.ptr), ptrArg(kt.ptr), ptrArg(vt.ptr),
+			intArg(T), intArg(nHeads), intArg(nKV), intArg(headDim), f32Arg(scale)); err != nil {
+			return fmt.Errorf("cuda: %s (dk, dv): %w", op, err)
+		}
+		return nil
+	})
+}
+
+// SwiGLUBackward implements backend.Training: dgate and dup written (they may alias gate, up or
+// dout element for element, not each other).
+func (b *Backend) SwiGLUBackward(dgate, dup, dout, gate, up backend.Tensor) error {
+	return b.do(func() error {
+		const op = "swiglu backward"
+		var ts [5]*Tensor
+		for i, x := range []struct {
+			t    backend.Tensor
+			name string
+		}{{dgate, "dgate"}, {dup, "dup"}, {dout, "dout"}, {gate, "gate"}, {up, "up"}} {
+			t, err := b.ten(x.t, op, x.name)
+			if err != nil {
+				return err
+			}
+			ts[i] = t
+		}
+		for _, t := range ts[1:] {
+			if t.rows != ts[0].rows || t.cols != ts[0].cols {
+				return fmt.Errorf("cuda: %s: dgate [%d, %d], dup [%d, %d], dout [%d, %d], gate [%d, %d], up [%d, %d]", op,
+					ts[0].rows, ts[0].cols, ts[1].rows, ts[1].cols, ts[2].rows, ts[2].cols, ts[3].rows, ts[3].cols, ts[4].rows, ts[4].cols)
+			}
+		}
+		for i, gt := range ts[:2] {
+			for j, it := range ts {
+				if i != j && overlaps(gt, it) && (j < 2 || !same(gt, it)) {
+					return fmt.Errorf("cuda: %s: %s partly overlaps another argument", op, []string{"dgate", "dup"}[i])
+				}
+			}
+		}
+		n := ts[0].n()
+		if err := launch(b.fns["swiglu_bwd_f32"], [3]int{b.blocks(n), 1, 1}, [3]int{256, 1, 1}, 0,
+			ptrArg(ts[0].ptr), ptrArg(ts[1].ptr), ptrArg(ts[2].ptr), ptrArg(ts[3].ptr), ptrArg(ts[4].ptr), sizeArg(int64(n))); err != nil {
+			return fmt.Errorf("cuda: %s: %w", op, err)
+		}
+		return nil
+	})
+}
+
+// EmbeddingBackward implements backend.Training: dtable[ids[t]] += dout[t]. The host sorts the
+// positions by id (stably), so each touched row is summed by one block over its positions in
+// ascending order: deterministic, no atomics.
+func (b *Backend) EmbeddingBackward(dtable, dout backend.Tensor, ids []int) error {
+	return b.do(func() error {
+		const op = "embedding backward"
+		tb, err := b.ten(dtable, op, "dtable")
+		if err != nil {
+			return err
+		}
+		d, err := b.ten(dout, op, "dout")
+		if err != nil {
+			return err
+		}
+		if d.rows != len(ids) || d.cols != tb.cols {
+			return fmt.Errorf("cuda: %s: dout [%d, %d] for %d ids into a table [%d, %d]", op, d.rows, d.cols, len(ids), tb.rows, tb.cols)
+		}
+		if overlaps(tb, d) {
+			return fmt.Errorf("cuda: %s: dtable and dout share memory", op)
+		}
+		for t, id := range ids {
+			if id < 0 || id >= tb.rows {
+				return fmt.Errorf("cuda: %s: token id %d at position %d is outside the table (0..%d)", op, id, t, tb.rows-1)
+			}
+		}
+		order := make([]int32, len(ids))
+		for i := range order {
+			order[i] = int32(i)
+		}
+		sort.SliceStable(order, func(i, j int) bool { return ids[order[i]] < ids[order[j]] })
+		// [uniq (U) | off (U+1) | positions (T)]
+		var uniq, off []int32
+		for i, p := range order {
+			if i == 0 || ids[p] != ids[order[i-1]] {
+				uniq = append(uniq, int32(ids[p]))
+				off = append(off, int32(i))
+			}
+		}
+		off = append(off, int32(len(order)))
+		U := len(uniq)
+		data := append(append(uniq, off...), order...)
+		buf, err := b.uploadInts(data, "embedding backward ids")
+		if err != nil {
+			return fmt.Errorf("cuda: %s: %w", op, err)
+		}
+		if err := launch(b.fns["embedding_bwd_f32"], [3]int{U, (tb.cols + 255) / 256, 1}, [3]int{256, 1, 1}, 0,
+			ptrArg(tb.ptr), ptrArg(d.ptr), ptrArg(buf), ptrArg(buf+devPtr(4*U)), ptrArg(buf+devPtr(4*(2*U+1))), intArg(tb.cols)); err != nil {
+			return fmt.Errorf("cuda: %s: %w", op, err)
+		}
+		return nil
+	})
+}
+
+// CrossEntropy implements backend.Training: one block per row (max-subtracted log-sum-exp, exp
+// and sums in double, label smoothing as engine/train's CrossEntropy), dlogits = scale·∂loss/∂
+// logits (zero rows where unscored; dlogits may be logits), the per-row losses summed on the
+// host in row order. It waits for the GPU.
+func (b *Backend) CrossEntropy(dlogits, logits backend.Tensor, targets []int, ls, scale float32) (float64, int, error) {
+	var sum float64
+	var n int
+	err := b.do(func() error {
+		const op = "cross-entropy"
+		dl, err := b.ten(dlogits, op, "dlogits")
+		if err != nil {
+			return err
+		}
+		lg, err := b.ten(logits, op, "logits")
+		if err != nil {
+			return err
+		}
+		R, V := lg.rows, lg.cols
+		if dl.rows != R || dl.cols != V || len(targets) != R {
+			return fmt.Errorf("cuda: %s: logits [%d, %d], dlogits [%d, %d], %d targets", op, R, V, dl.rows, dl.cols, len(targets))
+		}
+		if overlaps(dl, lg) && !same(dl, lg) {
+			return fmt.Errorf("cuda: %s: dlogits partly overlaps logits", op)
+		}
+		if !(ls >= 0 && ls < 1) {
+			return fmt.Errorf("cuda: %s: label smoothing %v outside [0, 1)", op, ls)
+		}
+		tg := make([]int32, R)
+		for r, t := range targets {
+			if t < -1 || t >= V {
+				return fmt.Errorf("cuda: %s: target %d of row %d is outside the vocabulary (0..%d, or -1 for none)", op, t, r, V-1)
+			}
+			tg[r] = int32(t)
+		}
+		losses, err := b.scratch(int64(8*R), "cross-entropy losses")
+		if err != nil {
+			return err
+		}
+		tptr, err := b.uploadInts(tg, "cross-entropy targets")
+		if err != nil {
+			return fmt.Errorf("cuda: %s: %w", op, err)
+		}
+		if err := launch(b.fns["cross_entropy_f32"], [3]int{R, 1, 1}, [3]int{256, 1, 1}, 0,
+			ptrArg(dl.ptr), ptrArg(losses), ptrArg(lg.ptr), ptrArg(tptr), intArg(V), f32Arg(ls), f32Arg(scale)); err != nil {
+			return fmt.Errorf("cuda: %s: %w", op, err)
+		}
+		host := make([]float64, R)
+		if err := memcpyDtoH(unsafe.Pointer(&host[0]), losses, int64(8*R)); err != nil {
+			return fmt.Errorf("cuda: %s [%d, %d]: %w", op, R, V, err)
+		}
+		for r, t := range targets {
+			if t >= 0 {
+				sum += host[r]
+				n++
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, 0, err
+	}
+	return sum, n, nil
+}
+
+// adamBlock is engine/optim's int8 block size.
+const adamBlock = 64
+
+// AdamState is a device-resident pair of AdamW moments (backend.AdamWState) in one allocation:
+// "fp32" holds m and v as float32; "int8" holds m's int8 codes, √v's uint8 codes, then the
+// per-64-element float32 scales of m and of √v (each part at a 256-byte boundary).
+type AdamState struct {
+	format     string
+	rows, cols int
+	ptr        devPtr // 0 after FreeAdamWState
+	m, v       devPtr
+	ms, vs     devPtr // int8 scales
+	bytes      int64
+	owner      *Backend
+}
+
+// Format implements backend.AdamWState.
+func (s *AdamState) Format() string { return s.format }
+
+// Bytes implements backend.AdamWState.
+func (s *AdamState) Bytes() int64 { return s.bytes }
+
+// NewAdamWState implements backend.Training: zeroed moments accounted under OptimizerState.
+func (b *Backend) NewAdamWState(format string, rows, cols int) (backend.AdamWState, error) {
+	if rows <= 0 || cols <= 0 || rows > maxElems/cols {
+		return nil, fmt.Errorf("cuda: adamw state: cannot allocate [%d, %d]", rows, cols)
+	}
+	n := int64(rows) * int64(cols)
+	s := &AdamState{format: format, rows: rows, cols: cols, owner: b}
+	var offs [4]int64
+	switch format {
+	case "fp32":
+		offs[1] = align256(4 * n)
+		s.bytes = offs[1] + 4*n
+	case "int8":
+		nb := (n + adamBlock - 1) / adamBlock
+		offs[1] = align256(n)
+		offs[2] = offs[1] + align256(n)
+		offs[3] = offs[2] + align256(4*nb)
+		s.bytes = offs[3] + 4*nb
+	default:
+		return nil, fmt.Errorf("cuda: adamw state: format %q (want fp32 or int8)", format)
+	}
+	err := b.do(func() error {
+		p, err := b.alloc(backend.OptimizerState, s.bytes, fmt.Sprintf("adamw %s state [%d, %d]", format, rows, cols))
+		if err != nil {
+			return err
+		}
+		if err := memsetD8(p, 0, s.bytes); err != nil {
+			b.free(p)
+			return fmt.Errorf("cuda: adamw state [%d, %d]: %w", rows, cols, err)
+		}
+		s.ptr, s.m, s.v = p, p, p+devPtr(offs[1])
+		if format == "int8" {
+			s.ms, s.vs = p+devPtr(offs[2]), p+devPtr(offs[3])
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// FreeAdamWState implements backend.Training.
+func (b *Backend) FreeAdamWState(st backend.AdamWState) {
+	s, ok := st.(*AdamState)
+	if !ok || s == nil || s.owner != b {
+		return
+	}
+	b.do(func() error {
+		if s.ptr != 0 {
+			b.free(s.ptr)
+			s.ptr, s.m, s.v, s.ms, s.vs = 0, 0, 0, 0, 0
+		}
+		return nil
+	})
+}
+
+// AdamW implements backend.Training: one in-place pass over w, its moments and grad, one warp
+// per block of 64 elements, with engine/optim's arithmetic (see train.cu).
+func (b *Backend) AdamW(bw backend.Weight, grad backend.Tensor, st backend.AdamWState, h backend.AdamWHyper) error {
+	if err := backend.CheckAdamWHyper(h); err != nil {
+		return fmt.Errorf("cuda: %w", err)
+	}
+	return b.do(func() error {
+		const op = "adamw"
+		w, err := b.weight(bw, op)
+		if err != nil {
+			return err
+		}
+		g, err := b.ten(grad, op, "grad")
+		if err != nil {
+			return err
+		}
+		s, ok := st.(*AdamState)
+		switch {
+		case !ok || s == nil:
+			return fmt.Errorf("cuda: %s %s: state is %T, not a CUDA AdamW state", op, w.name, st)
+		case s.owner != b:
+			return fmt.Errorf("cuda: %s %s: the state belongs to another backend", op, w.name)
+		case s.ptr == 0:
+			return fmt.Errorf("cuda: %s %s: the state was freed", op, w.name)
+		}
+		if w.kind != kindF32 && w.kind != kindBF16 {
+			return fmt.Errorf("cuda: %s %s: weight is %s; only f32 and bf16 weights are trained", op, w.name, w.kind)
+		}
+		if g.rows != w.out || g.cols != w.in || s.rows != w.out || s.cols != w.in {
+			return fmt.Errorf("cuda: %s %s: weight [%d, %d], grad [%d, %d], state [%d, %d]", op, w.name, w.out, w.in, g.rows, g.cols, s.rows, s.cols)
+		}
+		b1, b2 := float32(h.Beta1), float32(h.Beta2)
+		bc1 := float32(1 - math.Pow(h.Beta1, float64(h.Step)))
+		bc2 := float32(1 - math.Pow(h.Beta2, float64(h.Step)))
+		decay := float32(h.LR * h.WeightDecay)
+		if h.NoDecay {
+			decay = 0
+		}
+		sr := 0
+		if h.StochasticRound {
+			sr = 1
+		}
+		n := g.n()
+		nb := (n + adamBlock - 1) / adamBlock
+		grid := max(1, min((nb+7)/8, b.sms*16))
+		name := "adamw_" + w.kind + "_" + s.format
+		if err := launch(b.fns[name], [3]int{grid, 1, 1}, [3]int{256, 1, 1}, 0,
+			ptrArg(w.ptr), ptrArg(g.ptr), ptrArg(s.m), ptrArg(s.v), ptrArg(s.ms), ptrArg(s.vs),
+			f32Arg(float32(h.LR)), f32Arg(b1), f32Arg(b2), f32Arg(1-b1), f32Arg(1-b2), f32Arg(bc1), f32Arg(bc2),
+			f32Arg(float32(h.Eps)), f32Arg(decay), f32Arg(h.GradScale), intArg(sr),
+			arg(h.Seed), arg(uint64(h.Step)), arg(h.Param), sizeArg(int64(n))); err != nil {
+			return fmt.Errorf("cuda: %s %s: %w", op, w.name, err)
+		}
+		return nil
+	})
+}
+
+var _ backend.Training = (*Backend)(nil)
