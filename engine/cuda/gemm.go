@@ -45,10 +45,12 @@ const (
 	gemmMinRows = 16
 	// gemmWorkspaceBytes is cuBLASLt's workspace, allocated once per backend.
 	gemmWorkspaceBytes = 32 << 20
-	// gemmChunkElems bounds the bf16 copy of a converted weight (64 MB): Qwen3-4B's largest
-	// projection (9728×2560) fits whole; a 151936×2560 lm_head goes in blocks of rows.
-	gemmChunkElems = 32 << 20
 )
+
+// gemmChunkElems bounds the bf16 copy of a converted weight (64 MB): Qwen3-4B's largest
+// projection (9728×2560) fits whole; a 151936×2560 lm_head goes in blocks of rows. A variable
+// so that tests can make blocks small.
+var gemmChunkElems = 32 << 20
 
 // errGEMMUnsupported means the cuBLASLt path cannot take a product (library missing, disabled,
 // shape, no algorithm, scratch not allocatable) and nothing was written: use the SIMT kernels.
