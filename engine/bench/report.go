@@ -88,11 +88,11 @@ func (r *Report) WriteFile(path string) error {
 	if err != nil {
 		return fmt.Errorf("bench: encode report: %w", err)
 	}
-	return writeAtomic(path, append(data, '\n'))
+	return WriteAtomic(path, append(data, '\n'))
 }
 
-// writeAtomic writes data to a temporary file in path's directory and renames it to path.
-func writeAtomic(path string, data []byte) error {
+// WriteAtomic writes data to a temporary file in path's directory and renames it to path.
+func WriteAtomic(path string, data []byte) error {
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
 	if err != nil {
 		return fmt.Errorf("bench: write %s: %w", path, err)
