@@ -4,6 +4,7 @@
 #
 #   kernel/kerneltest/run.sh [pytest args...]   conformance + client tests
 #   kernel/kerneltest/run.sh bench [bench args] qwengo vs ipykernel benchmark
+#   kernel/kerneltest/run.sh notebooks [--write] NB.ipynb...  execute notebooks (nbclient)
 #
 # Builds qwenkernel, installs the kernelspec into a temporary Jupyter data
 # dir (JUPYTER_PATH/JUPYTER_DATA_DIR point there, so nothing of the user's is
@@ -26,6 +27,11 @@ export QWENGO_HISTORY="$tmp/kernel_history.jsonl" PYTHONUNBUFFERED=1
 "$GO" build -o "$tmp/bin/qwenkernel" ./kernel/cmd/qwenkernel
 "$GO" run ./install --binary "$tmp/bin/qwenkernel"
 
+if [[ "${1:-}" == notebooks ]]; then
+  shift
+  "$PY" kernel/kerneltest/notebooks.py "$@"
+  exit
+fi
 if [[ "${1:-}" == bench ]]; then
   shift
   "$PY" kernel/kerneltest/bench.py "$@"
