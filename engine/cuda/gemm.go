@@ -402,10 +402,11 @@ func (b *Backend) gemmDW(dw, dout, x *Tensor) error {
 	return b.gemmBackward(nil, dw, dout, x, nil, false)
 }
 
-// gemmBackward is MatMul's backward on cuBLASLt: dx = dout·W (or dx += when accumulate) when dx
-// is not nil, dw += doutᵀ·x when dw is not nil; dout is rounded to bf16 once for both. w may be
-// nil when dx is; x may be nil when dw is. Shapes are checked and every plan made before
-// anything is launched (owner goroutine).
+// gemmBackward is MatMul's backward on cuBLASLt: dw += doutᵀ·x when dw is not nil, then dx =
+// dout·W (or dx += when accumulate) when dx is not nil; dout is rounded to bf16 once for both,
+// and x before dx is written, so dx may share x's memory. w may be nil when dx is; x may be nil
+// when dw is. Shapes are checked and every plan made before anything is launched (owner
+// goroutine); overlaps of views are the caller's to refuse (MatMulBackward does).
 func (b *Backend) gemmBackward(dx, dw, dout, x *Tensor, w *Weight, accumulate bool) error {
 	if dout == nil || (dx == nil && dw == nil) {
 		return fmt.Errorf("cuda: matmul backward (cuBLASLt): nothing to compute")
@@ -474,17 +475,19 @@ func (b *Backend) gemmBackward(dx, dw, dout, x *Tensor, w *Weight, accumulate bo
 	if err := b.toBF16(b.gemm.act.ptr, dout.ptr, int64(T)*int64(Out)); err != nil {
 		return fmt.Errorf("cuda: matmul backward: rounding dout to bf16: %w", err)
 	}
-	if dx != nil {
-		if err := b.gemmRunLaunches(ldx, bx, true); err != nil {
-			return fmt.Errorf("cuda: matmul backward %s (dx): %w", w.name, err)
-		}
-	}
+	// dw first, from bf16 copies of dout and x: dx may then share x's memory (as in
+	// MatMulBackward).
 	if dw != nil {
 		if err := b.toBF16(b.gemm.act2.ptr, x.ptr, int64(T)*int64(In)); err != nil {
 			return fmt.Errorf("cuda: matmul backward: rounding x to bf16: %w", err)
 		}
 		if err := b.gemmRunLaunches(ldw, bw, true); err != nil {
 			return fmt.Errorf("cuda: matmul backward (dw): %w", err)
+		}
+	}
+	if dx != nil {
+		if err := b.gemmRunLaunches(ldx, bx, true); err != nil {
+			return fmt.Errorf("cuda: matmul backward %s (dx): %w", w.name, err)
 		}
 	}
 	return nil
