@@ -217,9 +217,6 @@ func (e *ltError) Error() string {
 	return fmt.Sprintf("%s: cuBLAS status %d", e.op, e.status)
 }
 
-// notSupported reports whether no algorithm fits the product (the heuristic found none).
-func (e *ltError) notSupported() bool { return e.status == int(C.QGLT_NOT_SUPPORTED) }
-
 var cublasLt struct {
 	once    sync.Once
 	err     error

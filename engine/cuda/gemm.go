@@ -67,7 +67,8 @@ type gemmState struct {
 	act2  devBuf // bf16 x (dw)
 	wbuf  devBuf // bf16 expansion of a block of weight rows
 	plans map[ltShape]ltPlan
-	calls int64 // cuBLASLt products run (tests)
+	calls int64  // cuBLASLt products run (tests)
+	skip  string // the last reason a product was left to the SIMT kernels (plan failure)
 }
 
 // release frees the host-side cuBLASLt objects; the device buffers are ordinary allocations,
@@ -111,6 +112,9 @@ func (b *Backend) gemmStatus() string {
 	b.do(func() error {
 		if b.gemmReady() {
 			s = "cuBLASLt " + b.gemm.note
+			if b.gemm.skip != "" {
+				s += "; last product left to SIMT: " + b.gemm.skip
+			}
 		} else {
 			s = "SIMT only: " + b.gemm.note
 		}
@@ -247,11 +251,10 @@ func (b *Backend) gemmPrepare(calls []ltCall, buf gemmBuffers) ([]gemmLaunch, er
 		if !ok {
 			var err error
 			if p, err = newLtPlan(g.h, s, gemmWorkspaceBytes); err != nil {
-				var le *ltError
-				if errors.As(err, &le) && le.notSupported() {
-					return nil, fmt.Errorf("%w: %v", errGEMMUnsupported, err)
-				}
-				return nil, fmt.Errorf("cuda: %w", err)
+				// Nothing is launched yet: whatever the reason (no algorithm, or a status this
+				// library version gives for the combination), the SIMT kernels take the product.
+				g.skip = err.Error()
+				return nil, fmt.Errorf("%w: %v", errGEMMUnsupported, err)
 			}
 			g.plans[s] = p
 		}

@@ -322,7 +322,7 @@ func TestGEMMMatMul(t *testing.T) {
 					want = int64((s.N + rows - 1) / rows)
 				}
 				if got := gemmCalls(g) - before; got != want {
-					t.Errorf("%d cuBLASLt products, want %d", got, want)
+					t.Errorf("%d cuBLASLt products, want %d (%s)", got, want, g.gemmStatus())
 				}
 				compare(t, name, c, g, co, gO, bound)
 			})
