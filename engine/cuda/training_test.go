@@ -1,0 +1,755 @@
+//go:build cuda
+
+package cuda
+
+import (
+	"bytes"
+	"encoding/gob"
+	"fmt"
+	"math"
+	"strings"
+	"testing"
+	"unsafe"
+
+	"github.com/qwengo/qwengo/engine/backend"
+	"github.com/qwengo/qwengo/engine/cpu"
+	"github.com/qwengo/qwengo/engine/optim"
+	"github.com/qwengo/qwengo/engine/tensor"
+	"github.com/qwengo/qwengo/engine/train"
+)
+
+// Parity of the training ops with engine/cpu's implementation of backend.Training (and, for
+// AdamW and cross-entropy, with engine/optim and engine/train directly). Run on a GPU with
+//
+//	cuda.test -test.run Training -test.v -test.short
+//
+// Bounds are max|gpu − cpu| / max|cpu| per tensor, as in cuda_test.go:
+//
+//	Scale, Zero, RoPE backward, SwiGLU backward, embedding backward   1e-6 (element-wise, expected exact or 1 ulp)
+//	SumSquares                                                         1e-12 (double partial sums)
+//	RMSNorm backward (dx, dw)                                          1e-5 (dw summed in another order)
+//	MatMul backward (dx, dw; f32/bf16/NVFP4)                           2e-5 (as the forward MatMul: float32 sums of K or T terms)
+//	Attention backward (dq, dk, dv)                                    2e-5 (float32 sums over T keys/queries)
+//	CrossEntropy dlogits 1e-5; loss sum 1e-6 relative (vs engine/train: 1e-6 and 1e-9)
+//	AdamW f32 weights and fp32 moments 1e-6; bf16 weights and int8 codes: at most 0.5% of the
+//	elements differ, each by one bf16 ulp / one code step (rounding ties after a last-bit
+//	difference); int8 block scales 1e-6.
+
+// trainPair opens the GPU (or skips) and returns the CPU reference backend and its Training ops.
+func trainPair(t *testing.T) (*Backend, *cpu.Backend, backend.Training) {
+	t.Helper()
+	g := openGPU(t)
+	c := cpu.New()
+	ct, err := backend.AsTraining(c)
+	if err != nil {
+		t.Fatalf("the CPU reference: %v (engine/cpu's training.go is needed for these parity tests)", err)
+	}
+	return g, c, ct
+}
+
+func download(t *testing.T, b backend.Backend, x backend.Tensor) []float32 {
+	t.Helper()
+	v, err := b.Download(x, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func TestTrainingViews(t *testing.T) {
+	g := openGPU(t)
+	x, err := g.Alloc(backend.Activations, 6, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Free(x)
+	vals := make([]float32, 30)
+	for i := range vals {
+		vals[i] = float32(i)
+	}
+	if err := g.Upload(x, vals); err != nil {
+		t.Fatal(err)
+	}
+	live := g.Memory().Live
+	v, err := g.RowView(x, 2, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Rows() != 3 || v.Cols() != 5 {
+		t.Fatalf("view shape %v", v.Shape())
+	}
+	compareSlices(t, "row view content", download(t, g, v), vals[10:25], 0)
+	if err := g.Scale(v, 2); err != nil {
+		t.Fatal(err)
+	}
+	g.Free(v) // does nothing
+	if l := g.Memory().Live; l != live {
+		t.Errorf("live allocations %d after a view and its Free, want %d", l, live)
+	}
+	want := append([]float32(nil), vals...)
+	for i := 10; i < 25; i++ {
+		want[i] *= 2
+	}
+	compareSlices(t, "scale through a view", download(t, g, x), want, 0)
+	for _, r := range [][2]int{{-1, 2}, {0, 0}, {5, 2}, {6, 1}} {
+		if _, err := g.RowView(x, r[0], r[1]); err == nil {
+			t.Errorf("RowView(%d, %d) of 6 rows: no error", r[0], r[1])
+		}
+	}
+
+	// WeightTensor shares the weight's memory.
+	hw := hostWeight(t, kindF32, 1, 48, 9)
+	w, err := g.UploadWeight(hw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.FreeWeight(w)
+	wt, err := g.WeightTensor(w)
+	if err != nil {
+		t.Fatal(err)
+	}
+	host, _ := hw.Dense.Float32s(nil)
+	compareSlices(t, "weight tensor", download(t, g, wt), host, 0)
+	if err := g.Scale(wt, -1); err != nil {
+		t.Fatal(err)
+	}
+	g.Free(wt)
+	back, err := g.DownloadWeight(w)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := back.Dense.Float32s(nil)
+	for i := range host {
+		host[i] = -host[i]
+	}
+	compareSlices(t, "weight changed through its tensor", got, host, 0)
+	for _, kind := range []string{kindBF16, kindNVFP4} {
+		wk, err := g.UploadWeight(hostWeight(t, kind, 2, 32, 3))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := g.WeightTensor(wk); err == nil || !strings.Contains(err.Error(), kind) {
+			t.Errorf("WeightTensor of a %s weight: %v", kind, err)
+		}
+		g.FreeWeight(wk)
+	}
+}
+
+func TestTrainingZeroScaleSumSquares(t *testing.T) {
+	g, c, ct := trainPair(t)
+	for _, sh := range [][2]int{{1, 1}, {37, 129}, {300, 1000}} {
+		data := randn(sh[0]*sh[1], uint64(sh[0]), 1.5)
+		cx, gx := pair(t, c, g, sh[0], sh[1], data)
+		var host float64
+		for _, v := range data {
+			host += float64(v) * float64(v)
+		}
+		gs, err := g.SumSquares(gx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cs, err := ct.SumSquares(cx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		gs2, _ := g.SumSquares(gx)
+		if gs != gs2 {
+			t.Errorf("sum of squares %v: %v then %v (not deterministic)", sh, gs, gs2)
+		}
+		if math.Abs(gs-cs) > 1e-12*cs || math.Abs(gs-host) > 1e-12*host {
+			t.Errorf("sum of squares %v: gpu %v, cpu %v, host %v (bound 1e-12)", sh, gs, cs, host)
+		}
+		if err := g.Scale(gx, -0.37); err != nil {
+			t.Fatal(err)
+		}
+		if err := ct.Scale(cx, -0.37); err != nil {
+			t.Fatal(err)
+		}
+		compare(t, fmt.Sprintf("scale %v", sh), c, g, cx, gx, 1e-6)
+		if err := g.Zero(gx); err != nil {
+			t.Fatal(err)
+		}
+		for i, v := range download(t, g, gx) {
+			if v != 0 {
+				t.Fatalf("zero %v: element %d is %v", sh, i, v)
+			}
+		}
+		if s, _ := g.SumSquares(gx); s != 0 {
+			t.Errorf("sum of squares after zero: %v", s)
+		}
+	}
+}
+
+func TestTrainingMatMulBackward(t *testing.T) {
+	g, c, ct := trainPair(t)
+	const bound = 2e-5
+	type tc struct {
+		T, K, N    int
+		acc        bool
+		noDX, noDW bool
+	}
+	cases := []tc{{1, 64, 33, false, false, false}, {5, 96, 70, true, false, false}, {67, 160, 130, false, false, false},
+		{130, 256, 64, true, false, false}, {9, 48, 40, false, true, false}, {9, 48, 40, true, false, true}}
+	if !testing.Short() {
+		cases = append(cases, tc{300, 512, 384, true, false, false})
+	}
+	for _, kind := range []string{kindF32, kindBF16, kindNVFP4} {
+		for i, cs := range cases {
+			name := fmt.Sprintf("matmul backward %s T%d K%d N%d acc=%v", kind, cs.T, cs.K, cs.N, cs.acc)
+			cw, gw := weights(t, c, g, hostWeight(t, kind, cs.N, cs.K, uint64(10+i)))
+			cd, gd := pair(t, c, g, cs.T, cs.N, randn(cs.T*cs.N, uint64(20+i), 1))
+			cx, gx := pair(t, c, g, cs.T, cs.K, randn(cs.T*cs.K, uint64(30+i), 1))
+			var cdx, gdx, cdw, gdw backend.Tensor
+			if !cs.noDX {
+				cdx, gdx = pair(t, c, g, cs.T, cs.K, randn(cs.T*cs.K, uint64(40+i), 1))
+			}
+			if !cs.noDW {
+				cdw, gdw = pair(t, c, g, cs.N, cs.K, randn(cs.N*cs.K, uint64(50+i), 1))
+			}
+			if err := ct.MatMulBackward(cdx, cdw, cd, cx, cw, cs.acc); err != nil {
+				t.Fatalf("%s: cpu: %v", name, err)
+			}
+			if err := g.MatMulBackward(gdx, gdw, gd, gx, gw, cs.acc); err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			if !cs.noDX {
+				compare(t, name+" dx", c, g, cdx, gdx, bound)
+			}
+			if !cs.noDW {
+				compare(t, name+" dw", c, g, cdw, gdw, bound)
+			}
+		}
+	}
+}
+
+func TestTrainingRMSNormBackward(t *testing.T) {
+	g, c, ct := trainPair(t)
+	const bound = 1e-5
+	type tc struct {
+		rows, width, n int
+		acc, alias     bool
+		noDW           bool
+	}
+	cases := []tc{{7, 96, 96, false, false, false}, {5, 128, 32, true, false, false}, {300, 64, 64, false, true, false},
+		{40, 2048, 128, true, false, false}, {3, 40, 40, false, false, true}}
+	for i, cs := range cases {
+		name := fmt.Sprintf("rmsnorm backward [%d, %d]/%d acc=%v alias=%v", cs.rows, cs.width, cs.n, cs.acc, cs.alias)
+		wv := randn(cs.n, uint64(60+i), 0.3)
+		for j := range wv {
+			wv[j] += 1
+		}
+		cwt, gwt := pair(t, c, g, 1, cs.n, wv)
+		cx, gx := pair(t, c, g, cs.rows, cs.width, randn(cs.rows*cs.width, uint64(70+i), 2))
+		cd, gd := pair(t, c, g, cs.rows, cs.width, randn(cs.rows*cs.width, uint64(80+i), 1))
+		cdx, gdx := pair(t, c, g, cs.rows, cs.width, randn(cs.rows*cs.width, uint64(90+i), 1))
+		if cs.alias {
+			cdx, gdx = cd, gd
+		}
+		var cdw, gdw backend.Tensor
+		if !cs.noDW {
+			cdw, gdw = pair(t, c, g, 1, cs.n, randn(cs.n, uint64(100+i), 1))
+		}
+		if err := ct.RMSNormBackward(cdx, cdw, cd, cx, cwt, 1e-6, cs.acc); err != nil {
+			t.Fatalf("%s: cpu: %v", name, err)
+		}
+		if err := g.RMSNormBackward(gdx, gdw, gd, gx, gwt, 1e-6, cs.acc); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		compare(t, name+" dx", c, g, cdx, gdx, bound)
+		if !cs.noDW {
+			compare(t, name+" dw", c, g, cdw, gdw, bound)
+		}
+	}
+	// dx may be dout only without accumulate.
+	_, gd := pair(t, c, g, 2, 8, randn(16, 1, 1))
+	_, gx := pair(t, c, g, 2, 8, randn(16, 2, 1))
+	_, gw := pair(t, c, g, 1, 8, randn(8, 3, 1))
+	if err := g.RMSNormBackward(gd, nil, gd, gx, gw, 1e-6, true); err == nil {
+		t.Error("rmsnorm backward with dx = dout and accumulate: no error")
+	}
+}
+
+func TestTrainingRoPEBackward(t *testing.T) {
+	g, c, ct := trainPair(t)
+	for _, cs := range []struct {
+		rows, heads, hd, pos0 int
+		theta                 float64
+	}{{9, 4, 64, 0, 1e6}, {5, 2, 128, 1000, 10000}, {3, 3, 16, 40000, 1e6}} {
+		name := fmt.Sprintf("rope backward [%d, %d×%d] pos %d theta %g", cs.rows, cs.heads, cs.hd, cs.pos0, cs.theta)
+		w := cs.heads * cs.hd
+		data := randn(cs.rows*w, uint64(cs.rows), 1)
+		cd, gd := pair(t, c, g, cs.rows, w, data)
+		cdx, gdx := pair(t, c, g, cs.rows, w, nil)
+		if err := ct.RoPEBackward(cdx, cd, cs.hd, cs.pos0, cs.theta); err != nil {
+			t.Fatalf("%s: cpu: %v", name, err)
+		}
+		if err := g.RoPEBackward(gdx, gd, cs.hd, cs.pos0, cs.theta); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		compare(t, name, c, g, cdx, gdx, 1e-6)
+		// In place, and the exact inverse of the forward: RoPEBackward(RoPE(x)) = x.
+		if err := g.RoPE(gd, gd, cs.hd, cs.pos0, cs.theta); err != nil {
+			t.Fatal(err)
+		}
+		if err := g.RoPEBackward(gd, gd, cs.hd, cs.pos0, cs.theta); err != nil {
+			t.Fatal(err)
+		}
+		compareSlices(t, name+" inverts RoPE", download(t, g, gd), data, 1e-6)
+	}
+}
+
+func TestTrainingSwiGLUBackward(t *testing.T) {
+	g, c, ct := trainPair(t)
+	const rows, cols = 13, 257
+	cg, gg := pair(t, c, g, rows, cols, randn(rows*cols, 1, 3))
+	cu, gu := pair(t, c, g, rows, cols, randn(rows*cols, 2, 1))
+	cd, gd := pair(t, c, g, rows, cols, randn(rows*cols, 3, 1))
+	cdg, gdg := pair(t, c, g, rows, cols, nil)
+	cdu, gdu := pair(t, c, g, rows, cols, nil)
+	if err := ct.SwiGLUBackward(cdg, cdu, cd, cg, cu); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.SwiGLUBackward(gdg, gdu, gd, gg, gu); err != nil {
+		t.Fatal(err)
+	}
+	compare(t, "swiglu backward dgate", c, g, cdg, gdg, 1e-6)
+	compare(t, "swiglu backward dup", c, g, cdu, gdu, 1e-6)
+	// In place over gate and up (each element read before it is written).
+	if err := g.SwiGLUBackward(gg, gu, gd, gg, gu); err != nil {
+		t.Fatal(err)
+	}
+	compare(t, "swiglu backward in place dgate", c, g, cdg, gg, 1e-6)
+	compare(t, "swiglu backward in place dup", c, g, cdu, gu, 1e-6)
+	if err := g.SwiGLUBackward(gdg, gdg, gd, gg, gu); err == nil {
+		t.Error("swiglu backward with dgate = dup: no error")
+	}
+}
+
+func TestTrainingEmbeddingBackward(t *testing.T) {
+	g, c, ct := trainPair(t)
+	const V, H = 50, 300
+	ids := []int{3, 0, 49, 3, 17, 5, 49, 3, 3, 22, 0, 3, 8, 8, 49, 1, 2, 3, 4, 5}
+	ctb, gtb := pair(t, c, g, V, H, randn(V*H, 1, 1))
+	cd, gd := pair(t, c, g, len(ids), H, randn(len(ids)*H, 2, 1))
+	if err := ct.EmbeddingBackward(ctb, cd, ids); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.EmbeddingBackward(gtb, gd, ids); err != nil {
+		t.Fatal(err)
+	}
+	compare(t, "embedding backward", c, g, ctb, gtb, 1e-6)
+	bad := append([]int(nil), ids...)
+	bad[7] = V
+	before := download(t, g, gtb)
+	if err := g.EmbeddingBackward(gtb, gd, bad); err == nil || !strings.Contains(err.Error(), "position 7") {
+		t.Errorf("out-of-range id: %v", err)
+	}
+	compareSlices(t, "embedding backward after a refused call", download(t, g, gtb), before, 0)
+}
+
+// attentionInputs uploads q, k, v, dout and the forward's output (computed on the CPU) to both.
+func attentionInputs(t *testing.T, c *cpu.Backend, g *Backend, T, nH, nKV, hd int, seed uint64) (cs, gs [5]backend.Tensor) {
+	t.Helper()
+	qw, kw := nH*hd, nKV*hd
+	cs[0], gs[0] = pair(t, c, g, T, qw, randn(T*qw, seed, 1))
+	cs[1], gs[1] = pair(t, c, g, T, kw, randn(T*kw, seed+1, 1))
+	cs[2], gs[2] = pair(t, c, g, T, kw, randn(T*kw, seed+2, 1))
+	cs[3], gs[3] = pair(t, c, g, T, qw, randn(T*qw, seed+3, 1))
+	cout, err := c.Alloc(backend.Activations, T, qw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Attention(cout, cs[0], cs[1], cs[2], 0, nH, nKV, hd); err != nil {
+		t.Fatal(err)
+	}
+	cs[4], gs[4] = pair(t, c, g, T, qw, download(t, c, cout))
+	return
+}
+
+func TestTrainingAttentionBackward(t *testing.T) {
+	g, c, ct := trainPair(t)
+	const bound = 2e-5
+	type tc struct{ T, nH, nKV, hd int }
+	cases := []tc{{1, 2, 1, 16}, {7, 4, 2, 32}, {130, 4, 1, 64}, {200, 2, 2, 128}}
+	if !testing.Short() {
+		cases = append(cases, tc{600, 8, 2, 128})
+	}
+	for i, cs := range cases {
+		name := fmt.Sprintf("attention backward T%d heads %d/%d hd %d", cs.T, cs.nH, cs.nKV, cs.hd)
+		ci, gi := attentionInputs(t, c, g, cs.T, cs.nH, cs.nKV, cs.hd, uint64(100*i))
+		qw, kw := cs.nH*cs.hd, cs.nKV*cs.hd
+		cdq, gdq := pair(t, c, g, cs.T, qw, nil)
+		cdk, gdk := pair(t, c, g, cs.T, kw, nil)
+		cdv, gdv := pair(t, c, g, cs.T, kw, nil)
+		if err := ct.AttentionBackward(cdq, cdk, cdv, ci[3], ci[0], ci[1], ci[2], ci[4], cs.nH, cs.nKV, cs.hd); err != nil {
+			t.Fatalf("%s: cpu: %v", name, err)
+		}
+		if err := g.AttentionBackward(gdq, gdk, gdv, gi[3], gi[0], gi[1], gi[2], gi[4], cs.nH, cs.nKV, cs.hd); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		compare(t, name+" dq", c, g, cdq, gdq, bound)
+		compare(t, name+" dk", c, g, cdk, gdk, bound)
+		compare(t, name+" dv", c, g, cdv, gdv, bound)
+	}
+	// k with more rows than q (a cache) is refused, as are gradients aliasing inputs.
+	_, gi := attentionInputs(t, c, g, 4, 2, 1, 16, 7)
+	_, gk := pair(t, c, g, 5, 16, randn(80, 1, 1))
+	_, gdq := pair(t, c, g, 4, 32, nil)
+	_, gdk := pair(t, c, g, 4, 16, nil)
+	_, gdv := pair(t, c, g, 4, 16, nil)
+	if err := g.AttentionBackward(gdq, gdk, gdv, gi[3], gi[0], gk, gi[2], gi[4], 2, 1, 16); err == nil {
+		t.Error("attention backward with 5 key rows for 4 query rows: no error")
+	}
+	if err := g.AttentionBackward(gi[0], gdk, gdv, gi[3], gi[0], gi[1], gi[2], gi[4], 2, 1, 16); err == nil {
+		t.Error("attention backward with dq = q: no error")
+	}
+}
+
+func TestTrainingCrossEntropy(t *testing.T) {
+	g, c, ct := trainPair(t)
+	type tc struct {
+		V       int
+		targets []int
+		ls      float32
+	}
+	cases := []tc{{1000, []int{3, -1, 999, 0, 500, -1}, 0}, {1000, []int{3, -1, 999, 0, 500, -1}, 0.1},
+		{151936, []int{151935, 7, -1}, 0.05}}
+	const scale = 0.25
+	for i, cs := range cases {
+		R := len(cs.targets)
+		name := fmt.Sprintf("cross-entropy [%d, %d] ls %g", R, cs.V, cs.ls)
+		logits := randn(R*cs.V, uint64(i+1), 3)
+		cl, gl := pair(t, c, g, R, cs.V, logits)
+		cdl, gdl := pair(t, c, g, R, cs.V, nil)
+		csum, cn, err := ct.CrossEntropy(cdl, cl, cs.targets, cs.ls, scale)
+		if err != nil {
+			t.Fatalf("%s: cpu: %v", name, err)
+		}
+		gsum, gn, err := g.CrossEntropy(gdl, gl, cs.targets, cs.ls, scale)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if gn != cn || math.Abs(gsum-csum) > 1e-6*math.Abs(csum) {
+			t.Errorf("%s: loss %v over %d rows, cpu %v over %d (bound 1e-6)", name, gsum, gn, csum, cn)
+		}
+		compare(t, name+" dlogits", c, g, cdl, gdl, 1e-5)
+
+		// engine/train's CrossEntropy on the host: row r predicts ids[r+1].
+		ids, mask := make([]int, R+1), make([]bool, R+1)
+		for r, tg := range cs.targets {
+			ids[r+1], mask[r+1] = max(tg, 0), tg >= 0
+		}
+		ref := make([]float32, (R+1)*cs.V)
+		rsum, rn := train.CrossEntropy{LabelSmoothing: float64(cs.ls)}.Value(append(logits, make([]float32, cs.V)...), R+1, cs.V, ids, mask, ref)
+		if rn != gn || math.Abs(gsum-rsum) > 1e-9*math.Abs(rsum) {
+			t.Errorf("%s: loss %v over %d rows, engine/train %v over %d (bound 1e-9)", name, gsum, gn, rsum, rn)
+		}
+		for j := range ref[:R*cs.V] {
+			ref[j] *= scale
+		}
+		gotD := download(t, g, gdl)
+		compareSlices(t, name+" dlogits vs engine/train", gotD, ref[:R*cs.V], 1e-6)
+
+		// In place (dlogits = logits) gives the same bits.
+		isum, _, err := g.CrossEntropy(gl, gl, cs.targets, cs.ls, scale)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if isum != gsum {
+			t.Errorf("%s in place: loss %v, out of place %v", name, isum, gsum)
+		}
+		compareSlices(t, name+" in place", download(t, g, gl), gotD, 0)
+	}
+	_, gl := pair(t, c, g, 2, 10, randn(20, 1, 1))
+	if _, _, err := g.CrossEntropy(gl, gl, []int{3, 10}, 0, 1); err == nil || !strings.Contains(err.Error(), "row 1") {
+		t.Errorf("target outside the vocabulary: %v", err)
+	}
+}
+
+// optimState mirrors the fields of engine/optim's saved state that the AdamW test reads (gob
+// matches fields by name).
+type optimState struct {
+	Params []*struct {
+		W32, M32, V32, MSc, VSc []float32
+		W16                     []uint16
+		M8                      []int8
+		V8                      []uint8
+	}
+	Step int
+}
+
+// adamDownload copies a GPU AdamW state back: fp32 m and v, or int8 codes and scales.
+func adamDownload(t *testing.T, g *Backend, st backend.AdamWState) (m32, v32, ms, vs []float32, m8 []int8, v8 []uint8) {
+	t.Helper()
+	s := st.(*AdamState)
+	n := s.rows * s.cols
+	err := g.do(func() error {
+		cp := func(dst unsafe.Pointer, src devPtr, bytes int) error { return memcpyDtoH(dst, src, int64(bytes)) }
+		if s.format == "fp32" {
+			m32, v32 = make([]float32, n), make([]float32, n)
+			if err := cp(unsafe.Pointer(&m32[0]), s.m, 4*n); err != nil {
+				return err
+			}
+			return cp(unsafe.Pointer(&v32[0]), s.v, 4*n)
+		}
+		nb := (n + adamBlock - 1) / adamBlock
+		m8, v8, ms, vs = make([]int8, n), make([]uint8, n), make([]float32, nb), make([]float32, nb)
+		for _, c := range []struct {
+			dst   unsafe.Pointer
+			src   devPtr
+			bytes int
+		}{{unsafe.Pointer(&m8[0]), s.m, n}, {unsafe.Pointer(&v8[0]), s.v, n}, {unsafe.Pointer(&ms[0]), s.ms, 4 * nb}, {unsafe.Pointer(&vs[0]), s.vs, 4 * nb}} {
+			if err := cp(c.dst, c.src, c.bytes); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return
+}
+
+// compareCodes checks that at most 0.5% of the codes differ, each by at most one step.
+func compareCodes[T int8 | uint8 | uint16](t *testing.T, name string, got, want []T) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("%s: %d codes, want %d", name, len(got), len(want))
+	}
+	diff := 0
+	for i := range want {
+		if got[i] != want[i] {
+			diff++
+			if d := int(got[i]) - int(want[i]); d > 1 || d < -1 {
+				t.Errorf("%s: element %d is %d, want %d", name, i, got[i], want[i])
+				return
+			}
+		}
+	}
+	t.Logf("parity %-44s %d of %d codes differ by one (bound 0.5%%)", name, diff, len(want))
+	if diff*200 > len(want) {
+		t.Errorf("%s: %d of %d codes differ", name, diff, len(want))
+	}
+}
+
+func TestTrainingAdamW(t *testing.T) {
+	g, c, ct := trainPair(t)
+	type tc struct {
+		format, kind string
+		sr, noDecay  bool
+		rows, cols   int
+	}
+	var cases []tc
+	for _, f := range []string{"fp32", "int8"} {
+		cases = append(cases, tc{f, kindF32, false, false, 7, 50}, tc{f, kindF32, false, true, 64, 130},
+			tc{f, kindBF16, false, false, 7, 50}, tc{f, kindBF16, true, false, 64, 130})
+	}
+	const steps = 3
+	for i, cs := range cases {
+		name := fmt.Sprintf("adamw %s %s sr=%v nodecay=%v [%d, %d]", cs.format, cs.kind, cs.sr, cs.noDecay, cs.rows, cs.cols)
+		n := cs.rows * cs.cols
+		init := randn(n, uint64(200+i), 0.5)
+		h, err := tensor.FromFloat32s("w", tensor.F32, []int{cs.rows, cs.cols}, init)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hw := backend.HostWeight{Name: "w", Dense: h, Keep: cs.kind}
+		cw, gw := weights(t, c, g, hw)
+		cst, err := ct.NewAdamWState(cs.format, cs.rows, cs.cols)
+		if err != nil {
+			t.Fatalf("%s: cpu: %v", name, err)
+		}
+		gst, err := g.NewAdamWState(cs.format, cs.rows, cs.cols)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if gst.Format() != cs.format || gst.Bytes() <= 0 {
+			t.Errorf("%s: state %q of %d bytes", name, gst.Format(), gst.Bytes())
+		}
+		// engine/optim with the same parameter at index 1 (a dummy at 0), no clipping: the
+		// gradient handed to it is grad·GradScale rounded as the kernel rounds it.
+		master := optim.MasterFP32
+		if cs.kind == kindBF16 {
+			master = optim.MasterBF16
+		}
+		state := optim.FP32
+		if cs.format == "int8" {
+			state = optim.Int8
+		}
+		hy := backend.AdamWHyper{LR: 1e-2, Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, WeightDecay: 0.1, GradScale: 0.5,
+			NoDecay: cs.noDecay, StochasticRound: cs.sr, Seed: 42, Param: 1}
+		opt, err := optim.NewAdamW(optim.Config{LR: hy.LR, Beta1: hy.Beta1, Beta2: hy.Beta2, Eps: hy.Eps, WeightDecay: hy.WeightDecay,
+			State: state, Master: master, StochasticRounding: cs.sr, Seed: hy.Seed},
+			[]optim.ParamSpec{{Name: "dummy", Rows: 1, Cols: 1, Init: []float32{0}}, {Name: "w", Rows: cs.rows, Cols: cs.cols, Init: init, NoDecay: cs.noDecay}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for s := 1; s <= steps; s++ {
+			gv := randn(n, uint64(300+10*i+s), 0.05*float64(s))
+			cg, gg := pair(t, c, g, cs.rows, cs.cols, gv)
+			hy.Step = s
+			if err := ct.AdamW(cw, cg, cst, hy); err != nil {
+				t.Fatalf("%s step %d: cpu: %v", name, s, err)
+			}
+			if err := g.AdamW(gw, gg, gst, hy); err != nil {
+				t.Fatalf("%s step %d: %v", name, s, err)
+			}
+			scaled := make([]float32, n)
+			for j, v := range gv {
+				scaled[j] = v * hy.GradScale
+			}
+			if _, err := opt.Step([][]float32{{0}, scaled}, hy.LR); err != nil {
+				t.Fatal(err)
+			}
+		}
+		gotHW, err := g.DownloadWeight(gw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cpuHW, err := c.DownloadWeight(cw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _ := gotHW.Dense.Float32s(nil)
+		fromCPU, _ := cpuHW.Dense.Float32s(nil)
+		fromOpt := opt.Weights(1, nil)
+		if cs.kind == kindF32 {
+			compareSlices(t, name+" weights vs cpu", got, fromCPU, 1e-6)
+			compareSlices(t, name+" weights vs optim", got, fromOpt, 1e-6)
+		} else {
+			bits := func(v []float32) []uint16 {
+				o := make([]uint16, len(v))
+				for j, x := range v {
+					o[j] = uint16(math.Float32bits(x) >> 16)
+				}
+				return o
+			}
+			compareCodes(t, name+" bf16 weights vs cpu", bits(got), bits(fromCPU))
+			compareCodes(t, name+" bf16 weights vs optim", bits(got), bits(fromOpt))
+		}
+		raw, err := opt.MarshalBinary()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var saved optimState
+		if err := gob.NewDecoder(bytes.NewReader(raw)).Decode(&saved); err != nil {
+			t.Fatal(err)
+		}
+		p := saved.Params[1]
+		m32, v32, ms, vs, m8, v8 := adamDownload(t, g, gst)
+		if cs.format == "fp32" {
+			compareSlices(t, name+" m vs optim", m32, p.M32, 1e-6)
+			compareSlices(t, name+" v vs optim", v32, p.V32, 1e-6)
+		} else {
+			compareCodes(t, name+" m codes vs optim", m8, p.M8)
+			compareCodes(t, name+" √v codes vs optim", v8, p.V8)
+			compareSlices(t, name+" m scales vs optim", ms, p.MSc, 1e-6)
+			compareSlices(t, name+" √v scales vs optim", vs, p.VSc, 1e-6)
+		}
+		g.FreeAdamWState(gst)
+		ct.FreeAdamWState(cst)
+	}
+
+	// Refusals: an NVFP4 weight, a state of another shape, an unknown format.
+	_, gw := weights(t, c, g, hostWeight(t, kindNVFP4, 4, 32, 1))
+	_, gg := pair(t, c, g, 4, 32, randn(128, 1, 1))
+	st, err := g.NewAdamWState("fp32", 4, 32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.FreeAdamWState(st)
+	hy := backend.AdamWHyper{LR: 1e-3, Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, Step: 1, GradScale: 1}
+	if err := g.AdamW(gw, gg, st, hy); err == nil || !strings.Contains(err.Error(), "nvfp4") {
+		t.Errorf("adamw on an NVFP4 weight: %v", err)
+	}
+	if _, err := g.NewAdamWState("4bit", 4, 32); err == nil {
+		t.Error("adamw state format 4bit: no error")
+	}
+	hy.Step = 0
+	_, gf := weights(t, c, g, hostWeight(t, kindF32, 4, 32, 1))
+	if err := g.AdamW(gf, gg, st, hy); err == nil {
+		t.Error("adamw step 0: no error")
+	}
+}
+
+// TestTrainingDeterministic runs the ops with cross-thread reductions twice on the same inputs
+// and wants the same bits.
+func TestTrainingDeterministic(t *testing.T) {
+	g := openGPU(t)
+	c := cpu.New()
+	run := func() [][]float32 {
+		var res [][]float32
+		// Attention backward.
+		_, gi := attentionInputs(t, c, g, 150, 4, 2, 64, 5)
+		_, gdq := pair(t, c, g, 150, 256, nil)
+		_, gdk := pair(t, c, g, 150, 128, nil)
+		_, gdv := pair(t, c, g, 150, 128, nil)
+		if err := g.AttentionBackward(gdq, gdk, gdv, gi[3], gi[0], gi[1], gi[2], gi[4], 4, 2, 64); err != nil {
+			t.Fatal(err)
+		}
+		res = append(res, download(t, g, gdq), download(t, g, gdk), download(t, g, gdv))
+		// RMSNorm dw over many groups, matmul dw over many rows, embedding with repeats.
+		_, gx := pair(t, c, g, 500, 256, randn(500*256, 1, 1))
+		_, gd := pair(t, c, g, 500, 256, randn(500*256, 2, 1))
+		_, gw := pair(t, c, g, 1, 64, randn(64, 3, 1))
+		_, gdw := pair(t, c, g, 1, 64, nil)
+		if err := g.RMSNormBackward(nil, gdw, gd, gx, gw, 1e-6, false); err != nil {
+			t.Fatal(err)
+		}
+		res = append(res, download(t, g, gdw))
+		_, gmw := pair(t, c, g, 256, 256, nil)
+		wt, err := g.UploadWeight(hostWeight(t, kindBF16, 256, 256, 4))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer g.FreeWeight(wt)
+		if err := g.MatMulBackward(nil, gmw, gd, gx, wt, false); err != nil {
+			t.Fatal(err)
+		}
+		res = append(res, download(t, g, gmw))
+		ids := make([]int, 500)
+		for i := range ids {
+			ids[i] = (i * 7) % 13
+		}
+		_, gtb := pair(t, c, g, 13, 256, nil)
+		if err := g.EmbeddingBackward(gtb, gd, ids); err != nil {
+			t.Fatal(err)
+		}
+		res = append(res, download(t, g, gtb))
+		return res
+	}
+	a, b := run(), run()
+	for i := range a {
+		for j := range a[i] {
+			if math.Float32bits(a[i][j]) != math.Float32bits(b[i][j]) {
+				t.Fatalf("result %d element %d: %v then %v", i, j, a[i][j], b[i][j])
+			}
+		}
+	}
+}
+
+func TestTrainingErrors(t *testing.T) {
+	g := openGPU(t)
+	c := cpu.New()
+	_, gw := weights(t, c, g, hostWeight(t, kindF32, 8, 16, 1))
+	_, gd := pair(t, c, g, 3, 8, randn(24, 1, 1))
+	_, gx := pair(t, c, g, 3, 16, randn(48, 2, 1))
+	_, gdx := pair(t, c, g, 3, 16, randn(48, 3, 1))
+	_, gdw := pair(t, c, g, 8, 16, nil)
+	_, bad := pair(t, c, g, 3, 9, nil)
+	before := download(t, g, gdx)
+	if err := g.MatMulBackward(gdx, gdw, bad, gx, gw, false); err == nil {
+		t.Error("matmul backward with dout [3, 9] for a weight [8, 16]: no error")
+	}
+	if err := g.MatMulBackward(gdx, gdw, gd, nil, gw, false); err == nil || !strings.Contains(err.Error(), "needs x") {
+		t.Errorf("matmul backward dw without x: %v", err)
+	}
+	compareSlices(t, "dx after refused calls", download(t, g, gdx), before, 0)
+	if err := g.MatMulBackward(gdx, nil, gd, nil, gw, false); err != nil {
+		t.Errorf("matmul backward dx only: %v", err)
+	}
+	if err := g.RoPEBackward(gx, gx, 5, 0, 1e6); err == nil {
+		t.Error("rope backward with an odd head_dim: no error")
+	}
+}
