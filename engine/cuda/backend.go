@@ -47,6 +47,9 @@ type Backend struct {
 	tid atomic.Int64
 	// gemvV2 selects matmul.cu's older NVFP4 GEMV instead of gemv.cu's (QWENGO_CUDA_GEMV=v2).
 	gemvV2 bool
+	// trainSIMT keeps MatMulBackward on the fp32 SIMT kernels for every shape (the reference
+	// path of parity tests; QWENGO_CUDA_GEMM=simt does it for the forward too).
+	trainSIMT bool
 
 	// Owned by the worker goroutine.
 	dev     device

@@ -3,6 +3,7 @@
 package cuda
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"sort"
@@ -224,6 +225,18 @@ func (b *Backend) MatMulBackward(dx, dw, dout, x backend.Tensor, bw backend.Weig
 			}
 			if overlaps(dwt, d) || overlaps(dwt, xt) || overlaps(dwt, dxt) {
 				return fmt.Errorf("cuda: %s %s: dw shares memory with dout, x or dx", op, w.name)
+			}
+		}
+		// Many rows (training, prefill): tensor cores through cuBLASLt (bf16 operands, fp32
+		// accumulation, as the forward's MatMul); the SIMT kernels otherwise, when cuBLASLt is
+		// missing or the shape unsupported, and when trainSIMT asks for the fp32 reference path.
+		if T >= gemmMinRows && !b.trainSIMT {
+			err := b.gemmBackward(dxt, dwt, d, xt, w, accumulate)
+			if !errors.Is(err, errGEMMUnsupported) {
+				if err != nil {
+					return fmt.Errorf("cuda: %s %s: %w", op, w.name, err)
+				}
+				return nil
 			}
 		}
 		if dwt != nil {

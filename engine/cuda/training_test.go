@@ -181,8 +181,17 @@ func TestTrainingZeroScaleSumSquares(t *testing.T) {
 }
 
 func TestTrainingMatMulBackward(t *testing.T) {
+	g, _, _ := trainPair(t)
+	// fp32 SIMT kernels: float32 sums in another order than the CPU's.
+	g.do(func() error { g.trainSIMT = true; return nil })
+	t.Run("simt", func(t *testing.T) { testMatMulBackward(t, 2e-5) })
+	g.do(func() error { g.trainSIMT = false; return nil })
+	// Rows ≥ 16 go to cuBLASLt when it loaded: bf16 operands (relative rounding 2^-9 per factor).
+	t.Run("default", func(t *testing.T) { testMatMulBackward(t, 1e-2) })
+}
+
+func testMatMulBackward(t *testing.T, bound float64) {
 	g, c, ct := trainPair(t)
-	const bound = 2e-5
 	type tc struct {
 		T, K, N    int
 		acc        bool
