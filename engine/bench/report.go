@@ -179,8 +179,12 @@ func Markdown(ours, peer *Report) string {
 		}
 	}
 	bases := map[string]bool{}
+	unselected := func(f *Figure) bool { return f == nil || strings.HasPrefix(f.Status, "not run: not selected") }
 	for _, k := range keys {
 		o, p := ours.Figure(k), peer.Figure(k)
+		if unselected(o) && unselected(p) {
+			continue
+		}
 		f := o
 		if f == nil {
 			f = p

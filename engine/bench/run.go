@@ -100,31 +100,47 @@ func Run(ctx context.Context, b backend.Backend, opt Options) (*Report, error) {
 	r.rep.Figures = r.figures()
 	defer func() { r.rep.TotalSeconds = time.Since(r.start).Seconds() }()
 
-	r.logf("building a random %s-layer Qwen3-4B-shaped model on %s", fmt.Sprint(c.NumLayers), b.Name())
-	t0 := time.Now()
-	m, err := NewModel(c, b, qwen3.NVFP4, opt.Seed)
-	r.rep.BuildSeconds = time.Since(t0).Seconds()
-	if err != nil {
-		r.failAll("not run: model build failed: " + err.Error())
-		return r.rep, nil
-	}
-	r.m = m
-	defer m.Free()
-	r.rep.Model.WeightBytes = m.WeightBytes()
-	r.logf("built in %.1f s: %s", r.rep.BuildSeconds, m)
-
 	if r.want("prefill") || r.want("decode") {
-		r.inference()
-	}
-	if r.want("decode") {
-		if f := r.rep.Figure(batchKey(r.plan)); f != nil {
+		if r.build() {
+			r.inference()
+			r.m.Free() // training figures start without the inference weights
+			r.m = nil
+		}
+		if f := r.rep.Figure(batchKey(r.plan)); f != nil && r.want("decode") {
 			f.Status = StatusNoBatch
 		}
 	}
 	if r.want("train") {
+		if rc, ok := b.(interface{ ReleaseCache() error }); ok {
+			if err := rc.ReleaseCache(); err != nil {
+				r.logf("release cached blocks before training: %v", err)
+			}
+		}
 		r.train()
 	}
 	return r.rep, nil
+}
+
+// build makes the inference model (NVFP4 linears); on failure every inference figure says why.
+func (r *runner) build() bool {
+	c := r.cfg
+	r.logf("building a random %d-layer Qwen3-4B-shaped model on %s", c.NumLayers, r.b.Name())
+	t0 := time.Now()
+	m, err := NewModel(c, r.b, qwen3.NVFP4, r.opt.Seed)
+	r.rep.BuildSeconds = time.Since(t0).Seconds()
+	if err != nil {
+		for i := range r.rep.Figures {
+			f := &r.rep.Figures[i]
+			if f.Status == "not run" && (strings.HasPrefix(f.Key, "prefill_") || strings.HasPrefix(f.Key, "decode_")) {
+				f.Status = "not run: model build failed: " + err.Error()
+			}
+		}
+		return false
+	}
+	r.m = m
+	r.rep.Model.WeightBytes = m.WeightBytes()
+	r.logf("built in %.1f s: %s", r.rep.BuildSeconds, m)
+	return true
 }
 
 func (r *runner) logf(format string, a ...any) {
@@ -242,6 +258,10 @@ func (r *runner) measure(f *Figure, once func() (float64, time.Duration, error))
 				}
 			}
 			v, d, err := once()
+			if err != nil && len(samples) > 0 && strings.HasPrefix(failure(err), "not run: interrupted") {
+				f.Note = fmt.Sprintf("interrupted after %d samples", len(samples))
+				break
+			}
 			if err != nil {
 				f.Status = failure(err)
 				r.logf("%s: %s", f.Key, f.Status)

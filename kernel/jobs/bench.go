@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"syscall"
 
 	"github.com/qwengo/qwengo/engine"
 	"github.com/qwengo/qwengo/engine/bench"
@@ -28,7 +29,8 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 	jsonPath := f.String("json", "", "write our report (JSON) to this file")
 	mdPath := f.String("markdown", "", "also write the table to this file")
 	peer := f.String("peer", "", "peer.py's JSON report, shown beside ours")
-	report := f.String("report", "", "combine this earlier report of ours with --peer instead of running")
+	report := f.String("report", "", "our earlier report: combine it with --peer instead of running")
+	combine := f.Bool("combine", false, "do not run: print the table of --report and/or --peer (either may be missing)")
 	seed := f.Int("seed", 1, "seed of the weights and token ids")
 	steps := f.Int("decode-steps", 0, "one-token forwards per timed decode repetition (0: 32; 8 with --quick)")
 	maxSec := f.Float("max-seconds", 0, "stop starting figures after this many seconds (0: no limit)")
@@ -50,14 +52,24 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 		peerRep = r
 	}
 	var ours *bench.Report
-	if *report != "" {
+	switch {
+	case *report != "":
 		r, err := bench.ReadReport(*report)
 		if err != nil {
-			return fail(err)
+			if !*combine {
+				return fail(err)
+			}
+			fmt.Fprintln(stderr, "bench: our report unusable:", err)
 		}
 		ours = r
-	} else {
-		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	case *combine:
+		if peerRep == nil {
+			return fail(fmt.Errorf("--combine: no usable --report or --peer"))
+		}
+	default:
+		// SIGTERM too: run.sh bounds each side with timeout(1), and a cancelled run still
+		// writes its report (unfinished figures say "interrupted").
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
 		b := engine.Backend()
 		if engine.BackendNote != "" {
@@ -77,6 +89,9 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 				return fail(err)
 			}
 		}
+	}
+	if ours == nil && peerRep == nil {
+		return fail(fmt.Errorf("no usable report to show"))
 	}
 	md := bench.Markdown(ours, peerRep)
 	if *mdPath != "" {

@@ -52,4 +52,13 @@ func TestBenchQuick(t *testing.T) {
 	if code, _, errs := run(t, "bench", "--report", filepath.Join(dir, "none.json")); code == 0 || !strings.Contains(errs, "none.json") {
 		t.Errorf("missing report: exit %d: %s", code, errs)
 	}
+	// --combine prints whichever side is there (run.sh, when our side died).
+	peer.WriteFile(pp)
+	code, out, errs = run(t, "bench", "--combine", "--report", filepath.Join(dir, "none.json"), "--peer", pp)
+	if code != 0 || !strings.Contains(errs, "our report unusable") || !strings.Contains(out, "PyTorch on fake GPU") {
+		t.Errorf("--combine without ours: exit %d\n%s\n%s", code, out, errs)
+	}
+	if code, _, _ := run(t, "bench", "--combine"); code == 0 {
+		t.Error("--combine with nothing to combine succeeded")
+	}
 }

@@ -1,0 +1,183 @@
+//go:build devtrain
+
+package bench
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"runtime"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/qwengo/qwengo/engine/backend"
+	"github.com/qwengo/qwengo/engine/data"
+	"github.com/qwengo/qwengo/engine/devtrain"
+	"github.com/qwengo/qwengo/engine/grad"
+)
+
+// train measures full-parameter training steps through engine/devtrain: bf16 master weights,
+// int8 AdamW moments, activation recompute, the optimizer fused into the backward pass.
+// Every (S, batch) of the plan: tokens/s over whole steps (B·S tokens each), the backend's peak
+// memory, the optimizer phase's time; once, the optimizer's bytes per parameter.
+func (r *runner) train() {
+	fail := func(status string) {
+		for i := range r.rep.Figures {
+			if f := &r.rep.Figures[i]; f.Status == "not run" && strings.HasPrefix(f.Key, "train_") {
+				f.Status = status
+			}
+		}
+	}
+	if s := r.stopReason(); s != "" {
+		fail(s)
+		return
+	}
+	tb, err := backend.AsTraining(r.b)
+	if err != nil {
+		fail("not run: " + err.Error())
+		return
+	}
+	r.logf("building the trainable model (%d layers, host float32, then onto %s)", r.cfg.NumLayers, r.b.Name())
+	t0 := time.Now()
+	gm, err := grad.New(r.cfg)
+	if err != nil {
+		fail("not run: " + err.Error())
+		return
+	}
+	randomizeParallel(gm, r.opt.Seed)
+	dm, err := devtrain.New(tb, gm, devtrain.Options{Master: "bf16", State: "int8", Recompute: true, FusedOptimizer: true})
+	gm = nil
+	runtime.GC()
+	if err != nil {
+		fail(failure(fmt.Errorf("devtrain.New: %w", err)))
+		return
+	}
+	if c, ok := any(dm).(interface{ Free() }); ok {
+		defer c.Free()
+	} else if c, ok := any(dm).(interface{ Close() error }); ok {
+		defer c.Close()
+	}
+	r.logf("trainable model ready in %.1f s", time.Since(t0).Seconds())
+	if f := r.rep.Figure(bytesPerParamKey()); f != nil {
+		f.Value, f.Samples, f.Status = dm.OptimizerBytesPerParam(), []float64{dm.OptimizerBytesPerParam()}, StatusOK
+		f.Note = "devtrain int8 AdamW state (m, v and block scales) per parameter"
+	}
+	for _, s := range r.plan.TrainLengths {
+		for _, bsz := range r.plan.TrainBatches {
+			k := trainKey(s, bsz)
+			ft, fp, fo := r.rep.Figure(k+"_tps"), r.rep.Figure(k+"_peak"), r.rep.Figure(k+"_optim")
+			batch := r.batch(bsz, s)
+			var phases [][]devtrain.Phase
+			var losses []float64
+			r.measure(ft, func() (float64, time.Duration, error) {
+				t0 := time.Now()
+				st, err := dm.Step(r.ctx, batch, 1e-5)
+				d := time.Since(t0)
+				if err != nil {
+					return 0, d, err
+				}
+				if l := float64(st.Loss); math.IsNaN(l) || math.IsInf(l, 0) {
+					return 0, d, fmt.Errorf("step at S=%d batch %d: loss %v", s, bsz, st.Loss)
+				}
+				phases = append(phases, st.Phases)
+				losses = append(losses, float64(st.Loss))
+				return float64(bsz*s) / d.Seconds(), d, nil
+			})
+			if !ft.OK() {
+				fp.Status, fo.Status = ft.Status, ft.Status
+				continue
+			}
+			gib := float64(ft.PeakBytes) / (1 << 30)
+			fp.Value, fp.Samples, fp.Status, fp.PeakBytes = gib, []float64{gib}, StatusOK, ft.PeakBytes
+			timed := phases[1:] // phases[0] is the warm-up
+			if len(timed) == 0 {
+				timed = phases
+			}
+			var opt []float64
+			for _, ps := range timed {
+				for _, p := range ps {
+					if n := strings.ToLower(p.Name); strings.Contains(n, "optim") || strings.Contains(n, "adam") {
+						opt = append(opt, float64(p.Dur)/float64(time.Millisecond))
+					}
+				}
+			}
+			if len(opt) > 0 {
+				fo.Value, fo.Samples, fo.Status = median(opt), opt, StatusOK
+			} else {
+				fo.Status = "n/a (no optimizer phase: fused into the backward pass)"
+			}
+			ft.Note = fmt.Sprintf("loss %.3f; phases of the last step: %s", losses[len(losses)-1], phaseSummary(timed[len(timed)-1]))
+		}
+	}
+}
+
+// batch returns a batch of bsz random sequences of s tokens, every token after the first of
+// each sequence a target.
+func (r *runner) batch(bsz, s int) *data.Batch {
+	b := &data.Batch{B: bsz, T: s, IDs: r.ids(bsz * s), Mask: make([]bool, bsz*s)}
+	for i := range b.Mask {
+		if i%s != 0 {
+			b.Mask[i] = true
+			b.Targets++
+		}
+	}
+	for i := 0; i < bsz; i++ {
+		b.Sources = append(b.Sources, "random")
+	}
+	return b
+}
+
+// phaseSummary formats a step's phases: name, time and peak.
+func phaseSummary(ps []devtrain.Phase) string {
+	var out []string
+	for _, p := range ps {
+		out = append(out, fmt.Sprintf("%s %.1f ms (peak %s)", p.Name, float64(p.Dur)/float64(time.Millisecond), backend.Human(p.Peak)))
+	}
+	return strings.Join(out, ", ")
+}
+
+// randomizeParallel fills every matrix with uniform values of standard deviation 0.02 and
+// every norm with 1, chunks on every core (grad.Model.Randomize is serial: minutes for 4B).
+func randomizeParallel(m *grad.Model, seed uint64) {
+	type job struct {
+		w    []float32
+		norm bool
+		id   uint64
+	}
+	var jobs []job
+	for i, p := range m.Params {
+		for c := 0; c < len(p.W); c += chunk {
+			jobs = append(jobs, job{p.W[c:min(len(p.W), c+chunk)], p.Rows == 1, uint64(i)<<32 | uint64(c/chunk)})
+		}
+	}
+	sort.Slice(jobs, func(i, j int) bool { return len(jobs[i].w) > len(jobs[j].w) })
+	a := float32(0.02 * math.Sqrt(3))
+	var next int
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for w := 0; w < runtime.GOMAXPROCS(0); w++ {
+		wg.Go(func() {
+			for {
+				mu.Lock()
+				j := next
+				next++
+				mu.Unlock()
+				if j >= len(jobs) {
+					return
+				}
+				jb := jobs[j]
+				rng := rand.New(rand.NewPCG(seed, jb.id))
+				for i := range jb.w {
+					if jb.norm {
+						jb.w[i] = 1
+					} else {
+						jb.w[i] = (2*rng.Float32() - 1) * a
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+}
