@@ -61,6 +61,7 @@ class Bench:
         self.figures = []
         self.notes = []
         self.keep_ok = True
+        self.notes.append("decode: one model call per token with a DynamicCache, greedy pick on the GPU, one sync per repetition")
         if self.cuda:
             props = torch.cuda.get_device_properties(self.dev)
             self.device = "%s (%.0f GiB)" % (props.name, props.total_memory / 2**30)

@@ -98,6 +98,9 @@ func Run(ctx context.Context, b backend.Backend, opt Options) (*Report, error) {
 			Heads: c.NumHeads, KVHeads: c.NumKVHeads, HeadDim: c.HeadDim, Vocab: c.VocabSize, Tied: c.TieEmbeddings,
 			Params: c.NumParams(), Weights: "NVFP4 linears, bf16 embedding = lm_head"}}
 	r.rep.Figures = r.figures()
+	r.rep.Notes = append(r.rep.Notes,
+		"decode: every step is one qwen3.Forward that downloads the last row's logits and picks the next token on the host",
+		"timings: wall clock around calls that end with a download; warm-up, then the median of up to 5 repetitions")
 	defer func() { r.rep.TotalSeconds = time.Since(r.start).Seconds() }()
 
 	if r.want("prefill") || r.want("decode") {
