@@ -32,4 +32,16 @@
 // are computed here from the model's shapes and layer count and the H200 anchors of
 // shared/reference/anchors.md (4.3 TB/s HBM, 790 TFLOP/s bf16 matmul); Roofline documents
 // each. Markdown combines our report with the peer's.
+//
+// # Running it
+//
+// Here: `make cuda-bins` (builds .dev/gpu/qwenrepl with -tags cuda). On the GPU machine, from
+// the repository root with .dev/gpu carried: `bash engine/bench/run.sh` (all 36 layers; add
+// --layers N or --only decode,prefill,train for shorter runs): qwengo first, then peer.py, each
+// bounded in time, JSON, logs and table.md in $OUT, the table printed last. Locally:
+// `qwenrepl bench --quick` (CPU, tiny shapes), `qwenrepl bench --combine --report ours.json
+// --peer peer.json` to redo a table.
+//
+// The training figures need engine/devtrain: until it lands they are built only with -tags
+// devtrain (train_devtrain.go) and report "not run" otherwise (train_stub.go).
 package bench
