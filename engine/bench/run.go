@@ -361,7 +361,9 @@ func (r *runner) inference() {
 			r.measure(pf, prefill)
 		}
 		if df != nil {
-			if cache.Len() != s {
+			if reason := r.stopReason(); reason != "" {
+				df.Status = reason
+			} else if cache.Len() != s {
 				if _, _, err := prefill(); err != nil {
 					df.Status = failure(fmt.Errorf("prefill of %d tokens: %w", s, err))
 				}
