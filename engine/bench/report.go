@@ -154,8 +154,12 @@ func Markdown(ours, peer *Report) string {
 	fmt.Fprintf(&b, "Device: qwengo on %s; PyTorch on %s\n\n", dev(ours), dev(peer))
 	if ours != nil {
 		m := ours.Model
-		fmt.Fprintf(&b, "Model: Qwen3-4B shapes, %d of %d layers, random weights; qwengo: %s (%.2f GiB); %s\n",
-			m.Layers, m.FullLayers, m.Weights, float64(m.WeightBytes)/(1<<30), ours.Software)
+		shapes := "Qwen3-4B shapes"
+		if ours.Quick {
+			shapes = "tiny shapes (--quick)"
+		}
+		fmt.Fprintf(&b, "Model: %s, %d of %d layers, random weights; qwengo: %s (%.2f GiB); %s\n",
+			shapes, m.Layers, m.FullLayers, m.Weights, float64(m.WeightBytes)/(1<<30), ours.Software)
 	}
 	if peer != nil {
 		fmt.Fprintf(&b, "Peer: %s, %s (%d layers)\n", peer.Software, peer.Model.Weights, peer.Model.Layers)
