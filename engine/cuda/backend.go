@@ -45,8 +45,11 @@ type Backend struct {
 	// tid is the OS thread the owner goroutine is locked to: a call made on that thread is
 	// made by the owner itself (inside Run) and runs directly instead of being handed off.
 	tid atomic.Int64
-	// gemvV2 selects matmul.cu's older NVFP4 GEMV instead of gemv.cu's (QWENGO_CUDA_GEMV=v2).
-	gemvV2 bool
+	// gemv names the NVFP4 decode GEMV kernel (gemv.go; QWENGO_CUDA_GEMV).
+	gemv string
+	// The persistent GEMV's partial sums and arrival counters, and its blocks per SM per T.
+	gemvPartial, gemvCounters devBuf
+	gemvOccupancy             [gemvMaxRows]int
 	// trainSIMT keeps MatMulBackward on the fp32 SIMT kernels for every shape (the reference
 	// path of parity tests; QWENGO_CUDA_GEMM=simt does it for the forward too).
 	trainSIMT bool
@@ -94,7 +97,7 @@ func OpenDevice(ordinal int) (*Backend, error) {
 	if err := loadDriver(); err != nil {
 		return nil, err
 	}
-	b := &Backend{work: make(chan func(), 1), quit: make(chan struct{}), ordinal: ordinal, spin: runtime.GOMAXPROCS(0) > 1, gemvV2: gemvV2FromEnv(),
+	b := &Backend{work: make(chan func(), 1), quit: make(chan struct{}), ordinal: ordinal, spin: runtime.GOMAXPROCS(0) > 1, gemv: gemvFromEnv(),
 		fns: map[string]function{}, live: map[devPtr]liveAlloc{}, rope: map[ropeKey]devBuf{}, pool: map[int64][]devPtr{}}
 	started := make(chan error, 1)
 	go b.worker(started)
@@ -224,6 +227,7 @@ func (b *Backend) teardown() error {
 	clear(b.live)
 	b.dropPool()
 	b.idsBuf, b.attnBuf = devBuf{}, devBuf{}
+	b.gemvPartial, b.gemvCounters = devBuf{}, devBuf{}
 	b.tr = trainBufs{}
 	clear(b.rope)
 	for _, m := range b.mods {

@@ -23,7 +23,8 @@ package cuda
 	X(cuDevicePrimaryCtxRetain) X(cuDevicePrimaryCtxRelease) X(cuCtxSetCurrent) X(cuCtxSynchronize) \
 	X(cuMemAlloc) X(cuMemFree) X(cuMemGetInfo) X(cuMemcpyHtoD) X(cuMemcpyDtoH) X(cuMemcpyDtoD) X(cuMemsetD8) \
 	X(cuModuleLoadData) X(cuModuleUnload) X(cuModuleGetFunction) X(cuLaunchKernel) \
-	X(cuEventCreate) X(cuEventRecord) X(cuEventSynchronize) X(cuEventElapsedTime) X(cuEventDestroy)
+	X(cuEventCreate) X(cuEventRecord) X(cuEventSynchronize) X(cuEventElapsedTime) X(cuEventDestroy) \
+	X(cuOccupancyMaxActiveBlocksPerMultiprocessor)
 
 #define QG_DECL(n) static __typeof__(&n) p_##n;
 QG_FUNCS(QG_DECL)
@@ -77,6 +78,7 @@ static CUresult qg_cuMemcpyDtoD(CUdeviceptr d, CUdeviceptr s, size_t n) { return
 static CUresult qg_cuMemsetD8(CUdeviceptr d, unsigned char v, size_t n) { return p_cuMemsetD8(d, v, n); }
 static CUresult qg_cuModuleLoadData(CUmodule* m, const void* img) { return p_cuModuleLoadData(m, img); }
 static CUresult qg_cuModuleUnload(CUmodule m) { return p_cuModuleUnload(m); }
+static CUresult qg_cuOccupancy(int* n, CUfunction f, int threads, size_t shmem) { return p_cuOccupancyMaxActiveBlocksPerMultiprocessor(n, f, threads, shmem); }
 static CUresult qg_cuModuleGetFunction(CUfunction* f, CUmodule m, const char* name) { return p_cuModuleGetFunction(f, m, name); }
 static CUresult qg_cuEventCreate(CUevent* e) { return p_cuEventCreate(e, CU_EVENT_DEFAULT); }
 static CUresult qg_cuEventRecord(CUevent e) { return p_cuEventRecord(e, NULL); }
@@ -292,6 +294,15 @@ func moduleFunction(m module, name string) (function, error) {
 
 // arg is one kernel parameter in its 8-byte slot.
 type arg uint64
+
+// occupancy is how many blocks of the given size of f fit on one SM at once.
+func occupancy(f function, threads, shmem int) (int, error) {
+	var n C.int
+	if err := check("cuOccupancyMaxActiveBlocksPerMultiprocessor", C.qg_cuOccupancy(&n, f, C.int(threads), C.size_t(shmem))); err != nil {
+		return 0, err
+	}
+	return int(n), nil
+}
 
 func ptrArg(p devPtr) arg  { return arg(p) }
 func intArg(v int) arg     { return arg(uint32(int32(v))) }

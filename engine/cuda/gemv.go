@@ -2,16 +2,52 @@
 
 package cuda
 
-import "os"
+import (
+	"fmt"
+	"os"
 
-// The streaming NVFP4 GEMV (kernels/gemv.cu) replaces matmul.cu's gemv_nvfp4_t* for decode
-// when K is a multiple of 256 (all Qwen3 projection shapes): it keeps the next weight chunks in
-// flight through cp.async while decoding the current ones. QWENGO_CUDA_GEMV=v2 selects the
-// older kernel (for comparisons).
+	"github.com/qwengo/qwengo/engine/backend"
+)
 
-// gemvStreamOK reports whether an NVFP4 product of T ≤ 4 rows takes the streaming kernel.
-func (b *Backend) gemvStreamOK(T, K int) bool {
-	return !b.gemvV2 && T >= 1 && T <= gemvMaxRows && K%256 == 0
+// NVFP4 decode GEMVs (T ≤ 4 token rows), three generations kept side by side so the figures
+// test can time them in one run (NOTES.md has the numbers):
+//
+//   - "v2": matmul.cu's gemv_nvfp4_t*: split-K within a block, loads from registers.
+//   - "stream": gemv.cu's gemv_nvfp4s_t*: the same geometry with a cp.async ring.
+//   - "persist" (default): gemv.cu's gemv_nvfp4p_t*: a grid of resident warps walking (row
+//     group, K step) items with 3 items' copies in flight, partial sums finished by the warp
+//     that completes a row group. Needs K % 256 == 0 (all Qwen3 projection shapes).
+//
+// QWENGO_CUDA_GEMV=v2|stream|persist picks one (default persist).
+
+const (
+	gemvPersist = "persist"
+	gemvStreamV = "stream"
+	gemvV2Name  = "v2"
+)
+
+func gemvFromEnv() string {
+	switch v := os.Getenv("QWENGO_CUDA_GEMV"); v {
+	case gemvV2Name, gemvStreamV, gemvPersist:
+		return v
+	}
+	return gemvPersist
+}
+
+// gemvNVFP4 runs an NVFP4 product of T ≤ 4 rows with K % 256 == 0 on the selected kernel and
+// reports whether it took it (false: use matmul.cu's GEMV).
+func (b *Backend) gemvNVFP4(o, a *Tensor, w *Weight) (bool, error) {
+	T, K := a.rows, a.cols
+	if T < 1 || T > gemvMaxRows || K%256 != 0 {
+		return false, nil
+	}
+	switch b.gemv {
+	case gemvPersist:
+		return true, b.gemvPersistLaunch(o, a, w)
+	case gemvStreamV:
+		return true, b.gemvStream(o, a, w)
+	}
+	return false, nil
 }
 
 // gemvStreamGeometry picks ksplit (warps sharing a group of 4 rows, each a slice of K) and the
@@ -39,4 +75,42 @@ func (b *Backend) gemvStream(o, a *Tensor, w *Weight) error {
 		f32Arg(w.global*16384), intArg(N), intArg(K), intArg(ksplit), intArg(slice))
 }
 
-func gemvV2FromEnv() bool { return os.Getenv("QWENGO_CUDA_GEMV") == "v2" }
+// gemvPersistWarps is the block size of gemv_nvfp4p (GS_PWARPS in gemv.cu).
+const gemvPersistWarps = 4
+
+// gemvPersistLaunch launches gemv_nvfp4p_t{T} on a grid of resident blocks (owner goroutine).
+// The partial sums and the per-row-group arrival counters live in grow-only Workspace buffers;
+// counters are zeroed when allocated and every launch leaves them zero.
+func (b *Backend) gemvPersistLaunch(o, a *Tensor, w *Weight) error {
+	T, K, N := a.rows, a.cols, w.out
+	chunks := K / 32
+	spr := (chunks + 31) / 32
+	groups := (N + gemvRows - 1) / gemvRows
+	if spr > 1 {
+		if err := b.grow(&b.gemvPartial, backend.Workspace, int64(4*spr*T*N), "GEMV partial sums"); err != nil {
+			return err
+		}
+		if b.gemvCounters.bytes < int64(4*groups) {
+			if err := b.grow(&b.gemvCounters, backend.Workspace, int64(4*groups), "GEMV counters"); err != nil {
+				return err
+			}
+			if err := memsetD8(b.gemvCounters.ptr, 0, b.gemvCounters.bytes); err != nil {
+				return err
+			}
+		}
+	}
+	fn := b.fns[gemvPersistKernels[T-1]]
+	per := b.gemvOccupancy[T-1]
+	if per == 0 {
+		n, err := occupancy(fn, 32*gemvPersistWarps, 0)
+		if err != nil || n < 1 {
+			return fmt.Errorf("occupancy of %s: %d, %v", gemvPersistKernels[T-1], n, err)
+		}
+		b.gemvOccupancy[T-1], per = n, n
+	}
+	items := groups * spr
+	blocks := min(per*b.sms, (items+gemvPersistWarps-1)/gemvPersistWarps)
+	return launch(fn, [3]int{blocks, 1, 1}, [3]int{32 * gemvPersistWarps, 1, 1}, 0,
+		ptrArg(o.ptr), ptrArg(b.gemvPartial.ptr), ptrArg(b.gemvCounters.ptr), ptrArg(a.ptr), ptrArg(w.ptr), ptrArg(w.scales),
+		f32Arg(w.global*16384), intArg(N), intArg(K))
+}

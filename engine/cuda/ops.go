@@ -113,8 +113,10 @@ func gemvSplit(sms, N, units int) int {
 
 func (b *Backend) matmul(o, a *Tensor, w *Weight) error {
 	T, K, N := a.rows, a.cols, w.out
-	if w.kind == kindNVFP4 && b.gemvStreamOK(T, K) {
-		return b.gemvStream(o, a, w)
+	if w.kind == kindNVFP4 {
+		if took, err := b.gemvNVFP4(o, a, w); took {
+			return err
+		}
 	}
 	if gemvShape(w.kind, T, K) {
 		units, name := K/8, fmt.Sprintf("gemv_%s_t%d", w.kind, T)

@@ -26,6 +26,9 @@ var gemvKernels = []string{
 // gemvStreamKernels are the streaming NVFP4 GEMV kernels for 1..4 token rows (gemv.cu).
 var gemvStreamKernels = []string{"gemv_nvfp4s_t1", "gemv_nvfp4s_t2", "gemv_nvfp4s_t3", "gemv_nvfp4s_t4"}
 
+// gemvPersistKernels are the persistent NVFP4 GEMV kernels for 1..4 token rows (gemv.cu).
+var gemvPersistKernels = []string{"gemv_nvfp4p_t1", "gemv_nvfp4p_t2", "gemv_nvfp4p_t3", "gemv_nvfp4p_t4"}
+
 // trainKernels are the training ops' kernels (train.cu, launched from training.go).
 var trainKernels = []string{
 	"scale_f32", "sumsq_part_f32", "mm_bwd_dx_f32", "mm_bwd_dx_bf16", "mm_bwd_dx_nvfp4", "mm_bwd_dw_f32",
@@ -36,7 +39,7 @@ var trainKernels = []string{
 
 var ptxModules = []ptxModule{
 	{"kernels/train.ptx", trainKernels},
-	{"kernels/gemv.ptx", gemvStreamKernels},
+	{"kernels/gemv.ptx", append(append([]string{}, gemvStreamKernels...), gemvPersistKernels...)},
 	{"kernels/elementwise.ptx", []string{"embedding_f32", "embedding_bf16", "embedding_nvfp4", "swiglu_f32", "add_f32"}},
 	{"kernels/norm.ptx", []string{"rmsnorm_f32", "rope_f32"}},
 	{"kernels/attention.ptx", []string{"attention_f32", "attention_split_f32", "attention_combine_f32"}},

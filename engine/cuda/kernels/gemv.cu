@@ -121,6 +121,143 @@ __device__ __forceinline__ void gemv_nvfp4_stream(float* __restrict__ out, const
     }
 }
 
+// ---- v4: persistent, pipelined across rows ----
+//
+// The streaming kernel above still ran at ~15-18 % of HBM: each warp had only ~3 steps of work,
+// so blocks were short-lived and the grid ran in 1.15 waves (latency and a tail, not bytes in
+// flight, bound it). Here a fixed grid of resident warps walks a list of work items: an item is
+// one step (≤ 32 chunks of 16 bytes, i.e. ≤ 1024 elements) of one group of 4 weight rows. Warp w
+// takes items w, w+W, w+2W, ... with GS_PSTAGES-1 items' copies in flight while it decodes one,
+// so every warp streams continuously across rows. An item's 4×T dot products are warp-summed
+// and, when a row needs more than one step, written to partial[step][t][n]; the warp that
+// completes a row group (a per-group arrival counter) sums its partials in step order — the
+// result does not depend on which warp finishes last — and resets the counter for the next
+// launch. One launch, deterministic.
+#define GS_PSTAGES 4
+#define GS_PWARPS 4
+
+template <int T>
+__device__ __forceinline__ void gemv_nvfp4_persist(float* __restrict__ out, float* __restrict__ partial,
+                                                   unsigned* __restrict__ counters, const float* __restrict__ x,
+                                                   const uint8_t* __restrict__ packed, const uint8_t* __restrict__ scales,
+                                                   float g16k, int N, int K) {
+    __shared__ __align__(16) gs_stage ring[GS_PWARPS][GS_PSTAGES];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int chunks = K / 32, nb = K / 16;
+    const int spr = (chunks + 31) / 32;            // steps (items) per row group
+    const int groups = (N + GS_ROWS - 1) / GS_ROWS;
+    const long items = (long)groups * spr;
+    const long W = (long)gridDim.x * GS_PWARPS;
+    const long first = (long)blockIdx.x * GS_PWARPS + warp;
+
+    auto issue = [&](long j) {
+        const long it = first + j * W;
+        gs_stage& st = ring[warp][j % GS_PSTAGES];
+        if (it >= items) return;
+        const int g = (int)(it / spr), s = (int)(it % spr);
+        const int cs = s * 32, valid = min(32, chunks - cs);
+#pragma unroll
+        for (int r = 0; r < GS_ROWS; r++) {
+            const int n = g * GS_ROWS + r;
+            const bool ok = n < N && lane < valid;
+            const uint8_t* src = packed + (size_t)(ok ? n : 0) * (K / 2) + (size_t)(ok ? cs + lane : 0) * 16;
+            cp_async16(&st.w[r][lane], src, ok ? 16 : 0);
+            if (lane < 4) {
+                const int bytes = n < N ? max(0, min(16, 2 * valid - 16 * lane)) : 0;
+                const uint8_t* ssrc = scales + (size_t)(n < N ? n : 0) * nb + (size_t)2 * cs + (bytes ? 16 * lane : 0);
+                cp_async16(&st.sc[r][4 * lane], ssrc, bytes);
+            }
+        }
+    };
+
+    const long mine = first < items ? (items - first + W - 1) / W : 0;
+#pragma unroll
+    for (int j = 0; j < GS_PSTAGES - 1; j++) {
+        issue(j);
+        cp_async_commit();
+    }
+    for (long j = 0; j < mine; j++) {
+        issue(j + GS_PSTAGES - 1);
+        cp_async_commit();
+        cp_async_wait<GS_PSTAGES - 1>();
+        __syncwarp();
+        const long it = first + j * W;
+        const int g = (int)(it / spr), s = (int)(it % spr);
+        const gs_stage& st = ring[warp][j % GS_PSTAGES];
+        const int c = s * 32 + lane;
+        float acc[GS_ROWS][T];
+#pragma unroll
+        for (int r = 0; r < GS_ROWS; r++)
+#pragma unroll
+            for (int t = 0; t < T; t++) acc[r][t] = 0.f;
+        if (c < chunks) {
+            float4 xv[T][8];
+#pragma unroll
+            for (int t = 0; t < T; t++)
+#pragma unroll
+                for (int q = 0; q < 8; q++) xv[t][q] = __ldg(reinterpret_cast<const float4*>(x + (size_t)t * K) + c * 8 + q);
+#pragma unroll
+            for (int r = 0; r < GS_ROWS; r++) {
+                const uint4 p = st.w[r][lane];
+                const uint32_t sw = st.sc[r][lane >> 1] >> (16 * (lane & 1));
+                const float f0 = e4m3_to_f32(sw & 0xffu) * g16k, f1 = e4m3_to_f32((sw >> 8) & 0xffu) * g16k;
+#pragma unroll
+                for (int t = 0; t < T; t++) {
+                    float s0 = dot8(p.x, xv[t][0], xv[t][1]) + dot8(p.y, xv[t][2], xv[t][3]);
+                    float s1 = dot8(p.z, xv[t][4], xv[t][5]) + dot8(p.w, xv[t][6], xv[t][7]);
+                    acc[r][t] = fmaf(s1, f1, s0 * f0);
+                }
+            }
+        }
+        __syncwarp(); // the stage may be refilled from here on
+#pragma unroll
+        for (int r = 0; r < GS_ROWS; r++)
+#pragma unroll
+            for (int t = 0; t < T; t++) acc[r][t] = warp_sum(acc[r][t]);
+        if (spr == 1) {
+            if (lane < GS_ROWS * T) {
+                const int r = lane / T, t = lane % T, n = g * GS_ROWS + r;
+                float v = 0.f;
+#pragma unroll
+                for (int rr = 0; rr < GS_ROWS; rr++)
+#pragma unroll
+                    for (int tt = 0; tt < T; tt++)
+                        if (rr * T + tt == lane) v = acc[rr][tt];
+                if (n < N) out[(size_t)t * N + n] = v;
+            }
+            continue;
+        }
+        if (lane < GS_ROWS * T) {
+            const int r = lane / T, t = lane % T, n = g * GS_ROWS + r;
+            float v = 0.f;
+#pragma unroll
+            for (int rr = 0; rr < GS_ROWS; rr++)
+#pragma unroll
+                for (int tt = 0; tt < T; tt++)
+                    if (rr * T + tt == lane) v = acc[rr][tt];
+            if (n < N) partial[((size_t)s * T + t) * N + n] = v;
+        }
+        __threadfence();
+        __syncwarp(); // every lane's partial is visible device-wide before lane 0 arrives
+        unsigned last = 0;
+        if (lane == 0) last = atomicAdd(&counters[g], 1u) == (unsigned)(spr - 1);
+        last = __shfl_sync(0xffffffffu, last, 0);
+        if (last) {
+            __threadfence();
+            if (lane < GS_ROWS * T) {
+                const int r = lane / T, t = lane % T, n = g * GS_ROWS + r;
+                if (n < N) {
+                    float v = 0.f;
+                    for (int q = 0; q < spr; q++) v += __ldcg(partial + ((size_t)q * T + t) * N + n);
+                    out[(size_t)t * N + n] = v;
+                }
+            }
+            if (lane == 0) counters[g] = 0u;
+        }
+    }
+    cp_async_wait<0>();
+}
+
 // Entry points: 256 threads, ceil(N / (4 · 8/ksplit)) blocks, ksplit one of 1, 2, 4, 8, slice the
 // chunks (of 32 elements) per K slice, a multiple of 8.
 #define GS_ENTRY(T)                                                                                        \
@@ -135,3 +272,17 @@ GS_ENTRY(1)
 GS_ENTRY(2)
 GS_ENTRY(3)
 GS_ENTRY(4)
+
+// Persistent entry points: GS_PWARPS*32 threads, a grid of resident blocks (the host sizes it),
+// partial [ceil(K/1024)][T][N] floats and counters [ceil(N/4)] zeroed once (each launch leaves
+// them zero).
+#define GP_ENTRY(T)                                                                                      \
+    extern "C" __global__ void __launch_bounds__(GS_PWARPS * 32) gemv_nvfp4p_t##T(                      \
+        float* out, float* partial, unsigned* counters, const float* x, const uint8_t* packed,          \
+        const uint8_t* scales, float g16k, int N, int K) {                                              \
+        gemv_nvfp4_persist<T>(out, partial, counters, x, packed, scales, g16k, N, K);                   \
+    }
+GP_ENTRY(1)
+GP_ENTRY(2)
+GP_ENTRY(3)
+GP_ENTRY(4)
