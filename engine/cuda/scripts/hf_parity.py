@@ -77,26 +77,37 @@ def main():
         cfg, model = build(name, 1234, a.std)
         g = torch.Generator().manual_seed(7)
         ids = torch.randint(0, cfg.vocab_size - 1, (32,), generator=g).tolist()
-        with torch.no_grad():
-            x = torch.tensor([ids], device="cuda")
-            ref_logits = model(x).logits[0, -1].float().cpu().tolist()
-            gen = model.generate(x, max_new_tokens=a.tokens, do_sample=False, eos_token_id=cfg.eos_token_id,
-                                 pad_token_id=cfg.eos_token_id)
-            ref_ids = gen[0, len(ids):].tolist()
+        refs = {}
         d = tempfile.mkdtemp(prefix=f"hf-{name}-")
         model.save_pretrained(d, safe_serialization=True)
+        # transformers in bf16 (its usual GPU path) and the same bf16 weights computed in fp32:
+        # the fp32 run is the precise reference, the bf16 run shows transformers' own rounding.
+        for ref in ["bf16", "fp32"]:
+            if ref == "fp32":
+                model = model.float()
+            with torch.no_grad():
+                x = torch.tensor([ids], device="cuda")
+                logits = model(x).logits[0, -1].float().cpu().tolist()
+                gen = model.generate(x, max_new_tokens=a.tokens, do_sample=False, eos_token_id=cfg.eos_token_id,
+                                     pad_token_id=cfg.eos_token_id)
+                refs[ref] = (logits, gen[0, len(ids):].tolist())
         del model
         torch.cuda.empty_cache()
+        c = compare(refs["fp32"][0], refs["bf16"][0], refs["fp32"][1], refs["bf16"][1])
+        results[f"{name}/transformers-bf16 vs transformers-fp32"] = c
+        rows.append((name, "transformers bf16 vs transformers fp32", c))
         for prec in ["bf16", "nvfp4"]:
             o = ours(a.qwenrepl, d, ids, prec, a.tokens)
-            c = compare(ref_logits, o["logits"][0], ref_ids, o["ids"][len(ids):] if o["ids"][:len(ids)] == ids else o["ids"])
-            c.update(device=o.get("device"), wall_s=round(o["wall_s"], 2), decode_tps=o.get("decode_tokens_per_sec"))
-            results[f"{name}/{prec}"] = c
-            rows.append((name, prec, c))
+            got_ids = o["ids"][len(ids):] if o["ids"][:len(ids)] == ids else o["ids"]
+            for ref in ["fp32", "bf16"]:
+                c = compare(refs[ref][0], o["logits"][0], refs[ref][1], got_ids)
+                c.update(device=o.get("device"), wall_s=round(o["wall_s"], 2), decode_tps=o.get("decode_tokens_per_sec"))
+                results[f"{name}/qwengo-{prec} vs transformers-{ref}"] = c
+                rows.append((name, f"qwengo {prec} weights vs transformers {ref}", c))
         subprocess.run(["rm", "-rf", d])
     with open(os.path.join(a.out, "hf_parity.json"), "w") as f:
         json.dump(results, f, indent=1)
-    print("| model | ours | max |Δlogit| / max |logit| | top-1 same | top-10 overlap | greedy ids same (prefix) |")
+    print("| model | comparison | max |Δlogit| / max |logit| | top-1 same | top-10 overlap | greedy ids same (prefix) |")
     print("|---|---|---|---|---|---|")
     for name, prec, c in rows:
         print(f"| {name} | {prec} | {c['max_rel']:.2e} | {c['top1_same']} | {c['top10_overlap']}/10 | {c['greedy_same_prefix']}/{c['greedy_len']} |")
