@@ -1,7 +1,7 @@
 // Command gen regenerates the interpreter's symbol tables and documentation table in
 // kernel/symbols. `go generate ./kernel/symbols` runs it in that directory.
 //
-// It lists every importable package under the module's engine/ directory (plus kernel/display)
+// It lists every importable package under the module's engine/ directory (plus kernel/display and kernel/plot)
 // with `go list`, runs yaegi's extractor on each (writing extract_<path>.go, gofmt'ed, each file
 // replaced atomically), deletes extract_*.go files of packages that are gone, and writes
 // docs.json.gz: doc comments and declarations of the standard library packages yaegi
@@ -46,7 +46,7 @@ const (
 )
 
 // extraPackages are extracted besides the engine packages.
-var extraPackages = []string{module + "/kernel/display"}
+var extraPackages = []string{module + "/kernel/display", module + "/kernel/plot"}
 
 type listed struct {
 	ImportPath string
