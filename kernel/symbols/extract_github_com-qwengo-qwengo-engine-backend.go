@@ -11,33 +11,59 @@ import (
 func init() {
 	Symbols["github.com/qwengo/qwengo/engine/backend/backend"] = map[string]reflect.Value{
 		// function, constant and variable definitions
-		"Activations":    reflect.ValueOf(backend.Activations),
-		"Gradients":      reflect.ValueOf(backend.Gradients),
-		"Human":          reflect.ValueOf(backend.Human),
-		"KVCache":        reflect.ValueOf(backend.KVCache),
-		"Names":          reflect.ValueOf(backend.Names),
-		"NumCategories":  reflect.ValueOf(backend.NumCategories),
-		"Open":           reflect.ValueOf(backend.Open),
-		"OptimizerState": reflect.ValueOf(backend.OptimizerState),
-		"Register":       reflect.ValueOf(backend.Register),
-		"Registered":     reflect.ValueOf(backend.Registered),
-		"Weights":        reflect.ValueOf(backend.Weights),
-		"Workspace":      reflect.ValueOf(backend.Workspace),
+		"Activations":     reflect.ValueOf(backend.Activations),
+		"AsTraining":      reflect.ValueOf(backend.AsTraining),
+		"CheckAdamWHyper": reflect.ValueOf(backend.CheckAdamWHyper),
+		"CheckAttention":  reflect.ValueOf(backend.CheckAttention),
+		"CheckMatMul":     reflect.ValueOf(backend.CheckMatMul),
+		"Gradients":       reflect.ValueOf(backend.Gradients),
+		"Human":           reflect.ValueOf(backend.Human),
+		"KVCache":         reflect.ValueOf(backend.KVCache),
+		"Names":           reflect.ValueOf(backend.Names),
+		"NumCategories":   reflect.ValueOf(backend.NumCategories),
+		"Open":            reflect.ValueOf(backend.Open),
+		"OptimizerState":  reflect.ValueOf(backend.OptimizerState),
+		"Register":        reflect.ValueOf(backend.Register),
+		"Registered":      reflect.ValueOf(backend.Registered),
+		"RunOn":           reflect.ValueOf(backend.RunOn),
+		"Weights":         reflect.ValueOf(backend.Weights),
+		"Workspace":       reflect.ValueOf(backend.Workspace),
 
 		// type definitions
+		"AdamWHyper": reflect.ValueOf((*backend.AdamWHyper)(nil)),
+		"AdamWState": reflect.ValueOf((*backend.AdamWState)(nil)),
 		"Backend":    reflect.ValueOf((*backend.Backend)(nil)),
 		"Category":   reflect.ValueOf((*backend.Category)(nil)),
 		"HostWeight": reflect.ValueOf((*backend.HostWeight)(nil)),
 		"MemStats":   reflect.ValueOf((*backend.MemStats)(nil)),
 		"OverBudget": reflect.ValueOf((*backend.OverBudget)(nil)),
+		"Runner":     reflect.ValueOf((*backend.Runner)(nil)),
 		"Tensor":     reflect.ValueOf((*backend.Tensor)(nil)),
+		"Training":   reflect.ValueOf((*backend.Training)(nil)),
 		"Weight":     reflect.ValueOf((*backend.Weight)(nil)),
 
 		// interface wrapper definitions
-		"_Backend": reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Backend)(nil)),
-		"_Tensor":  reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Tensor)(nil)),
-		"_Weight":  reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Weight)(nil)),
+		"_AdamWState": reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_AdamWState)(nil)),
+		"_Backend":    reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Backend)(nil)),
+		"_Runner":     reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Runner)(nil)),
+		"_Tensor":     reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Tensor)(nil)),
+		"_Training":   reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Training)(nil)),
+		"_Weight":     reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Weight)(nil)),
 	}
+}
+
+// _github_com_qwengo_qwengo_engine_backend_AdamWState is an interface wrapper for AdamWState type
+type _github_com_qwengo_qwengo_engine_backend_AdamWState struct {
+	IValue  interface{}
+	WBytes  func() int64
+	WFormat func() string
+}
+
+func (W _github_com_qwengo_qwengo_engine_backend_AdamWState) Bytes() int64 {
+	return W.WBytes()
+}
+func (W _github_com_qwengo_qwengo_engine_backend_AdamWState) Format() string {
+	return W.WFormat()
 }
 
 // _github_com_qwengo_qwengo_engine_backend_Backend is an interface wrapper for Backend type
@@ -118,6 +144,16 @@ func (W _github_com_qwengo_qwengo_engine_backend_Backend) UploadWeight(w backend
 	return W.WUploadWeight(w)
 }
 
+// _github_com_qwengo_qwengo_engine_backend_Runner is an interface wrapper for Runner type
+type _github_com_qwengo_qwengo_engine_backend_Runner struct {
+	IValue interface{}
+	WRun   func(fn func() error) error
+}
+
+func (W _github_com_qwengo_qwengo_engine_backend_Runner) Run(fn func() error) error {
+	return W.WRun(fn)
+}
+
 // _github_com_qwengo_qwengo_engine_backend_Tensor is an interface wrapper for Tensor type
 type _github_com_qwengo_qwengo_engine_backend_Tensor struct {
 	IValue interface{}
@@ -138,6 +174,144 @@ func (W _github_com_qwengo_qwengo_engine_backend_Tensor) Rows() int {
 }
 func (W _github_com_qwengo_qwengo_engine_backend_Tensor) Shape() []int {
 	return W.WShape()
+}
+
+// _github_com_qwengo_qwengo_engine_backend_Training is an interface wrapper for Training type
+type _github_com_qwengo_qwengo_engine_backend_Training struct {
+	IValue             interface{}
+	WAdamW             func(w backend.Weight, grad backend.Tensor, st backend.AdamWState, h backend.AdamWHyper) error
+	WAdd               func(dst backend.Tensor, src backend.Tensor) error
+	WAlloc             func(cat backend.Category, rows int, cols int) (backend.Tensor, error)
+	WAttention         func(out backend.Tensor, q backend.Tensor, k backend.Tensor, v backend.Tensor, pos0 int, nHeads int, nKV int, headDim int) error
+	WAttentionBackward func(dq backend.Tensor, dk backend.Tensor, dv backend.Tensor, dout backend.Tensor, q backend.Tensor, k backend.Tensor, v backend.Tensor, out backend.Tensor, nHeads int, nKV int, headDim int) error
+	WCopyRows          func(dst backend.Tensor, dstRow int, src backend.Tensor, srcRow int, n int) error
+	WCrossEntropy      func(dlogits backend.Tensor, logits backend.Tensor, targets []int, ls float32, scale float32) (sum float64, n int, err error)
+	WDownload          func(t backend.Tensor, dst []float32) ([]float32, error)
+	WDownloadWeight    func(w backend.Weight) (backend.HostWeight, error)
+	WEmbedding         func(out backend.Tensor, table backend.Weight, ids []int) error
+	WEmbeddingBackward func(dtable backend.Tensor, dout backend.Tensor, ids []int) error
+	WFree              func(t backend.Tensor)
+	WFreeAdamWState    func(st backend.AdamWState)
+	WFreeWeight        func(w backend.Weight)
+	WMatMul            func(out backend.Tensor, x backend.Tensor, w backend.Weight) error
+	WMatMulBackward    func(dx backend.Tensor, dw backend.Tensor, dout backend.Tensor, x backend.Tensor, w backend.Weight, accumulate bool) error
+	WMemory            func() backend.MemStats
+	WName              func() string
+	WNewAdamWState     func(format string, rows int, cols int) (backend.AdamWState, error)
+	WRMSNorm           func(out backend.Tensor, x backend.Tensor, w backend.Tensor, eps float32) error
+	WRMSNormBackward   func(dx backend.Tensor, dw backend.Tensor, dout backend.Tensor, x backend.Tensor, w backend.Tensor, eps float32, accumulate bool) error
+	WResetPeak         func()
+	WRoPE              func(out backend.Tensor, x backend.Tensor, headDim int, pos0 int, theta float64) error
+	WRoPEBackward      func(dx backend.Tensor, dout backend.Tensor, headDim int, pos0 int, theta float64) error
+	WRowView           func(t backend.Tensor, row0 int, n int) (backend.Tensor, error)
+	WScale             func(t backend.Tensor, s float32) error
+	WSumSquares        func(t backend.Tensor) (float64, error)
+	WSwiGLU            func(out backend.Tensor, gate backend.Tensor, up backend.Tensor) error
+	WSwiGLUBackward    func(dgate backend.Tensor, dup backend.Tensor, dout backend.Tensor, gate backend.Tensor, up backend.Tensor) error
+	WUpload            func(t backend.Tensor, src []float32) error
+	WUploadWeight      func(w backend.HostWeight) (backend.Weight, error)
+	WWeightTensor      func(w backend.Weight) (backend.Tensor, error)
+	WZero              func(t backend.Tensor) error
+}
+
+func (W _github_com_qwengo_qwengo_engine_backend_Training) AdamW(w backend.Weight, grad backend.Tensor, st backend.AdamWState, h backend.AdamWHyper) error {
+	return W.WAdamW(w, grad, st, h)
+}
+func (W _github_com_qwengo_qwengo_engine_backend_Training) Add(dst backend.Tensor, src backend.Tensor) error {
+	return W.WAdd(dst, src)
+}
+func (W _github_com_qwengo_qwengo_engine_backend_Training) Alloc(cat backend.Category, rows int, cols int) (backend.Tensor, error) {
+	return W.WAlloc(cat, rows, cols)
+}
+func (W _github_com_qwengo_qwengo_engine_backend_Training) Attention(out backend.Tensor, q backend.Tensor, k backend.Tensor, v backend.Tensor, pos0 int, nHeads int, nKV int, headDim int) error {
+	return W.WAttention(out, q, k, v, pos0, nHeads, nKV, headDim)
+}
+func (W _github_com_qwengo_qwengo_engine_backend_Training) AttentionBackward(dq backend.Tensor, dk backend.Tensor, dv backend.Tensor, dout backend.Tensor, q backend.Tensor, k backend.Tensor, v backend.Tensor, out backend.Tensor, nHeads int, nKV int, headDim int) error {
+	return W.WAttentionBackward(dq, dk, dv, dout, q, k, v, out, nHeads, nKV, headDim)
+}
+func (W _github_com_qwengo_qwengo_engine_backend_Training) CopyRows(dst backend.Tensor, dstRow int, src backend.Tensor, srcRow int, n int) error {
+	return W.WCopyRows(dst, dstRow, src, srcRow, n)
+}
+func (W _github_com_qwengo_qwengo_engine_backend_Training) CrossEntropy(dlogits backend.Tensor, logits backend.Tensor, targets []int, ls float32, scale float32) (sum float64, n int, err error) {
+	return W.WCrossEntropy(dlogits, logits, targets, ls, scale)
+}
+func (W _github_com_qwengo_qwengo_engine_backend_Training) Download(t backend.Tensor, dst []float32) ([]float32, error) {
+	return W.WDownload(t, dst)
+}
+func (W _github_com_qwengo_qwengo_engine_backend_Training) DownloadWeight(w backend.Weight) (backend.HostWeight, error) {
+	return W.WDownloadWeight(w)
+}
+func (W _github_com_qwengo_qwengo_engine_backend_Training) Embedding(out backend.Tensor, table backend.Weight, ids []int) error {
+	return W.WEmbedding(out, table, ids)
+}
+func (W _github_com_qwengo_qwengo_engine_backend_Training) EmbeddingBackward(dtable backend.Tensor, dout backend.Tensor, ids []int) error {
+	return W.WEmbeddingBackward(dtable, dout, ids)
+}
+func (W _github_com_qwengo_qwengo_engine_backend_Training) Free(t backend.Tensor) {
+	W.WFree(t)
+}
+func (W _github_com_qwengo_qwengo_engine_backend_Training) FreeAdamWState(st backend.AdamWState) {
+	W.WFreeAdamWState(st)
+}
+func (W _github_com_qwengo_qwengo_engine_backend_Training) FreeWeight(w backend.Weight) {
+	W.WFreeWeight(w)
+}
+func (W _github_com_qwengo_qwengo_engine_backend_Training) MatMul(out backend.Tensor, x backend.Tensor, w backend.Weight) error {
+	return W.WMatMul(out, x, w)
+}
+func (W _github_com_qwengo_qwengo_engine_backend_Training) MatMulBackward(dx backend.Tensor, dw backend.Tensor, dout backend.Tensor, x backend.Tensor, w backend.Weight, accumulate bool) error {
+	return W.WMatMulBackward(dx, dw, dout, x, w, accumulate)
+}
+func (W _github_com_qwengo_qwengo_engine_backend_Training) Memory() backend.MemStats {
+	return W.WMemory()
+}
+func (W _github_com_qwengo_qwengo_engine_backend_Training) Name() string {
+	return W.WName()
+}
+func (W _github_com_qwengo_qwengo_engine_backend_Training) NewAdamWState(format string, rows int, cols int) (backend.AdamWState, error) {
+	return W.WNewAdamWState(format, rows, cols)
+}
+func (W _github_com_qwengo_qwengo_engine_backend_Training) RMSNorm(out backend.Tensor, x backend.Tensor, w backend.Tensor, eps float32) error {
+	return W.WRMSNorm(out, x, w, eps)
+}
+func (W _github_com_qwengo_qwengo_engine_backend_Training) RMSNormBackward(dx backend.Tensor, dw backend.Tensor, dout backend.Tensor, x backend.Tensor, w backend.Tensor, eps float32, accumulate bool) error {
+	return W.WRMSNormBackward(dx, dw, dout, x, w, eps, accumulate)
+}
+func (W _github_com_qwengo_qwengo_engine_backend_Training) ResetPeak() {
+	W.WResetPeak()
+}
+func (W _github_com_qwengo_qwengo_engine_backend_Training) RoPE(out backend.Tensor, x backend.Tensor, headDim int, pos0 int, theta float64) error {
+	return W.WRoPE(out, x, headDim, pos0, theta)
+}
+func (W _github_com_qwengo_qwengo_engine_backend_Training) RoPEBackward(dx backend.Tensor, dout backend.Tensor, headDim int, pos0 int, theta float64) error {
+	return W.WRoPEBackward(dx, dout, headDim, pos0, theta)
+}
+func (W _github_com_qwengo_qwengo_engine_backend_Training) RowView(t backend.Tensor, row0 int, n int) (backend.Tensor, error) {
+	return W.WRowView(t, row0, n)
+}
+func (W _github_com_qwengo_qwengo_engine_backend_Training) Scale(t backend.Tensor, s float32) error {
+	return W.WScale(t, s)
+}
+func (W _github_com_qwengo_qwengo_engine_backend_Training) SumSquares(t backend.Tensor) (float64, error) {
+	return W.WSumSquares(t)
+}
+func (W _github_com_qwengo_qwengo_engine_backend_Training) SwiGLU(out backend.Tensor, gate backend.Tensor, up backend.Tensor) error {
+	return W.WSwiGLU(out, gate, up)
+}
+func (W _github_com_qwengo_qwengo_engine_backend_Training) SwiGLUBackward(dgate backend.Tensor, dup backend.Tensor, dout backend.Tensor, gate backend.Tensor, up backend.Tensor) error {
+	return W.WSwiGLUBackward(dgate, dup, dout, gate, up)
+}
+func (W _github_com_qwengo_qwengo_engine_backend_Training) Upload(t backend.Tensor, src []float32) error {
+	return W.WUpload(t, src)
+}
+func (W _github_com_qwengo_qwengo_engine_backend_Training) UploadWeight(w backend.HostWeight) (backend.Weight, error) {
+	return W.WUploadWeight(w)
+}
+func (W _github_com_qwengo_qwengo_engine_backend_Training) WeightTensor(w backend.Weight) (backend.Tensor, error) {
+	return W.WWeightTensor(w)
+}
+func (W _github_com_qwengo_qwengo_engine_backend_Training) Zero(t backend.Tensor) error {
+	return W.WZero(t)
 }
 
 // _github_com_qwengo_qwengo_engine_backend_Weight is an interface wrapper for Weight type

@@ -11,6 +11,7 @@ func init() {
 	Symbols["github.com/qwengo/qwengo/engine/engine"] = map[string]reflect.Value{
 		// function, constant and variable definitions
 		"Backend":              reflect.ValueOf(engine.Backend),
+		"BackendNote":          reflect.ValueOf(&engine.BackendNote).Elem(),
 		"CurrentContext":       reflect.ValueOf(&engine.CurrentContext).Elem(),
 		"DefaultProgress":      reflect.ValueOf(&engine.DefaultProgress).Elem(),
 		"DefaultTokenizerPath": reflect.ValueOf(engine.DefaultTokenizerPath),
