@@ -78,16 +78,28 @@ func (b *Backend) gemvStream(o, a *Tensor, w *Weight) error {
 // gemvPersistWarps is the block size of gemv_nvfp4p (GS_PWARPS in gemv.cu).
 const gemvPersistWarps = 4
 
-// gemvPersistLaunch launches gemv_nvfp4p_t{T} on a grid of resident blocks (owner goroutine).
-// The partial sums and the per-row-group arrival counters live in grow-only Workspace buffers;
-// counters are zeroed when allocated and every launch leaves them zero.
+// gemvPersistLaunch launches gemv_nvfp4p_t{T} for one product (owner goroutine).
 func (b *Backend) gemvPersistLaunch(o, a *Tensor, w *Weight) error {
-	T, K, N := a.rows, a.cols, w.out
-	chunks := K / 32
-	spr := (chunks + 31) / 32
-	groups := (N + gemvRows - 1) / gemvRows
+	return b.gemvPersistMany([]*Tensor{o}, a, []*Weight{w})
+}
+
+// gemvPersistMany launches gemv_nvfp4p_t{T} for up to three NVFP4 products sharing x (and so
+// K): q/k/v, gate/up in one launch. The partial sums and per-row-group arrival counters live in
+// grow-only Workspace buffers; counters are zeroed when allocated and every launch leaves them
+// zero (owner goroutine; shapes checked by the caller).
+func (b *Backend) gemvPersistMany(outs []*Tensor, a *Tensor, ws []*Weight) error {
+	T, K := a.rows, a.cols
+	if len(ws) == 0 || len(ws) > 3 || len(outs) != len(ws) {
+		return fmt.Errorf("gemv: %d products (1 to 3, one output each)", len(ws))
+	}
+	spr := (K/32 + 31) / 32
+	groups, sumN := 0, 0
+	for _, w := range ws {
+		groups += (w.out + gemvRows - 1) / gemvRows
+		sumN += w.out
+	}
 	if spr > 1 {
-		if err := b.grow(&b.gemvPartial, backend.Workspace, int64(4*spr*T*N), "GEMV partial sums"); err != nil {
+		if err := b.grow(&b.gemvPartial, backend.Workspace, int64(4*spr*T*sumN), "GEMV partial sums"); err != nil {
 			return err
 		}
 		if b.gemvCounters.bytes < int64(4*groups) {
@@ -110,7 +122,14 @@ func (b *Backend) gemvPersistLaunch(o, a *Tensor, w *Weight) error {
 	}
 	items := groups * spr
 	blocks := min(per*b.sms, (items+gemvPersistWarps-1)/gemvPersistWarps)
-	return launch(fn, [3]int{blocks, 1, 1}, [3]int{32 * gemvPersistWarps, 1, 1}, 0,
-		ptrArg(o.ptr), ptrArg(b.gemvPartial.ptr), ptrArg(b.gemvCounters.ptr), ptrArg(a.ptr), ptrArg(w.ptr), ptrArg(w.scales),
-		f32Arg(w.global*16384), intArg(N), intArg(K))
+	args := []arg{ptrArg(b.gemvPartial.ptr), ptrArg(b.gemvCounters.ptr), ptrArg(a.ptr), intArg(K), intArg(len(ws))}
+	for j := 0; j < 3; j++ {
+		if j < len(ws) {
+			w := ws[j]
+			args = append(args, ptrArg(outs[j].ptr), ptrArg(w.ptr), ptrArg(w.scales), f32Arg(w.global*16384), intArg(w.out))
+		} else {
+			args = append(args, ptrArg(0), ptrArg(0), ptrArg(0), f32Arg(0), intArg(0))
+		}
+	}
+	return launch(fn, [3]int{blocks, 1, 1}, [3]int{32 * gemvPersistWarps, 1, 1}, 0, args...)
 }

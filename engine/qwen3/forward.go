@@ -131,6 +131,36 @@ func firstErr(errs ...error) error {
 	return nil
 }
 
+// blockFused is block with the backend's fused kernels: about half the launches, the same
+// results. The input norm of layer i+1 is fused with the residual add that ends layer i, so
+// s.AttnIn is ready when the next block starts (layer 0 computes its own).
+func (m *Model) blockFused(f backend.Fused, i int, s *Activations, cache *KVCache, pos0 int) error {
+	b, c, l := m.B, m.Config, &m.Layers[i]
+	eps := float32(c.RMSNormEps)
+	var first error
+	if i == 0 {
+		first = b.RMSNorm(s.AttnIn, s.X, l.InputNorm, eps)
+	}
+	err := firstErr(
+		first,
+		f.MatMulMany([]backend.Tensor{s.Q, s.K, s.V}, s.AttnIn, []backend.Weight{l.Q, l.K, l.V}),
+		f.QKNormRoPECache(s.QR, s.KR, s.Q, s.K, s.V, l.QNorm, l.KNorm, cache.K(i), cache.V(i), c.HeadDim, pos0, c.RopeTheta, eps),
+		b.Attention(s.Ctx, s.QR, cache.K(i), cache.V(i), pos0, c.NumHeads, c.NumKVHeads, c.HeadDim),
+		b.MatMul(s.AttnOut, s.Ctx, l.O),
+		f.AddRMSNorm(s.MLPIn, s.X, s.AttnOut, l.PostNorm, eps),
+		f.MatMulMany([]backend.Tensor{s.Gate, s.Up}, s.MLPIn, []backend.Weight{l.Gate, l.Up}),
+		b.SwiGLU(s.H, s.Gate, s.Up),
+		b.MatMul(s.MLPOut, s.H, l.Down),
+	)
+	if err != nil {
+		return err
+	}
+	if i+1 < len(m.Layers) {
+		return f.AddRMSNorm(s.AttnIn, s.X, s.MLPOut, m.Layers[i+1].InputNorm, eps)
+	}
+	return b.Add(s.X, s.MLPOut)
+}
+
 // block runs decoder layer i on the chunk in s.X (updated in place), writing the chunk's keys
 // and values to rows pos0..pos0+T-1 of the cache and attending over rows 0..pos0+T-1.
 func (m *Model) block(i int, s *Activations, cache *KVCache, pos0 int) error {
@@ -237,7 +267,13 @@ func (m *Model) forwardWith(ctx context.Context, ids []int, cache *KVCache, mode
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		if err := m.block(i, s, cache, pos0); err != nil {
+		var err error
+		if f, ok := b.(backend.Fused); ok && !m.Unfused {
+			err = m.blockFused(f, i, s, cache, pos0)
+		} else {
+			err = m.block(i, s, cache, pos0)
+		}
+		if err != nil {
 			return nil, fmt.Errorf("forward: layer %d: %w", i, err)
 		}
 		if err := hook(i, s.X); err != nil {

@@ -34,6 +34,9 @@ type Model struct {
 	// Sources records how each parameter was stored and converted, by prefix
 	// ("model.layers.0.mlp.up_proj" → "bf16", "nvfp4 (modelopt)", "f32 → nvfp4", …).
 	Sources map[string]string
+	// Unfused makes Forward use the basic backend ops even when the backend has fused kernels
+	// (backend.Fused), for comparisons; the results are the same either way.
+	Unfused bool
 }
 
 // Precisions for LoadOptions.Precision.

@@ -135,36 +135,66 @@ __device__ __forceinline__ void gemv_nvfp4_stream(float* __restrict__ out, const
 // launch. One launch, deterministic.
 #define GS_PSTAGES 4
 #define GS_PWARPS 4
+#define GS_PJOBS 3
+
+// gp_jobs describes up to three products sharing x and K (q/k/v, gate/up): one launch walks
+// the concatenation of their item lists. Job j's partial sums start after those of jobs < j in
+// partial, its counters after theirs in counters.
+struct gp_jobs {
+    float* out[GS_PJOBS];
+    const uint8_t* packed[GS_PJOBS];
+    const uint8_t* scales[GS_PJOBS];
+    float g16k[GS_PJOBS];
+    int N[GS_PJOBS];
+    int njobs;
+};
 
 template <int T>
-__device__ __forceinline__ void gemv_nvfp4_persist(float* __restrict__ out, float* __restrict__ partial,
-                                                   unsigned* __restrict__ counters, const float* __restrict__ x,
-                                                   const uint8_t* __restrict__ packed, const uint8_t* __restrict__ scales,
-                                                   float g16k, int N, int K) {
+__device__ __forceinline__ void gemv_nvfp4_persist(const gp_jobs& jb, float* __restrict__ partial,
+                                                   unsigned* __restrict__ counters, const float* __restrict__ x, int K) {
     __shared__ __align__(16) gs_stage ring[GS_PWARPS][GS_PSTAGES];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int chunks = K / 32, nb = K / 16;
-    const int spr = (chunks + 31) / 32;            // steps (items) per row group
-    const int groups = (N + GS_ROWS - 1) / GS_ROWS;
-    const long items = (long)groups * spr;
+    const int spr = (chunks + 31) / 32; // steps (items) per row group
+    long itemsEnd[GS_PJOBS];
+    long items = 0;
+#pragma unroll
+    for (int j = 0; j < GS_PJOBS; j++) {
+        if (j < jb.njobs) items += (long)((jb.N[j] + GS_ROWS - 1) / GS_ROWS) * spr;
+        itemsEnd[j] = items;
+    }
     const long W = (long)gridDim.x * GS_PWARPS;
     const long first = (long)blockIdx.x * GS_PWARPS + warp;
+
+    // locate maps a global item to its job, row group and step.
+    struct loc { int job, g, s, N; };
+    auto locate = [&](long it) {
+        loc l;
+        l.job = it < itemsEnd[0] ? 0 : (it < itemsEnd[1] ? 1 : 2);
+        const long base = l.job == 0 ? 0 : itemsEnd[l.job - 1];
+        l.g = (int)((it - base) / spr);
+        l.s = (int)((it - base) % spr);
+        l.N = jb.N[l.job];
+        return l;
+    };
 
     auto issue = [&](long j) {
         const long it = first + j * W;
         gs_stage& st = ring[warp][j % GS_PSTAGES];
         if (it >= items) return;
-        const int g = (int)(it / spr), s = (int)(it % spr);
-        const int cs = s * 32, valid = min(32, chunks - cs);
+        const loc l = locate(it);
+        const uint8_t* packed = jb.packed[l.job];
+        const uint8_t* scales = jb.scales[l.job];
+        const int cs = l.s * 32, valid = min(32, chunks - cs);
 #pragma unroll
         for (int r = 0; r < GS_ROWS; r++) {
-            const int n = g * GS_ROWS + r;
-            const bool ok = n < N && lane < valid;
+            const int n = l.g * GS_ROWS + r;
+            const bool ok = n < l.N && lane < valid;
             const uint8_t* src = packed + (size_t)(ok ? n : 0) * (K / 2) + (size_t)(ok ? cs + lane : 0) * 16;
             cp_async16(&st.w[r][lane], src, ok ? 16 : 0);
             if (lane < 4) {
-                const int bytes = n < N ? max(0, min(16, 2 * valid - 16 * lane)) : 0;
-                const uint8_t* ssrc = scales + (size_t)(n < N ? n : 0) * nb + (size_t)2 * cs + (bytes ? 16 * lane : 0);
+                const int bytes = n < l.N ? max(0, min(16, 2 * valid - 16 * lane)) : 0;
+                const uint8_t* ssrc = scales + (size_t)(n < l.N ? n : 0) * nb + (size_t)2 * cs + (bytes ? 16 * lane : 0);
                 cp_async16(&st.sc[r][4 * lane], ssrc, bytes);
             }
         }
@@ -181,10 +211,10 @@ __device__ __forceinline__ void gemv_nvfp4_persist(float* __restrict__ out, floa
         cp_async_commit();
         cp_async_wait<GS_PSTAGES - 1>();
         __syncwarp();
-        const long it = first + j * W;
-        const int g = (int)(it / spr), s = (int)(it % spr);
+        const loc l = locate(first + j * W);
+        const float g16k = jb.g16k[l.job];
         const gs_stage& st = ring[warp][j % GS_PSTAGES];
-        const int c = s * 32 + lane;
+        const int c = l.s * 32 + lane;
         float acc[GS_ROWS][T];
 #pragma unroll
         for (int r = 0; r < GS_ROWS; r++)
@@ -214,45 +244,39 @@ __device__ __forceinline__ void gemv_nvfp4_persist(float* __restrict__ out, floa
         for (int r = 0; r < GS_ROWS; r++)
 #pragma unroll
             for (int t = 0; t < T; t++) acc[r][t] = warp_sum(acc[r][t]);
+        // lane r*T+t holds output (row r, token t) of the item.
+        float v = 0.f;
+#pragma unroll
+        for (int rr = 0; rr < GS_ROWS; rr++)
+#pragma unroll
+            for (int tt = 0; tt < T; tt++)
+                if (rr * T + tt == lane) v = acc[rr][tt];
+        const int r = lane / T, t = lane % T, n = l.g * GS_ROWS + r;
+        float* out = jb.out[l.job];
         if (spr == 1) {
-            if (lane < GS_ROWS * T) {
-                const int r = lane / T, t = lane % T, n = g * GS_ROWS + r;
-                float v = 0.f;
-#pragma unroll
-                for (int rr = 0; rr < GS_ROWS; rr++)
-#pragma unroll
-                    for (int tt = 0; tt < T; tt++)
-                        if (rr * T + tt == lane) v = acc[rr][tt];
-                if (n < N) out[(size_t)t * N + n] = v;
-            }
+            if (lane < GS_ROWS * T && n < l.N) out[(size_t)t * l.N + n] = v;
             continue;
         }
-        if (lane < GS_ROWS * T) {
-            const int r = lane / T, t = lane % T, n = g * GS_ROWS + r;
-            float v = 0.f;
-#pragma unroll
-            for (int rr = 0; rr < GS_ROWS; rr++)
-#pragma unroll
-                for (int tt = 0; tt < T; tt++)
-                    if (rr * T + tt == lane) v = acc[rr][tt];
-            if (n < N) partial[((size_t)s * T + t) * N + n] = v;
+        long pbase = 0, cbase = 0;
+        for (int q = 0; q < l.job; q++) {
+            pbase += (long)spr * T * jb.N[q];
+            cbase += (jb.N[q] + GS_ROWS - 1) / GS_ROWS;
         }
+        float* part = partial + pbase;
+        if (lane < GS_ROWS * T && n < l.N) part[((size_t)l.s * T + t) * l.N + n] = v;
         __threadfence();
         __syncwarp(); // every lane's partial is visible device-wide before lane 0 arrives
         unsigned last = 0;
-        if (lane == 0) last = atomicAdd(&counters[g], 1u) == (unsigned)(spr - 1);
+        if (lane == 0) last = atomicAdd(&counters[cbase + l.g], 1u) == (unsigned)(spr - 1);
         last = __shfl_sync(0xffffffffu, last, 0);
         if (last) {
             __threadfence();
-            if (lane < GS_ROWS * T) {
-                const int r = lane / T, t = lane % T, n = g * GS_ROWS + r;
-                if (n < N) {
-                    float v = 0.f;
-                    for (int q = 0; q < spr; q++) v += __ldcg(partial + ((size_t)q * T + t) * N + n);
-                    out[(size_t)t * N + n] = v;
-                }
+            if (lane < GS_ROWS * T && n < l.N) {
+                float sum = 0.f;
+                for (int q = 0; q < spr; q++) sum += __ldcg(part + ((size_t)q * T + t) * l.N + n);
+                out[(size_t)t * l.N + n] = sum;
             }
-            if (lane == 0) counters[g] = 0u;
+            if (lane == 0) counters[cbase + l.g] = 0u;
         }
     }
     cp_async_wait<0>();
@@ -273,14 +297,18 @@ GS_ENTRY(2)
 GS_ENTRY(3)
 GS_ENTRY(4)
 
-// Persistent entry points: GS_PWARPS*32 threads, a grid of resident blocks (the host sizes it),
-// partial [ceil(K/1024)][T][N] floats and counters [ceil(N/4)] zeroed once (each launch leaves
-// them zero).
-#define GP_ENTRY(T)                                                                                      \
-    extern "C" __global__ void __launch_bounds__(GS_PWARPS * 32) gemv_nvfp4p_t##T(                      \
-        float* out, float* partial, unsigned* counters, const float* x, const uint8_t* packed,          \
-        const uint8_t* scales, float g16k, int N, int K) {                                              \
-        gemv_nvfp4_persist<T>(out, partial, counters, x, packed, scales, g16k, N, K);                   \
+// Persistent entry points: GS_PWARPS*32 threads, a grid of resident blocks (the host sizes it);
+// partial holds ceil(K/1024)·T·ΣN floats and counters Σ ceil(N/4) words, zeroed once (each
+// launch leaves them zero). Unused jobs have N = 0.
+#define GP_ENTRY(T)                                                                                        \
+    extern "C" __global__ void __launch_bounds__(GS_PWARPS * 32) gemv_nvfp4p_t##T(                        \
+        float* partial, unsigned* counters, const float* x, int K, int njobs,                             \
+        float* out0, const uint8_t* packed0, const uint8_t* scales0, float g0, int N0,                    \
+        float* out1, const uint8_t* packed1, const uint8_t* scales1, float g1, int N1,                    \
+        float* out2, const uint8_t* packed2, const uint8_t* scales2, float g2, int N2) {                  \
+        gp_jobs jb = {{out0, out1, out2}, {packed0, packed1, packed2}, {scales0, scales1, scales2},        \
+                      {g0, g1, g2}, {N0, N1, N2}, njobs};                                                  \
+        gemv_nvfp4_persist<T>(jb, partial, counters, x, K);                                               \
     }
 GP_ENTRY(1)
 GP_ENTRY(2)

@@ -1,0 +1,19 @@
+package backend
+
+// Fused is implemented by backends with fused kernels for the decoder block, which a decode
+// step otherwise spends mostly launching (one op is one kernel launch; a Qwen3 block is ~20).
+// Each method is exactly the composition of the Backend ops its doc names — the same results on
+// that backend — so a model computes the same with or without them; engine/qwen3 uses them
+// when the backend has them.
+type Fused interface {
+	// MatMulMany computes outs[i] = x·ws[i]ᵀ for one to three weights with the same In (the
+	// q/k/v projections; gate and up): MatMul for each.
+	MatMulMany(outs []Tensor, x Tensor, ws []Weight) error
+	// AddRMSNorm adds delta to x in place, then writes out = RMSNorm(x, w, eps): Add(x, delta)
+	// then RMSNorm(out, x, w, eps).
+	AddRMSNorm(out, x, delta, w Tensor, eps float32) error
+	// QKNormRoPECache is RMSNorm per head (weights qn, kn of headDim elements) then RoPE at
+	// positions pos0.. of q into qr and of k into kr, then the cache writes
+	// CopyRows(kCache, pos0, kr, 0, T) and CopyRows(vCache, pos0, v, 0, T).
+	QKNormRoPECache(qr, kr, q, k, v, qn, kn, kCache, vCache Tensor, headDim, pos0 int, theta float64, eps float32) error
+}

@@ -1,0 +1,136 @@
+//go:build cuda
+
+package cuda
+
+import (
+	"fmt"
+	"math"
+
+	"github.com/qwengo/qwengo/engine/backend"
+)
+
+// backend.Fused: the decoder block in about half the launches (kernels/fused.cu and the
+// multi-product persistent GEMV). Each op gives the results of the ops it replaces, bit for bit
+// (TestFused compares them), so the model computes the same with or without.
+
+var _ backend.Fused = (*Backend)(nil)
+
+// normThreads is rmsnorm_f32's block size for groups of n (the reduction order depends on it).
+func normThreads(n int) int { return min(256, max(32, (n+31)/32*32)) }
+
+// MatMulMany implements backend.Fused: one launch of the persistent GEMV for up to three NVFP4
+// products of ≤ 4 rows with K % 256 == 0, else MatMul for each.
+func (b *Backend) MatMulMany(outs []backend.Tensor, x backend.Tensor, ws []backend.Weight) error {
+	if len(outs) != len(ws) || len(ws) == 0 || len(ws) > 3 {
+		return fmt.Errorf("cuda: matmul many: %d outputs for %d weights (1 to 3)", len(outs), len(ws))
+	}
+	return b.do(func() error {
+		a, err := b.ten(x, "matmul many", "x")
+		if err != nil {
+			return err
+		}
+		outTs := make([]*Tensor, len(ws))
+		wts := make([]*Weight, len(ws))
+		fusable := b.gemv == gemvPersist && a.rows >= 1 && a.rows <= gemvMaxRows && a.cols%256 == 0
+		for i := range ws {
+			if outTs[i], err = b.ten(outs[i], "matmul many", fmt.Sprintf("out %d", i)); err != nil {
+				return err
+			}
+			if wts[i], err = b.weight(ws[i], "matmul many"); err != nil {
+				return err
+			}
+			if err := backend.CheckMatMul("cuda", outTs[i], a, wts[i], wts[i].name); err != nil {
+				return err
+			}
+			fusable = fusable && wts[i].kind == kindNVFP4
+		}
+		if fusable {
+			if err := b.gemvPersistMany(outTs, a, wts); err != nil {
+				return fmt.Errorf("cuda: matmul many: %w", err)
+			}
+			return nil
+		}
+		for i := range wts {
+			if err := b.matmul(outTs[i], a, wts[i]); err != nil {
+				return fmt.Errorf("cuda: matmul %s: %w", wts[i].name, err)
+			}
+		}
+		return nil
+	})
+}
+
+// AddRMSNorm implements backend.Fused.
+func (b *Backend) AddRMSNorm(out, x, delta, w backend.Tensor, eps float32) error {
+	return b.do(func() error {
+		const op = "add+rmsnorm"
+		o, err := b.ten(out, op, "out")
+		if err != nil {
+			return err
+		}
+		a, err := b.ten(x, op, "x")
+		if err != nil {
+			return err
+		}
+		d, err := b.ten(delta, op, "delta")
+		if err != nil {
+			return err
+		}
+		g, err := b.ten(w, op, "weight")
+		if err != nil {
+			return err
+		}
+		n := g.n()
+		if n != a.cols || d.rows != a.rows || d.cols != a.cols || o.rows != a.rows || o.cols != a.cols {
+			return fmt.Errorf("cuda: %s: x [%d, %d] + delta [%d, %d] normed by %d weights into [%d, %d]", op, a.rows, a.cols, d.rows, d.cols, n, o.rows, o.cols)
+		}
+		if overlaps(o, a) || overlaps(o, d) || overlaps(a, d) {
+			return fmt.Errorf("cuda: %s: out, x and delta must not share memory", op)
+		}
+		if err := launch(b.fns["add_rmsnorm_f32"], [3]int{a.rows, 1, 1}, [3]int{normThreads(n), 1, 1}, 0,
+			ptrArg(o.ptr), ptrArg(a.ptr), ptrArg(d.ptr), ptrArg(g.ptr), intArg(n), f32Arg(eps)); err != nil {
+			return fmt.Errorf("cuda: %s: %w", op, err)
+		}
+		return nil
+	})
+}
+
+// QKNormRoPECache implements backend.Fused.
+func (b *Backend) QKNormRoPECache(qr, kr, q, k, v, qn, kn, kCache, vCache backend.Tensor, headDim, pos0 int, theta float64, eps float32) error {
+	return b.do(func() error {
+		const op = "qk norm+rope+cache"
+		var ts [9]*Tensor
+		for i, x := range []struct {
+			t    backend.Tensor
+			name string
+		}{{qr, "qr"}, {kr, "kr"}, {q, "q"}, {k, "k"}, {v, "v"}, {qn, "q_norm"}, {kn, "k_norm"}, {kCache, "k cache"}, {vCache, "v cache"}} {
+			t, err := b.ten(x.t, op, x.name)
+			if err != nil {
+				return err
+			}
+			ts[i] = t
+		}
+		QR, KR, Q, K, V, QN, KN, KC, VC := ts[0], ts[1], ts[2], ts[3], ts[4], ts[5], ts[6], ts[7], ts[8]
+		T := Q.rows
+		if headDim <= 0 || headDim%2 != 0 || headDim > 512 || Q.cols%headDim != 0 || K.cols%headDim != 0 ||
+			QN.n() != headDim || KN.n() != headDim || QR.rows != T || QR.cols != Q.cols || KR.rows != T || KR.cols != K.cols ||
+			K.rows != T || V.rows != T || V.cols != K.cols || KC.cols != K.cols || VC.cols != K.cols ||
+			pos0 < 0 || pos0+T > KC.rows || pos0+T > VC.rows || !(theta > 0) || pos0+T > math.MaxInt32 {
+			return fmt.Errorf("cuda: %s: q [%d, %d], k [%d, %d], v [%d, %d], head_dim %d, norms %d/%d, caches [%d, %d]/[%d, %d] at %d",
+				op, Q.rows, Q.cols, K.rows, K.cols, V.rows, V.cols, headDim, QN.n(), KN.n(), KC.rows, KC.cols, VC.rows, VC.cols, pos0)
+		}
+		if overlaps(QR, Q) || overlaps(KR, K) || overlaps(KC, KR) || overlaps(VC, V) {
+			return fmt.Errorf("cuda: %s: outputs must not share memory with inputs", op)
+		}
+		inv, err := b.invFreq(headDim, theta)
+		if err != nil {
+			return fmt.Errorf("cuda: %s: %w", op, err)
+		}
+		nH, nKV := Q.cols/headDim, K.cols/headDim
+		if err := launch(b.fns["qk_norm_rope_cache"], [3]int{T, nH + nKV, 1}, [3]int{normThreads(headDim), 1, 1}, 0,
+			ptrArg(QR.ptr), ptrArg(KR.ptr), ptrArg(Q.ptr), ptrArg(K.ptr), ptrArg(V.ptr), ptrArg(QN.ptr), ptrArg(KN.ptr),
+			ptrArg(KC.ptr), ptrArg(VC.ptr), ptrArg(inv), intArg(nH), intArg(nKV), intArg(headDim), intArg(pos0), f32Arg(eps)); err != nil {
+			return fmt.Errorf("cuda: %s: %w", op, err)
+		}
+		return nil
+	})
+}

@@ -1,0 +1,74 @@
+// Fused decoder-block kernels (backend.Fused). Each does exactly what the separate kernels it
+// replaces do — the same per-element arithmetic and the same reduction order (the block size is
+// chosen by the host as for rmsnorm_f32) — so results are identical to the unfused path.
+#include "common.cuh"
+
+// add_rmsnorm_f32: per row (blockIdx.x), x += delta, then out = w * (x * 1/sqrt(mean(x^2)+eps)).
+// Each thread adds the elements it then reads for the statistics, so no barrier is needed
+// between the two.
+extern "C" __global__ void add_rmsnorm_f32(float* out, float* x, const float* delta, const float* w, int n, float eps) {
+    __shared__ double red[32];
+    size_t base = (size_t)blockIdx.x * n;
+    double ss = 0.0;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        float v = x[base + j] + delta[base + j];
+        x[base + j] = v;
+        double d = (double)v;
+        ss = fma(d, d, ss);
+    }
+    ss = block_sum_d(ss, red);
+    float inv = (float)(1.0 / sqrt(ss / (double)n + (double)eps));
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        out[base + j] = __fmul_rn(w[j], __fmul_rn(x[base + j], inv));
+    }
+}
+
+// qk_norm_rope_cache: grid (T, nHeads + nKV), blockDim as rmsnorm_f32 for n = headDim (≤ 256,
+// headDim ≤ 512). Block (t, h) normalises head h of row t of q (h < nHeads, weight qn) or head
+// h-nHeads of k (weight kn), rotates it (RoPE at position pos0+t, inv_freq from the host) into
+// qr or kr, and for k heads writes kr's head and v's head to row pos0+t of the caches.
+extern "C" __global__ void qk_norm_rope_cache(float* qr, float* kr, const float* q, const float* k, const float* v,
+                                              const float* qn, const float* kn, float* kcache, float* vcache,
+                                              const float* invf, int nHeads, int nKV, int headDim, int pos0,
+                                              float eps) {
+    __shared__ double red[32];
+    __shared__ float y[512];
+    const int t = blockIdx.x, h = blockIdx.y;
+    const bool isQ = h < nHeads;
+    const int hh = isQ ? h : h - nHeads;
+    const int width = (isQ ? nHeads : nKV) * headDim;
+    const float* src = (isQ ? q : k) + (size_t)t * width + (size_t)hh * headDim;
+    const float* w = isQ ? qn : kn;
+    double ss = 0.0;
+    for (int j = threadIdx.x; j < headDim; j += blockDim.x) {
+        double d = (double)src[j];
+        ss = fma(d, d, ss);
+    }
+    ss = block_sum_d(ss, red);
+    float inv = (float)(1.0 / sqrt(ss / (double)headDim + (double)eps));
+    for (int j = threadIdx.x; j < headDim; j += blockDim.x) y[j] = __fmul_rn(w[j], __fmul_rn(src[j], inv));
+    __syncthreads();
+    const int half = headDim / 2;
+    float* dst = (isQ ? qr : kr) + (size_t)t * width + (size_t)hh * headDim;
+    float* cdst = isQ ? nullptr : kcache + (size_t)(pos0 + t) * width + (size_t)hh * headDim;
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        float ang = __fmul_rn((float)(pos0 + t), invf[i]);
+        double s, c;
+        sincos((double)ang, &s, &c);
+        float cs = (float)c, sn = (float)s;
+        float x1 = y[i], x2 = y[i + half];
+        float o1 = __fsub_rn(__fmul_rn(x1, cs), __fmul_rn(x2, sn));
+        float o2 = __fadd_rn(__fmul_rn(x2, cs), __fmul_rn(x1, sn));
+        dst[i] = o1;
+        dst[i + half] = o2;
+        if (!isQ) {
+            cdst[i] = o1;
+            cdst[i + half] = o2;
+        }
+    }
+    if (!isQ) {
+        const float* vs = v + (size_t)t * width + (size_t)hh * headDim;
+        float* vd = vcache + (size_t)(pos0 + t) * width + (size_t)hh * headDim;
+        for (int j = threadIdx.x; j < headDim; j += blockDim.x) vd[j] = vs[j];
+    }
+}
