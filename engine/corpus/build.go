@@ -193,7 +193,7 @@ func assemble(wn *WordNet, ced []CedictEntry, poems []Poem, src Sources, opt Opt
 		return nil, err
 	}
 	c.Eligible["wordnet"] = len(words)
-	trainW, heldW, err := pick(rng, words, opt.Facts, opt.HeldoutFacts, "WordNet words")
+	trainW, heldW, err := pick(rng, top(words, 3*(opt.Facts+opt.HeldoutFacts)), opt.Facts, opt.HeldoutFacts, "WordNet words")
 	if err != nil {
 		return nil, err
 	}
@@ -214,7 +214,7 @@ func assemble(wn *WordNet, ced []CedictEntry, poems []Poem, src Sources, opt Opt
 	// Chinese words.
 	zh := chineseFacts(ced, wn)
 	c.Eligible["cc-cedict"] = len(zh)
-	trainZ, heldZ, err := pick(rng, zh, opt.Facts, opt.HeldoutFacts, "CC-CEDICT words")
+	trainZ, heldZ, err := pick(rng, top(zh, 3*(opt.Facts+opt.HeldoutFacts)), opt.Facts, opt.HeldoutFacts, "CC-CEDICT words")
 	if err != nil {
 		return nil, err
 	}
@@ -304,6 +304,9 @@ func assemble(wn *WordNet, ced []CedictEntry, poems []Poem, src Sources, opt Opt
 	rng.shuffle(len(c.Train), func(i, j int) { c.Train[i], c.Train[j] = c.Train[j], c.Train[i] })
 	return c, nil
 }
+
+// top returns the first n of a pool ranked by frequency (all of it when shorter).
+func top[T any](pool []T, n int) []T { return pool[:min(n, len(pool))] }
 
 // pick shuffles pool and returns nTrain facts to train on and nHeld unseen ones.
 func pick[T any](rng *rng, pool []T, nTrain, nHeld int, what string) (train, held []T, err error) {
@@ -492,10 +495,14 @@ func chineseFacts(ced []CedictEntry, wn *WordNet) []zhFact {
 			continue
 		}
 		var ms []string
+		total := 0
 		for _, m := range e.Meanings {
-			if m = cleanMeaning(m); m != "" && len(ms) < 3 {
-				ms = append(ms, m)
+			m = cleanMeaning(m)
+			if m == "" || len(ms) == 3 || (len(ms) > 0 && total+len(m) > 80) {
+				continue
 			}
+			ms = append(ms, m)
+			total += len(m) + 2
 		}
 		if len(ms) == 0 {
 			continue
@@ -602,7 +609,7 @@ func (z zhFact) sample(t template, lang string, simplified bool) Sample {
 		Messages: chat(t.fill(map[string]string{"w": w}), a),
 		Kind:     kind, Lang: lang,
 		Fact:     fmt.Sprintf("cedict:%d:%s", z.index, z.trad),
-		Template: t.id, Answer: z.meanings[0],
+		Template: t.id, Answer: z.meaningKey,
 	}
 }
 
@@ -647,7 +654,7 @@ func poemFacts(poems []Poem) []poemFact {
 		}
 		n := 0
 		for _, l := range p.Lines {
-			l = strings.TrimSpace(l)
+			l = stripNotes(l)
 			c := utf8.RuneCountInString(l)
 			if len(f.lines) > 0 && n+c > 34 {
 				break
@@ -658,6 +665,26 @@ func poemFacts(poems []Poem) []poemFact {
 		out = append(out, f)
 	}
 	return out
+}
+
+// stripNotes removes editors' notes in parentheses from a poem line, such as the variant
+// readings "(青山外 一作：青山下)" of the Tang 300 collection.
+func stripNotes(l string) string {
+	for _, br := range [][2]string{{"(", ")"}, {"（", "）"}} {
+		for {
+			i := strings.Index(l, br[0])
+			if i < 0 {
+				break
+			}
+			j := strings.Index(l[i:], br[1])
+			if j < 0 {
+				l = l[:i]
+				break
+			}
+			l = l[:i] + l[i+j+len(br[1]):]
+		}
+	}
+	return strings.TrimSpace(l)
 }
 
 func (p poemFact) sample(t template, lang string) Sample {
