@@ -10,17 +10,22 @@ import (
 )
 
 // NVFP4 decode GEMVs (T ≤ 4 token rows), three generations kept side by side so the figures
-// test can time them in one run (NOTES.md has the numbers):
+// test times them in one run (NOTES.md has the numbers):
 //
 //   - "v2": matmul.cu's gemv_nvfp4_t*: split-K within a block, loads from registers.
 //   - "stream": gemv.cu's gemv_nvfp4s_t*: the same geometry with a cp.async ring.
-//   - "persist" (default): gemv.cu's gemv_nvfp4p_t*: a grid of resident warps walking (row
-//     group, K step) items with 3 items' copies in flight, partial sums finished by the warp
-//     that completes a row group. Needs K % 256 == 0 (all Qwen3 projection shapes).
+//   - "persist": gemv.cu's gemv_nvfp4p_t*: resident warps walking (row group, K step) items,
+//     up to three products per launch (MatMulMany).
 //
-// QWENGO_CUDA_GEMV=v2|stream|persist picks one (default persist).
+// Measured on the H200 (device run 2): for one token row stream is fastest on large outputs
+// (2560→9728: 18.5 µs, v2 22.3, persist 26.7), v2 on small ones (2560→1024: 5.8 µs) and for 4
+// rows; persist loses everywhere. All three sit at 12-18 % of HBM: the E2M1 decode costs ~5
+// instructions per weight, so the kernels are bound by instruction issue, not by memory (see
+// NOTES.md). The default ("auto") takes the fastest measured per shape; QWENGO_CUDA_GEMV=
+// v2|stream|persist forces one.
 
 const (
+	gemvAuto    = "auto"
 	gemvPersist = "persist"
 	gemvStreamV = "stream"
 	gemvV2Name  = "v2"
@@ -31,7 +36,7 @@ func gemvFromEnv() string {
 	case gemvV2Name, gemvStreamV, gemvPersist:
 		return v
 	}
-	return gemvPersist
+	return gemvAuto
 }
 
 // gemvNVFP4 runs an NVFP4 product of T ≤ 4 rows with K % 256 == 0 on the selected kernel and
@@ -41,7 +46,14 @@ func (b *Backend) gemvNVFP4(o, a *Tensor, w *Weight) (bool, error) {
 	if T < 1 || T > gemvMaxRows || K%256 != 0 {
 		return false, nil
 	}
-	switch b.gemv {
+	kernel := b.gemv
+	if kernel == gemvAuto {
+		kernel = gemvV2Name
+		if T == 1 && w.out >= 2048 {
+			kernel = gemvStreamV
+		}
+	}
+	switch kernel {
 	case gemvPersist:
 		return true, b.gemvPersistLaunch(o, a, w)
 	case gemvStreamV:
