@@ -4,6 +4,11 @@
 // every long call honours CurrentContext, which the kernel sets to the running cell's context so
 // that an interrupt stops generation between tokens.
 //
+// Memory is guarded (memguard.go): the backend's allocator refuses allocations past a budget
+// (--gpu-limit-gb, $QWENGO_GPU_LIMIT_GB, else the device size minus a margin) with a
+// *MemoryError, and a watchdog cancels the running call when device memory stays over the
+// limit. MemoryReport, MemoryGuard and SetMemoryLimit show and change it from a cell.
+//
 //	m, err := engine.Load("/models/Qwen3-4B-Instruct-2507")
 //	g, err := m.Generate("你是誰", engine.GenerateOptions{Chat: true, MaxTokens: 32})
 //	fmt.Println(g.Text, g.DecodeTPS)
@@ -35,12 +40,14 @@ var CurrentContext = func() context.Context { return context.Background() }
 
 var (
 	defaultOnce sync.Once
+	guardOnce   sync.Once
 	defaultB    backend.Backend
 )
 
 // Backend returns the process-wide compute backend, shared by every model so memory is
 // accounted in one place: $QWENGO_BACKEND when set ("cpu", "cuda"), else the GPU when this
-// binary was built with -tags cuda and a device answers, else the CPU reference.
+// binary was built with -tags cuda and a device answers, else the CPU reference. Opening it
+// applies the memory guard (ConfigureGuard): the budget, and the watchdog while one is set.
 func Backend() backend.Backend {
 	defaultOnce.Do(func() {
 		name := os.Getenv("QWENGO_BACKEND")
@@ -57,6 +64,7 @@ func Backend() backend.Backend {
 		}
 		defaultB = cpu.New()
 	})
+	guardOnce.Do(func() { applyGuard(defaultB) })
 	return defaultB
 }
 
@@ -154,7 +162,7 @@ func LoadWith(path string, opt LoadOptions) (*Model, error) {
 	}
 	net, err := qwen3.Load(cfg, src, Backend(), qwen3.LoadOptions{Precision: opt.Precision, Progress: progress})
 	if err != nil {
-		return nil, fmt.Errorf("engine: load %s: %w", path, err)
+		return nil, guardError(context.Background(), fmt.Errorf("engine: load %s: %w", path, err))
 	}
 	m := &Model{Path: path, Config: cfg, Net: net, MaxSeq: opt.MaxSeq}
 	if m.MaxSeq <= 0 {
@@ -338,9 +346,11 @@ func (m *Model) Generate(prompt string, opt GenerateOptions) (*Generation, error
 }
 
 // GenerateIDs generates from token ids.
-func (m *Model) GenerateIDs(ids []int, opt GenerateOptions) (*Generation, error) {
+func (m *Model) GenerateIDs(ids []int, opt GenerateOptions) (_ *Generation, err error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	ctx, end := call()
+	defer func() { err = end(err) }()
 	cache, err := m.sharedCache()
 	if err != nil {
 		return nil, err
@@ -350,7 +360,7 @@ func (m *Model) GenerateIDs(ids []int, opt GenerateOptions) (*Generation, error)
 	if m.Tokenizer != nil {
 		dec = m.Tokenizer.NewDecoder()
 	}
-	res, err := generate.Run(CurrentContext(), &lm{m.Net, cache}, ids, generate.Options{
+	res, err := generate.Run(ctx, &lm{m.Net, cache}, ids, generate.Options{
 		Sample: opt.params(), MaxTokens: opt.MaxTokens, Stop: m.stopIDs(opt.StopIDs), NoKVCache: opt.NoKVCache,
 		OnToken: func(id int) error {
 			if dec != nil {
@@ -394,14 +404,16 @@ func (m *Model) Logits(text string) ([]float32, error) {
 }
 
 // LogitsIDs runs ids without a cache and returns the last (or all) positions' logits.
-func (m *Model) LogitsIDs(ids []int, all bool) (*qwen3.Logits, error) {
+func (m *Model) LogitsIDs(ids []int, all bool) (_ *qwen3.Logits, err error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	ctx, end := call()
+	defer func() { err = end(err) }()
 	mode := qwen3.LogitsLast
 	if all {
 		mode = qwen3.LogitsAll
 	}
-	return m.Net.Forward(CurrentContext(), ids, nil, mode)
+	return m.Net.Forward(ctx, ids, nil, mode)
 }
 
 // Tokenize encodes text (special tokens in the text are recognised).
@@ -436,7 +448,7 @@ func (m *Model) NewChat() (*Chat, error) {
 	}
 	cache, err := m.Net.NewKVCache(m.MaxSeq)
 	if err != nil {
-		return nil, err
+		return nil, guardError(context.Background(), err)
 	}
 	tk := m.Tokenizer
 	codec := generate.ChatCodec{
@@ -458,11 +470,13 @@ func (m *Model) NewChat() (*Chat, error) {
 }
 
 // Send sends a user message and returns the reply; Options.Stream receives it as it comes.
-func (c *Chat) Send(text string) (string, error) {
+func (c *Chat) Send(text string) (_ string, err error) {
 	c.m.mu.Lock()
 	defer c.m.mu.Unlock()
+	ctx, end := call()
+	defer func() { err = end(err) }()
 	o := c.Options
-	_, reply, err := c.c.Send(CurrentContext(), text, generate.Options{Sample: o.params(), MaxTokens: o.MaxTokens, Stop: o.StopIDs}, o.Stream)
+	_, reply, err := c.c.Send(ctx, text, generate.Options{Sample: o.params(), MaxTokens: o.MaxTokens, Stop: o.StopIDs}, o.Stream)
 	return reply, err
 }
 
@@ -496,7 +510,7 @@ func (m *Model) Compare(a, b string, prompt string) (*parity.Report, error) {
 }
 
 // CompareIDs is Compare on token ids.
-func (m *Model) CompareIDs(a, b string, ids []int) (*parity.Report, error) {
+func (m *Model) CompareIDs(a, b string, ids []int) (_ *parity.Report, err error) {
 	sa, err := parity.ParseSpec(a)
 	if err != nil {
 		return nil, err
@@ -509,5 +523,7 @@ func (m *Model) CompareIDs(a, b string, ids []int) (*parity.Report, error) {
 	if m.Tokenizer != nil {
 		opt.Decode = m.Tokenizer.Decode
 	}
-	return parity.Compare(CurrentContext(), m.Path, sa, sb, ids, opt)
+	ctx, end := call()
+	defer func() { err = end(err) }()
+	return parity.Compare(ctx, m.Path, sa, sb, ids, opt)
 }
