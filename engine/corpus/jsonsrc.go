@@ -117,11 +117,14 @@ func ParseCedictJS(data []byte, name string) ([]CedictEntry, error) {
 		}
 		for i := 0; dec.More(); i++ {
 			at := base + dec.InputOffset()
+			for at < int64(len(data)) && strings.IndexByte(" \t\r\n,", data[at]) >= 0 {
+				at++ // InputOffset stops before the separator
+			}
 			var raw []json.RawMessage
 			if err := dec.Decode(&raw); err != nil {
 				return nil, jsonErr(name, data, base, dec, err)
 			}
-			src := cur.at(at + 1)
+			src := cur.at(at)
 			e, err := cedictEntry(raw)
 			if err != nil {
 				return nil, fmt.Errorf("%s: all[%d]: %v", src, i, err)
