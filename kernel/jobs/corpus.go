@@ -52,9 +52,14 @@ func runCorpus(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "corpus: --seed must be ≥ 1")
 		return cli.ExitUsage
 	}
-	for name, v := range map[string]int{"facts": *facts, "poems": *poems, "identity-repeat": *idRep} {
-		if v <= 0 {
-			fmt.Fprintf(stderr, "corpus: --%s must be ≥ 1\n", name)
+	// Every size must be ≥ 1: in corpus.Options a zero means "the default".
+	for _, v := range []struct {
+		name string
+		n    int
+	}{{"facts", *facts}, {"heldout-facts", *heldFacts}, {"heldout-phrasing", *heldPhr}, {"poems", *poems},
+		{"identity-repeat", *idRep}, {"general", *general}} {
+		if v.n <= 0 {
+			fmt.Fprintf(stderr, "corpus: --%s must be ≥ 1\n", v.name)
 			return cli.ExitUsage
 		}
 	}
@@ -63,10 +68,6 @@ func runCorpus(args []string, stdout, stderr io.Writer) int {
 	}
 	opt := corpus.Options{Facts: *facts, HeldoutFacts: *heldFacts, HeldoutPhrasing: *heldPhr, Poems: *poems,
 		IdentityRepeat: *idRep, General: *general, Seed: uint64(*seed)}
-	// 0 means "the default" in corpus.Options; the flags mean it literally only for these two.
-	if *heldFacts == 0 || *heldPhr == 0 || *general == 0 {
-		return fail(fmt.Errorf("--heldout-facts, --heldout-phrasing and --general must be ≥ 1"))
-	}
 	var count corpus.TokenCounter
 	tokPath := ""
 	if !*noTok {
