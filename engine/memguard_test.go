@@ -34,6 +34,17 @@ func loadTiny(t *testing.T) *Model {
 	return m
 }
 
+// settle returns the backend's cached blocks (engine/cuda keeps freed tensors for reuse,
+// accounted under workspace) so in-use figures compare.
+func settle(t *testing.T) {
+	t.Helper()
+	if rc, ok := Backend().(cacheReleaser); ok {
+		if err := rc.ReleaseCache(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 func seqIDs(n int) []int {
 	ids := make([]int, n)
 	for i := range ids {
@@ -53,6 +64,7 @@ func TestBudgetRefusesAndRecovers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	settle(t)
 	used := Memory().Used()
 	if err := SetMemoryLimit(used + 64<<10); err != nil {
 		t.Fatal(err)
@@ -80,6 +92,7 @@ func TestBudgetRefusesAndRecovers(t *testing.T) {
 			t.Errorf("error lacks %q:\n%s", want, msg)
 		}
 	}
+	settle(t)
 	if after := Memory().Used(); after != used {
 		t.Fatalf("the refused call leaked: %d bytes in use, %d before", after, used)
 	}
@@ -196,6 +209,18 @@ func TestWatchdogCancelsRunawayCall(t *testing.T) {
 
 func TestConfigureGuard(t *testing.T) {
 	resetGuard(t)
+	// On a device backend (a -tags cuda build on a GPU machine) the default is the device size
+	// minus the margin, watched through the backend's cuMemGetInfo.
+	total := Backend().Memory().Total
+	defLimit, defSource, defWatch, watchSource := int64(0), "none given", false, "backend accounting"
+	if total > 0 {
+		defLimit, defSource, defWatch = total-guard.Margin(total), "device total", true
+		if _, ok := Backend().(deviceUser); ok {
+			watchSource = "cuMemGetInfo"
+		} else {
+			watchSource = "NVML"
+		}
+	}
 	tests := []struct {
 		name    string
 		env     string
@@ -205,7 +230,7 @@ func TestConfigureGuard(t *testing.T) {
 		source  string
 		watch   bool
 	}{
-		{name: "default on the CPU: no limit", opt: DefaultGuardOptions(), source: "none given"},
+		{name: "default", opt: DefaultGuardOptions(), limit: defLimit, source: defSource, watch: defWatch},
 		{name: "environment", env: "0.5", opt: DefaultGuardOptions(), limit: guard.GiB / 2, source: guard.EnvLimit, watch: true},
 		{name: "environment zero", env: "0", opt: DefaultGuardOptions(), source: guard.EnvLimit + "=0"},
 		{name: "flag beats environment", env: "0.5", opt: GuardOptions{Limit: guard.GiB}, limit: guard.GiB, source: "--gpu-limit-gb", watch: true},
@@ -231,13 +256,103 @@ func TestConfigureGuard(t *testing.T) {
 			if st.Budget.Limit != tc.limit || !strings.Contains(st.Budget.Source, tc.source) || st.Watching != tc.watch {
 				t.Fatalf("status %+v, want limit %d from %q, watching %v", st, tc.limit, tc.source, tc.watch)
 			}
-			if st.Watching && st.Source != "backend accounting" {
-				t.Fatalf("the CPU backend's watchdog polls %q", st.Source)
+			if st.Watching && !strings.HasPrefix(st.Source, watchSource) {
+				t.Fatalf("the watchdog polls %q, want %q", st.Source, watchSource)
 			}
 			if Memory().Budget != tc.limit {
 				t.Fatalf("backend budget %d, want %d", Memory().Budget, tc.limit)
 			}
 		})
+	}
+}
+
+// TestWatchdogOnDevice runs where the engine's backend is a GPU (a -tags cuda build on a GPU
+// machine; skipped elsewhere): the watchdog polls the real device memory (cuMemGetInfo), a
+// runaway allocation pushes the device past the limit while a long generation runs, and the
+// generation is cancelled with the device's numbers; after the runaway memory is freed the next
+// call works.
+func TestWatchdogOnDevice(t *testing.T) {
+	b := Backend()
+	if b.Memory().Total <= 0 {
+		t.Skipf("the engine's backend is %s: no device memory to watch", b.Name())
+	}
+	resetGuard(t)
+	m := loadTiny(t)
+	prompt := []int{5, 17, 300, 2, 99}
+	want, err := m.GenerateIDs(prompt, GenerateOptions{MaxTokens: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	settle(t)
+	used0, total, err := DeviceMemory()
+	if err != nil {
+		t.Fatal(err)
+	}
+	limit := used0 + 256<<20
+	events := make(chan guard.Event, 4)
+	if err := ConfigureGuard(GuardOptions{Limit: limit, PollInterval: 10 * time.Millisecond, OverFor: 30 * time.Millisecond,
+		Report: func(ev guard.Event) { events <- ev }}); err != nil {
+		t.Fatal(err)
+	}
+	st := MemoryGuard()
+	t.Logf("device %s in use of %s; %s", backend.Human(used0), backend.Human(total), st)
+	if !st.Watching {
+		t.Fatalf("no watchdog: %s", st)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := m.GenerateIDs(prompt, GenerateOptions{MaxTokens: 1000, NoKVCache: true})
+		done <- err
+	}()
+	for deadline := time.Now().Add(10 * time.Second); inFlight.Load() == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the generation never started")
+		}
+	}
+	// The runaway: as much as the budget still allows, which the device's other memory (the
+	// context, other processes) pushes over the limit.
+	room := limit - Memory().Used() - 16<<20
+	cols := 1 << 20 // elements per row (≥ 2 MiB per row at any element size)
+	runaway, err := b.Alloc(backend.Workspace, int(room/int64(cols*4)), cols)
+	if err != nil {
+		t.Fatalf("runaway allocation of ~%s: %v", backend.Human(room), err)
+	}
+	freed := false
+	defer func() {
+		if !freed {
+			b.Free(runaway)
+		}
+	}()
+	var cerr error
+	select {
+	case cerr = <-done:
+	case <-time.After(60 * time.Second):
+		t.Fatal("the watchdog did not stop the generation within 60 s")
+	}
+	b.Free(runaway)
+	freed = true
+	t.Logf("generation: %v", cerr)
+	var ev *guard.Event
+	if !errors.As(cerr, &ev) || !strings.Contains(cerr.Error(), "memory guard: the device has") {
+		t.Fatalf("generation under a runaway allocation: %v, want the watchdog's cancellation", cerr)
+	}
+	select {
+	case rep := <-events:
+		t.Logf("report:\n%s", rep.Report())
+		if rep.Reading.DeviceUsed <= limit {
+			t.Fatalf("event below the limit: %+v", rep.Reading)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no event reported")
+	}
+	settle(t)
+	time.Sleep(50 * time.Millisecond) // a sample under the limit ends the episode
+	got, err := m.GenerateIDs(prompt, GenerateOptions{MaxTokens: 8})
+	if err != nil {
+		t.Fatalf("the call after the intervention: %v", err)
+	}
+	if !slices.Equal(got.IDs, want.IDs) {
+		t.Fatalf("after the intervention: %v, before %v", got.IDs, want.IDs)
 	}
 }
 
