@@ -110,6 +110,7 @@ type Tensor struct {
 	Data  []float32
 	cat   backend.Category
 	owner *Backend
+	view  bool // shares another tensor's (or a weight's) storage: Free does nothing
 }
 
 // Rows implements backend.Tensor.
@@ -147,7 +148,7 @@ func (b *Backend) Alloc(cat backend.Category, rows, cols int) (backend.Tensor, e
 // Free implements backend.Backend.
 func (b *Backend) Free(t backend.Tensor) {
 	ct, ok := t.(*Tensor)
-	if !ok || ct == nil || ct.Data == nil || ct.owner != b {
+	if !ok || ct == nil || ct.Data == nil || ct.owner != b || ct.view {
 		return
 	}
 	b.account(ct.cat, -int64(len(ct.Data))*4)
