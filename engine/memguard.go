@@ -97,6 +97,27 @@ func (s GuardStatus) String() string {
 	return b.String()
 }
 
+// Short formats the budget and the watchdog briefly, for banners: "memory budget 133.00 GiB
+// (device total 140.00 GiB minus margin 7.00 GiB), watchdog every 500ms" or "no memory budget".
+func (s GuardStatus) Short() string {
+	if s.Budget.Unlimited() {
+		return "no memory budget"
+	}
+	out := "memory budget " + s.Budget.String()
+	if !s.Applied {
+		out += " not enforced"
+	}
+	if s.Watching {
+		out += ", watchdog every " + s.PollInterval.String()
+		if s.OverFor > 0 {
+			out += " acting after " + s.OverFor.String() + " over"
+		}
+	} else {
+		out += ", no watchdog"
+	}
+	return out
+}
+
 // MemoryError is returned by engine calls when an allocation would cross the memory budget:
 // it unwraps to the backend's *backend.OverBudget, and its message is guard.Explain's report
 // (request, bytes in use per category, budget, largest consumers). Nothing was lost: the model

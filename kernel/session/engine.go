@@ -2,6 +2,7 @@ package session
 
 import (
 	"context"
+	"fmt"
 	"reflect"
 
 	"github.com/qwengo/qwengo/kernel/symbols"
@@ -13,12 +14,14 @@ import (
 //	engine.CurrentContext  var func() context.Context   set to the running cell's context
 //	engine.ResetPeak       func()                        called before each cell
 //	engine.Memory          func() T                      T.Peak (int64) after each cell; T.String() for %mem
+//	engine.MemoryReport    func() string                 %mem when present: accounting, budget, device, watchdog
 var engineHooks = findEngineHooks(symbols.Symbols[enginePath+"/engine"])
 
 type hooks struct {
 	current reflect.Value // the CurrentContext variable (settable), or invalid
 	reset   func()
 	mem     reflect.Value // the Memory function, or invalid
+	report  func() string // the MemoryReport function, or nil
 }
 
 func findEngineHooks(m map[string]reflect.Value) hooks {
@@ -33,6 +36,11 @@ func findEngineHooks(m map[string]reflect.Value) hooks {
 	if v, ok := m["ResetPeak"]; ok && v.Kind() == reflect.Func && v.Type().NumIn() == 0 && v.Type().NumOut() == 0 {
 		if f, ok := v.Interface().(func()); ok {
 			h.reset = f
+		}
+	}
+	if v, ok := m["MemoryReport"]; ok && v.Kind() == reflect.Func {
+		if f, ok := v.Interface().(func() string); ok {
+			h.report = f
 		}
 	}
 	if v, ok := m["Memory"]; ok && v.Kind() == reflect.Func && v.Type().NumIn() == 0 && v.Type().NumOut() == 1 {
@@ -79,8 +87,16 @@ func (h hooks) peak() int64 {
 	return 0
 }
 
-// memory is engine.Memory().String(), or "" without an engine.
-func (h hooks) memory() string {
+// memory is engine.MemoryReport(), else engine.Memory().String(), or "" without an engine.
+func (h hooks) memory() (out string) {
+	if h.report != nil {
+		defer func() {
+			if p := recover(); p != nil {
+				out = fmt.Sprintf("engine memory report failed: %v", p)
+			}
+		}()
+		return h.report()
+	}
 	v := h.stats()
 	if !v.IsValid() {
 		return ""

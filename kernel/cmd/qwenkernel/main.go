@@ -3,6 +3,11 @@
 //
 //	qwenkernel --connection-file FILE     (or -f FILE)
 //
+// The memory guard's flags (kernel/cli GuardFlags) set the engine's budget and
+// watchdog: --gpu-limit-gb GIB (default $QWENGO_GPU_LIMIT_GB, else the device size
+// minus a margin; 0 = no limit), --gpu-poll-secs S (0.5), --gpu-over-secs S (0);
+// add them to the kernelspec's argv, or set QWENGO_GPU_LIMIT_GB in its env.
+//
 // It logs to the original standard error; file descriptors 1 and 2 are
 // redirected (kernel/capture) so that whatever cells, engine code, C and
 // CUDA code print lands in the notebook. --version prints the version.
@@ -11,7 +16,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"log"
 	"os"
@@ -22,6 +26,7 @@ import (
 
 	"github.com/qwengo/qwengo/kernel"
 	"github.com/qwengo/qwengo/kernel/capture"
+	"github.com/qwengo/qwengo/kernel/cli"
 	"github.com/qwengo/qwengo/kernel/wire"
 )
 
@@ -30,29 +35,31 @@ func main() {
 }
 
 func run(args []string) int {
-	fs := flag.NewFlagSet("qwenkernel", flag.ContinueOnError)
-	var connFile string
-	fs.StringVar(&connFile, "connection-file", "", "Jupyter connection `file` (written by the front-end)")
-	fs.StringVar(&connFile, "f", "", "shorthand for --connection-file")
+	fs := cli.New("qwenkernel")
+	fs.Summary = "The qwengo Jupyter kernel. Install it with `go run ./install`."
+	connFile := fs.String("connection-file", "", "Jupyter connection `file` (written by the front-end)")
+	fs.Alias("f", "connection-file")
 	version := fs.Bool("version", false, "print the version and exit")
 	noCapture := fs.Bool("no-capture", false, "leave file descriptors 1 and 2 alone (debugging)")
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: qwenkernel --connection-file FILE\n\nThe qwengo Jupyter kernel. Install it with `go run ./install`.\n\n")
-		fs.PrintDefaults()
-	}
-	if err := fs.Parse(args); err != nil {
-		return 2
+	gf := cli.DefaultGuardFlags()
+	gf.Declare(fs)
+	if code, ok := fs.ParseCommand(args); !ok {
+		return code
 	}
 	if *version {
 		fmt.Printf("qwenkernel %s (%s, %s/%s)\n", kernel.Version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		return 0
 	}
-	if connFile == "" || fs.NArg() > 0 {
-		fs.Usage()
-		return 2
+	if *connFile == "" {
+		fmt.Fprintf(fs.Output(), "qwenkernel: --connection-file is required\n%s", fs.Usage())
+		return cli.ExitUsage
+	}
+	if err := configureGuard(gf); err != nil { // validates too
+		fmt.Fprintf(fs.Output(), "qwenkernel: %v\n", err)
+		return cli.ExitUsage
 	}
 	logger := log.New(os.Stderr, "qwenkernel: ", log.LstdFlags|log.Lmicroseconds)
-	ci, err := wire.ReadConnectionFile(connFile)
+	ci, err := wire.ReadConnectionFile(*connFile)
 	if err != nil {
 		logger.Print(err)
 		return 1
@@ -96,7 +103,7 @@ func run(args []string) int {
 	kp.Store(k)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 	defer stop()
-	logger.Printf("qwenkernel %s (%s) on %s, connection file %s", kernel.Version, runtime.Version(), kernel.DeviceName(), connFile)
+	logger.Printf("qwenkernel %s (%s) on %s, connection file %s", kernel.Version, runtime.Version(), kernel.DeviceName(), *connFile)
 	if err := k.Run(ctx); err != nil && ctx.Err() == nil {
 		logger.Print(err)
 		return 1

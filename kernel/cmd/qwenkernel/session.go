@@ -21,7 +21,7 @@ type interp struct{ s *session.Session }
 // user's data dir (QWENGO_HISTORY overrides, "" disables) so history_request
 // and %history see earlier sessions.
 func newInterpreter(logger *log.Logger) (kernel.Interpreter, error) {
-	kernel.DeviceName = engine.Device
+	kernel.DeviceName = deviceBanner
 	engine.DefaultProgress = cellProgress()
 	opt := session.Options{Stdout: logger.Writer(), Stderr: logger.Writer(), Args: []string{"qwenkernel"}}
 	if f, ok := os.LookupEnv("QWENGO_HISTORY"); ok {

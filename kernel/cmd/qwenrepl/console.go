@@ -92,6 +92,6 @@ func runExisting(path string, stdout, stderr io.Writer) int {
 
 func banner() string {
 	host, _ := os.Hostname()
-	return fmt.Sprintf("qwengo %s console (Go %s, %s) on %s, %s — :help for help, Ctrl-D to exit",
-		kernel.Version, runtime.Version()[2:], runtime.GOARCH, host, engine.Device())
+	return fmt.Sprintf("qwengo %s console (Go %s, %s) on %s, %s (%s) — :help for help, Ctrl-D to exit",
+		kernel.Version, runtime.Version()[2:], runtime.GOARCH, host, engine.Device(), engine.MemoryGuard().Short())
 }

@@ -10,6 +10,10 @@
 //	qwenrepl help [COMMAND]           list subcommands, or show one's flags
 //	qwenrepl --version
 //
+// The memory guard flags --gpu-limit-gb, --gpu-poll-secs and --gpu-over-secs
+// (kernel/cli GuardFlags) may come first, before any of these: they set the
+// engine's budget and watchdog (`qwenrepl --gpu-limit-gb 40 run train.go`).
+//
 // A script is either a cell (statements and declarations, run top to
 // bottom) or a `package main` file whose main function is called. It reads
 // its arguments with the kernel/cli flag helper:
@@ -43,6 +47,13 @@ const usage = `usage:
   qwenrepl SCRIPT.go [ARGS...]      the same
   qwenrepl COMMAND [FLAGS...]       run a subcommand (list: qwenrepl help; flags: qwenrepl help COMMAND)
   qwenrepl --version                print the version
+
+memory guard flags (before the command; kept for the console, scripts and subcommands that load models):
+  --gpu-limit-gb GIB    engine memory budget in GiB, 0 = no limit (default $QWENGO_GPU_LIMIT_GB,
+                        else the device size minus max(2 GiB, 5 %))
+  --gpu-poll-secs S     watchdog period (default 0.5, minimum 0.05, 0 = no watchdog)
+  --gpu-over-secs S     cancel the running engine call once device memory has stayed over the
+                        limit this long (default 0 = the first sample over)
 `
 
 func main() {
@@ -51,6 +62,18 @@ func main() {
 
 // run dispatches on the command line and returns the exit status.
 func run(args []string, stdout, stderr io.Writer) int {
+	gf, rest, err := cli.TakeGuardFlags("qwenrepl", args)
+	if err != nil {
+		fmt.Fprintf(stderr, "%v\n%s", err, usage)
+		return cli.ExitUsage
+	}
+	if len(rest) < len(args) {
+		if err := configureGuard(gf); err != nil {
+			fmt.Fprintf(stderr, "qwenrepl: %v\n", err)
+			return cli.ExitUsage
+		}
+		args = rest
+	}
 	if len(args) == 0 {
 		return runConsole(stdout, stderr)
 	}
