@@ -31,6 +31,13 @@ func TestEngine(t *testing.T) {
 	if !strings.Contains(f.out(), "cpu") || !strings.Contains(f.out(), "Go heap") {
 		t.Errorf("%%mem: %q", f.out())
 	}
+	if engineHooks.report != nil {
+		for _, want := range []string{"memory budget", "device: ", "peak"} {
+			if !strings.Contains(f.out(), want) {
+				t.Errorf("%%mem lacks %q: %q", want, f.out())
+			}
+		}
+	}
 	// Engine calls see the cell's context: cancelled by an interrupt.
 	f = &fakeIO{}
 	go func() {

@@ -34,6 +34,7 @@ func init() {
 		"AdamWState": reflect.ValueOf((*backend.AdamWState)(nil)),
 		"Backend":    reflect.ValueOf((*backend.Backend)(nil)),
 		"Category":   reflect.ValueOf((*backend.Category)(nil)),
+		"Fused":      reflect.ValueOf((*backend.Fused)(nil)),
 		"HostWeight": reflect.ValueOf((*backend.HostWeight)(nil)),
 		"MemStats":   reflect.ValueOf((*backend.MemStats)(nil)),
 		"OverBudget": reflect.ValueOf((*backend.OverBudget)(nil)),
@@ -45,6 +46,7 @@ func init() {
 		// interface wrapper definitions
 		"_AdamWState": reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_AdamWState)(nil)),
 		"_Backend":    reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Backend)(nil)),
+		"_Fused":      reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Fused)(nil)),
 		"_Runner":     reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Runner)(nil)),
 		"_Tensor":     reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Tensor)(nil)),
 		"_Training":   reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Training)(nil)),
@@ -142,6 +144,24 @@ func (W _github_com_qwengo_qwengo_engine_backend_Backend) Upload(t backend.Tenso
 }
 func (W _github_com_qwengo_qwengo_engine_backend_Backend) UploadWeight(w backend.HostWeight) (backend.Weight, error) {
 	return W.WUploadWeight(w)
+}
+
+// _github_com_qwengo_qwengo_engine_backend_Fused is an interface wrapper for Fused type
+type _github_com_qwengo_qwengo_engine_backend_Fused struct {
+	IValue           interface{}
+	WAddRMSNorm      func(out backend.Tensor, x backend.Tensor, delta backend.Tensor, w backend.Tensor, eps float32) error
+	WMatMulMany      func(outs []backend.Tensor, x backend.Tensor, ws []backend.Weight) error
+	WQKNormRoPECache func(qr backend.Tensor, kr backend.Tensor, q backend.Tensor, k backend.Tensor, v backend.Tensor, qn backend.Tensor, kn backend.Tensor, kCache backend.Tensor, vCache backend.Tensor, headDim int, pos0 int, theta float64, eps float32) error
+}
+
+func (W _github_com_qwengo_qwengo_engine_backend_Fused) AddRMSNorm(out backend.Tensor, x backend.Tensor, delta backend.Tensor, w backend.Tensor, eps float32) error {
+	return W.WAddRMSNorm(out, x, delta, w, eps)
+}
+func (W _github_com_qwengo_qwengo_engine_backend_Fused) MatMulMany(outs []backend.Tensor, x backend.Tensor, ws []backend.Weight) error {
+	return W.WMatMulMany(outs, x, ws)
+}
+func (W _github_com_qwengo_qwengo_engine_backend_Fused) QKNormRoPECache(qr backend.Tensor, kr backend.Tensor, q backend.Tensor, k backend.Tensor, v backend.Tensor, qn backend.Tensor, kn backend.Tensor, kCache backend.Tensor, vCache backend.Tensor, headDim int, pos0 int, theta float64, eps float32) error {
+	return W.WQKNormRoPECache(qr, kr, q, k, v, qn, kn, kCache, vCache, headDim, pos0, theta, eps)
 }
 
 // _github_com_qwengo_qwengo_engine_backend_Runner is an interface wrapper for Runner type
