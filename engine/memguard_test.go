@@ -66,14 +66,14 @@ func TestBudgetRefusesAndRecovers(t *testing.T) {
 	}
 	settle(t)
 	used := Memory().Used()
-	if err := SetMemoryLimit(used + 64<<10); err != nil {
+	if err := SetMemoryLimit(used + 256<<10); err != nil {
 		t.Fatal(err)
 	}
-	if st := MemoryGuard(); st.Budget.Limit != used+64<<10 || !st.Applied || st.Budget.Source != "--gpu-limit-gb" {
+	if st := MemoryGuard(); st.Budget.Limit != used+256<<10 || !st.Applied || st.Budget.Source != "--gpu-limit-gb" {
 		t.Fatalf("guard status after SetMemoryLimit: %+v", st)
 	}
-	if got := Memory().Budget; got != used+64<<10 {
-		t.Fatalf("backend budget %d, want %d", got, used+64<<10)
+	if got := Memory().Budget; got != used+256<<10 {
+		t.Fatalf("backend budget %d, want %d", got, used+256<<10)
 	}
 
 	_, err = m.LogitsIDs(seqIDs(900), true)
@@ -82,7 +82,7 @@ func TestBudgetRefusesAndRecovers(t *testing.T) {
 	if !errors.As(err, &me) || !errors.As(err, &ob) {
 		t.Fatalf("long prefill under a tight budget: %v (%T), want *MemoryError wrapping *backend.OverBudget", err, err)
 	}
-	if ob.Budget != used+64<<10 || ob.Request <= 0 || ob.InUse < used {
+	if ob.Budget != used+256<<10 || ob.Request <= 0 || ob.InUse < used {
 		t.Fatalf("OverBudget numbers: %+v (in use before %d)", ob, used)
 	}
 	msg := err.Error()
@@ -399,5 +399,30 @@ func TestGuardError(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestGuardStatusText(t *testing.T) {
+	ev := &guard.Event{Why: "the device has 12.00 GiB in use (all processes), over the limit 8.00 GiB"}
+	tests := []struct {
+		st          GuardStatus
+		long, short string
+	}{
+		{GuardStatus{Budget: guard.Budget{Source: "none given"}},
+			"memory budget no limit (none given); no watchdog", "no memory budget"},
+		{GuardStatus{Budget: guard.Budget{Limit: 8 * guard.GiB, Source: "--gpu-limit-gb"}, Applied: true, Watching: true, Source: "cuMemGetInfo", PollInterval: 500 * time.Millisecond, OverFor: 2 * time.Second, Events: 1, Last: ev},
+			"memory budget 8.00 GiB (--gpu-limit-gb); watchdog on cuMemGetInfo every 500ms, acts after 2s over; 1 intervention(s)",
+			"memory budget 8.00 GiB (--gpu-limit-gb), watchdog every 500ms acting after 2s over"},
+		{GuardStatus{Budget: guard.Budget{Limit: guard.GiB, Source: guard.EnvLimit}, Note: "NVML missing"},
+			"memory budget 1.00 GiB (QWENGO_GPU_LIMIT_GB) (not enforced: the backend takes no budget); no watchdog [NVML missing]",
+			"memory budget 1.00 GiB (QWENGO_GPU_LIMIT_GB) not enforced, no watchdog"},
+	}
+	for _, tc := range tests {
+		if got := tc.st.String(); got != tc.long {
+			t.Errorf("String:\n got %q\nwant %q", got, tc.long)
+		}
+		if got := tc.st.Short(); got != tc.short {
+			t.Errorf("Short:\n got %q\nwant %q", got, tc.short)
+		}
 	}
 }
