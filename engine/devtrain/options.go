@@ -1,0 +1,118 @@
+package devtrain
+
+import (
+	"fmt"
+	"math"
+	"time"
+)
+
+// Options configure a Model: master and moment precision, AdamW hyper-parameters, and the
+// memory/speed trade-offs of the step.
+type Options struct {
+	// Master is the precision of the matrices' master weights: "bf16" or "fp32" ("" = bf16).
+	// RMSNorm weights are always fp32.
+	Master string
+	// State is the AdamW moments' format: "fp32" or "int8" ("" = int8).
+	State string
+	// Beta1, Beta2, Eps are AdamW's; all three zero (a zero Options) means 0.9, 0.999, 1e-8.
+	Beta1, Beta2, Eps float64
+	// WeightDecay is decoupled weight decay (lr·wd·w), not applied to norms.
+	WeightDecay float64
+	// ClipNorm > 0 clips the global gradient norm to it; 0 turns clipping off.
+	ClipNorm float64
+	// Seed seeds stochastic rounding of bf16 masters.
+	Seed uint64
+	// StochasticRounding rounds bf16 masters stochastically (engine/optim's bits).
+	StochasticRounding bool
+	// Recompute keeps only each layer's input from the forward and recomputes the layer's
+	// activations just before its backward: less memory, one more forward.
+	Recompute bool
+	// FusedOptimizer applies AdamW to each layer right after its backward and reuses one
+	// layer's gradient buffers. It needs ClipNorm == 0.
+	FusedOptimizer bool
+	// ChunkRows is the number of logit rows computed at once (0 = about 256 MiB of float32
+	// logits, between 16 and 4096 rows).
+	ChunkRows int
+	// LabelSmoothing mixes the uniform distribution into the target (0 = off, below 1).
+	LabelSmoothing float32
+}
+
+// DefaultOptions are engine/optim's defaults: bf16 masters with stochastic rounding, int8
+// moments, AdamW(0.9, 0.999, 1e-8), weight decay 0.01, global-norm clipping at 1; no
+// recompute, unfused optimizer, automatic logit chunks.
+func DefaultOptions() Options {
+	return Options{Master: "bf16", State: "int8", Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, WeightDecay: 0.01, ClipNorm: 1, StochasticRounding: true}
+}
+
+// normalize fills the defaults of zero fields and validates the options for vocabulary size
+// vocab.
+func (o Options) normalize(vocab int) (Options, error) {
+	switch o.Master {
+	case "":
+		o.Master = "bf16"
+	case "bf16":
+	case "fp32", "f32":
+		o.Master = "fp32"
+	default:
+		return o, fmt.Errorf("devtrain: master precision %q: want bf16 or fp32", o.Master)
+	}
+	switch o.State {
+	case "":
+		o.State = "int8"
+	case "fp32", "int8":
+	default:
+		return o, fmt.Errorf("devtrain: optimizer state %q: want fp32 or int8", o.State)
+	}
+	if o.Beta1 == 0 && o.Beta2 == 0 && o.Eps == 0 {
+		o.Beta1, o.Beta2, o.Eps = 0.9, 0.999, 1e-8
+	}
+	bad := func(x float64) bool { return math.IsNaN(x) || math.IsInf(x, 0) }
+	switch {
+	case bad(o.Beta1) || o.Beta1 < 0 || o.Beta1 >= 1:
+		return o, fmt.Errorf("devtrain: Beta1 %v: want 0 ≤ β1 < 1", o.Beta1)
+	case bad(o.Beta2) || o.Beta2 < 0 || o.Beta2 >= 1:
+		return o, fmt.Errorf("devtrain: Beta2 %v: want 0 ≤ β2 < 1", o.Beta2)
+	case bad(o.Eps) || o.Eps <= 0:
+		return o, fmt.Errorf("devtrain: Eps %v: want > 0", o.Eps)
+	case bad(o.WeightDecay) || o.WeightDecay < 0:
+		return o, fmt.Errorf("devtrain: WeightDecay %v: want ≥ 0", o.WeightDecay)
+	case bad(o.ClipNorm) || o.ClipNorm < 0:
+		return o, fmt.Errorf("devtrain: ClipNorm %v: want ≥ 0 (0 = no clipping)", o.ClipNorm)
+	case o.ChunkRows < 0:
+		return o, fmt.Errorf("devtrain: ChunkRows %d: want ≥ 0 (0 = automatic)", o.ChunkRows)
+	case math.IsNaN(float64(o.LabelSmoothing)) || o.LabelSmoothing < 0 || o.LabelSmoothing >= 1:
+		return o, fmt.Errorf("devtrain: LabelSmoothing %v: want 0 ≤ ls < 1", o.LabelSmoothing)
+	case o.FusedOptimizer && o.ClipNorm != 0:
+		return o, fmt.Errorf("devtrain: FusedOptimizer with ClipNorm %v: global-norm clipping needs every gradient before the first update; set ClipNorm to 0 or turn FusedOptimizer off", o.ClipNorm)
+	}
+	if o.ChunkRows == 0 {
+		o.ChunkRows = min(4096, max(16, (256<<20)/(4*vocab)))
+	}
+	return o, nil
+}
+
+// Phase is one part of a step: its name, duration, and the backend's peak bytes since the
+// step began, measured when the phase ended.
+type Phase struct {
+	Name string
+	Dur  time.Duration
+	Peak int64
+}
+
+// StepStats describe one step.
+type StepStats struct {
+	// Step is the number of applied steps after this one (it does not advance when skipped).
+	Step int
+	// Loss is the mean loss over the scored tokens.
+	Loss float64
+	// Tokens is the number of positions computed (B·T' after trimming trailing padding);
+	// Targets the number of scored tokens.
+	Tokens, Targets int
+	// GradNorm is the global L2 norm of the mean-loss gradient (before clipping).
+	GradNorm float64
+	// Clipped: the gradient was scaled down to ClipNorm. Skipped: nothing was changed
+	// (non-finite loss or gradient norm, or no scored token).
+	Clipped, Skipped bool
+	// Phases are the step's parts in order.
+	Phases []Phase
+}

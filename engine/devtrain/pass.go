@@ -1,0 +1,468 @@
+package devtrain
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/qwengo/qwengo/engine/backend"
+	"github.com/qwengo/qwengo/engine/data"
+)
+
+// prepared is a batch laid out for the backend: N = B·T rows (T after trimming).
+type prepared struct {
+	B, T, N int
+	ids     []int // N token ids (positions past a row's end hold 0)
+	targets []int // N targets: the id logit row r scores, −1 where unscored
+	n       int   // scored tokens
+}
+
+// prepare trims trailing padding (as engine/grad does per row) to the longest row and
+// derives the targets: logit row t of a sequence scores ids[t+1] when mask[t+1].
+func (m *Model) prepare(b *data.Batch) (*prepared, error) {
+	if b == nil || b.B <= 0 || b.T <= 0 {
+		return nil, fmt.Errorf("devtrain: empty batch")
+	}
+	if len(b.IDs) != b.B*b.T || len(b.Mask) != b.B*b.T {
+		return nil, fmt.Errorf("devtrain: batch of %d×%d has %d ids and %d mask entries", b.B, b.T, len(b.IDs), len(b.Mask))
+	}
+	V := m.cfg.VocabSize
+	ends := make([]int, b.B)
+	T := 1
+	for r := range ends {
+		mask := b.Mask[r*b.T : (r+1)*b.T]
+		end := b.T
+		for end > 1 && !mask[end-1] {
+			end--
+		}
+		ends[r] = end
+		T = max(T, end)
+	}
+	p := &prepared{B: b.B, T: T, N: b.B * T, ids: make([]int, b.B*T), targets: make([]int, b.B*T)}
+	for r, end := range ends {
+		row := b.IDs[r*b.T : (r+1)*b.T]
+		mask := b.Mask[r*b.T : (r+1)*b.T]
+		for t := 0; t < T; t++ {
+			p.targets[r*T+t] = -1
+			if t >= end {
+				continue
+			}
+			id := row[t]
+			if id < 0 || id >= V {
+				return nil, fmt.Errorf("devtrain: batch row %d: token id %d at position %d is outside the vocabulary (0..%d)", r, id, t, V-1)
+			}
+			p.ids[r*T+t] = id
+			if t >= 1 && mask[t] {
+				p.targets[r*T+t-1] = id
+				p.n++
+			}
+		}
+	}
+	return p, nil
+}
+
+// acts are one layer's activations ([N, width] each); x0 is the layer's input.
+type acts struct {
+	x0, a, q, k, v, qn, kn, o, x1, mm, gate, up, h backend.Tensor
+}
+
+// bwork are the activation gradients of the backward, reused across layers. dmm also holds
+// the gradient of the attention block's normed input (da) and, before the layers, of the
+// final normed hidden state.
+type bwork struct {
+	dx, dmm, dh, dgate, dup, do, dq, dk, dv backend.Tensor
+}
+
+// pass tracks a step's temporary tensors so that every exit frees them.
+type pass struct {
+	b    backend.Training
+	live []backend.Tensor
+}
+
+func (p *pass) alloc(cat backend.Category, rows, cols int, what string) (backend.Tensor, error) {
+	t, err := p.b.Alloc(cat, rows, cols)
+	if err != nil {
+		return nil, fmt.Errorf("devtrain: %s [%d, %d]: %w", what, rows, cols, err)
+	}
+	p.live = append(p.live, t)
+	return t, nil
+}
+
+// free releases t now (Free twice does nothing, so the final freeAll may see it again).
+func (p *pass) free(ts ...backend.Tensor) {
+	for _, t := range ts {
+		if t != nil {
+			p.b.Free(t)
+		}
+	}
+}
+
+func (p *pass) freeAll() {
+	for _, t := range p.live {
+		p.b.Free(t)
+	}
+	p.live = nil
+}
+
+// allocActs allocates a layer's activations except x0.
+func (m *Model) allocActs(p *pass, N int) (*acts, error) {
+	c := m.cfg
+	H, QD, KV, I := c.HiddenSize, c.QDim(), c.KVDim(), c.IntermediateSize
+	a := &acts{}
+	for _, s := range []struct {
+		dst  *backend.Tensor
+		cols int
+		name string
+	}{{&a.a, H, "attn norm"}, {&a.q, QD, "q"}, {&a.k, KV, "k"}, {&a.v, KV, "v"}, {&a.qn, QD, "q normed"},
+		{&a.kn, KV, "k normed"}, {&a.o, QD, "attention output"}, {&a.x1, H, "residual"}, {&a.mm, H, "mlp norm"},
+		{&a.gate, I, "gate"}, {&a.up, I, "up"}, {&a.h, I, "swiglu"}} {
+		t, err := p.alloc(backend.Activations, N, s.cols, s.name)
+		if err != nil {
+			return nil, err
+		}
+		*s.dst = t
+	}
+	return a, nil
+}
+
+func (p *pass) freeActs(a *acts) {
+	p.free(a.x0, a.a, a.q, a.k, a.v, a.qn, a.kn, a.o, a.x1, a.mm, a.gate, a.up, a.h)
+}
+
+// perSeq calls fn with row r's views [r·T, (r+1)·T) of each tensor in ts.
+func (m *Model) perSeq(pr *prepared, ts []backend.Tensor, fn func(vs []backend.Tensor) error) error {
+	vs := make([]backend.Tensor, len(ts))
+	for r := 0; r < pr.B; r++ {
+		for i, t := range ts {
+			v, err := m.b.RowView(t, r*pr.T, pr.T)
+			if err != nil {
+				return fmt.Errorf("devtrain: row view of sequence %d: %w", r, err)
+			}
+			vs[i] = v
+		}
+		if err := fn(vs); err != nil {
+			return fmt.Errorf("sequence %d: %w", r, err)
+		}
+	}
+	return nil
+}
+
+func (m *Model) w(i int) backend.Weight  { return m.params[i].w }
+func (m *Model) nv(i int) backend.Tensor { return m.params[i].view }
+
+// layerForward computes layer l's activations from a.x0 and, when out is not nil, the
+// layer's output out = x1 + down(h). The ops and their order are grad/pass.go's.
+func (m *Model) layerForward(l int, a *acts, out backend.Tensor, pr *prepared) error {
+	c, b, L := m.cfg, m.b, m.layers[l]
+	eps, hd, theta := float32(c.RMSNormEps), c.HeadDim, c.RopeTheta
+	wrap := func(op string, err error) error {
+		if err != nil {
+			return fmt.Errorf("devtrain: layer %d forward %s: %w", l, op, err)
+		}
+		return nil
+	}
+	if err := b.RMSNorm(a.a, a.x0, m.nv(L[pLn1]), eps); err != nil {
+		return wrap("input_layernorm", err)
+	}
+	if err := firstErr(b.MatMul(a.q, a.a, m.w(L[pQ])), b.MatMul(a.k, a.a, m.w(L[pK])), b.MatMul(a.v, a.a, m.w(L[pV]))); err != nil {
+		return wrap("q/k/v_proj", err)
+	}
+	if err := firstErr(b.RMSNorm(a.qn, a.q, m.nv(L[pQn]), eps), b.RMSNorm(a.kn, a.k, m.nv(L[pKn]), eps)); err != nil {
+		return wrap("q/k_norm", err)
+	}
+	err := m.perSeq(pr, []backend.Tensor{a.qn, a.kn, a.v, a.o}, func(vs []backend.Tensor) error {
+		if err := firstErr(b.RoPE(vs[0], vs[0], hd, 0, theta), b.RoPE(vs[1], vs[1], hd, 0, theta)); err != nil {
+			return err
+		}
+		return b.Attention(vs[3], vs[0], vs[1], vs[2], 0, c.NumHeads, c.NumKVHeads, hd)
+	})
+	if err != nil {
+		return wrap("rope/attention", err)
+	}
+	if err := firstErr(b.MatMul(a.x1, a.o, m.w(L[pO])), b.Add(a.x1, a.x0)); err != nil {
+		return wrap("o_proj", err)
+	}
+	if err := b.RMSNorm(a.mm, a.x1, m.nv(L[pLn2]), eps); err != nil {
+		return wrap("post_attention_layernorm", err)
+	}
+	if err := firstErr(b.MatMul(a.gate, a.mm, m.w(L[pGate])), b.MatMul(a.up, a.mm, m.w(L[pUp])), b.SwiGLU(a.h, a.gate, a.up)); err != nil {
+		return wrap("gate/up/swiglu", err)
+	}
+	if out != nil {
+		if err := firstErr(b.MatMul(out, a.h, m.w(L[pDown])), b.Add(out, a.x1)); err != nil {
+			return wrap("down_proj", err)
+		}
+	}
+	return nil
+}
+
+// firstErr returns the first non-nil error. The ops run in order anyway; an op after a
+// failed one sees arguments that were checked by the failed op's caller, and the step is
+// abandoned before its result is used.
+func firstErr(errs ...error) error {
+	for _, e := range errs {
+		if e != nil {
+			return e
+		}
+	}
+	return nil
+}
+
+// layerBackward runs layer l's backward: dx holds the gradient of the layer's output and
+// receives that of its input; g(k) is the gradient tensor of the layer's k-th parameter.
+func (m *Model) layerBackward(l int, a *acts, w *bwork, g func(k int) backend.Tensor, pr *prepared) error {
+	c, b, L := m.cfg, m.b, m.layers[l]
+	eps, hd, theta := float32(c.RMSNormEps), c.HeadDim, c.RopeTheta
+	wrap := func(op string, err error) error {
+		if err != nil {
+			return fmt.Errorf("devtrain: layer %d backward %s: %w", l, op, err)
+		}
+		return nil
+	}
+	// MLP: x2 = x1 + down(swiglu(gate(mm), up(mm)))
+	if err := b.MatMulBackward(w.dh, g(pDown), w.dx, a.h, m.w(L[pDown]), false); err != nil {
+		return wrap("down_proj", err)
+	}
+	if err := b.SwiGLUBackward(w.dgate, w.dup, w.dh, a.gate, a.up); err != nil {
+		return wrap("swiglu", err)
+	}
+	if err := firstErr(b.MatMulBackward(w.dmm, g(pGate), w.dgate, a.mm, m.w(L[pGate]), false),
+		b.MatMulBackward(w.dmm, g(pUp), w.dup, a.mm, m.w(L[pUp]), true)); err != nil {
+		return wrap("gate/up_proj", err)
+	}
+	if err := b.RMSNormBackward(w.dx, g(pLn2), w.dmm, a.x1, m.nv(L[pLn2]), eps, true); err != nil {
+		return wrap("post_attention_layernorm", err)
+	}
+	// attention: x1 = x0 + o_proj(attn(rope(qnorm(q)), rope(knorm(k)), v))
+	if err := b.MatMulBackward(w.do, g(pO), w.dx, a.o, m.w(L[pO]), false); err != nil {
+		return wrap("o_proj", err)
+	}
+	err := m.perSeq(pr, []backend.Tensor{w.dq, w.dk, w.dv, w.do, a.qn, a.kn, a.v, a.o}, func(vs []backend.Tensor) error {
+		if err := b.AttentionBackward(vs[0], vs[1], vs[2], vs[3], vs[4], vs[5], vs[6], vs[7], c.NumHeads, c.NumKVHeads, hd); err != nil {
+			return err
+		}
+		return firstErr(b.RoPEBackward(vs[0], vs[0], hd, 0, theta), b.RoPEBackward(vs[1], vs[1], hd, 0, theta))
+	})
+	if err != nil {
+		return wrap("attention/rope", err)
+	}
+	if err := firstErr(b.RMSNormBackward(w.dq, g(pQn), w.dq, a.q, m.nv(L[pQn]), eps, false),
+		b.RMSNormBackward(w.dk, g(pKn), w.dk, a.k, m.nv(L[pKn]), eps, false)); err != nil {
+		return wrap("q/k_norm", err)
+	}
+	da := w.dmm
+	if err := firstErr(b.MatMulBackward(da, g(pQ), w.dq, a.a, m.w(L[pQ]), false),
+		b.MatMulBackward(da, g(pK), w.dk, a.a, m.w(L[pK]), true),
+		b.MatMulBackward(da, g(pV), w.dv, a.a, m.w(L[pV]), true)); err != nil {
+		return wrap("q/k/v_proj", err)
+	}
+	if err := b.RMSNormBackward(w.dx, g(pLn1), da, a.x0, m.nv(L[pLn1]), eps, true); err != nil {
+		return wrap("input_layernorm", err)
+	}
+	return nil
+}
+
+// keep says what the forward keeps for a backward.
+type keep int
+
+const (
+	keepNone   keep = iota // loss only: nothing
+	keepInputs             // recompute: each layer's input
+	keepAll                // every activation
+)
+
+// forward is the state between the forward and the backward.
+type forward struct {
+	layers []*acts        // keepAll: every layer's activations; keepInputs: only x0 set
+	work   *acts          // keepInputs: the shared layer buffers (x0 unset)
+	xL, xf backend.Tensor // the last layer's output and the final normed hidden state
+}
+
+// runForward embeds the batch and runs every layer and the final norm. The context is
+// checked before every layer.
+func (m *Model) runForward(ctx context.Context, p *pass, pr *prepared, mode keep) (*forward, error) {
+	c, b := m.cfg, m.b
+	H, N := c.HiddenSize, pr.N
+	x, err := p.alloc(backend.Activations, N, H, "embeddings")
+	if err != nil {
+		return nil, err
+	}
+	if err := b.Embedding(x, m.w(m.embed), pr.ids); err != nil {
+		return nil, fmt.Errorf("devtrain: embedding: %w", err)
+	}
+	f := &forward{}
+	if mode != keepAll {
+		if f.work, err = m.allocActs(p, N); err != nil {
+			return nil, err
+		}
+	}
+	for l := range m.layers {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		a := f.work
+		if mode == keepAll {
+			if a, err = m.allocActs(p, N); err != nil {
+				return nil, err
+			}
+		} else {
+			cp := *f.work
+			a = &cp
+		}
+		a.x0 = x
+		out, err := p.alloc(backend.Activations, N, H, fmt.Sprintf("layer %d output", l))
+		if err != nil {
+			return nil, err
+		}
+		if err := m.layerForward(l, a, out, pr); err != nil {
+			return nil, err
+		}
+		switch mode {
+		case keepAll:
+			f.layers = append(f.layers, a)
+		case keepInputs:
+			f.layers = append(f.layers, &acts{x0: x})
+		case keepNone:
+			p.free(x)
+		}
+		x = out
+	}
+	f.xL = x
+	if f.xf, err = p.alloc(backend.Activations, N, H, "final norm"); err != nil {
+		return nil, err
+	}
+	if err := b.RMSNorm(f.xf, x, m.nv(m.norm), float32(c.RMSNormEps)); err != nil {
+		return nil, fmt.Errorf("devtrain: final norm: %w", err)
+	}
+	return f, nil
+}
+
+// lossChunks scores the final normed hidden state xf chunk by chunk. With dxf != nil it
+// also writes dxf (the gradient of the mean loss at xf) and adds the lm_head gradient into
+// dlm. It returns the summed (unscaled) loss and the scored count.
+func (m *Model) lossChunks(p *pass, pr *prepared, xf, dxf, dlm backend.Tensor) (float64, int, error) {
+	b, V := m.b, m.cfg.VocabSize
+	rows := min(m.opt.ChunkRows, pr.N)
+	logits, err := p.alloc(backend.Activations, rows, V, "logits chunk")
+	if err != nil {
+		return 0, 0, err
+	}
+	defer p.free(logits)
+	scale := float32(0)
+	if pr.n > 0 {
+		scale = 1 / float32(pr.n)
+	}
+	lm := m.w(m.lm)
+	var sum float64
+	var n int
+	for r0 := 0; r0 < pr.N; r0 += rows {
+		k := min(rows, pr.N-r0)
+		xv, err := b.RowView(xf, r0, k)
+		if err != nil {
+			return 0, 0, fmt.Errorf("devtrain: loss rows %d..%d: %w", r0, r0+k, err)
+		}
+		lv, err := b.RowView(logits, 0, k)
+		if err != nil {
+			return 0, 0, fmt.Errorf("devtrain: loss rows %d..%d: %w", r0, r0+k, err)
+		}
+		if err := b.MatMul(lv, xv, lm); err != nil {
+			return 0, 0, fmt.Errorf("devtrain: lm_head rows %d..%d: %w", r0, r0+k, err)
+		}
+		s, c, err := b.CrossEntropy(lv, lv, pr.targets[r0:r0+k], m.opt.LabelSmoothing, scale)
+		if err != nil {
+			return 0, 0, fmt.Errorf("devtrain: cross-entropy rows %d..%d: %w", r0, r0+k, err)
+		}
+		sum += s
+		n += c
+		if dxf == nil {
+			continue
+		}
+		dv, err := b.RowView(dxf, r0, k)
+		if err != nil {
+			return 0, 0, fmt.Errorf("devtrain: loss rows %d..%d: %w", r0, r0+k, err)
+		}
+		if c == 0 { // no target in the chunk: no gradient
+			err = b.Zero(dv)
+		} else {
+			err = b.MatMulBackward(dv, dlm, lv, xv, lm, false)
+		}
+		if err != nil {
+			return 0, 0, fmt.Errorf("devtrain: lm_head backward rows %d..%d: %w", r0, r0+k, err)
+		}
+	}
+	return sum, n, nil
+}
+
+// allocBwork allocates the backward's activation gradients.
+func (m *Model) allocBwork(p *pass, N int) (*bwork, error) {
+	c := m.cfg
+	H, QD, KV, I := c.HiddenSize, c.QDim(), c.KVDim(), c.IntermediateSize
+	w := &bwork{}
+	for _, s := range []struct {
+		dst  *backend.Tensor
+		cols int
+		name string
+	}{{&w.dx, H, "d residual"}, {&w.dmm, H, "d normed"}, {&w.dh, I, "d swiglu"}, {&w.dgate, I, "d gate"},
+		{&w.dup, I, "d up"}, {&w.do, QD, "d attention output"}, {&w.dq, QD, "d q"}, {&w.dk, KV, "d k"}, {&w.dv, KV, "d v"}} {
+		t, err := p.alloc(backend.Gradients, N, s.cols, s.name)
+		if err != nil {
+			return nil, err
+		}
+		*s.dst = t
+	}
+	return w, nil
+}
+
+// hooks let the backward's caller see layer boundaries.
+type hooks struct {
+	// grad returns the gradient tensor of layer l's k-th parameter.
+	grad func(l, k int) backend.Tensor
+	// before runs before layer l's backward (cancellation checks, zeroing); after runs after
+	// it (the fused optimizer).
+	before, after func(l int) error
+}
+
+// runBackward runs the loss's backward and every layer's, and the embedding's, from the
+// forward state f. gt(i) is parameter i's gradient for the non-layer parameters.
+func (m *Model) runBackward(p *pass, pr *prepared, f *forward, mode keep, w *bwork, gt func(i int) backend.Tensor, h hooks) error {
+	c, b := m.cfg, m.b
+	eps := float32(c.RMSNormEps)
+	// w.dmm holds dxf (written by lossChunks).
+	if err := b.RMSNormBackward(w.dx, gt(m.norm), w.dmm, f.xL, m.nv(m.norm), eps, false); err != nil {
+		return fmt.Errorf("devtrain: final norm backward: %w", err)
+	}
+	p.free(f.xf, f.xL)
+	for l := len(m.layers) - 1; l >= 0; l-- {
+		if h.before != nil {
+			if err := h.before(l); err != nil {
+				return err
+			}
+		}
+		a := f.layers[l]
+		if mode == keepInputs {
+			cp := *f.work
+			cp.x0 = a.x0
+			a = &cp
+			if err := m.layerForward(l, a, nil, pr); err != nil {
+				return fmt.Errorf("recompute: %w", err)
+			}
+		}
+		if err := m.layerBackward(l, a, w, func(k int) backend.Tensor { return h.grad(l, k) }, pr); err != nil {
+			return err
+		}
+		if mode == keepAll {
+			p.freeActs(a)
+		} else {
+			p.free(a.x0)
+		}
+		f.layers[l] = nil
+		if h.after != nil {
+			if err := h.after(l); err != nil {
+				return err
+			}
+		}
+	}
+	if err := b.EmbeddingBackward(gt(m.embed), w.dx, pr.ids); err != nil {
+		return fmt.Errorf("devtrain: embedding backward: %w", err)
+	}
+	return nil
+}
