@@ -197,37 +197,39 @@ func runSteps(t testing.TB, m *Model, b *data.Batch, steps int, lr float64) []St
 // the same losses and the same master weights bit for bit (bf16 masters with stochastic
 // rounding, int8 moments: the production setting).
 func TestRecomputeAndFusedBitIdentical(t *testing.T) {
-	gm := tiny(t, "tiny-tied")
-	b := paddedBatch()
-	var ref [][]float32
-	var refLoss []float64
-	for _, c := range []struct{ recompute, fused bool }{{false, false}, {true, false}, {false, true}, {true, true}} {
-		opt := DefaultOptions()
-		opt.ClipNorm, opt.Recompute, opt.FusedOptimizer, opt.ChunkRows = 0, c.recompute, c.fused, 7
-		m := newModel(t, gm, opt)
-		sts := runSteps(t, m, b, 3, 1e-3)
-		w := exportAll(t, m)
-		if ref == nil {
-			ref = w
-			for _, s := range sts {
-				refLoss = append(refLoss, s.Loss)
+	for _, name := range []string{"tiny-tied", "tiny-untied"} {
+		gm := tiny(t, name)
+		b := paddedBatch()
+		var ref [][]float32
+		var refLoss []float64
+		for _, c := range []struct{ recompute, fused bool }{{false, false}, {true, false}, {false, true}, {true, true}} {
+			opt := DefaultOptions()
+			opt.ClipNorm, opt.Recompute, opt.FusedOptimizer, opt.ChunkRows = 0, c.recompute, c.fused, 7
+			m := newModel(t, gm, opt)
+			sts := runSteps(t, m, b, 3, 1e-3)
+			w := exportAll(t, m)
+			if ref == nil {
+				ref = w
+				for _, s := range sts {
+					refLoss = append(refLoss, s.Loss)
+				}
+				if sts[2].Step != 3 || sts[2].Loss >= sts[0].Loss {
+					t.Fatalf("%s: steps %+v", name, sts)
+				}
+				continue
 			}
-			if sts[2].Step != 3 || sts[2].Loss >= sts[0].Loss {
-				t.Fatalf("steps %+v", sts)
+			for i, s := range sts {
+				if s.Loss != refLoss[i] {
+					t.Fatalf("%s recompute=%v fused=%v: step %d loss %v, reference %v", name, c.recompute, c.fused, i+1, s.Loss, refLoss[i])
+				}
 			}
-			continue
-		}
-		for i, s := range sts {
-			if s.Loss != refLoss[i] {
-				t.Fatalf("recompute=%v fused=%v: step %d loss %v, reference %v", c.recompute, c.fused, i+1, s.Loss, refLoss[i])
+			sameBits(t, name+" weights", w, ref)
+			names := ""
+			for _, p := range sts[0].Phases {
+				names += p.Name + " "
 			}
+			t.Logf("%s recompute=%v fused=%v: phases %s; grad norms %.4g %.4g %.4g", name, c.recompute, c.fused, names, sts[0].GradNorm, sts[1].GradNorm, sts[2].GradNorm)
 		}
-		sameBits(t, "weights", w, ref)
-		names := ""
-		for _, p := range sts[0].Phases {
-			names += p.Name + " "
-		}
-		t.Logf("recompute=%v fused=%v: phases %s; grad norms %.4g %.4g %.4g", c.recompute, c.fused, names, sts[0].GradNorm, sts[1].GradNorm, sts[2].GradNorm)
 	}
 }
 
