@@ -1,5 +1,3 @@
-//go:build devtrain
-
 package bench
 
 import (
