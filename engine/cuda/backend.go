@@ -50,8 +50,8 @@ type Backend struct {
 	// The persistent GEMV's partial sums and arrival counters, and its blocks per SM per T.
 	gemvPartial, gemvCounters devBuf
 	gemvOccupancy             [gemvMaxRows]int
-	// trainSIMT keeps MatMulBackward on the fp32 SIMT kernels for every shape (the reference
-	// path of parity tests; QWENGO_CUDA_GEMM=simt does it for the forward too).
+	// trainSIMT keeps MatMul and MatMulBackward on the fp32 SIMT kernels for every shape (the
+	// reference path of parity tests; QWENGO_CUDA_GEMM=simt does it for the forward alone).
 	trainSIMT bool
 
 	// Owned by the worker goroutine.

@@ -133,7 +133,9 @@ func (b *Backend) matmul(o, a *Tensor, w *Weight) error {
 		}
 		return launch(fn, g, bl, 0, ptrArg(o.ptr), ptrArg(a.ptr), ptrArg(w.ptr), intArg(N), intArg(K), intArg(ksplit))
 	}
-	if ok, err := b.gemmMatMul(o, a, w); ok {
+	if b.trainSIMT {
+		// the fp32 reference path (parity tests): no bf16 tensor-core products
+	} else if ok, err := b.gemmMatMul(o, a, w); ok {
 		return err // cuBLASLt (gemm.go): T ≥ 16 rows, dimensions multiples of 8
 	}
 	if (T+63)/64 > 65535 {

@@ -396,8 +396,26 @@ func TestTrainingAttentionBackward(t *testing.T) {
 		if err := g.AttentionBackward(gdq, gdk, gdv, gi[3], gi[0], gi[1], gi[2], gi[4], cs.nH, cs.nKV, cs.hd); err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
-		compare(t, name+" dq", c, g, cdq, gdq, bound)
-		compare(t, name+" dk", c, g, cdk, gdk, bound)
+		if cs.T == 1 {
+			// One key: the softmax is constant, dq and dk are zero in exact arithmetic (the CPU
+			// gets exactly 0); here only rounding may remain, relative to dv's scale.
+			dv := download(t, g, gdv)
+			scale := 0.0
+			for _, x := range dv {
+				scale = math.Max(scale, math.Abs(float64(x)))
+			}
+			for _, x := range [][]float32{download(t, g, gdq), download(t, g, gdk)} {
+				for _, v := range x {
+					if math.Abs(float64(v)) > 1e-6*scale {
+						t.Errorf("%s: dq/dk element %g, want 0 (within 1e-6 of %g)", name, v, scale)
+						break
+					}
+				}
+			}
+		} else {
+			compare(t, name+" dq", c, g, cdq, gdq, bound)
+			compare(t, name+" dk", c, g, cdk, gdk, bound)
+		}
 		compare(t, name+" dv", c, g, cdv, gdv, bound)
 	}
 	// k with more rows than q (a cache) is refused, as are gradients aliasing inputs.
