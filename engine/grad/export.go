@@ -43,10 +43,17 @@ func (m *Model) SaveSafetensors(dir string, dt tensor.DType) error {
 // SaveNVFP4 writes an NVFP4 checkpoint in the ModelOpt layout (vLLM/TensorRT-LLM load it):
 // projections as packed weight + weight_scale (E4M3) + weight_scale_2 (FP32); embeddings,
 // lm_head and norms in bf16.
-func (m *Model) SaveNVFP4(dir string) error {
+func (m *Model) SaveNVFP4(dir string) error { return m.SaveNVFP4With(dir, false) }
+
+// SaveNVFP4With is SaveNVFP4 that, with quantizeEmbedding, also stores the embedding (and an
+// untied lm_head) as NVFP4 — for small-vocabulary-dominated models such as the embedded
+// default, where the bf16 embedding would be most of the file. qwengo loads either layout;
+// ModelOpt itself leaves embeddings unquantised, so other engines may not.
+func (m *Model) SaveNVFP4With(dir string, quantizeEmbedding bool) error {
 	var ts []*tensor.Host
-	for _, p := range m.Params {
-		if !isLinear(p) {
+	for i, p := range m.Params {
+		quant := isLinear(p) || (quantizeEmbedding && (i == m.embed || i == m.lm))
+		if !quant {
 			shape := []int{p.Rows, p.Cols}
 			if p.Rows == 1 {
 				shape = []int{p.Cols}
@@ -72,9 +79,13 @@ func (m *Model) SaveNVFP4(dir string) error {
 	if err := m.writeDir(dir, ts, "bfloat16", true); err != nil {
 		return err
 	}
+	exclude := []string{"lm_head"}
+	if quantizeEmbedding {
+		exclude = []string{}
+	}
 	hq, _ := json.MarshalIndent(map[string]any{
 		"producer":     map[string]string{"name": "modelopt", "version": "qwengo"},
-		"quantization": map[string]any{"quant_algo": "NVFP4", "kv_cache_quant_algo": nil, "group_size": nvfp4.BlockSize, "exclude_modules": []string{"lm_head"}},
+		"quantization": map[string]any{"quant_algo": "NVFP4", "kv_cache_quant_algo": nil, "group_size": nvfp4.BlockSize, "exclude_modules": exclude},
 	}, "", "  ")
 	return format.WriteFileAtomic(filepath.Join(dir, "hf_quant_config.json"), append(hq, '\n'))
 }

@@ -3,6 +3,7 @@ package grad
 import (
 	"context"
 	"fmt"
+	"github.com/qwengo/qwengo/engine/nvfp4"
 	"math"
 	"os"
 	"path/filepath"
@@ -267,6 +268,28 @@ func TestExportRoundTrips(t *testing.T) {
 		t.Fatalf("nvfp4 export differs from the QAT forward: %.3g", e)
 	}
 	m.QAT = false
+	// NVFP4 with the embedding and lm_head quantised too: smaller, loads back (grad and qwen3),
+	// the tables equal their own NVFP4 images.
+	if err := m.SaveNVFP4With(filepath.Join(dir, "nvfp4-all"), true); err != nil {
+		t.Fatal(err)
+	}
+	st1, _ := os.Stat(filepath.Join(dir, "nvfp4", "model.safetensors"))
+	st2, _ := os.Stat(filepath.Join(dir, "nvfp4-all", "model.safetensors"))
+	if st2.Size() >= st1.Size() {
+		t.Errorf("quantised embedding: %d bytes, not smaller than %d", st2.Size(), st1.Size())
+	}
+	all := reload(t, m.Config, filepath.Join(dir, "nvfp4-all"))
+	emb := all.Params[all.embed].W
+	q, err := nvfp4.QuantizeModelOpt(m.Params[m.embed].W, m.Params[m.embed].Rows, m.Params[m.embed].Cols)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := maxRel(emb, q.Dequantize()); e != 0 {
+		t.Errorf("quantised embedding read back differs from its NVFP4 image: %.3g", e)
+	}
+	if _, err := qwen3.Open(filepath.Join(dir, "nvfp4-all"), cpu.New(), qwen3.LoadOptions{}); err != nil {
+		t.Errorf("inference loader: %v", err)
+	}
 	// seed .dat: written in the seed's layout, read back, rewritten from its template byte for byte
 	p1 := filepath.Join(dir, "a.dat")
 	if err := m.SaveDat(p1, nil); err != nil {

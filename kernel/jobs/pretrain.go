@@ -41,6 +41,7 @@ type pretrainOptions struct {
 	evalSamples, accSamples, logEvery         int
 	lr, minLRFrac, wd, std                    float64
 	state, master                             string
+	quantEmbed                                bool
 	seed                                      uint64
 	timeLimit                                 time.Duration
 }
@@ -74,7 +75,8 @@ func runPretrain(args []string, stdout, stderr io.Writer) int {
 	warmup := f.Int("warmup", 100, "linear warm-up steps")
 	evalEvery := f.Int("eval-every", 250, "held-out loss every N steps (0: only at the end)")
 	evalSamples := f.Int("eval-samples", 256, "held-out samples per set for the loss")
-	accSamples := f.Int("accuracy-samples", 200, "held-out questions per set for the answer accuracy (greedy generation)")
+	accSamples := f.Int("accuracy-samples", 100, "held-out questions per set and language for the answer accuracy (greedy generation)")
+	quantEmbed := f.Bool("quantize-embedding", true, "store the tied embedding as NVFP4 too (the embedded model's size; other engines expect a bf16 embedding)")
 	logEvery := f.Int("log-every", 20, "print a progress line every N steps")
 	lr := f.Float("lr", 2e-3, "peak learning rate")
 	minLRFrac := f.Float("min-lr-frac", 0.1, "cosine floor as a fraction of --lr")
@@ -92,7 +94,7 @@ func runPretrain(args []string, stdout, stderr io.Writer) int {
 	o := pretrainOptions{corpusDir: *corpusDir, out: *out, tokPath: *tokPath, layers: *layers, hidden: *hidden, inter: *inter,
 		heads: *heads, kvHeads: *kvHeads, hd: *hd, steps: *steps, batch: *batch, seqLen: *seqLen, warmup: *warmup,
 		evalEvery: *evalEvery, evalSamples: *evalSamples, accSamples: *accSamples, logEvery: max(1, *logEvery),
-		lr: *lr, minLRFrac: *minLRFrac, wd: *wd, std: *std, state: *state, master: *master, seed: uint64(*seed), timeLimit: *timeLimit}
+		quantEmbed: *quantEmbed, lr: *lr, minLRFrac: *minLRFrac, wd: *wd, std: *std, state: *state, master: *master, seed: uint64(*seed), timeLimit: *timeLimit}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	sum, err := pretrain(ctx, o, stderr)
@@ -116,6 +118,7 @@ type pretrainSummary struct {
 	FinalLoss    float64            `json:"final_loss"`
 	EvalLoss     map[string]float64 `json:"eval_loss"`
 	Accuracy     map[string]float64 `json:"accuracy"` // per held-out set and language
+	Examples     []qaExample        `json:"examples"`
 	Params       int64              `json:"params"`
 	NVFP4Bytes   int64              `json:"nvfp4_bytes"`
 	Device       string             `json:"device"`
@@ -347,7 +350,7 @@ func pretrain(ctx context.Context, o pretrainOptions, log io.Writer) (*pretrainS
 	if err := em.SaveSafetensors(bf16Dir, tensor.BF16); err != nil {
 		return nil, err
 	}
-	if err := em.SaveNVFP4(nvDir); err != nil {
+	if err := em.SaveNVFP4With(nvDir, o.quantEmbed); err != nil {
 		return nil, err
 	}
 	if sum.NVFP4Bytes, err = dirBytes(nvDir); err != nil {
@@ -364,34 +367,69 @@ func pretrain(ctx context.Context, o pretrainOptions, log io.Writer) (*pretrainS
 		return nil, fmt.Errorf("loading the NVFP4 export: %w", err)
 	}
 	defer im.Close()
-	sum.Accuracy = map[string]float64{}
-	for name, raw := range rawSets {
-		hit, tot := map[string]int{}, map[string]int{}
-		for i, s := range raw {
-			if i >= o.accSamples || ctx.Err() != nil {
-				break
-			}
-			q, gold := lastExchange(s.Messages)
-			g, err := im.Generate(q, engine.GenerateOptions{Chat: true, MaxTokens: 96})
-			if err != nil {
-				return nil, err
-			}
-			lang := s.Lang
-			tot[lang]++
-			tot["all"]++
-			if corpus.AnswerMatches(g.Text, gold) {
-				hit[lang]++
-				hit["all"]++
-			}
-		}
-		for lang, n := range tot {
-			sum.Accuracy[name+"/"+lang] = float64(hit[lang]) / float64(n)
-		}
+	if sum.Accuracy, sum.Examples, err = answerAccuracy(ctx, im, rawSets, o.accSamples); err != nil {
+		return nil, err
 	}
 	if err := writeModelCard(o, sum); err != nil {
 		return nil, err
 	}
 	return sum, nil
+}
+
+// qaExample is one held-out question with the model's answer, for the model card.
+type qaExample struct {
+	Set, Lang, Question, Gold, Answer string
+	Match                             bool
+}
+
+// answerAccuracy generates greedy answers to up to perLang questions per language of each
+// held-out set and scores them with corpus.AnswerMatches against the sample's answer key.
+// Keys are "set/lang" and "set/all".
+func answerAccuracy(ctx context.Context, im *engine.Model, sets map[string][]corpus.Sample, perLang int) (map[string]float64, []qaExample, error) {
+	acc := map[string]float64{}
+	var examples []qaExample
+	for _, name := range sortedSetNames(sets) {
+		hit, tot := map[string]int{}, map[string]int{}
+		for _, s := range sets[name] {
+			if ctx.Err() != nil {
+				return nil, nil, ctx.Err()
+			}
+			if tot[s.Lang] >= perLang {
+				continue
+			}
+			q, gold := lastExchange(s.Messages)
+			if s.Answer != "" {
+				gold = s.Answer
+			}
+			g, err := im.Generate(q, engine.GenerateOptions{Chat: true, MaxTokens: 96})
+			if err != nil {
+				return nil, nil, err
+			}
+			ok := corpus.AnswerMatches(g.Text, gold)
+			tot[s.Lang]++
+			tot["all"]++
+			if ok {
+				hit[s.Lang]++
+				hit["all"]++
+			}
+			if tot[s.Lang] <= 2 {
+				examples = append(examples, qaExample{Set: name, Lang: s.Lang, Question: q, Gold: gold, Answer: g.Text, Match: ok})
+			}
+		}
+		for lang, n := range tot {
+			acc[name+"/"+lang] = float64(hit[lang]) / float64(n)
+		}
+	}
+	return acc, examples, nil
+}
+
+func sortedSetNames(m map[string][]corpus.Sample) []string {
+	names := make([]string, 0, len(m))
+	for k := range m {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	return names
 }
 
 func lastExchange(msgs []data.Message) (question, answer string) {
@@ -445,6 +483,12 @@ func writeModelCard(o pretrainOptions, s *pretrainSummary) error {
 	for _, k := range sortedKeys(s.Accuracy) {
 		fmt.Fprintf(&b, "| accuracy %s | %.1f %% |\n", k, 100*s.Accuracy[k])
 	}
+	if len(s.Examples) > 0 {
+		fmt.Fprintf(&b, "\n## Examples (greedy, first two questions per set and language)\n\n| set | question | answer key | model | match |\n|---|---|---|---|---|\n")
+		for _, e := range s.Examples {
+			fmt.Fprintf(&b, "| %s/%s | %s | %s | %s | %v |\n", e.Set, e.Lang, cell(e.Question), cell(e.Gold), cell(e.Answer), e.Match)
+		}
+	}
 	fmt.Fprintf(&b, "\nThe loss curve is metrics.jsonl (one line per step; eval_loss every %d steps).\n", o.evalEvery)
 	return format.WriteFileAtomic(filepath.Join(o.out, "MODEL_CARD.md"), []byte(b.String()))
 }
@@ -456,4 +500,14 @@ func sortedKeys(m map[string]float64) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// cell makes text safe inside a Markdown table cell.
+func cell(s string) string {
+	s = strings.ReplaceAll(s, "|", "\\|")
+	s = strings.ReplaceAll(s, "\n", " ")
+	if r := []rune(s); len(r) > 120 {
+		s = string(r[:120]) + "…"
+	}
+	return s
 }
