@@ -7,7 +7,7 @@ CACHE   ?= $(CURDIR)/.cache
 FUZZTIME ?= 20000x
 export QWENGO_CACHE := $(CACHE)
 
-.PHONY: help build tokenizer install uninstall generate test test-go test-kernel test-browser fuzz vet cuda-vet cuda-ptx cuda-bins quickstart
+.PHONY: help build tokenizer install uninstall generate test test-go test-kernel test-browser embedded-model fuzz vet cuda-vet cuda-ptx cuda-bins quickstart
 
 help:
 	@echo "make quickstart   install everything (modules, tokenizer, binaries, kernelspec), then open the console"
@@ -57,6 +57,17 @@ test-browser:
 	bash kernel/kerneltest/browser/run.sh kernel/kerneltest/browser/testdata/smoke.ipynb \
 	  --expect "hello from qwengo" --expect "loaded 2 layers" --expect "generated 6 ids" --expect kv_cache --expect 42
 
+# The embedded default model (engine/embedded/model), reproduced from the raw packages: the
+# corpus here, then pretraining on a GPU machine with the CUDA binary (MODEL_CARD.md has the
+# run that produced the committed files). MINI_OUT collects checkpoints, metrics and the card.
+MINI_OUT ?= .cache/qwengo-mini
+embedded-model: corpus
+	$(GO) build -tags cuda -o $(BIN)/qwenrepl-cuda ./kernel/cmd/qwenrepl
+	QWENGO_BACKEND=cuda $(BIN)/qwenrepl-cuda pretrain --corpus $(CACHE)/corpus/v1 --out $(MINI_OUT) \
+	  --layers 6 --hidden 256 --intermediate 768 --heads 4 --kv-heads 2 --head-dim 64 --batch 64 --seq-len 160 \
+	  --lr 3e-3 --weight-decay 0.1 --master fp32 --optimizer-state fp32 --seed 1 --steps 5000 --warmup 200 --eval-every 250
+	cp $(MINI_OUT)/nvfp4/config.json $(MINI_OUT)/nvfp4/model.safetensors $(MINI_OUT)/nvfp4/hf_quant_config.json engine/embedded/model/
+
 test: vet tokenizer test-go test-kernel test-browser fuzz
 
 quickstart: tokenizer install
@@ -70,8 +81,8 @@ cuda-ptx:
 # GPU binaries for the device machine (carry .dev/gpu; run there with
 # LD_LIBRARY_PATH=/usr/local/cuda/lib64; in engine/cuda: ../../.dev/gpu/cuda.test -test.short -test.v).
 cuda-bins:
-	$(GO) build -tags cuda -o .dev/gpu/ ./kernel/cmd/qwenrepl ./kernel/cmd/qwenkernel
-	$(GO) test -tags cuda -c -o .dev/gpu/cuda.test ./engine/cuda
+	$(GO) build -tags "cuda qwengo_noembed" -ldflags="-s -w" -o .dev/gpu/ ./kernel/cmd/qwenrepl
+	$(GO) test -tags cuda -ldflags="-s -w" -c -o .dev/gpu/cuda.test ./engine/cuda
 
 # The GPU build compiles and vets without a GPU (headers from ../shared/scripts/cuda-dev-setup.sh).
 cuda-vet:

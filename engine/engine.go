@@ -18,6 +18,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/qwengo/qwengo/engine/embedded"
 	"io"
 	"os"
 	"path/filepath"
@@ -130,11 +131,19 @@ type Model struct {
 }
 
 // Load loads a model: a Hugging Face directory, a .safetensors file (NVFP4 ModelOpt layout
-// included), a sharded index, or a seed .dat with config.json beside it.
+// included), a sharded index, or a seed .dat with config.json beside it. "qwengo-mini" (or "")
+// is the embedded default model (engine/embedded), written to the user cache on first use.
 func Load(path string) (*Model, error) { return LoadWith(path, LoadOptions{}) }
 
 // LoadWith loads a model with options.
 func LoadWith(path string, opt LoadOptions) (*Model, error) {
+	if path == embedded.Name || path == "" {
+		dir, err := embedded.Dir()
+		if err != nil {
+			return nil, fmt.Errorf("engine: load %s: %w", embedded.Name, err)
+		}
+		path = dir
+	}
 	fi, err := os.Stat(path)
 	if err != nil {
 		return nil, fmt.Errorf("engine: load %s: %w", path, err)
