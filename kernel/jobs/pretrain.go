@@ -143,39 +143,49 @@ func pretrainConfig(o pretrainOptions, tok *tokenizer.Tokenizer) (*qwen3.Config,
 	return cfg, cfg.Validate()
 }
 
-// readSamples reads a corpus JSONL split and tokenises it (at most limit samples; 0 = all).
-func readSamples(chat *data.Chat, path string, seqLen, limit int) ([]*data.Sample, []corpus.Sample, error) {
+// readSamplesRaw reads a corpus JSONL split (engine/corpus.Sample per line), naming file:line
+// on bad input.
+func readSamplesRaw(path string) (int, []corpus.Sample, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, nil, err
+		return 0, nil, err
 	}
 	defer f.Close()
-	var ss []*data.Sample
 	var raw []corpus.Sample
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 1<<20), 1<<24)
 	line := 0
 	for sc.Scan() {
 		line++
-		if limit > 0 && len(ss) >= limit {
-			break
-		}
 		var cs corpus.Sample
 		if err := json.Unmarshal(sc.Bytes(), &cs); err != nil {
-			return nil, nil, fmt.Errorf("%s:%d: %v", path, line, err)
+			return 0, nil, fmt.Errorf("%s:%d: %v", path, line, err)
 		}
-		s, err := chat.Tokenize(data.Example{Messages: cs.Messages}, seqLen)
-		if err != nil {
-			return nil, nil, fmt.Errorf("%s:%d: %w", path, line, err)
-		}
-		ss = append(ss, s)
 		raw = append(raw, cs)
 	}
 	if err := sc.Err(); err != nil {
-		return nil, nil, fmt.Errorf("%s: %w", path, err)
+		return 0, nil, fmt.Errorf("%s: %w", path, err)
 	}
-	if len(ss) == 0 {
-		return nil, nil, fmt.Errorf("%s: no samples", path)
+	if len(raw) == 0 {
+		return 0, nil, fmt.Errorf("%s: no samples", path)
+	}
+	return line, raw, nil
+}
+
+// readSamples reads a corpus JSONL split and tokenises it (at most limit samples; 0 = all).
+func readSamples(chat *data.Chat, path string, seqLen, limit int) ([]*data.Sample, []corpus.Sample, error) {
+	_, raw, err := readSamplesRaw(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	if limit > 0 && len(raw) > limit {
+		raw = raw[:limit]
+	}
+	ss := make([]*data.Sample, len(raw))
+	for i, cs := range raw {
+		if ss[i], err = chat.Tokenize(data.Example{Messages: cs.Messages}, seqLen); err != nil {
+			return nil, nil, fmt.Errorf("%s: sample %d: %w", path, i+1, err)
+		}
 	}
 	return ss, raw, nil
 }
