@@ -17,6 +17,7 @@ func init() {
 		"DefaultGuardOptions":  reflect.ValueOf(engine.DefaultGuardOptions),
 		"DefaultProgress":      reflect.ValueOf(&engine.DefaultProgress).Elem(),
 		"DefaultTokenizerPath": reflect.ValueOf(engine.DefaultTokenizerPath),
+		"DefaultTrainOptions":  reflect.ValueOf(engine.DefaultTrainOptions),
 		"Device":               reflect.ValueOf(engine.Device),
 		"DeviceMemory":         reflect.ValueOf(engine.DeviceMemory),
 		"ErrNoTokenizer":       reflect.ValueOf(&engine.ErrNoTokenizer).Elem(),
@@ -26,6 +27,7 @@ func init() {
 		"Memory":               reflect.ValueOf(engine.Memory),
 		"MemoryGuard":          reflect.ValueOf(engine.MemoryGuard),
 		"MemoryReport":         reflect.ValueOf(engine.MemoryReport),
+		"NewTrainer":           reflect.ValueOf(engine.NewTrainer),
 		"ProgressBar":          reflect.ValueOf(engine.ProgressBar),
 		"ResetPeak":            reflect.ValueOf(engine.ResetPeak),
 		"SetMemoryLimit":       reflect.ValueOf(engine.SetMemoryLimit),
@@ -41,5 +43,7 @@ func init() {
 		"LoadOptions":     reflect.ValueOf((*engine.LoadOptions)(nil)),
 		"MemoryError":     reflect.ValueOf((*engine.MemoryError)(nil)),
 		"Model":           reflect.ValueOf((*engine.Model)(nil)),
+		"TrainOptions":    reflect.ValueOf((*engine.TrainOptions)(nil)),
+		"Trainer":         reflect.ValueOf((*engine.Trainer)(nil)),
 	}
 }
