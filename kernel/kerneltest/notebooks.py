@@ -42,7 +42,8 @@ def run(path, timeout, write):
     try:
         client.execute()
     except CellExecutionError as e:
-        print(f"FAIL {path}: {str(e)[:2000]}", file=sys.stderr)
+        msg = str(e)
+        print(f"FAIL {path}: {msg[:800]} … {msg[-1500:]}" if len(msg) > 2400 else f"FAIL {path}: {msg}", file=sys.stderr)
         return False
     problems = check_outputs(nb, path)
     for p in problems:

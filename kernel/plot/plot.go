@@ -82,9 +82,16 @@ func render(p *gplot.Plot, w, h float64) (string, error) {
 	return buf.String(), nil
 }
 
-// Render draws the chart as an SVG document.
-func (l Line) Render() (string, error) {
+// Render draws the chart as an SVG document. gonum/plot panics on some degenerate inputs; a
+// panic becomes an error (a chart must never take the cell down).
+func (l Line) Render() (svg string, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			svg, err = "", fmt.Errorf("plot: %v", r)
+		}
+	}()
 	p := gplot.New()
+	ymin, ymax := math.Inf(1), math.Inf(-1)
 	p.Title.Text, p.X.Label.Text, p.Y.Label.Text = l.Title, l.X, l.Y
 	if l.LogY {
 		p.Y.Scale = gplot.LogScale{}
@@ -103,6 +110,7 @@ func (l Line) Render() (string, error) {
 				continue
 			}
 			pts = append(pts, plotter.XY{X: x, Y: y})
+			ymin, ymax = math.Min(ymin, y), math.Max(ymax, y)
 		}
 		if len(pts) == 0 {
 			continue
@@ -123,6 +131,13 @@ func (l Line) Render() (string, error) {
 		if s.Name != "" {
 			p.Legend.Add(s.Name, ln)
 		}
+	}
+	if l.LogY {
+		if math.IsInf(ymin, 1) { // nothing positive to draw
+			ymin, ymax = 0.1, 10
+		}
+		// gonum pads an empty range by ±1, which crosses zero on a log axis: pad by factors.
+		p.Y.Min, p.Y.Max = ymin/1.25, ymax*1.25
 	}
 	return render(p, l.Width, l.Height)
 }

@@ -23,6 +23,8 @@ func TestLineRender(t *testing.T) {
 		{"log y drops non-positive and NaN", Line{Title: "log", LogY: true, Series: []Series{{"a", []float64{1, 2, 3, 4}, []float64{10, 0, math.NaN(), 1}}}},
 			"", []string{"<svg"}},
 		{"single point", Line{Series: []Series{{"one", []float64{1}, []float64{1}}}}, "", []string{"<svg"}},
+		{"single point, log y below 1", Line{LogY: true, Series: []Series{{"one", []float64{1}, []float64{0.3}}}}, "", []string{"<svg"}},
+		{"log y, nothing positive", Line{LogY: true, Series: []Series{{"zero", []float64{1, 2}, []float64{0, -1}}}}, "", []string{"<svg"}},
 		{"mismatched lengths", Line{Series: []Series{{"bad", []float64{1, 2}, []float64{1}}}}, `series "bad" has 2 x and 1 y values`, nil},
 	} {
 		t.Run(c.name, func(t *testing.T) {
