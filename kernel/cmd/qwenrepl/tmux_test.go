@@ -191,13 +191,18 @@ func TestConsoleTerminal(t *testing.T) {
 	t.Logf("last screen:\n%s", m.screen())
 }
 
-func TestConsoleTerminalChatWithoutModel(t *testing.T) {
+// TestConsoleTerminalChatDefaultAndMissingModel: `:chat` with no model and no QWENGO_MODEL
+// chats with the embedded model; `:go` returns to Go; a missing model path is an error that
+// leaves the console at its Go prompt.
+func TestConsoleTerminalChatDefaultAndMissingModel(t *testing.T) {
 	home := t.TempDir()
 	cmd := "QWENGO_MODEL= " + consoleCmd(t, home)
 	m := startTmux(t, cmd)
 	m.waitFor(30*time.Second, "In [1]: ")
 	m.line(":chat")
-	m.waitFor(5*time.Second, "chat needs a loaded model", "In [1]: ")
+	m.waitFor(60*time.Second, "vocab 151936", "chat> ")
+	m.line(":go")
+	m.waitFor(10*time.Second, "In [1]: ")
 	m.line(":chat " + filepath.Join(home, "no-such-model"))
 	m.waitFor(10*time.Second, "no-such-model", "In [1]: ")
 }
