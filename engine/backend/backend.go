@@ -32,8 +32,9 @@
 //	EmbeddingBackward(dtable, dout Tensor, ids []int)
 //
 // plus the loss (cross-entropy over logit chunks) and the optimizer step; gradients and
-// optimizer state are allocated under the Gradients and OptimizerState categories. None of
-// these exist yet; nothing in this interface prevents them.
+// optimizer state are allocated under the Gradients and OptimizerState categories. They are
+// the Training interface (training.go), implemented by engine/cpu and engine/cuda and driven by
+// engine/devtrain; Fused (fused.go) adds fused decoder-block kernels.
 package backend
 
 import (

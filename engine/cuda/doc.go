@@ -26,11 +26,17 @@
 //     (zeroed), accounted under workspace; the pool is released before anything is refused
 //     and by ReleaseCache.
 //   - Tensors are float32 on the device (bf16 activations come later). Weights stay in their
-//     stored precision (f32, bf16, NVFP4 packed codes + E4M3 block scales + FP32 tensor scale)
-//     and MatMul decodes them in registers: a GEMV kernel for up to 4 token rows (decode) that
-//     streams each weight row once (split-K over the warps of a block), and a tiled kernel for
-//     more rows (prefill). Attention is one block per (head, query row) with an online
-//     softmax, split over the keys with a combine step when that leaves SMs idle (decode).
+//     stored precision (f32, bf16, NVFP4 packed codes + E4M3 block scales + FP32 tensor scale).
+//     MatMul: up to 4 token rows take a GEMV that decodes the weights in registers (gemv.go
+//     picks the kernel per shape); 16 rows or more go to cuBLASLt (blaslt.go, gemm.go: bf16
+//     operands, fp32 accumulation; NVFP4 weights expanded to bf16 per call), else a tiled SIMT
+//     kernel. Attention is one block per (head, query row) with an online softmax, split over
+//     the keys with a combine step when that leaves SMs idle (decode).
+//   - A call made on the owner's own thread runs directly (Run, backend.Runner): qwen3's
+//     forward and devtrain's step run whole on the owner goroutine, paying one hand-off.
+//   - backend.Fused (fused.go) and backend.Training (training.go, kernels/train.cu) are
+//     implemented: fused decoder-block kernels, every backward op, chunked cross-entropy and
+//     the AdamW update with fp32 or int8 moments.
 //
 // NOTES.md has the kernels' bytes, FLOPs and measured times on an H200 and what comes next.
 //
