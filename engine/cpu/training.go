@@ -3,22 +3,23 @@ package cpu
 import (
 	"fmt"
 	"math"
+	"sync/atomic"
 	"unsafe"
 
 	"github.com/qwengo/qwengo/engine/backend"
-	"github.com/qwengo/qwengo/engine/optim"
 	"github.com/qwengo/qwengo/engine/tensor"
 )
 
 // backend.Training on the CPU: the reference the GPU's training ops are tested against.
 //
-// The math mirrors engine/grad (the float32 training reference checked against PyTorch):
-// RMSNorm statistics in float64, the attention softmax recomputed per (head, query row) in
-// float32, exp in float64. Every reduction has a fixed order (work is split by output rows or
-// by KV heads, never by the summed dimension), so results do not depend on the worker count.
-// AdamW is engine/optim itself: a one-parameter optim.AdamW per state, so the CPU backend
-// updates weights exactly as the host optimizer does (its master copy lives in the state:
-// twice the weight memory, the price of one implementation of every packed format).
+// The math mirrors engine/grad (the float32 training reference checked against PyTorch) op
+// for op, with two differences that keep memory at the forward's: RMSNorm statistics are
+// recomputed from x (in float64, as RMSNorm computes them), and attention recomputes each
+// (head, query row)'s softmax exactly as Attention does, with per-row scratch only (no T×T
+// matrix). Every reduction has a fixed order (work is split by output rows, by KV heads or by
+// fixed-size blocks, never by worker count), so results do not depend on the number of
+// workers. Cross-entropy is engine/train.CrossEntropy's arithmetic per row; AdamW is
+// engine/optim's update, in place on the weight, with the moments in optim's layouts.
 
 var _ backend.Training = (*Backend)(nil)
 
@@ -52,7 +53,7 @@ func (b *Backend) Zero(x backend.Tensor) error {
 	if err != nil {
 		return err
 	}
-	clear(t.Data)
+	b.parallelRange(len(t.Data), 1<<16, func(lo, hi int) { clear(t.Data[lo:hi]) })
 	return nil
 }
 
@@ -62,11 +63,18 @@ func (b *Backend) Scale(x backend.Tensor, s float32) error {
 	if err != nil {
 		return err
 	}
-	for i := range t.Data {
-		t.Data[i] *= s
-	}
+	b.parallelRange(len(t.Data), 1<<16, func(lo, hi int) {
+		d := t.Data[lo:hi]
+		for i := range d {
+			d[i] *= s
+		}
+	})
 	return nil
 }
+
+// sumBlock is SumSquares' unit of work: each block of this many elements is summed in order
+// in float64 and the block sums are added in block order, whatever the number of workers.
+const sumBlock = 1 << 16
 
 // SumSquares implements backend.Training.
 func (b *Backend) SumSquares(x backend.Tensor) (float64, error) {
@@ -74,9 +82,17 @@ func (b *Backend) SumSquares(x backend.Tensor) (float64, error) {
 	if err != nil {
 		return 0, err
 	}
+	parts := make([]float64, (len(t.Data)+sumBlock-1)/sumBlock)
+	b.parallel(len(parts), func(_, k int) {
+		var s float64
+		for _, v := range t.Data[k*sumBlock : min((k+1)*sumBlock, len(t.Data))] {
+			s += float64(v) * float64(v)
+		}
+		parts[k] = s
+	})
 	var s float64
-	for _, v := range t.Data {
-		s += float64(v) * float64(v)
+	for _, v := range parts {
+		s += v
 	}
 	return s, nil
 }
@@ -304,17 +320,18 @@ func (b *Backend) RoPEBackward(dx, dout backend.Tensor, headDim, pos0 int, theta
 	return nil
 }
 
-// AttentionBackward implements backend.Training. Work is split by KV head: a worker owns dk
-// and dv of its head, walks the query heads of the group and the query rows in order, and
-// recomputes each row's softmax (no T×T matrix).
+// AttentionBackward implements backend.Training (engine/grad's attentionBackward with the
+// probabilities recomputed). Work is split by KV head: a worker owns dk and dv of its head,
+// walks the query heads of the group and the query rows in order, and recomputes each row's
+// softmax exactly as Attention computes it (per-row scratch, no T×T matrix). The softmax
+// backward uses D = Σ_j p_j·dp_j from the recomputed row (out is checked, not read: D equals
+// dout·out up to rounding).
 func (b *Backend) AttentionBackward(dq, dk, dv, dout, q, k, v, out backend.Tensor, nHeads, nKV, headDim int) error {
 	const op = "attention backward"
 	var ts [8]*Tensor
-	for i, x := range []struct {
-		t    backend.Tensor
-		name string
-	}{{dq, "dq"}, {dk, "dk"}, {dv, "dv"}, {dout, "dout"}, {q, "q"}, {k, "k"}, {v, "v"}, {out, "out"}} {
-		t, err := b.ten(x.t, op, x.name)
+	names := [8]string{"dq", "dk", "dv", "dout", "q", "k", "v", "out"}
+	for i, x := range [8]backend.Tensor{dq, dk, dv, dout, q, k, v, out} {
+		t, err := b.ten(x, op, names[i])
 		if err != nil {
 			return err
 		}
@@ -330,45 +347,60 @@ func (b *Backend) AttentionBackward(dq, dk, dv, dout, q, k, v, out backend.Tenso
 		return fmt.Errorf("cpu: %s: q [%d, %d], k/v [%d, %d], dq [%d, %d], dk [%d, %d], dv [%d, %d], dout [%d, %d] (one sequence: k and v have T rows)",
 			op, Q.rows, Q.cols, K.rows, K.cols, DQ.rows, DQ.cols, DK.rows, DK.cols, DV.rows, DV.cols, DO.rows, DO.cols)
 	}
+	for i := 0; i < 3; i++ { // outputs overlap neither each other nor an input
+		for j := 0; j < 7; j++ {
+			if j != i && shares(ts[i], ts[j]) {
+				return fmt.Errorf("cpu: %s: %s shares memory with %s", op, names[i], names[j])
+			}
+		}
+	}
 	group := nHeads / nKV
 	scale := float32(1 / math.Sqrt(float64(headDim)))
 	clear(DQ.Data)
 	clear(DK.Data)
 	clear(DV.Data)
-	b.parallel(nKV, func(_, kvh int) {
-		p := make([]float32, T)
-		dp := make([]float32, T)
+	b.parallel(nKV, func(_, g int) {
+		pb, db := b.buffer(T), b.buffer(T)
+		defer b.release(pb)
+		defer b.release(db)
+		p, dp := *pb, *db
 		kv := func(m *Tensor, j int) []float32 {
-			return m.Data[j*m.cols+kvh*headDim : j*m.cols+(kvh+1)*headDim]
+			return m.Data[j*m.cols+g*headDim : j*m.cols+(g+1)*headDim]
 		}
-		for h := kvh * group; h < (kvh+1)*group; h++ {
+		for h := g * group; h < (g+1)*group; h++ {
 			hs := func(m *Tensor, t int) []float32 {
 				return m.Data[t*m.cols+h*headDim : t*m.cols+(h+1)*headDim]
 			}
 			for t := 0; t < T; t++ {
-				qv, gv, ov := hs(Q, t), hs(DO, t), hs(O, t)
-				n := t + 1
+				qv, do, dqv := hs(Q, t), hs(DO, t), hs(DQ, t)
+				p := p[:t+1]
+				// The forward's softmax row, as Attention computes it.
 				maxv := float32(math.Inf(-1))
-				for j := 0; j < n; j++ {
+				for j := range p {
 					p[j] = dot(qv, kv(K, j)) * scale
 					maxv = max(maxv, p[j])
 				}
 				var sum float32
-				for j := 0; j < n; j++ {
-					e := float32(math.Exp(float64(p[j] - maxv)))
+				for j, x := range p {
+					e := float32(math.Exp(float64(x - maxv)))
 					p[j] = e
 					sum += e
 				}
 				inv := 1 / sum
-				D := dot(gv, ov) // Σ_j p_j dp_j = dout · out
-				dqv := hs(DQ, t)
-				for j := 0; j < n; j++ {
+				var rowsum float32
+				for j := range p {
 					p[j] *= inv
-					dp[j] = dot(gv, kv(V, j))
-					ds := p[j] * (dp[j] - D) * scale
+					dp[j] = dot(do, kv(V, j))
+					rowsum += dp[j] * p[j]
+					axpy(kv(DV, j), p[j], do)
+				}
+				for j := range p {
+					ds := p[j] * (dp[j] - rowsum) * scale
+					if ds == 0 {
+						continue
+					}
 					axpy(dqv, ds, kv(K, j))
 					axpy(kv(DK, j), ds, qv)
-					axpy(kv(DV, j), p[j], gv)
 				}
 			}
 		}
@@ -499,41 +531,50 @@ func (b *Backend) CrossEntropy(dlogits, logits backend.Tensor, targets []int, ls
 	return sum, n, nil
 }
 
-// adamState is a CPU AdamW state: engine/optim's optimizer for the one parameter, created on
-// the first update (it needs the weight's values and the hyper-parameters).
+// adamState is a CPU AdamW state: the moments of one parameter in engine/optim's layout for
+// the format (fp32: m and v; int8: m signed linear and √v zero-free unsigned, with one float32
+// absmax per block of adamBlock elements). The master is the weight itself.
 type adamState struct {
 	format     string
 	rows, cols int
-	opt        *optim.AdamW
-	h          backend.AdamWHyper // as at creation
+	m32, v32   []float32 // fp32
+	m8         []int8    // int8: m, absmax in msc
+	v8         []uint8   // int8: √v, absmax of √v in vsc
+	msc, vsc   []float32 // int8 block scales
 	bytes      int64
 	owner      *Backend
 }
+
+// adamBlock is engine/optim's int8 block (64 elements with one float32 absmax).
+const adamBlock = 64
 
 func (s *adamState) Format() string { return s.format }
 func (s *adamState) Bytes() int64   { return s.bytes }
 
 // NewAdamWState implements backend.Training.
 func (b *Backend) NewAdamWState(format string, rows, cols int) (backend.AdamWState, error) {
-	f, err := optim.ParseStateFormat(format)
-	if err != nil {
-		return nil, fmt.Errorf("cpu: adamw state: %w", err)
+	if format != "fp32" && format != "int8" {
+		return nil, fmt.Errorf("cpu: adamw state: format %q: want fp32 or int8", format)
 	}
-	if f == optim.Bit4 {
-		return nil, fmt.Errorf("cpu: adamw state: format %q is not a backend format (fp32 or int8)", format)
+	if rows <= 0 || cols <= 0 || rows > maxElems/cols {
+		return nil, fmt.Errorf("cpu: adamw state: cannot allocate moments for [%d, %d]", rows, cols)
 	}
-	if rows <= 0 || cols <= 0 {
-		return nil, fmt.Errorf("cpu: adamw state: [%d, %d]", rows, cols)
-	}
-	bytes := int64(rows) * int64(cols) * 8
-	if f == optim.Int8 {
-		n := int64(rows) * int64(cols)
-		bytes = 2*n + 8*((n+63)/64)
+	n := rows * cols
+	nb := (n + adamBlock - 1) / adamBlock
+	bytes := int64(n) * 8
+	if format == "int8" {
+		bytes = 2*int64(n) + 8*int64(nb)
 	}
 	if err := b.account(backend.OptimizerState, bytes); err != nil {
 		return nil, err
 	}
-	return &adamState{format: f.String(), rows: rows, cols: cols, bytes: bytes, owner: b}, nil
+	s := &adamState{format: format, rows: rows, cols: cols, bytes: bytes, owner: b}
+	if format == "fp32" {
+		s.m32, s.v32 = make([]float32, n), make([]float32, n)
+	} else {
+		s.m8, s.v8, s.msc, s.vsc = make([]int8, n), make([]uint8, n), make([]float32, nb), make([]float32, nb)
+	}
+	return s, nil
 }
 
 // FreeAdamWState implements backend.Training.
@@ -543,13 +584,22 @@ func (b *Backend) FreeAdamWState(x backend.AdamWState) {
 		return
 	}
 	b.account(backend.OptimizerState, -s.bytes)
-	s.bytes, s.opt = 0, nil
+	s.bytes = 0
+	s.m32, s.v32, s.m8, s.v8, s.msc, s.vsc = nil, nil, nil, nil, nil, nil
 }
 
-// AdamW implements backend.Training through engine/optim: the state's one-parameter optimizer
-// steps with the scaled gradient and the weight takes its master's value. Its stochastic
-// rounding draws srBits(Seed, Step, Param, index) as the GPU does: optim's stream for
-// parameter 0 with Seed ^ Param·0xbf58476d1ce4e5b9 is the same hash.
+// AdamW implements backend.Training: engine/optim's update (AdamW.update) element by element,
+// in place on the weight. Per element, in float32:
+//
+//	g  = grad·GradScale
+//	m  = β1·m + (1−β1)·g;  v = β2·v + (1−β2)·g²
+//	u  = (m/bc1) / (float32(√float64(v/bc2)) + eps)    bc = float32(1 − β^Step) in float64
+//	w  = w − decay·w − lr·u                            decay = float32(lr·wd), 0 with NoDecay
+//
+// then w is stored (bf16: round to nearest even, or stochastically with
+// srBits(Seed, Step, Param, index) added below the kept bits), m and v re-encoded (int8: per
+// block of 64, m by its absmax, √v by the absmax of √v). A non-finite scaled gradient is an
+// error and nothing is updated (engine/optim skips such a step).
 func (b *Backend) AdamW(bw backend.Weight, grad backend.Tensor, x backend.AdamWState, h backend.AdamWHyper) error {
 	if err := backend.CheckAdamWHyper(h); err != nil {
 		return fmt.Errorf("cpu: %w", err)
@@ -567,55 +617,176 @@ func (b *Backend) AdamW(bw backend.Weight, grad backend.Tensor, x backend.AdamWS
 		return fmt.Errorf("cpu: adamw %s: the state is not a live CPU AdamW state", w.name)
 	}
 	if w.q != nil {
-		return fmt.Errorf("cpu: adamw %s: NVFP4 weights are not trainable (keep a dense master)", w.name)
+		return fmt.Errorf("cpu: adamw %s: NVFP4 weights are not trainable (keep a dense f32 or bf16 master)", w.name)
 	}
 	if g.rows != w.out || g.cols != w.in || s.rows != w.out || s.cols != w.in {
 		return fmt.Errorf("cpu: adamw %s: weight [%d, %d], gradient [%d, %d], state [%d, %d]", w.name, w.out, w.in, g.rows, g.cols, s.rows, s.cols)
 	}
-	if s.opt == nil {
-		if h.Step != 1 {
-			return fmt.Errorf("cpu: adamw %s: a new state starts at step 1, not %d", w.name, h.Step)
+	n := w.out * w.in
+	nb := (n + adamBlock - 1) / adamBlock
+	var bad atomic.Int64 // the first non-finite element, or n
+	bad.Store(int64(n))
+	b.parallelRange(n, 1<<16, func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			if v := g.Data[i] * h.GradScale; v-v != 0 { // NaN or ±Inf
+				for cur := bad.Load(); int64(i) < cur && !bad.CompareAndSwap(cur, int64(i)); cur = bad.Load() {
+				}
+				return
+			}
 		}
-		master := optim.MasterFP32
-		init := w.f32
-		if w.bf16 != nil {
-			master = optim.MasterBF16
-			init = make([]float32, len(w.bf16))
-			widenBF16(init, w.bf16)
+	})
+	if i := int(bad.Load()); i < n {
+		return fmt.Errorf("cpu: adamw %s: non-finite gradient %v (×%v) at element %d: nothing updated", w.name, g.Data[i], h.GradScale, i)
+	}
+	p := adamParams(h)
+	b.parallelRange(nb, 64, func(lo, hi int) {
+		var wb, mb, vb [adamBlock]float32
+		for blk := lo; blk < hi; blk++ {
+			j0, j1 := blk*adamBlock, min((blk+1)*adamBlock, n)
+			k := j1 - j0
+			ws, ms, vs := wb[:k], mb[:k], vb[:k]
+			if w.f32 != nil {
+				copy(ws, w.f32[j0:j1])
+			} else {
+				widenBF16(ws, w.bf16[j0:j1])
+			}
+			if s.m32 != nil {
+				copy(ms, s.m32[j0:j1])
+				copy(vs, s.v32[j0:j1])
+			} else {
+				decodeInt8Signed(ms, s.m8[j0:j1], s.msc[blk])
+				decodeSqrtU8(vs, s.v8[j0:j1], s.vsc[blk])
+			}
+			p.update(ws, ms, vs, g.Data[j0:j1], h.GradScale)
+			switch {
+			case w.f32 != nil:
+				copy(w.f32[j0:j1], ws)
+			case h.StochasticRound:
+				for j, v := range ws {
+					w.bf16[j0+j] = stochasticBF16(v, srBits(h.Seed, uint64(h.Step), h.Param, uint64(j0+j)))
+				}
+			default:
+				for j, v := range ws {
+					w.bf16[j0+j] = tensor.F32ToBF16(v)
+				}
+			}
+			if s.m32 != nil {
+				copy(s.m32[j0:j1], ms)
+				copy(s.v32[j0:j1], vs)
+			} else {
+				sm := absMax(ms)
+				s.msc[blk] = sm
+				encodeInt8Signed(s.m8[j0:j1], ms, sm)
+				sv := float32(math.Sqrt(float64(absMax(vs))))
+				s.vsc[blk] = sv
+				encodeSqrtU8(s.v8[j0:j1], vs, sv)
+			}
 		}
-		f, _ := optim.ParseStateFormat(s.format)
-		cfg := optim.Config{Beta1: h.Beta1, Beta2: h.Beta2, Eps: h.Eps, WeightDecay: h.WeightDecay, State: f, Master: master,
-			StochasticRounding: h.StochasticRound, Seed: h.Seed ^ h.Param*0xbf58476d1ce4e5b9, ChunkElems: len(init)}
-		opt, err := optim.NewAdamW(cfg, []optim.ParamSpec{{Name: w.name, Rows: w.out, Cols: w.in, Init: init, NoDecay: h.NoDecay}})
-		if err != nil {
-			return fmt.Errorf("cpu: adamw %s: %w", w.name, err)
-		}
-		s.opt, s.h = opt, h
-	} else if h.Beta1 != s.h.Beta1 || h.Beta2 != s.h.Beta2 || h.Eps != s.h.Eps || h.WeightDecay != s.h.WeightDecay ||
-		h.NoDecay != s.h.NoDecay || h.StochasticRound != s.h.StochasticRound || h.Seed != s.h.Seed || h.Param != s.h.Param {
-		return fmt.Errorf("cpu: adamw %s: hyper-parameters other than the learning rate changed after the first step", w.name)
-	}
-	if want := s.opt.Steps() + 1; h.Step != want {
-		return fmt.Errorf("cpu: adamw %s: step %d, but the state is at step %d", w.name, h.Step, want-1)
-	}
-	gs := make([]float32, len(g.Data))
-	for i, v := range g.Data {
-		gs[i] = v * h.GradScale
-	}
-	st, err := s.opt.Step([][]float32{gs}, h.LR)
-	if err != nil {
-		return fmt.Errorf("cpu: adamw %s: %w", w.name, err)
-	}
-	if st.Skipped {
-		return fmt.Errorf("cpu: adamw %s: non-finite gradient (nothing updated)", w.name)
-	}
-	vals := s.opt.Weights(0, nil)
-	if w.f32 != nil {
-		copy(w.f32, vals)
-	} else {
-		for i, v := range vals { // the bf16 master's values: exact
-			w.bf16[i] = tensor.F32ToBF16(v)
-		}
-	}
+	})
 	return nil
+}
+
+// adamConsts are one AdamW call's float32 constants, computed as engine/optim computes them.
+type adamConsts struct {
+	b1, b2, bc1, bc2, eps, lr, decay float32
+}
+
+func adamParams(h backend.AdamWHyper) adamConsts {
+	c := adamConsts{
+		b1: float32(h.Beta1), b2: float32(h.Beta2),
+		bc1: float32(1 - math.Pow(h.Beta1, float64(h.Step))),
+		bc2: float32(1 - math.Pow(h.Beta2, float64(h.Step))),
+		eps: float32(h.Eps), lr: float32(h.LR), decay: float32(h.LR * h.WeightDecay),
+	}
+	if h.NoDecay {
+		c.decay = 0
+	}
+	return c
+}
+
+// update applies one AdamW step to a block of weights w with moments m, v (decoded) from
+// gradient g·gs; the arithmetic is engine/optim's, expression for expression.
+func (c adamConsts) update(w, m, v, g []float32, gs float32) {
+	g = g[:len(w)]
+	m, v = m[:len(w)], v[:len(w)]
+	for j := range w {
+		gj := g[j] * gs
+		m[j] = c.b1*m[j] + (1-c.b1)*gj
+		v[j] = c.b2*v[j] + (1-c.b2)*gj*gj
+		upd := (m[j] / c.bc1) / (float32(math.Sqrt(float64(v[j]/c.bc2))) + c.eps)
+		w[j] = w[j] - c.decay*w[j] - c.lr*upd
+	}
+}
+
+// srBits is engine/optim's counter-based hash (splitmix64 finaliser): 16 random bits for the
+// stochastic rounding of element idx of parameter param at step step.
+func srBits(seed, step, param, idx uint64) uint32 {
+	z := seed ^ step*0x9e3779b97f4a7c15 ^ param*0xbf58476d1ce4e5b9 ^ idx*0x94d049bb133111eb
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9
+	z = (z ^ (z >> 27)) * 0x94d049bb133111eb
+	return uint32(z^(z>>31)) & 0xffff
+}
+
+// stochasticBF16 rounds x to bf16 upwards (in magnitude) with probability equal to the
+// dropped fraction: r (16 bits) is added below the kept bits, then they are truncated.
+// NaN and ±Inf round to nearest.
+func stochasticBF16(x float32, r uint32) uint16 {
+	bits := math.Float32bits(x)
+	if bits&0x7fffffff >= 0x7f800000 {
+		return tensor.F32ToBF16(x)
+	}
+	return uint16((bits + r) >> 16)
+}
+
+// absMax is the largest |x| (engine/optim's block scale).
+func absMax(v []float32) float32 {
+	var a float32
+	for _, x := range v {
+		a = max(a, float32(math.Abs(float64(x))))
+	}
+	return a
+}
+
+// encodeInt8Signed stores src/scale as round(127·x/scale) clamped to ±127 (engine/optim's m).
+func encodeInt8Signed(dst []int8, src []float32, scale float32) {
+	if scale == 0 {
+		clear(dst)
+		return
+	}
+	inv := 127 / scale
+	for i, x := range src {
+		dst[i] = int8(max(-127, min(127, math.Round(float64(x*inv)))))
+	}
+}
+
+func decodeInt8Signed(dst []float32, src []int8, scale float32) {
+	f := scale / 127
+	for i, c := range src {
+		dst[i] = float32(c) * f
+	}
+}
+
+// encodeSqrtU8 stores √v as level k = round(256·√v/scale) − 1 in 0..255 (engine/optim's v:
+// zero-free, level k decodes to ((k+1)/256·scale)², so v = 0 reads back as (scale/256)²).
+func encodeSqrtU8(dst []uint8, src []float32, scale float32) {
+	if scale == 0 {
+		clear(dst)
+		return
+	}
+	inv := 256 / scale
+	for i, x := range src {
+		k := math.Round(math.Sqrt(float64(x))*float64(inv)) - 1
+		dst[i] = uint8(max(0, min(255, k)))
+	}
+}
+
+func decodeSqrtU8(dst []float32, src []uint8, scale float32) {
+	f := scale / 256
+	for i, c := range src {
+		s := (float32(c) + 1) * f
+		dst[i] = s * s
+	}
+	if scale == 0 {
+		clear(dst)
+	}
 }
