@@ -160,45 +160,72 @@ func (b *Backend) MatMulBackward(dx, dw, dout, x backend.Tensor, bw backend.Weig
 		return fmt.Errorf("cpu: %s %s: dw shares memory with dout, x or dx", op, w.name)
 	}
 	if dwt != nil {
-		// dw[n, :] += Σ_t dout[t, n] · x[t, :], rows of dw split over workers.
+		// dw[n, :] += Σ_t dout[t, n] · x[t, :] over the non-zero dout[t, n] in t order; rows of
+		// dw split over workers.
 		b.parallelRange(N, 8, func(lo, hi int) {
+			var coef []float32
+			var rows [][]float32
 			for n := lo; n < hi; n++ {
-				row := dwt.Data[n*K : (n+1)*K]
+				coef, rows = coef[:0], rows[:0]
 				for t := 0; t < T; t++ {
-					g := d.Data[t*N+n]
-					if g == 0 {
-						continue
+					if g := d.Data[t*N+n]; g != 0 {
+						coef, rows = append(coef, g), append(rows, xt.Data[t*K:(t+1)*K])
 					}
-					axpy(row, g, xt.Data[t*K:(t+1)*K])
 				}
+				axpyRows(dwt.Data[n*K:(n+1)*K], coef, rows)
 			}
 		})
 	}
 	if dxt != nil {
-		// dx[t, :] = Σ_n dout[t, n] · W[n, :], W decoded a tile of rows at a time; each worker
-		// owns a range of token rows and walks the tiles in order.
+		// dx[t, :] = Σ_n dout[t, n] · W[n, :] over the non-zero dout[t, n] in n order, W decoded
+		// a tile of rows at a time; each worker owns a range of token rows and walks the tiles
+		// in order.
 		const tile = 64
 		if !accumulate {
 			clear(dxt.Data)
 		}
 		b.parallelRange(T, 1, func(lo, hi int) {
 			buf := b.buffer(tile * K)
-			defer b.scratch.Put(buf)
+			defer b.release(buf)
+			coef, rows := make([]float32, 0, tile), make([][]float32, 0, tile)
 			for n0 := 0; n0 < N; n0 += tile {
 				n1 := min(n0+tile, N)
 				wt := w.decodeRows(*buf, n0, n1)
 				for t := lo; t < hi; t++ {
-					dr := dxt.Data[t*K : (t+1)*K]
+					coef, rows = coef[:0], rows[:0]
 					for n := n0; n < n1; n++ {
 						if g := d.Data[t*N+n]; g != 0 {
-							axpy(dr, g, wt[(n-n0)*K:(n-n0+1)*K])
+							coef, rows = append(coef, g), append(rows, wt[(n-n0)*K:(n-n0+1)*K])
 						}
 					}
+					axpyRows(dxt.Data[t*K:(t+1)*K], coef, rows)
 				}
 			}
 		})
 	}
 	return nil
+}
+
+// axpyRows adds coef[i]·rows[i] to y for i in order, element by element exactly as that many
+// axpy calls would (y[j] += c0·r0[j], then += c1·r1[j], …: the same roundings), but reading
+// and writing y once per four rows.
+func axpyRows(y []float32, coef []float32, rows [][]float32) {
+	i := 0
+	for ; i+4 <= len(coef); i += 4 {
+		c0, c1, c2, c3 := coef[i], coef[i+1], coef[i+2], coef[i+3]
+		r0, r1, r2, r3 := rows[i][:len(y)], rows[i+1][:len(y)], rows[i+2][:len(y)], rows[i+3][:len(y)]
+		for j := range y {
+			v := y[j]
+			v += c0 * r0[j]
+			v += c1 * r1[j]
+			v += c2 * r2[j]
+			v += c3 * r3[j]
+			y[j] = v
+		}
+	}
+	for ; i < len(coef); i++ {
+		axpy(y, coef[i], rows[i])
+	}
 }
 
 func axpy(y []float32, a float32, x []float32) {

@@ -869,3 +869,94 @@ func TestAdamWState(t *testing.T) {
 		t.Error("a state over the budget accepted")
 	}
 }
+
+// BenchmarkMatMulBackward: dx and dw of a [256, 1024]·[3072, 1024]ᵀ product (bf16 weight),
+// next to the forward (BenchmarkMatMulForwardRef).
+func BenchmarkMatMulBackward(bm *testing.B) {
+	const T, K, N = 256, 1024, 3072
+	b := New()
+	r := rand.New(rand.NewPCG(1, 1))
+	w, err := b.UploadWeight(backend.HostWeight{Name: "w", Dense: mustHostB(bm, []int{N, K}, randVec(r, N*K, 1)), Keep: "bf16"})
+	if err != nil {
+		bm.Fatal(err)
+	}
+	x, _ := b.Alloc(backend.Activations, T, K)
+	dx, _ := b.Alloc(backend.Activations, T, K)
+	dw, _ := b.Alloc(backend.Gradients, N, K)
+	dout, _ := b.Alloc(backend.Activations, T, N)
+	_ = b.Upload(x, randVec(r, T*K, 1))
+	_ = b.Upload(dout, randVec(r, T*N, 1))
+	for _, c := range []struct {
+		name string
+		fn   func() error
+	}{
+		{"forward", func() error { return b.MatMul(dout, x, w) }},
+		{"dx", func() error { return b.MatMulBackward(dx, nil, dout, x, w, false) }},
+		{"dw", func() error { return b.MatMulBackward(nil, dw, dout, x, w, false) }},
+	} {
+		bm.Run(c.name, func(bm *testing.B) {
+			for bm.Loop() {
+				if err := c.fn(); err != nil {
+					bm.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkAttentionBackward: one sequence of 512 rows, 16 query heads over 8 KV heads of 128.
+func BenchmarkAttentionBackward(bm *testing.B) {
+	const T, nH, nKV, hd = 512, 16, 8, 128
+	b := New()
+	r := rand.New(rand.NewPCG(1, 1))
+	ten := func(rows, cols int) backend.Tensor {
+		x, _ := b.Alloc(backend.Activations, rows, cols)
+		_ = b.Upload(x, randVec(r, rows*cols, 1))
+		return x
+	}
+	q, k, v, o, do := ten(T, nH*hd), ten(T, nKV*hd), ten(T, nKV*hd), ten(T, nH*hd), ten(T, nH*hd)
+	dq, dk, dv := ten(T, nH*hd), ten(T, nKV*hd), ten(T, nKV*hd)
+	bm.Run("forward", func(bm *testing.B) {
+		for bm.Loop() {
+			if err := b.Attention(o, q, k, v, 0, nH, nKV, hd); err != nil {
+				bm.Fatal(err)
+			}
+		}
+	})
+	bm.Run("backward", func(bm *testing.B) {
+		for bm.Loop() {
+			if err := b.AttentionBackward(dq, dk, dv, do, q, k, v, o, nH, nKV, hd); err != nil {
+				bm.Fatal(err)
+			}
+		}
+	})
+}
+
+func mustHostB(bm *testing.B, shape []int, v []float32) *tensor.Host {
+	h, err := tensor.FromFloat32s("w", tensor.F32, shape, v)
+	if err != nil {
+		bm.Fatal(err)
+	}
+	return h
+}
+
+// TestAxpyRowsIsSequential: the four-row kernel rounds exactly as one axpy per row.
+func TestAxpyRowsIsSequential(t *testing.T) {
+	r := rand.New(rand.NewPCG(23, 24))
+	for n := 0; n <= 9; n++ {
+		y := randVec(r, 37, 1)
+		coef := randVec(r, n, 3)
+		rows := make([][]float32, n)
+		for i := range rows {
+			rows[i] = randVec(r, 40, 2)
+		}
+		want := slices.Clone(y)
+		for i := range coef {
+			axpy(want, coef[i], rows[i])
+		}
+		axpyRows(y, coef, rows)
+		if !slices.Equal(y, want) {
+			t.Errorf("%d rows: differs from sequential axpy by %.3g", n, maxDiff(y, want))
+		}
+	}
+}
