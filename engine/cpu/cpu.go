@@ -12,6 +12,12 @@
 //
 // Numerics: float32 values and products, float32 accumulation in matmul and attention (as a GPU
 // accumulates), RMSNorm statistics in float64, exp in float64.
+//
+// The backend also implements backend.Training (training.go): the backward of each op (the
+// reference the GPU's are tested against, deterministic whatever the worker count), row
+// views, cross-entropy with engine/train's arithmetic and AdamW with engine/optim's, bit for
+// bit. A view (RowView, WeightTensor) is a Tensor sharing storage, accepted by every op;
+// freeing it does nothing.
 package cpu
 
 import (

@@ -426,8 +426,13 @@ func (b *Backend) AttentionBackward(dq, dk, dv, dout, q, k, v, out backend.Tenso
 					if ds == 0 {
 						continue
 					}
-					axpy(dqv, ds, kv(K, j))
-					axpy(kv(DK, j), ds, qv)
+					// dq += ds·k_j and dk_j += ds·q in one pass (the roundings of two axpy).
+					kj, dkj := kv(K, j), kv(DK, j)
+					kj, dkj, qq := kj[:len(dqv)], dkj[:len(dqv)], qv[:len(dqv)]
+					for i := range dqv {
+						dqv[i] += ds * kj[i]
+						dkj[i] += ds * qq[i]
+					}
 				}
 			}
 		}
