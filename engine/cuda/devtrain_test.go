@@ -108,7 +108,12 @@ func TestDevtrainGPUvsCPU(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if gn != wn || gsum/float64(gn)-wsum/float64(wn) > 1e-4*wsum/float64(wn) || wsum/float64(wn)-gsum/float64(gn) > 1e-4*wsum/float64(wn) {
+			// Loss: 1e-4 relative on the fp32 kernels; bf16 products move it by ~2.5e-4 (device run 8).
+			lossBound := 1e-4
+			if !c.simt {
+				lossBound = 1e-3
+			}
+			if gn != wn || gsum/float64(gn)-wsum/float64(wn) > lossBound*wsum/float64(wn) || wsum/float64(wn)-gsum/float64(gn) > lossBound*wsum/float64(wn) {
 				t.Errorf("loss %.6f over %d tokens, CPU %.6f over %d", gsum/float64(gn), gn, wsum/float64(wn), wn)
 			}
 			for i := range want {
