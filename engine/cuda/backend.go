@@ -53,6 +53,8 @@ type Backend struct {
 	// trainSIMT keeps MatMul and MatMulBackward on the fp32 SIMT kernels for every shape (the
 	// reference path of parity tests; QWENGO_CUDA_GEMM=simt does it for the forward alone).
 	trainSIMT bool
+	// attnSIMT keeps prefill attention on the fp32 kernel (QWENGO_CUDA_ATTN=simt; flash.go).
+	attnSIMT bool
 
 	// Owned by the worker goroutine.
 	dev     device
@@ -62,6 +64,7 @@ type Backend struct {
 	live    map[devPtr]liveAlloc
 	idsBuf  devBuf // token ids (int32) for Embedding, Workspace
 	attnBuf devBuf // split attention partial results, Workspace
+	flashKV devBuf // bf16 copies of the keys and values flash attention reads, Workspace
 	// pool keeps freed transient tensors (Activations, Gradients, Workspace) by size for
 	// reuse, accounted under Workspace; see Alloc.
 	pool      map[int64][]devPtr
@@ -97,7 +100,7 @@ func OpenDevice(ordinal int) (*Backend, error) {
 	if err := loadDriver(); err != nil {
 		return nil, err
 	}
-	b := &Backend{work: make(chan func(), 1), quit: make(chan struct{}), ordinal: ordinal, spin: runtime.GOMAXPROCS(0) > 1, gemv: gemvFromEnv(),
+	b := &Backend{work: make(chan func(), 1), quit: make(chan struct{}), ordinal: ordinal, spin: runtime.GOMAXPROCS(0) > 1, gemv: gemvFromEnv(), attnSIMT: attnSIMTFromEnv(),
 		fns: map[string]function{}, live: map[devPtr]liveAlloc{}, rope: map[ropeKey]devBuf{}, pool: map[int64][]devPtr{}}
 	started := make(chan error, 1)
 	go b.worker(started)
@@ -226,7 +229,7 @@ func (b *Backend) teardown() error {
 	}
 	clear(b.live)
 	b.dropPool()
-	b.idsBuf, b.attnBuf = devBuf{}, devBuf{}
+	b.idsBuf, b.attnBuf, b.flashKV = devBuf{}, devBuf{}, devBuf{}
 	b.gemvPartial, b.gemvCounters = devBuf{}, devBuf{}
 	b.tr = trainBufs{}
 	clear(b.rope)

@@ -281,6 +281,9 @@ func (b *Backend) Attention(out, q, k, v backend.Tensor, pos0, nHeads, nKV, head
 // attention launches the attention kernels on checked arguments (worker goroutine).
 func (b *Backend) attention(o, qt, kt, vt *Tensor, pos0, nHeads, nKV, headDim int) error {
 	T := qt.rows
+	if b.useFlash(T, headDim) {
+		return b.flashAttention(o, qt, kt, vt, nil, pos0, nHeads, nKV)
+	}
 	scale := float32(1 / math.Sqrt(float64(headDim)))
 	shmem := 4 * (headDim + attThreads)
 	S, chunk := attentionSplit(b.sms, T, nHeads, pos0+T)

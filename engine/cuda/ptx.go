@@ -43,6 +43,7 @@ var ptxModules = []ptxModule{
 	{"kernels/gemv.ptx", append(append([]string{}, gemvStreamKernels...), gemvPersistKernels...)},
 	{"kernels/elementwise.ptx", []string{"embedding_f32", "embedding_bf16", "embedding_nvfp4", "swiglu_f32", "add_f32"}},
 	{"kernels/norm.ptx", []string{"rmsnorm_f32", "rope_f32"}},
+	{"kernels/flash.ptx", []string{"flash_attn_fwd"}},
 	{"kernels/attention.ptx", []string{"attention_f32", "attention_split_f32", "attention_combine_f32"}},
 	{"kernels/convert.ptx", []string{"f32_to_bf16", "nvfp4_to_bf16"}},
 	{"kernels/matmul.ptx", append([]string{"matmul_tiled_f32", "matmul_tiled_bf16", "matmul_tiled_nvfp4"}, gemvKernels...)},
