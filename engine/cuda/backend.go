@@ -47,6 +47,8 @@ type Backend struct {
 	tid atomic.Int64
 	// gemv names the NVFP4 decode GEMV kernel (gemv.go; QWENGO_CUDA_GEMV).
 	gemv string
+	// gemvTCKernel is the tensor-core GEMV variant (gemv_tc.cu; QWENGO_CUDA_GEMV_TC).
+	gemvTCKernel string
 	// The persistent GEMV's partial sums and arrival counters, and its blocks per SM per T.
 	gemvPartial, gemvCounters devBuf
 	gemvOccupancy             [gemvMaxRows]int
@@ -100,7 +102,7 @@ func OpenDevice(ordinal int) (*Backend, error) {
 	if err := loadDriver(); err != nil {
 		return nil, err
 	}
-	b := &Backend{work: make(chan func(), 1), quit: make(chan struct{}), ordinal: ordinal, spin: runtime.GOMAXPROCS(0) > 1, gemv: gemvFromEnv(), attnSIMT: attnSIMTFromEnv(),
+	b := &Backend{work: make(chan func(), 1), quit: make(chan struct{}), ordinal: ordinal, spin: runtime.GOMAXPROCS(0) > 1, gemv: gemvFromEnv(), gemvTCKernel: gemvTCFromEnv(), attnSIMT: attnSIMTFromEnv(),
 		fns: map[string]function{}, live: map[devPtr]liveAlloc{}, rope: map[ropeKey]devBuf{}, pool: map[int64][]devPtr{}}
 	started := make(chan error, 1)
 	go b.worker(started)

@@ -5,6 +5,8 @@ package cuda
 import (
 	"fmt"
 	"os"
+	"slices"
+	"strings"
 
 	"github.com/qwengo/qwengo/engine/backend"
 )
@@ -25,6 +27,7 @@ import (
 // v2|stream|persist forces one.
 
 const (
+	gemvTC      = "tc"
 	gemvAuto    = "auto"
 	gemvPersist = "persist"
 	gemvStreamV = "stream"
@@ -33,7 +36,7 @@ const (
 
 func gemvFromEnv() string {
 	switch v := os.Getenv("QWENGO_CUDA_GEMV"); v {
-	case gemvV2Name, gemvStreamV, gemvPersist:
+	case gemvV2Name, gemvStreamV, gemvPersist, gemvTC:
 		return v
 	}
 	return gemvAuto
@@ -47,7 +50,10 @@ func (b *Backend) gemvNVFP4(o, a *Tensor, w *Weight) (bool, error) {
 		return false, nil
 	}
 	kernel := b.gemv
-	if kernel == gemvAuto {
+	if (kernel == gemvAuto || kernel == gemvTC) && b.tcGEMVShape(T, K) {
+		return true, b.gemvTCMany([]*Tensor{o}, a, []*Weight{w})
+	}
+	if kernel == gemvAuto || kernel == gemvTC {
 		kernel = gemvV2Name
 		if T == 1 && w.out >= 2048 {
 			kernel = gemvStreamV
@@ -144,4 +150,51 @@ func (b *Backend) gemvPersistMany(outs []*Tensor, a *Tensor, ws []*Weight) error
 		}
 	}
 	return launch(fn, [3]int{blocks, 1, 1}, [3]int{32 * gemvPersistWarps, 1, 1}, 0, args...)
+}
+
+// gemvTCWarps returns the block size, in warps, of a tensor-core GEMV variant.
+func gemvTCWarps(name string) int {
+	var w, d int
+	if _, err := fmt.Sscanf(strings.TrimPrefix(name, "gemv_nvfp4_tc"), "%dx%d", &w, &d); err != nil {
+		return 8
+	}
+	return w
+}
+
+func gemvTCFromEnv() string {
+	if v := os.Getenv("QWENGO_CUDA_GEMV_TC"); v != "" && slices.Contains(gemvTCVariants, "gemv_nvfp4_tc"+v) {
+		return "gemv_nvfp4_tc" + v
+	}
+	return gemvTCVariants[0]
+}
+
+// gemvTCMaxK bounds K for the tensor-core GEMV: x is staged in shared memory as hi and lo f16,
+// 4 bytes per element, within the 48 KB a block gets without opting in.
+const gemvTCMaxK = 12288
+
+// tcGEMVShape reports whether the tensor-core GEMV takes a product of T rows and K inputs.
+func (b *Backend) tcGEMVShape(T, K int) bool {
+	return T == 1 && K%128 == 0 && K <= gemvTCMaxK && b.fns[b.gemvTCKernel] != nil
+}
+
+// gemvTCMany launches the tensor-core GEMV for one to three NVFP4 products of one token row
+// sharing x (q/k/v, gate/up): one block per 16 output rows of each (owner goroutine; shapes
+// checked by the caller).
+func (b *Backend) gemvTCMany(outs []*Tensor, a *Tensor, ws []*Weight) error {
+	if len(ws) == 0 || len(ws) > 3 || len(outs) != len(ws) {
+		return fmt.Errorf("gemv: %d products (1 to 3, one output each)", len(ws))
+	}
+	K := a.cols
+	args := []arg{ptrArg(a.ptr), intArg(K), intArg(len(ws))}
+	blocks := 0
+	for j := 0; j < 3; j++ {
+		if j < len(ws) {
+			w := ws[j]
+			blocks += (w.out + 15) / 16
+			args = append(args, ptrArg(outs[j].ptr), ptrArg(w.ptr), ptrArg(w.scales), f32Arg(w.global*16384), intArg(w.out))
+		} else {
+			args = append(args, ptrArg(0), ptrArg(0), ptrArg(0), f32Arg(0), intArg(0))
+		}
+	}
+	return launch(b.fns[b.gemvTCKernel], [3]int{blocks, 1, 1}, [3]int{32 * gemvTCWarps(b.gemvTCKernel), 1, 1}, 4*K, args...)
 }

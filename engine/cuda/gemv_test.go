@@ -20,7 +20,7 @@ func withGEMV(g *Backend, kernel string, f func() error) error {
 	})
 }
 
-var gemvKernelNames = []string{gemvV2Name, gemvStreamV, gemvPersist, gemvAuto}
+var gemvKernelNames = []string{gemvV2Name, gemvStreamV, gemvPersist, gemvTC, gemvAuto}
 
 // TestGEMVNVFP4 checks every NVFP4 GEMV kernel against the CPU on shapes that exercise K
 // splits, partial steps (K/32 not a multiple of 32), row counts not divisible by 4, one and

@@ -26,6 +26,11 @@ var gemvKernels = []string{
 // gemvStreamKernels are the streaming NVFP4 GEMV kernels for 1..4 token rows (gemv.cu).
 var gemvStreamKernels = []string{"gemv_nvfp4s_t1", "gemv_nvfp4s_t2", "gemv_nvfp4s_t3", "gemv_nvfp4s_t4"}
 
+// gemvTCVariants are the tensor-core GEMV kernels (gemv_tc.cu): W warps per block, D k steps
+// of loads in flight per warp; the first is the default, QWENGO_CUDA_GEMV_TC picks another by
+// its suffix ("4x5").
+var gemvTCVariants = []string{"gemv_nvfp4_tc8x3", "gemv_nvfp4_tc8x1", "gemv_nvfp4_tc4x3", "gemv_nvfp4_tc4x5", "gemv_nvfp4_tc16x2"}
+
 // gemvPersistKernels are the persistent NVFP4 GEMV kernels for 1..4 token rows (gemv.cu).
 var gemvPersistKernels = []string{"gemv_nvfp4p_t1", "gemv_nvfp4p_t2", "gemv_nvfp4p_t3", "gemv_nvfp4p_t4"}
 
@@ -43,6 +48,7 @@ var ptxModules = []ptxModule{
 	{"kernels/gemv.ptx", append(append([]string{}, gemvStreamKernels...), gemvPersistKernels...)},
 	{"kernels/elementwise.ptx", []string{"embedding_f32", "embedding_bf16", "embedding_nvfp4", "swiglu_f32", "add_f32"}},
 	{"kernels/norm.ptx", []string{"rmsnorm_f32", "rope_f32"}},
+	{"kernels/gemv_tc.ptx", gemvTCVariants},
 	{"kernels/flash.ptx", []string{"flash_attn_fwd"}},
 	{"kernels/attention.ptx", []string{"attention_f32", "attention_split_f32", "attention_combine_f32"}},
 	{"kernels/convert.ptx", []string{"f32_to_bf16", "nvfp4_to_bf16"}},
