@@ -47,7 +47,8 @@ type Backend struct {
 	tid atomic.Int64
 	// gemv names the NVFP4 decode GEMV kernel (gemv.go; QWENGO_CUDA_GEMV).
 	gemv string
-	// gemvTCKernel is the tensor-core GEMV variant (gemv_tc.cu; QWENGO_CUDA_GEMV_TC).
+	// gemvTCKernel forces a tensor-core GEMV variant (gemv_tc.cu; QWENGO_CUDA_GEMV_TC); ""
+	// picks one per shape (gemvTCPick).
 	gemvTCKernel string
 	// The persistent GEMV's partial sums and arrival counters, and its blocks per SM per T.
 	gemvPartial, gemvCounters devBuf
@@ -66,7 +67,9 @@ type Backend struct {
 	live    map[devPtr]liveAlloc
 	idsBuf  devBuf // token ids (int32) for Embedding, Workspace
 	attnBuf devBuf // split attention partial results, Workspace
-	flashKV devBuf // bf16 copies of the keys and values flash attention reads, Workspace
+	// attnCounters are attention_decode_f32's per-KV-head arrival counters (left at zero).
+	attnCounters devBuf
+	flashKV      devBuf // bf16 copies of the keys and values flash attention reads, Workspace
 	// pool keeps freed transient tensors (Activations, Gradients, Workspace) by size for
 	// reuse, accounted under Workspace; see Alloc.
 	pool      map[int64][]devPtr
@@ -231,7 +234,7 @@ func (b *Backend) teardown() error {
 	}
 	clear(b.live)
 	b.dropPool()
-	b.idsBuf, b.attnBuf, b.flashKV = devBuf{}, devBuf{}, devBuf{}
+	b.idsBuf, b.attnBuf, b.flashKV, b.attnCounters = devBuf{}, devBuf{}, devBuf{}, devBuf{}
 	b.gemvPartial, b.gemvCounters = devBuf{}, devBuf{}
 	b.tr = trainBufs{}
 	clear(b.rope)

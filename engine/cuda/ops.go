@@ -285,6 +285,9 @@ func (b *Backend) attention(o, qt, kt, vt *Tensor, pos0, nHeads, nKV, headDim in
 		return b.flashAttention(o, qt, kt, vt, nil, pos0, nHeads, nKV)
 	}
 	scale := float32(1 / math.Sqrt(float64(headDim)))
+	if headDim == attDecodeDim && T*(nHeads/nKV) <= attDecodeMaxQ && !b.attnSIMT {
+		return b.attentionDecode(o, qt, kt, vt, pos0, nHeads, nKV, scale)
+	}
 	shmem := 4 * (headDim + attThreads)
 	S, chunk := attentionSplit(b.sms, T, nHeads, pos0+T)
 	if S == 1 {
@@ -307,6 +310,47 @@ func (b *Backend) attention(o, qt, kt, vt *Tensor, pos0, nHeads, nKV, headDim in
 		return err
 	}
 	return nil
+}
+
+// attention_decode_f32's geometry (attention.cu: AD_D, AD_KEYS, AD_MAXQ).
+const (
+	attDecodeDim  = 128
+	attDecodeKeys = 32
+	attDecodeMaxQ = 16
+)
+
+// attentionDecodeSplit picks the key splits of attention_decode_f32: whole 32-key tiles, about
+// two blocks per SM over the nKV heads, at most 64 splits.
+func attentionDecodeSplit(sms, nKV, keys int) (splits, chunk int) {
+	tiles := (keys + attDecodeKeys - 1) / attDecodeKeys
+	s := max(1, min(tiles, (2*sms+nKV-1)/nKV, 64))
+	chunk = (tiles + s - 1) / s * attDecodeKeys
+	return (keys + chunk - 1) / chunk, chunk
+}
+
+// attentionDecode runs attention_decode_f32: one block per KV head and key split, all query
+// heads of the group and all T rows together, the splits merged by the last block of each KV
+// head (owner goroutine).
+func (b *Backend) attentionDecode(o, qt, kt, vt *Tensor, pos0, nHeads, nKV int, scale float32) error {
+	T, hd := qt.rows, attDecodeDim
+	Q := T * (nHeads / nKV)
+	S, chunk := attentionDecodeSplit(b.sms, nKV, pos0+T)
+	if err := b.grow(&b.attnBuf, backend.Workspace, int64(4*T*nHeads*S*(hd+2)), "attention partials"); err != nil {
+		return err
+	}
+	if b.attnCounters.bytes < int64(4*nKV) {
+		// The kernel leaves every counter at zero; a new buffer starts there.
+		if err := b.grow(&b.attnCounters, backend.Workspace, int64(4*nKV), "attention counters"); err != nil {
+			return err
+		}
+		if err := memsetD8(b.attnCounters.ptr, 0, b.attnCounters.bytes); err != nil {
+			return err
+		}
+	}
+	shmem := 4 * (Q*hd + attDecodeKeys*(hd+1) + attDecodeKeys*hd)
+	return launch(b.fns["attention_decode_f32"], [3]int{nKV, S, 1}, [3]int{32 * Q, 1, 1}, shmem,
+		ptrArg(o.ptr), ptrArg(b.attnBuf.ptr), ptrArg(b.attnCounters.ptr), ptrArg(qt.ptr), ptrArg(kt.ptr), ptrArg(vt.ptr),
+		intArg(pos0), intArg(T), intArg(nHeads), intArg(nKV), f32Arg(scale), intArg(chunk))
 }
 
 // SwiGLU implements backend.Backend.

@@ -27,9 +27,10 @@ var gemvKernels = []string{
 var gemvStreamKernels = []string{"gemv_nvfp4s_t1", "gemv_nvfp4s_t2", "gemv_nvfp4s_t3", "gemv_nvfp4s_t4"}
 
 // gemvTCVariants are the tensor-core GEMV kernels (gemv_tc.cu): W warps per block, D k steps
-// of loads in flight per warp; the first is the default, QWENGO_CUDA_GEMV_TC picks another by
+// of loads in flight per warp; gemvTCPick chooses per shape, QWENGO_CUDA_GEMV_TC forces one by
 // its suffix ("4x5").
-var gemvTCVariants = []string{"gemv_nvfp4_tc8x3", "gemv_nvfp4_tc8x1", "gemv_nvfp4_tc4x3", "gemv_nvfp4_tc4x5", "gemv_nvfp4_tc16x2"}
+var gemvTCVariants = []string{"gemv_nvfp4_tc8x3", "gemv_nvfp4_tc8x1", "gemv_nvfp4_tc4x3", "gemv_nvfp4_tc4x5", "gemv_nvfp4_tc16x2",
+	"gemv_nvfp4_tc4x3m8", "gemv_nvfp4_tc4x2m8", "gemv_nvfp4_tc8x3m4", "gemv_nvfp4_tc8x2m4"}
 
 // gemvPersistKernels are the persistent NVFP4 GEMV kernels for 1..4 token rows (gemv.cu).
 var gemvPersistKernels = []string{"gemv_nvfp4p_t1", "gemv_nvfp4p_t2", "gemv_nvfp4p_t3", "gemv_nvfp4p_t4"}
@@ -50,7 +51,7 @@ var ptxModules = []ptxModule{
 	{"kernels/norm.ptx", []string{"rmsnorm_f32", "rope_f32"}},
 	{"kernels/gemv_tc.ptx", gemvTCVariants},
 	{"kernels/flash.ptx", []string{"flash_attn_fwd"}},
-	{"kernels/attention.ptx", []string{"attention_f32", "attention_split_f32", "attention_combine_f32"}},
+	{"kernels/attention.ptx", []string{"attention_f32", "attention_split_f32", "attention_combine_f32", "attention_decode_f32"}},
 	{"kernels/convert.ptx", []string{"f32_to_bf16", "nvfp4_to_bf16"}},
 	{"kernels/matmul.ptx", append([]string{"matmul_tiled_f32", "matmul_tiled_bf16", "matmul_tiled_nvfp4"}, gemvKernels...)},
 }

@@ -5,10 +5,38 @@
 
 // add_rmsnorm_f32: per row (blockIdx.x), x += delta, then out = w * (x * 1/sqrt(mean(x^2)+eps)).
 // Each thread adds the elements it then reads for the statistics, so no barrier is needed
-// between the two.
+// between the two. Rows of up to FUSED_CACHE·blockDim elements stay in registers with every load
+// issued up front (as rmsnorm_f32 in norm.cu; the same accumulation order).
+#define FUSED_CACHE 16
 extern "C" __global__ void add_rmsnorm_f32(float* out, float* x, const float* delta, const float* w, int n, float eps) {
     __shared__ double red[32];
     size_t base = (size_t)blockIdx.x * n;
+    if (n <= FUSED_CACHE * (int)blockDim.x) {
+        float xv[FUSED_CACHE], dv[FUSED_CACHE], wv[FUSED_CACHE];
+#pragma unroll
+        for (int i = 0; i < FUSED_CACHE; i++) {
+            const int j = threadIdx.x + i * blockDim.x;
+            if (j < n) xv[i] = x[base + j], dv[i] = delta[base + j], wv[i] = w[j];
+        }
+        double ss = 0.0;
+#pragma unroll
+        for (int i = 0; i < FUSED_CACHE; i++) {
+            const int j = threadIdx.x + i * blockDim.x;
+            if (j < n) {
+                xv[i] = xv[i] + dv[i];
+                x[base + j] = xv[i];
+                ss = fma((double)xv[i], (double)xv[i], ss);
+            }
+        }
+        ss = block_sum_d(ss, red);
+        float inv = (float)(1.0 / sqrt(ss / (double)n + (double)eps));
+#pragma unroll
+        for (int i = 0; i < FUSED_CACHE; i++) {
+            const int j = threadIdx.x + i * blockDim.x;
+            if (j < n) out[base + j] = __fmul_rn(wv[i], __fmul_rn(xv[i], inv));
+        }
+        return;
+    }
     double ss = 0.0;
     for (int j = threadIdx.x; j < n; j += blockDim.x) {
         float v = x[base + j] + delta[base + j];

@@ -191,18 +191,23 @@ __device__ __forceinline__ void gemv_tc(const gt_jobs& jobs, const float* __rest
 // of 3 jobs — unused ones null/0), grid Σ_j ceil(N_j/16) blocks of W·32 threads, dynamic shared
 // memory K·4 bytes (x as hi and lo f16).
 #define GT_JOB_PARAMS(j) float *out##j, const uint8_t *p##j, const uint8_t *s##j, float g##j, int n##j
-#define GT_ENTRY(W, D)                                                                                       \
-    extern "C" __global__ void __launch_bounds__(W * 32)                                                     \
-        gemv_nvfp4_tc##W##x##D(const float* x, int K, int njobs, GT_JOB_PARAMS(0), GT_JOB_PARAMS(1),         \
-                               GT_JOB_PARAMS(2)) {                                                           \
+#define GT_ENTRY_MB(NAME, W, D, MB)                                                                          \
+    extern "C" __global__ void __launch_bounds__(W * 32, MB)                                                 \
+        NAME(const float* x, int K, int njobs, GT_JOB_PARAMS(0), GT_JOB_PARAMS(1), GT_JOB_PARAMS(2)) {       \
         extern __shared__ __align__(16) uint32_t xs[];                                                       \
         __shared__ float red[W][16];                                                                         \
         gt_jobs jobs = {{out0, out1, out2}, {p0, p1, p2}, {s0, s1, s2}, {g0, g1, g2}, {n0, n1, n2},          \
                         {(n0 + 15) / 16, (n1 + 15) / 16, (n2 + 15) / 16}, njobs};                            \
         gemv_tc<W, D>(jobs, x, K, xs, red);                                                                  \
     }
+#define GT_ENTRY(W, D) GT_ENTRY_MB(gemv_nvfp4_tc##W##x##D, W, D, 1)
 GT_ENTRY(8, 1)
 GT_ENTRY(8, 3)
 GT_ENTRY(4, 3)
 GT_ENTRY(4, 5)
 GT_ENTRY(16, 2)
+// The same with registers capped for more resident warps (m: minimum blocks per SM).
+GT_ENTRY_MB(gemv_nvfp4_tc4x3m8, 4, 3, 8)
+GT_ENTRY_MB(gemv_nvfp4_tc4x2m8, 4, 2, 8)
+GT_ENTRY_MB(gemv_nvfp4_tc8x3m4, 8, 3, 4)
+GT_ENTRY_MB(gemv_nvfp4_tc8x2m4, 8, 2, 4)
