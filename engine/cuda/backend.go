@@ -58,6 +58,8 @@ type Backend struct {
 	trainSIMT bool
 	// attnSIMT keeps prefill attention on the fp32 kernel (QWENGO_CUDA_ATTN=simt; flash.go).
 	attnSIMT bool
+	// flashBwdReady: flash_bwd_dkdv may use more than 48 KB of dynamic shared memory.
+	flashBwdReady bool
 
 	// Owned by the worker goroutine.
 	dev     device

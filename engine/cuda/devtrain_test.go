@@ -5,15 +5,13 @@ package cuda
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 	"testing"
 
 	"github.com/qwengo/qwengo/engine/cpu"
 	"github.com/qwengo/qwengo/engine/data"
 	"github.com/qwengo/qwengo/engine/devtrain"
-	"github.com/qwengo/qwengo/engine/format"
 	"github.com/qwengo/qwengo/engine/grad"
-	"github.com/qwengo/qwengo/engine/qwen3"
+	"github.com/qwengo/qwengo/engine/internal/testmodel"
 )
 
 // The training step on the GPU against the same step on the CPU reference backend (engine/
@@ -25,21 +23,7 @@ import (
 
 func tinyGrad(t *testing.T, name string) *grad.Model {
 	t.Helper()
-	dir := filepath.Join("..", "qwen3", "testdata", name)
-	cfg, err := qwen3.LoadConfig(filepath.Join(dir, "config.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	src, err := format.Open(filepath.Join(dir, "model.safetensors"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close()
-	m, err := grad.Load(cfg, src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return m
+	return testmodel.Load(t, name, grad.Load)
 }
 
 // trainBatch is 3 rows of different lengths with masked prompts and padding (T = 24).

@@ -24,7 +24,7 @@ package cuda
 	X(cuMemAlloc) X(cuMemFree) X(cuMemGetInfo) X(cuMemcpyHtoD) X(cuMemcpyDtoH) X(cuMemcpyDtoD) X(cuMemsetD8) \
 	X(cuModuleLoadData) X(cuModuleUnload) X(cuModuleGetFunction) X(cuLaunchKernel) \
 	X(cuEventCreate) X(cuEventRecord) X(cuEventSynchronize) X(cuEventElapsedTime) X(cuEventDestroy) \
-	X(cuOccupancyMaxActiveBlocksPerMultiprocessor)
+	X(cuOccupancyMaxActiveBlocksPerMultiprocessor) X(cuFuncSetAttribute)
 
 #define QG_DECL(n) static __typeof__(&n) p_##n;
 QG_FUNCS(QG_DECL)
@@ -85,6 +85,8 @@ static CUresult qg_cuEventRecord(CUevent e) { return p_cuEventRecord(e, NULL); }
 static CUresult qg_cuEventSynchronize(CUevent e) { return p_cuEventSynchronize(e); }
 static CUresult qg_cuEventElapsedTime(float* ms, CUevent a, CUevent b) { return p_cuEventElapsedTime(ms, a, b); }
 static CUresult qg_cuEventDestroy(CUevent e) { return p_cuEventDestroy(e); }
+
+static CUresult qg_cuFuncSetAttribute(CUfunction f, int a, int v) { return p_cuFuncSetAttribute(f, (CUfunction_attribute)a, v); }
 
 // qg_launch launches f on the default stream; args holds n 8-byte slots, one per kernel
 // parameter (4-byte parameters in the low half: little-endian).
@@ -302,6 +304,12 @@ func occupancy(f function, threads, shmem int) (int, error) {
 		return 0, err
 	}
 	return int(n), nil
+}
+
+// setMaxDynamicShared lets f launch with up to n bytes of dynamic shared memory (above the
+// 48 KB every kernel gets without asking).
+func setMaxDynamicShared(f function, n int) error {
+	return check("cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)", C.qg_cuFuncSetAttribute(f, C.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, C.int(n)))
 }
 
 func ptrArg(p devPtr) arg  { return arg(p) }

@@ -34,9 +34,10 @@ func (b *Backend) useFlash(T, headDim int) bool {
 	return headDim == flashHeadDim && T >= flashMinRows && !b.attnSIMT && !b.trainSIMT && b.fns["flash_attn_fwd"] != nil
 }
 
-// flashAttention runs the flash kernel on checked arguments (owner goroutine). lse, when not
-// nil, receives the natural-log softmax normaliser per (head, row) as [nHeads, T] floats.
-func (b *Backend) flashAttention(o, qt, kt, vt, lse *Tensor, pos0, nHeads, nKV int) error {
+// flashAttention runs the flash kernel on checked arguments (owner goroutine): the output to
+// out (0: none) and, when lse is not 0, the natural-log softmax normaliser per (head, row) as
+// [nHeads, T] floats. It leaves bf16 copies of k and v rows [0, pos0+T) in b.flashKV.
+func (b *Backend) flashAttention(out, lse devPtr, qt, kt, vt *Tensor, pos0, nHeads, nKV int) error {
 	T := qt.rows
 	keys := int64(pos0+T) * int64(nKV*flashHeadDim)
 	if err := b.grow(&b.flashKV, backend.Workspace, 2*2*keys, "flash attention bf16 keys and values"); err != nil {
@@ -49,12 +50,64 @@ func (b *Backend) flashAttention(o, qt, kt, vt, lse *Tensor, pos0, nHeads, nKV i
 	if err := b.toBF16(vb, vt.ptr, keys); err != nil {
 		return err
 	}
-	var lsePtr devPtr
-	if lse != nil {
-		lsePtr = lse.ptr
-	}
 	scaleLog2 := float32(math.Log2E / math.Sqrt(flashHeadDim))
 	return launch(b.fns["flash_attn_fwd"], [3]int{(T + flashRows - 1) / flashRows, nHeads, 1}, [3]int{flashThreads, 1, 1}, 0,
-		ptrArg(o.ptr), ptrArg(lsePtr), ptrArg(qt.ptr), ptrArg(kb), ptrArg(vb), intArg(T), intArg(pos0), intArg(nHeads), intArg(nKV),
+		ptrArg(out), ptrArg(lse), ptrArg(qt.ptr), ptrArg(kb), ptrArg(vb), intArg(T), intArg(pos0), intArg(nHeads), intArg(nKV),
 		f32Arg(scaleLog2))
+}
+
+// flashBwdShared is flash_bwd_dkdv's dynamic shared memory: K_j and V_j tiles (64 rows), Q_i
+// and dO_i tiles (32 rows) of 128 bf16, and the 32 rows' lse and D.
+const flashBwdShared = 2*64*flashHeadDim*2 + 2*32*flashHeadDim*2 + 2*32*4
+
+// useFlashBackward reports whether AttentionBackward of T rows goes to the flash kernels.
+func (b *Backend) useFlashBackward(T, headDim int) bool {
+	return b.useFlash(T, headDim) && b.fns["flash_bwd_dkdv"] != nil
+}
+
+// flashBackward computes dq, dk and dv on the flash kernels (owner goroutine, checked
+// arguments, pos0 = 0): the forward again for the log-sum-exp (and the bf16 k, v copies),
+// bf16 copies of q and dout, D = Σ dout∘out, then flash_bwd_dkdv and flash_bwd_dq.
+func (b *Backend) flashBackward(dqt, dkt, dvt, dot, qt, kt, vt, ot *Tensor, nHeads, nKV int) error {
+	T := qt.rows
+	if !b.flashBwdReady {
+		if err := setMaxDynamicShared(b.fns["flash_bwd_dkdv"], flashBwdShared); err != nil {
+			return err
+		}
+		b.flashBwdReady = true
+	}
+	qElems := int64(T) * int64(nHeads*flashHeadDim)
+	stats := (int64(4*nHeads*T) + 255) / 256 * 256
+	base, err := b.scratch(2*2*qElems+2*stats, "flash attention backward")
+	if err != nil {
+		return err
+	}
+	qb, dob := base, base+devPtr(2*qElems)
+	lse, dd := base+devPtr(4*qElems), base+devPtr(4*qElems+stats)
+	if err := b.flashAttention(0, lse, qt, kt, vt, 0, nHeads, nKV); err != nil {
+		return err
+	}
+	keys := int64(T) * int64(nKV*flashHeadDim)
+	kb, vb := b.flashKV.ptr, b.flashKV.ptr+devPtr(2*keys)
+	if err := b.toBF16(qb, qt.ptr, qElems); err != nil {
+		return err
+	}
+	if err := b.toBF16(dob, dot.ptr, qElems); err != nil {
+		return err
+	}
+	if err := launch(b.fns["flash_bwd_prep"], [3]int{(T*nHeads + 3) / 4, 1, 1}, [3]int{128, 1, 1}, 0,
+		ptrArg(dd), ptrArg(dot.ptr), ptrArg(ot.ptr), intArg(T), intArg(nHeads)); err != nil {
+		return err
+	}
+	scale := 1 / math.Sqrt(flashHeadDim)
+	scaleLog2 := float32(math.Log2E * scale)
+	blocks := (T + 63) / 64
+	if err := launch(b.fns["flash_bwd_dkdv"], [3]int{blocks, nKV, 1}, [3]int{128, 1, 1}, flashBwdShared,
+		ptrArg(dkt.ptr), ptrArg(dvt.ptr), ptrArg(qb), ptrArg(kb), ptrArg(vb), ptrArg(dob), ptrArg(lse), ptrArg(dd),
+		intArg(T), intArg(nHeads), intArg(nKV), f32Arg(scaleLog2), f32Arg(float32(scale))); err != nil {
+		return err
+	}
+	return launch(b.fns["flash_bwd_dq"], [3]int{blocks, nHeads, 1}, [3]int{128, 1, 1}, 0,
+		ptrArg(dqt.ptr), ptrArg(qb), ptrArg(kb), ptrArg(vb), ptrArg(dob), ptrArg(lse), ptrArg(dd),
+		intArg(T), intArg(nHeads), intArg(nKV), f32Arg(scaleLog2), f32Arg(float32(scale)))
 }

@@ -55,7 +55,7 @@ func TestFlashAttention(t *testing.T) {
 			if err := g.attention(gS.(*Tensor), gq.(*Tensor), gk.(*Tensor), gv.(*Tensor), s.pos0, s.heads, s.kv, hd); err != nil {
 				return err
 			}
-			return g.flashAttention(gO.(*Tensor), gq.(*Tensor), gk.(*Tensor), gv.(*Tensor), lse.(*Tensor), s.pos0, s.heads, s.kv)
+			return g.flashAttention(gO.(*Tensor).ptr, lse.(*Tensor).ptr, gq.(*Tensor), gk.(*Tensor), gv.(*Tensor), s.pos0, s.heads, s.kv)
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -92,6 +92,51 @@ func TestFlashAttention(t *testing.T) {
 		// Scores of ~N(0, 1) inputs are ~N(0, 1); bf16 operands move them by ~1e-2.
 		if worst > 2e-2 {
 			t.Errorf("%s: log-sum-exp off by %.3g (relative)", name, worst)
+		}
+	}
+}
+
+// TestFlashAttentionBackward compares the tensor-core backward (flash_bwd.cu) with the CPU
+// reference: GQA ratios 1-4, row counts off the 64/32-row tiles, one query block and many. bf16
+// operands and P, dS rounded to bf16 give ~1e-2 relative error; bound 3e-2 per gradient. Two
+// runs must agree bit for bit (no atomics).
+func TestFlashAttentionBackward(t *testing.T) {
+	g, c, ct := trainPair(t)
+	const bound = 3e-2
+	for i, s := range []struct{ T, nH, nKV int }{{16, 2, 1}, {64, 4, 2}, {130, 4, 1}, {200, 8, 2}, {333, 32, 8}} {
+		const hd = 128
+		name := fmt.Sprintf("flash backward T%d heads %d/%d", s.T, s.nH, s.nKV)
+		if !g.useFlashBackward(s.T, hd) {
+			t.Fatalf("%s: the flash kernels are not selected", name)
+		}
+		ci, gi := attentionInputs(t, c, g, s.T, s.nH, s.nKV, hd, uint64(700+10*i))
+		qw, kw := s.nH*hd, s.nKV*hd
+		cdq, gdq := pair(t, c, g, s.T, qw, nil)
+		cdk, gdk := pair(t, c, g, s.T, kw, nil)
+		cdv, gdv := pair(t, c, g, s.T, kw, nil)
+		if err := ct.AttentionBackward(cdq, cdk, cdv, ci[3], ci[0], ci[1], ci[2], ci[4], s.nH, s.nKV, hd); err != nil {
+			t.Fatalf("%s: cpu: %v", name, err)
+		}
+		var first [3][]float32
+		for rep := 0; rep < 2; rep++ {
+			if err := g.AttentionBackward(gdq, gdk, gdv, gi[3], gi[0], gi[1], gi[2], gi[4], s.nH, s.nKV, hd); err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			got := [3][]float32{download(t, g, gdq), download(t, g, gdk), download(t, g, gdv)}
+			if rep == 0 {
+				first = got
+				compare(t, name+" dq", c, g, cdq, gdq, bound)
+				compare(t, name+" dk", c, g, cdk, gdk, bound)
+				compare(t, name+" dv", c, g, cdv, gdv, bound)
+				continue
+			}
+			for k := range got {
+				for j := range got[k] {
+					if math.Float32bits(got[k][j]) != math.Float32bits(first[k][j]) {
+						t.Fatalf("%s: gradient %d element %d differs between two runs (%g, %g)", name, k, j, first[k][j], got[k][j])
+					}
+				}
+			}
 		}
 	}
 }
@@ -137,6 +182,33 @@ func TestFiguresFlash(t *testing.T) {
 				kind = "fp32 SIMT"
 			}
 			t.Logf("figure attention %s T=%d context %d: %.3f ms, %.1f TFLOP/s", kind, s.T, n, ms, flops/ms/1e9)
+		}
+	}
+	// Backward (pos0 = 0): flash kernels against the fp32 kernels. FLOPs: the forward's two
+	// products again (the recomputed forward), then S, dP, dV, dK in flash_bwd_dkdv and S, dP,
+	// dQ in flash_bwd_dq: 9 products over the causal triangle.
+	for _, T := range []int{512, 2048} {
+		q, k, v, o, do := alloc(T, 4096), alloc(T, 1024), alloc(T, 1024), alloc(T, 4096), alloc(T, 4096)
+		dq, dk, dv := alloc(T, 4096), alloc(T, 1024), alloc(T, 1024)
+		keys := float64(T) * float64(T+1) / 2
+		flops := 9 * 2 * keys * 32 * 128
+		for _, simt := range []bool{false, true} {
+			ms, err := timeOnDevice(g, 3, func() error {
+				g.attnSIMT = simt
+				defer func() { g.attnSIMT = false }()
+				if simt {
+					return g.AttentionBackward(dq, dk, dv, do, q, k, v, o, 32, 8, 128)
+				}
+				return g.flashBackward(dq, dk, dv, do, q, k, v, o, 32, 8)
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			kind := "flash (bf16 mma)"
+			if simt {
+				kind = "fp32 SIMT"
+			}
+			t.Logf("figure attention backward %s T=%d: %.3f ms, %.1f TFLOP/s", kind, T, ms, flops/ms/1e9)
 		}
 	}
 }

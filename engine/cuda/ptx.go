@@ -51,6 +51,7 @@ var ptxModules = []ptxModule{
 	{"kernels/norm.ptx", []string{"rmsnorm_f32", "rope_f32"}},
 	{"kernels/gemv_tc.ptx", gemvTCVariants},
 	{"kernels/flash.ptx", []string{"flash_attn_fwd"}},
+	{"kernels/flash_bwd.ptx", []string{"flash_bwd_prep", "flash_bwd_dkdv", "flash_bwd_dq"}},
 	{"kernels/attention.ptx", []string{"attention_f32", "attention_split_f32", "attention_combine_f32", "attention_decode_f32"}},
 	{"kernels/convert.ptx", []string{"f32_to_bf16", "nvfp4_to_bf16"}},
 	{"kernels/matmul.ptx", append([]string{"matmul_tiled_f32", "matmul_tiled_bf16", "matmul_tiled_nvfp4"}, gemvKernels...)},

@@ -198,34 +198,12 @@ func (b *Backend) MatMulBackward(dx, dw, dout, x backend.Tensor, bw backend.Weig
 		if err != nil {
 			return err
 		}
-		T, N, K := d.rows, w.out, w.in
-		if d.cols != N {
-			return fmt.Errorf("cuda: %s %s: dout [%d, %d] for a weight [%d, %d]", op, w.name, d.rows, d.cols, N, K)
+		if err := backend.CheckMatMulBackward("cuda", dxt, dwt, d, xt, w, w.name, overlaps); err != nil {
+			return err
 		}
+		T := d.rows
 		if (T+63)/64 > 65535 {
 			return fmt.Errorf("cuda: %s %s: %d token rows exceed the kernel's grid (%d)", op, w.name, T, 65535*64)
-		}
-		if dxt != nil {
-			if dxt.rows != T || dxt.cols != K {
-				return fmt.Errorf("cuda: %s %s: dx [%d, %d], want [%d, %d]", op, w.name, dxt.rows, dxt.cols, T, K)
-			}
-			if overlaps(dxt, d) {
-				return fmt.Errorf("cuda: %s %s: dx and dout share memory", op, w.name)
-			}
-		}
-		if xt != nil && (xt.rows != T || xt.cols != K) {
-			return fmt.Errorf("cuda: %s %s: x [%d, %d], want [%d, %d]", op, w.name, xt.rows, xt.cols, T, K)
-		}
-		if dwt != nil {
-			if xt == nil {
-				return fmt.Errorf("cuda: %s %s: dw needs x", op, w.name)
-			}
-			if dwt.rows != N || dwt.cols != K {
-				return fmt.Errorf("cuda: %s %s: dw [%d, %d], want [%d, %d]", op, w.name, dwt.rows, dwt.cols, N, K)
-			}
-			if overlaps(dwt, d) || overlaps(dwt, xt) || overlaps(dwt, dxt) {
-				return fmt.Errorf("cuda: %s %s: dw shares memory with dout, x or dx", op, w.name)
-			}
 		}
 		// Many rows (training, prefill): tensor cores through cuBLASLt (bf16 operands, fp32
 		// accumulation, as the forward's MatMul); the SIMT kernels otherwise, when cuBLASLt is
@@ -408,8 +386,9 @@ func (b *Backend) RoPEBackward(dx, dout backend.Tensor, headDim, pos0 int, theta
 	})
 }
 
-// AttentionBackward implements backend.Training (causal, pos0 = 0, k and v with T rows): two
-// kernels, no [T × T] buffer. The first, per (query head, query row), recomputes the softmax
+// AttentionBackward implements backend.Training (causal, pos0 = 0, k and v with T rows). At
+// head_dim 128 and ≥ 16 rows it runs on the tensor-core flash kernels (flash.go); otherwise two
+// fp32 kernels, no [T × T] buffer. The first, per (query head, query row), recomputes the softmax
 // statistics and writes dq, the row's log-sum-exp and D = Σ dout∘out into a [2, nHeads, T]
 // scratch; the second, per (KV head, key row), sums dk and dv over the query rows and the heads
 // of the group in a fixed order. The gradients must not share memory with the inputs.
@@ -447,6 +426,12 @@ func (b *Backend) AttentionBackward(dq, dk, dv, dout, q, k, v, out backend.Tenso
 						[]string{"dq", "dk", "dv", "dout", "q", "k", "v", "out"}[j])
 				}
 			}
+		}
+		if b.useFlashBackward(T, headDim) {
+			if err := b.flashBackward(dqt, dkt, dvt, dot, qt, kt, vt, ot, nHeads, nKV); err != nil {
+				return fmt.Errorf("cuda: %s (flash): %w", op, err)
+			}
+			return nil
 		}
 		scale := float32(1 / math.Sqrt(float64(headDim)))
 		stats, err := b.scratch(int64(8*nHeads*T), "attention statistics")

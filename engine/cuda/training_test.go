@@ -377,6 +377,9 @@ func attentionInputs(t *testing.T, c *cpu.Backend, g *Backend, T, nH, nKV, hd in
 
 func TestTrainingAttentionBackward(t *testing.T) {
 	g, c, ct := trainPair(t)
+	// The fp32 kernels (the flash kernels, bf16 products, have their own test in flash_test.go).
+	g.do(func() error { g.attnSIMT = true; return nil })
+	defer g.do(func() error { g.attnSIMT = false; return nil })
 	const bound = 2e-5
 	type tc struct{ T, nH, nKV, hd int }
 	cases := []tc{{1, 2, 1, 16}, {7, 4, 2, 32}, {130, 4, 1, 64}, {200, 2, 2, 128}}

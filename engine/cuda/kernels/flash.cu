@@ -18,73 +18,11 @@
 //
 // Precision: Q, K, V and P are rounded to bf16 (relative 2^-9), products and sums are fp32; the
 // result is within bf16 bounds of attention_f32 (tests: flash_test.go).
-#include "common.cuh"
-#include <cuda_bf16.h>
-
-#define FA_M 64
-#define FA_N 64
-#define FA_D 128
-#define FA_WARPS 4
-#define FA_CHUNKS (FA_D / 8)  // 16-byte chunks per shared row
-
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-__device__ __forceinline__ void fa_cp_async16(uint32_t dst, const void* src, int bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes));
-}
-__device__ __forceinline__ void fa_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void fa_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
-
-__device__ __forceinline__ void ldsm_x4(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-                 : "r"(addr));
-}
-__device__ __forceinline__ void ldsm_x4_t(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-                 : "r"(addr));
-}
-
-// mma_bf16 accumulates c += a·b for one m16n8k16 tile (a: 4 registers, b: 2, c: 4 floats).
-__device__ __forceinline__ void mma_bf16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
-                                         uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-// pack_bf16 rounds two floats to bf16 (nearest even) into one register, lo in the low half.
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&v);
-}
-
-// swz is the byte offset of 16-byte chunk c of row r in a swizzled [rows][FA_D] bf16 tile.
-__device__ __forceinline__ uint32_t swz(int r, int c) { return (uint32_t)(r * FA_D * 2 + ((c ^ (r & 7)) << 4)); }
-
-// fa_load_tile copies rows [n0, n0+FA_N) of one KV head (row stride ld elements) into a
-// swizzled shared tile; rows at or past nrows are zero-filled. 128 threads × 8 chunks.
-__device__ __forceinline__ void fa_load_tile(uint32_t tile, const __nv_bfloat16* __restrict__ src, size_t ld, int n0,
-                                             int nrows) {
-#pragma unroll
-    for (int i = 0; i < FA_N * FA_CHUNKS / (FA_WARPS * 32); i++) {
-        const int idx = threadIdx.x + i * FA_WARPS * 32;
-        const int r = idx / FA_CHUNKS, c = idx % FA_CHUNKS;
-        const bool ok = n0 + r < nrows;
-        const __nv_bfloat16* p = src + (size_t)(ok ? n0 + r : 0) * ld + c * 8;
-        fa_cp_async16(tile + swz(r, c), p, ok ? 16 : 0);
-    }
-}
+#include "flash_common.cuh"
 
 // flash_attn_fwd: out[t, h·D:(h+1)·D] = softmax(q_t·k_jᵀ·scale)·v_j over keys j ≤ pos0+t, as
-// attention_f32. q, out: [T, nHeads·D] float32; kb, vb: [≥ pos0+T, nKV·D] bf16. lse, when not
-// null, receives log(Σ_j e^(s_j)) per (head, row) at lse[h·T + t] (natural log, s = q·k·scale)
+// attention_f32. q, out: [T, nHeads·D] float32 (out may be null: only lse wanted); kb, vb:
+// [≥ pos0+T, nKV·D] bf16. lse, when not null, receives log(Σ_j e^(s_j)) per (head, row) at lse[h·T + t] (natural log, s = q·k·scale)
 // for a backward pass. grid (ceil(T/FA_M), nHeads), block FA_WARPS·32, static shared 32 KB.
 extern "C" __global__ void __launch_bounds__(FA_WARPS * 32)
 flash_attn_fwd(float* __restrict__ out, float* __restrict__ lse, const float* __restrict__ q,
@@ -234,10 +172,12 @@ flash_attn_fwd(float* __restrict__ out, float* __restrict__ lse, const float* __
         const int row = r0 + g + 8 * r;
         if (row >= T) continue;
         const float inv = l > 0.f ? 1.f / l : 0.f;
-        float* orow = out + (size_t)row * qld + (size_t)h * FA_D;
+        if (out != nullptr) {
+            float* orow = out + (size_t)row * qld + (size_t)h * FA_D;
 #pragma unroll
-        for (int j = 0; j < FA_D / 8; j++)
-            *reinterpret_cast<float2*>(orow + j * 8 + 2 * tq) = make_float2(o[j][2 * r] * inv, o[j][2 * r + 1] * inv);
+            for (int j = 0; j < FA_D / 8; j++)
+                *reinterpret_cast<float2*>(orow + j * 8 + 2 * tq) = make_float2(o[j][2 * r] * inv, o[j][2 * r + 1] * inv);
+        }
         if (lse != nullptr && tq == 0) lse[(size_t)h * T + row] = (mrow[r] + log2f(l)) * 0.69314718055994531f;
     }
 }
