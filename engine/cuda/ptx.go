@@ -28,9 +28,8 @@ var gemvStreamKernels = []string{"gemv_nvfp4s_t1", "gemv_nvfp4s_t2", "gemv_nvfp4
 
 // gemvTCVariants are the tensor-core GEMV kernels (gemv_tc.cu): W warps per block, D k steps
 // of loads in flight per warp; gemvTCPick chooses per shape, QWENGO_CUDA_GEMV_TC forces one by
-// its suffix ("4x5").
-var gemvTCVariants = []string{"gemv_nvfp4_tc8x3", "gemv_nvfp4_tc8x1", "gemv_nvfp4_tc4x3", "gemv_nvfp4_tc4x5", "gemv_nvfp4_tc16x2",
-	"gemv_nvfp4_tc4x3m8", "gemv_nvfp4_tc4x2m8", "gemv_nvfp4_tc8x3m4", "gemv_nvfp4_tc8x2m4"}
+// its suffix ("8x3").
+var gemvTCVariants = []string{"gemv_nvfp4_tc4x3", "gemv_nvfp4_tc8x3"}
 
 // gemvPersistKernels are the persistent NVFP4 GEMV kernels for 1..4 token rows (gemv.cu).
 var gemvPersistKernels = []string{"gemv_nvfp4p_t1", "gemv_nvfp4p_t2", "gemv_nvfp4p_t3", "gemv_nvfp4p_t4"}

@@ -200,14 +200,8 @@ __device__ __forceinline__ void gemv_tc(const gt_jobs& jobs, const float* __rest
                         {(n0 + 15) / 16, (n1 + 15) / 16, (n2 + 15) / 16}, njobs};                            \
         gemv_tc<W, D>(jobs, x, K, xs, red);                                                                  \
     }
-#define GT_ENTRY(W, D) GT_ENTRY_MB(gemv_nvfp4_tc##W##x##D, W, D, 1)
-GT_ENTRY(8, 1)
-GT_ENTRY(8, 3)
-GT_ENTRY(4, 3)
-GT_ENTRY(4, 5)
-GT_ENTRY(16, 2)
-// The same with registers capped for more resident warps (m: minimum blocks per SM).
-GT_ENTRY_MB(gemv_nvfp4_tc4x3m8, 4, 3, 8)
-GT_ENTRY_MB(gemv_nvfp4_tc4x2m8, 4, 2, 8)
-GT_ENTRY_MB(gemv_nvfp4_tc8x3m4, 8, 3, 4)
-GT_ENTRY_MB(gemv_nvfp4_tc8x2m4, 8, 2, 4)
+// The two shapes the backend picks from (gemv.go gemvTCPick). Measured and dropped (NOTES.md,
+// device runs 7 and 10): 8×1, 4×5, 16×2, and register caps for 32 warps per SM (faster alone,
+// slower in the model).
+GT_ENTRY_MB(gemv_nvfp4_tc4x3, 4, 3, 1)
+GT_ENTRY_MB(gemv_nvfp4_tc8x3, 8, 3, 1)
