@@ -31,3 +31,38 @@ func CheckAttention(name string, out, q, k, v Tensor, pos0, nHeads, nKV, headDim
 	}
 	return nil
 }
+
+// CheckMatMulBackward validates the arguments of MatMulBackward (out = x·Wᵀ): dout [T, Out];
+// dx, when present, [T, In] and not overlapping dout; x, when present, [T, In]; dw, when
+// present, [Out, In], with x, and overlapping none of dout, x and dx. The checks run in this
+// order, so both backends report the same fault first.
+//
+// It is generic over the backend's own tensor pointer type so that an absent tensor is simply
+// a nil pointer (a nil pointer in a Tensor interface is not a nil interface), and overlap is
+// the backend's own test of shared storage (host slices or device pointers); it must treat a
+// nil tensor as overlapping nothing.
+func CheckMatMulBackward[T interface {
+	Tensor
+	comparable
+}](name string, dx, dw, dout, x T, w Weight, wname string, overlap func(a, b T) bool) error {
+	const op = "matmul backward"
+	var none T
+	rows, n, k := dout.Rows(), w.Out(), w.In()
+	switch {
+	case dout.Cols() != n:
+		return fmt.Errorf("%s: %s %s: dout [%d, %d] for a weight [%d, %d]", name, op, wname, rows, dout.Cols(), n, k)
+	case dx != none && (dx.Rows() != rows || dx.Cols() != k):
+		return fmt.Errorf("%s: %s %s: dx [%d, %d], want [%d, %d]", name, op, wname, dx.Rows(), dx.Cols(), rows, k)
+	case dx != none && overlap(dx, dout):
+		return fmt.Errorf("%s: %s %s: dx and dout share memory", name, op, wname)
+	case x != none && (x.Rows() != rows || x.Cols() != k):
+		return fmt.Errorf("%s: %s %s: x [%d, %d], want [%d, %d]", name, op, wname, x.Rows(), x.Cols(), rows, k)
+	case dw != none && x == none:
+		return fmt.Errorf("%s: %s %s: dw needs x", name, op, wname)
+	case dw != none && (dw.Rows() != n || dw.Cols() != k):
+		return fmt.Errorf("%s: %s %s: dw [%d, %d], want [%d, %d]", name, op, wname, dw.Rows(), dw.Cols(), n, k)
+	case dw != none && (overlap(dw, dout) || overlap(dw, x) || overlap(dw, dx)):
+		return fmt.Errorf("%s: %s %s: dw shares memory with dout, x or dx", name, op, wname)
+	}
+	return nil
+}

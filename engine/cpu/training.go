@@ -7,6 +7,7 @@ import (
 	"unsafe"
 
 	"github.com/qwengo/qwengo/engine/backend"
+	"github.com/qwengo/qwengo/engine/optim"
 	"github.com/qwengo/qwengo/engine/tensor"
 )
 
@@ -142,23 +143,10 @@ func (b *Backend) MatMulBackward(dx, dw, dout, x backend.Tensor, bw backend.Weig
 	if err != nil {
 		return err
 	}
-	T, N, K := d.rows, w.out, w.in
-	switch {
-	case d.cols != N:
-		return fmt.Errorf("cpu: %s %s: dout [%d, %d] for a weight [%d, %d]", op, w.name, d.rows, d.cols, N, K)
-	case dxt != nil && (dxt.rows != T || dxt.cols != K):
-		return fmt.Errorf("cpu: %s %s: dx [%d, %d], want [%d, %d]", op, w.name, dxt.rows, dxt.cols, T, K)
-	case dxt != nil && shares(dxt, d):
-		return fmt.Errorf("cpu: %s %s: dx and dout share memory", op, w.name)
-	case xt != nil && (xt.rows != T || xt.cols != K):
-		return fmt.Errorf("cpu: %s %s: x [%d, %d], want [%d, %d]", op, w.name, xt.rows, xt.cols, T, K)
-	case dwt != nil && xt == nil:
-		return fmt.Errorf("cpu: %s %s: dw needs x", op, w.name)
-	case dwt != nil && (dwt.rows != N || dwt.cols != K):
-		return fmt.Errorf("cpu: %s %s: dw [%d, %d], want [%d, %d]", op, w.name, dwt.rows, dwt.cols, N, K)
-	case dwt != nil && (shares(dwt, d) || shares(dwt, xt) || shares(dwt, dxt)):
-		return fmt.Errorf("cpu: %s %s: dw shares memory with dout, x or dx", op, w.name)
+	if err := backend.CheckMatMulBackward("cpu", dxt, dwt, d, xt, w, w.name, shares); err != nil {
+		return err
 	}
+	T, N, K := d.rows, w.out, w.in
 	if dwt != nil {
 		// dw[n, :] += Σ_t dout[t, n] · x[t, :] over the non-zero dout[t, n] in t order; rows of
 		// dw split over workers.
@@ -577,8 +565,9 @@ type adamState struct {
 	owner      *Backend
 }
 
-// adamBlock is engine/optim's int8 block (64 elements with one float32 absmax).
-const adamBlock = 64
+// adamBlock is engine/optim's int8 block (64 elements with one float32 absmax); fp32 moments
+// are updated in blocks of the same size.
+const adamBlock = optim.Int8Block
 
 func (s *adamState) Format() string { return s.format }
 func (s *adamState) Bytes() int64   { return s.bytes }
@@ -620,18 +609,13 @@ func (b *Backend) FreeAdamWState(x backend.AdamWState) {
 	s.m32, s.v32, s.m8, s.v8, s.msc, s.vsc = nil, nil, nil, nil, nil, nil
 }
 
-// AdamW implements backend.Training: engine/optim's update (AdamW.update) element by element,
-// in place on the weight. Per element, in float32:
-//
-//	g  = grad·GradScale
-//	m  = β1·m + (1−β1)·g;  v = β2·v + (1−β2)·g²
-//	u  = (m/bc1) / (float32(√float64(v/bc2)) + eps)    bc = float32(1 − β^Step) in float64
-//	w  = w − decay·w − lr·u                            decay = float32(lr·wd), 0 with NoDecay
-//
-// then w is stored (bf16: round to nearest even, or stochastically with
-// srBits(Seed, Step, Param, index) added below the kept bits), m and v re-encoded (int8: per
-// block of 64, m by its absmax, √v by the absmax of √v). A non-finite scaled gradient is an
-// error and nothing is updated (engine/optim skips such a step).
+// AdamW implements backend.Training: engine/optim's update, in place on the weight, block by
+// block of adamBlock elements: decode the block's moments (optim.DecodeInt8M/V for int8), apply
+// optim.Coeffs.Update with the gradient scaled by GradScale, store w (bf16: round to nearest
+// even, or optim.StochasticBF16 with (Seed, Step, Param, index)) and re-encode m and v
+// (optim.EncodeInt8M/V). Calling optim's own code, not a copy of it, keeps the result
+// bit-identical to optim.AdamW. A non-finite scaled gradient is an error and nothing is
+// updated (engine/optim skips such a step).
 func (b *Backend) AdamW(bw backend.Weight, grad backend.Tensor, x backend.AdamWState, h backend.AdamWHyper) error {
 	if err := backend.CheckAdamWHyper(h); err != nil {
 		return fmt.Errorf("cpu: %w", err)
@@ -670,7 +654,7 @@ func (b *Backend) AdamW(bw backend.Weight, grad backend.Tensor, x backend.AdamWS
 	if i := int(bad.Load()); i < n {
 		return fmt.Errorf("cpu: adamw %s: non-finite gradient %v (×%v) at element %d: nothing updated", w.name, g.Data[i], h.GradScale, i)
 	}
-	p := adamParams(h)
+	p := optim.NewCoeffs(h.Beta1, h.Beta2, h.Eps, h.LR, h.WeightDecay, h.Step, h.NoDecay)
 	b.parallelRange(nb, 64, func(lo, hi int) {
 		var wb, mb, vb [adamBlock]float32
 		for blk := lo; blk < hi; blk++ {
@@ -686,16 +670,16 @@ func (b *Backend) AdamW(bw backend.Weight, grad backend.Tensor, x backend.AdamWS
 				copy(ms, s.m32[j0:j1])
 				copy(vs, s.v32[j0:j1])
 			} else {
-				decodeInt8Signed(ms, s.m8[j0:j1], s.msc[blk])
-				decodeSqrtU8(vs, s.v8[j0:j1], s.vsc[blk])
+				optim.DecodeInt8M(ms, s.m8[j0:j1], s.msc[blk])
+				optim.DecodeInt8V(vs, s.v8[j0:j1], s.vsc[blk])
 			}
-			p.update(ws, ms, vs, g.Data[j0:j1], h.GradScale)
+			p.Update(ws, ms, vs, g.Data[j0:j1], h.GradScale)
 			switch {
 			case w.f32 != nil:
 				copy(w.f32[j0:j1], ws)
 			case h.StochasticRound:
 				for j, v := range ws {
-					w.bf16[j0+j] = stochasticBF16(v, srBits(h.Seed, uint64(h.Step), h.Param, uint64(j0+j)))
+					w.bf16[j0+j] = optim.StochasticBF16(v, h.Seed, uint64(h.Step), h.Param, uint64(j0+j))
 				}
 			default:
 				for j, v := range ws {
@@ -706,119 +690,10 @@ func (b *Backend) AdamW(bw backend.Weight, grad backend.Tensor, x backend.AdamWS
 				copy(s.m32[j0:j1], ms)
 				copy(s.v32[j0:j1], vs)
 			} else {
-				sm := absMax(ms)
-				s.msc[blk] = sm
-				encodeInt8Signed(s.m8[j0:j1], ms, sm)
-				sv := float32(math.Sqrt(float64(absMax(vs))))
-				s.vsc[blk] = sv
-				encodeSqrtU8(s.v8[j0:j1], vs, sv)
+				s.msc[blk] = optim.EncodeInt8M(s.m8[j0:j1], ms)
+				s.vsc[blk] = optim.EncodeInt8V(s.v8[j0:j1], vs)
 			}
 		}
 	})
 	return nil
-}
-
-// adamConsts are one AdamW call's float32 constants, computed as engine/optim computes them.
-type adamConsts struct {
-	b1, b2, bc1, bc2, eps, lr, decay float32
-}
-
-func adamParams(h backend.AdamWHyper) adamConsts {
-	c := adamConsts{
-		b1: float32(h.Beta1), b2: float32(h.Beta2),
-		bc1: float32(1 - math.Pow(h.Beta1, float64(h.Step))),
-		bc2: float32(1 - math.Pow(h.Beta2, float64(h.Step))),
-		eps: float32(h.Eps), lr: float32(h.LR), decay: float32(h.LR * h.WeightDecay),
-	}
-	if h.NoDecay {
-		c.decay = 0
-	}
-	return c
-}
-
-// update applies one AdamW step to a block of weights w with moments m, v (decoded) from
-// gradient g·gs; the arithmetic is engine/optim's, expression for expression.
-func (c adamConsts) update(w, m, v, g []float32, gs float32) {
-	g = g[:len(w)]
-	m, v = m[:len(w)], v[:len(w)]
-	for j := range w {
-		gj := g[j] * gs
-		m[j] = c.b1*m[j] + (1-c.b1)*gj
-		v[j] = c.b2*v[j] + (1-c.b2)*gj*gj
-		upd := (m[j] / c.bc1) / (float32(math.Sqrt(float64(v[j]/c.bc2))) + c.eps)
-		w[j] = w[j] - c.decay*w[j] - c.lr*upd
-	}
-}
-
-// srBits is engine/optim's counter-based hash (splitmix64 finaliser): 16 random bits for the
-// stochastic rounding of element idx of parameter param at step step.
-func srBits(seed, step, param, idx uint64) uint32 {
-	z := seed ^ step*0x9e3779b97f4a7c15 ^ param*0xbf58476d1ce4e5b9 ^ idx*0x94d049bb133111eb
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9
-	z = (z ^ (z >> 27)) * 0x94d049bb133111eb
-	return uint32(z^(z>>31)) & 0xffff
-}
-
-// stochasticBF16 rounds x to bf16 upwards (in magnitude) with probability equal to the
-// dropped fraction: r (16 bits) is added below the kept bits, then they are truncated.
-// NaN and ±Inf round to nearest.
-func stochasticBF16(x float32, r uint32) uint16 {
-	bits := math.Float32bits(x)
-	if bits&0x7fffffff >= 0x7f800000 {
-		return tensor.F32ToBF16(x)
-	}
-	return uint16((bits + r) >> 16)
-}
-
-// absMax is the largest |x| (engine/optim's block scale).
-func absMax(v []float32) float32 {
-	var a float32
-	for _, x := range v {
-		a = max(a, float32(math.Abs(float64(x))))
-	}
-	return a
-}
-
-// encodeInt8Signed stores src/scale as round(127·x/scale) clamped to ±127 (engine/optim's m).
-func encodeInt8Signed(dst []int8, src []float32, scale float32) {
-	if scale == 0 {
-		clear(dst)
-		return
-	}
-	inv := 127 / scale
-	for i, x := range src {
-		dst[i] = int8(max(-127, min(127, math.Round(float64(x*inv)))))
-	}
-}
-
-func decodeInt8Signed(dst []float32, src []int8, scale float32) {
-	f := scale / 127
-	for i, c := range src {
-		dst[i] = float32(c) * f
-	}
-}
-
-// encodeSqrtU8 stores √v as level k = round(256·√v/scale) − 1 in 0..255 (engine/optim's v:
-// zero-free, level k decodes to ((k+1)/256·scale)², so v = 0 reads back as (scale/256)²).
-func encodeSqrtU8(dst []uint8, src []float32, scale float32) {
-	if scale == 0 {
-		clear(dst)
-		return
-	}
-	inv := 256 / scale
-	for i, x := range src {
-		k := math.Round(math.Sqrt(float64(x))*float64(inv)) - 1
-		dst[i] = uint8(max(0, min(255, k)))
-	}
-}
-
-func decodeSqrtU8(dst []float32, src []uint8, scale float32) {
-	f := scale / 256
-	for i, c := range src {
-		s := (float32(c) + 1) * f
-		dst[i] = s * s
-	}
-	if scale == 0 {
-		clear(dst)
-	}
 }

@@ -4,37 +4,21 @@ import (
 	"context"
 	"errors"
 	"math"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
 
 	"github.com/qwengo/qwengo/engine/cpu"
 	"github.com/qwengo/qwengo/engine/data"
-	"github.com/qwengo/qwengo/engine/format"
 	"github.com/qwengo/qwengo/engine/grad"
+	"github.com/qwengo/qwengo/engine/internal/testmodel"
 	"github.com/qwengo/qwengo/engine/optim"
-	"github.com/qwengo/qwengo/engine/qwen3"
 	"github.com/qwengo/qwengo/engine/train"
 )
 
 func tiny(t testing.TB, name string) *grad.Model {
 	t.Helper()
-	dir := filepath.Join("..", "qwen3", "testdata", name)
-	cfg, err := qwen3.LoadConfig(filepath.Join(dir, "config.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	src, err := format.Open(filepath.Join(dir, "model.safetensors"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close()
-	m, err := grad.Load(cfg, src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return m
+	return testmodel.Load(t, name, grad.Load)
 }
 
 // paddedBatch is two rows of different lengths (prompts masked) padded to T = 16, so the

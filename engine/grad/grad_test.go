@@ -13,6 +13,7 @@ import (
 	"github.com/qwengo/qwengo/engine/cpu"
 	"github.com/qwengo/qwengo/engine/data"
 	"github.com/qwengo/qwengo/engine/format"
+	"github.com/qwengo/qwengo/engine/internal/testmodel"
 	"github.com/qwengo/qwengo/engine/optim"
 	"github.com/qwengo/qwengo/engine/qwen3"
 	"github.com/qwengo/qwengo/engine/tensor"
@@ -21,21 +22,7 @@ import (
 
 func tiny(t testing.TB, name string) *Model {
 	t.Helper()
-	dir := filepath.Join("..", "qwen3", "testdata", name)
-	cfg, err := qwen3.LoadConfig(filepath.Join(dir, "config.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	src, err := format.Open(filepath.Join(dir, "model.safetensors"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close()
-	m, err := Load(cfg, src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return m
+	return testmodel.Load(t, name, Load)
 }
 
 func ints(h *tensor.Host) []int {

@@ -128,7 +128,7 @@ func NewAdamW(cfg Config, specs []ParamSpec) (*AdamW, error) {
 		case FP32:
 			p.M32, p.V32 = make([]float32, n), make([]float32, n)
 		case Int8:
-			nb := (n + int8Block - 1) / int8Block
+			nb := (n + Int8Block - 1) / Int8Block
 			p.M8, p.V8, p.MSc, p.VSc = make([]int8, n), make([]uint8, n), make([]float32, nb), make([]float32, nb)
 		case Bit4:
 			nb := (n + bit4Block - 1) / bit4Block
@@ -234,17 +234,49 @@ func (o *AdamW) Step(grads [][]float32, lr float64) (StepStats, error) {
 	return st, nil
 }
 
+// Coeffs are one step's AdamW constants in float32, computed once per parameter and step.
+type Coeffs struct {
+	b1, b2, bc1, bc2, eps, lr, decay float32
+}
+
+// NewCoeffs computes the constants of step (counted from 1) as Step does: bias corrections
+// 1 − β^step in float64, then everything rounded to float32; the decay factor is lr·weightDecay,
+// 0 with noDecay.
+func NewCoeffs(beta1, beta2, eps, lr, weightDecay float64, step int, noDecay bool) Coeffs {
+	k := Coeffs{
+		b1: float32(beta1), b2: float32(beta2),
+		bc1: float32(1 - math.Pow(beta1, float64(step))),
+		bc2: float32(1 - math.Pow(beta2, float64(step))),
+		eps: float32(eps), lr: float32(lr), decay: float32(lr * weightDecay),
+	}
+	if noDecay {
+		k.decay = 0
+	}
+	return k
+}
+
+// Update applies one AdamW step in place to a chunk of weights w with its decoded moments m and
+// v, from the gradient g·gradScale (gradScale is the clipping factor, or a backend's loss
+// scale). It is the arithmetic of every update, exported so that a backend working in place on
+// its own layout (engine/cpu) computes exactly what AdamW computes. Per element, in float32:
+//
+//	g = g·gradScale;  m = β1·m + (1−β1)·g;  v = β2·v + (1−β2)·g²
+//	w = w − decay·w − lr·(m/bc1) / (float32(√float64(v/bc2)) + eps)
+func (k Coeffs) Update(w, m, v, g []float32, gradScale float32) {
+	m, v, g = m[:len(w)], v[:len(w)], g[:len(w)]
+	for j := range w {
+		gj := g[j] * gradScale
+		m[j] = k.b1*m[j] + (1-k.b1)*gj
+		v[j] = k.b2*v[j] + (1-k.b2)*gj*gj
+		upd := (m[j] / k.bc1) / (float32(math.Sqrt(float64(v[j]/k.bc2))) + k.eps)
+		w[j] = w[j] - k.decay*w[j] - k.lr*upd
+	}
+}
+
 // update applies AdamW to one parameter chunk by chunk.
 func (o *AdamW) update(pi int, p *param, g []float32, clip float32, lr float64) {
 	c := o.cfg
-	b1, b2 := float32(c.Beta1), float32(c.Beta2)
-	bc1 := float32(1 - math.Pow(c.Beta1, float64(o.step)))
-	bc2 := float32(1 - math.Pow(c.Beta2, float64(o.step)))
-	eps, lrf := float32(c.Eps), float32(lr)
-	decay := float32(lr * c.WeightDecay)
-	if p.NoDecay {
-		decay = 0
-	}
+	cf := NewCoeffs(c.Beta1, c.Beta2, c.Eps, lr, c.WeightDecay, o.step, p.NoDecay)
 	n := p.Rows * p.Cols
 	chunk := c.ChunkElems
 	for k := range o.scratch {
@@ -262,7 +294,7 @@ func (o *AdamW) update(pi int, p *param, g []float32, clip float32, lr float64) 
 			v := o.decodeV(p, j0, j1, o.scratch[2][:j1-j0])
 			for j := j0; j < j1; j++ {
 				gj := g[j] * clip
-				vn := b2*v[j-j0] + (1-b2)*gj*gj
+				vn := cf.b2*v[j-j0] + (1-cf.b2)*gj*gj
 				r, col := j/p.Cols, j%p.Cols
 				newRow[r] = max(newRow[r], vn)
 				newCol[col] = max(newCol[col], vn)
@@ -277,13 +309,7 @@ func (o *AdamW) update(pi int, p *param, g []float32, clip float32, lr float64) 
 		o.decodeW(p, j0, j1, w)
 		o.decodeM(p, j0, j1, m)
 		o.decodeV(p, j0, j1, v)
-		for j := range w {
-			gj := g[j0+j] * clip
-			m[j] = b1*m[j] + (1-b1)*gj
-			v[j] = b2*v[j] + (1-b2)*gj*gj
-			upd := (m[j] / bc1) / (float32(math.Sqrt(float64(v[j]/bc2))) + eps)
-			w[j] = w[j] - decay*w[j] - lrf*upd
-		}
+		cf.Update(w, m, v, g[j0:j1], clip)
 		o.encodeW(pi, p, j0, j1, w)
 		o.encodeM(pi, p, j0, j1, m)
 		o.encodeV(p, j0, j1, v, newRow, newCol)
@@ -315,8 +341,15 @@ func (o *AdamW) encodeW(pi int, p *param, j0, j1 int, w []float32) {
 		return
 	}
 	for j, x := range w {
-		p.W16[j0+j] = stochasticBF16(x, srBits(o.cfg.Seed, uint64(o.step), uint64(pi), uint64(j0+j)))
+		p.W16[j0+j] = StochasticBF16(x, o.cfg.Seed, uint64(o.step), uint64(pi), uint64(j0+j))
 	}
+}
+
+// StochasticBF16 rounds x to bf16 stochastically, as the bf16 master weights are stored: the
+// draw is srBits(seed, step, param, idx) for element idx of parameter param at step step, so a
+// backend updating weights in place (engine/cpu) rounds exactly as AdamW does.
+func StochasticBF16(x float32, seed, step, param, idx uint64) uint16 {
+	return stochasticBF16(x, srBits(seed, step, param, idx))
 }
 
 // uniform returns a deterministic [0,1) draw per element for stochastic rounding of states
@@ -349,9 +382,9 @@ func (o *AdamW) decodeM(p *param, j0, j1 int, dst []float32) {
 	case FP32:
 		copy(dst, p.M32[j0:j1])
 	case Int8:
-		for b := j0; b < j1; b += int8Block {
-			e := min(b+int8Block, j1)
-			decodeInt8Signed(dst[b-j0:e-j0], p.M8[b:e], p.MSc[b/int8Block])
+		for b := j0; b < j1; b += Int8Block {
+			e := min(b+Int8Block, j1)
+			DecodeInt8M(dst[b-j0:e-j0], p.M8[b:e], p.MSc[b/Int8Block])
 		}
 	case Bit4:
 		for b := j0; b < j1; b += bit4Block {
@@ -366,11 +399,9 @@ func (o *AdamW) encodeM(pi int, p *param, j0, j1 int, m []float32) {
 	case FP32:
 		copy(p.M32[j0:j1], m)
 	case Int8:
-		for b := j0; b < j1; b += int8Block {
-			e := min(b+int8Block, j1)
-			s := absMax(m[b-j0 : e-j0])
-			p.MSc[b/int8Block] = s
-			encodeInt8Signed(p.M8[b:e], m[b-j0:e-j0], s)
+		for b := j0; b < j1; b += Int8Block {
+			e := min(b+Int8Block, j1)
+			p.MSc[b/Int8Block] = EncodeInt8M(p.M8[b:e], m[b-j0:e-j0])
 		}
 	case Bit4:
 		for b := j0; b < j1; b += bit4Block {
@@ -387,9 +418,9 @@ func (o *AdamW) decodeV(p *param, j0, j1 int, dst []float32) []float32 {
 	case FP32:
 		copy(dst, p.V32[j0:j1])
 	case Int8:
-		for b := j0; b < j1; b += int8Block {
-			e := min(b+int8Block, j1)
-			decodeSqrtU8(dst[b-j0:e-j0], p.V8[b:e], p.VSc[b/int8Block])
+		for b := j0; b < j1; b += Int8Block {
+			e := min(b+Int8Block, j1)
+			DecodeInt8V(dst[b-j0:e-j0], p.V8[b:e], p.VSc[b/Int8Block])
 		}
 	case Bit4:
 		for j := j0; j < j1; j++ {
@@ -414,11 +445,9 @@ func (o *AdamW) encodeV(p *param, j0, j1 int, v, newRow, newCol []float32) {
 	case FP32:
 		copy(p.V32[j0:j1], v)
 	case Int8:
-		for b := j0; b < j1; b += int8Block {
-			e := min(b+int8Block, j1)
-			s := float32(math.Sqrt(float64(absMax(v[b-j0 : e-j0]))))
-			p.VSc[b/int8Block] = s
-			encodeSqrtU8(p.V8[b:e], v[b-j0:e-j0], s)
+		for b := j0; b < j1; b += Int8Block {
+			e := min(b+Int8Block, j1)
+			p.VSc[b/Int8Block] = EncodeInt8V(p.V8[b:e], v[b-j0:e-j0])
 		}
 	case Bit4:
 		if newRow != nil {

@@ -39,9 +39,36 @@ func (f StateFormat) String() string {
 }
 
 const (
-	int8Block = 64
+	// Int8Block is the number of elements that share one float32 scale in the Int8 format.
+	Int8Block = 64
 	bit4Block = 128
 )
+
+// The Int8 format's codec, one block (at most Int8Block elements) at a time. Exported so that a
+// backend keeping the moments in this layout (engine/cpu's in-place AdamW) encodes them with
+// this very code and stays bit-identical to AdamW.
+
+// EncodeInt8M stores a block of m in dst (signed linear int8 of the block's absmax) and
+// returns that absmax, the block's scale.
+func EncodeInt8M(dst []int8, m []float32) (scale float32) {
+	scale = absMax(m)
+	encodeInt8Signed(dst, m, scale)
+	return scale
+}
+
+// DecodeInt8M decodes a block of m stored by EncodeInt8M with its scale.
+func DecodeInt8M(dst []float32, src []int8, scale float32) { decodeInt8Signed(dst, src, scale) }
+
+// EncodeInt8V stores a block of v in dst (√v in the zero-free unsigned 8-bit code of the block's
+// largest √v) and returns that largest √v, the block's scale.
+func EncodeInt8V(dst []uint8, v []float32) (scale float32) {
+	scale = float32(math.Sqrt(float64(absMax(v))))
+	encodeSqrtU8(dst, v, scale)
+	return scale
+}
+
+// DecodeInt8V decodes a block of v stored by EncodeInt8V with its scale.
+func DecodeInt8V(dst []float32, src []uint8, scale float32) { decodeSqrtU8(dst, src, scale) }
 
 // ---- int8 m: signed linear, block absmax ----
 

@@ -4,6 +4,8 @@ package symbols
 
 import (
 	"github.com/qwengo/qwengo/engine/optim"
+	"go/constant"
+	"go/token"
 	"reflect"
 )
 
@@ -12,19 +14,27 @@ func init() {
 		// function, constant and variable definitions
 		"Bit4":              reflect.ValueOf(optim.Bit4),
 		"Constant":          reflect.ValueOf(optim.Constant),
+		"DecodeInt8M":       reflect.ValueOf(optim.DecodeInt8M),
+		"DecodeInt8V":       reflect.ValueOf(optim.DecodeInt8V),
 		"DefaultConfig":     reflect.ValueOf(optim.DefaultConfig),
+		"EncodeInt8M":       reflect.ValueOf(optim.EncodeInt8M),
+		"EncodeInt8V":       reflect.ValueOf(optim.EncodeInt8V),
 		"FP32":              reflect.ValueOf(optim.FP32),
 		"GradNorm":          reflect.ValueOf(optim.GradNorm),
 		"Int8":              reflect.ValueOf(optim.Int8),
+		"Int8Block":         reflect.ValueOf(constant.MakeFromLiteral("64", token.INT, 0)),
 		"MasterBF16":        reflect.ValueOf(optim.MasterBF16),
 		"MasterFP32":        reflect.ValueOf(optim.MasterFP32),
 		"NewAdamW":          reflect.ValueOf(optim.NewAdamW),
+		"NewCoeffs":         reflect.ValueOf(optim.NewCoeffs),
 		"ParseMasterFormat": reflect.ValueOf(optim.ParseMasterFormat),
 		"ParseStateFormat":  reflect.ValueOf(optim.ParseStateFormat),
+		"StochasticBF16":    reflect.ValueOf(optim.StochasticBF16),
 		"WarmupCosine":      reflect.ValueOf(optim.WarmupCosine),
 
 		// type definitions
 		"AdamW":        reflect.ValueOf((*optim.AdamW)(nil)),
+		"Coeffs":       reflect.ValueOf((*optim.Coeffs)(nil)),
 		"Config":       reflect.ValueOf((*optim.Config)(nil)),
 		"MasterFormat": reflect.ValueOf((*optim.MasterFormat)(nil)),
 		"ParamSpec":    reflect.ValueOf((*optim.ParamSpec)(nil)),
