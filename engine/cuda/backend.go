@@ -58,6 +58,9 @@ type Backend struct {
 	trainSIMT bool
 	// attnSIMT keeps prefill attention on the fp32 kernel (QWENGO_CUDA_ATTN=simt; flash.go).
 	attnSIMT bool
+	// pdl: the decode GEMVs start while the kernel before them finishes (programmatic dependent
+	// launch; QWENGO_CUDA_PDL=0 turns it off). Cleared if the driver refuses such a launch.
+	pdl bool
 	// flashBwdReady: flash_bwd_dkdv may use more than 48 KB of dynamic shared memory.
 	flashBwdReady bool
 
@@ -203,6 +206,10 @@ func (b *Backend) setup() error {
 	if err := setCurrent(ctx); err != nil {
 		return fmt.Errorf("cuda: %s: %w", b.devName, err)
 	}
+	if err := streamInit(); err != nil {
+		return fmt.Errorf("cuda: %s: %w", b.devName, err)
+	}
+	b.pdl = pdlFromEnv() && pdlInit()
 	for _, pm := range ptxModules {
 		src, err := ptxFS.ReadFile(pm.file)
 		if err != nil {

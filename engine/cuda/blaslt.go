@@ -180,7 +180,8 @@ fail:
 	return s;
 }
 
-// qglt_run runs a plan on the default (NULL) stream, the stream the backend's kernels use.
+// qglt_run runs a plan on the legacy default (NULL) stream; the kernels' blocking stream
+// (driver.go) synchronises with it both ways, so products and kernels stay in issue order.
 static qglt_status qglt_run(qglt_handle h, qglt_plan* p, float alpha, float beta, uintptr_t a, uintptr_t b, uintptr_t d,
                             uintptr_t ws, size_t wsBytes) {
 	return p_matmul(h, p->desc, &alpha, (const void*)a, p->a, (const void*)b, p->b, &beta, (const void*)d, p->c,

@@ -14,6 +14,7 @@ package cuda
 #include <stdio.h>
 #include <stddef.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define QG_STR2(x) #x
 #define QG_STR(x) QG_STR2(x)
@@ -24,7 +25,7 @@ package cuda
 	X(cuMemAlloc) X(cuMemFree) X(cuMemGetInfo) X(cuMemcpyHtoD) X(cuMemcpyDtoH) X(cuMemcpyDtoD) X(cuMemsetD8) \
 	X(cuModuleLoadData) X(cuModuleUnload) X(cuModuleGetFunction) X(cuLaunchKernel) \
 	X(cuEventCreate) X(cuEventRecord) X(cuEventSynchronize) X(cuEventElapsedTime) X(cuEventDestroy) \
-	X(cuOccupancyMaxActiveBlocksPerMultiprocessor) X(cuFuncSetAttribute)
+	X(cuOccupancyMaxActiveBlocksPerMultiprocessor) X(cuFuncSetAttribute) X(cuStreamCreate)
 
 #define QG_DECL(n) static __typeof__(&n) p_##n;
 QG_FUNCS(QG_DECL)
@@ -88,14 +89,79 @@ static CUresult qg_cuEventDestroy(CUevent e) { return p_cuEventDestroy(e); }
 
 static CUresult qg_cuFuncSetAttribute(CUfunction f, int a, int v) { return p_cuFuncSetAttribute(f, (CUfunction_attribute)a, v); }
 
-// qg_launch launches f on the default stream; args holds n 8-byte slots, one per kernel
-// parameter (4-byte parameters in the low half: little-endian).
+// Kernels go to one blocking stream per owner thread (qg_stream, created at setup on the
+// backend's locked OS thread): blocking streams synchronise implicitly with the legacy default
+// stream, so the copies, memsets, events and cuBLASLt calls still issued there stay ordered
+// with the kernels exactly as before, while kernels may use programmatic dependent launch
+// (sm_90), which needs a stream of its own.
+static __thread CUstream qg_stream;
+// qg_prev_dep: the last kernel launched on qg_stream was a launchDep kernel (one that calls
+// pdl_trigger and writes no weights), so the next may overlap it. A plain launch (an optimizer
+// step, say) clears it: the decode GEMV requests weights before its pdl_wait, so it must never
+// overlap a kernel that may write them.
+static __thread int qg_prev_dep;
+
+static CUresult qg_stream_init(void) { return p_cuStreamCreate(&qg_stream, CU_STREAM_DEFAULT); }
+
+// qg_launch launches f on qg_stream; args holds n 8-byte slots, one per kernel parameter
+// (4-byte parameters in the low half: little-endian).
 static CUresult qg_launch(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
                           unsigned shmem, void* args, int n) {
 	void* ptrs[32];
 	if (n < 0 || n > 32) return CUDA_ERROR_INVALID_VALUE;
 	for (int i = 0; i < n; i++) ptrs[i] = (char*)args + 8 * (size_t)i;
-	return p_cuLaunchKernel(f, gx, gy, gz, bx, by, bz, shmem, NULL, ptrs, NULL);
+	qg_prev_dep = 0;
+	return p_cuLaunchKernel(f, gx, gy, gz, bx, by, bz, shmem, qg_stream, ptrs, NULL);
+}
+
+// Programmatic dependent launch: cuLaunchKernelEx (CUDA 12+ drivers) with the attribute
+// CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION (6) lets the kernel start while the
+// previous one on the stream finishes; the kernel waits for it with griddepcontrol.wait before
+// reading its results. The structs mirror cuda.h's CUlaunchAttribute and CUlaunchConfig, which
+// the CUDA 11.8 headers this builds against do not have; the symbol is looked up at run time.
+typedef struct { int id; char pad[4]; union { char bytes[64]; int value; } val; } qg_launch_attr;
+typedef struct {
+	unsigned gx, gy, gz, bx, by, bz, shmem;
+	CUstream stream;
+	qg_launch_attr* attrs;
+	unsigned nattrs;
+} qg_launch_config;
+typedef CUresult (*qg_launch_ex_fn)(const qg_launch_config*, CUfunction, void**, void**);
+static qg_launch_ex_fn p_launch_ex;
+
+static int qg_pdl_init(void) {
+	void* lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL | RTLD_NOLOAD);
+	if (lib == NULL) lib = dlopen("libcuda.so", RTLD_NOW | RTLD_LOCAL | RTLD_NOLOAD);
+	if (lib != NULL) p_launch_ex = (qg_launch_ex_fn)dlsym(lib, "cuLaunchKernelEx");
+	return p_launch_ex != NULL;
+}
+
+// qg_launch_dep launches a launchDep kernel: with programmatic serialization when pdl is set
+// and the previous kernel was one too, else plainly. *refused reports a PDL launch the driver
+// rejected (nothing was launched then).
+static CUresult qg_launch_dep(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
+                              unsigned shmem, void* args, int n, int pdl, int* refused) {
+	void* ptrs[32];
+	*refused = 0;
+	if (n < 0 || n > 32) return CUDA_ERROR_INVALID_VALUE;
+	for (int i = 0; i < n; i++) ptrs[i] = (char*)args + 8 * (size_t)i;
+	CUresult r;
+	if (pdl && qg_prev_dep && p_launch_ex != NULL) {
+		qg_launch_attr attr;
+		memset(&attr, 0, sizeof attr);
+		attr.id = 6;
+		attr.val.value = 1;
+		qg_launch_config cfg = {gx, gy, gz, bx, by, bz, shmem, qg_stream, &attr, 1};
+		r = p_launch_ex(&cfg, f, ptrs, NULL);
+		if (r != CUDA_SUCCESS) {
+			*refused = 1;
+			return r;
+		}
+	} else {
+		r = p_cuLaunchKernel(f, gx, gy, gz, bx, by, bz, shmem, qg_stream, ptrs, NULL);
+	}
+	qg_prev_dep = r == CUDA_SUCCESS;
+	return r;
 }
 */
 import "C"
@@ -317,13 +383,33 @@ func intArg(v int) arg     { return arg(uint32(int32(v))) }
 func f32Arg(v float32) arg { return arg(math.Float32bits(v)) }
 func sizeArg(v int64) arg  { return arg(uint64(v)) }
 
-// launch runs f on the default stream with a grid of g blocks of bl threads.
+// launch runs f on the owner thread's kernel stream with a grid of g blocks of bl threads.
 func launch(f function, g, bl [3]int, shmem int, args ...arg) error {
 	if len(args) == 0 {
 		args = []arg{0}
 	}
 	return check("cuLaunchKernel", C.qg_launch(f, C.uint(g[0]), C.uint(g[1]), C.uint(g[2]),
 		C.uint(bl[0]), C.uint(bl[1]), C.uint(bl[2]), C.uint(shmem), unsafe.Pointer(&args[0]), C.int(len(args))))
+}
+
+// streamInit creates the calling (owner) thread's kernel stream; pdlInit reports whether the
+// driver has cuLaunchKernelEx.
+func streamInit() error { return check("cuStreamCreate", C.qg_stream_init()) }
+func pdlInit() bool     { return C.qg_pdl_init() != 0 }
+
+// launchDepKernel launches f, a kernel that starts with pdl_wait and pdl_trigger
+// (common.cuh), overlapping the previous kernel (programmatic dependent launch) when pdl is set
+// and that kernel was launched this way too. refused: the driver rejected the PDL launch and
+// nothing was launched.
+func launchDepKernel(f function, g, bl [3]int, shmem int, pdl bool, args ...arg) (refused bool, err error) {
+	var r C.int
+	p := C.int(0)
+	if pdl {
+		p = 1
+	}
+	err = check("cuLaunchKernelEx", C.qg_launch_dep(f, C.uint(g[0]), C.uint(g[1]), C.uint(g[2]),
+		C.uint(bl[0]), C.uint(bl[1]), C.uint(bl[2]), C.uint(shmem), unsafe.Pointer(&args[0]), C.int(len(args)), p, &r))
+	return r != 0, err
 }
 
 type event = C.CUevent

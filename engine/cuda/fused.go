@@ -93,7 +93,7 @@ func (b *Backend) AddRMSNorm(out, x, delta, w backend.Tensor, eps float32) error
 		if overlaps(o, a) || overlaps(o, d) || overlaps(a, d) {
 			return fmt.Errorf("cuda: %s: out, x and delta must not share memory", op)
 		}
-		if err := launch(b.fns["add_rmsnorm_f32"], [3]int{a.rows, 1, 1}, [3]int{normThreads(n), 1, 1}, 0,
+		if err := b.launchDep(b.fns["add_rmsnorm_f32"], [3]int{a.rows, 1, 1}, [3]int{normThreads(n), 1, 1}, 0,
 			ptrArg(o.ptr), ptrArg(a.ptr), ptrArg(d.ptr), ptrArg(g.ptr), intArg(n), f32Arg(eps)); err != nil {
 			return fmt.Errorf("cuda: %s: %w", op, err)
 		}
@@ -133,7 +133,7 @@ func (b *Backend) QKNormRoPECache(qr, kr, q, k, v, qn, kn, kCache, vCache backen
 			return fmt.Errorf("cuda: %s: %w", op, err)
 		}
 		nH, nKV := Q.cols/headDim, K.cols/headDim
-		if err := launch(b.fns["qk_norm_rope_cache"], [3]int{T, nH + nKV, 1}, [3]int{normThreads(headDim), 1, 1}, 0,
+		if err := b.launchDep(b.fns["qk_norm_rope_cache"], [3]int{T, nH + nKV, 1}, [3]int{normThreads(headDim), 1, 1}, 0,
 			ptrArg(QR.ptr), ptrArg(KR.ptr), ptrArg(Q.ptr), ptrArg(K.ptr), ptrArg(V.ptr), ptrArg(QN.ptr), ptrArg(KN.ptr),
 			ptrArg(KC.ptr), ptrArg(VC.ptr), ptrArg(inv), intArg(nH), intArg(nKV), intArg(headDim), intArg(pos0), f32Arg(eps)); err != nil {
 			return fmt.Errorf("cuda: %s: %w", op, err)

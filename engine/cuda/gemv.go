@@ -161,6 +161,22 @@ func gemvTCWarps(name string) int {
 	return w
 }
 
+// launchDep launches a kernel that begins with pdl_wait (common.cuh) with programmatic
+// dependent launch when the driver allows it and the kernel before it was launched this way
+// too, so it overlaps that kernel's end; otherwise (or once the driver has refused) plainly.
+// Only decode-path kernels that write no weights go through here (driver.go: qg_prev_dep).
+func (b *Backend) launchDep(f function, g, bl [3]int, shmem int, args ...arg) error {
+	refused, err := launchDepKernel(f, g, bl, shmem, b.pdl, args...)
+	if refused {
+		b.pdl = false // a driver that refuses the attribute: plain launches from now on
+		_, err = launchDepKernel(f, g, bl, shmem, false, args...)
+	}
+	return err
+}
+
+// pdlFromEnv reports whether programmatic dependent launch may be used (QWENGO_CUDA_PDL=0: no).
+func pdlFromEnv() bool { return os.Getenv("QWENGO_CUDA_PDL") != "0" }
+
 // gemvTCFromEnv returns the variant QWENGO_CUDA_GEMV_TC names, or "" to pick per shape.
 func gemvTCFromEnv() string {
 	if v := os.Getenv("QWENGO_CUDA_GEMV_TC"); v != "" && slices.Contains(gemvTCVariants, "gemv_nvfp4_tc"+v) {
@@ -211,5 +227,7 @@ func (b *Backend) gemvTCMany(outs []*Tensor, a *Tensor, ws []*Weight) error {
 		}
 	}
 	name := b.gemvTCPick(K)
-	return launch(b.fns[name], [3]int{blocks, 1, 1}, [3]int{32 * gemvTCWarps(name), 1, 1}, 4*K, args...)
+	// The weights do not depend on the previous kernel: with programmatic dependent launch the
+	// blocks request them while it finishes, then wait for it before staging x.
+	return b.launchDep(b.fns[name], [3]int{blocks, 1, 1}, [3]int{32 * gemvTCWarps(name), 1, 1}, 4*K, args...)
 }

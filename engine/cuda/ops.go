@@ -170,7 +170,7 @@ func (b *Backend) RMSNorm(out, x, w backend.Tensor, eps float32) error {
 		}
 		groups := a.n() / n
 		threads := min(256, max(32, (n+31)/32*32))
-		if err := launch(b.fns["rmsnorm_f32"], [3]int{groups, 1, 1}, [3]int{threads, 1, 1}, 0,
+		if err := b.launchDep(b.fns["rmsnorm_f32"], [3]int{groups, 1, 1}, [3]int{threads, 1, 1}, 0,
 			ptrArg(o.ptr), ptrArg(a.ptr), ptrArg(g.ptr), intArg(n), f32Arg(eps)); err != nil {
 			return fmt.Errorf("cuda: rmsnorm: %w", err)
 		}
@@ -348,7 +348,7 @@ func (b *Backend) attentionDecode(o, qt, kt, vt *Tensor, pos0, nHeads, nKV int, 
 		}
 	}
 	shmem := 4 * (Q*hd + attDecodeKeys*(hd+1) + attDecodeKeys*hd)
-	return launch(b.fns["attention_decode_f32"], [3]int{nKV, S, 1}, [3]int{32 * Q, 1, 1}, shmem,
+	return b.launchDep(b.fns["attention_decode_f32"], [3]int{nKV, S, 1}, [3]int{32 * Q, 1, 1}, shmem,
 		ptrArg(o.ptr), ptrArg(b.attnBuf.ptr), ptrArg(b.attnCounters.ptr), ptrArg(qt.ptr), ptrArg(kt.ptr), ptrArg(vt.ptr),
 		intArg(pos0), intArg(T), intArg(nHeads), intArg(nKV), f32Arg(scale), intArg(chunk))
 }
@@ -371,7 +371,7 @@ func (b *Backend) SwiGLU(out, gate, up backend.Tensor) error {
 		if g.rows != u.rows || g.cols != u.cols || o.rows != g.rows || o.cols != g.cols {
 			return fmt.Errorf("cuda: swiglu: gate [%d, %d], up [%d, %d], out [%d, %d]", g.rows, g.cols, u.rows, u.cols, o.rows, o.cols)
 		}
-		if err := launch(b.fns["swiglu_f32"], [3]int{b.blocks(o.n()), 1, 1}, [3]int{256, 1, 1}, 0,
+		if err := b.launchDep(b.fns["swiglu_f32"], [3]int{b.blocks(o.n()), 1, 1}, [3]int{256, 1, 1}, 0,
 			ptrArg(o.ptr), ptrArg(g.ptr), ptrArg(u.ptr), sizeArg(int64(o.n()))); err != nil {
 			return fmt.Errorf("cuda: swiglu: %w", err)
 		}

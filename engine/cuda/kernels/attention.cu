@@ -168,6 +168,8 @@ extern "C" __global__ void __launch_bounds__(32 * AD_MAXQ)
 attention_decode_f32(float* out, float* part, int* counters, const float* q, const float* k, const float* v, int pos0,
                      int T, int nHeads, int nKV, float scale, int chunk) {
     extern __shared__ float sh[];
+    pdl_wait();
+    pdl_trigger();
     const int G = nHeads / nKV, Q = G * T;
     float* qs = sh;                          // [Q][AD_D]
     float* ks = qs + Q * AD_D;               // [AD_KEYS][AD_D + 1]

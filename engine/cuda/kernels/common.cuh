@@ -54,6 +54,15 @@ __device__ __forceinline__ float dot8(uint32_t w, float4 a, float4 b) {
     return s;
 }
 
+// Programmatic dependent launch (sm_90). pdl_trigger lets the next kernel on the stream, if it
+// was launched with programmatic serialization, start now (its blocks then wait in pdl_wait
+// until this grid has finished and its writes are visible); for any other launch both are
+// no-ops. The decode kernels launched that way (gemv.go launchDep) call pdl_wait before they
+// touch memory and pdl_trigger right after, so each launch overlaps the tail of the one
+// before; the GEMVs request their weights in between.
+__device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
+__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;

@@ -37,6 +37,8 @@ extern "C" __global__ void embedding_nvfp4(float* out, const uint8_t* packed, co
 
 // out = silu(gate) * up = gate / (1 + exp(-gate)) * up. out may alias gate or up.
 extern "C" __global__ void swiglu_f32(float* out, const float* gate, const float* up, size_t n) {
+    pdl_wait();
+    pdl_trigger();
     GRID_STRIDE(i, n) {
         float x = gate[i];
         float e = (float)exp(-(double)x);

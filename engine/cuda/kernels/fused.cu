@@ -10,6 +10,8 @@
 #define FUSED_CACHE 16
 extern "C" __global__ void add_rmsnorm_f32(float* out, float* x, const float* delta, const float* w, int n, float eps) {
     __shared__ double red[32];
+    pdl_wait();
+    pdl_trigger();
     size_t base = (size_t)blockIdx.x * n;
     if (n <= FUSED_CACHE * (int)blockDim.x) {
         float xv[FUSED_CACHE], dv[FUSED_CACHE], wv[FUSED_CACHE];
@@ -61,6 +63,8 @@ extern "C" __global__ void qk_norm_rope_cache(float* qr, float* kr, const float*
                                               float eps) {
     __shared__ double red[32];
     __shared__ float y[512];
+    pdl_wait();
+    pdl_trigger();
     const int t = blockIdx.x, h = blockIdx.y;
     const bool isQ = h < nHeads;
     const int hh = isQ ? h : h - nHeads;

@@ -113,6 +113,7 @@ __device__ __forceinline__ void gemv_tc(const gt_jobs& jobs, const float* __rest
     const uint16_t* sa = reinterpret_cast<const uint16_t*>(scales + (size_t)ra * (K / 16)) + t;
     const uint16_t* sb = reinterpret_cast<const uint16_t*>(scales + (size_t)rb * (K / 16)) + t;
 
+    pdl_trigger();  // the next kernel may launch now; it waits for this one before reading
     uint4 wa[D], wb[D];
     uint32_t ca[D], cb[D];
     // issue loads round r's weights (steps warp + W·(D·r + d)).
@@ -128,8 +129,11 @@ __device__ __forceinline__ void gemv_tc(const gt_jobs& jobs, const float* __rest
             }
         }
     };
-    // The first round's weights are requested before x is staged, so the two overlap.
+    // The first round's weights are requested before x is staged, so the two overlap; with
+    // programmatic dependent launch they are requested while the kernel that writes x (the
+    // norm, SwiGLU or attention before this product) is still running.
     issue(0);
+    pdl_wait();
     gt_stage(xs, x, K);
     __syncthreads();
 

@@ -15,6 +15,8 @@
 // out = w * (x * 1/sqrt(mean(x^2) + eps)). out may be x.
 extern "C" __global__ void rmsnorm_f32(float* out, const float* x, const float* w, int n, float eps) {
     __shared__ double red[32];
+    pdl_wait();
+    pdl_trigger();
     size_t base = (size_t)blockIdx.x * n;
     if (n <= NORM_CACHE * (int)blockDim.x) {
         float xv[NORM_CACHE], wv[NORM_CACHE];
