@@ -210,3 +210,18 @@ func (b *Backend) CopyRows(dst backend.Tensor, dstRow int, src backend.Tensor, s
 	copy(d.Data[dstRow*d.cols:(dstRow+n)*d.cols], s.Data[srcRow*s.cols:(srcRow+n)*s.cols])
 	return nil
 }
+
+var _ backend.ArgMaxer = (*Backend)(nil)
+
+// ArgMaxRows implements backend.ArgMaxer with backend.ArgMax per row.
+func (b *Backend) ArgMaxRows(x backend.Tensor) ([]int, error) {
+	t, err := b.ten(x, "argmax", "x")
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]int, t.rows)
+	for r := range ids {
+		ids[r] = backend.ArgMax(t.Data[r*t.cols : (r+1)*t.cols])
+	}
+	return ids, nil
+}

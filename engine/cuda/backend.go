@@ -74,6 +74,7 @@ type Backend struct {
 	attnBuf devBuf // split attention partial results, Workspace
 	// attnCounters are attention_decode_f32's per-KV-head arrival counters (left at zero).
 	attnCounters devBuf
+	argmaxBuf    devBuf // ArgMaxRows' int32 ids, Workspace
 	flashKV      devBuf // bf16 copies of the keys and values flash attention reads, Workspace
 	// pool keeps freed transient tensors (Activations, Gradients, Workspace) by size for
 	// reuse, accounted under Workspace; see Alloc.
@@ -243,7 +244,7 @@ func (b *Backend) teardown() error {
 	}
 	clear(b.live)
 	b.dropPool()
-	b.idsBuf, b.attnBuf, b.flashKV, b.attnCounters = devBuf{}, devBuf{}, devBuf{}, devBuf{}
+	b.idsBuf, b.attnBuf, b.flashKV, b.attnCounters, b.argmaxBuf = devBuf{}, devBuf{}, devBuf{}, devBuf{}, devBuf{}
 	b.gemvPartial, b.gemvCounters = devBuf{}, devBuf{}
 	b.tr = trainBufs{}
 	clear(b.rope)

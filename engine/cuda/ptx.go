@@ -46,7 +46,7 @@ var ptxModules = []ptxModule{
 	{"kernels/train.ptx", trainKernels},
 	{"kernels/fused.ptx", []string{"add_rmsnorm_f32", "qk_norm_rope_cache"}},
 	{"kernels/gemv.ptx", append(append([]string{}, gemvStreamKernels...), gemvPersistKernels...)},
-	{"kernels/elementwise.ptx", []string{"embedding_f32", "embedding_bf16", "embedding_nvfp4", "swiglu_f32", "add_f32"}},
+	{"kernels/elementwise.ptx", []string{"embedding_f32", "embedding_bf16", "embedding_nvfp4", "swiglu_f32", "add_f32", "argmax_rows_f32"}},
 	{"kernels/norm.ptx", []string{"rmsnorm_f32", "rope_f32"}},
 	{"kernels/gemv_tc.ptx", gemvTCVariants},
 	{"kernels/flash.ptx", []string{"flash_attn_fwd"}},

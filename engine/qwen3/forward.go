@@ -30,6 +30,10 @@ const (
 	LogitsLast LogitsMode = iota // the last position only (generation)
 	LogitsAll                    // every position of the chunk (scoring, parity tests)
 	LogitsNone                   // none: only fill the cache (prefill before a known continuation)
+	// LogitsGreedy: only the last position's most likely next token (Logits.Greedy; Data is
+	// nil), picked on the device when the backend can (backend.ArgMaxer), so a greedy decoding
+	// step downloads one id instead of the vocabulary's logits.
+	LogitsGreedy
 )
 
 // String names the mode.
@@ -41,15 +45,19 @@ func (m LogitsMode) String() string {
 		return "all"
 	case LogitsNone:
 		return "none"
+	case LogitsGreedy:
+		return "greedy"
 	}
 	return fmt.Sprintf("LogitsMode(%d)", int(m))
 }
 
 // Logits are host float32 logits, Rows × Vocab; row r belongs to sequence position Pos0+r.
+// In LogitsGreedy mode Data is nil and Greedy is the last position's argmax (backend.ArgMax).
 type Logits struct {
 	Rows, Vocab int
 	Pos0        int
 	Data        []float32
+	Greedy      int
 }
 
 // Row returns row r.
@@ -221,7 +229,7 @@ func (m *Model) forwardWith(ctx context.Context, ids []int, cache *KVCache, mode
 		return nil, fmt.Errorf("forward: the model was freed")
 	case T == 0:
 		return nil, fmt.Errorf("forward: no tokens")
-	case mode != LogitsLast && mode != LogitsAll && mode != LogitsNone:
+	case mode != LogitsLast && mode != LogitsAll && mode != LogitsNone && mode != LogitsGreedy:
 		return nil, fmt.Errorf("forward: unknown logits mode %d", int(mode))
 	}
 	if cache == nil {
@@ -294,17 +302,18 @@ func (m *Model) forwardWith(ctx context.Context, ids []int, cache *KVCache, mode
 		return nil, fmt.Errorf("forward: logits: %w", err)
 	}
 	lg.Pos0 = pos0
-	if mode == LogitsLast {
+	if mode == LogitsLast || mode == LogitsGreedy {
 		lg.Pos0 = pos0 + T - 1
 	}
 	return lg, nil
 }
 
-// logits computes RMSNorm(x; model.norm)·lm_headᵀ for all rows of x or its last row.
+// logits computes RMSNorm(x; model.norm)·lm_headᵀ for all rows of x or its last row (for
+// LogitsGreedy only that row's argmax comes back).
 func (m *Model) logits(x backend.Tensor, mode LogitsMode, hook func(int, backend.Tensor) error) (*Logits, error) {
 	b, c := m.B, m.Config
 	rows := x
-	if mode == LogitsLast {
+	if (mode == LogitsLast || mode == LogitsGreedy) && x.Rows() > 1 {
 		last, err := b.Alloc(backend.Activations, 1, c.HiddenSize)
 		if err != nil {
 			return nil, err
@@ -334,6 +343,20 @@ func (m *Model) logits(x backend.Tensor, mode LogitsMode, hook func(int, backend
 	}
 	if err := b.MatMul(out, normed, m.LMHead); err != nil {
 		return nil, err
+	}
+	if mode == LogitsGreedy {
+		if am, ok := b.(backend.ArgMaxer); ok {
+			ids, err := am.ArgMaxRows(out)
+			if err != nil {
+				return nil, err
+			}
+			return &Logits{Rows: 1, Vocab: vocab, Greedy: ids[0]}, nil
+		}
+		data, err := b.Download(out, nil)
+		if err != nil {
+			return nil, err
+		}
+		return &Logits{Rows: 1, Vocab: vocab, Greedy: backend.ArgMax(data)}, nil
 	}
 	data, err := b.Download(out, nil)
 	if err != nil {

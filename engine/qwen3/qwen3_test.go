@@ -146,6 +146,27 @@ func TestCachedDecode(t *testing.T) {
 	}
 }
 
+// TestGreedyMode: LogitsGreedy returns the argmax of what LogitsLast returns, at the same
+// position, for a prompt and for cached single-token steps (the CPU backend picks it with
+// ArgMaxRows on the device side of the interface).
+func TestGreedyMode(t *testing.T) {
+	m := newTiny(t, true, BF16)
+	ids := randIDs(7, 6, 1000)
+	last, greedy := newCache(t, m, 16), newCache(t, m, 16)
+	for step := 0; step < 5; step++ {
+		want := forward(t, m, ids, last, LogitsLast)
+		got := forward(t, m, ids, greedy, LogitsGreedy)
+		if got.Data != nil || got.Greedy != backend.ArgMax(want.Row(0)) || got.Pos0 != want.Pos0 || got.Vocab != want.Vocab {
+			t.Fatalf("step %d: greedy %d at %d (vocab %d, data %v), want %d at %d (vocab %d)", step, got.Greedy, got.Pos0, got.Vocab,
+				got.Data != nil, backend.ArgMax(want.Row(0)), want.Pos0, want.Vocab)
+		}
+		ids = []int{got.Greedy}
+	}
+	if LogitsGreedy.String() != "greedy" {
+		t.Errorf("LogitsGreedy.String() = %q", LogitsGreedy.String())
+	}
+}
+
 // TestTruncate: truncating the cache and appending other tokens equals a fresh run.
 func TestTruncate(t *testing.T) {
 	m := newTiny(t, false, F32)

@@ -2,6 +2,7 @@
 // loop over the elements, so any launch size covers any tensor. Numerics follow engine/cpu:
 // exp in double (as Go's math.Exp), decoded weights bit-identical to nvfp4.Matrix.DecodeRows.
 #include "common.cuh"
+#include <limits.h>
 
 #define GRID_STRIDE(i, n) \
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (size_t)gridDim.x * blockDim.x)
@@ -49,4 +50,33 @@ extern "C" __global__ void swiglu_f32(float* out, const float* gate, const float
 // dst += src.
 extern "C" __global__ void add_f32(float* dst, const float* src, size_t n) {
     GRID_STRIDE(i, n) { dst[i] += src[i]; }
+}
+
+// argmax_rows_f32: ids[r] = index of the first largest value of row r of x [rows, n], NaN
+// ignored, 0 for an all-NaN row (backend.ArgMax). grid rows, block 1024. Each thread scans its
+// strided elements in increasing order keeping the first best; the block then keeps the larger
+// value, or on a tie the smaller index.
+__device__ __forceinline__ void argmax_pick(float& v, int& i, float v2, int i2) {
+    if (i2 == INT_MAX) return;
+    if (i == INT_MAX || v2 > v || (v2 == v && i2 < i)) v = v2, i = i2;
+}
+extern "C" __global__ void __launch_bounds__(1024) argmax_rows_f32(int* ids, const float* x, int n) {
+    __shared__ float sv[32];
+    __shared__ int si[32];
+    const float* row = x + (size_t)blockIdx.x * n;
+    float v = -INFINITY;
+    int best = INT_MAX;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        const float e = row[j];
+        if (!isnan(e) && (best == INT_MAX || e > v)) v = e, best = j;
+    }
+    for (int o = 16; o > 0; o >>= 1) argmax_pick(v, best, __shfl_xor_sync(0xffffffffu, v, o), __shfl_xor_sync(0xffffffffu, best, o));
+    if ((threadIdx.x & 31) == 0) sv[threadIdx.x >> 5] = v, si[threadIdx.x >> 5] = best;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        v = threadIdx.x < (blockDim.x >> 5) ? sv[threadIdx.x] : -INFINITY;
+        best = threadIdx.x < (blockDim.x >> 5) ? si[threadIdx.x] : INT_MAX;
+        for (int o = 16; o > 0; o >>= 1) argmax_pick(v, best, __shfl_xor_sync(0xffffffffu, v, o), __shfl_xor_sync(0xffffffffu, best, o));
+        if (threadIdx.x == 0) ids[blockIdx.x] = best == INT_MAX ? 0 : best;
+    }
 }
