@@ -130,7 +130,8 @@ func (s *Session) runGo(c *cell, text string) (map[string]any, error) {
 }
 
 // parseGroup parses a group's source in the interpreter's file set, rewrites its go
-// statements and returns the node to compile.
+// statements (and, for statements, the compound ones yaegi would reject: wrapMultiDefines) and
+// returns the node to compile.
 func (s *Session) parseGroup(code string, kind unitKind) (ast.Node, *ast.BlockStmt, error) {
 	f, err := parser.ParseFile(s.in.FileSet(), "_.go", code, parser.DeclarationErrors)
 	if err != nil {
@@ -139,6 +140,7 @@ func (s *Session) parseGroup(code string, kind unitKind) (ast.Node, *ast.BlockSt
 	rewriteGo(f)
 	if kind == unitStmt {
 		body := f.Decls[0].(*ast.FuncDecl).Body
+		wrapMultiDefines(body.List)
 		return body, body, nil
 	}
 	return f, nil, nil

@@ -146,3 +146,55 @@ func keepInline(e ast.Expr, isFun bool) bool {
 	}
 	return false
 }
+
+// wrapMultiDefines works around a yaegi (v0.16.1) bug: a multi-value definition from one
+// expression inside a block of a cell's top level —
+//
+//	if ok {
+//		v, err := strconv.Atoi(s) // "undefined: v"
+//	}
+//
+// (also `v, ok := m[k]`, `var a, b = f()`, in for, switch, select and bare blocks) — fails to
+// compile, while the same statement inside a function body, or at the top level itself, works.
+// Each top-level compound statement of the list containing one (outside function literals) is
+// run as the body of a function literal called in place: func() { STMT }(). Its own variables
+// are block-scoped anyway, and assignments to cell variables reach them through the closure;
+// what changes is that a defer in it runs when the statement ends.
+func wrapMultiDefines(list []ast.Stmt) {
+	for i, st := range list {
+		switch st.(type) {
+		case *ast.IfStmt, *ast.ForStmt, *ast.RangeStmt, *ast.SwitchStmt, *ast.TypeSwitchStmt, *ast.SelectStmt, *ast.BlockStmt:
+		default:
+			continue
+		}
+		if !hasNestedMultiDefine(st) {
+			continue
+		}
+		pos := st.Pos()
+		list[i] = &ast.ExprStmt{X: &ast.CallExpr{
+			Fun:    &ast.FuncLit{Type: &ast.FuncType{Func: pos, Params: &ast.FieldList{}}, Body: &ast.BlockStmt{Lbrace: pos, List: []ast.Stmt{st}, Rbrace: st.End()}},
+			Lparen: st.End(), Rparen: st.End(),
+		}}
+	}
+}
+
+// hasNestedMultiDefine reports whether st holds, outside function literals, a definition of
+// several names from a single expression (a, b := f() or var a, b = f()).
+func hasNestedMultiDefine(st ast.Stmt) bool {
+	found := false
+	ast.Inspect(st, func(n ast.Node) bool {
+		if found {
+			return false
+		}
+		switch x := n.(type) {
+		case *ast.FuncLit:
+			return false
+		case *ast.AssignStmt:
+			found = x.Tok == token.DEFINE && len(x.Lhs) > 1 && len(x.Rhs) == 1
+		case *ast.ValueSpec:
+			found = len(x.Names) > 1 && len(x.Values) == 1
+		}
+		return !found
+	})
+	return found
+}

@@ -48,7 +48,7 @@ if *turns != "" {
 		}
 	}
 }
-// (variables assigned inside blocks are declared here: the interpreter does not yet accept
+// (variables assigned inside blocks are declared here: written when the interpreter did not accept
 // `a, b := f()` inside a block of a script's top level)
 var lg []float32
 var lerr error
