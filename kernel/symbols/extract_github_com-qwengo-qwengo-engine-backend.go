@@ -12,6 +12,7 @@ func init() {
 	Symbols["github.com/qwengo/qwengo/engine/backend/backend"] = map[string]reflect.Value{
 		// function, constant and variable definitions
 		"Activations":     reflect.ValueOf(backend.Activations),
+		"ArgMax":          reflect.ValueOf(backend.ArgMax),
 		"AsTraining":      reflect.ValueOf(backend.AsTraining),
 		"CheckAdamWHyper": reflect.ValueOf(backend.CheckAdamWHyper),
 		"CheckAttention":  reflect.ValueOf(backend.CheckAttention),
@@ -32,6 +33,7 @@ func init() {
 		// type definitions
 		"AdamWHyper": reflect.ValueOf((*backend.AdamWHyper)(nil)),
 		"AdamWState": reflect.ValueOf((*backend.AdamWState)(nil)),
+		"ArgMaxer":   reflect.ValueOf((*backend.ArgMaxer)(nil)),
 		"Backend":    reflect.ValueOf((*backend.Backend)(nil)),
 		"Category":   reflect.ValueOf((*backend.Category)(nil)),
 		"Fused":      reflect.ValueOf((*backend.Fused)(nil)),
@@ -45,6 +47,7 @@ func init() {
 
 		// interface wrapper definitions
 		"_AdamWState": reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_AdamWState)(nil)),
+		"_ArgMaxer":   reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_ArgMaxer)(nil)),
 		"_Backend":    reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Backend)(nil)),
 		"_Fused":      reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Fused)(nil)),
 		"_Runner":     reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Runner)(nil)),
@@ -66,6 +69,16 @@ func (W _github_com_qwengo_qwengo_engine_backend_AdamWState) Bytes() int64 {
 }
 func (W _github_com_qwengo_qwengo_engine_backend_AdamWState) Format() string {
 	return W.WFormat()
+}
+
+// _github_com_qwengo_qwengo_engine_backend_ArgMaxer is an interface wrapper for ArgMaxer type
+type _github_com_qwengo_qwengo_engine_backend_ArgMaxer struct {
+	IValue      interface{}
+	WArgMaxRows func(x backend.Tensor) ([]int, error)
+}
+
+func (W _github_com_qwengo_qwengo_engine_backend_ArgMaxer) ArgMaxRows(x backend.Tensor) ([]int, error) {
+	return W.WArgMaxRows(x)
 }
 
 // _github_com_qwengo_qwengo_engine_backend_Backend is an interface wrapper for Backend type

@@ -12,18 +12,19 @@ import (
 func init() {
 	Symbols["github.com/qwengo/qwengo/engine/qwen3/qwen3"] = map[string]reflect.Value{
 		// function, constant and variable definitions
-		"BF16":        reflect.ValueOf(constant.MakeFromLiteral("\"bf16\"", token.STRING, 0)),
-		"F32":         reflect.ValueOf(constant.MakeFromLiteral("\"f32\"", token.STRING, 0)),
-		"KeepStored":  reflect.ValueOf(constant.MakeFromLiteral("\"\"", token.STRING, 0)),
-		"Load":        reflect.ValueOf(qwen3.Load),
-		"LoadConfig":  reflect.ValueOf(qwen3.LoadConfig),
-		"LogitsAll":   reflect.ValueOf(qwen3.LogitsAll),
-		"LogitsLast":  reflect.ValueOf(qwen3.LogitsLast),
-		"LogitsNone":  reflect.ValueOf(qwen3.LogitsNone),
-		"NVFP4":       reflect.ValueOf(constant.MakeFromLiteral("\"nvfp4\"", token.STRING, 0)),
-		"NewRandom":   reflect.ValueOf(qwen3.NewRandom),
-		"Open":        reflect.ValueOf(qwen3.Open),
-		"ParseConfig": reflect.ValueOf(qwen3.ParseConfig),
+		"BF16":         reflect.ValueOf(constant.MakeFromLiteral("\"bf16\"", token.STRING, 0)),
+		"F32":          reflect.ValueOf(constant.MakeFromLiteral("\"f32\"", token.STRING, 0)),
+		"KeepStored":   reflect.ValueOf(constant.MakeFromLiteral("\"\"", token.STRING, 0)),
+		"Load":         reflect.ValueOf(qwen3.Load),
+		"LoadConfig":   reflect.ValueOf(qwen3.LoadConfig),
+		"LogitsAll":    reflect.ValueOf(qwen3.LogitsAll),
+		"LogitsGreedy": reflect.ValueOf(qwen3.LogitsGreedy),
+		"LogitsLast":   reflect.ValueOf(qwen3.LogitsLast),
+		"LogitsNone":   reflect.ValueOf(qwen3.LogitsNone),
+		"NVFP4":        reflect.ValueOf(constant.MakeFromLiteral("\"nvfp4\"", token.STRING, 0)),
+		"NewRandom":    reflect.ValueOf(qwen3.NewRandom),
+		"Open":         reflect.ValueOf(qwen3.Open),
+		"ParseConfig":  reflect.ValueOf(qwen3.ParseConfig),
 
 		// type definitions
 		"Activations":    reflect.ValueOf((*qwen3.Activations)(nil)),
