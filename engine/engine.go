@@ -271,6 +271,17 @@ func (l *lm) Append(ctx context.Context, ids []int) ([]float32, error) {
 	}
 	return lg.Row(0), nil
 }
+
+// AppendGreedy implements generate.GreedyLM: the next token picked by the backend
+// (qwen3.LogitsGreedy), so greedy generation on the GPU downloads one id per step.
+func (l *lm) AppendGreedy(ctx context.Context, ids []int) (int, error) {
+	lg, err := l.net.Forward(ctx, ids, l.cache, qwen3.LogitsGreedy)
+	if err != nil {
+		return 0, err
+	}
+	return lg.Greedy, nil
+}
+
 func (l *lm) Pos() int               { return l.cache.Len() }
 func (l *lm) Truncate(pos int) error { return l.cache.Truncate(pos) }
 func (l *lm) Reset()                 { l.cache.Reset() }

@@ -5,10 +5,12 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/qwengo/qwengo/engine/format"
+	"github.com/qwengo/qwengo/engine/generate"
 	"github.com/qwengo/qwengo/engine/grad"
 	"github.com/qwengo/qwengo/engine/parity"
 	"github.com/qwengo/qwengo/engine/qwen3"
@@ -158,5 +160,40 @@ func TestCompare(t *testing.T) {
 	}
 	if _, err := m.CompareIDs("gpu", "cpu", []int{1}); err == nil {
 		t.Fatal("bad spec accepted")
+	}
+}
+
+// plainLM hides lm's AppendGreedy, so generate takes the logits path.
+type plainLM struct{ *lm }
+
+func (p plainLM) AppendGreedy() {} // a different signature: not a generate.GreedyLM
+
+// TestGreedyOnTheBackend: greedy generation through the backend's argmax (qwen3.LogitsGreedy)
+// emits the same tokens as the host argmax of the downloaded logits.
+func TestGreedyOnTheBackend(t *testing.T) {
+	m := loadTiny(t)
+	prompt := []int{1, 2, 3, 4, 5}
+	var runs [2][]int
+	for i, fast := range []bool{true, false} {
+		cache, err := m.Net.NewKVCache(64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var model generate.LM = &lm{m.Net, cache}
+		if !fast {
+			model = plainLM{&lm{m.Net, cache}}
+		}
+		if _, ok := model.(generate.GreedyLM); ok != fast {
+			t.Fatalf("fast %v: GreedyLM %v", fast, ok)
+		}
+		res, err := generate.Run(context.Background(), model, prompt, generate.Options{MaxTokens: 20})
+		cache.Free()
+		if err != nil {
+			t.Fatal(err)
+		}
+		runs[i] = res.IDs
+	}
+	if !slices.Equal(runs[0], runs[1]) || len(runs[0]) != 20 {
+		t.Errorf("backend argmax %v, host argmax %v", runs[0], runs[1])
 	}
 }

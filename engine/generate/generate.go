@@ -44,6 +44,17 @@ type LM interface {
 	Reset()
 }
 
+// GreedyLM is an LM that can also return only the most likely next token (on a GPU: picked on
+// the device, so a step downloads one id instead of the vocabulary's logits). Run uses it for
+// greedy decoding without penalties and with the KV cache; AppendGreedy must return what
+// sample.Argmax of Append's logits would (the first largest; rows with no value above -Inf,
+// which no real model produces, may differ).
+type GreedyLM interface {
+	LM
+	// AppendGreedy is Append returning the argmax of the last position's logits.
+	AppendGreedy(ctx context.Context, ids []int) (int, error)
+}
+
 // DefaultMaxTokens is the generation limit used when Options.MaxTokens is 0.
 const DefaultMaxTokens = 256
 
@@ -152,20 +163,42 @@ func run(ctx context.Context, lm LM, context []int, prompt []int, opt Options) (
 	history = append(append(history, context...), prompt...)
 	seq := history[len(context):] // prompt + generated, for the recompute path
 
-	t0 := time.Now()
-	logits, err := lm.Append(ctx, prompt)
-	res.PrefillTime = time.Since(t0)
-	if err != nil {
-		return failed(ctx, res, fmt.Errorf("generate: prefill of %d tokens at position %d: %w", len(prompt), start, err))
+	// feed appends ids and leaves the next token's choice in logits, or (greedy fast path) the
+	// token itself in next.
+	greedyLM, fast := lm.(GreedyLM)
+	fast = fast && opt.Sample.Greedy() && !opt.Sample.Penalties() && !opt.NoKVCache
+	var logits []float32
+	next := -1
+	feed := func(ids []int) error {
+		if fast {
+			id, err := greedyLM.AppendGreedy(ctx, ids)
+			next = id
+			return err
+		}
+		l, err := lm.Append(ctx, ids)
+		if err == nil && len(l) == 0 {
+			return errNoLogits
+		}
+		logits = l
+		return err
 	}
-	if len(logits) == 0 {
+
+	t0 := time.Now()
+	err := feed(prompt)
+	res.PrefillTime = time.Since(t0)
+	if errors.Is(err, errNoLogits) {
 		res.StopReason = StopError
 		return res, fmt.Errorf("generate: the LM returned no logits after the prefill at position %d", start)
 	}
-	smp, err := sample.New(opt.Sample, len(logits))
 	if err != nil {
-		res.StopReason = StopError
-		return res, fmt.Errorf("generate: %w", err)
+		return failed(ctx, res, fmt.Errorf("generate: prefill of %d tokens at position %d: %w", len(prompt), start, err))
+	}
+	var smp *sample.Sampler
+	if !fast {
+		if smp, err = sample.New(opt.Sample, len(logits)); err != nil {
+			res.StopReason = StopError
+			return res, fmt.Errorf("generate: %w", err)
+		}
 	}
 	t1 := time.Now()
 	var callbacks time.Duration
@@ -175,7 +208,10 @@ func run(ctx context.Context, lm LM, context []int, prompt []int, opt Options) (
 			res.StopReason = StopCancelled
 			return res, err
 		}
-		id := smp.Sample(logits, history)
+		id := next
+		if !fast {
+			id = smp.Sample(logits, history)
+		}
 		if slices.Contains(opt.Stop, id) {
 			res.StopReason, res.StoppedOn = StopToken, id
 			return res, nil
@@ -205,22 +241,24 @@ func run(ctx context.Context, lm LM, context []int, prompt []int, opt Options) (
 				res.StopReason = StopError
 				return res, fmt.Errorf("generate: no-cache path: truncate to %d: %w", start, err)
 			}
-			logits, err = lm.Append(ctx, seq)
+			err = feed(seq)
 		} else {
-			logits, err = lm.Append(ctx, []int{id})
+			err = feed([]int{id})
 		}
 		res.DecodeTokens++
-		if err != nil {
-			return failed(ctx, res, fmt.Errorf("generate: decode at position %d: %w", start+len(seq)-1, err))
-		}
-		if len(logits) == 0 {
+		if errors.Is(err, errNoLogits) {
 			res.StopReason = StopError
 			return res, fmt.Errorf("generate: the LM returned no logits at position %d", start+len(seq)-1)
+		}
+		if err != nil {
+			return failed(ctx, res, fmt.Errorf("generate: decode at position %d: %w", start+len(seq)-1, err))
 		}
 	}
 }
 
-// failed classifies an LM error: a cancelled context wins over whatever the LM said.
+// errNoLogits marks an Append that returned an empty row.
+var errNoLogits = errors.New("no logits")
+
 func failed(ctx context.Context, res *Result, err error) (*Result, error) {
 	if cerr := ctx.Err(); cerr != nil {
 		res.StopReason = StopCancelled

@@ -328,6 +328,55 @@ func TestNoKVCacheMatchesCache(t *testing.T) {
 	}
 }
 
+// greedyFake is a fakeLM that also picks greedily itself (GreedyLM), counting those calls.
+type greedyFake struct {
+	fakeLM
+	greedyCalls int
+}
+
+func (g *greedyFake) AppendGreedy(ctx context.Context, ids []int) (int, error) {
+	l, err := g.Append(ctx, ids)
+	if err != nil {
+		return 0, err
+	}
+	g.greedyCalls++
+	return sample.Argmax(l), nil
+}
+
+// TestGreedyFastPath: with a GreedyLM, greedy decoding without penalties takes AppendGreedy for
+// every step and emits what the logits path emits; sampling, penalties and the no-cache path
+// keep using Append's logits.
+func TestGreedyFastPath(t *testing.T) {
+	prompt := []int{3, 4, 5, 6}
+	for _, c := range []struct {
+		name string
+		opt  Options
+		fast bool
+	}{
+		{"greedy", Options{MaxTokens: 12}, true},
+		{"greedy, stop token", Options{MaxTokens: 40, Stop: []int{9}}, true},
+		{"sampled", Options{MaxTokens: 12, Sample: sample.Params{Temperature: 1, Seed: 2}}, false},
+		{"greedy with a penalty", Options{MaxTokens: 12, Sample: sample.Params{RepetitionPenalty: 1.3}}, false},
+		{"greedy without the cache", Options{MaxTokens: 12, NoKVCache: true}, false},
+	} {
+		plain, fast := &fakeLM{}, &greedyFake{}
+		want, err := Run(bg, plain, prompt, c.opt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := Run(bg, fast, prompt, c.opt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(got.IDs, want.IDs) || got.StopReason != want.StopReason || got.StoppedOn != want.StoppedOn {
+			t.Errorf("%s: %v (%s, %d), want %v (%s, %d)", c.name, got.IDs, got.StopReason, got.StoppedOn, want.IDs, want.StopReason, want.StoppedOn)
+		}
+		if calls := len(fast.appends); c.fast && fast.greedyCalls != calls || !c.fast && fast.greedyCalls != 0 {
+			t.Errorf("%s: %d of %d appends through AppendGreedy, want %v", c.name, fast.greedyCalls, calls, c.fast)
+		}
+	}
+}
+
 // A wrong cache must change the output, or the previous test proves nothing.
 func TestFakeLMDependsOnWholeSequence(t *testing.T) {
 	a, _ := Run(bg, &fakeLM{seq: []int{1}}, []int{3, 4}, Options{MaxTokens: 8})

@@ -93,6 +93,13 @@ func (p Params) Validate() error {
 // Greedy reports whether p selects the argmax (Temperature 0).
 func (p Params) Greedy() bool { return p.Temperature == 0 }
 
+// Penalties reports whether p penalises tokens of the history (so the choice depends on more
+// than the logits).
+func (p Params) Penalties() bool {
+	rp := p.RepetitionPenalty
+	return (rp != 0 && rp != 1) || p.FrequencyPenalty != 0 || p.PresencePenalty != 0
+}
+
 type cand struct {
 	e  float32 // exp((l - max) / T), in (0, 1]
 	id int32
@@ -141,10 +148,7 @@ func (s *Sampler) Reset(seed int64) {
 	s.pcg.Seed(uint64(seed), pcgStream)
 }
 
-func (s *Sampler) penalties() bool {
-	rp := s.p.RepetitionPenalty
-	return (rp != 0 && rp != 1) || s.p.FrequencyPenalty != 0 || s.p.PresencePenalty != 0
-}
+func (s *Sampler) penalties() bool { return s.p.Penalties() }
 
 func (s *Sampler) grow(n int) {
 	if s.size >= n {
