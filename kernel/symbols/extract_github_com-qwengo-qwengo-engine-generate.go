@@ -24,14 +24,42 @@ func init() {
 		// type definitions
 		"Chat":      reflect.ValueOf((*generate.Chat)(nil)),
 		"ChatCodec": reflect.ValueOf((*generate.ChatCodec)(nil)),
+		"GreedyLM":  reflect.ValueOf((*generate.GreedyLM)(nil)),
 		"LM":        reflect.ValueOf((*generate.LM)(nil)),
 		"Message":   reflect.ValueOf((*generate.Message)(nil)),
 		"Options":   reflect.ValueOf((*generate.Options)(nil)),
 		"Result":    reflect.ValueOf((*generate.Result)(nil)),
 
 		// interface wrapper definitions
-		"_LM": reflect.ValueOf((*_github_com_qwengo_qwengo_engine_generate_LM)(nil)),
+		"_GreedyLM": reflect.ValueOf((*_github_com_qwengo_qwengo_engine_generate_GreedyLM)(nil)),
+		"_LM":       reflect.ValueOf((*_github_com_qwengo_qwengo_engine_generate_LM)(nil)),
 	}
+}
+
+// _github_com_qwengo_qwengo_engine_generate_GreedyLM is an interface wrapper for GreedyLM type
+type _github_com_qwengo_qwengo_engine_generate_GreedyLM struct {
+	IValue        interface{}
+	WAppend       func(ctx context.Context, ids []int) ([]float32, error)
+	WAppendGreedy func(ctx context.Context, ids []int) (int, error)
+	WPos          func() int
+	WReset        func()
+	WTruncate     func(pos int) error
+}
+
+func (W _github_com_qwengo_qwengo_engine_generate_GreedyLM) Append(ctx context.Context, ids []int) ([]float32, error) {
+	return W.WAppend(ctx, ids)
+}
+func (W _github_com_qwengo_qwengo_engine_generate_GreedyLM) AppendGreedy(ctx context.Context, ids []int) (int, error) {
+	return W.WAppendGreedy(ctx, ids)
+}
+func (W _github_com_qwengo_qwengo_engine_generate_GreedyLM) Pos() int {
+	return W.WPos()
+}
+func (W _github_com_qwengo_qwengo_engine_generate_GreedyLM) Reset() {
+	W.WReset()
+}
+func (W _github_com_qwengo_qwengo_engine_generate_GreedyLM) Truncate(pos int) error {
+	return W.WTruncate(pos)
 }
 
 // _github_com_qwengo_qwengo_engine_generate_LM is an interface wrapper for LM type
