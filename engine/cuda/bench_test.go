@@ -68,6 +68,21 @@ func timeOnDevice(g *Backend, reps int, launch func() error) (float64, error) {
 	return ms, err
 }
 
+// randTensor allocates a [rows, cols] activation tensor of N(0, 1) values on g (seeded by its
+// shape), freed when the test ends.
+func randTensor(t *testing.T, g *Backend, rows, cols int) *Tensor {
+	t.Helper()
+	x, err := g.Alloc(backend.Activations, rows, cols)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { g.Free(x) })
+	if err := g.Upload(x, randn(rows*cols, uint64(rows+cols), 1)); err != nil {
+		t.Fatal(err)
+	}
+	return x.(*Tensor)
+}
+
 // randomNVFP4 builds an NVFP4 matrix from random codes and scales (no quantisation: fast).
 func randomNVFP4(rows, cols int, seed uint64) *nvfp4.Matrix {
 	r := rand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8)})
@@ -177,17 +192,7 @@ func TestFiguresMatMul(t *testing.T) {
 func TestFiguresOps(t *testing.T) {
 	benchEnabled(t)
 	g := openGPU(t)
-	alloc := func(rows, cols int) *Tensor {
-		x, err := g.Alloc(backend.Activations, rows, cols)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { g.Free(x) })
-		if err := g.Upload(x, randn(rows*cols, uint64(rows+cols), 1)); err != nil {
-			t.Fatal(err)
-		}
-		return x.(*Tensor)
-	}
+	alloc := func(rows, cols int) *Tensor { return randTensor(t, g, rows, cols) }
 	// Attention: Qwen3-4B heads (32 query, 8 KV, head_dim 128), through the op (split over
 	// the keys for decode) but timed on the device.
 	for _, s := range []struct{ T, pos0, reps int }{{1, 511, 50}, {1, 4095, 20}, {1, 8191, 10}, {4, 4092, 20}, {512, 0, 3}, {2048, 0, 1}} {

@@ -146,17 +146,7 @@ func TestFlashAttentionBackward(t *testing.T) {
 func TestFiguresFlash(t *testing.T) {
 	benchEnabled(t)
 	g := openGPU(t)
-	alloc := func(rows, cols int) *Tensor {
-		x, err := g.Alloc(backend.Activations, rows, cols)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { g.Free(x) })
-		if err := g.Upload(x, randn(rows*cols, uint64(rows+cols), 1)); err != nil {
-			t.Fatal(err)
-		}
-		return x.(*Tensor)
-	}
+	alloc := func(rows, cols int) *Tensor { return randTensor(t, g, rows, cols) }
 	for _, s := range []struct{ T, pos0, reps int }{{512, 0, 20}, {2048, 0, 10}, {8192, 0, 3}, {512, 1536, 10}} {
 		n := s.pos0 + s.T
 		q, k, v, o := alloc(s.T, 4096), alloc(n, 1024), alloc(n, 1024), alloc(s.T, 4096)

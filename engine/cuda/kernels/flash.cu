@@ -84,18 +84,7 @@ flash_attn_fwd(float* __restrict__ out, float* __restrict__ lse, const float* __
 #pragma unroll
         for (int j = 0; j < FA_N / 8; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
 #pragma unroll
-        for (int kk = 0; kk < FA_D / 16; kk++) {
-#pragma unroll
-            for (int jp = 0; jp < FA_N / 16; jp++) {
-                // matrices: keys jp*16+0..7 / d kk*16+0..7, +8..15; keys +8..15 / same
-                const int key = jp * 16 + (lane & 7) + ((lane >> 4) << 3);
-                const int chunk = kk * 2 + ((lane >> 3) & 1);
-                uint32_t b0, b1, b2, b3;
-                ldsm_x4(ksb + swz(key, chunk), b0, b1, b2, b3);
-                mma_bf16(s[2 * jp], qa[kk][0], qa[kk][1], qa[kk][2], qa[kk][3], b0, b1);
-                mma_bf16(s[2 * jp + 1], qa[kk][0], qa[kk][1], qa[kk][2], qa[kk][3], b2, b3);
-            }
-        }
+        for (int kk = 0; kk < FA_D / 16; kk++) fa_mma_tile<FA_N>(s, qa[kk][0], qa[kk][1], qa[kk][2], qa[kk][3], ksb, kk, lane);
         // Mask keys past each row's last key (only tiles reaching past the warp's first row).
         if (n0 + FA_N - 1 > pos0 + r0) {
 #pragma unroll
@@ -150,16 +139,7 @@ flash_attn_fwd(float* __restrict__ out, float* __restrict__ lse, const float* __
             const uint32_t a1 = pack_bf16(s[2 * kk][2], s[2 * kk][3]);
             const uint32_t a2 = pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
             const uint32_t a3 = pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-#pragma unroll
-            for (int dp = 0; dp < FA_D / 16; dp++) {
-                // matrices (transposed): keys kk*16+0..7 / +8..15, dims dp*16+0..7; then +8..15
-                const int key = kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3);
-                const int chunk = dp * 2 + (lane >> 4);
-                uint32_t b0, b1, b2, b3;
-                ldsm_x4_t(vsb + swz(key, chunk), b0, b1, b2, b3);
-                mma_bf16(o[2 * dp], a0, a1, a2, a3, b0, b1);
-                mma_bf16(o[2 * dp + 1], a0, a1, a2, a3, b2, b3);
-            }
+            fa_mma_tile_t(o, a0, a1, a2, a3, vsb, kk, lane);
         }
     }
 

@@ -247,15 +247,7 @@ flash_bwd_dq(float* __restrict__ dq, const __nv_bfloat16* __restrict__ qb, const
             const uint32_t a0 = pack_bf16(s[2 * kk][0], s[2 * kk][1]), a1 = pack_bf16(s[2 * kk][2], s[2 * kk][3]);
             const uint32_t a2 = pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
             const uint32_t a3 = pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-#pragma unroll
-            for (int dpi = 0; dpi < FA_D / 16; dpi++) {
-                const int key = kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3);
-                const int chunk = dpi * 2 + (lane >> 4);
-                uint32_t b0, b1, b2, b3;
-                ldsm_x4_t(ksb + swz(key, chunk), b0, b1, b2, b3);
-                mma_bf16(dqa[2 * dpi], a0, a1, a2, a3, b0, b1);
-                mma_bf16(dqa[2 * dpi + 1], a0, a1, a2, a3, b2, b3);
-            }
+            fa_mma_tile_t(dqa, a0, a1, a2, a3, ksb, kk, lane);
         }
         __syncthreads();  // every warp is done with K_j and V_j
         if (it + 1 < ntiles) {

@@ -66,6 +66,41 @@ __device__ __forceinline__ void fa_load_tile(uint32_t tile, const __nv_bfloat16*
 }
 
 
+// fa_mma_tile accumulates acc (16 rows × N columns) += A · Bᵀ for one k step of 16 (head dims
+// kk·16..kk·16+15): A in registers (m16n8k16 layout), B the first N rows of a swizzled
+// [rows][FA_D] tile (ldmatrix, not transposed): S = Q·Kᵀ, dP = dO·Vᵀ.
+template <int N>
+__device__ __forceinline__ void fa_mma_tile(float (&acc)[N / 8][4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                            uint32_t tile, int kk, int lane) {
+#pragma unroll
+    for (int jp = 0; jp < N / 16; jp++) {
+        // matrices: rows jp*16+0..7 / cols kk*16+0..7, +8..15; rows +8..15 / same
+        const int row = jp * 16 + (lane & 7) + ((lane >> 4) << 3);
+        const int chunk = kk * 2 + ((lane >> 3) & 1);
+        uint32_t b0, b1, b2, b3;
+        ldsm_x4(tile + swz(row, chunk), b0, b1, b2, b3);
+        mma_bf16(acc[2 * jp], a0, a1, a2, a3, b0, b1);
+        mma_bf16(acc[2 * jp + 1], a0, a1, a2, a3, b2, b3);
+    }
+}
+
+// fa_mma_tile_t accumulates acc (16 rows × FA_D columns, 16 n-tiles of 8) += A · B for one
+// k step of 16: A is the 16×16 operand in registers (a0..a3, m16n8k16 layout), B rows
+// kk·16..kk·16+15 of a swizzled [rows][FA_D] tile read transposed (ldmatrix .trans): P·V in
+// the forward, dS·K in the backward.
+__device__ __forceinline__ void fa_mma_tile_t(float (&acc)[FA_D / 8][4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                              uint32_t a3, uint32_t tile, int kk, int lane) {
+#pragma unroll
+    for (int dp = 0; dp < FA_D / 16; dp++) {
+        const int row = kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3);
+        const int chunk = dp * 2 + (lane >> 4);
+        uint32_t b0, b1, b2, b3;
+        ldsm_x4_t(tile + swz(row, chunk), b0, b1, b2, b3);
+        mma_bf16(acc[2 * dp], a0, a1, a2, a3, b0, b1);
+        mma_bf16(acc[2 * dp + 1], a0, a1, a2, a3, b2, b3);
+    }
+}
+
 // fa_load_rows copies ROWS rows (from row r0, row stride ld elements) of one head's 128 bf16
 // columns into a swizzled shared tile with THREADS threads; rows at or past nrows are zeroed.
 template <int ROWS, int THREADS>
