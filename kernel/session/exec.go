@@ -130,7 +130,7 @@ func (s *Session) runGo(c *cell, text string) (map[string]any, error) {
 }
 
 // parseGroup parses a group's source in the interpreter's file set, rewrites its go
-// statements (and, for statements, the compound ones yaegi would reject: wrapMultiDefines) and
+// statements, works around two yaegi bugs (fixCommaOk; for statements, wrapMultiDefines) and
 // returns the node to compile.
 func (s *Session) parseGroup(code string, kind unitKind) (ast.Node, *ast.BlockStmt, error) {
 	f, err := parser.ParseFile(s.in.FileSet(), "_.go", code, parser.DeclarationErrors)
@@ -138,6 +138,7 @@ func (s *Session) parseGroup(code string, kind unitKind) (ast.Node, *ast.BlockSt
 		return nil, nil, err
 	}
 	rewriteGo(f)
+	fixCommaOk(f)
 	if kind == unitStmt {
 		body := f.Decls[0].(*ast.FuncDecl).Body
 		wrapMultiDefines(body.List)

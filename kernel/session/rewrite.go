@@ -198,3 +198,96 @@ func hasNestedMultiDefine(st ast.Stmt) bool {
 	})
 	return found
 }
+
+// fixCommaOk works around a second yaegi (v0.16.1) bug: a comma-ok map lookup or type
+// assertion that fails leaves its value variable as it was instead of setting it to the zero
+// value, so in a loop
+//
+//	v, ok := m[key] // a missing key: v keeps the previous iteration's value
+//
+// Each such statement in a statement list (cell top level, blocks, function bodies, case
+// clauses), defining or assigning two named variables, is followed by
+//
+//	if !ok { v = m[key] }      // a map: indexing a missing key gives the zero value
+//	if !ok { v = *new(T) }     // x.(T)
+//
+// The map form is only added when m and key are plain names, selectors or literals, since they
+// are evaluated again. Not covered: the statement as the init of an if, for or switch.
+func fixCommaOk(n ast.Node) {
+	ast.Inspect(n, func(n ast.Node) bool {
+		switch x := n.(type) {
+		case *ast.BlockStmt:
+			x.List = withCommaOkFixes(x.List)
+		case *ast.CaseClause:
+			x.Body = withCommaOkFixes(x.Body)
+		case *ast.CommClause:
+			x.Body = withCommaOkFixes(x.Body)
+		}
+		return true
+	})
+}
+
+func withCommaOkFixes(list []ast.Stmt) []ast.Stmt {
+	var out []ast.Stmt
+	for i, st := range list {
+		fix := commaOkFix(st)
+		if fix == nil {
+			if out != nil {
+				out = append(out, st)
+			}
+			continue
+		}
+		if out == nil {
+			out = append(make([]ast.Stmt, 0, len(list)+1), list[:i]...)
+		}
+		out = append(out, st, fix)
+	}
+	if out == nil {
+		return list
+	}
+	return out
+}
+
+// commaOkFix returns the statement that zeroes the value of a failed comma-ok in st, or nil.
+func commaOkFix(st ast.Stmt) ast.Stmt {
+	as, ok := st.(*ast.AssignStmt)
+	if !ok || len(as.Lhs) != 2 || len(as.Rhs) != 1 || (as.Tok != token.DEFINE && as.Tok != token.ASSIGN) {
+		return nil
+	}
+	val, ok1 := as.Lhs[0].(*ast.Ident)
+	okv, ok2 := as.Lhs[1].(*ast.Ident)
+	if !ok1 || !ok2 || val.Name == "_" || okv.Name == "_" {
+		return nil
+	}
+	var zero ast.Expr
+	switch r := ast.Unparen(as.Rhs[0]).(type) {
+	case *ast.IndexExpr:
+		if !pureExpr(r.X) || !pureExpr(r.Index) {
+			return nil
+		}
+		zero = &ast.IndexExpr{X: r.X, Index: r.Index}
+	case *ast.TypeAssertExpr:
+		if r.Type == nil {
+			return nil
+		}
+		zero = &ast.StarExpr{X: &ast.CallExpr{Fun: ast.NewIdent("new"), Args: []ast.Expr{r.Type}}}
+	default:
+		return nil
+	}
+	return &ast.IfStmt{
+		If:   as.End(),
+		Cond: &ast.UnaryExpr{Op: token.NOT, X: ast.NewIdent(okv.Name)},
+		Body: &ast.BlockStmt{List: []ast.Stmt{&ast.AssignStmt{Lhs: []ast.Expr{ast.NewIdent(val.Name)}, Tok: token.ASSIGN, Rhs: []ast.Expr{zero}}}},
+	}
+}
+
+// pureExpr reports whether evaluating e again is harmless: names, selectors of names, literals.
+func pureExpr(e ast.Expr) bool {
+	switch x := ast.Unparen(e).(type) {
+	case *ast.Ident, *ast.BasicLit:
+		return true
+	case *ast.SelectorExpr:
+		return pureExpr(x.X)
+	}
+	return false
+}

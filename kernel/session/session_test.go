@@ -108,6 +108,10 @@ func TestStateAndDeclarations(t *testing.T) {
 		{code: "m := map[string]int{\"k\": 4}\nfor _, key := range []string{\"k\"} {\n\tv, ok := m[key]\n\tfmt.Println(key, v, ok)\n}", out: "k 4 true\n"},
 		{code: "switch {\ndefault:\n\tvar e, f = pair()\n\tfmt.Println(e * f)\n}", out: "2\n"},
 		{code: "{\n\tn, k := pair()\n\tfmt.Println(n+k, sum)\n}", out: "3 3\n"},
+		// A failed comma-ok gives the zero value, in loops too (the other yaegi bug).
+		{code: "for _, key := range []string{\"k\", \"z\"} {\n\tv, ok := m[key]\n\tfmt.Println(key, v, ok)\n}", out: "k 4 true\nz 0 false\n"},
+		{code: "func kinds(xs []any) (out []int) {\n\tfor _, x := range xs {\n\t\tn, ok := x.(int)\n\t\t_ = ok\n\t\tout = append(out, n)\n\t}\n\treturn\n}\nkinds([]any{3, \"s\", 5})", text: "[3 0 5]"},
+		{code: "w, found := 7, true\nfor _, key := range []string{\"k\", \"z\"} {\n\tw, found = m[key]\n}\nfmt.Println(w, found)", out: "0 false\n"},
 		// A pasted program: package clause ignored, main runs once.
 		{code: "package main\n\nimport \"fmt\"\n\nfunc main() {\n\tfmt.Println(\"main ran\")\n}", out: "main ran\n"},
 		{code: "func later() int { return 1 }\nlater()", out: "", text: "1"},
@@ -117,8 +121,8 @@ func TestStateAndDeclarations(t *testing.T) {
 		// Names of the session's helpers do not leak.
 		{code: "%who", outHas: "double"},
 	})
-	if n := s.ExecutionCount(); n != 27 {
-		t.Errorf("ExecutionCount %d, want 27", n)
+	if n := s.ExecutionCount(); n != 30 {
+		t.Errorf("ExecutionCount %d, want 30", n)
 	}
 	names := s.Names()
 	for _, want := range []string{"double", "addBase", "Point", "K"} {
