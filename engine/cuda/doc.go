@@ -12,9 +12,11 @@
 //     thread that makes the device's primary context current and runs every backend call, sent
 //     to it as a closure over a channel. Callers on any goroutine (yaegi cells) are safe; calls
 //     are serialised. Both sides poll the channels a few tens of microseconds before parking
-//     (when GOMAXPROCS > 1), which makes a call ~1.5 µs instead of ~18 µs. Kernels run on the
-//     default stream in call order; Download (and Sync) wait for them, so a kernel fault
-//     surfaces there at the latest.
+//     (when GOMAXPROCS > 1), which makes a call ~1.5 µs instead of ~18 µs. Kernels run in call
+//     order on one blocking stream (driver.go), which synchronises with the legacy stream the
+//     copies, events and cuBLASLt use; decode kernels use programmatic dependent launch
+//     (launchDep). Download (and Sync) wait for them, so a kernel fault surfaces there at the
+//     latest.
 //   - Kernels are CUDA C++ in kernels/*.cu, compiled to PTX for sm_90 by gen_ptx.sh, committed
 //     and embedded; Open JIT-loads them with cuModuleLoadData. No PTX is written by hand.
 //   - Memory is accounted, not discovered (principle 4): every cuMemAlloc goes through one
@@ -27,11 +29,12 @@
 //     and by ReleaseCache.
 //   - Tensors are float32 on the device (bf16 activations come later). Weights stay in their
 //     stored precision (f32, bf16, NVFP4 packed codes + E4M3 block scales + FP32 tensor scale).
-//     MatMul: up to 4 token rows take a GEMV that decodes the weights in registers (gemv.go
-//     picks the kernel per shape); 16 rows or more go to cuBLASLt (blaslt.go, gemm.go: bf16
-//     operands, fp32 accumulation; NVFP4 weights expanded to bf16 per call), else a tiled SIMT
-//     kernel. Attention is one block per (head, query row) with an online softmax, split over
-//     the keys with a combine step when that leaves SMs idle (decode).
+//     MatMul: up to 4 token rows take a GEMV that decodes the weights in registers (one row on
+//     tensor cores: gemv_tc.cu; gemv.go picks the kernel per shape); 16 rows or more go to
+//     cuBLASLt (blaslt.go, gemm.go: bf16 operands, fp32 accumulation; NVFP4 weights expanded to
+//     bf16 per call), else a tiled SIMT kernel. Attention: prefill (≥ 16 rows, head_dim 128) and
+//     its backward on tensor-core flash kernels (flash.go); decode one block per KV head and key
+//     split with the splits merged in the same launch; otherwise one block per (head, row).
 //   - A call made on the owner's own thread runs directly (Run, backend.Runner): qwen3's
 //     forward and devtrain's step run whole on the owner goroutine, paying one hand-off.
 //   - backend.Fused (fused.go) and backend.Training (training.go, kernels/train.cu) are

@@ -11,20 +11,21 @@ import (
 	"github.com/qwengo/qwengo/engine/backend"
 )
 
-// NVFP4 decode GEMVs (T ≤ 4 token rows), three generations kept side by side so the figures
+// NVFP4 decode GEMVs (T ≤ 4 token rows), four generations kept side by side so the figures
 // test times them in one run (NOTES.md has the numbers):
 //
 //   - "v2": matmul.cu's gemv_nvfp4_t*: split-K within a block, loads from registers.
 //   - "stream": gemv.cu's gemv_nvfp4s_t*: the same geometry with a cp.async ring.
 //   - "persist": gemv.cu's gemv_nvfp4p_t*: resident warps walking (row group, K step) items,
 //     up to three products per launch (MatMulMany).
+//   - "tc": gemv_tc.cu: one token row on tensor cores, up to three products per launch,
+//     launched with programmatic dependent launch (launchDep).
 //
-// Measured on the H200 (device run 2): for one token row stream is fastest on large outputs
-// (2560→9728: 18.5 µs, v2 22.3, persist 26.7), v2 on small ones (2560→1024: 5.8 µs) and for 4
-// rows; persist loses everywhere. All three sit at 12-18 % of HBM: the E2M1 decode costs ~5
-// instructions per weight, so the kernels are bound by instruction issue, not by memory (see
-// NOTES.md). The default ("auto") takes the fastest measured per shape; QWENGO_CUDA_GEMV=
-// v2|stream|persist forces one.
+// Measured on the H200 (device runs 2, 7, 10): the tensor-core kernel is the fastest for one
+// row (2560→9728 12-14 µs against 14.8 for the best v2 split and 18.4 for stream), v2 for 2-4
+// rows. All of them stay at ~1-2 TB/s: short blocks whose load, decode and reduction latencies
+// do not overlap (NOTES.md). The default ("auto") takes tc for one row when K % 128 == 0 and
+// the per-shape choice below otherwise; QWENGO_CUDA_GEMV=v2|stream|persist|tc forces one.
 
 const (
 	gemvTC      = "tc"
