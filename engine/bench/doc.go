@@ -15,8 +15,11 @@
 //   - prefill S = 512, 2048, 8192: one forward of S tokens into an empty KV cache up to the
 //     last row's logits on the host (time to first token), tokens/s;
 //   - decode, batch 1, at context 512 and 8192: the cache filled by that prefill (or by an
-//     untimed one), then N one-token forwards through the cache with host logits and a greedy
-//     pick, tokens/s; batch 8 at context 1024 is reported "n/a" until the engine can batch;
+//     untimed one), then N one-token forwards through the cache, each picking the greedy token
+//     on the device (qwen3.LogitsGreedy), tokens/s;
+//   - decode, batch 8 at context 1024: eight sequences prefilled to 1024 tokens in their own
+//     caches, then N steps of qwen3.DecodeBatch (one token for every sequence a step, greedy
+//     picks on the device), tokens/s over all sequences;
 //   - a full-parameter training step at S = 192 and 2048, batch 1 and 8, through
 //     engine/devtrain (bf16 masters, int8 AdamW states, recompute): tokens/s, peak memory,
 //     optimizer time and optimizer bytes per parameter.

@@ -106,11 +106,11 @@ func Run(ctx context.Context, b backend.Backend, opt Options) (*Report, error) {
 	if r.want("prefill") || r.want("decode") {
 		if r.build() {
 			r.inference()
+			if r.want("decode") {
+				r.batchDecode()
+			}
 			r.m.Free() // training figures start without the inference weights
 			r.m = nil
-		}
-		if f := r.rep.Figure(batchKey(r.plan)); f != nil && r.want("decode") {
-			f.Status = StatusNoBatch
 		}
 	}
 	if r.want("train") {
@@ -374,6 +374,61 @@ func (r *runner) inference() {
 		}
 		cache.Free()
 	}
+}
+
+// batchDecode measures the batched decode figure: BatchDecode sequences prefilled to
+// BatchContext tokens (each its own prompt and cache), then DecodeSteps steps of
+// qwen3.DecodeBatch in LogitsGreedy mode, every sequence fed its own greedy pick; tokens/s
+// counts all sequences.
+func (r *runner) batchDecode() {
+	p := r.plan
+	f := r.rep.Figure(batchKey(p))
+	if f == nil {
+		return
+	}
+	if reason := r.stopReason(); reason != "" {
+		f.Status = reason
+		return
+	}
+	caches := make([]*qwen3.KVCache, p.BatchDecode)
+	defer func() {
+		for _, c := range caches {
+			if c != nil {
+				c.Free()
+			}
+		}
+	}()
+	for i := range caches {
+		c, err := r.m.NewKVCache(p.BatchContext + p.DecodeSteps)
+		if err != nil {
+			f.Status = failure(fmt.Errorf("kv cache %d for %d tokens: %w", i, p.BatchContext+p.DecodeSteps, err))
+			return
+		}
+		caches[i] = c
+		if _, err := r.m.Forward(r.ctx, r.ids(p.BatchContext), c, qwen3.LogitsNone); err != nil {
+			f.Status = failure(fmt.Errorf("prefill of sequence %d (%d tokens): %w", i, p.BatchContext, err))
+			return
+		}
+	}
+	r.measure(f, func() (float64, time.Duration, error) {
+		next := make([]int, len(caches))
+		for i, c := range caches {
+			if err := c.Truncate(p.BatchContext); err != nil {
+				return 0, 0, err
+			}
+			next[i] = r.rng.IntN(r.cfg.VocabSize)
+		}
+		t0 := time.Now()
+		for step := 0; step < p.DecodeSteps; step++ {
+			lg, err := r.m.DecodeBatch(r.ctx, next, caches, qwen3.LogitsGreedy)
+			if err != nil {
+				return 0, 0, fmt.Errorf("batched decode step %d: %w", step, err)
+			}
+			copy(next, lg.Greedy)
+		}
+		d := time.Since(t0)
+		return float64(p.DecodeSteps*len(caches)) / d.Seconds(), d, nil
+	})
 }
 
 // decode runs the plan's decode steps from context s (truncating the cache back to s

@@ -324,43 +324,54 @@ func (m *Model) logits(x backend.Tensor, mode LogitsMode, hook func(int, backend
 		}
 		rows = last
 	}
+	data, ids, err := m.head(rows, mode == LogitsGreedy, hook)
+	if err != nil {
+		return nil, err
+	}
+	if mode == LogitsGreedy {
+		return &Logits{Rows: 1, Vocab: m.LMHead.Out(), Greedy: ids[0]}, nil
+	}
+	return &Logits{Rows: rows.Rows(), Vocab: m.LMHead.Out(), Data: data}, nil
+}
+
+// head computes RMSNorm(rows; model.norm)·lm_headᵀ for every row and returns the logits
+// [rows, vocab], or with greedy only each row's argmax (picked by the backend when it is a
+// backend.ArgMaxer, so no logits are downloaded).
+func (m *Model) head(rows backend.Tensor, greedy bool, hook func(int, backend.Tensor) error) ([]float32, []int, error) {
+	b, c := m.B, m.Config
 	n, vocab := rows.Rows(), m.LMHead.Out()
 	normed, err := b.Alloc(backend.Activations, n, c.HiddenSize)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer b.Free(normed)
 	out, err := b.Alloc(backend.Activations, n, vocab)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer b.Free(out)
 	if err := b.RMSNorm(normed, rows, m.Norm, float32(c.RMSNormEps)); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if err := hook(c.NumLayers, normed); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if err := b.MatMul(out, normed, m.LMHead); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	if mode == LogitsGreedy {
+	if greedy {
 		if am, ok := b.(backend.ArgMaxer); ok {
 			ids, err := am.ArgMaxRows(out)
-			if err != nil {
-				return nil, err
-			}
-			return &Logits{Rows: 1, Vocab: vocab, Greedy: ids[0]}, nil
+			return nil, ids, err
 		}
-		data, err := b.Download(out, nil)
-		if err != nil {
-			return nil, err
-		}
-		return &Logits{Rows: 1, Vocab: vocab, Greedy: backend.ArgMax(data)}, nil
 	}
 	data, err := b.Download(out, nil)
-	if err != nil {
-		return nil, err
+	if err != nil || !greedy {
+		return data, nil, err
 	}
-	return &Logits{Rows: n, Vocab: vocab, Data: data}, nil
+	ids := make([]int, n)
+	for r := range ids {
+		ids[r] = backend.ArgMax(data[r*vocab : (r+1)*vocab])
+	}
+	return nil, ids, nil
 }
