@@ -197,3 +197,60 @@ func TestGreedyOnTheBackend(t *testing.T) {
 		t.Errorf("backend argmax %v, host argmax %v", runs[0], runs[1])
 	}
 }
+
+// TestGenerateBatch: every prompt of a batch gets the tokens, stop reason and counts Generate
+// gives it alone — greedy (device pick), sampled, with a penalty, and with a stop token that
+// ends one sequence early while the others go on.
+func TestGenerateBatch(t *testing.T) {
+	m := loadTiny(t)
+	prompts := [][]int{{1, 2, 3, 4, 5}, {9}, {7, 7, 8, 2, 1, 6, 3}}
+	alone := func(p []int, opt GenerateOptions) *Generation {
+		g, err := m.GenerateIDs(p, opt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return g
+	}
+	first := alone(prompts[0], GenerateOptions{MaxTokens: 12})
+	for _, c := range []struct {
+		name string
+		opt  GenerateOptions
+	}{
+		{"greedy", GenerateOptions{MaxTokens: 12}},
+		{"sampled", GenerateOptions{MaxTokens: 10, Temperature: 0.9, TopK: 20, Seed: 4}},
+		{"penalty", GenerateOptions{MaxTokens: 10, RepetitionPenalty: 1.3}},
+		{"stop", GenerateOptions{MaxTokens: 12, StopIDs: []int{first.IDs[2]}}},
+	} {
+		got, err := m.GenerateBatchIDs(prompts, c.opt)
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		for i, p := range prompts {
+			want := alone(p, c.opt)
+			g := got[i]
+			if !slices.Equal(g.IDs, want.IDs) || g.StopReason != want.StopReason || g.DecodeTokens != want.DecodeTokens ||
+				!slices.Equal(g.PromptIDs, p) {
+				t.Errorf("%s prompt %d: %v (%s, %d decode tokens), alone %v (%s, %d)", c.name, i, g.IDs, g.StopReason, g.DecodeTokens,
+					want.IDs, want.StopReason, want.DecodeTokens)
+			}
+		}
+		if c.name == "stop" && (got[0].StopReason != "stop" || len(got[0].IDs) != 2) {
+			t.Errorf("stop: prompt 0 should stop after 2 tokens: %v (%s)", got[0].IDs, got[0].StopReason)
+		}
+	}
+	for _, c := range []struct {
+		prompts [][]int
+		opt     GenerateOptions
+		want    string
+	}{
+		{nil, GenerateOptions{}, "no prompts"},
+		{[][]int{{1}, {}}, GenerateOptions{}, "prompt 1 is empty"},
+		{[][]int{{1}}, GenerateOptions{NoKVCache: true}, "NoKVCache"},
+		{[][]int{{1}}, GenerateOptions{Stream: func(string) {}}, "Stream"},
+		{[][]int{{1}}, GenerateOptions{Temperature: -1}, "Temperature"},
+	} {
+		if _, err := m.GenerateBatchIDs(c.prompts, c.opt); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("GenerateBatchIDs(%v, %+v): error %v, want %q", c.prompts, c.opt, err, c.want)
+		}
+	}
+}
