@@ -103,3 +103,55 @@ func BenchmarkDecode(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkDecodeBatch measures batched decoding against the same number of sequences decoded
+// one Forward each, side by side: B sequences after a 32-token prompt each (context 32..63),
+// greedy picks; tok/s counts every sequence's token.
+func BenchmarkDecodeBatch(b *testing.B) {
+	const prompt, maxCtx, B = 32, 64, 8
+	for _, c := range benchCases {
+		for _, batched := range []bool{false, true} {
+			name := c.size + "/" + c.prec + "/one-forward-each"
+			if batched {
+				name = c.size + "/" + c.prec + "/DecodeBatch"
+			}
+			b.Run(name, func(b *testing.B) {
+				m := benchModel(b, c.size, c.prec)
+				caches := make([]*KVCache, B)
+				next := make([]int, B)
+				for r := range caches {
+					caches[r] = newCache(b, m, maxCtx)
+					defer caches[r].Free()
+					forward(b, m, randIDs(uint64(10+r), prompt, m.Config.VocabSize), caches[r], LogitsNone)
+				}
+				ctx := context.Background()
+				start := time.Now()
+				n := 0
+				for b.Loop() {
+					if caches[0].Len() == maxCtx {
+						for _, c := range caches {
+							c.Truncate(prompt)
+						}
+					}
+					if batched {
+						lg, err := m.DecodeBatch(ctx, next, caches, LogitsGreedy)
+						if err != nil {
+							b.Fatal(err)
+						}
+						copy(next, lg.Greedy)
+					} else {
+						for r, c := range caches {
+							lg, err := m.Forward(ctx, next[r:r+1], c, LogitsGreedy)
+							if err != nil {
+								b.Fatal(err)
+							}
+							next[r] = lg.Greedy
+						}
+					}
+					n += B
+				}
+				b.ReportMetric(float64(n)/time.Since(start).Seconds(), "tok/s")
+			})
+		}
+	}
+}
