@@ -173,14 +173,7 @@ func (m *Model) batchBlock(i int, s *Activations, views [][6]backend.Tensor, cac
 			b.MatMul(s.K, s.AttnIn, l.K),
 			b.MatMul(s.V, s.AttnIn, l.V),
 			perSeq(),
-			b.MatMul(s.AttnOut, s.Ctx, l.O),
-			b.Add(s.X, s.AttnOut),
-			b.RMSNorm(s.MLPIn, s.X, l.PostNorm, eps),
-			b.MatMul(s.Gate, s.MLPIn, l.Gate),
-			b.MatMul(s.Up, s.MLPIn, l.Up),
-			b.SwiGLU(s.H, s.Gate, s.Up),
-			b.MatMul(s.MLPOut, s.H, l.Down),
-			b.Add(s.X, s.MLPOut),
+			m.blockTail(i, s),
 		)
 	}
 	var first error
@@ -191,17 +184,9 @@ func (m *Model) batchBlock(i int, s *Activations, views [][6]backend.Tensor, cac
 		first,
 		f.MatMulMany([]backend.Tensor{s.Q, s.K, s.V}, s.AttnIn, []backend.Weight{l.Q, l.K, l.V}),
 		perSeq(),
-		b.MatMul(s.AttnOut, s.Ctx, l.O),
-		f.AddRMSNorm(s.MLPIn, s.X, s.AttnOut, l.PostNorm, eps),
-		f.MatMulMany([]backend.Tensor{s.Gate, s.Up}, s.MLPIn, []backend.Weight{l.Gate, l.Up}),
-		b.SwiGLU(s.H, s.Gate, s.Up),
-		b.MatMul(s.MLPOut, s.H, l.Down),
 	)
 	if err != nil {
 		return err
 	}
-	if i+1 < len(m.Layers) {
-		return f.AddRMSNorm(s.AttnIn, s.X, s.MLPOut, m.Layers[i+1].InputNorm, eps)
-	}
-	return b.Add(s.X, s.MLPOut)
+	return m.blockTailFused(f, i, s)
 }

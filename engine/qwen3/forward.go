@@ -154,6 +154,19 @@ func (m *Model) blockFused(f backend.Fused, i int, s *Activations, cache *KVCach
 		f.MatMulMany([]backend.Tensor{s.Q, s.K, s.V}, s.AttnIn, []backend.Weight{l.Q, l.K, l.V}),
 		f.QKNormRoPECache(s.QR, s.KR, s.Q, s.K, s.V, l.QNorm, l.KNorm, cache.K(i), cache.V(i), c.HeadDim, pos0, c.RopeTheta, eps),
 		b.Attention(s.Ctx, s.QR, cache.K(i), cache.V(i), pos0, c.NumHeads, c.NumKVHeads, c.HeadDim),
+	)
+	if err != nil {
+		return err
+	}
+	return m.blockTailFused(f, i, s)
+}
+
+// blockTailFused is blockTail with the fused ops; the residual add that ends layer i is fused
+// with layer i+1's input norm (s.AttnIn is then ready for it).
+func (m *Model) blockTailFused(f backend.Fused, i int, s *Activations) error {
+	b, l := m.B, &m.Layers[i]
+	eps := float32(m.Config.RMSNormEps)
+	err := firstErr(
 		b.MatMul(s.AttnOut, s.Ctx, l.O),
 		f.AddRMSNorm(s.MLPIn, s.X, s.AttnOut, l.PostNorm, eps),
 		f.MatMulMany([]backend.Tensor{s.Gate, s.Up}, s.MLPIn, []backend.Weight{l.Gate, l.Up}),
@@ -167,6 +180,24 @@ func (m *Model) blockFused(f backend.Fused, i int, s *Activations, cache *KVCach
 		return f.AddRMSNorm(s.AttnIn, s.X, s.MLPOut, m.Layers[i+1].InputNorm, eps)
 	}
 	return b.Add(s.X, s.MLPOut)
+}
+
+// blockTail is layer i after attention — x += o_proj(ctx), then x += mlp(RMSNorm(x)) — the part
+// that runs on every row at once in Forward and in DecodeBatch.
+func (m *Model) blockTail(i int, s *Activations) error {
+	b, l := m.B, &m.Layers[i]
+	eps := float32(m.Config.RMSNormEps)
+	return firstErr(
+		b.MatMul(s.AttnOut, s.Ctx, l.O),
+		b.Add(s.X, s.AttnOut),
+		// x += mlp(RMSNorm(x))
+		b.RMSNorm(s.MLPIn, s.X, l.PostNorm, eps),
+		b.MatMul(s.Gate, s.MLPIn, l.Gate),
+		b.MatMul(s.Up, s.MLPIn, l.Up),
+		b.SwiGLU(s.H, s.Gate, s.Up),
+		b.MatMul(s.MLPOut, s.H, l.Down),
+		b.Add(s.X, s.MLPOut),
+	)
 }
 
 // block runs decoder layer i on the chunk in s.X (updated in place), writing the chunk's keys
@@ -187,15 +218,7 @@ func (m *Model) block(i int, s *Activations, cache *KVCache, pos0 int) error {
 		b.CopyRows(cache.K(i), pos0, s.KR, 0, s.T),
 		b.CopyRows(cache.V(i), pos0, s.V, 0, s.T),
 		b.Attention(s.Ctx, s.QR, cache.K(i), cache.V(i), pos0, c.NumHeads, c.NumKVHeads, c.HeadDim),
-		b.MatMul(s.AttnOut, s.Ctx, l.O),
-		b.Add(s.X, s.AttnOut),
-		// x += mlp(RMSNorm(x))
-		b.RMSNorm(s.MLPIn, s.X, l.PostNorm, eps),
-		b.MatMul(s.Gate, s.MLPIn, l.Gate),
-		b.MatMul(s.Up, s.MLPIn, l.Up),
-		b.SwiGLU(s.H, s.Gate, s.Up),
-		b.MatMul(s.MLPOut, s.H, l.Down),
-		b.Add(s.X, s.MLPOut),
+		m.blockTail(i, s),
 	)
 }
 
