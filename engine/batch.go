@@ -13,9 +13,11 @@ import (
 	"github.com/qwengo/qwengo/engine/tokenizer"
 )
 
-// GenerateBatch generates from several text prompts at once: each prompt is prefilled into a
-// cache of its own, then every step feeds one token to each unfinished sequence in one
-// batched forward (qwen3.DecodeBatch: the weights are read once for all of them). Each
+// GenerateBatch generates from several text prompts at once: each prompt is prefilled into its
+// own rows of one batch KV cache, then every step feeds one token to each unfinished sequence
+// in one batched forward (the weights are read once for all of them): qwen3.ForwardBatch while
+// every sequence goes on (one launch per op for the whole batch on a GPU), qwen3.DecodeBatch
+// on the remaining sequences' caches once some have stopped. Each
 // sequence samples with its own sampler seeded as Generate's would be, so a prompt's tokens
 // are those Generate gives it alone (bit for bit on the CPU). Options apply to every prompt;
 // Stream and NoKVCache are not supported here. DecodeTPS of each result is the aggregate rate
@@ -74,8 +76,17 @@ func (m *Model) GenerateBatchIDs(prompts [][]int, opt GenerateOptions) (_ []*Gen
 	ctx, end := call()
 	defer func() { err = end(err) }()
 
+	longest := 0
+	for _, p := range prompts {
+		longest = max(longest, len(p))
+	}
+	batch, err := m.Net.NewBatchKVCache(len(prompts), longest+maxTok)
+	if err != nil {
+		return nil, fmt.Errorf("generate batch: %w", err)
+	}
+	defer batch.Free()
 	type seq struct {
-		cache   *qwen3.KVCache
+		cache   *qwen3.KVCache // the sequence's rows of batch
 		smp     *sample.Sampler
 		history []int
 		dec     *tokenizer.Decoder
@@ -85,13 +96,6 @@ func (m *Model) GenerateBatchIDs(prompts [][]int, opt GenerateOptions) (_ []*Gen
 		done    bool
 	}
 	seqs := make([]*seq, len(prompts))
-	defer func() {
-		for _, s := range seqs {
-			if s != nil && s.cache != nil {
-				s.cache.Free()
-			}
-		}
-	}()
 	// pick chooses sequence s's next token from its logits row (or the device's greedy pick)
 	// and records it; it reports whether the sequence goes on.
 	pick := func(s *seq, row []float32, greedyID int) bool {
@@ -121,9 +125,7 @@ func (m *Model) GenerateBatchIDs(prompts [][]int, opt GenerateOptions) (_ []*Gen
 	for i, p := range prompts {
 		s := &seq{history: slices.Clone(p), dec: m.Tokenizer.NewDecoder(), gen: &Generation{PromptIDs: slices.Clone(p), PrefillTokens: len(p)}}
 		seqs[i] = s
-		if s.cache, err = m.Net.NewKVCache(len(p) + maxTok); err != nil {
-			return nil, fmt.Errorf("generate batch: prompt %d: %w", i, err)
-		}
+		s.cache = batch.Seq(i)
 		if !greedy {
 			if s.smp, err = sample.New(params, m.Net.LMHead.Out()); err != nil {
 				return nil, fmt.Errorf("generate batch: %w", err)
@@ -162,7 +164,12 @@ func (m *Model) GenerateBatchIDs(prompts [][]int, opt GenerateOptions) (_ []*Gen
 		for i, s := range active {
 			next[i], caches[i] = s.next, s.cache
 		}
-		lg, err := m.Net.DecodeBatch(ctx, next, caches, mode)
+		var lg *qwen3.BatchLogits
+		if len(active) == len(seqs) {
+			lg, err = m.Net.ForwardBatch(ctx, next, batch, mode)
+		} else {
+			lg, err = m.Net.DecodeBatch(ctx, next, caches, mode)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("generate batch: decode step of %d sequences: %w", len(active), err)
 		}

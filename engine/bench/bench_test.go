@@ -54,7 +54,11 @@ func TestQuickRunCPU(t *testing.T) {
 			t.Errorf("figure %s: value %v is not the median of %v", k, f.Value, f.Samples)
 		}
 	}
-	if f := back.Figure(batchKey(p)); f == nil || !f.OK() || f.Value <= 0 || len(f.Samples) == 0 || f.Unit != "tok/s" {
+	// The batched decode figure is measured (qwen3.ForwardBatch with the CPU's batched ops),
+	// not reported as StatusNoBatch.
+	if f := back.Figure(batchKey(p)); f == nil || !f.OK() || f.Value <= 0 || len(f.Samples) == 0 || f.Unit != "tok/s" ||
+		f.Value != median(f.Samples) || f.PeakBytes < back.Model.WeightBytes || !strings.Contains(f.Note, "ForwardBatch") ||
+		!strings.Contains(f.Note, "one launch per op") {
 		t.Errorf("batched decode: %+v", f)
 	}
 	nTrain := 0

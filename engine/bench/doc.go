@@ -18,8 +18,9 @@
 //     untimed one), then N one-token forwards through the cache, each picking the greedy token
 //     on the device (qwen3.LogitsGreedy), tokens/s;
 //   - decode, batch 8 at context 1024: eight sequences prefilled to 1024 tokens in their own
-//     caches, then N steps of qwen3.DecodeBatch (one token for every sequence a step, greedy
-//     picks on the device), tokens/s over all sequences;
+//     rows of one batch KV cache (qwen3.BatchKVCache), then N steps of qwen3.ForwardBatch (one
+//     token for every sequence a step, one launch per op for all of them on a backend.Batched
+//     backend, greedy picks on the device), tokens/s over all sequences;
 //   - a full-parameter training step at S = 192 and 2048, batch 1 and 8, through
 //     engine/devtrain (bf16 masters, int8 AdamW states, recompute): tokens/s, peak memory,
 //     optimizer time and optimizer bytes per parameter.

@@ -13,7 +13,9 @@ import (
 // Figure statuses other than a failure text.
 const (
 	StatusOK = "ok"
-	// StatusNoBatch is the batched-decode figure of an engine that cannot batch decode.
+	// StatusNoBatch is the batched-decode figure of an engine that cannot batch decode (qwengo
+	// measures it through qwen3.ForwardBatch; reports from before that, or from a peer, may
+	// still carry it).
 	StatusNoBatch = "n/a (no batched decode)"
 )
 

@@ -376,10 +376,10 @@ func (r *runner) inference() {
 	}
 }
 
-// batchDecode measures the batched decode figure: BatchDecode sequences prefilled to
-// BatchContext tokens (each its own prompt and cache), then DecodeSteps steps of
-// qwen3.DecodeBatch in LogitsGreedy mode, every sequence fed its own greedy pick; tokens/s
-// counts all sequences.
+// batchDecode measures the batched decode figure as peer.py does: BatchDecode sequences
+// prefilled to BatchContext tokens (each its own prompt, in its own rows of one batch KV cache,
+// untimed), then DecodeSteps steps of qwen3.ForwardBatch in LogitsGreedy mode, every sequence
+// fed its own greedy pick; tokens/s counts all sequences (B × steps / seconds).
 func (r *runner) batchDecode() {
 	p := r.plan
 	f := r.rep.Figure(batchKey(p))
@@ -390,45 +390,48 @@ func (r *runner) batchDecode() {
 		f.Status = reason
 		return
 	}
-	caches := make([]*qwen3.KVCache, p.BatchDecode)
-	defer func() {
-		for _, c := range caches {
-			if c != nil {
-				c.Free()
-			}
-		}
-	}()
-	for i := range caches {
-		c, err := r.m.NewKVCache(p.BatchContext + p.DecodeSteps)
-		if err != nil {
-			f.Status = failure(fmt.Errorf("kv cache %d for %d tokens: %w", i, p.BatchContext+p.DecodeSteps, err))
-			return
-		}
-		caches[i] = c
-		if _, err := r.m.Forward(r.ctx, r.ids(p.BatchContext), c, qwen3.LogitsNone); err != nil {
+	cache, err := r.m.NewBatchKVCache(p.BatchDecode, p.BatchContext+p.DecodeSteps)
+	if err != nil {
+		f.Status = failure(fmt.Errorf("batch kv cache for %d sequences of %d tokens: %w", p.BatchDecode, p.BatchContext+p.DecodeSteps, err))
+		return
+	}
+	defer cache.Free()
+	for i := 0; i < p.BatchDecode; i++ {
+		if _, err := r.m.Forward(r.ctx, r.ids(p.BatchContext), cache.Seq(i), qwen3.LogitsNone); err != nil {
 			f.Status = failure(fmt.Errorf("prefill of sequence %d (%d tokens): %w", i, p.BatchContext, err))
 			return
 		}
 	}
 	r.measure(f, func() (float64, time.Duration, error) {
-		next := make([]int, len(caches))
-		for i, c := range caches {
-			if err := c.Truncate(p.BatchContext); err != nil {
+		next := make([]int, p.BatchDecode)
+		for i := range next {
+			if err := cache.Seq(i).Truncate(p.BatchContext); err != nil {
 				return 0, 0, err
 			}
 			next[i] = r.rng.IntN(r.cfg.VocabSize)
 		}
 		t0 := time.Now()
 		for step := 0; step < p.DecodeSteps; step++ {
-			lg, err := r.m.DecodeBatch(r.ctx, next, caches, qwen3.LogitsGreedy)
+			lg, err := r.m.ForwardBatch(r.ctx, next, cache, qwen3.LogitsGreedy)
 			if err != nil {
 				return 0, 0, fmt.Errorf("batched decode step %d: %w", step, err)
 			}
 			copy(next, lg.Greedy)
 		}
 		d := time.Since(t0)
-		return float64(p.DecodeSteps*len(caches)) / d.Seconds(), d, nil
+		return float64(p.DecodeSteps*p.BatchDecode) / d.Seconds(), d, nil
 	})
+	if f.OK() {
+		how := "one launch per op for all sequences (backend.Batched)"
+		if _, ok := backend.UseBatched(r.b); !ok {
+			how = "the per-sequence ops one sequence at a time (no backend.Batched)"
+		}
+		note := fmt.Sprintf("qwen3.ForwardBatch over one batch KV cache: %d sequences of %d tokens, %d steps; %s", p.BatchDecode, p.BatchContext, p.DecodeSteps, how)
+		if f.Note != "" {
+			note += "; " + f.Note
+		}
+		f.Note = note
+	}
 }
 
 // decode runs the plan's decode steps from context s (truncating the cache back to s
