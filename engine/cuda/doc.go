@@ -39,7 +39,8 @@
 //     forward and devtrain's step run whole on the owner goroutine, paying one hand-off.
 //   - backend.Fused (fused.go) and backend.Training (training.go, kernels/train.cu) are
 //     implemented: fused decoder-block kernels, every backward op, chunked cross-entropy and
-//     the AdamW update with fp32 or int8 moments.
+//     the AdamW update with fp32 or int8 moments. backend.Batched (batch.go, kernels/batch.cu)
+//     runs a batched decode step's per-sequence ops in one launch each for up to 32 sequences.
 //
 // NOTES.md has the kernels' bytes, FLOPs and measured times on an H200 and what comes next.
 //
