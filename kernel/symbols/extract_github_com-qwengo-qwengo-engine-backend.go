@@ -11,49 +11,61 @@ import (
 func init() {
 	Symbols["github.com/qwengo/qwengo/engine/backend/backend"] = map[string]reflect.Value{
 		// function, constant and variable definitions
-		"Activations":     reflect.ValueOf(backend.Activations),
-		"ArgMax":          reflect.ValueOf(backend.ArgMax),
-		"AsTraining":      reflect.ValueOf(backend.AsTraining),
-		"CheckAdamWHyper": reflect.ValueOf(backend.CheckAdamWHyper),
-		"CheckAttention":  reflect.ValueOf(backend.CheckAttention),
-		"CheckMatMul":     reflect.ValueOf(backend.CheckMatMul),
-		"Gradients":       reflect.ValueOf(backend.Gradients),
-		"Human":           reflect.ValueOf(backend.Human),
-		"KVCache":         reflect.ValueOf(backend.KVCache),
-		"Names":           reflect.ValueOf(backend.Names),
-		"NumCategories":   reflect.ValueOf(backend.NumCategories),
-		"Open":            reflect.ValueOf(backend.Open),
-		"OptimizerState":  reflect.ValueOf(backend.OptimizerState),
-		"Register":        reflect.ValueOf(backend.Register),
-		"Registered":      reflect.ValueOf(backend.Registered),
-		"RunOn":           reflect.ValueOf(backend.RunOn),
-		"Weights":         reflect.ValueOf(backend.Weights),
-		"Workspace":       reflect.ValueOf(backend.Workspace),
+		"Activations":               reflect.ValueOf(backend.Activations),
+		"ArgMax":                    reflect.ValueOf(backend.ArgMax),
+		"AsBatched":                 reflect.ValueOf(backend.AsBatched),
+		"AsTraining":                reflect.ValueOf(backend.AsTraining),
+		"CacheRows":                 reflect.ValueOf(backend.CacheRows),
+		"CheckAdamWHyper":           reflect.ValueOf(backend.CheckAdamWHyper),
+		"CheckAttention":            reflect.ValueOf(backend.CheckAttention),
+		"CheckAttentionBatch":       reflect.ValueOf(backend.CheckAttentionBatch),
+		"CheckMatMul":               reflect.ValueOf(backend.CheckMatMul),
+		"CheckPositions":            reflect.ValueOf(backend.CheckPositions),
+		"CheckQKNormRoPECacheBatch": reflect.ValueOf(backend.CheckQKNormRoPECacheBatch),
+		"CheckRoPEAt":               reflect.ValueOf(backend.CheckRoPEAt),
+		"CheckScatterRows":          reflect.ValueOf(backend.CheckScatterRows),
+		"Gradients":                 reflect.ValueOf(backend.Gradients),
+		"Human":                     reflect.ValueOf(backend.Human),
+		"KVCache":                   reflect.ValueOf(backend.KVCache),
+		"Names":                     reflect.ValueOf(backend.Names),
+		"NumCategories":             reflect.ValueOf(backend.NumCategories),
+		"Open":                      reflect.ValueOf(backend.Open),
+		"OptimizerState":            reflect.ValueOf(backend.OptimizerState),
+		"Register":                  reflect.ValueOf(backend.Register),
+		"Registered":                reflect.ValueOf(backend.Registered),
+		"RunOn":                     reflect.ValueOf(backend.RunOn),
+		"UseBatched":                reflect.ValueOf(backend.UseBatched),
+		"Weights":                   reflect.ValueOf(backend.Weights),
+		"Workspace":                 reflect.ValueOf(backend.Workspace),
 
 		// type definitions
-		"AdamWHyper": reflect.ValueOf((*backend.AdamWHyper)(nil)),
-		"AdamWState": reflect.ValueOf((*backend.AdamWState)(nil)),
-		"ArgMaxer":   reflect.ValueOf((*backend.ArgMaxer)(nil)),
-		"Backend":    reflect.ValueOf((*backend.Backend)(nil)),
-		"Category":   reflect.ValueOf((*backend.Category)(nil)),
-		"Fused":      reflect.ValueOf((*backend.Fused)(nil)),
-		"HostWeight": reflect.ValueOf((*backend.HostWeight)(nil)),
-		"MemStats":   reflect.ValueOf((*backend.MemStats)(nil)),
-		"OverBudget": reflect.ValueOf((*backend.OverBudget)(nil)),
-		"Runner":     reflect.ValueOf((*backend.Runner)(nil)),
-		"Tensor":     reflect.ValueOf((*backend.Tensor)(nil)),
-		"Training":   reflect.ValueOf((*backend.Training)(nil)),
-		"Weight":     reflect.ValueOf((*backend.Weight)(nil)),
+		"AdamWHyper":  reflect.ValueOf((*backend.AdamWHyper)(nil)),
+		"AdamWState":  reflect.ValueOf((*backend.AdamWState)(nil)),
+		"ArgMaxer":    reflect.ValueOf((*backend.ArgMaxer)(nil)),
+		"Backend":     reflect.ValueOf((*backend.Backend)(nil)),
+		"Batched":     reflect.ValueOf((*backend.Batched)(nil)),
+		"BatchedGate": reflect.ValueOf((*backend.BatchedGate)(nil)),
+		"Category":    reflect.ValueOf((*backend.Category)(nil)),
+		"Fused":       reflect.ValueOf((*backend.Fused)(nil)),
+		"HostWeight":  reflect.ValueOf((*backend.HostWeight)(nil)),
+		"MemStats":    reflect.ValueOf((*backend.MemStats)(nil)),
+		"OverBudget":  reflect.ValueOf((*backend.OverBudget)(nil)),
+		"Runner":      reflect.ValueOf((*backend.Runner)(nil)),
+		"Tensor":      reflect.ValueOf((*backend.Tensor)(nil)),
+		"Training":    reflect.ValueOf((*backend.Training)(nil)),
+		"Weight":      reflect.ValueOf((*backend.Weight)(nil)),
 
 		// interface wrapper definitions
-		"_AdamWState": reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_AdamWState)(nil)),
-		"_ArgMaxer":   reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_ArgMaxer)(nil)),
-		"_Backend":    reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Backend)(nil)),
-		"_Fused":      reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Fused)(nil)),
-		"_Runner":     reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Runner)(nil)),
-		"_Tensor":     reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Tensor)(nil)),
-		"_Training":   reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Training)(nil)),
-		"_Weight":     reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Weight)(nil)),
+		"_AdamWState":  reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_AdamWState)(nil)),
+		"_ArgMaxer":    reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_ArgMaxer)(nil)),
+		"_Backend":     reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Backend)(nil)),
+		"_Batched":     reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Batched)(nil)),
+		"_BatchedGate": reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_BatchedGate)(nil)),
+		"_Fused":       reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Fused)(nil)),
+		"_Runner":      reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Runner)(nil)),
+		"_Tensor":      reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Tensor)(nil)),
+		"_Training":    reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Training)(nil)),
+		"_Weight":      reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Weight)(nil)),
 	}
 }
 
@@ -157,6 +169,38 @@ func (W _github_com_qwengo_qwengo_engine_backend_Backend) Upload(t backend.Tenso
 }
 func (W _github_com_qwengo_qwengo_engine_backend_Backend) UploadWeight(w backend.HostWeight) (backend.Weight, error) {
 	return W.WUploadWeight(w)
+}
+
+// _github_com_qwengo_qwengo_engine_backend_Batched is an interface wrapper for Batched type
+type _github_com_qwengo_qwengo_engine_backend_Batched struct {
+	IValue                interface{}
+	WAttentionBatch       func(out backend.Tensor, q backend.Tensor, k backend.Tensor, v backend.Tensor, capacity int, positions []int, nHeads int, nKV int, headDim int) error
+	WQKNormRoPECacheBatch func(qr backend.Tensor, kr backend.Tensor, q backend.Tensor, k backend.Tensor, v backend.Tensor, qn backend.Tensor, kn backend.Tensor, kCache backend.Tensor, vCache backend.Tensor, headDim int, capacity int, positions []int, theta float64, eps float32) error
+	WRoPEAt               func(out backend.Tensor, x backend.Tensor, headDim int, positions []int, theta float64) error
+	WScatterRows          func(dst backend.Tensor, rows []int, src backend.Tensor) error
+}
+
+func (W _github_com_qwengo_qwengo_engine_backend_Batched) AttentionBatch(out backend.Tensor, q backend.Tensor, k backend.Tensor, v backend.Tensor, capacity int, positions []int, nHeads int, nKV int, headDim int) error {
+	return W.WAttentionBatch(out, q, k, v, capacity, positions, nHeads, nKV, headDim)
+}
+func (W _github_com_qwengo_qwengo_engine_backend_Batched) QKNormRoPECacheBatch(qr backend.Tensor, kr backend.Tensor, q backend.Tensor, k backend.Tensor, v backend.Tensor, qn backend.Tensor, kn backend.Tensor, kCache backend.Tensor, vCache backend.Tensor, headDim int, capacity int, positions []int, theta float64, eps float32) error {
+	return W.WQKNormRoPECacheBatch(qr, kr, q, k, v, qn, kn, kCache, vCache, headDim, capacity, positions, theta, eps)
+}
+func (W _github_com_qwengo_qwengo_engine_backend_Batched) RoPEAt(out backend.Tensor, x backend.Tensor, headDim int, positions []int, theta float64) error {
+	return W.WRoPEAt(out, x, headDim, positions, theta)
+}
+func (W _github_com_qwengo_qwengo_engine_backend_Batched) ScatterRows(dst backend.Tensor, rows []int, src backend.Tensor) error {
+	return W.WScatterRows(dst, rows, src)
+}
+
+// _github_com_qwengo_qwengo_engine_backend_BatchedGate is an interface wrapper for BatchedGate type
+type _github_com_qwengo_qwengo_engine_backend_BatchedGate struct {
+	IValue          interface{}
+	WBatchedEnabled func() bool
+}
+
+func (W _github_com_qwengo_qwengo_engine_backend_BatchedGate) BatchedEnabled() bool {
+	return W.WBatchedEnabled()
 }
 
 // _github_com_qwengo_qwengo_engine_backend_Fused is an interface wrapper for Fused type

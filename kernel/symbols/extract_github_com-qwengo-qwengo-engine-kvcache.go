@@ -10,9 +10,11 @@ import (
 func init() {
 	Symbols["github.com/qwengo/qwengo/engine/kvcache/kvcache"] = map[string]reflect.Value{
 		// function, constant and variable definitions
-		"New": reflect.ValueOf(kvcache.New),
+		"New":      reflect.ValueOf(kvcache.New),
+		"NewBatch": reflect.ValueOf(kvcache.NewBatch),
 
 		// type definitions
+		"Batch": reflect.ValueOf((*kvcache.Batch)(nil)),
 		"Cache": reflect.ValueOf((*kvcache.Cache)(nil)),
 	}
 }

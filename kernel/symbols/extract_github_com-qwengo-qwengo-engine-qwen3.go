@@ -28,6 +28,7 @@ func init() {
 
 		// type definitions
 		"Activations":    reflect.ValueOf((*qwen3.Activations)(nil)),
+		"BatchKVCache":   reflect.ValueOf((*qwen3.BatchKVCache)(nil)),
 		"BatchLogits":    reflect.ValueOf((*qwen3.BatchLogits)(nil)),
 		"Config":         reflect.ValueOf((*qwen3.Config)(nil)),
 		"ForwardOptions": reflect.ValueOf((*qwen3.ForwardOptions)(nil)),
