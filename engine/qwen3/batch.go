@@ -104,16 +104,7 @@ func (m *Model) forwardBatch(ctx context.Context, ids []int, cache *BatchKVCache
 	if err := cache.Commit(1); err != nil {
 		return nil, fmt.Errorf("forward batch: %w", err)
 	}
-	out := &BatchLogits{Vocab: m.LMHead.Out(), Pos: pos}
-	if mode == LogitsNone {
-		return out, nil
-	}
-	// Every row is a sequence's last position.
-	out.Data, out.Greedy, err = m.head(s.X, mode == LogitsGreedy, func(int, backend.Tensor) error { return nil })
-	if err != nil {
-		return nil, fmt.Errorf("forward batch: logits: %w", err)
-	}
-	return out, nil
+	return m.batchLogits(s, pos, mode, "forward batch")
 }
 
 // batchedBlock is block (or blockFused) for one token of each of B sequences: row r is at

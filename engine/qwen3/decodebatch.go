@@ -121,14 +121,20 @@ func (m *Model) decodeBatch(ctx context.Context, ids []int, caches []*KVCache, m
 			return nil, fmt.Errorf("decode batch: sequence %d: %w", r, err)
 		}
 	}
+	return m.batchLogits(s, pos, mode, "decode batch")
+}
+
+// batchLogits is the end of a batched step: what mode asks for, one row per sequence (every
+// row of s.X is a sequence's last position). op prefixes an error.
+func (m *Model) batchLogits(s *Activations, pos []int, mode LogitsMode, op string) (*BatchLogits, error) {
 	out := &BatchLogits{Vocab: m.LMHead.Out(), Pos: pos}
 	if mode == LogitsNone {
 		return out, nil
 	}
-	// Every row is a sequence's last position.
+	var err error
 	out.Data, out.Greedy, err = m.head(s.X, mode == LogitsGreedy, func(int, backend.Tensor) error { return nil })
 	if err != nil {
-		return nil, fmt.Errorf("decode batch: logits: %w", err)
+		return nil, fmt.Errorf("%s: logits: %w", op, err)
 	}
 	return out, nil
 }
