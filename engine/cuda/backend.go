@@ -50,6 +50,11 @@ type Backend struct {
 	// gemvTCKernel forces a tensor-core GEMV variant (gemv_tc.cu; QWENGO_CUDA_GEMV_TC); ""
 	// picks one per shape (gemvTCPick).
 	gemvTCKernel string
+	// gemvTCBVariant forces the multi-row tensor-core GEMV's shape (gemv_tcb.go;
+	// QWENGO_CUDA_GEMV_TCB) and gemvSlice its k steps per block (QWENGO_CUDA_GEMV_SLICE); ""
+	// and 0 pick per shape.
+	gemvTCBVariant string
+	gemvSlice      int
 	// The persistent GEMV's partial sums and arrival counters, and its blocks per SM per T.
 	gemvPartial, gemvCounters devBuf
 	gemvOccupancy             [gemvMaxRows]int
@@ -111,7 +116,7 @@ func OpenDevice(ordinal int) (*Backend, error) {
 	if err := loadDriver(); err != nil {
 		return nil, err
 	}
-	b := &Backend{work: make(chan func(), 1), quit: make(chan struct{}), ordinal: ordinal, spin: runtime.GOMAXPROCS(0) > 1, gemv: gemvFromEnv(), gemvTCKernel: gemvTCFromEnv(), attnSIMT: attnSIMTFromEnv(),
+	b := &Backend{work: make(chan func(), 1), quit: make(chan struct{}), ordinal: ordinal, spin: runtime.GOMAXPROCS(0) > 1, gemv: gemvFromEnv(), gemvTCKernel: gemvTCFromEnv(), gemvTCBVariant: gemvTCBFromEnv(), gemvSlice: gemvSliceFromEnv(), attnSIMT: attnSIMTFromEnv(),
 		fns: map[string]function{}, live: map[devPtr]liveAlloc{}, rope: map[ropeKey]devBuf{}, pool: map[int64][]devPtr{}}
 	started := make(chan error, 1)
 	go b.worker(started)

@@ -314,3 +314,61 @@ func argmax(v []float32) int {
 	}
 	return best
 }
+
+// TestFiguresDecodeBatch times batched decode (qwen3.ForwardBatch, greedy picks on the device)
+// of 8 sequences at context ~1024 on a random 2-layer model with Qwen3-4B layer shapes and the
+// full 151936-row bf16 lm_head: the per-layer time scales to 36 layers. With
+// QWENGO_CUDA_PROFILE=1 the timed steps are a profiler range (ncu --profile-from-start off).
+func TestFiguresDecodeBatch(t *testing.T) {
+	benchEnabled(t)
+	g := openGPU(t)
+	cfg := &qwen3.Config{HiddenSize: 2560, IntermediateSize: 9728, NumLayers: 2, NumHeads: 32, NumKVHeads: 8, HeadDim: 128,
+		VocabSize: 151936, RMSNormEps: 1e-6, RopeTheta: 5e6, TieEmbeddings: true, MaxPositions: 40960, BOSTokenID: -1}
+	m, err := qwen3.NewRandom(cfg, g, qwen3.RandomOptions{Seed: 1, Precision: qwen3.NVFP4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Free()
+	ctx := context.Background()
+	const B, ctxLen, steps = 8, 1024, 32
+	cache, err := m.NewBatchKVCache(B, ctxLen+2*steps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cache.Free()
+	for r := 0; r < B; r++ {
+		prompt := make([]int, ctxLen)
+		for i := range prompt {
+			prompt[i] = (i*37 + r*101) % cfg.VocabSize
+		}
+		if _, err := m.Forward(ctx, prompt, cache.Seq(r), qwen3.LogitsNone); err != nil {
+			t.Fatal(err)
+		}
+	}
+	next := make([]int, B)
+	step := func() {
+		lg, err := m.ForwardBatch(ctx, next, cache, qwen3.LogitsGreedy)
+		if err != nil {
+			t.Fatal(err)
+		}
+		copy(next, lg.Greedy)
+	}
+	for i := 0; i < steps/4; i++ { // warm-up: workspaces grown, kernels loaded
+		step()
+	}
+	profile := os.Getenv("QWENGO_CUDA_PROFILE") == "1"
+	if profile {
+		if err := g.do(func() error { return profilerRange(true) }); err != nil {
+			t.Logf("profiler: %v", err)
+		}
+	}
+	start := time.Now()
+	for i := 0; i < steps; i++ {
+		step()
+	}
+	per := time.Since(start) / steps
+	if profile {
+		g.do(func() error { return profilerRange(false) })
+	}
+	t.Logf("figure decode batch %d, 2 layers + lm_head: %v per step (%.0f tok/s for 2 layers)", B, per, B/per.Seconds())
+}

@@ -163,6 +163,16 @@ static CUresult qg_launch_dep(CUfunction f, unsigned gx, unsigned gy, unsigned g
 	qg_prev_dep = r == CUDA_SUCCESS;
 	return r;
 }
+
+// qg_profiler starts (on) or stops profiling (cuProfilerStart/Stop, looked up when first used):
+// with `ncu --profile-from-start off` only the kernels between the two are profiled.
+static CUresult qg_profiler(int on) {
+	typedef CUresult (*fn)(void);
+	void* lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL | RTLD_NOLOAD);
+	if (lib == NULL) return CUDA_ERROR_NOT_INITIALIZED;
+	fn f = (fn)dlsym(lib, on ? "cuProfilerStart" : "cuProfilerStop");
+	return f == NULL ? CUDA_ERROR_NOT_FOUND : f();
+}
 */
 import "C"
 
@@ -401,6 +411,16 @@ func pdlInit() bool     { return C.qg_pdl_init() != 0 }
 // (common.cuh), overlapping the previous kernel (programmatic dependent launch) when pdl is set
 // and that kernel was launched this way too. refused: the driver rejected the PDL launch and
 // nothing was launched.
+// profilerRange starts or stops the profiler's capture range (owner goroutine): tools run with
+// capture from start off (ncu --profile-from-start off) then see only what lies between.
+func profilerRange(on bool) error {
+	v := C.int(0)
+	if on {
+		v = 1
+	}
+	return check("cuProfilerStart/Stop", C.qg_profiler(v))
+}
+
 func launchDepKernel(f function, g, bl [3]int, shmem int, pdl bool, args ...arg) (refused bool, err error) {
 	var r C.int
 	p := C.int(0)

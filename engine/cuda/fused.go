@@ -18,9 +18,9 @@ var _ backend.Fused = (*Backend)(nil)
 // normThreads is rmsnorm_f32's block size for groups of n (the reduction order depends on it).
 func normThreads(n int) int { return min(256, max(32, (n+31)/32*32)) }
 
-// MatMulMany implements backend.Fused: one launch of the tensor-core GEMV (one token row) or of
-// the persistent GEMV (QWENGO_CUDA_GEMV=persist, ≤ 4 rows, K % 256 == 0) for up to three NVFP4
-// products, else MatMul for each.
+// MatMulMany implements backend.Fused: one launch of the tensor-core GEMV (gemv_tc.cu for one
+// token row, gemv_tcb.cu for 2-8) or of the persistent GEMV (QWENGO_CUDA_GEMV=persist, ≤ 4
+// rows, K % 256 == 0) for up to three NVFP4 products, else MatMul for each.
 func (b *Backend) MatMulMany(outs []backend.Tensor, x backend.Tensor, ws []backend.Weight) error {
 	if len(outs) != len(ws) || len(ws) == 0 || len(ws) > 3 {
 		return fmt.Errorf("cuda: matmul many: %d outputs for %d weights (1 to 3)", len(outs), len(ws))
@@ -34,7 +34,8 @@ func (b *Backend) MatMulMany(outs []backend.Tensor, x backend.Tensor, ws []backe
 		wts := make([]*Weight, len(ws))
 		persist := b.gemv == gemvPersist && a.rows >= 1 && a.rows <= gemvMaxRows && a.cols%256 == 0
 		tc := (b.gemv == gemvAuto || b.gemv == gemvTC) && b.tcGEMVShape(a.rows, a.cols)
-		fusable := persist || tc
+		tcb := (b.gemv == gemvAuto && a.rows >= 2 || b.gemv == gemvTCB) && b.gemvTCBShape(a.rows, a.cols)
+		fusable := persist || tc || tcb
 		for i := range ws {
 			if outTs[i], err = b.ten(outs[i], "matmul many", fmt.Sprintf("out %d", i)); err != nil {
 				return err
@@ -49,7 +50,10 @@ func (b *Backend) MatMulMany(outs []backend.Tensor, x backend.Tensor, ws []backe
 		}
 		if fusable {
 			launchMany := b.gemvPersistMany
-			if tc {
+			switch {
+			case tcb:
+				launchMany = b.gemvTCBMany
+			case tc:
 				launchMany = b.gemvTCMany
 			}
 			if err := launchMany(outTs, a, wts); err != nil {

@@ -7,8 +7,6 @@ import (
 	"os"
 	"slices"
 	"strings"
-
-	"github.com/qwengo/qwengo/engine/backend"
 )
 
 // NVFP4 decode GEMVs (T ≤ 4 token rows), four generations kept side by side so the figures
@@ -20,12 +18,14 @@ import (
 //     up to three products per launch (MatMulMany).
 //   - "tc": gemv_tc.cu: one token row on tensor cores, up to three products per launch,
 //     launched with programmatic dependent launch (launchDep).
+//   - "tcb": gemv_tcb.cu: 1..8 token rows on tensor cores, K sliced (gemv_tcb.go).
 //
 // Measured on the H200 (device runs 2, 7, 10): the tensor-core kernel is the fastest for one
 // row (2560→9728 12-14 µs against 14.8 for the best v2 split and 18.4 for stream), v2 for 2-4
 // rows. All of them stay at ~1-2 TB/s: short blocks whose load, decode and reduction latencies
 // do not overlap (NOTES.md). The default ("auto") takes tc for one row when K % 128 == 0 and
-// the per-shape choice below otherwise; QWENGO_CUDA_GEMV=v2|stream|persist|tc forces one.
+// the per-shape choice below otherwise; 2-8 rows take tcb (batched decode); QWENGO_CUDA_GEMV=
+// v2|stream|persist|tc|tcb forces one.
 
 const (
 	gemvTC      = "tc"
@@ -33,28 +33,37 @@ const (
 	gemvPersist = "persist"
 	gemvStreamV = "stream"
 	gemvV2Name  = "v2"
+	gemvTCB     = "tcb"
 )
 
 func gemvFromEnv() string {
 	switch v := os.Getenv("QWENGO_CUDA_GEMV"); v {
-	case gemvV2Name, gemvStreamV, gemvPersist, gemvTC:
+	case gemvV2Name, gemvStreamV, gemvPersist, gemvTC, gemvTCB:
 		return v
 	}
 	return gemvAuto
 }
 
-// gemvNVFP4 runs an NVFP4 product of T ≤ 4 rows with K % 256 == 0 on the selected kernel and
-// reports whether it took it (false: use matmul.cu's GEMV).
+// gemvNVFP4 runs an NVFP4 product of a few token rows on the selected GEMV and reports whether
+// it took it (false: use matmul.cu's GEMV, cuBLASLt or the tiled kernel). By default 2 to
+// gemmMinRows-1 rows take the multi-row tensor-core GEMV (eight rows a launch), one row
+// gemv_tc.cu's.
 func (b *Backend) gemvNVFP4(o, a *Tensor, w *Weight) (bool, error) {
 	T, K := a.rows, a.cols
+	kernel := b.gemv
+	if (kernel == gemvAuto && T >= 2 || kernel == gemvTCB) && T < gemmMinRows && b.gemvTCBShape(min(T, gemvTCBRows), K) {
+		if T > gemvTCBRows {
+			return true, b.gemvTCBRowChunks(o, a, w)
+		}
+		return true, b.gemvTCBMany([]*Tensor{o}, a, []*Weight{w})
+	}
 	if T < 1 || T > gemvMaxRows || K%256 != 0 {
 		return false, nil
 	}
-	kernel := b.gemv
 	if (kernel == gemvAuto || kernel == gemvTC) && b.tcGEMVShape(T, K) {
 		return true, b.gemvTCMany([]*Tensor{o}, a, []*Weight{w})
 	}
-	if kernel == gemvAuto || kernel == gemvTC {
+	if kernel == gemvAuto || kernel == gemvTC || kernel == gemvTCB {
 		kernel = gemvV2Name
 		if T == 1 && w.out >= 2048 {
 			kernel = gemvStreamV
@@ -118,16 +127,8 @@ func (b *Backend) gemvPersistMany(outs []*Tensor, a *Tensor, ws []*Weight) error
 		sumN += w.out
 	}
 	if spr > 1 {
-		if err := b.grow(&b.gemvPartial, backend.Workspace, int64(4*spr*T*sumN), "GEMV partial sums"); err != nil {
+		if err := b.gemvWorkspace(int64(4*spr*T*sumN), groups); err != nil {
 			return err
-		}
-		if b.gemvCounters.bytes < int64(4*groups) {
-			if err := b.grow(&b.gemvCounters, backend.Workspace, int64(4*groups), "GEMV counters"); err != nil {
-				return err
-			}
-			if err := memsetD8(b.gemvCounters.ptr, 0, b.gemvCounters.bytes); err != nil {
-				return err
-			}
 		}
 	}
 	fn := b.fns[gemvPersistKernels[T-1]]

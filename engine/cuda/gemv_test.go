@@ -20,12 +20,13 @@ func withGEMV(g *Backend, kernel string, f func() error) error {
 	})
 }
 
-var gemvKernelNames = []string{gemvV2Name, gemvStreamV, gemvPersist, gemvTC, gemvAuto}
+var gemvKernelNames = []string{gemvV2Name, gemvStreamV, gemvPersist, gemvTC, gemvTCB, gemvAuto}
 
 // TestGEMVNVFP4 checks every NVFP4 GEMV kernel against the CPU on shapes that exercise K
 // splits, partial steps (K/32 not a multiple of 32), row counts not divisible by 4, one and
 // several steps per row (the persistent kernel's partial sums and counters, reused across
-// launches) and 1..4 token rows.
+// launches), 1..4 token rows, and 5..15 rows for the multi-row tensor-core GEMV (two mma
+// passes; more than eight rows in consecutive launches; K slices merged by the last block).
 func TestGEMVNVFP4(t *testing.T) {
 	g := openGPU(t)
 	c := cpu.New()
@@ -33,6 +34,7 @@ func TestGEMVNVFP4(t *testing.T) {
 	for i, s := range []struct{ T, K, N int }{
 		{1, 256, 4}, {1, 2560, 9728}, {1, 9728, 2560}, {2, 2560, 4096}, {3, 4096, 2560}, {4, 9728, 1030},
 		{1, 768, 7}, {1, 2816, 130}, {4, 256, 33}, {1, 25600, 64}, {1, 1024, 3}, {2, 1280, 1},
+		{8, 2560, 9728}, {5, 9728, 2560}, {8, 256, 33}, {12, 1024, 130}, {7, 4096, 1030}, {6, 128, 16}, {15, 1152, 40},
 	} {
 		cw, gw := weights(t, c, g, hostWeight(t, kindNVFP4, s.N, s.K, uint64(50+i)))
 		cx, gx := pair(t, c, g, s.T, s.K, randn(s.T*s.K, uint64(500+i), 1))
@@ -53,11 +55,66 @@ func TestGEMVNVFP4(t *testing.T) {
 	}
 }
 
+// TestGEMVMany checks MatMulMany (q/k/v- and gate/up-like products sharing x, one launch) on
+// 1..8 token rows against the CPU, for each multi-row kernel shape and forced slice lengths.
+func TestGEMVMany(t *testing.T) {
+	g := openGPU(t)
+	c := cpu.New()
+	const bound = 2e-5
+	shapes := []struct{ K, N0, N1, N2 int }{{2560, 4096, 1024, 1024}, {1024, 300, 17, 0}, {9728, 2560, 0, 0}}
+	for si, s := range shapes {
+		var cws, gws []backend.Weight
+		for j, N := range []int{s.N0, s.N1, s.N2} {
+			if N == 0 {
+				continue
+			}
+			cw, gw := weights(t, c, g, hostWeight(t, kindNVFP4, N, s.K, uint64(70+10*si+j)))
+			cws, gws = append(cws, cw), append(gws, gw)
+		}
+		for _, T := range []int{1, 2, 4, 5, 8} {
+			cx, gx := pair(t, c, g, T, s.K, randn(T*s.K, uint64(700+T+10*si), 1))
+			var couts []backend.Tensor
+			for _, w := range gws {
+				co, _ := pair(t, c, g, T, w.(*Weight).out, nil)
+				couts = append(couts, co)
+			}
+			for j := range cws {
+				if err := c.MatMul(couts[j], cx, cws[j]); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for _, v := range gemvTCBVariants {
+				for _, slice := range []int{0, 1, 3} {
+					name := fmt.Sprintf("matmul many tcb %s slice %d T=%d K=%d", v, slice, T, s.K)
+					var gouts []backend.Tensor
+					for _, w := range gws {
+						_, o := pair(t, c, g, T, w.(*Weight).out, nil)
+						gouts = append(gouts, o)
+					}
+					err := g.do(func() error {
+						oldV, oldS, oldG := g.gemvTCBVariant, g.gemvSlice, g.gemv
+						g.gemvTCBVariant, g.gemvSlice, g.gemv = v, slice, gemvTCB
+						defer func() { g.gemvTCBVariant, g.gemvSlice, g.gemv = oldV, oldS, oldG }()
+						return g.MatMulMany(gouts, gx, gws)
+					})
+					if err != nil {
+						t.Fatalf("%s: %v", name, err)
+					}
+					for j := range gouts {
+						compare(t, fmt.Sprintf("%s out %d", name, j), c, g, couts[j], gouts[j], bound)
+					}
+				}
+			}
+		}
+	}
+}
+
 // TestFiguresGEMV times the streaming and the older NVFP4 GEMV side by side on Qwen3-4B shapes.
 func TestFiguresGEMV(t *testing.T) {
 	benchEnabled(t)
 	g := openGPU(t)
-	for _, s := range []struct{ T, K, N int }{{1, 2560, 9728}, {1, 9728, 2560}, {1, 2560, 4096}, {1, 4096, 2560}, {1, 2560, 1024}, {4, 2560, 9728}} {
+	for _, s := range []struct{ T, K, N int }{{1, 2560, 9728}, {1, 9728, 2560}, {1, 2560, 4096}, {1, 4096, 2560}, {1, 2560, 1024}, {4, 2560, 9728},
+		{8, 2560, 9728}, {8, 9728, 2560}, {8, 2560, 4096}, {8, 4096, 2560}} {
 		const copies = 16
 		var ws []*Weight
 		for i := 0; i < copies; i++ {

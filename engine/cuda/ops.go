@@ -118,6 +118,19 @@ func (b *Backend) matmul(o, a *Tensor, w *Weight) error {
 			return err
 		}
 	}
+	if T > gemvMaxRows && T < gemmMinRows && gemvShape(w.kind, gemvMaxRows, K) {
+		// A few rows more than one GEMV takes (batched decode's lm_head): consecutive GEMVs of
+		// up to four rows, each reading the weight once, rather than the tiled kernel.
+		for r0 := 0; r0 < T; r0 += gemvMaxRows {
+			n := min(gemvMaxRows, T-r0)
+			av := &Tensor{rows: n, cols: K, ptr: a.ptr + devPtr(4*r0*K), cat: a.cat, owner: b, view: true}
+			ov := &Tensor{rows: n, cols: N, ptr: o.ptr + devPtr(4*r0*N), cat: o.cat, owner: b, view: true}
+			if err := b.matmul(ov, av, w); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 	if gemvShape(w.kind, T, K) {
 		units, name := K/8, fmt.Sprintf("gemv_%s_t%d", w.kind, T)
 		if w.kind == kindNVFP4 {

@@ -31,6 +31,19 @@ var gemvStreamKernels = []string{"gemv_nvfp4s_t1", "gemv_nvfp4s_t2", "gemv_nvfp4
 // its suffix ("8x3").
 var gemvTCVariants = []string{"gemv_nvfp4_tc4x3", "gemv_nvfp4_tc8x3"}
 
+// gemvTCBVariants are the kernel's (warps × k steps in flight) shapes; each comes in a one-pass
+// (≤ 4 rows) and a two-pass (≤ 8 rows) version: gemv_nvfp4_tcb{P}_{W}x{D}.
+var gemvTCBVariants = []string{"4x2", "8x2", "4x4"}
+
+// gemvTCBKernels lists every entry point of gemv_tcb.cu (ptx.go loads them).
+var gemvTCBKernels = func() []string {
+	var names []string
+	for _, v := range gemvTCBVariants {
+		names = append(names, "gemv_nvfp4_tcb1_"+v, "gemv_nvfp4_tcb2_"+v)
+	}
+	return names
+}()
+
 // gemvPersistKernels are the persistent NVFP4 GEMV kernels for 1..4 token rows (gemv.cu).
 var gemvPersistKernels = []string{"gemv_nvfp4p_t1", "gemv_nvfp4p_t2", "gemv_nvfp4p_t3", "gemv_nvfp4p_t4"}
 
@@ -49,6 +62,7 @@ var ptxModules = []ptxModule{
 	{"kernels/elementwise.ptx", []string{"embedding_f32", "embedding_bf16", "embedding_nvfp4", "swiglu_f32", "add_f32", "argmax_rows_f32"}},
 	{"kernels/norm.ptx", []string{"rmsnorm_f32", "rope_f32"}},
 	{"kernels/gemv_tc.ptx", gemvTCVariants},
+	{"kernels/gemv_tcb.ptx", gemvTCBKernels},
 	{"kernels/flash.ptx", []string{"flash_attn_fwd"}},
 	{"kernels/flash_bwd.ptx", []string{"flash_bwd_prep", "flash_bwd_dkdv", "flash_bwd_dq"}},
 	{"kernels/batch.ptx", []string{"rope_at_f32", "scatter_rows_f32", "qk_norm_rope_cache_at", "attention_batch_split_f32",

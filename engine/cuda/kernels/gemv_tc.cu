@@ -28,7 +28,7 @@
 // 128-wide k steps round-robin and their fp32 partial sums are added in warp order (fixed:
 // deterministic). One launch serves up to three products sharing x (q/k/v, gate/up): the
 // blocks of job j follow those of jobs < j. K % 128 == 0 (checked on the host).
-#include "common.cuh"
+#include "gemv_tc.cuh"
 
 #define GT_JOBS 3
 
@@ -41,58 +41,6 @@ struct gt_jobs {
     int tiles[GT_JOBS];  // ceil(N / 16)
     int njobs;
 };
-
-// e2m1_pair returns the half2 of elements p and p+4 of a packed word (p = 0..3), times 2^-14.
-template <int P>
-__device__ __forceinline__ uint32_t e2m1_pair(uint32_t w) {
-    constexpr int sm = 9 - 4 * P, ss = 12 - 4 * P;
-    const uint32_t mag = sm >= 0 ? (w << sm) : (w >> -sm);
-    return (mag & 0x0E000E00u) | ((w << ss) & 0x80008000u);
-}
-
-__device__ __forceinline__ uint32_t e4m3x2_to_f16x2(uint32_t two) {
-    uint32_t r;
-    asm("{.reg .b16 t;\n cvt.u16.u32 t, %1;\n cvt.rn.f16x2.e4m3x2 %0, t;\n}" : "=r"(r) : "r"(two));
-    return r;
-}
-
-__device__ __forceinline__ uint32_t hmul2(uint32_t a, uint32_t b) {
-    __half2 r = __hmul2(*reinterpret_cast<__half2*>(&a), *reinterpret_cast<__half2*>(&b));
-    return *reinterpret_cast<uint32_t*>(&r);
-}
-
-__device__ __forceinline__ void mma_f16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
-                                        uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ uint32_t pack_h2(float lo, float hi) {
-    __half2 h = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&h);
-}
-
-// gt_stage writes x in the permuted hi/lo pair order: for chunk c, u32 slot 2j is the pair
-// (e, e+4) and 2j+1 the pair (e+1, e+5), e = 8(j/2) + 2(j%2), of the chunk's elements.
-__device__ __forceinline__ void gt_stage(uint32_t* xs, const float* __restrict__ x, int K) {
-    const int chunks = K / 32;
-    uint32_t* hi = xs;
-    uint32_t* lo = xs + chunks * 16;
-    for (int i = threadIdx.x; i < chunks * 8; i += blockDim.x) {
-        const int c = i >> 3, j = i & 7, e = 8 * (j >> 1) + 2 * (j & 1);
-        const float* xc = x + c * 32 + e;
-        const float2 a = *reinterpret_cast<const float2*>(xc);      // e, e+1
-        const float2 b = *reinterpret_cast<const float2*>(xc + 4);  // e+4, e+5
-        const __half ha = __float2half_rn(a.x), hb = __float2half_rn(b.x);
-        const __half hc = __float2half_rn(a.y), hd = __float2half_rn(b.y);
-        hi[c * 16 + 2 * j] = pack_h2(__half2float(ha), __half2float(hb));
-        hi[c * 16 + 2 * j + 1] = pack_h2(__half2float(hc), __half2float(hd));
-        lo[c * 16 + 2 * j] = pack_h2(a.x - __half2float(ha), b.x - __half2float(hb));
-        lo[c * 16 + 2 * j + 1] = pack_h2(a.y - __half2float(hc), b.y - __half2float(hd));
-    }
-}
 
 // gemv_tc runs one block of W warps; each warp takes k steps s = warp, warp+W, ... in rounds of
 // D steps whose weight loads are all issued before any of them is decoded (D·2 KB per warp in
@@ -134,7 +82,7 @@ __device__ __forceinline__ void gemv_tc(const gt_jobs& jobs, const float* __rest
     // norm, SwiGLU or attention before this product) is still running.
     issue(0);
     pdl_wait();
-    gt_stage(xs, x, K);
+    stage_x_hilo(xs, x, K, 1, 0, K / 32, (K / 32) * 16);
     __syncthreads();
 
     // Lanes 0-3 read the hi pairs (column 0), lanes 4-7 the lo pairs (column 1); the others

@@ -1,0 +1,64 @@
+// Tensor-core NVFP4 helpers shared by the decode GEMVs (gemv_tc.cu: one token row; gemv_tcb.cu:
+// up to eight rows, k-sliced): E2M1 pairs decoded into f16 bits, E4M3 scale pairs converted to
+// f16x2, the m16n8k16 f16 mma and f16 packing. gemv_tc.cu's header comment explains the decode
+// and the k-permutation both kernels use.
+#pragma once
+#include "common.cuh"
+
+// e2m1_pair returns the half2 of elements p and p+4 of a packed word (p = 0..3), times 2^-14.
+template <int P>
+__device__ __forceinline__ uint32_t e2m1_pair(uint32_t w) {
+    constexpr int sm = 9 - 4 * P, ss = 12 - 4 * P;
+    const uint32_t mag = sm >= 0 ? (w << sm) : (w >> -sm);
+    return (mag & 0x0E000E00u) | ((w << ss) & 0x80008000u);
+}
+
+__device__ __forceinline__ uint32_t e4m3x2_to_f16x2(uint32_t two) {
+    uint32_t r;
+    asm("{.reg .b16 t;\n cvt.u16.u32 t, %1;\n cvt.rn.f16x2.e4m3x2 %0, t;\n}" : "=r"(r) : "r"(two));
+    return r;
+}
+
+__device__ __forceinline__ uint32_t hmul2(uint32_t a, uint32_t b) {
+    __half2 r = __hmul2(*reinterpret_cast<__half2*>(&a), *reinterpret_cast<__half2*>(&b));
+    return *reinterpret_cast<uint32_t*>(&r);
+}
+
+__device__ __forceinline__ void mma_f16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                        uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t pack_h2(float lo, float hi) {
+    __half2 h = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&h);
+}
+
+// stage_x_hilo writes rows [0, T) of x (row stride ldx) over k range [k0, k0 + 32·chunks) to
+// shared memory in the permuted hi/lo f16 pair order of the tensor-core GEMVs: for chunk c of
+// row r, u32 slot 4i+q (i, q < 4) of the hi column xs[(2r)·cstride + 16c …] holds the pair of
+// elements (8i+q, 8i+q+4) as f16(x) and the lo column xs[(2r+1)·cstride + 16c …] the pair of
+// remainders x − f16(x). Consecutive threads read consecutive 8-byte pieces (coalesced): one
+// thread per (row, chunk) with eight 16-byte loads each was measured slower (device run 19:
+// 9728→2560 12.5 → 15.1 µs), its loads 128 bytes apart.
+__device__ __forceinline__ void stage_x_hilo(uint32_t* xs, const float* __restrict__ x, int ldx, int T, int k0,
+                                             int chunks, int cstride) {
+    for (int i = threadIdx.x; i < T * chunks * 8; i += blockDim.x) {
+        const int r = T == 1 ? 0 : i / (chunks * 8), rem = i - r * (chunks * 8);  // T == 1 folds in gemv_tc
+        const int c = rem >> 3, j = rem & 7, e = 8 * (j >> 1) + 2 * (j & 1);
+        const float* xc = x + (size_t)r * ldx + k0 + c * 32 + e;
+        const float2 a = *reinterpret_cast<const float2*>(xc);      // e, e+1
+        const float2 b = *reinterpret_cast<const float2*>(xc + 4);  // e+4, e+5
+        const __half ha = __float2half_rn(a.x), hb = __float2half_rn(b.x);
+        const __half hc = __float2half_rn(a.y), hd = __float2half_rn(b.y);
+        uint32_t* hi = xs + (size_t)(2 * r) * cstride + c * 16 + 2 * j;
+        uint32_t* lo = xs + (size_t)(2 * r + 1) * cstride + c * 16 + 2 * j;
+        hi[0] = pack_h2(__half2float(ha), __half2float(hb));
+        hi[1] = pack_h2(__half2float(hc), __half2float(hd));
+        lo[0] = pack_h2(a.x - __half2float(ha), b.x - __half2float(hb));
+        lo[1] = pack_h2(a.y - __half2float(hc), b.y - __half2float(hd));
+    }
+}
