@@ -72,8 +72,11 @@ type Training interface {
 
 	// NewAdamWState allocates zeroed moments for a [rows, cols] parameter in the given
 	// format ("fp32": m and v float32; "int8": engine/optim's Int8 layout — m signed linear
-	// int8 and √v a zero-free unsigned 8-bit code, blocks of 64 with a float32 absmax),
-	// accounted under OptimizerState.
+	// int8 and √v a zero-free unsigned 8-bit code, blocks of 64 with a float32 absmax;
+	// "4bit": engine/optim's Bit4 layout — m a signed companded 4-bit code, blocks of 128 with
+	// a float32 absmax, rounded stochastically from (Seed, Step, Param, index); v a zero-free
+	// 4-bit log code normalised by min(row max, column max) of v, or by a block absmax for one
+	// row: about 1.03 bytes per parameter), accounted under OptimizerState.
 	NewAdamWState(format string, rows, cols int) (AdamWState, error)
 	// FreeAdamWState releases st.
 	FreeAdamWState(st AdamWState)
@@ -86,7 +89,7 @@ type Training interface {
 
 // AdamWState is a backend-resident pair of AdamW moments for one parameter.
 type AdamWState interface {
-	// Format is "fp32" or "int8".
+	// Format is "fp32", "int8" or "4bit".
 	Format() string
 	// Bytes is the accounted storage.
 	Bytes() int64

@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -73,6 +74,25 @@ func TestQuickRunCPU(t *testing.T) {
 	if want := 3*len(p.TrainLengths)*len(p.TrainBatches) + 1; nTrain != want {
 		t.Errorf("%d training figures, want %d", nTrain, want)
 	}
+	// The standalone optimizer steps and the 4-bit training step run on the CPU too, and the
+	// 4-bit states take about half the int8 ones' bytes (tiny shapes: row and column maxima
+	// weigh more than at 4B).
+	for _, k := range []string{optimKey("int8"), optimKey("4bit"), train4Key(p) + "_tps", train4Key(p) + "_peak"} {
+		f := back.Figure(k)
+		if f == nil || !f.OK() || f.Value <= 0 || len(f.Samples) == 0 || f.Roofline != 0 {
+			t.Errorf("figure %s: %+v", k, f)
+			continue
+		}
+		if strings.HasPrefix(k, "optim_") && (f.Value != slices.Min(f.Samples) || !strings.Contains(f.Note, "B/param") || f.PeakBytes <= 0) {
+			t.Errorf("figure %s: value %v is not the best of %v, or note %q", k, f.Value, f.Samples, f.Note)
+		}
+	}
+	if f8, f4 := back.Figure(optimKey("int8")), back.Figure(optimKey("4bit")); f8 != nil && f4 != nil && f4.PeakBytes >= f8.PeakBytes {
+		t.Errorf("optimizer step peak: 4bit %d bytes, int8 %d", f4.PeakBytes, f8.PeakBytes)
+	}
+	if f := back.Figure(train4Key(p) + "_peak"); f != nil && !strings.Contains(f.Note, "4-bit AdamW states") {
+		t.Errorf("4-bit peak note %q", f.Note)
+	}
 	md := Markdown(back, nil)
 	for _, f := range back.Figures {
 		if !strings.Contains(md, f.Label) {
@@ -134,6 +154,13 @@ func TestRooflineAnchors(t *testing.T) {
 		t.Error("decode roofline should fall with context and rise with batch")
 	}
 	near("optimizer step over 4.02B parameters", r.Optimizer(Qwen4B(0).NumParams()), 11.45, 0.01)
+	// The standalone step: 12.25 B/param for int8 (bf16 matrices), 14.56 for 4bit (the gradient
+	// read twice), the norms' f32 masters a rounding error at 4B.
+	near("standalone int8 step", r.OptimizerStep("int8"), 4.022e9*12.25/4.3e12*1e3, 0.002)
+	near("standalone 4bit step", r.OptimizerStep("4bit"), 4.022e9*14.5625/4.3e12*1e3, 0.002)
+	if b := r.OptimizerStepBasis("4bit"); !strings.Contains(b, "14.56 B/param") {
+		t.Errorf("4bit basis %q", b)
+	}
 	if n := Qwen4B(0).NumParams(); n < 4.0e9 || n > 4.03e9 {
 		t.Errorf("Qwen3-4B parameters %d", n)
 	}

@@ -21,9 +21,14 @@
 //     rows of one batch KV cache (qwen3.BatchKVCache), then N steps of qwen3.ForwardBatch (one
 //     token for every sequence a step, one launch per op for all of them on a backend.Batched
 //     backend, greedy picks on the device), tokens/s over all sequences;
+//   - a standalone optimizer step ("optim"): the backend's AdamW over every parameter of the
+//     model shape (bf16 matrices, f32 norms, resident f32 gradients), once with int8 and once
+//     with 4-bit moments, ending with a sync; the best repetition in ms, with the bytes it
+//     moves per parameter and the fraction of 4.3 TB/s that is (peer.py: torch's fused AdamW);
 //   - a full-parameter training step at S = 192 and 2048, batch 1 and 8, through
 //     engine/devtrain (bf16 masters, int8 AdamW states, recompute): tokens/s, peak memory,
-//     optimizer time and optimizer bytes per parameter.
+//     optimizer time and optimizer bytes per parameter; then S = 192, batch 1 again with
+//     4-bit AdamW states (issue 7: peak memory at most 16 GB).
 //
 // Every timing is wall-clock on the host around a call that ends with a download (a sync):
 // one warm-up, then the median of several repetitions within a per-figure time budget (a
@@ -41,7 +46,7 @@
 //
 // Here: `make cuda-bins` (builds .dev/gpu/qwenrepl with -tags cuda). On the GPU machine, from
 // the repository root with .dev/gpu carried: `bash engine/bench/run.sh` (all 36 layers; add
-// --layers N or --only decode,prefill,train for shorter runs): qwengo first, then peer.py, each
+// --layers N or --only decode,prefill,optim,train for shorter runs): qwengo first, then peer.py, each
 // bounded in time, JSON, logs and table.md in $OUT, the table printed last. Locally:
 // `qwenrepl bench --quick` (CPU, tiny shapes), `qwenrepl bench --combine --report ours.json
 // --peer peer.json` to redo a table.

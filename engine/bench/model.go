@@ -63,24 +63,41 @@ func QuickPlan() Plan {
 		BatchDecode: 8, BatchContext: 64, TrainLengths: []int{16, 32}, TrainBatches: []int{1, 2}}
 }
 
-// paramNames lists every parameter of cfg with its shape ([n] for norms), in HF names.
-func paramNames(cfg *qwen3.Config) map[string][]int {
+// paramShape is one parameter of a model: its HF name and shape ([n] for norms).
+type paramShape struct {
+	name  string
+	shape []int
+}
+
+// paramShapes lists every parameter of cfg in model order: the embedding, each layer's
+// parameters (norms, attention, MLP), the final norm, an untied lm_head.
+func paramShapes(cfg *qwen3.Config) []paramShape {
 	h, q, kv, in := cfg.HiddenSize, cfg.QDim(), cfg.KVDim(), cfg.IntermediateSize
-	out := map[string][]int{"model.embed_tokens.weight": {cfg.VocabSize, h}, "model.norm.weight": {h}}
-	if !cfg.TieEmbeddings {
-		out["lm_head.weight"] = []int{cfg.VocabSize, h}
-	}
+	out := []paramShape{{"model.embed_tokens.weight", []int{cfg.VocabSize, h}}}
 	for i := 0; i < cfg.NumLayers; i++ {
 		p := fmt.Sprintf("model.layers.%d.", i)
-		for name, shape := range map[string][]int{
-			"input_layernorm.weight": {h}, "post_attention_layernorm.weight": {h},
-			"self_attn.q_norm.weight": {cfg.HeadDim}, "self_attn.k_norm.weight": {cfg.HeadDim},
-			"self_attn.q_proj.weight": {q, h}, "self_attn.k_proj.weight": {kv, h}, "self_attn.v_proj.weight": {kv, h},
-			"self_attn.o_proj.weight": {h, q}, "mlp.gate_proj.weight": {in, h}, "mlp.up_proj.weight": {in, h},
-			"mlp.down_proj.weight": {h, in},
+		for _, ps := range []paramShape{
+			{"input_layernorm.weight", []int{h}}, {"self_attn.q_proj.weight", []int{q, h}},
+			{"self_attn.k_proj.weight", []int{kv, h}}, {"self_attn.v_proj.weight", []int{kv, h}},
+			{"self_attn.q_norm.weight", []int{cfg.HeadDim}}, {"self_attn.k_norm.weight", []int{cfg.HeadDim}},
+			{"self_attn.o_proj.weight", []int{h, q}}, {"post_attention_layernorm.weight", []int{h}},
+			{"mlp.gate_proj.weight", []int{in, h}}, {"mlp.up_proj.weight", []int{in, h}}, {"mlp.down_proj.weight", []int{h, in}},
 		} {
-			out[p+name] = shape
+			out = append(out, paramShape{p + ps.name, ps.shape})
 		}
+	}
+	out = append(out, paramShape{"model.norm.weight", []int{h}})
+	if !cfg.TieEmbeddings {
+		out = append(out, paramShape{"lm_head.weight", []int{cfg.VocabSize, h}})
+	}
+	return out
+}
+
+// paramNames maps every parameter of cfg to its shape.
+func paramNames(cfg *qwen3.Config) map[string][]int {
+	out := map[string][]int{}
+	for _, p := range paramShapes(cfg) {
+		out[p.name] = p.shape
 	}
 	return out
 }

@@ -1,11 +1,11 @@
 # The PyTorch side of the qwengo benchmark (engine/bench): the same figures, measured on
 # transformers' Qwen3ForCausalLM with Qwen3-4B shapes, random bf16 weights, sdpa attention.
 #
-#   python3 engine/bench/peer.py --json peer.json [--layers N] [--quick] [--only decode,prefill,train]
+#   python3 engine/bench/peer.py --json peer.json [--layers N] [--quick] [--only decode,prefill,optim,train]
 #
 # Writes the report schema of engine/bench (Report/Figure in report.go): figure keys
 # decode_b1_ctx{C}, decode_b{B}_ctx{C}, prefill_s{S}, train_s{S}_b{B}_{tps,peak,optim},
-# train_bytes_per_param. Every timing: one warm-up, then the median of several repetitions
+# train_bytes_per_param, optim_step_{int8,4bit}, train4bit_s{S}_b1_{tps,peak} (n/a: no 4-bit AdamW). Every timing: one warm-up, then the median of several repetitions
 # (torch.cuda.synchronize around each); a warm-up longer than 10 s is the only sample. A figure
 # that fails (out of memory included) is reported with its reason; the others still run.
 import argparse
@@ -285,6 +285,63 @@ class Bench:
         once = None
         self.cleanup()
 
+    # ------------------------------------------------------------------ optimizer step
+    def optim(self):
+        """One standalone torch.optim.AdamW(fused=True) step over every parameter of the model.
+
+        The peer of qwengo's optimizer-step figures (optim_step_int8, optim_step_4bit): the
+        model's bf16 parameters with random bf16 gradients (uniform, standard deviation 0.02);
+        torch keeps the moments in the parameters' dtype (bf16) and has no int8 or 4-bit AdamW,
+        so one measurement stands in both rows. Timed between two syncs; the figure is the best
+        of the repetitions (qwengo reports its best too), the first step (which creates the
+        moments) untimed."""
+        torch = self.torch
+        params = list(self.model.parameters())  # the tied embedding once
+        f8, f4 = self.fig["optim_step_int8"], self.fig["optim_step_4bit"]
+        holder = {}
+
+        def make():
+            a = 0.02 * 3 ** 0.5
+            with torch.no_grad():
+                for q in params:
+                    q.grad = torch.empty_like(q).uniform_(-a, a)
+            opt = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.01, fused=self.cuda)
+            opt.step()
+            holder["opt"] = opt
+
+            def once():
+                self.sync()
+                t0 = time.perf_counter()
+                opt.step()
+                self.sync()
+                d = time.perf_counter() - t0
+                return d * 1e3, d
+            return once
+
+        self.run_figure(f8, make)
+        opt = holder.pop("opt", None)
+        if f8["status"] == "ok":
+            med = f8["value"]
+            f8["value"] = min(f8["samples"])
+            st = sum(t.numel() * t.element_size() for v in opt.state.values() for t in v.values()
+                     if torch.is_tensor(t) and t.dim() > 0)
+            pb = sum(q.element_size() for q in params) / len(params)
+            gb = sum(q.grad.element_size() for q in params) / len(params)
+            moved = 2 * pb + gb + 2 * st / self.params  # param r+w, gradient, moments r+w
+            rate = moved * self.params / (f8["value"] / 1e3)
+            f8["note"] = ("torch.optim.AdamW(fused=%s), %s parameters and gradients, moments in the parameters' dtype "
+                          "(%.2f B/param; torch has no int8 or 4-bit AdamW): best of %d (median %.3g ms); moves %.2f B/param "
+                          "= %.2f TB/s, %.0f %% of 4.3 TB/s" % (self.cuda, params[0].dtype, st / self.params, len(f8["samples"]),
+                                                              med, moved, rate / 1e12, 100 * rate / 4.3e12))
+            f4.update(status="ok", value=f8["value"], samples=list(f8["samples"]), peak_bytes=f8.get("peak_bytes", 0),
+                      note="the same measurement as optim_step_int8 (torch has no 4-bit AdamW)")
+        elif f4["status"] == "not run":
+            f4["status"] = f8["status"]
+        del opt, holder
+        for q in params:
+            q.grad = None
+        self.cleanup()
+
     # ------------------------------------------------------------------ training
     def train(self):
         torch = self.torch
@@ -363,6 +420,15 @@ class Bench:
                 self.add(k + "_peak", "train peak memory S=%d batch %d" % (s, b), "GiB", "lower", "train")
                 self.add(k + "_optim", "optimizer step S=%d batch %d" % (s, b), "ms", "lower", "train")
         self.add("train_bytes_per_param", "optimizer state per parameter", "B/param", "lower", "train")
+        s4 = p["train_s"][0]
+        for suffix, label, unit, better in (("tps", "train step S=%d batch 1, 4-bit states", "tok/s", "higher"),
+                                            ("peak", "train peak memory S=%d batch 1, 4-bit states", "GiB", "lower")):
+            f = self.add("train4bit_s%d_b1_%s" % (s4, suffix), label % s4, unit, better, "train")
+            if f["status"] == "not run":
+                f["status"] = ("n/a (torch.optim has no 4-bit AdamW states; train S=%d batch 1 is PyTorch's step with "
+                               "moments in the parameters' dtype)" % s4)
+        for state in ("int8", "4bit"):
+            self.add("optim_step_" + state, "optimizer step (all parameters), %s states" % state, "ms", "lower", "optim")
         self.fig = {f["key"]: f for f in self.figures}
         try:
             self.build()
@@ -374,6 +440,8 @@ class Bench:
             return
         if self.want("prefill") or self.want("decode"):
             self.inference()
+        if self.want("optim"):
+            self.optim()
         if self.want("train"):
             self.train()
 
@@ -395,7 +463,7 @@ def main():
     ap.add_argument("--json", required=True, help="write the report here")
     ap.add_argument("--layers", type=int, default=0, help="decoder layers (0: all 36)")
     ap.add_argument("--quick", action="store_true", help="tiny shapes (the sizes of qwenrepl bench --quick)")
-    ap.add_argument("--only", default="", help="comma-separated workloads: decode, prefill, train")
+    ap.add_argument("--only", default="", help="comma-separated workloads: decode, prefill, optim, train")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--decode-steps", type=int, default=0, help="one-token steps per timed repetition (0: 16; 8 quick)")
@@ -404,8 +472,8 @@ def main():
     args = ap.parse_args()
     args.only = [w.strip() for w in args.only.split(",") if w.strip()]
     for w in args.only:
-        if w not in ("decode", "prefill", "train"):
-            ap.error("--only: unknown workload %r (want decode, prefill, train)" % w)
+        if w not in ("decode", "prefill", "optim", "train"):
+            ap.error("--only: unknown workload %r (want decode, prefill, optim, train)" % w)
     b = Bench(args)
     try:
         b.run()

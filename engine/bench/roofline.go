@@ -75,3 +75,62 @@ var OptimizerBasis = fmt.Sprintf("optimizer: %.2f B/param (bf16 master r+w, f32 
 func (r Roofline) Optimizer(params int64) float64 {
 	return float64(params) * optimBytesPerParam / HBMBytesPerSec * 1e3
 }
+
+// optimStepBytes is what one in-place AdamW update of a [rows, cols] parameter must move per
+// element with the moments in format, the master as devtrain keeps it (bf16 for matrices, f32
+// for one-row norms) and an f32 gradient: the master read and written, the gradient read, the
+// moments read and written with their float32 block scales. 4bit reads the gradient twice (the
+// first pass finds the new v's row and column maxima; a one-row parameter needs no first pass)
+// and its row and column maxima stay in cache. Formats: "int8", "4bit", "fp32".
+func optimStepBytes(format string, rows, cols int) float64 {
+	master := 2.0
+	if rows == 1 {
+		master = 4
+	}
+	b := 2*master + 4 // master r+w, f32 gradient
+	switch format {
+	case "int8":
+		b += 2*2 + 2*2*4.0/64 // m and v codes r+w, two absmax per 64 r+w
+	case "4bit":
+		b += 4*0.5 + 2*4.0/128 // m and v nibbles r+w, m's absmax per 128 r+w
+		if rows == 1 {
+			b += 2 * 4.0 / 128 // v's absmax per 128 r+w
+		} else {
+			b += 4 + 0.5 // first pass: the gradient and v's codes again
+		}
+	default:
+		b += 2 * 2 * 4 // fp32 m and v r+w
+	}
+	return b
+}
+
+// optimStep returns the bytes one AdamW step over every parameter of the model moves with
+// moments in format, and the parameter count.
+func (r Roofline) optimStep(format string) (bytes float64, params int64) {
+	for _, p := range paramShapes(r.Cfg) {
+		rows, cols := 1, p.shape[0]
+		if len(p.shape) == 2 {
+			rows, cols = p.shape[0], p.shape[1]
+		}
+		bytes += float64(rows) * float64(cols) * optimStepBytes(format, rows, cols)
+		params += int64(rows) * int64(cols)
+	}
+	return bytes, params
+}
+
+// OptimizerStep is the HBM bound, in milliseconds, on one standalone AdamW step over every
+// parameter with moments in format ("int8" or "4bit"), as the optimizer-step figures time it.
+func (r Roofline) OptimizerStep(format string) float64 {
+	bytes, _ := r.optimStep(format)
+	return bytes / HBMBytesPerSec * 1e3
+}
+
+// OptimizerStepBasis documents OptimizerStep for format.
+func (r Roofline) OptimizerStepBasis(format string) string {
+	bytes, n := r.optimStep(format)
+	what := map[string]string{
+		"int8": "bf16 master r+w, f32 gradient, int8 m and v r+w with two f32 absmax per 64",
+		"4bit": "bf16 master r+w, f32 gradient read twice (the first pass finds the new v's row and column maxima), 4-bit m and v r+w, f32 absmax of m per 128",
+	}[format]
+	return fmt.Sprintf("optimizer step, %s states: %.2f B/param (%s; f32 norms) ÷ 4.3 TB/s", format, bytes/float64(n), what)
+}

@@ -16,7 +16,7 @@ import (
 )
 
 // Workloads Options.Only may name.
-var Workloads = []string{"decode", "prefill", "train"}
+var Workloads = []string{"decode", "prefill", "optim", "train"}
 
 // Options control Run.
 type Options struct {
@@ -24,7 +24,7 @@ type Options struct {
 	Layers int
 	// Quick selects the tiny shapes and sizes of QuickConfig and QuickPlan.
 	Quick bool
-	// Only restricts the workloads ("decode", "prefill", "train"); empty runs all.
+	// Only restricts the workloads ("decode", "prefill", "optim", "train"); empty runs all.
 	Only []string
 	// Seed makes the weights and token ids reproducible.
 	Seed uint64
@@ -113,6 +113,9 @@ func Run(ctx context.Context, b backend.Backend, opt Options) (*Report, error) {
 			r.m = nil
 		}
 	}
+	if r.want("optim") {
+		r.optimizer()
+	}
 	if r.want("train") {
 		if rc, ok := b.(interface{ ReleaseCache() error }); ok {
 			if err := rc.ReleaseCache(); err != nil {
@@ -120,6 +123,7 @@ func Run(ctx context.Context, b backend.Backend, opt Options) (*Report, error) {
 			}
 		}
 		r.train()
+		r.train4bit()
 	}
 	return r.rep, nil
 }
@@ -160,6 +164,7 @@ func batchKey(p Plan) string      { return fmt.Sprintf("decode_b%d_ctx%d", p.Bat
 func prefillKey(s int) string     { return fmt.Sprintf("prefill_s%d", s) }
 func trainKey(s, b int) string    { return fmt.Sprintf("train_s%d_b%d", s, b) }
 func bytesPerParamKey() string    { return "train_bytes_per_param" }
+func train4Key(p Plan) string     { return fmt.Sprintf("train4bit_s%d_b1", p.TrainLengths[0]) }
 func notSelected(w string) string { return "not run: not selected (--only without " + w + ")" }
 
 // figures lists every figure of the plan, in table order, with its roofline.
@@ -197,6 +202,15 @@ func (r *runner) figures() []Figure {
 		}
 	}
 	add("train", Figure{Key: bytesPerParamKey(), Label: "optimizer state per parameter", Unit: "B/param", Better: "lower"})
+	k4 := train4Key(p)
+	add("train", Figure{Key: k4 + "_tps", Label: fmt.Sprintf("train step S=%d batch 1, 4-bit states", p.TrainLengths[0]), Unit: "tok/s",
+		Better: "higher", Roofline: r.roof.Train(p.TrainLengths[0]), Basis: TrainBasis})
+	add("train", Figure{Key: k4 + "_peak", Label: fmt.Sprintf("train peak memory S=%d batch 1, 4-bit states", p.TrainLengths[0]), Unit: "GiB",
+		Better: "lower"})
+	for _, f := range optimFormats {
+		add("optim", Figure{Key: optimKey(f), Label: fmt.Sprintf("optimizer step, %s parameters, %s states", paramCount(r.cfg.NumParams()), f),
+			Unit: "ms", Better: "lower", Roofline: r.roof.OptimizerStep(f), Basis: r.roof.OptimizerStepBasis(f)})
+	}
 	return fs
 }
 

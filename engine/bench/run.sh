@@ -4,7 +4,7 @@
 # .dev/gpu/) then PyTorch + transformers (engine/bench/peer.py), one after the other on the
 # same GPU, then one markdown table of both, printed last.
 #
-#   bash engine/bench/run.sh [--layers N] [--quick] [--only decode,prefill,train]
+#   bash engine/bench/run.sh [--layers N] [--quick] [--only decode,prefill,optim,train]
 #
 # The arguments go to both sides. Output in $OUT (default: a new temporary directory):
 # device.txt, qwengo.json + qwengo.log, peer.json + peer.log, table.md. Each side is bounded

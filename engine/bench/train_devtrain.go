@@ -4,8 +4,10 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"os"
 	"runtime"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -16,10 +18,36 @@ import (
 	"github.com/qwengo/qwengo/engine/grad"
 )
 
+// trainMemory returns the training figures' memory settings (devtrain.Options). By default each
+// layer runs (forward, recomputation, backward) over at most two 2048-token sequences at a
+// time, so its activations and their gradients take [4096, width] buffers (1.5 GB at
+// Qwen3-4B's widths) instead of [B·S, width] (6.2 GB at S=2048 × 8), and each layer's input
+// is kept as bf16 (3.0 GB instead of 6.0 GB at S=2048 × 8); shorter batches run whole.
+// QWENGO_TRAIN_LAYER_CHUNK_ROWS (0 = all rows at once) and QWENGO_TRAIN_CHECKPOINT_BF16 (0
+// or 1) override them, so that one GPU session can compare the settings' speed and peak.
+func trainMemory() (chunkRows int, bf16 bool, err error) {
+	chunkRows, bf16 = 4096, true
+	if v := os.Getenv("QWENGO_TRAIN_LAYER_CHUNK_ROWS"); v != "" {
+		if chunkRows, err = strconv.Atoi(v); err != nil || chunkRows < 0 {
+			return 0, false, fmt.Errorf("QWENGO_TRAIN_LAYER_CHUNK_ROWS=%q: want a row count ≥ 0", v)
+		}
+	}
+	if v := os.Getenv("QWENGO_TRAIN_CHECKPOINT_BF16"); v != "" {
+		if bf16, err = strconv.ParseBool(v); err != nil {
+			return 0, false, fmt.Errorf("QWENGO_TRAIN_CHECKPOINT_BF16=%q: want 0 or 1", v)
+		}
+	}
+	return chunkRows, bf16, nil
+}
+
 // train measures full-parameter training steps through engine/devtrain: bf16 master weights,
 // int8 AdamW moments, activation recompute, the optimizer fused into the backward pass.
 // Every (S, batch) of the plan: tokens/s over whole steps (B·S tokens each), the backend's peak
-// memory, the optimizer phase's time; once, the optimizer's bytes per parameter.
+// memory, the optimizer phase's time; once, the optimizer's bytes per parameter. The peak's
+// note splits it by memory category and lists devtrain's plan of it (Model.PeakPlan); the
+// difference is the backend's own workspace. Blocks the backend cached for reuse are released
+// before each figure, so that the peak is the step's and not also the earlier figures'
+// leftover shapes.
 func (r *runner) train() {
 	fail := func(status string) {
 		for i := range r.rep.Figures {
@@ -44,8 +72,14 @@ func (r *runner) train() {
 		fail("not run: " + err.Error())
 		return
 	}
+	chunkRows, bf16, err := trainMemory()
+	if err != nil {
+		fail("not run: " + err.Error())
+		return
+	}
 	randomizeParallel(gm, r.opt.Seed)
-	dm, err := devtrain.New(tb, gm, devtrain.Options{Master: "bf16", State: "int8", Recompute: true, FusedOptimizer: true})
+	dm, err := devtrain.New(tb, gm, devtrain.Options{Master: "bf16", State: "int8", Recompute: true, FusedOptimizer: true,
+		LayerChunkRows: chunkRows, CheckpointBF16: bf16})
 	gm = nil
 	runtime.GC()
 	if err != nil {
@@ -57,7 +91,7 @@ func (r *runner) train() {
 	} else if c, ok := any(dm).(interface{ Close() error }); ok {
 		defer c.Close()
 	}
-	r.logf("trainable model ready in %.1f s", time.Since(t0).Seconds())
+	r.logf("trainable model ready in %.1f s (layers in spans of %d rows, 0 = all; bf16 layer inputs %v)", time.Since(t0).Seconds(), chunkRows, bf16)
 	if f := r.rep.Figure(bytesPerParamKey()); f != nil {
 		f.Value, f.Samples, f.Status = dm.OptimizerBytesPerParam(), []float64{dm.OptimizerBytesPerParam()}, StatusOK
 		f.Note = "devtrain int8 AdamW state (m, v and block scales) per parameter"
@@ -67,6 +101,11 @@ func (r *runner) train() {
 			k := trainKey(s, bsz)
 			ft, fp, fo := r.rep.Figure(k+"_tps"), r.rep.Figure(k+"_peak"), r.rep.Figure(k+"_optim")
 			batch := r.batch(bsz, s)
+			if rc, ok := r.b.(interface{ ReleaseCache() error }); ok {
+				if err := rc.ReleaseCache(); err != nil {
+					r.logf("%s: release cached blocks: %v", k, err)
+				}
+			}
 			var phases [][]devtrain.Phase
 			var losses []float64
 			r.measure(ft, func() (float64, time.Duration, error) {
@@ -89,6 +128,9 @@ func (r *runner) train() {
 			}
 			gib := float64(ft.PeakBytes) / (1 << 30)
 			fp.Value, fp.Samples, fp.Status, fp.PeakBytes = gib, []float64{gib}, StatusOK, ft.PeakBytes
+			// Step resets the peak when it starts: this is the last step's.
+			fp.Note = fmt.Sprintf("LayerChunkRows %d, CheckpointBF16 %v; ", chunkRows, bf16) + peakNote(r.b.Memory(), dm.PeakPlan(bsz, s))
+			r.logf("%s: %s", fp.Key, fp.Note)
 			timed := phases[1:] // phases[0] is the warm-up
 			if len(timed) == 0 {
 				timed = phases
@@ -125,6 +167,33 @@ func (r *runner) batch(bsz, s int) *data.Batch {
 		b.Sources = append(b.Sources, "random")
 	}
 	return b
+}
+
+// peakNote splits a step's peak by category and lists the plan of it: "peak 27.31 GB =
+// weights 7.49 GiB + …; plan (devtrain.PeakPlan) 26.95 GB: master weights (bf16) 7.49 GiB, …;
+// backend workspace beyond the plan 0.36 GB".
+func peakNote(ms backend.MemStats, plan []devtrain.PlanItem) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "peak %.2f GB =", float64(ms.Peak)/1e9)
+	sep := " "
+	for c, n := range ms.PeakBy {
+		if n != 0 {
+			fmt.Fprintf(&b, "%s%s %s", sep, backend.Category(c), backend.Human(n))
+			sep = " + "
+		}
+	}
+	var sum int64
+	var items []string
+	for _, it := range plan {
+		sum += it.Bytes
+		items = append(items, fmt.Sprintf("%s %s", it.What, backend.Human(it.Bytes)))
+	}
+	if len(items) == 0 {
+		return b.String()
+	}
+	fmt.Fprintf(&b, "; plan (devtrain.PeakPlan) %.2f GB: %s; backend workspace beyond the plan %.2f GB",
+		float64(sum)/1e9, strings.Join(items, ", "), float64(ms.Peak-sum)/1e9)
+	return b.String()
 }
 
 // phaseSummary formats a step's phases: name, time and peak.

@@ -3,6 +3,7 @@ package cpu
 import (
 	"fmt"
 	"math"
+	"sync"
 	"sync/atomic"
 	"unsafe"
 
@@ -553,14 +554,18 @@ func (b *Backend) CrossEntropy(dlogits, logits backend.Tensor, targets []int, ls
 
 // adamState is a CPU AdamW state: the moments of one parameter in engine/optim's layout for
 // the format (fp32: m and v; int8: m signed linear and √v zero-free unsigned, with one float32
-// absmax per block of adamBlock elements). The master is the weight itself.
+// absmax per block of adamBlock elements; 4bit: m and v codes two to a byte, m's absmax per
+// block of optim.Bit4Block, and v's normaliser — the row and column maxima of v for a matrix,
+// a block absmax for a one-row parameter). The master is the weight itself.
 type adamState struct {
 	format     string
 	rows, cols int
 	m32, v32   []float32 // fp32
 	m8         []int8    // int8: m, absmax in msc
 	v8         []uint8   // int8: √v, absmax of √v in vsc
-	msc, vsc   []float32 // int8 block scales
+	msc, vsc   []float32 // int8 block scales; 4bit: m's block absmax, v's block absmax (one row)
+	m4, v4     []byte    // 4bit: m and v codes, element i in nibble i&1 of byte i>>1
+	rowM, colM []float32 // 4bit matrices: the maxima of v per row and per column
 	bytes      int64
 	owner      *Backend
 }
@@ -569,31 +574,63 @@ type adamState struct {
 // are updated in blocks of the same size.
 const adamBlock = optim.Int8Block
 
+// adam4Block is engine/optim's 4-bit block (128 elements with one float32 absmax of m).
+const adam4Block = optim.Bit4Block
+
 func (s *adamState) Format() string { return s.format }
 func (s *adamState) Bytes() int64   { return s.bytes }
 
+// adamWStateBytes is the storage of a [rows, cols] parameter's moments in format, as
+// engine/optim's StateBytes counts it: fp32 8 bytes per element; int8 2 plus two float32
+// scales per 64; 4bit two nibbles, a float32 absmax of m per 128, and the float32 row and
+// column maxima of v (a matrix) or an absmax of v per 128 (one row): about 1.03 bytes per
+// element for the model's matrices. ok is false for an unknown format.
+func adamWStateBytes(format string, rows, cols int) (bytes int64, ok bool) {
+	n := int64(rows) * int64(cols)
+	switch format {
+	case "fp32":
+		return 8 * n, true
+	case "int8":
+		return 2*n + 8*((n+adamBlock-1)/adamBlock), true
+	case "4bit":
+		nb := (n + adam4Block - 1) / adam4Block
+		v := 4 * nb
+		if rows > 1 {
+			v = 4 * (int64(rows) + int64(cols))
+		}
+		return 2*((n+1)/2) + 4*nb + v, true
+	}
+	return 0, false
+}
+
 // NewAdamWState implements backend.Training.
 func (b *Backend) NewAdamWState(format string, rows, cols int) (backend.AdamWState, error) {
-	if format != "fp32" && format != "int8" {
-		return nil, fmt.Errorf("cpu: adamw state: format %q: want fp32 or int8", format)
+	bytes, ok := adamWStateBytes(format, rows, cols)
+	if !ok {
+		return nil, fmt.Errorf("cpu: adamw state: format %q: want fp32, int8 or 4bit", format)
 	}
 	if rows <= 0 || cols <= 0 || rows > maxElems/cols {
 		return nil, fmt.Errorf("cpu: adamw state: cannot allocate moments for [%d, %d]", rows, cols)
 	}
 	n := rows * cols
-	nb := (n + adamBlock - 1) / adamBlock
-	bytes := int64(n) * 8
-	if format == "int8" {
-		bytes = 2*int64(n) + 8*int64(nb)
-	}
 	if err := b.account(backend.OptimizerState, bytes); err != nil {
 		return nil, err
 	}
 	s := &adamState{format: format, rows: rows, cols: cols, bytes: bytes, owner: b}
-	if format == "fp32" {
+	switch format {
+	case "fp32":
 		s.m32, s.v32 = make([]float32, n), make([]float32, n)
-	} else {
+	case "int8":
+		nb := (n + adamBlock - 1) / adamBlock
 		s.m8, s.v8, s.msc, s.vsc = make([]int8, n), make([]uint8, n), make([]float32, nb), make([]float32, nb)
+	case "4bit":
+		nb := (n + adam4Block - 1) / adam4Block
+		s.m4, s.v4, s.msc = make([]byte, (n+1)/2), make([]byte, (n+1)/2), make([]float32, nb)
+		if rows > 1 {
+			s.rowM, s.colM = make([]float32, rows), make([]float32, cols)
+		} else {
+			s.vsc = make([]float32, nb)
+		}
 	}
 	return s, nil
 }
@@ -607,15 +644,16 @@ func (b *Backend) FreeAdamWState(x backend.AdamWState) {
 	b.account(backend.OptimizerState, -s.bytes)
 	s.bytes = 0
 	s.m32, s.v32, s.m8, s.v8, s.msc, s.vsc = nil, nil, nil, nil, nil, nil
+	s.m4, s.v4, s.rowM, s.colM = nil, nil, nil, nil
 }
 
 // AdamW implements backend.Training: engine/optim's update, in place on the weight, block by
 // block of adamBlock elements: decode the block's moments (optim.DecodeInt8M/V for int8), apply
 // optim.Coeffs.Update with the gradient scaled by GradScale, store w (bf16: round to nearest
 // even, or optim.StochasticBF16 with (Seed, Step, Param, index)) and re-encode m and v
-// (optim.EncodeInt8M/V). Calling optim's own code, not a copy of it, keeps the result
-// bit-identical to optim.AdamW. A non-finite scaled gradient is an error and nothing is
-// updated (engine/optim skips such a step).
+// (optim.EncodeInt8M/V). 4bit states take two passes (adamW4). Calling optim's own code, not a
+// copy of it, keeps the result bit-identical to optim.AdamW. A non-finite scaled gradient is an
+// error and nothing is updated (engine/optim skips such a step).
 func (b *Backend) AdamW(bw backend.Weight, grad backend.Tensor, x backend.AdamWState, h backend.AdamWHyper) error {
 	if err := backend.CheckAdamWHyper(h); err != nil {
 		return fmt.Errorf("cpu: %w", err)
@@ -639,7 +677,6 @@ func (b *Backend) AdamW(bw backend.Weight, grad backend.Tensor, x backend.AdamWS
 		return fmt.Errorf("cpu: adamw %s: weight [%d, %d], gradient [%d, %d], state [%d, %d]", w.name, w.out, w.in, g.rows, g.cols, s.rows, s.cols)
 	}
 	n := w.out * w.in
-	nb := (n + adamBlock - 1) / adamBlock
 	var bad atomic.Int64 // the first non-finite element, or n
 	bad.Store(int64(n))
 	b.parallelRange(n, 1<<16, func(lo, hi int) {
@@ -655,17 +692,18 @@ func (b *Backend) AdamW(bw backend.Weight, grad backend.Tensor, x backend.AdamWS
 		return fmt.Errorf("cpu: adamw %s: non-finite gradient %v (×%v) at element %d: nothing updated", w.name, g.Data[i], h.GradScale, i)
 	}
 	p := optim.NewCoeffs(h.Beta1, h.Beta2, h.Eps, h.LR, h.WeightDecay, h.Step, h.NoDecay)
+	if s.format == "4bit" {
+		b.adamW4(w, g.Data, s, p, h)
+		return nil
+	}
+	nb := (n + adamBlock - 1) / adamBlock
 	b.parallelRange(nb, 64, func(lo, hi int) {
 		var wb, mb, vb [adamBlock]float32
 		for blk := lo; blk < hi; blk++ {
 			j0, j1 := blk*adamBlock, min((blk+1)*adamBlock, n)
 			k := j1 - j0
 			ws, ms, vs := wb[:k], mb[:k], vb[:k]
-			if w.f32 != nil {
-				copy(ws, w.f32[j0:j1])
-			} else {
-				widenBF16(ws, w.bf16[j0:j1])
-			}
+			w.loadMaster(ws, j0)
 			if s.m32 != nil {
 				copy(ms, s.m32[j0:j1])
 				copy(vs, s.v32[j0:j1])
@@ -674,18 +712,7 @@ func (b *Backend) AdamW(bw backend.Weight, grad backend.Tensor, x backend.AdamWS
 				optim.DecodeInt8V(vs, s.v8[j0:j1], s.vsc[blk])
 			}
 			p.Update(ws, ms, vs, g.Data[j0:j1], h.GradScale)
-			switch {
-			case w.f32 != nil:
-				copy(w.f32[j0:j1], ws)
-			case h.StochasticRound:
-				for j, v := range ws {
-					w.bf16[j0+j] = optim.StochasticBF16(v, h.Seed, uint64(h.Step), h.Param, uint64(j0+j))
-				}
-			default:
-				for j, v := range ws {
-					w.bf16[j0+j] = tensor.F32ToBF16(v)
-				}
-			}
+			w.storeMaster(ws, j0, h)
 			if s.m32 != nil {
 				copy(s.m32[j0:j1], ms)
 				copy(s.v32[j0:j1], vs)
@@ -696,4 +723,110 @@ func (b *Backend) AdamW(bw backend.Weight, grad backend.Tensor, x backend.AdamWS
 		}
 	})
 	return nil
+}
+
+// adamW4 is AdamW on 4-bit moments (engine/optim's Bit4) with checked arguments. A matrix's v
+// codes are normalised by min(row maximum, column maximum) of the NEW v, which is known only
+// once every element has been seen: a first pass computes each element's new v
+// (optim.Coeffs.NextV from the old v decoded under the old maxima) and keeps only the row and
+// column maxima (rows split over workers, each with its own column maxima merged under a
+// lock: a maximum does not depend on the order). The second pass goes block by block of
+// optim.Bit4Block: decode w, m and v, optim.Coeffs.Update, store w, re-encode m
+// (optim.EncodeBit4M: stochastic, drawn from (Seed, Step, Param, index)) and v (under the new
+// maxima, or under the block's largest v for a one-row parameter). The new maxima replace the
+// old ones last.
+func (b *Backend) adamW4(w *Weight, g []float32, s *adamState, p optim.Coeffs, h backend.AdamWHyper) {
+	rows, cols := s.rows, s.cols
+	n := rows * cols
+	var newRow, newCol []float32
+	if s.rowM != nil {
+		newRow, newCol = make([]float32, rows), make([]float32, cols)
+		var mu sync.Mutex
+		b.parallelRange(rows, max(1, 4096/cols), func(lo, hi int) {
+			colMax := make([]float32, cols)
+			for r := lo; r < hi; r++ {
+				var rowMax float32
+				for c := 0; c < cols; c++ {
+					j := r*cols + c
+					v := optim.DecodeBit4V(optim.Bit4Nibble(s.v4, j), min(s.rowM[r], s.colM[c]))
+					vn := p.NextV(v, g[j], h.GradScale)
+					rowMax = max(rowMax, vn)
+					colMax[c] = max(colMax[c], vn)
+				}
+				newRow[r] = rowMax
+			}
+			mu.Lock()
+			for c, v := range colMax {
+				newCol[c] = max(newCol[c], v)
+			}
+			mu.Unlock()
+		})
+	}
+	nb := (n + adam4Block - 1) / adam4Block
+	b.parallelRange(nb, 32, func(lo, hi int) {
+		var wb, mb, vb [adam4Block]float32
+		for blk := lo; blk < hi; blk++ {
+			j0, j1 := blk*adam4Block, min((blk+1)*adam4Block, n)
+			k := j1 - j0
+			ws, ms, vs := wb[:k], mb[:k], vb[:k]
+			w.loadMaster(ws, j0)
+			optim.DecodeBit4M(ms, s.m4, s.msc[blk], j0)
+			for j := j0; j < j1; j++ {
+				var norm float32
+				if s.rowM != nil {
+					norm = min(s.rowM[j/cols], s.colM[j%cols])
+				} else {
+					norm = s.vsc[blk]
+				}
+				vs[j-j0] = optim.DecodeBit4V(optim.Bit4Nibble(s.v4, j), norm)
+			}
+			p.Update(ws, ms, vs, g[j0:j1], h.GradScale)
+			w.storeMaster(ws, j0, h)
+			s.msc[blk] = optim.EncodeBit4M(s.m4, ms, j0, h.Seed, uint64(h.Step), h.Param)
+			if newRow != nil {
+				for j := j0; j < j1; j++ {
+					optim.SetBit4Nibble(s.v4, j, optim.EncodeBit4V(vs[j-j0], min(newRow[j/cols], newCol[j%cols])))
+				}
+				continue
+			}
+			var top float32 // v ≥ 0: its absmax is its maximum
+			for _, v := range vs {
+				top = max(top, v)
+			}
+			s.vsc[blk] = top
+			for j := j0; j < j1; j++ {
+				optim.SetBit4Nibble(s.v4, j, optim.EncodeBit4V(vs[j-j0], top))
+			}
+		}
+	})
+	if newRow != nil {
+		s.rowM, s.colM = newRow, newCol
+	}
+}
+
+// loadMaster widens elements j0 … j0+len(dst)-1 of a dense weight to float32.
+func (w *Weight) loadMaster(dst []float32, j0 int) {
+	if w.f32 != nil {
+		copy(dst, w.f32[j0:j0+len(dst)])
+	} else {
+		widenBF16(dst, w.bf16[j0:j0+len(dst)])
+	}
+}
+
+// storeMaster stores updated elements from j0 as engine/optim stores masters: f32 as they
+// are; bf16 rounded to nearest even, or stochastically with optim.StochasticBF16 drawn from
+// (Seed, Step, Param, index) when h.StochasticRound.
+func (w *Weight) storeMaster(src []float32, j0 int, h backend.AdamWHyper) {
+	switch {
+	case w.f32 != nil:
+		copy(w.f32[j0:], src)
+	case h.StochasticRound:
+		for j, v := range src {
+			w.bf16[j0+j] = optim.StochasticBF16(v, h.Seed, uint64(h.Step), h.Param, uint64(j0+j))
+		}
+	default:
+		for j, v := range src {
+			w.bf16[j0+j] = tensor.F32ToBF16(v)
+		}
+	}
 }

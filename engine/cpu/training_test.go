@@ -734,8 +734,10 @@ func TestCrossEntropyMatchesTrain(t *testing.T) {
 
 // TestAdamWMatchesOptim: 5 steps (a learning rate per step) of the backend's AdamW on a weight
 // kept in f32 or bf16 equal engine/optim.AdamW on the same parameter bit for bit, for fp32
-// and int8 moments, with stochastic rounding of bf16 on and off, weight decay on and off, as
-// parameter 0 of a one-parameter optimizer or parameter 2 of a three-parameter one.
+// int8 and 4bit moments, with stochastic rounding of bf16 on and off, weight decay on and off,
+// as parameter 0 of a one-parameter optimizer or parameter 2 of a three-parameter one. The
+// 4bit cases include a one-row parameter (v normalised per block) and a matrix whose blocks of
+// 128 straddle rows, with an odd element count (a half-used last byte).
 func TestAdamWMatchesOptim(t *testing.T) {
 	type cfg struct {
 		format, keep string
@@ -744,12 +746,13 @@ func TestAdamWMatchesOptim(t *testing.T) {
 		rows, cols   int
 	}
 	var cases []cfg
-	for _, format := range []string{"fp32", "int8"} {
+	for _, format := range []string{"fp32", "int8", "4bit"} {
 		for _, keep := range []string{"f32", "bf16"} {
 			cases = append(cases, cfg{format, keep, keep == "bf16", false, 0, 6, 100}, cfg{format, keep, false, true, 2, 3, 64})
 		}
 	}
-	cases = append(cases, cfg{"int8", "bf16", true, false, 1, 1, 7}, cfg{"int8", "f32", false, false, 0, 129, 65})
+	cases = append(cases, cfg{"int8", "bf16", true, false, 1, 1, 7}, cfg{"int8", "f32", false, false, 0, 129, 65},
+		cfg{"4bit", "bf16", true, false, 1, 1, 300}, cfg{"4bit", "f32", false, false, 0, 129, 65}, cfg{"4bit", "f32", false, true, 1, 200, 1})
 	for _, c := range cases {
 		name := fmt.Sprintf("%+v", c)
 		b := New()
@@ -829,13 +832,42 @@ func TestAdamWMatchesOptim(t *testing.T) {
 	}
 }
 
+// TestAdamWStateBytesMatchOptim: the accounted bytes of every format equal what
+// engine/optim.AdamW.StateBytes counts for the same parameter, and a Qwen3-4B MLP matrix's
+// 4bit state is about 1.03 bytes per parameter.
+func TestAdamWStateBytesMatchOptim(t *testing.T) {
+	for _, f := range []string{"fp32", "int8", "4bit"} {
+		for _, sh := range [][2]int{{1, 1}, {1, 129}, {3, 5}, {256, 512}, {129, 65}, {7, 1}} {
+			got, ok := adamWStateBytes(f, sh[0], sh[1])
+			sf, _ := optim.ParseStateFormat(f)
+			o, err := optim.NewAdamW(optim.Config{Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, State: sf},
+				[]optim.ParamSpec{{Name: "w", Rows: sh[0], Cols: sh[1], Init: make([]float32, sh[0]*sh[1])}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, want, _ := o.StateBytes()
+			if !ok || got != want {
+				t.Errorf("%s %v: %d bytes accounted, engine/optim counts %d", f, sh, got, want)
+			}
+		}
+	}
+	bytes, _ := adamWStateBytes("4bit", 9728, 2560)
+	if per := float64(bytes) / (9728 * 2560); per < 1.03 || per > 1.035 {
+		t.Errorf("4bit [9728, 2560]: %.4f bytes per parameter", per)
+	}
+}
+
 func TestAdamWState(t *testing.T) {
 	b := New()
 	for _, c := range []struct {
 		format     string
 		rows, cols int
 		bytes      int64
-	}{{"fp32", 3, 5, 15 * 8}, {"int8", 3, 5, 2*15 + 8}, {"int8", 2, 64, 2*128 + 2*8}, {"int8", 1, 65, 2*65 + 2*8}} {
+	}{{"fp32", 3, 5, 15 * 8}, {"int8", 3, 5, 2*15 + 8}, {"int8", 2, 64, 2*128 + 2*8}, {"int8", 1, 65, 2*65 + 2*8},
+		// 4bit: two nibble arrays, m's absmax per 128, then v's row and column maxima (a
+		// matrix) or v's absmax per 128 (one row), as optim.AdamW.StateBytes counts them.
+		{"4bit", 3, 5, 2*8 + 4 + 4*(3+5)}, {"4bit", 2, 128, 2*128 + 2*4 + 4*(2+128)}, {"4bit", 1, 129, 2*65 + 2*4 + 2*4},
+		{"4bit", 2560, 9728, 2560*9728/2*2 + 2560*9728/128*4 + 4*(2560+9728)}} {
 		st, err := b.NewAdamWState(c.format, c.rows, c.cols)
 		if err != nil {
 			t.Fatal(err)
@@ -856,7 +888,7 @@ func TestAdamWState(t *testing.T) {
 			t.Errorf("%+v: a freed state accepted", c)
 		}
 	}
-	for _, f := range []string{"4bit", "", "bf16"} {
+	for _, f := range []string{"int4", "", "bf16"} {
 		if _, err := b.NewAdamWState(f, 2, 2); err == nil {
 			t.Errorf("format %q accepted", f)
 		}

@@ -4,6 +4,9 @@ package cuda
 
 import (
 	"fmt"
+	"os"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/qwengo/qwengo/engine/backend"
@@ -130,6 +133,9 @@ func TestFiguresGEMV(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, k := range gemvKernelNames {
+			if only := os.Getenv("QWENGO_CUDA_FIG_GEMV"); only != "" && !slices.Contains(strings.Split(only, ","), k) {
+				continue // QWENGO_CUDA_FIG_GEMV=tc,tcb times only those
+			}
 			var ms float64
 			err := withGEMV(g, k, func() error {
 				var err error

@@ -33,7 +33,7 @@ var gemvTCVariants = []string{"gemv_nvfp4_tc4x3", "gemv_nvfp4_tc8x3"}
 
 // gemvTCBVariants are the kernel's (warps × k steps in flight) shapes; each comes in a one-pass
 // (≤ 4 rows) and a two-pass (≤ 8 rows) version: gemv_nvfp4_tcb{P}_{W}x{D}.
-var gemvTCBVariants = []string{"4x2", "8x2", "4x4"}
+var gemvTCBVariants = []string{"4x2", "8x2", "4x4", "8x4"}
 
 // gemvTCBKernels lists every entry point of gemv_tcb.cu (ptx.go loads them).
 var gemvTCBKernels = func() []string {
@@ -55,8 +55,13 @@ var trainKernels = []string{
 	"adamw_f32_fp32", "adamw_bf16_fp32", "adamw_f32_int8", "adamw_bf16_int8",
 }
 
+// optim4Kernels are AdamW's kernels for 4-bit moments (optim4.cu, launched from optim4.go).
+var optim4Kernels = []string{"adamw4_vmax", "adamw_f32_4bit", "adamw_bf16_4bit"}
+
 var ptxModules = []ptxModule{
 	{"kernels/train.ptx", trainKernels},
+	{"kernels/optim4.ptx", optim4Kernels},
+	{"kernels/pack.ptx", []string{"bf16_pack", "bf16_unpack"}},
 	{"kernels/fused.ptx", []string{"add_rmsnorm_f32", "qk_norm_rope_cache"}},
 	{"kernels/gemv.ptx", append(append([]string{}, gemvStreamKernels...), gemvPersistKernels...)},
 	{"kernels/elementwise.ptx", []string{"embedding_f32", "embedding_bf16", "embedding_nvfp4", "swiglu_f32", "add_f32", "argmax_rows_f32"}},

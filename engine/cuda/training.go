@@ -612,13 +612,14 @@ const adamBlock = 64
 
 // AdamState is a device-resident pair of AdamW moments (backend.AdamWState) in one allocation:
 // "fp32" holds m and v as float32; "int8" holds m's int8 codes, √v's uint8 codes, then the
-// per-64-element float32 scales of m and of √v (each part at a 256-byte boundary).
+// per-64-element float32 scales of m and of √v; "4bit" holds m's and v's codes two to a byte,
+// m's per-128 absmax, then v's normaliser (adam4Layout). Each part is at a 256-byte boundary.
 type AdamState struct {
 	format     string
 	rows, cols int
 	ptr        devPtr // 0 after FreeAdamWState
 	m, v       devPtr
-	ms, vs     devPtr // int8 scales
+	ms, vs     devPtr // int8 scales; 4bit: m's block absmax and v's normaliser
 	bytes      int64
 	owner      *Backend
 }
@@ -647,8 +648,13 @@ func (b *Backend) NewAdamWState(format string, rows, cols int) (backend.AdamWSta
 		offs[2] = offs[1] + align256(n)
 		offs[3] = offs[2] + align256(4*nb)
 		s.bytes = offs[3] + 4*nb
+	case "4bit":
+		if rows > math.MaxInt32 || cols > math.MaxInt32 {
+			return nil, fmt.Errorf("cuda: adamw state: 4bit moments for [%d, %d]: the kernels take at most %d rows and columns", rows, cols, math.MaxInt32)
+		}
+		offs[1], offs[2], offs[3], s.bytes = adam4Layout(rows, cols)
 	default:
-		return nil, fmt.Errorf("cuda: adamw state: format %q (want fp32 or int8)", format)
+		return nil, fmt.Errorf("cuda: adamw state: format %q (want fp32, int8 or 4bit)", format)
 	}
 	err := b.do(func() error {
 		p, err := b.alloc(backend.OptimizerState, s.bytes, fmt.Sprintf("adamw %s state [%d, %d]", format, rows, cols))
@@ -660,7 +666,7 @@ func (b *Backend) NewAdamWState(format string, rows, cols int) (backend.AdamWSta
 			return fmt.Errorf("cuda: adamw state [%d, %d]: %w", rows, cols, err)
 		}
 		s.ptr, s.m, s.v = p, p, p+devPtr(offs[1])
-		if format == "int8" {
+		if format != "fp32" {
 			s.ms, s.vs = p+devPtr(offs[2]), p+devPtr(offs[3])
 		}
 		return nil
@@ -687,7 +693,8 @@ func (b *Backend) FreeAdamWState(st backend.AdamWState) {
 }
 
 // AdamW implements backend.Training: one in-place pass over w, its moments and grad, one warp
-// per block of 64 elements, with engine/optim's arithmetic (see train.cu).
+// per block of 64 elements, with engine/optim's arithmetic (see train.cu); 4bit moments take
+// the two passes of adamW4 (optim4.go).
 func (b *Backend) AdamW(bw backend.Weight, grad backend.Tensor, st backend.AdamWState, h backend.AdamWHyper) error {
 	if err := backend.CheckAdamWHyper(h); err != nil {
 		return fmt.Errorf("cuda: %w", err)
@@ -727,6 +734,13 @@ func (b *Backend) AdamW(bw backend.Weight, grad backend.Tensor, st backend.AdamW
 		sr := 0
 		if h.StochasticRound {
 			sr = 1
+		}
+		if s.format == "4bit" {
+			if err := b.adamW4(w, g, s, adamScalars{lr: float32(h.LR), b1: b1, b2: b2, bc1: bc1, bc2: bc2, eps: float32(h.Eps),
+				decay: decay, gscale: h.GradScale}, sr, h); err != nil {
+				return fmt.Errorf("cuda: %s %s: %w", op, w.name, err)
+			}
+			return nil
 		}
 		n := g.n()
 		nb := (n + adamBlock - 1) / adamBlock

@@ -310,7 +310,8 @@ func TestStepsMatchHostTraining(t *testing.T) {
 // a second fp32 engine/optim supplies the norms of the bf16 case.
 func TestOptimizerMatchesOptim(t *testing.T) {
 	ctx := context.Background()
-	for _, c := range []struct{ master, state string }{{"fp32", "fp32"}, {"fp32", "int8"}, {"bf16", "int8"}, {"bf16", "fp32"}} {
+	for _, c := range []struct{ master, state string }{{"fp32", "fp32"}, {"fp32", "int8"}, {"bf16", "int8"}, {"bf16", "fp32"},
+		{"fp32", "4bit"}, {"bf16", "4bit"}} {
 		gm := tiny(t, "tiny-untied")
 		b := paddedBatch()
 		opt := DefaultOptions()
@@ -539,10 +540,11 @@ func TestErrors(t *testing.T) {
 		want string
 	}{
 		{func(o *Options) { o.Master = "fp8" }, "master precision"},
-		{func(o *Options) { o.State = "4bit" }, "optimizer state"},
+		{func(o *Options) { o.State = "2bit" }, "optimizer state"},
 		{func(o *Options) { o.FusedOptimizer = true }, "ClipNorm"},
 		{func(o *Options) { o.LabelSmoothing = 1 }, "LabelSmoothing"},
 		{func(o *Options) { o.ChunkRows = -1 }, "ChunkRows"},
+		{func(o *Options) { o.LayerChunkRows = -1 }, "LayerChunkRows"},
 		{func(o *Options) { o.Beta2 = 1 }, "Beta2"},
 	} {
 		o := DefaultOptions()
@@ -591,6 +593,78 @@ func TestErrors(t *testing.T) {
 	if st := m.Memory(); st.Used() != 0 {
 		t.Errorf("Close left %v", st)
 	}
+}
+
+// TestFourBitStatesTrain is issue 7's bar for 4-bit moments, on the tiny models with the
+// production options (bf16 masters with stochastic rounding, clipping): 16 steps at lr 1e-3 on
+// two batches (mid-way down the loss curve, not at memorisation) lower the loss by at least a
+// third with every state format, and the final loss with 4bit states is within 3 % of the
+// final loss with int8 states (engine/optim's TestQualityOfPackedStates holds 4-bit to 3 % of
+// fp32 on its own problem). The 4bit state is about 1.1 bytes per parameter here (the tiny
+// matrices' row and column maxima weigh more than a 4B model's: 1.03 there).
+func TestFourBitStatesTrain(t *testing.T) {
+	if testing.Short() {
+		t.Skip("trains six tiny models")
+	}
+	ctx := context.Background()
+	batches := []*data.Batch{paddedBatch(), patternBatch()}
+	const steps, lr = 16, 1e-3
+	for _, name := range []string{"tiny-tied", "tiny-untied"} {
+		final := map[string]float64{}
+		for _, state := range []string{"fp32", "int8", "4bit"} {
+			opt := DefaultOptions()
+			opt.State, opt.Seed = state, 5
+			m := newModel(t, tiny(t, name), opt)
+			loss := func() float64 {
+				var sum float64
+				var n int
+				for _, b := range batches {
+					s, k, err := m.Loss(ctx, b)
+					if err != nil {
+						t.Fatal(err)
+					}
+					sum, n = sum+s, n+k
+				}
+				return sum / float64(n)
+			}
+			first := loss()
+			for s := 0; s < steps; s++ {
+				if st, err := m.Step(ctx, batches[s%2], lr); err != nil || st.Skipped {
+					t.Fatalf("%s %s step %d: %+v, %v", name, state, s+1, st, err)
+				}
+			}
+			final[state] = loss()
+			t.Logf("%s %-4s states (%.3f B/param): loss %.4f → %.4f after %d steps", name, state, m.OptimizerBytesPerParam(), first, final[state], steps)
+			if final[state] > first*2/3 {
+				t.Errorf("%s %s: loss %.4f → %.4f: not lowered by a third", name, state, first, final[state])
+			}
+			if bpp := m.OptimizerBytesPerParam(); state == "4bit" && (bpp < 1.0 || bpp > 1.15) {
+				t.Errorf("%s 4bit: %.3f bytes per parameter", name, bpp)
+			}
+		}
+		rel := (final["4bit"] - final["int8"]) / final["int8"]
+		t.Logf("%s: 4bit final loss %+.2f %% from int8's (fp32 %.4f)", name, 100*rel, final["fp32"])
+		if rel > 0.03 {
+			t.Errorf("%s: 4bit final loss %.4f is %.2f %% above int8's %.4f (bar 3 %%)", name, final["4bit"], 100*rel, final["int8"])
+		}
+	}
+}
+
+// patternBatch is three rows of a repeating pattern (every position a target after the
+// first), something the tiny models can learn in a few steps.
+func patternBatch() *data.Batch {
+	const B, T = 3, 16
+	b := &data.Batch{B: B, T: T, IDs: make([]int, B*T), Mask: make([]bool, B*T)}
+	for r := 0; r < B; r++ {
+		for j := 0; j < T; j++ {
+			b.IDs[r*T+j] = 20 + 7*r + j%5
+			if j > 0 {
+				b.Mask[r*T+j] = true
+				b.Targets++
+			}
+		}
+	}
+	return b
 }
 
 func BenchmarkStep(b *testing.B) {

@@ -81,6 +81,17 @@ func New(b backend.Training, gm *grad.Model, opt Options) (*Model, error) {
 	if err != nil {
 		return nil, err
 	}
+	if opt.LayerChunkRows < 0 {
+		return nil, fmt.Errorf("devtrain: LayerChunkRows %d: want ≥ 0 (0 = all rows at once)", opt.LayerChunkRows)
+	}
+	if opt.CheckpointBF16 {
+		if !opt.Recompute {
+			return nil, errors.New("devtrain: CheckpointBF16 keeps the inputs that Recompute keeps: turn Recompute on")
+		}
+		if _, ok := b.(backend.BF16Store); !ok {
+			return nil, fmt.Errorf("devtrain: CheckpointBF16: backend %s cannot store bf16 buffers (backend.BF16Store)", b.Name())
+		}
+	}
 	m := &Model{b: b, cfg: cfg, opt: opt}
 	ok := false
 	defer func() {
@@ -305,4 +316,90 @@ func (m *Model) Close() error {
 	})
 	m.grads, m.layerGrads, m.params = nil, [nLayerParams]backend.Tensor{}, nil
 	return nil
+}
+
+// PlanItem is one part of a step's memory at its peak.
+type PlanItem struct {
+	What     string           // what the bytes hold
+	Category backend.Category // the category they are accounted under
+	Bytes    int64
+}
+
+// PeakPlan lists what a Step on B sequences of T positions (T after trimming trailing
+// padding) holds at its peak, the chunked loss after the forward: the resident masters,
+// moments and parameter gradients (their accounted bytes), then the step's float32 tensors,
+// from the shapes and the options alone. Backward, recomputation and fused updates allocate
+// nothing more; the tensors they free go back to the backend. Left out is what a backend adds
+// by itself (its ops' scratch, a cache of freed blocks: Workspace), so on the CPU reference
+// the sum is the step's measured peak, and on a GPU the difference from it is the backend's
+// workspace.
+func (m *Model) PeakPlan(B, T int) []PlanItem {
+	if m.closed || B <= 0 || T <= 0 {
+		return nil
+	}
+	var out []PlanItem
+	add := func(what string, cat backend.Category, bytes int64) {
+		if bytes > 0 {
+			out = append(out, PlanItem{what, cat, bytes})
+		}
+	}
+	var masters, moments, grads, embedGrad int64
+	for _, p := range m.params {
+		masters += p.w.Bytes()
+		if p.st != nil {
+			moments += p.st.Bytes()
+		}
+	}
+	for i, g := range m.grads {
+		if g == nil {
+			continue
+		}
+		n := 4 * int64(g.Rows()) * int64(g.Cols())
+		if i == m.embed {
+			embedGrad = n
+		} else {
+			grads += n
+		}
+	}
+	for _, g := range m.layerGrads {
+		if g != nil {
+			grads += 4 * int64(g.Rows()) * int64(g.Cols())
+		}
+	}
+	add(fmt.Sprintf("master weights (%s)", m.opt.Master), backend.Weights, masters)
+	add(fmt.Sprintf("AdamW moments (%s)", m.opt.State), backend.OptimizerState, moments)
+	add("embedding gradient (f32)", backend.Gradients, embedGrad)
+	what := "every other parameter gradient (f32)"
+	if m.opt.FusedOptimizer {
+		what = "one layer's parameter gradients, final norm (f32)"
+		if m.lm != m.embed {
+			what = "one layer's parameter gradients, lm_head, final norm (f32)"
+		}
+	}
+	add(what, backend.Gradients, grads)
+
+	c := m.cfg
+	H, QD, KV, I, V, L := int64(c.HiddenSize), int64(c.QDim()), int64(c.KVDim()), int64(c.IntermediateSize), int64(c.VocabSize), int64(len(m.layers))
+	pr := &prepared{B: B, T: T, N: B * T}
+	N := int64(pr.N)
+	mode := keepAll
+	if m.opt.Recompute {
+		mode = keepInputs
+	}
+	R := int64(m.layerRows(pr, mode))
+	actCols := 3 * (H + QD + KV + I) // a, x1, mm; q, qn, o; k, v, kn; gate, up, h
+	if mode == keepAll {
+		add(fmt.Sprintf("every layer's input and activations (%d × ([%d, %d] + [%d, %d]))", L, N, H, N, actCols), backend.Activations, 4*L*N*(H+actCols))
+	} else if m.opt.CheckpointBF16 {
+		add(fmt.Sprintf("layer inputs kept for recomputation, bf16 (%d × [%d, %d])", L, N, H), backend.Activations, 2*L*N*H)
+		add(fmt.Sprintf("one layer's activation buffers and widened input ([%d rows, %d])", R, actCols+H), backend.Activations, 4*R*(actCols+H))
+	} else {
+		add(fmt.Sprintf("layer inputs kept for recomputation (%d × [%d, %d])", L, N, H), backend.Activations, 4*L*N*H)
+		add(fmt.Sprintf("one layer's activation buffers ([%d rows, %d])", R, actCols), backend.Activations, 4*R*actCols)
+	}
+	add("last layer output and final norm (2 × [N, H])", backend.Activations, 2*4*N*H)
+	add(fmt.Sprintf("logits chunk ([%d, %d])", min(int64(m.opt.ChunkRows), N), V), backend.Activations, 4*min(int64(m.opt.ChunkRows), N)*V)
+	add("residual-stream gradient ([N, H])", backend.Gradients, 4*N*H)
+	add(fmt.Sprintf("one layer's activation gradient buffers ([%d rows, %d])", R, H+3*I+2*QD+2*KV), backend.Gradients, 4*R*(H+3*I+2*QD+2*KV))
+	return out
 }

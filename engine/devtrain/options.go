@@ -12,7 +12,11 @@ type Options struct {
 	// Master is the precision of the matrices' master weights: "bf16" or "fp32" ("" = bf16).
 	// RMSNorm weights are always fp32.
 	Master string
-	// State is the AdamW moments' format: "fp32" or "int8" ("" = int8).
+	// State is the AdamW moments' format ("" = int8), engine/optim's layouts: "fp32" (8 bytes
+	// per parameter), "int8" (about 2.1: m linear, √v zero-free, blocks of 64) or "4bit"
+	// (about 1.03: m companded with stochastic rounding, blocks of 128; v a zero-free log code
+	// normalised by min(row max, column max) — the rank-1 normaliser — which takes the
+	// backend's AdamW a second pass over the gradient).
 	State string
 	// Beta1, Beta2, Eps are AdamW's; all three zero (a zero Options) means 0.9, 0.999, 1e-8.
 	Beta1, Beta2, Eps float64
@@ -35,6 +39,22 @@ type Options struct {
 	ChunkRows int
 	// LabelSmoothing mixes the uniform distribution into the target (0 = off, below 1).
 	LabelSmoothing float32
+	// LayerChunkRows > 0 runs each layer's forward (and, with Recompute, its recomputation and
+	// backward) over at most this many rows at a time, whole sequences (at least one), so the
+	// layer's activations and their gradients take [LayerChunkRows, width] buffers instead of
+	// [B·T, width]. Layers are independent across sequences, so the results do not change (bit
+	// for bit on the CPU reference). Without Recompute every activation is kept and it applies
+	// to Loss only. 0 = all rows at once.
+	LayerChunkRows int
+	// CheckpointBF16 keeps each layer's input as bf16 between the forward and its
+	// recomputation (half the bytes of the largest part of a Recompute step's activations). So
+	// that the recomputation still sees exactly what the forward saw, the residual stream is
+	// rounded to bf16 at every layer's input, in every forward (Step, Grads, Loss); the
+	// backward takes the rounding as the identity. This changes results slightly (the loss by
+	// ~1e-4 relative, gradients by ~1e-2 of their largest element, on the tiny test models;
+	// the GPU's tensor-core products round their activations to bf16 anyway). Needs Recompute
+	// and a backend.BF16Store backend.
+	CheckpointBF16 bool
 }
 
 // DefaultOptions are engine/optim's defaults: bf16 masters with stochastic rounding, int8
@@ -59,9 +79,9 @@ func (o Options) normalize(vocab int) (Options, error) {
 	switch o.State {
 	case "":
 		o.State = "int8"
-	case "fp32", "int8":
+	case "fp32", "int8", "4bit":
 	default:
-		return o, fmt.Errorf("devtrain: optimizer state %q: want fp32 or int8", o.State)
+		return o, fmt.Errorf("devtrain: optimizer state %q: want fp32, int8 or 4bit", o.State)
 	}
 	if o.Beta1 == 0 && o.Beta2 == 0 && o.Eps == 0 {
 		o.Beta1, o.Beta2, o.Eps = 0.9, 0.999, 1e-8

@@ -65,17 +65,37 @@ type acts struct {
 	x0, a, q, k, v, qn, kn, o, x1, mm, gate, up, h backend.Tensor
 }
 
-// bwork are the activation gradients of the backward, reused across layers. dmm also holds
-// the gradient of the attention block's normed input (da) and, before the layers, of the
-// final normed hidden state.
+// bwork are the activation gradients of the backward, reused across layers. dx, the
+// gradient of the residual stream, has every row ([N, H]); the others have the rows of one
+// span (see spans). dx also holds the gradient of the final normed hidden state before the
+// final norm's backward turns it (in place) into that of the last layer's output; dmm also
+// holds the gradient of the attention block's normed input (da).
 type bwork struct {
 	dx, dmm, dh, dgate, dup, do, dq, dk, dv backend.Tensor
 }
 
-// pass tracks a step's temporary tensors so that every exit frees them.
+// pass tracks a step's temporary tensors (and bf16 buffers) so that every exit frees them.
 type pass struct {
 	b    backend.Training
 	live []backend.Tensor
+	bufs []backend.BF16
+}
+
+// allocBF16 allocates a bf16 buffer on the backend's BF16Store (New checked it has one).
+func (p *pass) allocBF16(cat backend.Category, rows, cols int, what string) (backend.BF16, error) {
+	buf, err := p.b.(backend.BF16Store).AllocBF16(cat, rows, cols)
+	if err != nil {
+		return nil, fmt.Errorf("devtrain: %s [%d, %d] bf16: %w", what, rows, cols, err)
+	}
+	p.bufs = append(p.bufs, buf)
+	return buf, nil
+}
+
+// freeBF16 releases buf now (freeing twice does nothing).
+func (p *pass) freeBF16(buf backend.BF16) {
+	if buf != nil {
+		p.b.(backend.BF16Store).FreeBF16(buf)
+	}
 }
 
 func (p *pass) alloc(cat backend.Category, rows, cols int, what string) (backend.Tensor, error) {
@@ -100,7 +120,115 @@ func (p *pass) freeAll() {
 	for _, t := range p.live {
 		p.b.Free(t)
 	}
-	p.live = nil
+	for _, buf := range p.bufs {
+		p.freeBF16(buf)
+	}
+	p.live, p.bufs = nil, nil
+}
+
+// span is a block of whole sequences, rows [r0, r0+n) of the batch, with the sequences'
+// shape for the per-sequence ops (B = n/T; ids and targets unused).
+type span struct {
+	r0, n int
+	pr    *prepared
+}
+
+// layerRows is the row count of the layer buffers: N, or Options.LayerChunkRows rounded down
+// to whole sequences (at least one) when the mode does not keep every activation.
+func (m *Model) layerRows(pr *prepared, mode keep) int {
+	c := m.opt.LayerChunkRows
+	if mode == keepAll || c <= 0 || c >= pr.N {
+		return pr.N
+	}
+	return max(1, c/pr.T) * pr.T
+}
+
+// spans splits pr's rows into blocks of rows rows (a multiple of pr.T), the last one shorter.
+func spans(pr *prepared, rows int) []span {
+	if rows >= pr.N {
+		return []span{{0, pr.N, pr}}
+	}
+	var out []span
+	for r0 := 0; r0 < pr.N; r0 += rows {
+		n := min(rows, pr.N-r0)
+		out = append(out, span{r0, n, &prepared{B: n / pr.T, T: pr.T, N: n}})
+	}
+	return out
+}
+
+// rowsOf is rows [r0, r0+n) of t: t itself when that is all of it.
+func (m *Model) rowsOf(t backend.Tensor, r0, n int) (backend.Tensor, error) {
+	if r0 == 0 && n == t.Rows() {
+		return t, nil
+	}
+	v, err := m.b.RowView(t, r0, n)
+	if err != nil {
+		return nil, fmt.Errorf("devtrain: rows %d..%d: %w", r0, r0+n, err)
+	}
+	return v, nil
+}
+
+// head returns the first n rows of every tensor that dsts point to, in place of the tensor.
+func (m *Model) head(n int, dsts ...*backend.Tensor) error {
+	for _, d := range dsts {
+		v, err := m.rowsOf(*d, 0, n)
+		if err != nil {
+			return err
+		}
+		*d = v
+	}
+	return nil
+}
+
+// spanActs is the layer buffers work (x0 unset) cut to s's rows, with x0 rows s of the
+// layer input x.
+func (m *Model) spanActs(work *acts, x backend.Tensor, s span) (*acts, error) {
+	a := *work
+	if err := m.head(s.n, &a.a, &a.q, &a.k, &a.v, &a.qn, &a.kn, &a.o, &a.x1, &a.mm, &a.gate, &a.up, &a.h); err != nil {
+		return nil, err
+	}
+	var err error
+	if a.x0, err = m.rowsOf(x, s.r0, s.n); err != nil {
+		return nil, err
+	}
+	return &a, nil
+}
+
+// spanInput is rows s of layer l's input for its recomputation: a view of the kept f32
+// input, or (CheckpointBF16) the kept bf16 rows widened into f.in.
+func (m *Model) spanInput(f *forward, l int, s span) (backend.Tensor, error) {
+	if f.ckpts == nil {
+		return m.rowsOf(f.layers[l].x0, s.r0, s.n)
+	}
+	x0, err := m.rowsOf(f.in, 0, s.n)
+	if err != nil {
+		return nil, err
+	}
+	if err := m.b.(backend.BF16Store).FromBF16(x0, f.ckpts[l], s.r0); err != nil {
+		return nil, fmt.Errorf("devtrain: layer %d input from bf16: %w", l, err)
+	}
+	return x0, nil
+}
+
+// spanWork is the backward buffers w cut to s's rows (dx: rows s of the residual gradient).
+func (m *Model) spanWork(w *bwork, s span) (*bwork, error) {
+	v := *w
+	if err := m.head(s.n, &v.dmm, &v.dh, &v.dgate, &v.dup, &v.do, &v.dq, &v.dk, &v.dv); err != nil {
+		return nil, err
+	}
+	var err error
+	if v.dx, err = m.rowsOf(w.dx, s.r0, s.n); err != nil {
+		return nil, err
+	}
+	return &v, nil
+}
+
+// spanErr names the rows of a failed span when the layer runs in several.
+func spanErr(sp []span, s span, err error) error {
+	if len(sp) == 1 {
+		return err
+	}
+	return fmt.Errorf("rows %d..%d: %w", s.r0, s.r0+s.n, err)
 }
 
 // allocActs allocates a layer's activations except x0.
@@ -272,13 +400,29 @@ const (
 
 // forward is the state between the forward and the backward.
 type forward struct {
-	layers []*acts        // keepAll: every layer's activations; keepInputs: only x0 set
-	work   *acts          // keepInputs: the shared layer buffers (x0 unset)
+	layers []*acts        // keepAll: every layer's activations; keepInputs: only x0 set (f32 inputs)
+	work   *acts          // keepInputs, keepNone: the shared layer buffers of one span (x0 unset)
+	spans  []span         // keepInputs, keepNone: the row blocks a layer runs in
 	xL, xf backend.Tensor // the last layer's output and the final normed hidden state
+	// CheckpointBF16, keepInputs: every layer's input as bf16 (layers[l].x0 unset), and the
+	// f32 buffer of one span's rows they are widened into for the recomputation.
+	ckpts []backend.BF16
+	in    backend.Tensor
+}
+
+// roundInput rounds the layer input x to bf16 in place through buf (its copy stays in buf):
+// with CheckpointBF16 every forward computes each layer from what its recomputation will see.
+func (m *Model) roundInput(x backend.Tensor, buf backend.BF16) error {
+	st := m.b.(backend.BF16Store)
+	if err := firstErr(st.ToBF16(buf, 0, x), st.FromBF16(x, buf, 0)); err != nil {
+		return fmt.Errorf("devtrain: layer input to bf16: %w", err)
+	}
+	return nil
 }
 
 // runForward embeds the batch and runs every layer and the final norm. The context is
-// checked before every layer.
+// checked before every layer. Without keepAll each layer runs span by span in one set of
+// shared buffers, writing its output's rows of the span.
 func (m *Model) runForward(ctx context.Context, p *pass, pr *prepared, mode keep) (*forward, error) {
 	c, b := m.cfg, m.b
 	H, N := c.HiddenSize, pr.N
@@ -290,38 +434,78 @@ func (m *Model) runForward(ctx context.Context, p *pass, pr *prepared, mode keep
 		return nil, fmt.Errorf("devtrain: embedding: %w", err)
 	}
 	f := &forward{}
+	bf := m.opt.CheckpointBF16 && mode != keepAll
+	var round backend.BF16 // keepNone: the rounding's scratch
 	if mode != keepAll {
-		if f.work, err = m.allocActs(p, N); err != nil {
+		rows := m.layerRows(pr, mode)
+		if f.work, err = m.allocActs(p, rows); err != nil {
 			return nil, err
+		}
+		f.spans = spans(pr, rows)
+		if bf && mode == keepInputs {
+			if f.in, err = p.alloc(backend.Activations, rows, H, "layer input rows"); err != nil {
+				return nil, err
+			}
+		}
+		if bf && mode == keepNone {
+			if round, err = p.allocBF16(backend.Activations, N, H, "layer input"); err != nil {
+				return nil, err
+			}
 		}
 	}
 	for l := range m.layers {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		a := f.work
-		if mode == keepAll {
-			if a, err = m.allocActs(p, N); err != nil {
+		if bf {
+			buf := round
+			if mode == keepInputs {
+				if buf, err = p.allocBF16(backend.Activations, N, H, fmt.Sprintf("layer %d input", l)); err != nil {
+					return nil, err
+				}
+				f.ckpts = append(f.ckpts, buf)
+			}
+			if err := m.roundInput(x, buf); err != nil {
 				return nil, err
 			}
-		} else {
-			cp := *f.work
-			a = &cp
 		}
-		a.x0 = x
 		out, err := p.alloc(backend.Activations, N, H, fmt.Sprintf("layer %d output", l))
 		if err != nil {
 			return nil, err
 		}
-		if err := m.layerForward(l, a, out, pr); err != nil {
-			return nil, err
-		}
-		switch mode {
-		case keepAll:
+		if mode == keepAll {
+			a, err := m.allocActs(p, N)
+			if err != nil {
+				return nil, err
+			}
+			a.x0 = x
+			if err := m.layerForward(l, a, out, pr); err != nil {
+				return nil, err
+			}
 			f.layers = append(f.layers, a)
-		case keepInputs:
+			x = out
+			continue
+		}
+		for _, s := range f.spans {
+			a, err := m.spanActs(f.work, x, s)
+			if err != nil {
+				return nil, err
+			}
+			o, err := m.rowsOf(out, s.r0, s.n)
+			if err != nil {
+				return nil, err
+			}
+			if err := m.layerForward(l, a, o, s.pr); err != nil {
+				return nil, spanErr(f.spans, s, err)
+			}
+		}
+		switch {
+		case mode == keepInputs && !bf:
 			f.layers = append(f.layers, &acts{x0: x})
-		case keepNone:
+		case mode == keepInputs: // kept as bf16 in f.ckpts[l]
+			f.layers = append(f.layers, &acts{})
+			p.free(x)
+		default:
 			p.free(x)
 		}
 		x = out
@@ -392,8 +576,8 @@ func (m *Model) lossChunks(p *pass, pr *prepared, xf, dxf, dlm backend.Tensor) (
 	return sum, n, nil
 }
 
-// allocBwork allocates the backward's activation gradients.
-func (m *Model) allocBwork(p *pass, N int) (*bwork, error) {
+// allocBwork allocates the backward's activation gradients: dx of N rows, the others of rows.
+func (m *Model) allocBwork(p *pass, N, rows int) (*bwork, error) {
 	c := m.cfg
 	H, QD, KV, I := c.HiddenSize, c.QDim(), c.KVDim(), c.IntermediateSize
 	w := &bwork{}
@@ -403,7 +587,11 @@ func (m *Model) allocBwork(p *pass, N int) (*bwork, error) {
 		name string
 	}{{&w.dx, H, "d residual"}, {&w.dmm, H, "d normed"}, {&w.dh, I, "d swiglu"}, {&w.dgate, I, "d gate"},
 		{&w.dup, I, "d up"}, {&w.do, QD, "d attention output"}, {&w.dq, QD, "d q"}, {&w.dk, KV, "d k"}, {&w.dv, KV, "d v"}} {
-		t, err := p.alloc(backend.Gradients, N, s.cols, s.name)
+		n := rows
+		if s.dst == &w.dx {
+			n = N
+		}
+		t, err := p.alloc(backend.Gradients, n, s.cols, s.name)
 		if err != nil {
 			return nil, err
 		}
@@ -422,12 +610,15 @@ type hooks struct {
 }
 
 // runBackward runs the loss's backward and every layer's, and the embedding's, from the
-// forward state f. gt(i) is parameter i's gradient for the non-layer parameters.
+// forward state f. gt(i) is parameter i's gradient for the non-layer parameters. With
+// keepInputs each layer is recomputed and differentiated span by span (f.spans), its
+// parameter gradients summed over the spans in row order.
 func (m *Model) runBackward(p *pass, pr *prepared, f *forward, mode keep, w *bwork, gt func(i int) backend.Tensor, h hooks) error {
 	c, b := m.cfg, m.b
 	eps := float32(c.RMSNormEps)
-	// w.dmm holds dxf (written by lossChunks).
-	if err := b.RMSNormBackward(w.dx, gt(m.norm), w.dmm, f.xL, m.nv(m.norm), eps, false); err != nil {
+	// w.dx holds dxf (written by lossChunks); the final norm's backward turns it in place
+	// into the gradient of the last layer's output.
+	if err := b.RMSNormBackward(w.dx, gt(m.norm), w.dx, f.xL, m.nv(m.norm), eps, false); err != nil {
 		return fmt.Errorf("devtrain: final norm backward: %w", err)
 	}
 	p.free(f.xf, f.xL)
@@ -437,22 +628,39 @@ func (m *Model) runBackward(p *pass, pr *prepared, f *forward, mode keep, w *bwo
 				return err
 			}
 		}
+		g := func(k int) backend.Tensor { return h.grad(l, k) }
 		a := f.layers[l]
-		if mode == keepInputs {
-			cp := *f.work
-			cp.x0 = a.x0
-			a = &cp
-			if err := m.layerForward(l, a, nil, pr); err != nil {
-				return fmt.Errorf("recompute: %w", err)
-			}
-		}
-		if err := m.layerBackward(l, a, w, func(k int) backend.Tensor { return h.grad(l, k) }, pr); err != nil {
-			return err
-		}
 		if mode == keepAll {
+			if err := m.layerBackward(l, a, w, g, pr); err != nil {
+				return err
+			}
 			p.freeActs(a)
 		} else {
+			for _, s := range f.spans {
+				x0, err := m.spanInput(f, l, s)
+				if err != nil {
+					return err
+				}
+				sa, err := m.spanActs(f.work, x0, span{0, s.n, s.pr})
+				if err != nil {
+					return err
+				}
+				if err := m.layerForward(l, sa, nil, s.pr); err != nil {
+					return fmt.Errorf("recompute: %w", spanErr(f.spans, s, err))
+				}
+				sw, err := m.spanWork(w, s)
+				if err != nil {
+					return err
+				}
+				if err := m.layerBackward(l, sa, sw, g, s.pr); err != nil {
+					return spanErr(f.spans, s, err)
+				}
+			}
 			p.free(a.x0)
+			if f.ckpts != nil {
+				p.freeBF16(f.ckpts[l])
+				f.ckpts[l] = nil
+			}
 		}
 		f.layers[l] = nil
 		if h.after != nil {

@@ -83,7 +83,7 @@ func (m *Model) trainStep(ctx context.Context, pr *prepared, lr float64) (StepSt
 	if err != nil {
 		return st, err
 	}
-	w, err := m.allocBwork(p, pr.N)
+	w, err := m.allocBwork(p, pr.N, m.layerRows(pr, mode))
 	if err != nil {
 		return st, err
 	}
@@ -102,7 +102,7 @@ func (m *Model) trainStep(ctx context.Context, pr *prepared, lr float64) (StepSt
 			}
 		}
 	}
-	sum, n, err := m.lossChunks(p, pr, f.xf, w.dmm, m.grads[m.lm])
+	sum, n, err := m.lossChunks(p, pr, f.xf, w.dx, m.grads[m.lm])
 	if err != nil {
 		return st, err
 	}
@@ -280,11 +280,11 @@ func (m *Model) Grads(ctx context.Context, batch *data.Batch) ([][]float32, floa
 		if err != nil {
 			return err
 		}
-		w, err := m.allocBwork(p, pr.N)
+		w, err := m.allocBwork(p, pr.N, m.layerRows(pr, mode))
 		if err != nil {
 			return err
 		}
-		if sum, n, err = m.lossChunks(p, pr, f.xf, w.dmm, gs[m.lm]); err != nil {
+		if sum, n, err = m.lossChunks(p, pr, f.xf, w.dx, gs[m.lm]); err != nil {
 			return err
 		}
 		if n > 0 {

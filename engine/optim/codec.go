@@ -41,7 +41,11 @@ func (f StateFormat) String() string {
 const (
 	// Int8Block is the number of elements that share one float32 scale in the Int8 format.
 	Int8Block = 64
-	bit4Block = 128
+	// Bit4Block is the number of elements that share one float32 absmax in the Bit4 format: the
+	// scale of m, and of v for one-row parameters (matrices normalise v by row and column
+	// maxima instead).
+	Bit4Block = 128
+	bit4Block = Bit4Block
 )
 
 // The Int8 format's codec, one block (at most Int8Block elements) at a time. Exported so that a
@@ -69,6 +73,59 @@ func EncodeInt8V(dst []uint8, v []float32) (scale float32) {
 
 // DecodeInt8V decodes a block of v stored by EncodeInt8V with its scale.
 func DecodeInt8V(dst []float32, src []uint8, scale float32) { decodeSqrtU8(dst, src, scale) }
+
+// The Bit4 format's codec, exported for the same reason: engine/cpu's in-place 4-bit AdamW
+// calls these (the very functions AdamW uses) and stays bit-identical to it; engine/cuda's
+// kernels are tested against engine/cpu. Element i of a parameter is nibble i&1 (low first) of
+// byte i>>1 of its m and v arrays.
+
+// EncodeBit4M stores a block of m, elements off … off+len(m)-1 of parameter param, in the
+// nibbles of dst: sign and companded magnitude (k/7)² of the block's absmax, rounded
+// stochastically between the two neighbouring levels with Bit4Draw(seed, step, param, index).
+// It returns the absmax, the block's scale.
+func EncodeBit4M(dst []byte, m []float32, off int, seed, step, param uint64) (scale float32) {
+	scale = absMax(m)
+	encodeM4(dst, m, scale, off, func(i int) float32 { return Bit4Draw(seed, step, param, uint64(i)) })
+	return scale
+}
+
+// DecodeBit4M decodes len(dst) elements of m from offset off of src with their block's scale.
+func DecodeBit4M(dst []float32, src []byte, scale float32, off int) { decodeM4(dst, src, scale, off) }
+
+// Bit4Draw is the uniform draw in [0, 1) that rounds element idx of parameter param's m at
+// step: 16 bits of srBits on a stream (seed ^ 1<<40) apart from the bf16 masters' rounding, as
+// AdamW draws them.
+func Bit4Draw(seed, step, param, idx uint64) float32 {
+	return float32(srBits(seed^1<<40, step, param, idx)) / 65536
+}
+
+// EncodeBit4V returns the 4-bit code of a second moment v under the normaliser norm (the
+// smaller of its row's and column's maximum of v, or its block's maximum for one-row
+// parameters): 15 + round(log2(v/norm)), clamped to 0…15; 0 when v or norm is not positive.
+func EncodeBit4V(v, norm float32) byte { return encodeV4(v, norm) }
+
+// DecodeBit4V decodes code c under normaliser norm: norm·2^-(15-c), or 0 when norm is 0 (a
+// state never written).
+func DecodeBit4V(c byte, norm float32) float32 {
+	if norm == 0 {
+		return 0
+	}
+	return decodeV4(c, norm)
+}
+
+// Bit4Nibble returns the code of element i of a nibble array.
+func Bit4Nibble(b []byte, i int) byte { return nibble(b, i) }
+
+// SetBit4Nibble stores code c (0…15) as element i of a nibble array.
+func SetBit4Nibble(b []byte, i int, c byte) { setNibble(b, i, c) }
+
+// NextV is the second moment after one step, β2·v + (1−β2)·(g·gradScale)², computed as
+// Update computes it: the 4-bit format needs the new v's row and column maxima before it
+// encodes anything, so a backend computes them in a first pass with this.
+func (k Coeffs) NextV(v, g, gradScale float32) float32 {
+	gj := g * gradScale
+	return k.b2*v + (1-k.b2)*gj*gj
+}
 
 // ---- int8 m: signed linear, block absmax ----
 

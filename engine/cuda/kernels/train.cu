@@ -9,6 +9,7 @@
 // double where the CPU uses math.Exp, RoPE angles in float32 with sin/cos in double. Products
 // that accumulate (matmul, attention) use fmaf in float32.
 #include "common.cuh"
+#include "adamw.cuh"
 
 #define GRID_STRIDE(i, n) \
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (size_t)gridDim.x * blockDim.x)
@@ -531,35 +532,6 @@ extern "C" __global__ void cross_entropy_f32(float* dlogits, double* loss, const
 // zero-free unsigned code (k+1)/256 of the block's max √v). Weights are f32, or bf16 rounded to
 // nearest even or stochastically with optim's srBits(seed, step, param, index). One warp per
 // block of 64 elements (lane l owns elements l and l+32), in place, one pass.
-
-// AdamParams are the per-call scalars, computed on the host in float32 exactly as optim does
-// (omb1 = 1−β1 in float32, bc = float32(1 − β^step), decay = float32(lr·wd) or 0).
-struct AdamParams {
-    float lr, b1, b2, omb1, omb2, bc1, bc2, eps, decay, gscale;
-};
-
-// sr_bits is engine/optim's srBits: splitmix64 of (seed, step, param, index), 16 bits.
-__device__ __forceinline__ uint32_t sr_bits(uint64_t seed, uint64_t step, uint64_t param, uint64_t idx) {
-    uint64_t z = seed ^ step * 0x9e3779b97f4a7c15ULL ^ param * 0xbf58476d1ce4e5b9ULL ^ idx * 0x94d049bb133111ebULL;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return (uint32_t)(z ^ (z >> 31)) & 0xffffu;
-}
-
-// bf16_rne is engine/tensor's F32ToBF16: round to nearest even, NaN kept quiet.
-__device__ __forceinline__ uint16_t bf16_rne(float f) {
-    uint32_t b = __float_as_uint(f);
-    if ((b & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((b >> 16) | 0x40u);
-    b += 0x7fffu + ((b >> 16) & 1u);
-    return (uint16_t)(b >> 16);
-}
-
-// stochastic_bf16 is engine/optim's stochasticBF16.
-__device__ __forceinline__ uint16_t stochastic_bf16(float x, uint32_t r) {
-    uint32_t b = __float_as_uint(x);
-    if ((b & 0x7fffffffu) >= 0x7f800000u) return bf16_rne(x);
-    return (uint16_t)((b + r) >> 16);
-}
 
 template <bool BF16, bool INT8>
 __device__ __forceinline__ void adamw(void* __restrict__ w, const float* __restrict__ grad, void* __restrict__ mbuf,
