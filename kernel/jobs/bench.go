@@ -25,7 +25,7 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 	f.SetOutput(stderr)
 	layers := f.Int("layers", 0, "decoder layers (0: all 36; fewer for quick runs, rooflines follow)")
 	quick := f.Bool("quick", false, "tiny shapes and sizes (CI, the CPU)")
-	only := f.StringList("only", nil, "workloads to run: decode, prefill, train (comma-separated; default all)")
+	only := f.StringList("only", nil, "workloads to run: decode, prefill, train, optim (comma-separated; default all)")
 	jsonPath := f.String("json", "", "write our report (JSON) to this file")
 	mdPath := f.String("markdown", "", "also write the table to this file")
 	peer := f.String("peer", "", "peer.py's JSON report, shown beside ours")
