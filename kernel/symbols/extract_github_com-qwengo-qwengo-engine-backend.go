@@ -19,6 +19,7 @@ func init() {
 		"CheckAdamWHyper":           reflect.ValueOf(backend.CheckAdamWHyper),
 		"CheckAttention":            reflect.ValueOf(backend.CheckAttention),
 		"CheckAttentionBatch":       reflect.ValueOf(backend.CheckAttentionBatch),
+		"CheckBF16Rows":             reflect.ValueOf(backend.CheckBF16Rows),
 		"CheckMatMul":               reflect.ValueOf(backend.CheckMatMul),
 		"CheckPositions":            reflect.ValueOf(backend.CheckPositions),
 		"CheckQKNormRoPECacheBatch": reflect.ValueOf(backend.CheckQKNormRoPECacheBatch),
@@ -42,6 +43,8 @@ func init() {
 		"AdamWHyper":  reflect.ValueOf((*backend.AdamWHyper)(nil)),
 		"AdamWState":  reflect.ValueOf((*backend.AdamWState)(nil)),
 		"ArgMaxer":    reflect.ValueOf((*backend.ArgMaxer)(nil)),
+		"BF16":        reflect.ValueOf((*backend.BF16)(nil)),
+		"BF16Store":   reflect.ValueOf((*backend.BF16Store)(nil)),
 		"Backend":     reflect.ValueOf((*backend.Backend)(nil)),
 		"Batched":     reflect.ValueOf((*backend.Batched)(nil)),
 		"BatchedGate": reflect.ValueOf((*backend.BatchedGate)(nil)),
@@ -58,6 +61,8 @@ func init() {
 		// interface wrapper definitions
 		"_AdamWState":  reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_AdamWState)(nil)),
 		"_ArgMaxer":    reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_ArgMaxer)(nil)),
+		"_BF16":        reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_BF16)(nil)),
+		"_BF16Store":   reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_BF16Store)(nil)),
 		"_Backend":     reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Backend)(nil)),
 		"_Batched":     reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Batched)(nil)),
 		"_BatchedGate": reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_BatchedGate)(nil)),
@@ -91,6 +96,42 @@ type _github_com_qwengo_qwengo_engine_backend_ArgMaxer struct {
 
 func (W _github_com_qwengo_qwengo_engine_backend_ArgMaxer) ArgMaxRows(x backend.Tensor) ([]int, error) {
 	return W.WArgMaxRows(x)
+}
+
+// _github_com_qwengo_qwengo_engine_backend_BF16 is an interface wrapper for BF16 type
+type _github_com_qwengo_qwengo_engine_backend_BF16 struct {
+	IValue interface{}
+	WCols  func() int
+	WRows  func() int
+}
+
+func (W _github_com_qwengo_qwengo_engine_backend_BF16) Cols() int {
+	return W.WCols()
+}
+func (W _github_com_qwengo_qwengo_engine_backend_BF16) Rows() int {
+	return W.WRows()
+}
+
+// _github_com_qwengo_qwengo_engine_backend_BF16Store is an interface wrapper for BF16Store type
+type _github_com_qwengo_qwengo_engine_backend_BF16Store struct {
+	IValue     interface{}
+	WAllocBF16 func(cat backend.Category, rows int, cols int) (backend.BF16, error)
+	WFreeBF16  func(buf backend.BF16)
+	WFromBF16  func(dst backend.Tensor, buf backend.BF16, row0 int) error
+	WToBF16    func(buf backend.BF16, row0 int, src backend.Tensor) error
+}
+
+func (W _github_com_qwengo_qwengo_engine_backend_BF16Store) AllocBF16(cat backend.Category, rows int, cols int) (backend.BF16, error) {
+	return W.WAllocBF16(cat, rows, cols)
+}
+func (W _github_com_qwengo_qwengo_engine_backend_BF16Store) FreeBF16(buf backend.BF16) {
+	W.WFreeBF16(buf)
+}
+func (W _github_com_qwengo_qwengo_engine_backend_BF16Store) FromBF16(dst backend.Tensor, buf backend.BF16, row0 int) error {
+	return W.WFromBF16(dst, buf, row0)
+}
+func (W _github_com_qwengo_qwengo_engine_backend_BF16Store) ToBF16(buf backend.BF16, row0 int, src backend.Tensor) error {
+	return W.WToBF16(buf, row0, src)
 }
 
 // _github_com_qwengo_qwengo_engine_backend_Backend is an interface wrapper for Backend type

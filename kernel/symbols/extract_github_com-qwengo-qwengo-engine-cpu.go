@@ -13,6 +13,7 @@ func init() {
 		"New": reflect.ValueOf(cpu.New),
 
 		// type definitions
+		"BF16":    reflect.ValueOf((*cpu.BF16)(nil)),
 		"Backend": reflect.ValueOf((*cpu.Backend)(nil)),
 		"Tensor":  reflect.ValueOf((*cpu.Tensor)(nil)),
 		"Weight":  reflect.ValueOf((*cpu.Weight)(nil)),

@@ -17,6 +17,7 @@ func init() {
 		"Model":     reflect.ValueOf((*devtrain.Model)(nil)),
 		"Options":   reflect.ValueOf((*devtrain.Options)(nil)),
 		"Phase":     reflect.ValueOf((*devtrain.Phase)(nil)),
+		"PlanItem":  reflect.ValueOf((*devtrain.PlanItem)(nil)),
 		"StepStats": reflect.ValueOf((*devtrain.StepStats)(nil)),
 	}
 }

@@ -13,10 +13,17 @@ func init() {
 	Symbols["github.com/qwengo/qwengo/engine/optim/optim"] = map[string]reflect.Value{
 		// function, constant and variable definitions
 		"Bit4":              reflect.ValueOf(optim.Bit4),
+		"Bit4Block":         reflect.ValueOf(constant.MakeFromLiteral("128", token.INT, 0)),
+		"Bit4Draw":          reflect.ValueOf(optim.Bit4Draw),
+		"Bit4Nibble":        reflect.ValueOf(optim.Bit4Nibble),
 		"Constant":          reflect.ValueOf(optim.Constant),
+		"DecodeBit4M":       reflect.ValueOf(optim.DecodeBit4M),
+		"DecodeBit4V":       reflect.ValueOf(optim.DecodeBit4V),
 		"DecodeInt8M":       reflect.ValueOf(optim.DecodeInt8M),
 		"DecodeInt8V":       reflect.ValueOf(optim.DecodeInt8V),
 		"DefaultConfig":     reflect.ValueOf(optim.DefaultConfig),
+		"EncodeBit4M":       reflect.ValueOf(optim.EncodeBit4M),
+		"EncodeBit4V":       reflect.ValueOf(optim.EncodeBit4V),
 		"EncodeInt8M":       reflect.ValueOf(optim.EncodeInt8M),
 		"EncodeInt8V":       reflect.ValueOf(optim.EncodeInt8V),
 		"FP32":              reflect.ValueOf(optim.FP32),
@@ -29,6 +36,7 @@ func init() {
 		"NewCoeffs":         reflect.ValueOf(optim.NewCoeffs),
 		"ParseMasterFormat": reflect.ValueOf(optim.ParseMasterFormat),
 		"ParseStateFormat":  reflect.ValueOf(optim.ParseStateFormat),
+		"SetBit4Nibble":     reflect.ValueOf(optim.SetBit4Nibble),
 		"StochasticBF16":    reflect.ValueOf(optim.StochasticBF16),
 		"WarmupCosine":      reflect.ValueOf(optim.WarmupCosine),
 
