@@ -129,32 +129,9 @@ func (b *Backend) AttentionBatch(out, q, k, v backend.Tensor, capacity int, posi
 		if bufs[worker] == nil {
 			bufs[worker] = b.buffer(longest)
 		}
-		s := (*bufs[worker])[:n]
 		qv := qt.Data[r*qt.cols+h*headDim : r*qt.cols+(h+1)*headDim]
-		maxv := float32(math.Inf(-1))
-		for j := range s {
-			row := (base + j) * kt.cols
-			s[j] = dot(qv, kt.Data[row+kvh*headDim:row+(kvh+1)*headDim]) * scale
-			maxv = max(maxv, s[j])
-		}
-		var sum float32
-		for j, x := range s {
-			e := float32(math.Exp(float64(x - maxv)))
-			s[j] = e
-			sum += e
-		}
 		ov := o.Data[r*o.cols+h*headDim : r*o.cols+(h+1)*headDim]
-		clear(ov)
-		inv := 1 / sum
-		for j, p := range s {
-			p *= inv
-			row := (base + j) * vt.cols
-			vv := vt.Data[row+kvh*headDim : row+(kvh+1)*headDim]
-			vv = vv[:len(ov)]
-			for i := range ov {
-				ov[i] += p * vv[i]
-			}
-		}
+		attendRow(ov, qv, kt, vt, base, n, kvh, scale, (*bufs[worker])[:n])
 	})
 	for _, p := range bufs {
 		if p != nil {

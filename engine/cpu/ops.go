@@ -113,30 +113,9 @@ func (b *Backend) Attention(out, q, k, v backend.Tensor, pos0, nHeads, nKV, head
 		if bufs[worker] == nil {
 			bufs[worker] = b.buffer(pos0 + T)
 		}
-		s := (*bufs[worker])[:n]
 		qv := qt.Data[t*qt.cols+h*headDim : t*qt.cols+(h+1)*headDim]
-		maxv := float32(math.Inf(-1))
-		for j := range s {
-			s[j] = dot(qv, kt.Data[j*kt.cols+kvh*headDim:j*kt.cols+(kvh+1)*headDim]) * scale
-			maxv = max(maxv, s[j])
-		}
-		var sum float32
-		for j, x := range s {
-			e := float32(math.Exp(float64(x - maxv)))
-			s[j] = e
-			sum += e
-		}
 		ov := o.Data[t*o.cols+h*headDim : t*o.cols+(h+1)*headDim]
-		clear(ov)
-		inv := 1 / sum
-		for j, p := range s {
-			p *= inv
-			vv := vt.Data[j*vt.cols+kvh*headDim : j*vt.cols+(kvh+1)*headDim]
-			vv = vv[:len(ov)]
-			for i := range ov {
-				ov[i] += p * vv[i]
-			}
-		}
+		attendRow(ov, qv, kt, vt, 0, n, kvh, scale, (*bufs[worker])[:n])
 	})
 	for _, p := range bufs {
 		if p != nil {
@@ -144,6 +123,37 @@ func (b *Backend) Attention(out, q, k, v backend.Tensor, pos0, nHeads, nKV, head
 		}
 	}
 	return nil
+}
+
+// attendRow is one query head's attention over n keys of KV head kvh: ov = softmax(qv·k_jᵀ·scale)
+// · v_j for j < n, key j at row base+j of k and v (the single-sequence cache starts at row 0, a
+// batch cache's sequence r at r·capacity). s is scratch for the n scores. Attention and
+// AttentionBatch share it, so a batched row computes exactly what decoding it alone does.
+func attendRow(ov, qv []float32, kt, vt *Tensor, base, n, kvh int, scale float32, s []float32) {
+	hd := len(qv)
+	maxv := float32(math.Inf(-1))
+	for j := range s[:n] {
+		row := (base + j) * kt.cols
+		s[j] = dot(qv, kt.Data[row+kvh*hd:row+(kvh+1)*hd]) * scale
+		maxv = max(maxv, s[j])
+	}
+	var sum float32
+	for j, x := range s[:n] {
+		e := float32(math.Exp(float64(x - maxv)))
+		s[j] = e
+		sum += e
+	}
+	clear(ov)
+	inv := 1 / sum
+	for j, p := range s[:n] {
+		p *= inv
+		row := (base + j) * vt.cols
+		vv := vt.Data[row+kvh*hd : row+(kvh+1)*hd]
+		vv = vv[:len(ov)]
+		for i := range ov {
+			ov[i] += p * vv[i]
+		}
+	}
 }
 
 // SwiGLU implements backend.Backend.
