@@ -79,8 +79,10 @@ type Backend struct {
 	attnBuf devBuf // split attention partial results, Workspace
 	// attnCounters are attention_decode_f32's per-KV-head arrival counters (left at zero).
 	attnCounters devBuf
-	argmaxBuf    devBuf // ArgMaxRows' int32 ids, Workspace
-	flashKV      devBuf // bf16 copies of the keys and values flash attention reads, Workspace
+	argmaxBuf    devBuf // ArgMaxRows' int32 ids and per-block partials, Workspace
+	// argmaxCounters: argmax_rows_f32's per-row arrival counters, always zero between launches.
+	argmaxCounters devBuf
+	flashKV        devBuf // bf16 copies of the keys and values flash attention reads, Workspace
 	// pool keeps freed transient tensors (Activations, Gradients, Workspace) by size for
 	// reuse, accounted under Workspace; see Alloc.
 	pool      map[int64][]devPtr
@@ -250,7 +252,7 @@ func (b *Backend) teardown() error {
 	clear(b.live)
 	b.dropPool()
 	b.idsBuf, b.attnBuf, b.flashKV, b.attnCounters, b.argmaxBuf = devBuf{}, devBuf{}, devBuf{}, devBuf{}, devBuf{}
-	b.gemvPartial, b.gemvCounters = devBuf{}, devBuf{}
+	b.gemvPartial, b.gemvCounters, b.argmaxCounters = devBuf{}, devBuf{}, devBuf{}
 	b.tr = trainBufs{}
 	clear(b.rope)
 	for _, m := range b.mods {

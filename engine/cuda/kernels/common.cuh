@@ -109,3 +109,14 @@ __device__ __forceinline__ float block_max(float v, float* red) {
     for (int i = 1; i < (int)(blockDim.x >> 5); i++) m = fmaxf(m, red[i]);
     return m;
 }
+
+// rope_pair rotates the pair (x1, x2) by angle pos·invf (NeoX rotate-half), with the angle and
+// its sine and cosine rounded as engine/cpu does (float32 angle, float64 sincos).
+__device__ __forceinline__ void rope_pair(float x1, float x2, int pos, float invf, float& o1, float& o2) {
+    const float ang = __fmul_rn((float)pos, invf);
+    double s, c;
+    sincos((double)ang, &s, &c);
+    const float cs = (float)c, sn = (float)s;
+    o1 = __fsub_rn(__fmul_rn(x1, cs), __fmul_rn(x2, sn));
+    o2 = __fadd_rn(__fmul_rn(x2, cs), __fmul_rn(x1, sn));
+}

@@ -1,7 +1,7 @@
 // Fused decoder-block kernels (backend.Fused). Each does exactly what the separate kernels it
 // replaces do — the same per-element arithmetic and the same reduction order (the block size is
 // chosen by the host as for rmsnorm_f32) — so results are identical to the unfused path.
-#include "common.cuh"
+#include "attention_common.cuh"
 
 // add_rmsnorm_f32: per row (blockIdx.x), x += delta, then out = w * (x * 1/sqrt(mean(x^2)+eps)).
 // Each thread adds the elements it then reads for the statistics, so no barrier is needed
@@ -65,42 +65,7 @@ extern "C" __global__ void qk_norm_rope_cache(float* qr, float* kr, const float*
     __shared__ float y[512];
     pdl_wait();
     pdl_trigger();
-    const int t = blockIdx.x, h = blockIdx.y;
-    const bool isQ = h < nHeads;
-    const int hh = isQ ? h : h - nHeads;
-    const int width = (isQ ? nHeads : nKV) * headDim;
-    const float* src = (isQ ? q : k) + (size_t)t * width + (size_t)hh * headDim;
-    const float* w = isQ ? qn : kn;
-    double ss = 0.0;
-    for (int j = threadIdx.x; j < headDim; j += blockDim.x) {
-        double d = (double)src[j];
-        ss = fma(d, d, ss);
-    }
-    ss = block_sum_d(ss, red);
-    float inv = (float)(1.0 / sqrt(ss / (double)headDim + (double)eps));
-    for (int j = threadIdx.x; j < headDim; j += blockDim.x) y[j] = __fmul_rn(w[j], __fmul_rn(src[j], inv));
-    __syncthreads();
-    const int half = headDim / 2;
-    float* dst = (isQ ? qr : kr) + (size_t)t * width + (size_t)hh * headDim;
-    float* cdst = isQ ? nullptr : kcache + (size_t)(pos0 + t) * width + (size_t)hh * headDim;
-    for (int i = threadIdx.x; i < half; i += blockDim.x) {
-        float ang = __fmul_rn((float)(pos0 + t), invf[i]);
-        double s, c;
-        sincos((double)ang, &s, &c);
-        float cs = (float)c, sn = (float)s;
-        float x1 = y[i], x2 = y[i + half];
-        float o1 = __fsub_rn(__fmul_rn(x1, cs), __fmul_rn(x2, sn));
-        float o2 = __fadd_rn(__fmul_rn(x2, cs), __fmul_rn(x1, sn));
-        dst[i] = o1;
-        dst[i + half] = o2;
-        if (!isQ) {
-            cdst[i] = o1;
-            cdst[i + half] = o2;
-        }
-    }
-    if (!isQ) {
-        const float* vs = v + (size_t)t * width + (size_t)hh * headDim;
-        float* vd = vcache + (size_t)(pos0 + t) * width + (size_t)hh * headDim;
-        for (int j = threadIdx.x; j < headDim; j += blockDim.x) vd[j] = vs[j];
-    }
+    const int t = blockIdx.x;
+    qk_norm_rope_row(qr, kr, q, k, v, qn, kn, kcache, vcache, invf, nHeads, nKV, headDim, eps, t, blockIdx.y, pos0 + t,
+                     (size_t)(pos0 + t), red, y);
 }

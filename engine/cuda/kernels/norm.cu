@@ -64,13 +64,7 @@ extern "C" __global__ void rope_f32(float* out, const float* x, const float* inv
         size_t t = idx / pairsPerRow;
         int r = (int)(idx % pairsPerRow);
         int h = r / half, i = r % half;
-        float ang = __fmul_rn((float)(pos0 + (int)t), invf[i]);
-        double s, c;
-        sincos((double)ang, &s, &c);
-        float cs = (float)c, sn = (float)s;
         size_t o = t * cols + (size_t)h * headDim + i;
-        float x1 = x[o], x2 = x[o + half];
-        out[o] = __fsub_rn(__fmul_rn(x1, cs), __fmul_rn(x2, sn));
-        out[o + half] = __fadd_rn(__fmul_rn(x2, cs), __fmul_rn(x1, sn));
+        rope_pair(x[o], x[o + half], pos0 + (int)t, invf[i], out[o], out[o + half]);
     }
 }

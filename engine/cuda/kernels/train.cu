@@ -533,6 +533,24 @@ extern "C" __global__ void cross_entropy_f32(float* dlogits, double* loss, const
 // nearest even or stochastically with optim's srBits(seed, step, param, index). One warp per
 // block of 64 elements (lane l owns elements l and l+32), in place, one pass.
 
+// sqrt_code_u8 is engine/optim's encodeSqrtU8 code for one element: round(√float64(v) ·
+// float64(inv)) − 1, clamped to [0, 255], with round half away from zero. The product y ≤ 256
+// is computed in float32 first (√ and × each within half an ulp: |error| < 2^-15 for y ≤ 256);
+// only when y lies within 2^-12 of a rounding boundary is it recomputed in double, as optim
+// does, so the code is always optim's while the double path runs for ~0.05 % of elements
+// (double square roots cost ~20 FP64 instructions each and made the optimizer issue-bound).
+__device__ __forceinline__ uint8_t sqrt_code_u8(float v, float inv) {
+    const float y = __fmul_rn(__fsqrt_rn(v), inv);
+    const float fr = y - floorf(y);
+    float k;
+    if (fabsf(fr - 0.5f) > 0.000244140625f) {
+        k = floorf(y + 0.5f) - 1.f;  // y ≥ 0: half away from zero
+    } else {
+        k = (float)(round(sqrt((double)v) * (double)inv) - 1.0);
+    }
+    return (uint8_t)fmaxf(0.f, fminf(255.f, k));
+}
+
 template <bool BF16, bool INT8>
 __device__ __forceinline__ void adamw(void* __restrict__ w, const float* __restrict__ grad, void* __restrict__ mbuf,
                                       void* __restrict__ vbuf, float* __restrict__ msc, float* __restrict__ vsc,
@@ -566,7 +584,8 @@ __device__ __forceinline__ void adamw(void* __restrict__ w, const float* __restr
             float g = __fmul_rn(grad[i], p.gscale);
             m = __fadd_rn(__fmul_rn(p.b1, m), __fmul_rn(p.omb1, g));
             v = __fadd_rn(__fmul_rn(p.b2, v), __fmul_rn(__fmul_rn(p.omb2, g), g));
-            float den = __fadd_rn((float)sqrt((double)__fdiv_rn(v, p.bc2)), p.eps);
+            // float32(√float64(x)) is the correctly rounded float √x: no double needed.
+            float den = __fadd_rn(__fsqrt_rn(__fdiv_rn(v, p.bc2)), p.eps);
             float upd = __fdiv_rn(__fdiv_rn(m, p.bc1), den);
             wv = __fsub_rn(__fsub_rn(wv, __fmul_rn(p.decay, wv)), __fmul_rn(p.lr, upd));
             mo[e] = m;
@@ -578,7 +597,8 @@ __device__ __forceinline__ void adamw(void* __restrict__ w, const float* __restr
             am = warp_max(fmaxf(fabsf(mo[0]), fabsf(mo[1])));
             avmax = warp_max(fmaxf(fabsf(vo[0]), fabsf(vo[1])));
         }
-        const float ms = am, vs = (float)sqrt((double)avmax);
+        const float ms = am, vs = __fsqrt_rn(avmax);
+        const float minv = ms != 0.f ? __fdiv_rn(127.f, ms) : 0.f, vinv = vs != 0.f ? __fdiv_rn(256.f, vs) : 0.f;
 #pragma unroll
         for (int e = 0; e < 2; e++) {
             if (!ok[e]) continue;
@@ -592,14 +612,11 @@ __device__ __forceinline__ void adamw(void* __restrict__ w, const float* __restr
             if (INT8) {
                 int8_t mc = 0;
                 if (ms != 0.f) {
-                    double r = round((double)__fmul_rn(mo[e], __fdiv_rn(127.f, ms)));
-                    mc = (int8_t)fmax(-127.0, fmin(127.0, r));
+                    // optim rounds the float32 product half away from zero: roundf exactly.
+                    mc = (int8_t)fmaxf(-127.f, fminf(127.f, roundf(__fmul_rn(mo[e], minv))));
                 }
                 uint8_t vc = 0;
-                if (vs != 0.f) {
-                    double kf = round(sqrt((double)vo[e]) * (double)__fdiv_rn(256.f, vs)) - 1.0;
-                    vc = (uint8_t)fmax(0.0, fmin(255.0, kf));
-                }
+                if (vs != 0.f) vc = sqrt_code_u8(vo[e], vinv);
                 reinterpret_cast<int8_t*>(mbuf)[i] = mc;
                 reinterpret_cast<uint8_t*>(vbuf)[i] = vc;
             } else {

@@ -1,0 +1,235 @@
+// Attention pieces shared by the single-sequence kernels (attention.cu, fused.cu) and the batched
+// decode kernels (batch.cu), so that both compute the same thing the same way: the online-softmax
+// walk over keys of the split kernels, the merge of split partials, the decode kernel's tile
+// walk and last-block merge, and the per-head q/k RMSNorm + RoPE + KV-cache write.
+#pragma once
+#include "common.cuh"
+
+#define ATT_THREADS 128
+#define ATT_MAXD 4  // output dims per thread: head_dim <= ATT_THREADS * ATT_MAXD = 512
+#define ATT_MAXS 64
+
+// attend runs the online softmax of query qs (in shared memory) over keys [jbeg, jend) of one
+// KV head, leaving the unnormalised output in acc (dims tid + i*ATT_THREADS), the running
+// max in m and the sum of exponentials in l. ps is shared scratch of ATT_THREADS floats.
+__device__ __forceinline__ void attend(const float* qs, const float* kbase, const float* vbase, size_t kvStride,
+                                       int jbeg, int jend, int headDim, float scale, float* ps, float* red,
+                                       float (&acc)[ATT_MAXD], float& m, float& l) {
+    const int tid = threadIdx.x;
+#pragma unroll
+    for (int i = 0; i < ATT_MAXD; i++) acc[i] = 0.f;
+    m = -INFINITY;
+    l = 0.f;
+    for (int j0 = jbeg; j0 < jend; j0 += ATT_THREADS) {
+        int j = j0 + tid;
+        float s = -INFINITY;
+        if (j < jend) {
+            const float* kr = kbase + (size_t)j * kvStride;
+            float dot = 0.f;
+            for (int d = 0; d < headDim; d++) dot = fmaf(qs[d], kr[d], dot);
+            s = dot * scale;
+        }
+        float mnew = fmaxf(m, block_max(s, red));  // finite: key j0 < jend is in every chunk
+        float p = j < jend ? expf(s - mnew) : 0.f;
+        ps[tid] = p;
+        float corr = expf(m - mnew);       // 0 on the first chunk (m = -inf)
+        l = l * corr + block_sum(p, red);  // block_sum's barriers also publish ps
+        int cnt = min(ATT_THREADS, jend - j0);
+#pragma unroll
+        for (int i = 0; i < ATT_MAXD; i++) {
+            int d = tid + i * ATT_THREADS;
+            if (d < headDim) {
+                float a = acc[i] * corr;
+                const float* vc = vbase + (size_t)j0 * kvStride + d;
+                for (int jj = 0; jj < cnt; jj++) a = fmaf(ps[jj], vc[(size_t)jj * kvStride], a);
+                acc[i] = a;
+            }
+        }
+        m = mnew;
+        __syncthreads();  // everyone is done with ps before the next chunk overwrites it
+    }
+}
+
+// attn_combine merges the S partial results of one (head, row) — records p[s·(hd+2) …] of hd
+// unnormalised outputs, then m, then l — into out[0..hd): out = Σ_s e^(m_s−M) acc_s / Σ_s
+// e^(m_s−M) l_s with M = max_s m_s, summed in the order s = 0, 1, …. Block ATT_THREADS, S ≤
+// ATT_MAXS; ws, ls shared [ATT_MAXS], red shared [32]. The maxima, sums and weights are gathered
+// in shared memory in parallel first, and the weighted sum over s is unrolled so its loads are in
+// flight together (a loop waiting on each load cost ~12 µs at S = 17).
+__device__ __forceinline__ void attn_combine(float* out, const float* p, int headDim, int S, float* ws, float* ls,
+                                             float* red) {
+    const int tid = threadIdx.x;
+    float ms = -INFINITY;
+    if (tid < S) {
+        ms = p[(size_t)tid * (headDim + 2) + headDim];
+        ls[tid] = p[(size_t)tid * (headDim + 2) + headDim + 1];
+    }
+    const float M = block_max(ms, red);  // its barriers also publish ls
+    if (tid < S) ws[tid] = ms == -INFINITY ? 0.f : expf(ms - M);  // an empty range weighs 0
+    __syncthreads();
+    float L = 0.f;
+    for (int s = 0; s < S; s++) L = fmaf(ws[s], ls[s], L);
+    const float inv = 1.f / L;
+#pragma unroll
+    for (int i = 0; i < ATT_MAXD; i++) {
+        const int d = tid + i * ATT_THREADS;
+        if (d >= headDim) break;
+        float acc = 0.f;
+#pragma unroll 8
+        for (int s = 0; s < S; s++) acc = fmaf(ws[s], p[(size_t)s * (headDim + 2) + d], acc);
+        out[d] = acc * inv;
+    }
+}
+
+// ---- decode: one block per (KV head, key split), every query of the group at once ----
+//
+// A decode block serves all query vectors of one KV head (one warp each, ≤ AD_MAXQ): it copies
+// tiles of AD_KEYS keys and values into shared memory with coalesced float4 loads (keys padded to
+// AD_D+1 floats a row so lane j reading key j is conflict-free), then each warp scores its query
+// against the tile (lane = key), runs the online softmax with warp reductions and accumulates 4
+// output dims per lane. head_dim AD_D = 128.
+#define AD_D 128
+#define AD_KEYS 32
+#define AD_MAXQ 16
+
+// dec_attend walks keys [jb, je) of one KV head — row j of kseq/vseq at j·kvld, the head's
+// column already added — for the warp's query qv (shared memory), keys > last masked. ks and vs
+// are the block's shared tiles ([AD_KEYS][AD_D+1] and [AD_KEYS][AD_D]); every thread of the block
+// calls it (it synchronises the block per tile). Leaves the unnormalised output (dims 4·lane …)
+// in acc, the running max in m (-inf when no key was visible) and the sum of exponentials in l.
+__device__ __forceinline__ void dec_attend(const float* qv, const float* kseq, const float* vseq, size_t kvld, int jb,
+                                           int je, int last, float scale, float* ks, float* vs, float4& acc, float& m,
+                                           float& l) {
+    const int lane = threadIdx.x & 31, nth = blockDim.x;
+    acc = make_float4(0.f, 0.f, 0.f, 0.f);
+    m = -INFINITY;
+    l = 0.f;
+    for (int j0 = jb; j0 < je; j0 += AD_KEYS) {
+        const int n = min(AD_KEYS, je - j0);
+        __syncthreads();  // the previous tile is consumed (and, first time, the queries are written)
+        for (int i = threadIdx.x; i < AD_KEYS * AD_D / 4; i += nth) {
+            const int r = i / (AD_D / 4), c = i % (AD_D / 4);
+            float4 kv4 = make_float4(0.f, 0.f, 0.f, 0.f), vv4 = kv4;
+            if (r < n) {
+                const size_t off = (size_t)(j0 + r) * kvld;
+                kv4 = reinterpret_cast<const float4*>(kseq + off)[c];
+                vv4 = reinterpret_cast<const float4*>(vseq + off)[c];
+            }
+            float* kr = ks + r * (AD_D + 1) + 4 * c;
+            kr[0] = kv4.x, kr[1] = kv4.y, kr[2] = kv4.z, kr[3] = kv4.w;
+            reinterpret_cast<float4*>(vs)[i] = vv4;
+        }
+        __syncthreads();
+        const int j = j0 + lane;
+        float sc = -INFINITY;
+        if (lane < n && j <= last) {
+            const float* kr = ks + lane * (AD_D + 1);
+            float dot = 0.f;
+#pragma unroll 16
+            for (int d = 0; d < AD_D; d++) dot = fmaf(qv[d], kr[d], dot);
+            sc = dot * scale;
+        }
+        const float mnew = fmaxf(m, warp_max(sc));
+        if (mnew == -INFINITY) continue;  // no key of this tile is visible to this query
+        const float p = sc == -INFINITY ? 0.f : expf(sc - mnew);
+        const float corr = expf(m - mnew);  // 0 while m = -inf
+        l = l * corr + warp_sum(p);
+        acc.x *= corr, acc.y *= corr, acc.z *= corr, acc.w *= corr;
+        for (int jj = 0; jj < n; jj++) {
+            const float pj = __shfl_sync(0xffffffffu, p, jj);
+            const float4 vv = reinterpret_cast<const float4*>(vs + jj * AD_D)[lane];
+            acc.x = fmaf(pj, vv.x, acc.x), acc.y = fmaf(pj, vv.y, acc.y);
+            acc.z = fmaf(pj, vv.z, acc.z), acc.w = fmaf(pj, vv.w, acc.w);
+        }
+        m = mnew;
+    }
+}
+
+// dec_finish writes the warp's partial (acc, m, l) as split s of the S records at pp (AD_D+2
+// floats each: outputs, m, l), then the last block of the launch to arrive at *counter (left at
+// zero for the next launch) merges each of its warps' S records in split order into orow[0..AD_D).
+// Every thread of the block calls it. Partials are read with ld.global.cg: other blocks wrote
+// them through L2, and this SM's L1 may hold stale lines.
+__device__ __forceinline__ void dec_finish(float* pp, int s, int S, int* counter, float* orow, float4 acc, float m,
+                                           float l) {
+    const int lane = threadIdx.x & 31;
+    float* p = pp + (size_t)s * (AD_D + 2);
+    // (hd + 2)-float records are only 8-byte aligned: scalar stores.
+    p[4 * lane] = acc.x, p[4 * lane + 1] = acc.y, p[4 * lane + 2] = acc.z, p[4 * lane + 3] = acc.w;
+    if (lane == 0) {
+        p[AD_D] = m;
+        p[AD_D + 1] = l;
+    }
+    __shared__ int merger;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        merger = atomicAdd(counter, 1) == S - 1;
+        if (merger) *counter = 0;  // ready for the next launch
+    }
+    __syncthreads();
+    if (!merger) return;
+    __threadfence();
+    const float ms0 = lane < S ? __ldcg(pp + (size_t)lane * (AD_D + 2) + AD_D) : -INFINITY;
+    const float ms1 = lane + 32 < S ? __ldcg(pp + (size_t)(lane + 32) * (AD_D + 2) + AD_D) : -INFINITY;
+    const float M = warp_max(fmaxf(ms0, ms1));
+    // weights e^(m_s - M) of splits lane and lane+32 (0 for an empty range)
+    const float w0 = ms0 == -INFINITY ? 0.f : expf(ms0 - M), w1 = ms1 == -INFINITY ? 0.f : expf(ms1 - M);
+    float L = 0.f;
+    if (lane < S) L = w0 * __ldcg(pp + (size_t)lane * (AD_D + 2) + AD_D + 1);
+    if (lane + 32 < S) L = fmaf(w1, __ldcg(pp + (size_t)(lane + 32) * (AD_D + 2) + AD_D + 1), L);
+    L = warp_sum(L);
+    float4 o = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 4
+    for (int sp = 0; sp < S; sp++) {
+        const float w = __shfl_sync(0xffffffffu, sp < 32 ? w0 : w1, sp & 31);
+        const float* rec = pp + (size_t)sp * (AD_D + 2) + 4 * lane;
+        const float2 a = __ldcg(reinterpret_cast<const float2*>(rec)), b = __ldcg(reinterpret_cast<const float2*>(rec + 2));
+        o.x = fmaf(w, a.x, o.x), o.y = fmaf(w, a.y, o.y), o.z = fmaf(w, b.x, o.z), o.w = fmaf(w, b.y, o.w);
+    }
+    const float inv = 1.f / L;
+    reinterpret_cast<float4*>(orow + 4 * lane)[0] = make_float4(o.x * inv, o.y * inv, o.z * inv, o.w * inv);
+}
+
+// qk_norm_rope_row is one block of the fused q/k RMSNorm + RoPE + cache write: head h (< nHeads: a
+// query head of q with weight qn, else key head h − nHeads of k with weight kn) of token row t,
+// normalised (fp64 statistics, rmsnorm_f32's reduction order for blockDim) and rotated to position
+// pos into qr or kr; for key heads also written, with the head of v, to row crow of the caches.
+// red, y: shared [32] doubles and [headDim ≤ 512] floats.
+__device__ __forceinline__ void qk_norm_rope_row(float* qr, float* kr, const float* q, const float* k, const float* v,
+                                                 const float* qn, const float* kn, float* kcache, float* vcache,
+                                                 const float* invf, int nHeads, int nKV, int headDim, float eps, int t,
+                                                 int h, int pos, size_t crow, double* red, float* y) {
+    const bool isQ = h < nHeads;
+    const int hh = isQ ? h : h - nHeads;
+    const int width = (isQ ? nHeads : nKV) * headDim;
+    const float* src = (isQ ? q : k) + (size_t)t * width + (size_t)hh * headDim;
+    const float* w = isQ ? qn : kn;
+    double ss = 0.0;
+    for (int j = threadIdx.x; j < headDim; j += blockDim.x) {
+        const double d = (double)src[j];
+        ss = fma(d, d, ss);
+    }
+    ss = block_sum_d(ss, red);
+    const float inv = (float)(1.0 / sqrt(ss / (double)headDim + (double)eps));
+    for (int j = threadIdx.x; j < headDim; j += blockDim.x) y[j] = __fmul_rn(w[j], __fmul_rn(src[j], inv));
+    __syncthreads();
+    const int half = headDim / 2;
+    float* dst = (isQ ? qr : kr) + (size_t)t * width + (size_t)hh * headDim;
+    float* cdst = isQ ? nullptr : kcache + crow * width + (size_t)hh * headDim;
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        float o1, o2;
+        rope_pair(y[i], y[i + half], pos, invf[i], o1, o2);
+        dst[i] = o1;
+        dst[i + half] = o2;
+        if (!isQ) {
+            cdst[i] = o1;
+            cdst[i + half] = o2;
+        }
+    }
+    if (!isQ) {
+        const float* vs = v + (size_t)t * width + (size_t)hh * headDim;
+        float* vd = vcache + crow * width + (size_t)hh * headDim;
+        for (int j = threadIdx.x; j < headDim; j += blockDim.x) vd[j] = vs[j];
+    }
+}
