@@ -3,12 +3,10 @@ package bench
 import (
 	"fmt"
 	"math"
-	"runtime"
 	"time"
 
 	"github.com/qwengo/qwengo/engine/backend"
 	"github.com/qwengo/qwengo/engine/devtrain"
-	"github.com/qwengo/qwengo/engine/grad"
 )
 
 // train4bit measures the training figures with 4-bit AdamW moments (issue 7: peak memory at
@@ -33,11 +31,6 @@ func (r *runner) train4bit() {
 		fail("not run: " + err.Error())
 		return
 	}
-	chunkRows, bf16, err := trainMemory()
-	if err != nil {
-		fail("not run: " + err.Error())
-		return
-	}
 	if rc, ok := r.b.(interface{ ReleaseCache() error }); ok {
 		if err := rc.ReleaseCache(); err != nil {
 			r.logf("release cached blocks before the 4-bit model: %v", err)
@@ -45,18 +38,9 @@ func (r *runner) train4bit() {
 	}
 	r.logf("building the trainable model with 4-bit AdamW states")
 	t0 := time.Now()
-	gm, err := grad.New(r.cfg)
+	dm, chunkRows, bf16, err := r.trainable(tb, "4bit")
 	if err != nil {
-		fail("not run: " + err.Error())
-		return
-	}
-	randomizeParallel(gm, r.opt.Seed)
-	dm, err := devtrain.New(tb, gm, devtrain.Options{Master: "bf16", State: "4bit", Recompute: true, FusedOptimizer: true,
-		LayerChunkRows: chunkRows, CheckpointBF16: bf16})
-	gm = nil
-	runtime.GC()
-	if err != nil {
-		fail(failure(fmt.Errorf("devtrain.New with 4-bit states: %w", err)))
+		fail(err.Error())
 		return
 	}
 	defer dm.Close()

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -40,6 +41,30 @@ func trainMemory() (chunkRows int, bf16 bool, err error) {
 	return chunkRows, bf16, nil
 }
 
+// trainable builds the benchmark's trainable model with the given AdamW state format: a random
+// host grad.Model (freed once uploaded), bf16 masters, per-layer recompute, the optimizer fused
+// into the backward, and the layer-chunk and bf16-checkpoint settings of trainMemory. A failure
+// comes back as a figure status ("not run: …" or a failure line).
+func (r *runner) trainable(tb backend.Training, state string) (*devtrain.Model, int, bool, error) {
+	chunkRows, bf16, err := trainMemory()
+	if err != nil {
+		return nil, 0, false, fmt.Errorf("not run: %w", err)
+	}
+	gm, err := grad.New(r.cfg)
+	if err != nil {
+		return nil, 0, false, fmt.Errorf("not run: %w", err)
+	}
+	randomizeParallel(gm, r.opt.Seed)
+	dm, err := devtrain.New(tb, gm, devtrain.Options{Master: "bf16", State: state, Recompute: true, FusedOptimizer: true,
+		LayerChunkRows: chunkRows, CheckpointBF16: bf16})
+	gm = nil
+	runtime.GC()
+	if err != nil {
+		return nil, 0, false, errors.New(failure(fmt.Errorf("devtrain.New with %s states: %w", state, err)))
+	}
+	return dm, chunkRows, bf16, nil
+}
+
 // train measures full-parameter training steps through engine/devtrain: bf16 master weights,
 // int8 AdamW moments, activation recompute, the optimizer fused into the backward pass.
 // Every (S, batch) of the plan: tokens/s over whole steps (B·S tokens each), the backend's peak
@@ -67,23 +92,9 @@ func (r *runner) train() {
 	}
 	r.logf("building the trainable model (%d layers, host float32, then onto %s)", r.cfg.NumLayers, r.b.Name())
 	t0 := time.Now()
-	gm, err := grad.New(r.cfg)
+	dm, chunkRows, bf16, err := r.trainable(tb, "int8")
 	if err != nil {
-		fail("not run: " + err.Error())
-		return
-	}
-	chunkRows, bf16, err := trainMemory()
-	if err != nil {
-		fail("not run: " + err.Error())
-		return
-	}
-	randomizeParallel(gm, r.opt.Seed)
-	dm, err := devtrain.New(tb, gm, devtrain.Options{Master: "bf16", State: "int8", Recompute: true, FusedOptimizer: true,
-		LayerChunkRows: chunkRows, CheckpointBF16: bf16})
-	gm = nil
-	runtime.GC()
-	if err != nil {
-		fail(failure(fmt.Errorf("devtrain.New: %w", err)))
+		fail(err.Error())
 		return
 	}
 	if c, ok := any(dm).(interface{ Free() }); ok {

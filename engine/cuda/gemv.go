@@ -143,6 +143,15 @@ func (b *Backend) gemvPersistMany(outs []*Tensor, a *Tensor, ws []*Weight) error
 	items := groups * spr
 	blocks := min(per*b.sms, (items+gemvPersistWarps-1)/gemvPersistWarps)
 	args := []arg{ptrArg(b.gemvPartial.ptr), ptrArg(b.gemvCounters.ptr), ptrArg(a.ptr), intArg(K), intArg(len(ws))}
+	args = append(args, gemvJobArgs(outs, ws)...)
+	return launch(fn, [3]int{blocks, 1, 1}, [3]int{32 * gemvPersistWarps, 1, 1}, 0, args...)
+}
+
+// gemvJobArgs are the per-product kernel parameters of the multi-product GEMVs (gemv_jobs in
+// kernels/gemv_tc.cuh, GEMV_JOB_PARAMS): output, codes, scales, tensor scale × 2^14 and rows for
+// each of three products, null/zero for the unused ones.
+func gemvJobArgs(outs []*Tensor, ws []*Weight) []arg {
+	var args []arg
 	for j := 0; j < 3; j++ {
 		if j < len(ws) {
 			w := ws[j]
@@ -151,7 +160,7 @@ func (b *Backend) gemvPersistMany(outs []*Tensor, a *Tensor, ws []*Weight) error
 			args = append(args, ptrArg(0), ptrArg(0), ptrArg(0), f32Arg(0), intArg(0))
 		}
 	}
-	return launch(fn, [3]int{blocks, 1, 1}, [3]int{32 * gemvPersistWarps, 1, 1}, 0, args...)
+	return args
 }
 
 // gemvTCWarps returns the block size, in warps, of a tensor-core GEMV variant.
@@ -219,15 +228,10 @@ func (b *Backend) gemvTCMany(outs []*Tensor, a *Tensor, ws []*Weight) error {
 	K := a.cols
 	args := []arg{ptrArg(a.ptr), intArg(K), intArg(len(ws))}
 	blocks := 0
-	for j := 0; j < 3; j++ {
-		if j < len(ws) {
-			w := ws[j]
-			blocks += (w.out + 15) / 16
-			args = append(args, ptrArg(outs[j].ptr), ptrArg(w.ptr), ptrArg(w.scales), f32Arg(w.global*16384), intArg(w.out))
-		} else {
-			args = append(args, ptrArg(0), ptrArg(0), ptrArg(0), f32Arg(0), intArg(0))
-		}
+	for _, w := range ws {
+		blocks += (w.out + 15) / 16
 	}
+	args = append(args, gemvJobArgs(outs, ws)...)
 	name := b.gemvTCPick(K)
 	// The weights do not depend on the previous kernel: with programmatic dependent launch the
 	// blocks request them while it finishes, then wait for it before staging x.

@@ -107,14 +107,7 @@ func (b *Backend) gemvTCBMany(outs []*Tensor, a *Tensor, ws []*Weight) error {
 		}
 	}
 	args := []arg{ptrArg(a.ptr), intArg(K), intArg(T), intArg(slice), ptrArg(b.gemvPartial.ptr), ptrArg(b.gemvCounters.ptr), intArg(len(ws))}
-	for j := 0; j < 3; j++ {
-		if j < len(ws) {
-			w := ws[j]
-			args = append(args, ptrArg(outs[j].ptr), ptrArg(w.ptr), ptrArg(w.scales), f32Arg(w.global*16384), intArg(w.out))
-		} else {
-			args = append(args, ptrArg(0), ptrArg(0), ptrArg(0), f32Arg(0), intArg(0))
-		}
-	}
+	args = append(args, gemvJobArgs(outs, ws)...)
 	return b.launchDep(b.fns[name], [3]int{groups * nslices, 1, 1}, [3]int{32 * warps, 1, 1}, T*slice*512, args...)
 }
 

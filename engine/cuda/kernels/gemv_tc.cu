@@ -30,23 +30,12 @@
 // blocks of job j follow those of jobs < j. K % 128 == 0 (checked on the host).
 #include "gemv_tc.cuh"
 
-#define GT_JOBS 3
-
-struct gt_jobs {
-    float* out[GT_JOBS];
-    const uint8_t* packed[GT_JOBS];
-    const uint8_t* scales[GT_JOBS];
-    float gscale[GT_JOBS];  // tensor scale × 2^14
-    int N[GT_JOBS];
-    int tiles[GT_JOBS];  // ceil(N / 16)
-    int njobs;
-};
 
 // gemv_tc runs one block of W warps; each warp takes k steps s = warp, warp+W, ... in rounds of
 // D steps whose weight loads are all issued before any of them is decoded (D·2 KB per warp in
 // flight), so a row tile costs about ceil(steps / (W·D)) memory round trips.
 template <int W, int D>
-__device__ __forceinline__ void gemv_tc(const gt_jobs& jobs, const float* __restrict__ x, int K, uint32_t* xs,
+__device__ __forceinline__ void gemv_tc(const gemv_jobs& jobs, const float* __restrict__ x, int K, uint32_t* xs,
                                         float (*red)[16]) {
     int tile = blockIdx.x, job = 0;
     while (job + 1 < jobs.njobs && tile >= jobs.tiles[job]) tile -= jobs.tiles[job++];
@@ -142,14 +131,12 @@ __device__ __forceinline__ void gemv_tc(const gt_jobs& jobs, const float* __rest
 // Entry points: gemv_nvfp4_tc{W}x{D}(x, K, njobs, then out, packed, scales, gscale, N for each
 // of 3 jobs — unused ones null/0), grid Σ_j ceil(N_j/16) blocks of W·32 threads, dynamic shared
 // memory K·4 bytes (x as hi and lo f16).
-#define GT_JOB_PARAMS(j) float *out##j, const uint8_t *p##j, const uint8_t *s##j, float g##j, int n##j
 #define GT_ENTRY_MB(NAME, W, D, MB)                                                                          \
     extern "C" __global__ void __launch_bounds__(W * 32, MB)                                                 \
-        NAME(const float* x, int K, int njobs, GT_JOB_PARAMS(0), GT_JOB_PARAMS(1), GT_JOB_PARAMS(2)) {       \
+        NAME(const float* x, int K, int njobs, GEMV_JOB_PARAMS(0), GEMV_JOB_PARAMS(1), GEMV_JOB_PARAMS(2)) { \
         extern __shared__ __align__(16) uint32_t xs[];                                                       \
         __shared__ float red[W][16];                                                                         \
-        gt_jobs jobs = {{out0, out1, out2}, {p0, p1, p2}, {s0, s1, s2}, {g0, g1, g2}, {n0, n1, n2},          \
-                        {(n0 + 15) / 16, (n1 + 15) / 16, (n2 + 15) / 16}, njobs};                            \
+        gemv_jobs jobs = GEMV_JOBS_INIT;                                                                     \
         gemv_tc<W, D>(jobs, x, K, xs, red);                                                                  \
     }
 // The two shapes the backend picks from (gemv.go gemvTCPick). Measured and dropped (NOTES.md,

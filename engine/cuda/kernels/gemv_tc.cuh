@@ -62,3 +62,21 @@ __device__ __forceinline__ void stage_x_hilo(uint32_t* xs, const float* __restri
         lo[1] = pack_h2(a.y - __half2float(hc), b.y - __half2float(hd));
     }
 }
+
+// gemv_jobs: up to three NVFP4 products sharing x (q/k/v, gate/up) in one launch of either
+// tensor-core GEMV; GEMV_JOB_PARAMS(j) are the entry points' per-job parameters and
+// GEMV_JOBS_INIT builds the struct from them.
+#define GEMV_JOBS 3
+struct gemv_jobs {
+    float* out[GEMV_JOBS];
+    const uint8_t* packed[GEMV_JOBS];
+    const uint8_t* scales[GEMV_JOBS];
+    float gscale[GEMV_JOBS];  // tensor scale × 2^14
+    int N[GEMV_JOBS];
+    int tiles[GEMV_JOBS];  // ceil(N / 16)
+    int njobs;
+};
+#define GEMV_JOB_PARAMS(j) float *out##j, const uint8_t *p##j, const uint8_t *s##j, float g##j, int n##j
+#define GEMV_JOBS_INIT                                                           \
+    {{out0, out1, out2}, {p0, p1, p2}, {s0, s1, s2}, {g0, g1, g2}, {n0, n1, n2}, \
+     {(n0 + 15) / 16, (n1 + 15) / 16, (n2 + 15) / 16}, njobs}

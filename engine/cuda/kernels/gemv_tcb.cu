@@ -27,20 +27,9 @@
 // Bytes per weight row and step: 64 (codes) + 8 (E4M3 scales); FLOPs 2·T per weight.
 #include "gemv_tc.cuh"
 
-#define GB_JOBS 3
-
-struct gb_jobs {
-    float* out[GB_JOBS];
-    const uint8_t* packed[GB_JOBS];
-    const uint8_t* scales[GB_JOBS];
-    float gscale[GB_JOBS];  // tensor scale × 2^14
-    int N[GB_JOBS];
-    int tiles[GB_JOBS];  // ceil(N / 16)
-    int njobs;
-};
 
 template <int P, int W, int D>
-__device__ __forceinline__ void gemv_tcb(const gb_jobs& jobs, const float* __restrict__ x, int K, int T, int slice,
+__device__ __forceinline__ void gemv_tcb(const gemv_jobs& jobs, const float* __restrict__ x, int K, int T, int slice,
                                          float* __restrict__ part, int* __restrict__ counters, uint32_t* xs) {
     const int steps = K / 128, slices = (steps + slice - 1) / slice;
     int item = blockIdx.x, job = 0, tile0 = 0;
@@ -192,15 +181,13 @@ __device__ __forceinline__ void gemv_tcb(const gb_jobs& jobs, const float* __res
 // packed, scales, gscale, N for each of 3 jobs — unused ones null/0): T ≤ 4·P rows, grid
 // Σ_j ceil(ceil(N_j/16)/W)·ceil(K/128/slice) blocks of W·32 threads, dynamic shared memory
 // T·slice·512 bytes.
-#define GB_JOB_PARAMS(j) float *out##j, const uint8_t *p##j, const uint8_t *s##j, float g##j, int n##j
-#define GB_ENTRY(P, W, D)                                                                                 \
-    extern "C" __global__ void __launch_bounds__(W * 32) gemv_nvfp4_tcb##P##_##W##x##D(                   \
-        const float* x, int K, int T, int slice, float* part, int* counters, int njobs, GB_JOB_PARAMS(0), \
-        GB_JOB_PARAMS(1), GB_JOB_PARAMS(2)) {                                                             \
-        extern __shared__ __align__(16) uint32_t xs[];                                                    \
-        gb_jobs jobs = {{out0, out1, out2}, {p0, p1, p2}, {s0, s1, s2}, {g0, g1, g2}, {n0, n1, n2},       \
-                        {(n0 + 15) / 16, (n1 + 15) / 16, (n2 + 15) / 16}, njobs};                         \
-        gemv_tcb<P, W, D>(jobs, x, K, T, slice, part, counters, xs);                                      \
+#define GB_ENTRY(P, W, D)                                                                                   \
+    extern "C" __global__ void __launch_bounds__(W * 32) gemv_nvfp4_tcb##P##_##W##x##D(                     \
+        const float* x, int K, int T, int slice, float* part, int* counters, int njobs, GEMV_JOB_PARAMS(0), \
+        GEMV_JOB_PARAMS(1), GEMV_JOB_PARAMS(2)) {                                                           \
+        extern __shared__ __align__(16) uint32_t xs[];                                                      \
+        gemv_jobs jobs = GEMV_JOBS_INIT;                                                                    \
+        gemv_tcb<P, W, D>(jobs, x, K, T, slice, part, counters, xs);                                        \
     }
 GB_ENTRY(1, 4, 2)
 GB_ENTRY(2, 4, 2)
