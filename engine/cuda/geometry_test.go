@@ -1,0 +1,45 @@
+//go:build cuda
+
+package cuda
+
+import "testing"
+
+// TestGEMVTCBSlice checks the multi-row GEMV's K slices: equal lengths that cover K's 128-wide
+// steps, within the staged rows' shared memory, the forced length honoured where it fits, and
+// independent of anything but T and K (so fused and separate launches sum alike).
+func TestGEMVTCBSlice(t *testing.T) {
+	for _, c := range []struct{ T, K, force, want int }{
+		{1, 2560, 0, 4}, {8, 2560, 0, 4}, {8, 9728, 0, 4}, {8, 4096, 0, 4}, {1, 128, 0, 1},
+		{8, 2560, 8, 7}, {8, 25600, 20, 11}, {1, 25600, 100, 67}, {3, 1152, 0, 3},
+	} {
+		got := gemvTCBSlice(c.T, c.K, c.force)
+		steps := c.K / 128
+		slices := (steps + got - 1) / got
+		switch {
+		case got != c.want:
+			t.Errorf("T=%d K=%d force=%d: slice %d steps, want %d", c.T, c.K, c.force, got, c.want)
+		case c.T*got*512 > gemvTCBSmem:
+			t.Errorf("T=%d K=%d: slice %d needs %d bytes of shared memory (limit %d)", c.T, c.K, got, c.T*got*512, gemvTCBSmem)
+		case (slices-1)*got >= steps:
+			t.Errorf("T=%d K=%d: %d slices of %d steps leave an empty slice for %d steps", c.T, c.K, slices, got, steps)
+		}
+	}
+}
+
+// TestAttentionDecodeSplit checks the decode attention's key splits: whole 32-key tiles that
+// cover every key, at most 64 splits, none empty, and more splits where few (row, KV head)
+// pairs share the GPU.
+func TestAttentionDecodeSplit(t *testing.T) {
+	const sms = 132
+	for _, c := range []struct{ heads, keys, wantSplits int }{
+		{8, 1, 1}, {8, 512, 16}, {8, 8192, 64}, {64, 1024, 16}, {64, 1088, 17}, {8, 100, 4}, {256, 4096, 5},
+	} {
+		s, chunk := attentionDecodeSplit(sms, c.heads, c.keys)
+		switch {
+		case s != c.wantSplits:
+			t.Errorf("%d heads, %d keys: %d splits, want %d", c.heads, c.keys, s, c.wantSplits)
+		case chunk%attDecodeKeys != 0 || s*chunk < c.keys || (s-1)*chunk >= c.keys || s > 64:
+			t.Errorf("%d heads, %d keys: %d splits of %d keys", c.heads, c.keys, s, chunk)
+		}
+	}
+}
