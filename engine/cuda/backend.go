@@ -80,6 +80,10 @@ type Backend struct {
 	// attnCounters are attention_decode_f32's per-KV-head arrival counters (left at zero).
 	attnCounters devBuf
 	argmaxBuf    devBuf // ArgMaxRows' int32 ids and per-block partials, Workspace
+	// graphs are the instantiated CUDA graphs alive (graph.go), capturing is set while
+	// CaptureGraph records.
+	graphs    map[*Graph]struct{}
+	capturing bool
 	// argmaxCounters: argmax_rows_f32's per-row arrival counters, always zero between launches.
 	argmaxCounters devBuf
 	flashKV        devBuf // bf16 copies of the keys and values flash attention reads, Workspace
@@ -119,7 +123,7 @@ func OpenDevice(ordinal int) (*Backend, error) {
 		return nil, err
 	}
 	b := &Backend{work: make(chan func(), 1), quit: make(chan struct{}), ordinal: ordinal, spin: runtime.GOMAXPROCS(0) > 1, gemv: gemvFromEnv(), gemvTCKernel: gemvTCFromEnv(), gemvTCBVariant: gemvTCBFromEnv(), gemvSlice: gemvSliceFromEnv(), attnSIMT: attnSIMTFromEnv(),
-		fns: map[string]function{}, live: map[devPtr]liveAlloc{}, rope: map[ropeKey]devBuf{}, pool: map[int64][]devPtr{}}
+		fns: map[string]function{}, live: map[devPtr]liveAlloc{}, rope: map[ropeKey]devBuf{}, pool: map[int64][]devPtr{}, graphs: map[*Graph]struct{}{}}
 	started := make(chan error, 1)
 	go b.worker(started)
 	if err := <-started; err != nil {
@@ -242,6 +246,7 @@ func (b *Backend) setup() error {
 // teardown frees everything the backend holds and releases the context (worker goroutine).
 func (b *Backend) teardown() error {
 	var errs []error
+	b.freeGraphs()
 	b.gemm.release()
 	for p, a := range b.live {
 		if err := memFree(p); err != nil {

@@ -29,18 +29,21 @@
 //     and by ReleaseCache.
 //   - Tensors are float32 on the device (bf16 activations come later). Weights stay in their
 //     stored precision (f32, bf16, NVFP4 packed codes + E4M3 block scales + FP32 tensor scale).
-//     MatMul: up to 4 token rows take a GEMV that decodes the weights in registers (one row on
-//     tensor cores: gemv_tc.cu; gemv.go picks the kernel per shape); 16 rows or more go to
-//     cuBLASLt (blaslt.go, gemm.go: bf16 operands, fp32 accumulation; NVFP4 weights expanded to
-//     bf16 per call), else a tiled SIMT kernel. Attention: prefill (≥ 16 rows, head_dim 128) and
+//     MatMul: a few token rows take a GEMV that decodes the weights in registers (NVFP4 on
+//     tensor cores: gemv_tc.cu for one row, gemv_tcb.cu for 2-15 rows, eight a launch; gemv.go
+//     picks the kernel per shape); 16 rows or more go to cuBLASLt (blaslt.go, gemm.go: bf16
+//     operands, fp32 accumulation; NVFP4 weights expanded to bf16 per call), else a tiled SIMT
+//     kernel. Attention: prefill (≥ 16 rows, head_dim 128) and
 //     its backward on tensor-core flash kernels (flash.go); decode one block per KV head and key
 //     split with the splits merged in the same launch; otherwise one block per (head, row).
 //   - A call made on the owner's own thread runs directly (Run, backend.Runner): qwen3's
 //     forward and devtrain's step run whole on the owner goroutine, paying one hand-off.
 //   - backend.Fused (fused.go) and backend.Training (training.go, kernels/train.cu) are
 //     implemented: fused decoder-block kernels, every backward op, chunked cross-entropy and
-//     the AdamW update with fp32 or int8 moments. backend.Batched (batch.go, kernels/batch.cu)
+//     the AdamW update with fp32, int8 or 4-bit moments. backend.Batched (batch.go, kernels/batch.cu)
 //     runs a batched decode step's per-sequence ops in one launch each for up to 32 sequences.
+//   - CUDA graphs (graph.go): CaptureGraph records the kernels a function launches and
+//     Graph.Replay runs them as one launch; the model does not use them yet (NOTES.md says why).
 //
 // NOTES.md has the kernels' bytes, FLOPs and measured times on an H200 and what comes next.
 //

@@ -164,6 +164,73 @@ static CUresult qg_launch_dep(CUfunction f, unsigned gx, unsigned gy, unsigned g
 	return r;
 }
 
+// CUDA graphs (graph.go): stream capture of qg_stream, instantiation, replay. The entry points
+// are looked up when first used, so a driver without them only loses graphs. Kernels recorded
+// while qg_stream captures become the graph's nodes; a programmatic launch becomes a
+// programmatic edge, so the first captured kernel must not be one (qg_prev_dep is cleared at
+// both ends of a capture and after a replay).
+typedef CUresult (*qg_begin_fn)(CUstream, CUstreamCaptureMode);
+typedef CUresult (*qg_end_fn)(CUstream, CUgraph*);
+typedef CUresult (*qg_inst_fn)(CUgraphExec*, CUgraph, unsigned long long);
+typedef CUresult (*qg_launch_graph_fn)(CUgraphExec, CUstream);
+typedef CUresult (*qg_exec_destroy_fn)(CUgraphExec);
+typedef CUresult (*qg_graph_destroy_fn)(CUgraph);
+typedef CUresult (*qg_graph_nodes_fn)(CUgraph, CUgraphNode*, size_t*);
+static qg_begin_fn p_capture_begin;
+static qg_end_fn p_capture_end;
+static qg_inst_fn p_graph_inst;
+static qg_launch_graph_fn p_graph_launch;
+static qg_exec_destroy_fn p_exec_destroy;
+static qg_graph_destroy_fn p_graph_destroy;
+static qg_graph_nodes_fn p_graph_nodes;
+
+static int qg_graph_init(void) {
+	if (p_graph_launch != NULL) return 1;
+	void* lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL | RTLD_NOLOAD);
+	if (lib == NULL) lib = dlopen("libcuda.so", RTLD_NOW | RTLD_LOCAL | RTLD_NOLOAD);
+	if (lib == NULL) return 0;
+	p_capture_begin = (qg_begin_fn)dlsym(lib, "cuStreamBeginCapture_v2");
+	p_capture_end = (qg_end_fn)dlsym(lib, "cuStreamEndCapture");
+	p_graph_inst = (qg_inst_fn)dlsym(lib, "cuGraphInstantiateWithFlags");
+	p_exec_destroy = (qg_exec_destroy_fn)dlsym(lib, "cuGraphExecDestroy");
+	p_graph_destroy = (qg_graph_destroy_fn)dlsym(lib, "cuGraphDestroy");
+	p_graph_nodes = (qg_graph_nodes_fn)dlsym(lib, "cuGraphGetNodes");
+	qg_launch_graph_fn l = (qg_launch_graph_fn)dlsym(lib, "cuGraphLaunch");
+	if (!p_capture_begin || !p_capture_end || !p_graph_inst || !p_exec_destroy || !p_graph_destroy || !p_graph_nodes || !l) return 0;
+	p_graph_launch = l;
+	return 1;
+}
+
+// qg_capture_begin puts qg_stream in (relaxed) capture mode: its launches are recorded, not run.
+static CUresult qg_capture_begin(void) {
+	qg_prev_dep = 0;
+	return p_capture_begin(qg_stream, CU_STREAM_CAPTURE_MODE_RELAXED);
+}
+
+// qg_capture_end ends the capture and, when keep is set and capture succeeded, instantiates the
+// recorded graph into *exec (with its node count in *nodes); the graph itself is freed either way.
+static CUresult qg_capture_end(int keep, CUgraphExec* exec, size_t* nodes) {
+	CUgraph g = NULL;
+	qg_prev_dep = 0;
+	CUresult r = p_capture_end(qg_stream, &g);
+	if (r != CUDA_SUCCESS || !keep) {
+		if (g != NULL) p_graph_destroy(g);
+		return r;
+	}
+	*nodes = 0;
+	r = p_graph_nodes(g, NULL, nodes);
+	if (r == CUDA_SUCCESS) r = p_graph_inst(exec, g, 0);
+	p_graph_destroy(g);
+	return r;
+}
+
+static CUresult qg_graph_replay(CUgraphExec exec) {
+	qg_prev_dep = 0;
+	return p_graph_launch(exec, qg_stream);
+}
+
+static CUresult qg_graph_free(CUgraphExec exec) { return p_exec_destroy(exec); }
+
 // qg_profiler starts (on) or stops profiling (cuProfilerStart/Stop, looked up when first used):
 // with `ncu --profile-from-start off` only the kernels between the two are profiled.
 static CUresult qg_profiler(int on) {
@@ -411,6 +478,34 @@ func pdlInit() bool     { return C.qg_pdl_init() != 0 }
 // (common.cuh), overlapping the previous kernel (programmatic dependent launch) when pdl is set
 // and that kernel was launched this way too. refused: the driver rejected the PDL launch and
 // nothing was launched.
+// graphExec is an instantiated CUDA graph (graph.go).
+type graphExec = C.CUgraphExec
+
+// graphInit reports whether the driver has the graph entry points graph.go uses.
+func graphInit() bool { return C.qg_graph_init() != 0 }
+
+// captureBegin starts recording the owner thread's kernel stream.
+func captureBegin() error { return check("cuStreamBeginCapture", C.qg_capture_begin()) }
+
+// captureEnd stops recording; with keep it instantiates what was recorded and reports its node
+// count, else it discards it.
+func captureEnd(keep bool) (graphExec, int, error) {
+	var exec C.CUgraphExec
+	var nodes C.size_t
+	k := C.int(0)
+	if keep {
+		k = 1
+	}
+	err := check("cuStreamEndCapture/cuGraphInstantiate", C.qg_capture_end(k, &exec, &nodes))
+	return exec, int(nodes), err
+}
+
+// graphReplay launches an instantiated graph on the owner thread's kernel stream.
+func graphReplay(e graphExec) error { return check("cuGraphLaunch", C.qg_graph_replay(e)) }
+
+// graphFree destroys an instantiated graph.
+func graphFree(e graphExec) error { return check("cuGraphExecDestroy", C.qg_graph_free(e)) }
+
 // profilerRange starts or stops the profiler's capture range (owner goroutine): tools run with
 // capture from start off (ncu --profile-from-start off) then see only what lies between.
 func profilerRange(on bool) error {
