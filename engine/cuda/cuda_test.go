@@ -200,7 +200,8 @@ func TestMatMul(t *testing.T) {
 	type shape struct{ T, K, N int }
 	shapes := []shape{
 		{1, 64, 96}, {2, 2560, 40}, {3, 48, 33}, {4, 160, 64}, {1, 9728, 24}, {3, 4096, 300}, {4, 12800, 20}, {1, 16400, 8}, {1, 2560, 777}, {2, 80, 50}, {4, 208, 30}, // GEMV
-		{5, 64, 70}, {37, 160, 97}, {130, 272, 130}, // tiled
+		{8, 2560, 300}, {6, 1024, 33}, {12, 1024, 70}, // dense GEMV of 5-8 rows, or in chunks; NVFP4 on the multi-row tensor-core GEMV
+		{5, 64, 70}, {37, 160, 97}, {130, 272, 130}, // tiled (NVFP4; dense 5 rows: GEMV)
 	}
 	for _, kind := range []string{kindF32, kindBF16, kindNVFP4} {
 		for i, s := range shapes {

@@ -59,7 +59,8 @@ func (b *Backend) Embedding(out backend.Tensor, table backend.Weight, ids []int)
 	})
 }
 
-// gemvMaxRows is the largest number of token rows the GEMV kernels take.
+// gemvMaxRows is the largest number of token rows the CUDA-core NVFP4 GEMVs take (matmul.cu,
+// gemv.cu); the tensor-core one (gemv_tcb.cu) takes 8, the dense ones gemvDenseMaxRows.
 const gemvMaxRows = 4
 
 // MatMul implements backend.Backend: out[T, N] = x[T, K] · W[N, K]ᵀ. Up to four token rows use
@@ -88,9 +89,20 @@ func (b *Backend) MatMul(out, x backend.Tensor, bw backend.Weight) error {
 	})
 }
 
+// gemvDenseMaxRows is the largest number of token rows the dense (f32, bf16) GEMVs take.
+const gemvDenseMaxRows = 8
+
+// gemvRowsMax is the most token rows one GEMV launch takes for a weight kind.
+func gemvRowsMax(kind string) int {
+	if kind == kindNVFP4 {
+		return gemvMaxRows
+	}
+	return gemvDenseMaxRows
+}
+
 // gemvShape reports whether a product of T token rows with K inputs takes the GEMV path.
 func gemvShape(kind string, T, K int) bool {
-	return T <= gemvMaxRows && (kind == kindNVFP4 || K%8 == 0)
+	return T >= 1 && T <= gemvRowsMax(kind) && (kind == kindNVFP4 || K%8 == 0)
 }
 
 // GEMV launch geometry, mirroring matmul.cu: 8 warps per block, 4 weight rows per warp.
@@ -118,11 +130,11 @@ func (b *Backend) matmul(o, a *Tensor, w *Weight) error {
 			return err
 		}
 	}
-	if T > gemvMaxRows && T < gemmMinRows && gemvShape(w.kind, gemvMaxRows, K) {
-		// A few rows more than one GEMV takes (batched decode's lm_head): consecutive GEMVs of
-		// up to four rows, each reading the weight once, rather than the tiled kernel.
-		for r0 := 0; r0 < T; r0 += gemvMaxRows {
-			n := min(gemvMaxRows, T-r0)
+	if most := gemvRowsMax(w.kind); T > most && T < gemmMinRows && gemvShape(w.kind, most, K) {
+		// A few rows more than one GEMV takes: consecutive GEMVs, each reading the weight once,
+		// rather than the tiled kernel.
+		for r0 := 0; r0 < T; r0 += most {
+			n := min(most, T-r0)
 			av := &Tensor{rows: n, cols: K, ptr: a.ptr + devPtr(4*r0*K), cat: a.cat, owner: b, view: true}
 			ov := &Tensor{rows: n, cols: N, ptr: o.ptr + devPtr(4*r0*N), cat: o.cat, owner: b, view: true}
 			if err := b.matmul(ov, av, w); err != nil {

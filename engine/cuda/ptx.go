@@ -16,11 +16,14 @@ type ptxModule struct {
 	kernels []string
 }
 
-// gemvKernels are the decode-shaped matmul kernels, one per weight kind and token count 1..4.
+// gemvKernels are the decode-shaped matmul kernels, one per weight kind and token count: 1..4
+// for NVFP4, 1..8 for bf16 and f32.
 var gemvKernels = []string{
 	"gemv_nvfp4_t1", "gemv_nvfp4_t2", "gemv_nvfp4_t3", "gemv_nvfp4_t4",
 	"gemv_bf16_t1", "gemv_bf16_t2", "gemv_bf16_t3", "gemv_bf16_t4",
+	"gemv_bf16_t5", "gemv_bf16_t6", "gemv_bf16_t7", "gemv_bf16_t8",
 	"gemv_f32_t1", "gemv_f32_t2", "gemv_f32_t3", "gemv_f32_t4",
+	"gemv_f32_t5", "gemv_f32_t6", "gemv_f32_t7", "gemv_f32_t8",
 }
 
 // gemvStreamKernels are the streaming NVFP4 GEMV kernels for 1..4 token rows (gemv.cu).

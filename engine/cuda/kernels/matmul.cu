@@ -160,6 +160,24 @@ GEMV_ENTRIES(2)
 GEMV_ENTRIES(3)
 GEMV_ENTRIES(4)
 
+// Dense GEMVs for 5-8 token rows (a batched decode step's lm_head: one pass over the 778 MB bf16
+// embedding for eight sequences instead of two passes of four).
+#define GEMV_DENSE_ENTRIES(T)                                                                               \
+    extern "C" __global__ void __launch_bounds__(256) gemv_bf16_t##T(float* out, const float* x,           \
+                                                                     const uint16_t* w, int N, int K,      \
+                                                                     int ksplit) {                         \
+        gemv_dense<T, true>(out, x, w, N, K, ksplit);                                                       \
+    }                                                                                                       \
+    extern "C" __global__ void __launch_bounds__(256) gemv_f32_t##T(float* out, const float* x,            \
+                                                                    const float* w, int N, int K,          \
+                                                                    int ksplit) {                          \
+        gemv_dense<T, false>(out, x, w, N, K, ksplit);                                                      \
+    }
+GEMV_DENSE_ENTRIES(5)
+GEMV_DENSE_ENTRIES(6)
+GEMV_DENSE_ENTRIES(7)
+GEMV_DENSE_ENTRIES(8)
+
 #define TM 64
 #define TN 64
 #define TK 32
