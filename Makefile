@@ -7,7 +7,7 @@ CACHE   ?= $(CURDIR)/.cache
 FUZZTIME ?= 20000x
 export QWENGO_CACHE := $(CACHE)
 
-.PHONY: help build tokenizer install uninstall generate test test-go test-kernel test-browser test-notebooks embedded-model fuzz vet cuda-vet cuda-ptx cuda-bins quickstart
+.PHONY: help build tokenizer install uninstall generate test test-go test-kernel test-browser test-notebooks embedded-model fuzz vet cuda-vet cuda-ptx cuda-bins cuda-carry quickstart
 
 help:
 	@echo "make quickstart   install everything (modules, tokenizer, binaries, kernelspec), then chat with the embedded model (:go for the Go console)"
@@ -78,6 +78,13 @@ cuda-ptx:
 cuda-bins:
 	$(GO) build -tags "cuda qwengo_noembed" -ldflags="-s -w" -o .dev/gpu/ ./kernel/cmd/qwenrepl
 	$(GO) test -tags cuda -ldflags="-s -w" -c -o .dev/gpu/cuda.test ./engine/cuda
+
+# The same binaries gzipped into .dev/carry for one device call (engine/cuda/scripts/device_check.sh
+# unpacks them there; a call carries at most 64 MiB with the working tree).
+cuda-carry: cuda-bins
+	mkdir -p .dev/carry
+	gzip -c .dev/gpu/qwenrepl > .dev/carry/qwenrepl.gz
+	gzip -c .dev/gpu/cuda.test > .dev/carry/cuda.test.gz
 
 # The GPU build compiles, vets and runs its GPU-free tests (launch geometry, PTX modules; the GPU
 # tests skip) without a GPU (headers from ../shared/scripts/cuda-dev-setup.sh).
