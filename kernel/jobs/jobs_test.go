@@ -101,6 +101,53 @@ func TestTrainProbeExport(t *testing.T) {
 	}
 }
 
+// TestTrainOnBackend runs `train --on backend` (engine.Trainer on the engine's backend, the CPU
+// reference here): the loss falls, the held-out loss is reported, the export is written, the
+// host trainer's output format is kept, and host-only flags are refused by name.
+func TestTrainOnBackend(t *testing.T) {
+	model := tinyQwen(t)
+	dir := filepath.Dir(model)
+	tsv := filepath.Join(dir, "whoami.tsv")
+	os.WriteFile(tsv, []byte("你是誰\t我是 F# 之神\n請問你是誰\t我是 F# 之神\n"), 0o644)
+	export := filepath.Join(dir, "export-backend")
+	for _, state := range []string{"int8", "4bit"} {
+		code, out, errs := run(t, "train", "--on", "backend", "--model", model, "--data", tsv, "--steps=4", "--lr", "3e-3",
+			"--batch", "2", "--optimizer-state", state, "--grad-clip", "0", "--export", export, "--json", "--eval", tsv, "--eval-every", "2")
+		if code != 0 {
+			t.Fatalf("%s: train --on backend exited %d: %s", state, code, errs)
+		}
+		var losses, evals []float64
+		for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+			var r map[string]any
+			if err := json.Unmarshal([]byte(line), &r); err != nil {
+				t.Fatalf("%s: not JSON: %q", state, line)
+			}
+			if l, ok := r["loss"].(float64); ok {
+				losses = append(losses, l)
+				if r["tokens_per_sec"].(float64) <= 0 || r["lr"].(float64) != 3e-3 {
+					t.Errorf("%s: step line %v", state, r)
+				}
+			}
+			if l, ok := r["eval_loss"].(float64); ok {
+				evals = append(evals, l)
+			}
+		}
+		if len(losses) != 4 || !(losses[3] < losses[0]) || len(evals) != 2 {
+			t.Fatalf("%s: losses %v, held-out %v\n%s", state, losses, evals, errs)
+		}
+		if !strings.Contains(errs, "optimizer fused into the backward true") {
+			t.Errorf("%s: --grad-clip 0 should fuse the optimizer: %s", state, errs)
+		}
+		if _, err := os.Stat(filepath.Join(export, "model.safetensors")); err != nil {
+			t.Errorf("%s: export: %v", state, err)
+		}
+	}
+	code, _, errs := run(t, "train", "--on", "backend", "--model", model, "--data", tsv, "--steps=1", "--qat", "--resume", dir)
+	if code == 0 || !strings.Contains(errs, "--qat, --resume need the host trainer") {
+		t.Errorf("host-only flags on the backend: exit %d, %s", code, errs)
+	}
+}
+
 func TestTrainErrors(t *testing.T) {
 	cases := []struct {
 		args []string

@@ -15,6 +15,7 @@ import (
 	"strings"
 
 	"github.com/qwengo/qwengo/engine"
+	"github.com/qwengo/qwengo/engine/cpu"
 	"github.com/qwengo/qwengo/engine/data"
 	"github.com/qwengo/qwengo/engine/format"
 	"github.com/qwengo/qwengo/engine/grad"
@@ -27,7 +28,7 @@ import (
 )
 
 func init() {
-	cli.Register(cli.Command{Name: "train", Summary: "full-parameter fine-tune a model on TSV/JSONL/text data (CPU reference)", Run: runTrain})
+	cli.Register(cli.Command{Name: "train", Summary: "full-parameter fine-tune a model on TSV/JSONL/text data (on the GPU in a cuda build, else the CPU reference)", Run: runTrain})
 	cli.Register(cli.Command{Name: "probe", Summary: "one training step with time and memory per phase (the seed's one-step report)", Run: runProbe})
 }
 
@@ -109,6 +110,16 @@ func openForTraining(path, tokPath string) (*trainModel, error) {
 
 // loadData reads FILE[:RATIO],… into a seeded mixture of tokenised samples.
 func loadData(tm *trainModel, spec string, seqLen int, seed uint64, system string, stderr io.Writer) (*data.Mixture, error) {
+	sources, err := loadSources(tm.chat, spec, seqLen, system, stderr)
+	if err != nil {
+		return nil, err
+	}
+	return data.NewMixture(sources, seed)
+}
+
+// loadSources reads FILE[:RATIO],… and tokenises every example with chat, reporting each file
+// on stderr.
+func loadSources(chat *data.Chat, spec string, seqLen int, system string, stderr io.Writer) ([]data.Source, error) {
 	mix, err := data.ParseMix(spec)
 	if err != nil {
 		return nil, err
@@ -122,7 +133,7 @@ func loadData(tm *trainModel, spec string, seqLen int, seed uint64, system strin
 		var ss []*data.Sample
 		cut := 0
 		for _, e := range ex {
-			s, err := tm.chat.Tokenize(e, seqLen)
+			s, err := chat.Tokenize(e, seqLen)
 			if err != nil {
 				return nil, err
 			}
@@ -141,7 +152,24 @@ func loadData(tm *trainModel, spec string, seqLen int, seed uint64, system strin
 		fmt.Fprintln(stderr)
 		sources = append(sources, data.Source{Name: ms.Path, Samples: ss, Ratio: ms.Ratio})
 	}
-	return data.NewMixture(sources, seed)
+	return sources, nil
+}
+
+// heldOut reads and tokenises the --eval file with chat.
+func heldOut(chat *data.Chat, path string, seqLen int, system string) ([]*data.Sample, error) {
+	ex, _, err := data.ReadFile(path, data.ReadOptions{System: system})
+	if err != nil {
+		return nil, err
+	}
+	var held []*data.Sample
+	for _, e := range ex {
+		s, err := chat.Tokenize(e, seqLen)
+		if err != nil {
+			return nil, err
+		}
+		held = append(held, s)
+	}
+	return held, nil
 }
 
 func runTrain(args []string, stdout, stderr io.Writer) int {
@@ -170,6 +198,8 @@ func runTrain(args []string, stdout, stderr io.Writer) int {
 	exportFmt := f.Choice("export-format", "bf16", []string{"bf16", "f32", "nvfp4"}, "safetensors export precision")
 	seed := f.Int("seed", 0, "data order and stochastic rounding seed")
 	system := f.String("system", "", "system prompt added to every chat example")
+	on := f.Choice("on", "auto", []string{"auto", "host", "backend"},
+		"where steps run: host (engine/train, float32 on the CPU, every option) or backend (engine.Trainer: masters, gradients and moments resident on the engine's backend, the GPU in a cuda build; no --qat, --checkpoint, --resume); auto: backend when the engine's backend is a GPU")
 	jsonOut := f.JSON()
 	f.Required("model", "data")
 	if code, ok := f.ParseCommand(args); !ok {
@@ -178,6 +208,26 @@ func runTrain(args []string, stdout, stderr io.Writer) int {
 	fail := func(err error) int {
 		fmt.Fprintln(stderr, "train:", err)
 		return cli.ExitError
+	}
+	var schedule optim.Schedule = optim.Constant(*lr)
+	if *sched == "cosine" {
+		schedule = optim.WarmupCosine(*lr, *warmup, *steps, *lr/10)
+	} else if *warmup > 0 {
+		schedule = optim.WarmupCosine(*lr, *warmup, *warmup, *lr)
+	}
+	onBackend := *on == "backend"
+	if *on == "auto" {
+		_, hostOnly := engine.Backend().(*cpu.Backend)
+		onBackend = !hostOnly
+	}
+	if onBackend {
+		return runTrainBackend(backendTrain{
+			model: *model, tokPath: *tokPath, dataSpec: *dataSpec, evalSpec: *evalSpec, system: *system,
+			steps: *steps, batch: *batch, seqLen: *seqLen, evalEvery: *evalEvery, seed: uint64(*seed),
+			state: *state, master: *master, clip: *clip, wd: *wd, schedule: schedule,
+			export: *export, exportFmt: *exportFmt, json: *jsonOut,
+			hostOnly: map[string]bool{"--qat": *qat, "--checkpoint": *ckpt != "", "--checkpoint-every": *ckptEvery > 0, "--resume": *resume != ""},
+		}, stdout, stderr)
 	}
 	tm, err := openForTraining(*model, *tokPath)
 	if err != nil {
@@ -197,12 +247,6 @@ func runTrain(args []string, stdout, stderr io.Writer) int {
 	if oc.Master, err = optim.ParseMasterFormat(*master); err != nil {
 		return fail(err)
 	}
-	var schedule optim.Schedule = optim.Constant(*lr)
-	if *sched == "cosine" {
-		schedule = optim.WarmupCosine(*lr, *warmup, *steps, *lr/10)
-	} else if *warmup > 0 {
-		schedule = optim.WarmupCosine(*lr, *warmup, *warmup, *lr)
-	}
 	tr, err := train.New(tm.m.Trainable(), mix, train.Config{Optim: oc, Schedule: schedule, BatchSize: *batch, Pad: tm.chat.Pad})
 	if err != nil {
 		return fail(err)
@@ -215,16 +259,8 @@ func runTrain(args []string, stdout, stderr io.Writer) int {
 	}
 	var held []*data.Sample
 	if *evalSpec != "" {
-		ex, _, err := data.ReadFile(*evalSpec, data.ReadOptions{System: *system})
-		if err != nil {
+		if held, err = heldOut(tm.chat, *evalSpec, *seqLen, *system); err != nil {
 			return fail(err)
-		}
-		for _, e := range ex {
-			s, err := tm.chat.Tokenize(e, *seqLen)
-			if err != nil {
-				return fail(err)
-			}
-			held = append(held, s)
 		}
 		if *evalEvery <= 0 {
 			*evalEvery = max(1, *steps/5)
