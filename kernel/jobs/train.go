@@ -199,7 +199,7 @@ func runTrain(args []string, stdout, stderr io.Writer) int {
 	seed := f.Int("seed", 0, "data order and stochastic rounding seed")
 	system := f.String("system", "", "system prompt added to every chat example")
 	on := f.Choice("on", "auto", []string{"auto", "host", "backend"},
-		"where steps run: host (engine/train, float32 on the CPU, every option) or backend (engine.Trainer: masters, gradients and moments resident on the engine's backend, the GPU in a cuda build; no --qat, --checkpoint, --resume); auto: backend when the engine's backend is a GPU")
+		"where steps run: host (engine/train, float32 on the CPU, every option) or backend (engine.Trainer: masters, gradients and moments resident on the engine's backend, the GPU in a cuda build; no --qat, --checkpoint, --resume); auto: backend when the engine's backend is a GPU and no host-only flag is given")
 	jsonOut := f.JSON()
 	f.Required("model", "data")
 	if code, ok := f.ParseCommand(args); !ok {
@@ -215,18 +215,26 @@ func runTrain(args []string, stdout, stderr io.Writer) int {
 	} else if *warmup > 0 {
 		schedule = optim.WarmupCosine(*lr, *warmup, *warmup, *lr)
 	}
+	hostOnly := map[string]bool{"--qat": *qat, "--checkpoint": *ckpt != "", "--checkpoint-every": *ckptEvery > 0, "--resume": *resume != ""}
 	onBackend := *on == "backend"
 	if *on == "auto" {
-		_, hostOnly := engine.Backend().(*cpu.Backend)
-		onBackend = !hostOnly
+		if _, cpuOnly := engine.Backend().(*cpu.Backend); !cpuOnly {
+			onBackend = true
+			for flag, set := range hostOnly {
+				if set {
+					onBackend = false
+					fmt.Fprintf(stderr, "train: %s needs the host trainer: training on the CPU (float32 reference), not on %s\n", flag, engine.Device())
+					break
+				}
+			}
+		}
 	}
 	if onBackend {
 		return runTrainBackend(backendTrain{
 			model: *model, tokPath: *tokPath, dataSpec: *dataSpec, evalSpec: *evalSpec, system: *system,
 			steps: *steps, batch: *batch, seqLen: *seqLen, evalEvery: *evalEvery, seed: uint64(*seed),
 			state: *state, master: *master, clip: *clip, wd: *wd, schedule: schedule,
-			export: *export, exportFmt: *exportFmt, json: *jsonOut,
-			hostOnly: map[string]bool{"--qat": *qat, "--checkpoint": *ckpt != "", "--checkpoint-every": *ckptEvery > 0, "--resume": *resume != ""},
+			export: *export, exportFmt: *exportFmt, json: *jsonOut, hostOnly: hostOnly,
 		}, stdout, stderr)
 	}
 	tm, err := openForTraining(*model, *tokPath)
