@@ -64,6 +64,19 @@ func (p *Probe) Mark(phase string) {
 	p.Samples = append(p.Samples, s)
 }
 
+// MarkAt records a phase that ended at time at, measured by the engine after the fact (the
+// phases of a devtrain step): its peak bytes since the step began stand for the memory then, the
+// host RSS is read now.
+func (p *Probe) MarkAt(phase string, at time.Time, peak int64) {
+	mib := peak >> 20
+	rss := hostRSS() >> 20
+	if mib == 0 {
+		mib = rss
+	}
+	p.Samples = append(p.Samples, ProbeSample{TimestampUtc: at.UTC().Format(time.RFC3339Nano), Phase: phase,
+		PidMemoryMiB: mib, TotalMemoryMiB: mib, HostRSSMiB: rss, Seconds: at.Sub(p.start).Seconds(), PeakBytes: peak})
+}
+
 // Write saves the report as JSON atomically.
 func (p *Probe) Write(path string) error {
 	p.CreatedUtc = time.Now().UTC().Format(time.RFC3339Nano)

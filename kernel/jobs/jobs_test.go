@@ -142,7 +142,18 @@ func TestTrainOnBackend(t *testing.T) {
 			t.Errorf("%s: export: %v", state, err)
 		}
 	}
-	code, _, errs := run(t, "train", "--on", "backend", "--model", model, "--data", tsv, "--steps=1", "--qat", "--resume", dir)
+	report := filepath.Join(dir, "probe-backend.json")
+	code, out, errs := run(t, "probe", "--on", "backend", "--model", model, "--data", tsv, "--batch", "2", "--optimizer-state", "4bit", "--mem-report", report)
+	if code != 0 || !strings.Contains(out, "backward_done") || !strings.Contains(out, "one step on "+engine.Device()) {
+		t.Fatalf("probe --on backend: %d\n%s\n%s", code, out, errs)
+	}
+	raw, _ := os.ReadFile(report)
+	for _, want := range []string{`"forward_done"`, `"backward_done"`, `"optimizer_step_done"`, `"PeakBytes"`, `"DeviceBytes"`} {
+		if !bytes.Contains(raw, []byte(want)) {
+			t.Errorf("probe --on backend report lacks %s: %s", want, raw)
+		}
+	}
+	code, _, errs = run(t, "train", "--on", "backend", "--model", model, "--data", tsv, "--steps=1", "--qat", "--resume", dir)
 	if code == 0 || !strings.Contains(errs, "--qat, --resume need the host trainer") {
 		t.Errorf("host-only flags on the backend: exit %d, %s", code, errs)
 	}
