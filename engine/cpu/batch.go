@@ -95,18 +95,10 @@ func (b *Backend) ScatterRows(dst backend.Tensor, rows []int, src backend.Tensor
 // AttentionBatch implements backend.Batched: one job per (sequence, head), each Attention's
 // arithmetic for its one query row over its sequence's rows of the cache.
 func (b *Backend) AttentionBatch(out, q, k, v backend.Tensor, capacity int, positions []int, nHeads, nKV, headDim int) error {
-	var ts [4]*Tensor
-	for i, x := range []struct {
-		t    backend.Tensor
-		name string
-	}{{out, "out"}, {q, "q"}, {k, "k"}, {v, "v"}} {
-		t, err := b.ten(x.t, "attention batch", x.name)
-		if err != nil {
-			return err
-		}
-		ts[i] = t
+	o, qt, kt, vt, err := b.attnTensors("attention batch", out, q, k, v)
+	if err != nil {
+		return err
 	}
-	o, qt, kt, vt := ts[0], ts[1], ts[2], ts[3]
 	if err := backend.CheckAttentionBatch("cpu", o, qt, kt, vt, capacity, positions, nHeads, nKV, headDim); err != nil {
 		return err
 	}

@@ -87,18 +87,10 @@ func (b *Backend) RoPE(out, x backend.Tensor, headDim, pos0 int, theta float64) 
 // Attention implements backend.Backend: one job per (query row, head); scores in float32 with
 // the maximum subtracted before exp.
 func (b *Backend) Attention(out, q, k, v backend.Tensor, pos0, nHeads, nKV, headDim int) error {
-	var ts [4]*Tensor
-	for i, x := range []struct {
-		t    backend.Tensor
-		name string
-	}{{out, "out"}, {q, "q"}, {k, "k"}, {v, "v"}} {
-		t, err := b.ten(x.t, "attention", x.name)
-		if err != nil {
-			return err
-		}
-		ts[i] = t
+	o, qt, kt, vt, err := b.attnTensors("attention", out, q, k, v)
+	if err != nil {
+		return err
 	}
-	o, qt, kt, vt := ts[0], ts[1], ts[2], ts[3]
 	if err := backend.CheckAttention("cpu", o, qt, kt, vt, pos0, nHeads, nKV, headDim); err != nil {
 		return err
 	}
@@ -123,6 +115,21 @@ func (b *Backend) Attention(out, q, k, v backend.Tensor, pos0, nHeads, nKV, head
 		}
 	}
 	return nil
+}
+
+// attnTensors resolves an attention op's output, query, key and value tensors, naming the
+// one that is not a live CPU tensor.
+func (b *Backend) attnTensors(op string, out, q, k, v backend.Tensor) (o, qt, kt, vt *Tensor, err error) {
+	var ts [4]*Tensor
+	for i, x := range []struct {
+		t    backend.Tensor
+		name string
+	}{{out, "out"}, {q, "q"}, {k, "k"}, {v, "v"}} {
+		if ts[i], err = b.ten(x.t, op, x.name); err != nil {
+			return nil, nil, nil, nil, err
+		}
+	}
+	return ts[0], ts[1], ts[2], ts[3], nil
 }
 
 // attendRow is one query head's attention over n keys of KV head kvh: ov = softmax(qv·k_jᵀ·scale)

@@ -138,30 +138,8 @@ __device__ __forceinline__ void gemv_dense(float* __restrict__ out, const float*
 
 // Entry points. Launch with GEMV_WARPS*32 threads and ceil(N / (GEMV_ROWS * GEMV_WARPS/ksplit))
 // blocks, ksplit one of 1, 2, 4, 8.
-#define GEMV_ENTRIES(T)                                                                                     \
-    extern "C" __global__ void __launch_bounds__(256) gemv_nvfp4_t##T(float* out, const float* x,          \
-                                                                      const uint8_t* packed,               \
-                                                                      const uint8_t* scales, float g16k,   \
-                                                                      int N, int K, int ksplit) {          \
-        gemv_nvfp4<T>(out, x, packed, scales, g16k, N, K, ksplit);                                          \
-    }                                                                                                       \
-    extern "C" __global__ void __launch_bounds__(256) gemv_bf16_t##T(float* out, const float* x,           \
-                                                                     const uint16_t* w, int N, int K,      \
-                                                                     int ksplit) {                         \
-        gemv_dense<T, true>(out, x, w, N, K, ksplit);                                                       \
-    }                                                                                                       \
-    extern "C" __global__ void __launch_bounds__(256) gemv_f32_t##T(float* out, const float* x,            \
-                                                                    const float* w, int N, int K,          \
-                                                                    int ksplit) {                          \
-        gemv_dense<T, false>(out, x, w, N, K, ksplit);                                                      \
-    }
-GEMV_ENTRIES(1)
-GEMV_ENTRIES(2)
-GEMV_ENTRIES(3)
-GEMV_ENTRIES(4)
-
-// Dense GEMVs for 5-8 token rows (a batched decode step's lm_head: one pass over the 778 MB bf16
-// embedding for eight sequences instead of two passes of four).
+// Dense GEMVs (bf16, f32) for 1-8 token rows; 5-8 serve a batched decode step's lm_head (one
+// pass over the 778 MB bf16 embedding for eight sequences instead of two passes of four).
 #define GEMV_DENSE_ENTRIES(T)                                                                               \
     extern "C" __global__ void __launch_bounds__(256) gemv_bf16_t##T(float* out, const float* x,           \
                                                                      const uint16_t* w, int N, int K,      \
@@ -173,6 +151,20 @@ GEMV_ENTRIES(4)
                                                                     int ksplit) {                          \
         gemv_dense<T, false>(out, x, w, N, K, ksplit);                                                      \
     }
+// NVFP4 GEMVs for 1-4 token rows, with the dense ones of the same row count.
+#define GEMV_ENTRIES(T)                                                                                     \
+    extern "C" __global__ void __launch_bounds__(256) gemv_nvfp4_t##T(float* out, const float* x,          \
+                                                                      const uint8_t* packed,               \
+                                                                      const uint8_t* scales, float g16k,   \
+                                                                      int N, int K, int ksplit) {          \
+        gemv_nvfp4<T>(out, x, packed, scales, g16k, N, K, ksplit);                                          \
+    }                                                                                                       \
+    GEMV_DENSE_ENTRIES(T)
+GEMV_ENTRIES(1)
+GEMV_ENTRIES(2)
+GEMV_ENTRIES(3)
+GEMV_ENTRIES(4)
+
 GEMV_DENSE_ENTRIES(5)
 GEMV_DENSE_ENTRIES(6)
 GEMV_DENSE_ENTRIES(7)
