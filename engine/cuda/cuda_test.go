@@ -91,6 +91,15 @@ func compare(t *testing.T, name string, c *cpu.Backend, g *Backend, ct, gt backe
 	compareSlices(t, name, got, want, bound)
 }
 
+// bf16Bits are the upper 16 bits of each value: its bf16 code when the value is a bf16.
+func bf16Bits(v []float32) []uint16 {
+	o := make([]uint16, len(v))
+	for j, x := range v {
+		o[j] = uint16(math.Float32bits(x) >> 16)
+	}
+	return o
+}
+
 func compareSlices(t *testing.T, name string, got, want []float32, bound float64) {
 	t.Helper()
 	if len(got) != len(want) {

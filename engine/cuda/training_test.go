@@ -648,15 +648,8 @@ func TestTrainingAdamW(t *testing.T) {
 			compareSlices(t, name+" weights vs cpu", got, fromCPU, 1e-6)
 			compareSlices(t, name+" weights vs optim", got, fromOpt, 1e-6)
 		} else {
-			bits := func(v []float32) []uint16 {
-				o := make([]uint16, len(v))
-				for j, x := range v {
-					o[j] = uint16(math.Float32bits(x) >> 16)
-				}
-				return o
-			}
-			compareCodes(t, name+" bf16 weights vs cpu", bits(got), bits(fromCPU))
-			compareCodes(t, name+" bf16 weights vs optim", bits(got), bits(fromOpt))
+			compareCodes(t, name+" bf16 weights vs cpu", bf16Bits(got), bf16Bits(fromCPU))
+			compareCodes(t, name+" bf16 weights vs optim", bf16Bits(got), bf16Bits(fromOpt))
 		}
 		raw, err := opt.MarshalBinary()
 		if err != nil {
