@@ -206,6 +206,41 @@ func WriteFileAtomic(path string, data []byte) error {
 	return writeAtomic(path, func(w io.Writer) error { _, err := w.Write(data); return err })
 }
 
+// WriteAtomicFunc streams a file's content through write into a temporary file in path's
+// directory, then renames it into place (WriteFileAtomic for content too large to hold in
+// memory): readers see the old file or the complete new one.
+func WriteAtomicFunc(path string, write func(w io.Writer) error) error { return writeAtomic(path, write) }
+
+// ReplaceDirAtomic builds a directory's new content with fill in a temporary directory beside it,
+// then swaps it into place (the old content kept as dir.old until the swap has succeeded), so
+// dir holds either its old content or the complete new one, never a mix.
+func ReplaceDirAtomic(dir string, fill func(tmp string) error) error {
+	parent := filepath.Dir(filepath.Clean(dir))
+	if err := os.MkdirAll(parent, 0o755); err != nil {
+		return err
+	}
+	tmp, err := os.MkdirTemp(parent, "."+filepath.Base(dir)+".tmp")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	if err := fill(tmp); err != nil {
+		return err
+	}
+	old := dir + ".old"
+	os.RemoveAll(old)
+	if _, err := os.Stat(dir); err == nil {
+		if err := os.Rename(dir, old); err != nil {
+			return err
+		}
+	}
+	if err := os.Rename(tmp, dir); err != nil {
+		os.Rename(old, dir)
+		return err
+	}
+	return os.RemoveAll(old)
+}
+
 // checkWriteName validates a tensor name for writing (safetensors or .dat).
 func checkWriteName(path, name string, seen map[string]int, i int) error {
 	switch {

@@ -207,32 +207,14 @@ func (t *Trainer) SaveCheckpoint(dir string) error {
 	if err != nil {
 		return err
 	}
-	parent := filepath.Dir(filepath.Clean(dir))
-	if err := os.MkdirAll(parent, 0o755); err != nil {
-		return err
-	}
-	tmp, err := os.MkdirTemp(parent, "."+filepath.Base(dir)+".tmp")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(tmp)
-	for name, b := range map[string][]byte{"optimizer.bin": opt, "data.bin": ds, "trainer.json": meta} {
-		if err := format.WriteFileAtomic(filepath.Join(tmp, name), b); err != nil {
-			return fmt.Errorf("checkpoint %s: %w", dir, err)
+	return format.ReplaceDirAtomic(dir, func(tmp string) error {
+		for name, b := range map[string][]byte{"optimizer.bin": opt, "data.bin": ds, "trainer.json": meta} {
+			if err := format.WriteFileAtomic(filepath.Join(tmp, name), b); err != nil {
+				return fmt.Errorf("checkpoint %s: %w", dir, err)
+			}
 		}
-	}
-	old := dir + ".old"
-	os.RemoveAll(old)
-	if _, err := os.Stat(dir); err == nil {
-		if err := os.Rename(dir, old); err != nil {
-			return err
-		}
-	}
-	if err := os.Rename(tmp, dir); err != nil {
-		os.Rename(old, dir)
-		return err
-	}
-	return os.RemoveAll(old)
+		return nil
+	})
 }
 
 // LoadCheckpoint restores a checkpoint written by SaveCheckpoint into this trainer (same model
