@@ -209,7 +209,9 @@ func WriteFileAtomic(path string, data []byte) error {
 // WriteAtomicFunc streams a file's content through write into a temporary file in path's
 // directory, then renames it into place (WriteFileAtomic for content too large to hold in
 // memory): readers see the old file or the complete new one.
-func WriteAtomicFunc(path string, write func(w io.Writer) error) error { return writeAtomic(path, write) }
+func WriteAtomicFunc(path string, write func(w io.Writer) error) error {
+	return writeAtomic(path, write)
+}
 
 // ReplaceDirAtomic builds a directory's new content with fill in a temporary directory beside it,
 // then swaps it into place (the old content kept as dir.old until the swap has succeeded), so
