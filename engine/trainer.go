@@ -32,6 +32,7 @@ type Trainer struct {
 	Chat      *data.Chat
 	Dev       *devtrain.Model
 	opt       TrainOptions
+	tokPath   string // the tokenizer.json the trainer loaded (copied into checkpoints)
 	sources   []data.Source
 	mix       *data.Mixture
 }
@@ -128,7 +129,7 @@ func NewTrainer(path string, opt TrainOptions) (*Trainer, error) {
 		EndOfTurn: imEnd,
 		Pad:       pad,
 	}
-	return &Trainer{Path: path, Config: cfg, Tokenizer: tok, Chat: chat, Dev: dev, opt: opt}, nil
+	return &Trainer{Path: path, Config: cfg, Tokenizer: tok, Chat: chat, Dev: dev, opt: opt, tokPath: tokPath}, nil
 }
 
 // Samples tokenises examples with the chat template (what a step trains on).
