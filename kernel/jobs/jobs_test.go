@@ -153,9 +153,38 @@ func TestTrainOnBackend(t *testing.T) {
 			t.Errorf("probe --on backend report lacks %s: %s", want, raw)
 		}
 	}
-	code, _, errs = run(t, "train", "--on", "backend", "--model", model, "--data", tsv, "--steps=1", "--qat", "--resume", dir)
-	if code == 0 || !strings.Contains(errs, "--qat, --resume need the host trainer") {
+	code, _, errs = run(t, "train", "--on", "backend", "--model", model, "--data", tsv, "--steps=1", "--qat")
+	if code == 0 || !strings.Contains(errs, "--qat needs the host trainer") {
 		t.Errorf("host-only flags on the backend: exit %d, %s", code, errs)
+	}
+	// Checkpoint after 3 steps, resume to 5: steps 4 and 5 are those of an uninterrupted run.
+	losses := func(out string) map[float64]float64 {
+		got := map[float64]float64{}
+		for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+			var r map[string]any
+			if json.Unmarshal([]byte(line), &r) == nil && r["loss"] != nil {
+				got[r["step"].(float64)] = r["loss"].(float64)
+			}
+		}
+		return got
+	}
+	args := []string{"train", "--on", "backend", "--model", model, "--data", tsv, "--lr", "3e-3", "--batch", "2", "--seed", "3", "--json"}
+	code, out, errs = run(t, append(args, "--steps=5")...)
+	if code != 0 {
+		t.Fatalf("uninterrupted: %d %s", code, errs)
+	}
+	whole := losses(out)
+	ck := filepath.Join(dir, "ckpt-backend")
+	if code, _, errs = run(t, append(args, "--steps=3", "--checkpoint", ck)...); code != 0 || !strings.Contains(errs, "checkpoint: "+ck+" (step 3)") {
+		t.Fatalf("checkpointed run: %d %s", code, errs)
+	}
+	code, out, errs = run(t, append(args, "--steps=5", "--resume", ck)...)
+	if code != 0 || !strings.Contains(errs, "at step 3") {
+		t.Fatalf("resumed run: %d %s", code, errs)
+	}
+	resumed := losses(out)
+	if len(resumed) != 2 || resumed[4] != whole[4] || resumed[5] != whole[5] {
+		t.Errorf("resumed losses %v, uninterrupted %v", resumed, whole)
 	}
 }
 

@@ -199,7 +199,7 @@ func runTrain(args []string, stdout, stderr io.Writer) int {
 	seed := f.Int("seed", 0, "data order and stochastic rounding seed")
 	system := f.String("system", "", "system prompt added to every chat example")
 	on := f.Choice("on", "auto", []string{"auto", "host", "backend"},
-		"where steps run: host (engine/train, float32 on the CPU, every option) or backend (engine.Trainer: masters, gradients and moments resident on the engine's backend, the GPU in a cuda build; no --qat, --checkpoint, --resume); auto: backend when the engine's backend is a GPU and no host-only flag is given")
+		"where steps run: host (engine/train, float32 on the CPU, every option) or backend (engine.Trainer: masters, gradients and moments resident on the engine's backend, the GPU in a cuda build; no --qat); auto: backend when the engine's backend is a GPU and no host-only flag is given")
 	jsonOut := f.JSON()
 	f.Required("model", "data")
 	if code, ok := f.ParseCommand(args); !ok {
@@ -215,7 +215,7 @@ func runTrain(args []string, stdout, stderr io.Writer) int {
 	} else if *warmup > 0 {
 		schedule = optim.WarmupCosine(*lr, *warmup, *warmup, *lr)
 	}
-	hostOnly := map[string]bool{"--qat": *qat, "--checkpoint": *ckpt != "", "--checkpoint-every": *ckptEvery > 0, "--resume": *resume != ""}
+	hostOnly := map[string]bool{"--qat": *qat}
 	onBackend := *on == "backend"
 	if *on == "auto" {
 		if _, cpuOnly := engine.Backend().(*cpu.Backend); !cpuOnly {
@@ -235,6 +235,7 @@ func runTrain(args []string, stdout, stderr io.Writer) int {
 			steps: *steps, batch: *batch, seqLen: *seqLen, evalEvery: *evalEvery, seed: uint64(*seed),
 			state: *state, master: *master, clip: *clip, wd: *wd, schedule: schedule,
 			export: *export, exportFmt: *exportFmt, json: *jsonOut, hostOnly: hostOnly,
+			checkpoint: *ckpt, checkpointEvery: *ckptEvery, resume: *resume,
 		}, stdout, stderr)
 	}
 	tm, err := openForTraining(*model, *tokPath)

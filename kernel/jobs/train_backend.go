@@ -30,13 +30,17 @@ type backendTrain struct {
 	export, exportFmt                          string
 	json                                       bool
 	hostOnly                                   map[string]bool // flags given that only the host trainer has
+	checkpoint, resume                         string
+	checkpointEvery                            int
 }
 
 // runTrainBackend trains through engine.Trainer (engine/devtrain on the engine's backend: on a
 // GPU the masters, gradients and AdamW moments stay on the device), with the host trainer's
-// data handling, schedule, evaluation, output lines and export. Per-layer recompute is on; with
-// --grad-clip 0 the optimizer is fused into the backward (one layer's gradients at a time).
-// An interrupt stops between steps (a step in flight is abandoned whole) and skips the export.
+// data handling, schedule, evaluation, output lines, checkpoints (engine.Trainer.SaveCheckpoint:
+// at the end, every --checkpoint-every steps and on interrupt; --resume continues from one) and
+// export. Per-layer recompute is on; with --grad-clip 0 the optimizer is fused into the backward
+// (one layer's gradients at a time). An interrupt stops between steps (a step in flight is
+// abandoned whole) and skips the export.
 func runTrainBackend(a backendTrain, stdout, stderr io.Writer) int {
 	fail := func(err error) int {
 		fmt.Fprintln(stderr, "train:", err)
@@ -50,15 +54,18 @@ func runTrainBackend(a backendTrain, stdout, stderr io.Writer) int {
 	}
 	if len(refused) > 0 {
 		sort.Strings(refused)
-		return fail(fmt.Errorf("%s need the host trainer (--on host): the backend trainer has no QAT and does not checkpoint its optimizer state yet",
-			strings.Join(refused, ", ")))
+		return fail(fmt.Errorf("%s needs the host trainer (--on host): the backend trainer has no QAT", strings.Join(refused, ", ")))
 	}
 	opt := engine.DefaultTrainOptions()
 	opt.Batch, opt.SeqLen, opt.Seed, opt.Tokenizer = max(1, a.batch), a.seqLen, a.seed, a.tokPath
 	opt.Options.Seed = a.seed
 	opt.Master, opt.State, opt.WeightDecay, opt.ClipNorm = a.master, a.state, a.wd, a.clip
 	opt.Recompute, opt.FusedOptimizer = true, a.clip == 0
-	tr, err := engine.NewTrainer(a.model, opt)
+	weights := a.model
+	if a.resume != "" {
+		weights = a.resume // a checkpoint is a model directory with the trained masters
+	}
+	tr, err := engine.NewTrainer(weights, opt)
 	if err != nil {
 		return fail(err)
 	}
@@ -71,6 +78,19 @@ func runTrainBackend(a backendTrain, stdout, stderr io.Writer) int {
 		if err := tr.AddSamples(src.Name, src.Samples, src.Ratio); err != nil {
 			return fail(err)
 		}
+	}
+	if a.resume != "" {
+		if err := tr.Resume(a.resume); err != nil {
+			return fail(err)
+		}
+		fmt.Fprintf(stderr, "resumed %s at step %d\n", a.resume, tr.Dev.Steps())
+	}
+	save := func() error {
+		if err := tr.SaveCheckpoint(a.checkpoint); err != nil {
+			return err
+		}
+		fmt.Fprintf(stderr, "checkpoint: %s (step %d)\n", a.checkpoint, tr.Dev.Steps())
+		return nil
 	}
 	var held []*data.Sample
 	if a.evalSpec != "" {
@@ -89,7 +109,7 @@ func runTrainBackend(a backendTrain, stdout, stderr io.Writer) int {
 	engine.CurrentContext = func() context.Context { return ctx }
 	defer func() { engine.CurrentContext = prev }()
 	interrupted, skipped := false, 0
-	for step := 0; step < a.steps; step++ {
+	for step := tr.Dev.Steps(); step < a.steps; step++ {
 		lr := a.schedule.LR(step)
 		t0 := time.Now()
 		st, err := tr.Step(lr)
@@ -111,6 +131,11 @@ func runTrainBackend(a backendTrain, stdout, stderr io.Writer) int {
 		} else {
 			fmt.Fprintf(stdout, "step %4d  loss %.4f  grad-norm %.3f  lr %.3g  %.0f tok/s%s\n", r.Step, r.Loss, r.GradNorm, r.LR, r.TokensPerSec, flags(r))
 		}
+		if a.checkpoint != "" && a.checkpointEvery > 0 && (step+1)%a.checkpointEvery == 0 {
+			if err := save(); err != nil {
+				return fail(err)
+			}
+		}
 		if len(held) > 0 && ((step+1)%a.evalEvery == 0 || step+1 == a.steps) {
 			loss, err := tr.Loss(held)
 			if ctx.Err() != nil {
@@ -129,6 +154,11 @@ func runTrainBackend(a backendTrain, stdout, stderr io.Writer) int {
 	}
 	if interrupted {
 		fmt.Fprintf(stderr, "interrupted after step %d (no step was left half applied)\n", tr.Dev.Steps())
+	}
+	if a.checkpoint != "" {
+		if err := save(); err != nil {
+			return fail(err)
+		}
 	}
 	if a.export != "" && !interrupted {
 		format := a.exportFmt
