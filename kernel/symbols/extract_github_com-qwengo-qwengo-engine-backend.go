@@ -5,6 +5,8 @@ package symbols
 import (
 	"github.com/qwengo/qwengo/engine/backend"
 	"github.com/qwengo/qwengo/engine/tensor"
+	"go/constant"
+	"go/token"
 	"reflect"
 )
 
@@ -12,11 +14,15 @@ func init() {
 	Symbols["github.com/qwengo/qwengo/engine/backend/backend"] = map[string]reflect.Value{
 		// function, constant and variable definitions
 		"Activations":               reflect.ValueOf(backend.Activations),
+		"AdamW4bitBlock":            reflect.ValueOf(constant.MakeFromLiteral("128", token.INT, 0)),
+		"AdamWInt8Block":            reflect.ValueOf(constant.MakeFromLiteral("64", token.INT, 0)),
+		"AdamWMomentLens":           reflect.ValueOf(backend.AdamWMomentLens),
 		"ArgMax":                    reflect.ValueOf(backend.ArgMax),
 		"AsBatched":                 reflect.ValueOf(backend.AsBatched),
 		"AsTraining":                reflect.ValueOf(backend.AsTraining),
 		"CacheRows":                 reflect.ValueOf(backend.CacheRows),
 		"CheckAdamWHyper":           reflect.ValueOf(backend.CheckAdamWHyper),
+		"CheckAdamWMoments":         reflect.ValueOf(backend.CheckAdamWMoments),
 		"CheckAttention":            reflect.ValueOf(backend.CheckAttention),
 		"CheckAttentionBatch":       reflect.ValueOf(backend.CheckAttentionBatch),
 		"CheckBF16Rows":             reflect.ValueOf(backend.CheckBF16Rows),
@@ -40,37 +46,40 @@ func init() {
 		"Workspace":                 reflect.ValueOf(backend.Workspace),
 
 		// type definitions
-		"AdamWHyper":  reflect.ValueOf((*backend.AdamWHyper)(nil)),
-		"AdamWState":  reflect.ValueOf((*backend.AdamWState)(nil)),
-		"ArgMaxer":    reflect.ValueOf((*backend.ArgMaxer)(nil)),
-		"BF16":        reflect.ValueOf((*backend.BF16)(nil)),
-		"BF16Store":   reflect.ValueOf((*backend.BF16Store)(nil)),
-		"Backend":     reflect.ValueOf((*backend.Backend)(nil)),
-		"Batched":     reflect.ValueOf((*backend.Batched)(nil)),
-		"BatchedGate": reflect.ValueOf((*backend.BatchedGate)(nil)),
-		"Category":    reflect.ValueOf((*backend.Category)(nil)),
-		"Fused":       reflect.ValueOf((*backend.Fused)(nil)),
-		"HostWeight":  reflect.ValueOf((*backend.HostWeight)(nil)),
-		"MemStats":    reflect.ValueOf((*backend.MemStats)(nil)),
-		"OverBudget":  reflect.ValueOf((*backend.OverBudget)(nil)),
-		"Runner":      reflect.ValueOf((*backend.Runner)(nil)),
-		"Tensor":      reflect.ValueOf((*backend.Tensor)(nil)),
-		"Training":    reflect.ValueOf((*backend.Training)(nil)),
-		"Weight":      reflect.ValueOf((*backend.Weight)(nil)),
+		"AdamWHyper":   reflect.ValueOf((*backend.AdamWHyper)(nil)),
+		"AdamWMoments": reflect.ValueOf((*backend.AdamWMoments)(nil)),
+		"AdamWState":   reflect.ValueOf((*backend.AdamWState)(nil)),
+		"AdamWStateIO": reflect.ValueOf((*backend.AdamWStateIO)(nil)),
+		"ArgMaxer":     reflect.ValueOf((*backend.ArgMaxer)(nil)),
+		"BF16":         reflect.ValueOf((*backend.BF16)(nil)),
+		"BF16Store":    reflect.ValueOf((*backend.BF16Store)(nil)),
+		"Backend":      reflect.ValueOf((*backend.Backend)(nil)),
+		"Batched":      reflect.ValueOf((*backend.Batched)(nil)),
+		"BatchedGate":  reflect.ValueOf((*backend.BatchedGate)(nil)),
+		"Category":     reflect.ValueOf((*backend.Category)(nil)),
+		"Fused":        reflect.ValueOf((*backend.Fused)(nil)),
+		"HostWeight":   reflect.ValueOf((*backend.HostWeight)(nil)),
+		"MemStats":     reflect.ValueOf((*backend.MemStats)(nil)),
+		"OverBudget":   reflect.ValueOf((*backend.OverBudget)(nil)),
+		"Runner":       reflect.ValueOf((*backend.Runner)(nil)),
+		"Tensor":       reflect.ValueOf((*backend.Tensor)(nil)),
+		"Training":     reflect.ValueOf((*backend.Training)(nil)),
+		"Weight":       reflect.ValueOf((*backend.Weight)(nil)),
 
 		// interface wrapper definitions
-		"_AdamWState":  reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_AdamWState)(nil)),
-		"_ArgMaxer":    reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_ArgMaxer)(nil)),
-		"_BF16":        reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_BF16)(nil)),
-		"_BF16Store":   reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_BF16Store)(nil)),
-		"_Backend":     reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Backend)(nil)),
-		"_Batched":     reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Batched)(nil)),
-		"_BatchedGate": reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_BatchedGate)(nil)),
-		"_Fused":       reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Fused)(nil)),
-		"_Runner":      reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Runner)(nil)),
-		"_Tensor":      reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Tensor)(nil)),
-		"_Training":    reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Training)(nil)),
-		"_Weight":      reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Weight)(nil)),
+		"_AdamWState":   reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_AdamWState)(nil)),
+		"_AdamWStateIO": reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_AdamWStateIO)(nil)),
+		"_ArgMaxer":     reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_ArgMaxer)(nil)),
+		"_BF16":         reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_BF16)(nil)),
+		"_BF16Store":    reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_BF16Store)(nil)),
+		"_Backend":      reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Backend)(nil)),
+		"_Batched":      reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Batched)(nil)),
+		"_BatchedGate":  reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_BatchedGate)(nil)),
+		"_Fused":        reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Fused)(nil)),
+		"_Runner":       reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Runner)(nil)),
+		"_Tensor":       reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Tensor)(nil)),
+		"_Training":     reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Training)(nil)),
+		"_Weight":       reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Weight)(nil)),
 	}
 }
 
@@ -86,6 +95,20 @@ func (W _github_com_qwengo_qwengo_engine_backend_AdamWState) Bytes() int64 {
 }
 func (W _github_com_qwengo_qwengo_engine_backend_AdamWState) Format() string {
 	return W.WFormat()
+}
+
+// _github_com_qwengo_qwengo_engine_backend_AdamWStateIO is an interface wrapper for AdamWStateIO type
+type _github_com_qwengo_qwengo_engine_backend_AdamWStateIO struct {
+	IValue           interface{}
+	WReadAdamWState  func(st backend.AdamWState) (*backend.AdamWMoments, error)
+	WWriteAdamWState func(st backend.AdamWState, m *backend.AdamWMoments) error
+}
+
+func (W _github_com_qwengo_qwengo_engine_backend_AdamWStateIO) ReadAdamWState(st backend.AdamWState) (*backend.AdamWMoments, error) {
+	return W.WReadAdamWState(st)
+}
+func (W _github_com_qwengo_qwengo_engine_backend_AdamWStateIO) WriteAdamWState(st backend.AdamWState, m *backend.AdamWMoments) error {
+	return W.WWriteAdamWState(st, m)
 }
 
 // _github_com_qwengo_qwengo_engine_backend_ArgMaxer is an interface wrapper for ArgMaxer type
