@@ -40,19 +40,19 @@ func (b *Backend) RoPEAt(out, x backend.Tensor, headDim int, positions []int, th
 	if shares(o, a) && !(o.rows == a.rows && &o.Data[0] == &a.Data[0]) {
 		return fmt.Errorf("cpu: rope at positions: out shares memory with x without being x")
 	}
-	b.ropeRows(o, a, headDim, positions, ropeInvFreq(headDim, theta))
+	b.ropeRows(o, a, headDim, func(t int) int { return positions[t] }, ropeInvFreq(headDim, theta))
 	return nil
 }
 
-// ropeRows rotates row t of a at positions[t] into row t of o (RoPE's loop with a position per
-// row instead of pos0+t).
-func (b *Backend) ropeRows(o, a *Tensor, headDim int, positions []int, inv []float32) {
+// ropeRows rotates row t of a at position pos(t) into row t of o: RoPE (pos0+t) and RoPEAt (a
+// position per row) share it.
+func (b *Backend) ropeRows(o, a *Tensor, headDim int, pos func(t int) int, inv []float32) {
 	half := headDim / 2
 	b.parallelRange(a.rows, 1, func(lo, hi int) {
 		cos := make([]float32, half)
 		sin := make([]float32, half)
 		for t := lo; t < hi; t++ {
-			p := float32(positions[t])
+			p := float32(pos(t))
 			for i := range inv {
 				s, c := math.Sincos(float64(p * inv[i]))
 				cos[i], sin[i] = float32(c), float32(s)

@@ -56,31 +56,7 @@ func (b *Backend) RoPE(out, x backend.Tensor, headDim, pos0 int, theta float64) 
 	if headDim <= 0 || headDim%2 != 0 || a.cols%headDim != 0 || o.rows != a.rows || o.cols != a.cols || pos0 < 0 || !(theta > 0) {
 		return fmt.Errorf("cpu: rope: x [%d, %d] into [%d, %d] with head_dim %d, position %d, theta %v", a.rows, a.cols, o.rows, o.cols, headDim, pos0, theta)
 	}
-	half := headDim / 2
-	inv := make([]float32, half)
-	for i := range inv {
-		inv[i] = float32(1 / math.Pow(theta, float64(2*i)/float64(headDim)))
-	}
-	b.parallelRange(a.rows, 1, func(lo, hi int) {
-		cos := make([]float32, half)
-		sin := make([]float32, half)
-		for t := lo; t < hi; t++ {
-			p := float32(pos0 + t)
-			for i := range inv {
-				s, c := math.Sincos(float64(p * inv[i]))
-				cos[i], sin[i] = float32(c), float32(s)
-			}
-			src, dst := a.Row(t), o.Row(t)
-			for h := 0; h < a.cols; h += headDim {
-				xs, os := src[h:h+headDim], dst[h:h+headDim]
-				for i := 0; i < half; i++ {
-					x1, x2 := xs[i], xs[i+half]
-					os[i] = x1*cos[i] - x2*sin[i]
-					os[i+half] = x2*cos[i] + x1*sin[i]
-				}
-			}
-		}
-	})
+	b.ropeRows(o, a, headDim, func(t int) int { return pos0 + t }, ropeInvFreq(headDim, theta))
 	return nil
 }
 
