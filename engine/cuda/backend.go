@@ -55,6 +55,10 @@ type Backend struct {
 	// and 0 pick per shape.
 	gemvTCBVariant string
 	gemvSlice      int
+	// gemvTCPVariant forces the resident tensor-core GEMV's shape (gemv_tcp.go;
+	// QWENGO_CUDA_GEMV_TCP); gemvTCPOccupancy caches its blocks per SM by kernel.
+	gemvTCPVariant   string
+	gemvTCPOccupancy map[string]int
 	// The persistent GEMV's partial sums and arrival counters, and its blocks per SM per T.
 	gemvPartial, gemvCounters devBuf
 	gemvOccupancy             [gemvMaxRows]int
@@ -122,7 +126,7 @@ func OpenDevice(ordinal int) (*Backend, error) {
 	if err := loadDriver(); err != nil {
 		return nil, err
 	}
-	b := &Backend{work: make(chan func(), 1), quit: make(chan struct{}), ordinal: ordinal, spin: runtime.GOMAXPROCS(0) > 1, gemv: gemvFromEnv(), gemvTCKernel: gemvTCFromEnv(), gemvTCBVariant: gemvTCBFromEnv(), gemvSlice: gemvSliceFromEnv(), attnSIMT: attnSIMTFromEnv(),
+	b := &Backend{work: make(chan func(), 1), quit: make(chan struct{}), ordinal: ordinal, spin: runtime.GOMAXPROCS(0) > 1, gemv: gemvFromEnv(), gemvTCKernel: gemvTCFromEnv(), gemvTCBVariant: gemvTCBFromEnv(), gemvSlice: gemvSliceFromEnv(), gemvTCPVariant: gemvTCPFromEnv(), attnSIMT: attnSIMTFromEnv(),
 		fns: map[string]function{}, live: map[devPtr]liveAlloc{}, rope: map[ropeKey]devBuf{}, pool: map[int64][]devPtr{}, graphs: map[*Graph]struct{}{}}
 	started := make(chan error, 1)
 	go b.worker(started)

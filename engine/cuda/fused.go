@@ -33,9 +33,10 @@ func (b *Backend) MatMulMany(outs []backend.Tensor, x backend.Tensor, ws []backe
 		outTs := make([]*Tensor, len(ws))
 		wts := make([]*Weight, len(ws))
 		persist := b.gemv == gemvPersist && a.rows >= 1 && a.rows <= gemvMaxRows && a.cols%256 == 0
-		tc := (b.gemv == gemvAuto || b.gemv == gemvTC) && b.tcGEMVShape(a.rows, a.cols)
-		tcb := (b.gemv == gemvAuto && a.rows >= 2 || b.gemv == gemvTCB) && b.gemvTCBShape(a.rows, a.cols)
-		fusable := persist || tc || tcb
+		tc := b.gemv == gemvTC && b.tcGEMVShape(a.rows, a.cols)
+		tcb := b.gemv == gemvTCB && b.gemvTCBShape(a.rows, a.cols)
+		tcp := (b.gemv == gemvAuto || b.gemv == gemvTCP) && b.gemvTCPShape(a.rows, a.cols)
+		fusable := persist || tc || tcb || tcp
 		for i := range ws {
 			if outTs[i], err = b.ten(outs[i], "matmul many", fmt.Sprintf("out %d", i)); err != nil {
 				return err
@@ -51,6 +52,8 @@ func (b *Backend) MatMulMany(outs []backend.Tensor, x backend.Tensor, ws []backe
 		if fusable {
 			launchMany := b.gemvPersistMany
 			switch {
+			case tcp:
+				launchMany = b.gemvTCPMany
 			case tcb:
 				launchMany = b.gemvTCBMany
 			case tc:

@@ -9,7 +9,7 @@ import (
 	"strings"
 )
 
-// NVFP4 decode GEMVs (T ≤ 4 token rows), four generations kept side by side so the figures
+// NVFP4 decode GEMVs (few token rows), six generations kept side by side so the figures
 // test times them in one run (NOTES.md has the numbers):
 //
 //   - "v2": matmul.cu's gemv_nvfp4_t*: split-K within a block, loads from registers.
@@ -19,14 +19,17 @@ import (
 //   - "tc": gemv_tc.cu: one token row on tensor cores, up to three products per launch,
 //     launched with programmatic dependent launch (launchDep).
 //   - "tcb": gemv_tcb.cu: 1..8 token rows on tensor cores, K sliced (gemv_tcb.go).
+//   - "tcp": gemv_tcp.cu: tcb's sums from a resident grid whose warps keep four weight steps
+//     in flight across tiles (gemv_tcp.go).
 //
-// Measured on the H200 (device runs 2, 7, 10): the tensor-core kernel is the fastest for one
-// row (2560→9728 12-14 µs against 14.8 for the best v2 split and 18.4 for stream), v2 for 2-4
-// rows. All of them stay at ~1-2 TB/s: short blocks whose load, decode and reduction latencies
-// do not overlap (NOTES.md). The default ("auto") takes tc for one row when K % 128 == 0 and
-// the per-shape choice below otherwise; 2-8 rows take tcb (batched decode); QWENGO_CUDA_GEMV=
-// v2|stream|persist|tc|tcb forces one.
-
+// Measured on the H200 (device runs 2, 7, 10; session 5 run 2): the CUDA-core kernels reach
+// 0.6-0.9 TB/s (short blocks whose load, decode and reduction latencies do not overlap,
+// NOTES.md), the tensor-core ones 1.1-1.3 TB/s at one row, the resident tcp fastest at 1-8 rows but
+// for 9728-output products at eight rows (tcb 16.9 against 17.8 µs) — in the model tcp wins
+// all three decode figures (session 5 run 2: 334 → 340, 228 → 241, 1,379 → 1,478 tok/s). The
+// default ("auto") takes tcp for 1-15 rows when K % 128 == 0 and v2/stream otherwise;
+// QWENGO_CUDA_GEMV=v2|stream|persist|tc|tcb|tcp forces one.
+//
 const (
 	gemvTC      = "tc"
 	gemvAuto    = "auto"
@@ -34,36 +37,36 @@ const (
 	gemvStreamV = "stream"
 	gemvV2Name  = "v2"
 	gemvTCB     = "tcb"
+	gemvTCP     = "tcp"
 )
 
 func gemvFromEnv() string {
 	switch v := os.Getenv("QWENGO_CUDA_GEMV"); v {
-	case gemvV2Name, gemvStreamV, gemvPersist, gemvTC, gemvTCB:
+	case gemvV2Name, gemvStreamV, gemvPersist, gemvTC, gemvTCB, gemvTCP:
 		return v
 	}
 	return gemvAuto
 }
 
 // gemvNVFP4 runs an NVFP4 product of a few token rows on the selected GEMV and reports whether
-// it took it (false: use matmul.cu's GEMV, cuBLASLt or the tiled kernel). By default 2 to
-// gemmMinRows-1 rows take the multi-row tensor-core GEMV (eight rows a launch), one row
-// gemv_tc.cu's.
+// it took it (false: use matmul.cu's GEMV, cuBLASLt or the tiled kernel). By default 1 to
+// gemmMinRows-1 rows take the resident tensor-core GEMV (gemv_tcp.cu, eight rows a launch).
 func (b *Backend) gemvNVFP4(o, a *Tensor, w *Weight) (bool, error) {
 	T, K := a.rows, a.cols
 	kernel := b.gemv
-	if (kernel == gemvAuto && T >= 2 || kernel == gemvTCB) && T < gemmMinRows && b.gemvTCBShape(min(T, gemvTCBRows), K) {
-		if T > gemvTCBRows {
-			return true, b.gemvTCBRowChunks(o, a, w)
-		}
-		return true, b.gemvTCBMany([]*Tensor{o}, a, []*Weight{w})
+	if (kernel == gemvAuto || kernel == gemvTCP) && T < gemmMinRows && b.gemvTCPShape(min(T, gemvTCBRows), K) {
+		return true, b.gemvRowChunks(o, a, w, b.gemvTCPMany)
+	}
+	if kernel == gemvTCB && T < gemmMinRows && b.gemvTCBShape(min(T, gemvTCBRows), K) {
+		return true, b.gemvRowChunks(o, a, w, b.gemvTCBMany)
 	}
 	if T < 1 || T > gemvMaxRows || K%256 != 0 {
 		return false, nil
 	}
-	if (kernel == gemvAuto || kernel == gemvTC) && b.tcGEMVShape(T, K) {
+	if kernel == gemvTC && b.tcGEMVShape(T, K) {
 		return true, b.gemvTCMany([]*Tensor{o}, a, []*Weight{w})
 	}
-	if kernel == gemvAuto || kernel == gemvTC || kernel == gemvTCB {
+	if kernel == gemvAuto || kernel == gemvTC || kernel == gemvTCB || kernel == gemvTCP {
 		kernel = gemvV2Name
 		if T == 1 && w.out >= 2048 {
 			kernel = gemvStreamV

@@ -111,15 +111,16 @@ func (b *Backend) gemvTCBMany(outs []*Tensor, a *Tensor, ws []*Weight) error {
 	return b.launchDep(b.fns[name], [3]int{groups * nslices, 1, 1}, [3]int{32 * warps, 1, 1}, T*slice*512, args...)
 }
 
-// gemvTCBRowChunks runs an NVFP4 product of T > 8 rows as consecutive launches of up to eight
-// rows each (row views of x and out): each launch reads the weights once, instead of the tiled
-// SIMT kernel re-reading them per 64×64 tile (owner goroutine; shapes checked by the caller).
-func (b *Backend) gemvTCBRowChunks(o, a *Tensor, w *Weight) error {
+// gemvRowChunks runs an NVFP4 product of T rows with a multi-row GEMV launcher (gemvTCBMany,
+// gemvTCPMany) as consecutive launches of up to eight rows each (row views of x and out): each
+// launch reads the weights once, instead of the tiled SIMT kernel re-reading them per 64×64
+// tile (owner goroutine; shapes checked by the caller).
+func (b *Backend) gemvRowChunks(o, a *Tensor, w *Weight, launch func([]*Tensor, *Tensor, []*Weight) error) error {
 	for r0 := 0; r0 < a.rows; r0 += gemvTCBRows {
 		n := min(gemvTCBRows, a.rows-r0)
 		av := &Tensor{rows: n, cols: a.cols, ptr: a.ptr + devPtr(4*r0*a.cols), cat: a.cat, owner: b, view: true}
 		ov := &Tensor{rows: n, cols: o.cols, ptr: o.ptr + devPtr(4*r0*o.cols), cat: o.cat, owner: b, view: true}
-		if err := b.gemvTCBMany([]*Tensor{ov}, av, []*Weight{w}); err != nil {
+		if err := launch([]*Tensor{ov}, av, []*Weight{w}); err != nil {
 			return err
 		}
 	}

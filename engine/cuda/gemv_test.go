@@ -23,7 +23,7 @@ func withGEMV(g *Backend, kernel string, f func() error) error {
 	})
 }
 
-var gemvKernelNames = []string{gemvV2Name, gemvStreamV, gemvPersist, gemvTC, gemvTCB, gemvAuto}
+var gemvKernelNames = []string{gemvV2Name, gemvStreamV, gemvPersist, gemvTC, gemvTCB, gemvTCP, gemvAuto}
 
 // TestGEMVNVFP4 checks every NVFP4 GEMV kernel against the CPU on shapes that exercise K
 // splits, partial steps (K/32 not a multiple of 32), row counts not divisible by 4, one and
@@ -86,18 +86,31 @@ func TestGEMVMany(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
+			type variant struct{ kernel, shape string }
+			var variants []variant
 			for _, v := range gemvTCBVariants {
+				variants = append(variants, variant{gemvTCB, v})
+			}
+			for _, v := range gemvTCPVariants {
+				variants = append(variants, variant{gemvTCP, v})
+			}
+			for _, v := range variants {
 				for _, slice := range []int{0, 1, 3} {
-					name := fmt.Sprintf("matmul many tcb %s slice %d T=%d K=%d", v, slice, T, s.K)
+					name := fmt.Sprintf("matmul many %s %s slice %d T=%d K=%d", v.kernel, v.shape, slice, T, s.K)
 					var gouts []backend.Tensor
 					for _, w := range gws {
 						_, o := pair(t, c, g, T, w.(*Weight).out, nil)
 						gouts = append(gouts, o)
 					}
 					err := g.do(func() error {
-						oldV, oldS, oldG := g.gemvTCBVariant, g.gemvSlice, g.gemv
-						g.gemvTCBVariant, g.gemvSlice, g.gemv = v, slice, gemvTCB
-						defer func() { g.gemvTCBVariant, g.gemvSlice, g.gemv = oldV, oldS, oldG }()
+						oldV, oldP, oldS, oldG := g.gemvTCBVariant, g.gemvTCPVariant, g.gemvSlice, g.gemv
+						if v.kernel == gemvTCB {
+							g.gemvTCBVariant = v.shape
+						} else {
+							g.gemvTCPVariant = v.shape
+						}
+						g.gemvSlice, g.gemv = slice, v.kernel
+						defer func() { g.gemvTCBVariant, g.gemvTCPVariant, g.gemvSlice, g.gemv = oldV, oldP, oldS, oldG }()
 						return g.MatMulMany(gouts, gx, gws)
 					})
 					if err != nil {
@@ -132,12 +145,22 @@ func TestFiguresGEMV(t *testing.T) {
 		if err := g.Upload(x, randn(s.T*s.K, 1, 1)); err != nil {
 			t.Fatal(err)
 		}
-		for _, k := range gemvKernelNames {
-			if only := os.Getenv("QWENGO_CUDA_FIG_GEMV"); only != "" && !slices.Contains(strings.Split(only, ","), k) {
+		kernels := slices.Clone(gemvKernelNames)
+		for _, v := range gemvTCPVariants {
+			kernels = append(kernels, gemvTCP+":"+v) // each resident shape
+		}
+		for _, k := range kernels {
+			if only := os.Getenv("QWENGO_CUDA_FIG_GEMV"); only != "" && !slices.Contains(strings.Split(only, ","), strings.Split(k, ":")[0]) {
 				continue // QWENGO_CUDA_FIG_GEMV=tc,tcb times only those
 			}
+			kernel, shape, _ := strings.Cut(k, ":")
 			var ms float64
-			err := withGEMV(g, k, func() error {
+			err := withGEMV(g, kernel, func() error {
+				old := g.gemvTCPVariant
+				if shape != "" {
+					g.gemvTCPVariant = shape
+				}
+				defer func() { g.gemvTCPVariant = old }()
 				var err error
 				ms, err = timeOnDevice(g, 20, func() error {
 					for _, w := range ws {

@@ -43,3 +43,24 @@ func TestAttentionDecodeSplit(t *testing.T) {
 		}
 	}
 }
+
+// TestGEMVTCPGrid checks the resident GEMV's blocks per K slice: within the resident blocks
+// shared among the slices, no more than the tiles need, at least one however many slices.
+func TestGEMVTCPGrid(t *testing.T) {
+	for _, c := range []struct{ resident, tiles, warps, nslices, want int }{
+		{264, 1216, 8, 5, 52},  // gate/up, one row: 264 resident blocks over 5 slices
+		{264, 160, 8, 19, 13},  // down: 19 slices of 4 steps
+		{264, 160, 8, 1, 20},   // one slice: a warp per tile is enough
+		{264, 7, 8, 1, 1},      // a tiny product
+		{528, 160, 4, 8, 40},   // o, 4-warp blocks
+		{264, 1216, 8, 300, 1}, // more slices than resident blocks: one each
+	} {
+		got := gemvTCPGrid(c.resident, c.tiles, c.warps, c.nslices)
+		if got != c.want {
+			t.Errorf("resident %d, %d tiles, %d warps, %d slices: %d blocks a slice, want %d", c.resident, c.tiles, c.warps, c.nslices, got, c.want)
+		}
+		if got*c.nslices > max(c.resident, c.nslices) {
+			t.Errorf("resident %d, %d slices: %d blocks exceed the resident ones", c.resident, c.nslices, got*c.nslices)
+		}
+	}
+}

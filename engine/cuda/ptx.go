@@ -71,6 +71,7 @@ var ptxModules = []ptxModule{
 	{"kernels/norm.ptx", []string{"rmsnorm_f32", "rope_f32"}},
 	{"kernels/gemv_tc.ptx", gemvTCVariants},
 	{"kernels/gemv_tcb.ptx", gemvTCBKernels},
+	{"kernels/gemv_tcp.ptx", gemvTCPKernels},
 	{"kernels/flash.ptx", []string{"flash_attn_fwd"}},
 	{"kernels/flash_bwd.ptx", []string{"flash_bwd_prep", "flash_bwd_dkdv", "flash_bwd_dq"}},
 	{"kernels/batch.ptx", []string{"rope_at_f32", "scatter_rows_f32", "qk_norm_rope_cache_at", "attention_batch_split_f32",

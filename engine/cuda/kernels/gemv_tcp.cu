@@ -1,0 +1,243 @@
+// NVFP4 decode GEMV on tensor cores for 1..8 token rows, resident and pipelined:
+// out[r, n] = Σ_k x[r, k] · W[n, k], r < T ≤ 8.
+//
+// Why: gemv_tc.cu (one row) and gemv_tcb.cu (up to eight) run a short block per 16-row tile (and
+// K slice): issue a few steps' loads, wait, decode, reduce, exit. ncu on the H200 (session 5,
+// 2560→9728, one row): 13.4 µs, DRAM 22 %, issue slots 25 %, no eligible warp 66 % of cycles,
+// 105 registers and 4 blocks of 4 warps per SM — latency-bound: each block's loads are one round
+// trip that nothing overlaps, and a 1216-tile matrix is ~5 such waves. Every variant of those
+// kernels plateaued at ~12 µs for a 14 MB matrix (1.2 TB/s).
+//
+// Here the grid is resident (the host sizes it from the occupancy: a few blocks per SM) and each
+// warp walks a sequence of (tile, step) pairs with a ring of D steps in flight: the loads of
+// step j + D are issued as soon as step j's registers are read, across tile boundaries, so a
+// warp always has D · 1 KB of weights requested until its sequence ends, and x is staged once per
+// block for the whole kernel.
+//
+// Work split: K is cut into slices of `slice` 128-wide steps (gemv_tcb.go gemvTCBSlice: from T
+// and K only). Block b serves slice b % slices and is the (b / slices)-th of `bps` blocks on it;
+// its warp w takes the job-flattened tiles first = (b / slices)·W + w, first + bps·W, ...
+// so a block stages only its slice of x (T · slice · 512 bytes). Each (tile, slice) is summed by
+// exactly one warp in a fixed k order whatever bps is; with several slices the partial sums go
+// to part[(tile · slices + slice) · T · 16 …] and the last warp to finish a tile (an arrival
+// counter per tile, left at zero) adds them in slice order — deterministic, and a product sums
+// the same in one launch with others (q/k/v) as alone.
+//
+// Decode, k-permutation and the hi/lo split of x are gemv_tc.cu's (gemv_tc.cuh); the mma's 8 B
+// columns hold rows as (hi, lo) pairs, so P = ceil(T/4) passes serve T rows (gemv_tcb.cu).
+// Bytes per weight row and step: 64 (codes) + 8 (E4M3 scales); FLOPs 2·T per weight.
+#include "gemv_tc.cuh"
+
+// tcp_job is one product's pointers for a tile, found without indexing gemv_jobs dynamically
+// (a dynamic index puts the struct in local memory).
+struct tcp_job {
+    float* out;
+    const uint8_t* packed;
+    const uint8_t* scales;
+    float gscale;
+    int N, tile;  // rows of the product; the tile within it
+};
+
+__device__ __forceinline__ tcp_job tcp_find(const gemv_jobs& jobs, int ft) {
+    tcp_job j = {jobs.out[0], jobs.packed[0], jobs.scales[0], jobs.gscale[0], jobs.N[0], ft};
+    if (jobs.njobs > 1 && j.tile >= jobs.tiles[0]) {
+        j = {jobs.out[1], jobs.packed[1], jobs.scales[1], jobs.gscale[1], jobs.N[1], j.tile - jobs.tiles[0]};
+        if (jobs.njobs > 2 && j.tile >= jobs.tiles[1])
+            j = {jobs.out[2], jobs.packed[2], jobs.scales[2], jobs.gscale[2], jobs.N[2], j.tile - jobs.tiles[1]};
+    }
+    return j;
+}
+
+// tcp_rows are a lane's load addresses for one tile over the block's slice: rows g and g+8 of
+// the tile (clamped to the last row), chunk t of each step.
+struct tcp_rows {
+    const uint4* pa;
+    const uint4* pb;
+    const uint16_t* sa;
+    const uint16_t* sb;
+};
+
+__device__ __forceinline__ tcp_rows tcp_locate(const gemv_jobs& jobs, int ft, int K, int s0, int g, int t) {
+    const tcp_job j = tcp_find(jobs, ft);
+    const int ra = min(j.tile * 16 + g, j.N - 1), rb = min(j.tile * 16 + g + 8, j.N - 1);
+    tcp_rows r;
+    r.pa = reinterpret_cast<const uint4*>(j.packed + (size_t)ra * (K / 2)) + 4 * s0 + t;
+    r.pb = reinterpret_cast<const uint4*>(j.packed + (size_t)rb * (K / 2)) + 4 * s0 + t;
+    r.sa = reinterpret_cast<const uint16_t*>(j.scales + (size_t)ra * (K / 16)) + 4 * s0 + t;
+    r.sb = reinterpret_cast<const uint16_t*>(j.scales + (size_t)rb * (K / 16)) + 4 * s0 + t;
+    return r;
+}
+
+template <int P, int W, int D>
+__device__ __forceinline__ void gemv_tcp(const gemv_jobs& jobs, const float* __restrict__ x, int K, int T, int slice,
+                                         int bps, float* __restrict__ part, int* __restrict__ counters, uint32_t* xs) {
+    const int steps = K / 128, slices = (steps + slice - 1) / slice;
+    const int sl = blockIdx.x % slices, jb = blockIdx.x / slices;
+    const int s0 = sl * slice, nsteps = min(slice, steps - s0);
+    int ntiles = jobs.tiles[0];
+    if (jobs.njobs > 1) ntiles += jobs.tiles[1];
+    if (jobs.njobs > 2) ntiles += jobs.tiles[2];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int stride = bps * W, first = jb * W + warp;
+    const int mine = first < ntiles ? (ntiles - 1 - first) / stride + 1 : 0;
+    const int total = mine * nsteps;
+
+    pdl_trigger();  // the next kernel may launch now; it waits for this one before reading
+    uint4 wa[D], wb[D];
+    uint32_t ca[D], cb[D];
+    // The issue cursor: the warp's it-th tile, step is of the slice, and that tile's addresses.
+    int it = 0, is = 0;
+    tcp_rows ir = {};
+    if (mine > 0) ir = tcp_locate(jobs, first, K, s0, g, t);
+    auto issue = [&](int d) {
+        wa[d] = __ldg(ir.pa + 4 * is);
+        wb[d] = __ldg(ir.pb + 4 * is);
+        ca[d] = __ldg(ir.sa + 4 * is);
+        cb[d] = __ldg(ir.sb + 4 * is);
+        if (++is == nsteps) {
+            is = 0;
+            if (++it < mine) ir = tcp_locate(jobs, first + it * stride, K, s0, g, t);
+        }
+    };
+    // Weights first (they do not depend on the previous kernel), then x once it is written.
+#pragma unroll
+    for (int d = 0; d < D; d++)
+        if (d < total) issue(d);
+    pdl_wait();
+    const int cstride = 4 * slice * 16;  // u32 per (row, hi|lo) column of xs
+    stage_x_hilo(xs, x, K, T, 128 * s0, 4 * nsteps, cstride);
+    __syncthreads();
+    if (total == 0) return;  // no block-wide barrier follows
+
+    // Pass p, column g: row 4p + g/2, hi (g even) or lo (g odd); rows ≥ T feed zeros.
+    const uint32_t* xcol[P];
+    bool rowLive[P];
+#pragma unroll
+    for (int p = 0; p < P; p++) {
+        const int row = 4 * p + (g >> 1);
+        rowLive[p] = row < T;
+        xcol[p] = xs + (size_t)(2 * row + (g & 1)) * cstride + t * 16;
+    }
+    float acc[P][2][4];
+    auto zero = [&]() {
+#pragma unroll
+        for (int p = 0; p < P; p++)
+#pragma unroll
+            for (int h = 0; h < 2; h++)
+#pragma unroll
+                for (int c = 0; c < 4; c++) acc[p][h][c] = 0.f;
+    };
+    zero();
+
+    // flush finishes tile ft: lane (g, t) holds, for row 4p + t of x, weight row g's hi and lo
+    // sums in c0, c1 and weight row g+8's in c2, c3.
+    auto flush = [&](int ft) {
+        float v[P][2];
+#pragma unroll
+        for (int p = 0; p < P; p++) {
+            v[p][0] = (acc[p][0][0] + acc[p][1][0]) + (acc[p][0][1] + acc[p][1][1]);
+            v[p][1] = (acc[p][0][2] + acc[p][1][2]) + (acc[p][0][3] + acc[p][1][3]);
+        }
+        const tcp_job j = tcp_find(jobs, ft);
+        const int n0 = j.tile * 16 + g, n1 = n0 + 8;
+        if (slices == 1) {
+#pragma unroll
+            for (int p = 0; p < P; p++) {
+                const int row = 4 * p + t;
+                if (row < T) {
+                    if (n0 < j.N) j.out[(size_t)row * j.N + n0] = v[p][0] * j.gscale;
+                    if (n1 < j.N) j.out[(size_t)row * j.N + n1] = v[p][1] * j.gscale;
+                }
+            }
+            return;
+        }
+        float* mine_part = part + (size_t)ft * slices * (T * 16);
+#pragma unroll
+        for (int p = 0; p < P; p++) {
+            const int row = 4 * p + t;
+            if (row < T) {
+                mine_part[(size_t)sl * (T * 16) + row * 16 + g] = v[p][0];
+                mine_part[(size_t)sl * (T * 16) + row * 16 + g + 8] = v[p][1];
+            }
+        }
+        __threadfence();
+        __syncwarp();
+        int last = 0;
+        if (lane == 0) {
+            last = atomicAdd(counters + ft, 1) == slices - 1;
+            if (last) counters[ft] = 0;  // ready for the next launch
+        }
+        last = __shfl_sync(0xffffffffu, last, 0);
+        if (!last) return;
+        __threadfence();
+#pragma unroll
+        for (int p = 0; p < P; p++) {
+            const int row = 4 * p + t;
+            if (row >= T) continue;
+            float sum0 = 0.f, sum1 = 0.f;
+            for (int q = 0; q < slices; q++) {
+                sum0 += __ldcg(mine_part + (size_t)q * (T * 16) + row * 16 + g);
+                sum1 += __ldcg(mine_part + (size_t)q * (T * 16) + row * 16 + g + 8);
+            }
+            if (n0 < j.N) j.out[(size_t)row * j.N + n0] = sum0 * j.gscale;
+            if (n1 < j.N) j.out[(size_t)row * j.N + n1] = sum1 * j.gscale;
+        }
+    };
+
+    // The consume cursor: the warp's ct-th tile, step cs of the slice.
+    int ct = 0, cs = 0;
+    for (int j0 = 0; j0 < total; j0 += D) {
+#pragma unroll
+        for (int d = 0; d < D; d++) {
+            if (j0 + d >= total) break;
+            const uint4 qa = wa[d], qb = wb[d];
+            const uint32_t sfa = e4m3x2_to_f16x2(ca[d]), sfb = e4m3x2_to_f16x2(cb[d]);
+            if (j0 + d + D < total) issue(d);  // the ring: step j + D into the slot just read
+            const uint32_t sa0 = __byte_perm(sfa, 0, 0x1010), sa1 = __byte_perm(sfa, 0, 0x3232);
+            const uint32_t sb0 = __byte_perm(sfb, 0, 0x1010), sb1 = __byte_perm(sfb, 0, 0x3232);
+            const uint32_t wra[4] = {qa.x, qa.y, qa.z, qa.w}, wrb[4] = {qb.x, qb.y, qb.z, qb.w};
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const uint32_t fa = i < 2 ? sa0 : sa1, fb = i < 2 ? sb0 : sb1;
+                const uint32_t a0 = hmul2(e2m1_pair<0>(wra[i]), fa), a1 = hmul2(e2m1_pair<0>(wrb[i]), fb);
+                const uint32_t a2 = hmul2(e2m1_pair<1>(wra[i]), fa), a3 = hmul2(e2m1_pair<1>(wrb[i]), fb);
+                const uint32_t a4 = hmul2(e2m1_pair<2>(wra[i]), fa), a5 = hmul2(e2m1_pair<2>(wrb[i]), fb);
+                const uint32_t a6 = hmul2(e2m1_pair<3>(wra[i]), fa), a7 = hmul2(e2m1_pair<3>(wrb[i]), fb);
+#pragma unroll
+                for (int p = 0; p < P; p++) {
+                    uint4 b = make_uint4(0u, 0u, 0u, 0u);
+                    if (rowLive[p]) b = reinterpret_cast<const uint4*>(xcol[p] + 64 * cs)[i];
+                    mma_f16(acc[p][0], a0, a1, a2, a3, b.x, b.y);
+                    mma_f16(acc[p][1], a4, a5, a6, a7, b.z, b.w);
+                }
+            }
+            if (++cs == nsteps) {
+                flush(first + ct * stride);
+                zero();
+                cs = 0;
+                ct++;
+            }
+        }
+    }
+}
+
+// Entry points gemv_nvfp4_tcp{P}_{W}x{D}(x, K, T, slice, bps, part, counters, njobs, then
+// out, packed, scales, gscale, N for each of 3 jobs — unused ones null/0): T ≤ 4·P rows, grid
+// ceil(K/128/slice)·bps blocks of W·32 threads (bps blocks per slice, sized by the host from
+// the occupancy), dynamic shared memory T·slice·512 bytes. Register cap for 16 warps an SM.
+#define GP_ENTRY(P, W, D)                                                                                     \
+    extern "C" __global__ void __launch_bounds__(W * 32, 16 / W) gemv_nvfp4_tcp##P##_##W##x##D(                \
+        const float* x, int K, int T, int slice, int bps, float* part, int* counters, int njobs,              \
+        GEMV_JOB_PARAMS(0), GEMV_JOB_PARAMS(1), GEMV_JOB_PARAMS(2)) {                                         \
+        extern __shared__ __align__(16) uint32_t xs[];                                                        \
+        gemv_jobs jobs = GEMV_JOBS_INIT;                                                                      \
+        gemv_tcp<P, W, D>(jobs, x, K, T, slice, bps, part, counters, xs);                                     \
+    }
+GP_ENTRY(1, 4, 4)
+GP_ENTRY(2, 4, 4)
+GP_ENTRY(1, 8, 4)
+GP_ENTRY(2, 8, 4)
+GP_ENTRY(1, 4, 3)
+GP_ENTRY(2, 4, 3)
+GP_ENTRY(1, 8, 3)
+GP_ENTRY(2, 8, 3)
