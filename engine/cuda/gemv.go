@@ -29,7 +29,6 @@ import (
 // all three decode figures (session 5 run 2: 334 → 340, 228 → 241, 1,379 → 1,478 tok/s). The
 // default ("auto") takes tcp for 1-15 rows when K % 128 == 0 and v2/stream otherwise;
 // QWENGO_CUDA_GEMV=v2|stream|persist|tc|tcb|tcp forces one.
-//
 const (
 	gemvTC      = "tc"
 	gemvAuto    = "auto"
