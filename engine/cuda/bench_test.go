@@ -260,6 +260,7 @@ func TestFiguresOps(t *testing.T) {
 // TestFiguresDecode times whole-model decode through qwen3.Forward (every op a round trip to
 // the owner goroutine, activations allocated per call) on a random model with Qwen3-4B layer
 // shapes, NVFP4 linears and a small vocabulary; per-layer time scales to 36 layers.
+// With QWENGO_CUDA_PROFILE=1 the timed steps are a profiler range (ncu/nsys from the range).
 func TestFiguresDecode(t *testing.T) {
 	benchEnabled(t)
 	g := openGPU(t)
@@ -288,16 +289,29 @@ func TestFiguresDecode(t *testing.T) {
 	}
 	prefill := time.Since(start)
 	const steps = 64
-	start = time.Now()
 	tok := 5
-	for i := 0; i < steps; i++ {
-		lg, err := m.Forward(ctx, []int{tok}, cache, qwen3.LogitsLast)
+	step := func() {
+		lg, err := m.Forward(ctx, []int{tok}, cache, qwen3.LogitsGreedy)
 		if err != nil {
 			t.Fatal(err)
 		}
-		tok = argmax(lg.Data)
+		tok = lg.Greedy
+	}
+	step() // warm-up: workspaces grown
+	profile := os.Getenv("QWENGO_CUDA_PROFILE") == "1"
+	if profile {
+		if err := g.do(func() error { return profilerRange(true) }); err != nil {
+			t.Logf("profiler: %v", err)
+		}
+	}
+	start = time.Now()
+	for i := 0; i < steps; i++ {
+		step()
 	}
 	per := time.Since(start) / steps
+	if profile {
+		g.do(func() error { return profilerRange(false) })
+	}
 	t.Logf("figure decode 2 layers: %v per token (context 512..576); prefill 512 tokens: %v (%.0f tok/s for 2 layers)",
 		per, prefill.Round(time.Microsecond), 512/prefill.Seconds())
 	t.Logf("figure decode estimate for 36 layers: %.2f ms per token from the per-layer time, plus the 151936-row bf16 lm_head GEMV (see the matmul figures)",
@@ -305,15 +319,6 @@ func TestFiguresDecode(t *testing.T) {
 	t.Log(g.Memory())
 }
 
-func argmax(v []float32) int {
-	best := 0
-	for i, x := range v {
-		if x > v[best] {
-			best = i
-		}
-	}
-	return best
-}
 
 // TestFiguresDecodeBatch times batched decode (qwen3.ForwardBatch, greedy picks on the device)
 // of 8 sequences at context ~1024 on a random 2-layer model with Qwen3-4B layer shapes and the

@@ -185,3 +185,56 @@ func TestFiguresGEMV(t *testing.T) {
 		}
 	}
 }
+
+// TestFiguresGEMVProbe times the read probes (gemv_tcp.cu) over Qwen3-4B-shaped codes matrices:
+// gemv_tcp's access pattern against consecutive 1 KB pieces, at 2 and 4 resident blocks per SM —
+// what the memory system gives the GEMV's loads without its decode.
+func TestFiguresGEMVProbe(t *testing.T) {
+	benchEnabled(t)
+	g := openGPU(t)
+	sink, err := g.Alloc(backend.Workspace, 1, 32*g.sms*4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Free(sink)
+	for _, s := range []struct{ K, N int }{{2560, 9728}, {9728, 2560}, {2560, 6144}} {
+		w, err := g.UploadWeight(backend.HostWeight{Name: "probe", NVFP4: randomNVFP4(s.N, s.K, 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		gw := w.(*Weight)
+		for _, k := range gemvProbeKernels[:2] {
+			for _, per := range []int{2, 4} {
+				ms, err := timeOnDevice(g, 20, func() error {
+					return launch(g.fns[k], [3]int{per * g.sms, 1, 1}, [3]int{256, 1, 1}, 0,
+						ptrArg(gw.ptr), intArg(s.N), intArg(s.K/32), ptrArg(sink.(*Tensor).ptr))
+				})
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Log(figure{fmt.Sprintf("%s %d blocks/SM codes %d×%d", k, per, s.N, s.K), float64(s.N * s.K / 2), 0, ms})
+			}
+		}
+		// gemv_tcp one row, with and without the merge of its K slices.
+		x, _ := g.Alloc(backend.Activations, 1, s.K)
+		o, _ := g.Alloc(backend.Activations, 1, s.N)
+		for _, k := range []string{"gemv_nvfp4_tcp1_8x4", gemvProbeKernels[2]} {
+			var ms float64
+			err := withGEMV(g, gemvTCP, func() error {
+				oldV, oldF := g.gemvTCPVariant, g.fns["gemv_nvfp4_tcp1_8x4"]
+				g.gemvTCPVariant, g.fns["gemv_nvfp4_tcp1_8x4"] = "8x4", g.fns[k]
+				defer func() { g.gemvTCPVariant, g.fns["gemv_nvfp4_tcp1_8x4"] = oldV, oldF }()
+				var err error
+				ms, err = timeOnDevice(g, 20, func() error { return g.matmul(o.(*Tensor), x.(*Tensor), gw) })
+				return err
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Log(figure{fmt.Sprintf("%s T=1 %d→%d", k, s.K, s.N), float64(gw.Bytes()), float64(2 * s.K * s.N), ms})
+		}
+		g.Free(x)
+		g.Free(o)
+		g.FreeWeight(gw)
+	}
+}

@@ -161,7 +161,7 @@ __device__ __forceinline__ void dec_finish(float* pp, int s, int S, int* counter
         p[AD_D + 1] = l;
     }
     __shared__ int merger;
-    __threadfence();
+    gpu_fence();
     __syncthreads();
     if (threadIdx.x == 0) {
         merger = atomicAdd(counter, 1) == S - 1;
@@ -169,7 +169,7 @@ __device__ __forceinline__ void dec_finish(float* pp, int s, int S, int* counter
     }
     __syncthreads();
     if (!merger) return;
-    __threadfence();
+    gpu_fence();
     const float ms0 = lane < S ? __ldcg(pp + (size_t)lane * (AD_D + 2) + AD_D) : -INFINITY;
     const float ms1 = lane + 32 < S ? __ldcg(pp + (size_t)(lane + 32) * (AD_D + 2) + AD_D) : -INFINITY;
     const float M = warp_max(fmaxf(ms0, ms1));

@@ -63,6 +63,12 @@ __device__ __forceinline__ float dot8(uint32_t w, float4 a, float4 b) {
 __device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
 __device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
 
+// gpu_fence orders a block's earlier writes before its later arrival count (writer side) and an
+// observed count before reading the others' writes (last-arriver side) at GPU scope: the PTX
+// memory model's fence + strong-atomic synchronisation. __threadfence() is fence.sc.gpu
+// (MEMBAR.SC.GPU), stronger than these merges need and slower.
+__device__ __forceinline__ void gpu_fence() { asm volatile("fence.acq_rel.gpu;" ::: "memory"); }
+
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;

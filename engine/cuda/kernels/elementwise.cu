@@ -96,13 +96,13 @@ argmax_rows_f32(int* ids, float* pv, int* pi, int* counters, const float* x, int
     if (threadIdx.x == 0) {
         pv[(size_t)r * P + p] = v;
         pi[(size_t)r * P + p] = best;
-        __threadfence();
+        gpu_fence();
         last = atomicAdd(&counters[r], 1) == P - 1;
         if (last) counters[r] = 0;  // ready for the next launch
     }
     __syncthreads();
     if (!last || threadIdx.x >= 32) return;
-    __threadfence();
+    gpu_fence();
     v = -INFINITY;
     best = INT_MAX;
     for (int q = threadIdx.x; q < P; q += 32) argmax_pick(v, best, __ldcg(pv + (size_t)r * P + q), __ldcg(pi + (size_t)r * P + q));

@@ -264,13 +264,13 @@ __device__ __forceinline__ void gemv_nvfp4_persist(const gp_jobs& jb, float* __r
         }
         float* part = partial + pbase;
         if (lane < GS_ROWS * T && n < l.N) part[((size_t)l.s * T + t) * l.N + n] = v;
-        __threadfence();
+        gpu_fence();
         __syncwarp(); // every lane's partial is visible device-wide before lane 0 arrives
         unsigned last = 0;
         if (lane == 0) last = atomicAdd(&counters[cbase + l.g], 1u) == (unsigned)(spr - 1);
         last = __shfl_sync(0xffffffffu, last, 0);
         if (last) {
-            __threadfence();
+            gpu_fence();
             if (lane < GS_ROWS * T && n < l.N) {
                 float sum = 0.f;
                 for (int q = 0; q < spr; q++) sum += __ldcg(part + ((size_t)q * T + t) * l.N + n);

@@ -152,7 +152,7 @@ __device__ __forceinline__ void gemv_tcb(const gemv_jobs& jobs, const float* __r
             mine[(size_t)sl * (T * 16) + row * 16 + g + 8] = v[p][1];
         }
     }
-    __threadfence();
+    gpu_fence();
     __syncwarp();
     int last = 0;
     if (lane == 0) {
@@ -162,7 +162,7 @@ __device__ __forceinline__ void gemv_tcb(const gemv_jobs& jobs, const float* __r
     }
     last = __shfl_sync(0xffffffffu, last, 0);
     if (!last) return;
-    __threadfence();
+    gpu_fence();
 #pragma unroll
     for (int p = 0; p < P; p++) {
         const int row = 4 * p + t;

@@ -68,7 +68,7 @@ __device__ __forceinline__ tcp_rows tcp_locate(const gemv_jobs& jobs, int ft, in
     return r;
 }
 
-template <int P, int W, int D>
+template <int P, int W, int D, bool MERGE>
 __device__ __forceinline__ void gemv_tcp(const gemv_jobs& jobs, const float* __restrict__ x, int K, int T, int slice,
                                          int bps, float* __restrict__ part, int* __restrict__ counters, uint32_t* xs) {
     const int steps = K / 128, slices = (steps + slice - 1) / slice;
@@ -160,8 +160,9 @@ __device__ __forceinline__ void gemv_tcp(const gemv_jobs& jobs, const float* __r
                 mine_part[(size_t)sl * (T * 16) + row * 16 + g + 8] = v[p][1];
             }
         }
-        __threadfence();
-        __syncwarp();
+    };
+    // merge announces the warp's partial of tile ft and, as the tile's last, adds all slices.
+    auto merge = [&](int ft) {
         int last = 0;
         if (lane == 0) {
             last = atomicAdd(counters + ft, 1) == slices - 1;
@@ -169,15 +170,18 @@ __device__ __forceinline__ void gemv_tcp(const gemv_jobs& jobs, const float* __r
         }
         last = __shfl_sync(0xffffffffu, last, 0);
         if (!last) return;
-        __threadfence();
+        gpu_fence();
+        const tcp_job j = tcp_find(jobs, ft);
+        const int n0 = j.tile * 16 + g, n1 = n0 + 8;
+        const float* all = part + (size_t)ft * slices * (T * 16);
 #pragma unroll
         for (int p = 0; p < P; p++) {
             const int row = 4 * p + t;
             if (row >= T) continue;
             float sum0 = 0.f, sum1 = 0.f;
             for (int q = 0; q < slices; q++) {
-                sum0 += __ldcg(mine_part + (size_t)q * (T * 16) + row * 16 + g);
-                sum1 += __ldcg(mine_part + (size_t)q * (T * 16) + row * 16 + g + 8);
+                sum0 += __ldcg(all + (size_t)q * (T * 16) + row * 16 + g);
+                sum1 += __ldcg(all + (size_t)q * (T * 16) + row * 16 + g + 8);
             }
             if (n0 < j.N) j.out[(size_t)row * j.N + n0] = sum0 * j.gscale;
             if (n1 < j.N) j.out[(size_t)row * j.N + n1] = sum1 * j.gscale;
@@ -219,25 +223,75 @@ __device__ __forceinline__ void gemv_tcp(const gemv_jobs& jobs, const float* __r
             }
         }
     }
+    if (slices == 1 || !MERGE) return;  // !MERGE: the merge-cost probe (partials only)
+    // Partials are announced after the warp's last load: a fence mid-sequence would wait for
+    // the weight loads in flight.
+    gpu_fence();
+    __syncwarp();
+    for (int i = 0; i < mine; i++) merge(first + i * stride);
 }
 
 // Entry points gemv_nvfp4_tcp{P}_{W}x{D}(x, K, T, slice, bps, part, counters, njobs, then
 // out, packed, scales, gscale, N for each of 3 jobs — unused ones null/0): T ≤ 4·P rows, grid
 // ceil(K/128/slice)·bps blocks of W·32 threads (bps blocks per slice, sized by the host from
 // the occupancy), dynamic shared memory T·slice·512 bytes. Register cap for 16 warps an SM.
-#define GP_ENTRY(P, W, D)                                                                                     \
-    extern "C" __global__ void __launch_bounds__(W * 32, 16 / W) gemv_nvfp4_tcp##P##_##W##x##D(                \
+#define GP_ENTRY(P, W, D, MERGE, SUF)                                                                             \
+    extern "C" __global__ void __launch_bounds__(W * 32, 16 / W) gemv_nvfp4_tcp##P##_##W##x##D##SUF(           \
         const float* x, int K, int T, int slice, int bps, float* part, int* counters, int njobs,              \
         GEMV_JOB_PARAMS(0), GEMV_JOB_PARAMS(1), GEMV_JOB_PARAMS(2)) {                                         \
         extern __shared__ __align__(16) uint32_t xs[];                                                        \
         gemv_jobs jobs = GEMV_JOBS_INIT;                                                                      \
-        gemv_tcp<P, W, D>(jobs, x, K, T, slice, bps, part, counters, xs);                                     \
+        gemv_tcp<P, W, D, MERGE>(jobs, x, K, T, slice, bps, part, counters, xs);                                  \
     }
-GP_ENTRY(1, 4, 4)
-GP_ENTRY(2, 4, 4)
-GP_ENTRY(1, 8, 4)
-GP_ENTRY(2, 8, 4)
-GP_ENTRY(1, 4, 3)
-GP_ENTRY(2, 4, 3)
-GP_ENTRY(1, 8, 3)
-GP_ENTRY(2, 8, 3)
+GP_ENTRY(1, 4, 4, true, )
+GP_ENTRY(2, 4, 4, true, )
+GP_ENTRY(1, 8, 4, true, )
+GP_ENTRY(2, 8, 4, true, )
+GP_ENTRY(1, 4, 3, true, )
+GP_ENTRY(2, 4, 3, true, )
+GP_ENTRY(1, 8, 3, true, )
+GP_ENTRY(2, 8, 3, true, )
+// The merge-cost probe: gemv_tcp without the merge (outputs of multi-slice products are left
+// unwritten); only TestFiguresGEMVProbe launches it.
+GP_ENTRY(1, 8, 4, false, _nomerge)
+
+// gemv_probe_{tile,flat}: measurement probes for the figures test (TestFiguresGEMV), not used
+// by the engine. They read a codes matrix of `rows` rows × `rowU4` 16-byte chunks as gemv_tcp
+// does — a resident grid of 8-warp blocks, each warp with D = 4 items of 1 KB in flight — with no
+// decode or x: "tile" in gemv_tcp's pattern (16 rows × 64 bytes an item), "flat" as consecutive
+// 1 KB pieces. Their times bound what the access pattern and the loads in flight allow.
+template <bool FLAT>
+__device__ __forceinline__ void gemv_probe(const uint4* __restrict__ w, int rows, int rowU4, unsigned* sink) {
+    constexpr int D = 4;
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int G = gridDim.x * (blockDim.x >> 5), gw = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    const int steps = rowU4 / 4, items = FLAT ? rows * rowU4 / 64 : rows / 16 * steps;
+    auto addr = [&](int it, int half) -> const uint4* {
+        if (FLAT) return w + (size_t)it * 64 + half * 32 + lane;
+        const int tile = it / steps, s = it - tile * steps;
+        return w + (size_t)(tile * 16 + g + 8 * half) * rowU4 + 4 * s + t;
+    };
+    uint4 ra[D], rb[D];
+    unsigned acc = 0;
+    int it = gw;
+#pragma unroll
+    for (int d = 0; d < D; d++)
+        if (it + d * G < items) ra[d] = __ldg(addr(it + d * G, 0)), rb[d] = __ldg(addr(it + d * G, 1));
+    for (; it < items; it += D * G) {
+#pragma unroll
+        for (int d = 0; d < D; d++) {
+            const int cur = it + d * G;
+            if (cur >= items) break;
+            acc ^= ra[d].x ^ ra[d].y ^ ra[d].z ^ ra[d].w ^ rb[d].x ^ rb[d].y ^ rb[d].z ^ rb[d].w;
+            const int nx = cur + D * G;
+            if (nx < items) ra[d] = __ldg(addr(nx, 0)), rb[d] = __ldg(addr(nx, 1));
+        }
+    }
+    if (acc == 0x9e3779b9u) sink[gw] = acc;  // keeps the loads; practically never true
+}
+extern "C" __global__ void __launch_bounds__(256, 2) gemv_probe_tile(const uint4* w, int rows, int rowU4, unsigned* sink) {
+    gemv_probe<false>(w, rows, rowU4, sink);
+}
+extern "C" __global__ void __launch_bounds__(256, 2) gemv_probe_flat(const uint4* w, int rows, int rowU4, unsigned* sink) {
+    gemv_probe<true>(w, rows, rowU4, sink);
+}
