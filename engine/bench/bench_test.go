@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/qwengo/qwengo/engine/backend"
 	"github.com/qwengo/qwengo/engine/cpu"
@@ -273,4 +274,38 @@ func fakeInfo(name string, shape ...int) format.TensorInfo {
 		n *= s
 	}
 	return format.TensorInfo{Name: name, DType: tensor.BF16, Shape: shape, Size: int64(2 * n)}
+}
+
+// TestLogKernelTimes checks the kernel-time table of a profiled repetition: every kernel up to
+// thirty, then what the rest add up to; nothing for an untimed range.
+func TestLogKernelTimes(t *testing.T) {
+	var times []backend.KernelTime
+	for i := 0; i < 33; i++ {
+		times = append(times, backend.KernelTime{Name: fmt.Sprintf("k%02d", i), Count: i + 1, Total: time.Duration(100-i) * time.Microsecond})
+	}
+	for _, c := range []struct {
+		times []backend.KernelTime
+		want  []string
+		lines int
+	}{
+		{nil, nil, 0},
+		{times[:2], []string{"2 kernels, 0.199 ms", "k00", "k01"}, 3},
+		{times, []string{"33 kernels", "k29", "... 3 more: 0.207 ms"}, 32},
+	} {
+		var buf strings.Builder
+		r := &runner{opt: Options{Log: &buf}}
+		r.logKernelTimes("decode_b1_ctx512", c.times)
+		out := buf.String()
+		if n := strings.Count(out, "\n"); n != c.lines {
+			t.Errorf("%d kernels: %d lines, want %d:\n%s", len(c.times), n, c.lines, out)
+		}
+		for _, w := range c.want {
+			if !strings.Contains(out, w) {
+				t.Errorf("%d kernels: no %q in\n%s", len(c.times), w, out)
+			}
+		}
+		if len(c.times) == 33 && strings.Contains(out, "k30") {
+			t.Errorf("the 31st kernel is listed:\n%s", out)
+		}
+	}
 }

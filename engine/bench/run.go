@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"os"
 	"slices"
 	"sort"
 	"strings"
@@ -246,6 +247,53 @@ func failure(err error) string {
 	return "error: " + err.Error()
 }
 
+// profileStart opens the profiler's capture range around the first timed repetition of the
+// figure QWENGO_BENCH_PROFILE names (backends with ProfileRange: CUDA), so that
+// `ncu --profile-from-start off` or `nsys --capture-range=cudaProfilerApi` sees exactly one
+// warm repetition; it returns the function that closes the range (a no-op otherwise).
+func (r *runner) profileStart(f *Figure, first bool) func() {
+	p, ok := r.b.(backend.Profiler)
+	if !ok || !first || os.Getenv("QWENGO_BENCH_PROFILE") != f.Key {
+		return func() {}
+	}
+	if err := p.ProfileRange(true); err != nil {
+		r.logf("%s: profiler range: %v", f.Key, err)
+		return func() {}
+	}
+	r.logf("%s: profiling one repetition (QWENGO_BENCH_PROFILE)", f.Key)
+	return func() {
+		if err := p.ProfileRange(false); err != nil {
+			r.logf("%s: profiler range: %v", f.Key, err)
+		}
+		r.logKernelTimes(f.Key, p.KernelTimes())
+	}
+}
+
+// logKernelTimes logs the kernels of a timed profiling range (QWENGO_CUDA_KERNEL_TIMES=1 on
+// CUDA), longest total first: the top 30 and what the rest add up to.
+func (r *runner) logKernelTimes(key string, times []backend.KernelTime) {
+	if len(times) == 0 {
+		return
+	}
+	var total time.Duration
+	for _, t := range times {
+		total += t.Total
+	}
+	r.logf("%s: kernel times of one repetition (each launch timed alone): %d kernels, %.3f ms", key, len(times), total.Seconds()*1e3)
+	for i, t := range times {
+		if i == 30 {
+			var rest time.Duration
+			for _, u := range times[i:] {
+				rest += u.Total
+			}
+			r.logf("  ... %d more: %.3f ms", len(times)-i, rest.Seconds()*1e3)
+			break
+		}
+		r.logf("  %-40s %6d× %10.3f ms %5.1f%%  %8.2f µs each", t.Name, t.Count, t.Total.Seconds()*1e3,
+			100*t.Total.Seconds()/total.Seconds(), t.Total.Seconds()*1e6/float64(t.Count))
+	}
+}
+
 // measure fills f from repetitions of once, which returns one sample in f's unit and the
 // time it took: a warm-up, then samples until maxReps, or minReps and the figure's budget, or
 // twice the budget, or the run's deadline. A warm-up longer than LongRun is the only sample.
@@ -274,7 +322,9 @@ func (r *runner) measure(f *Figure, once func() (float64, time.Duration, error))
 					break
 				}
 			}
+			stop := r.profileStart(f, len(samples) == 0)
 			v, d, err := once()
+			stop()
 			if err != nil && len(samples) > 0 && strings.HasPrefix(failure(err), "not run: interrupted") {
 				f.Note = fmt.Sprintf("interrupted after %d samples", len(samples))
 				break

@@ -5,7 +5,9 @@ package cuda
 import (
 	"errors"
 	"fmt"
+	"os"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -59,6 +61,8 @@ type Backend struct {
 	// QWENGO_CUDA_GEMV_TCP); gemvTCPOccupancy caches its blocks per SM by kernel.
 	gemvTCPVariant   string
 	gemvTCPOccupancy map[string]int
+	// kernelTimes are the last timed profiler range's kernels (ProfileRange).
+	kernelTimes []backend.KernelTime
 	// The persistent GEMV's partial sums and arrival counters, and its blocks per SM per T.
 	gemvPartial, gemvCounters devBuf
 	gemvOccupancy             [gemvMaxRows]int
@@ -242,6 +246,7 @@ func (b *Backend) setup() error {
 				return fmt.Errorf("cuda: %s: %w", pm.file, err)
 			}
 			b.fns[k] = f
+			kernelNames[f] = k
 		}
 	}
 	return nil
@@ -572,6 +577,45 @@ func (b *Backend) dropPool() {
 	}
 	clear(b.pool)
 	b.poolBytes = 0
+}
+
+// ProfileRange starts (on) or stops the profiler's capture range: a profiler run with capture
+// from the start off (ncu --profile-from-start off, nsys --capture-range=cudaProfilerApi) then
+// records only the kernels launched in between. The benchmark's QWENGO_BENCH_PROFILE uses it.
+//
+// With QWENGO_CUDA_KERNEL_TIMES=1 the range also times every kernel launched in it with CUDA
+// events (KernelTimes reads them): serialised, so the sum exceeds the overlapped wall time, but
+// without a profiler's replays.
+func (b *Backend) ProfileRange(on bool) error {
+	return b.do(func() error {
+		if on {
+			b.kernelTimes = nil
+		}
+		if os.Getenv("QWENGO_CUDA_KERNEL_TIMES") == "1" || activeKernelTimer != nil {
+			if on {
+				activeKernelTimer = newKernelTimer()
+			} else if kt := activeKernelTimer; kt != nil {
+				activeKernelTimer = nil
+				times, err := kt.finish()
+				if err != nil {
+					return err
+				}
+				b.kernelTimes = times
+			}
+		}
+		return profilerRange(on)
+	})
+}
+
+// KernelTimes returns the per-kernel times of the last ProfileRange with
+// QWENGO_CUDA_KERNEL_TIMES=1, longest total first (nil otherwise).
+func (b *Backend) KernelTimes() []backend.KernelTime {
+	var out []backend.KernelTime
+	b.do(func() error {
+		out = slices.Clone(b.kernelTimes)
+		return nil
+	})
+	return out
 }
 
 // ReleaseCache returns the freed tensors kept for reuse to the driver. They are accounted under

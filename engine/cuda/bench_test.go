@@ -319,7 +319,6 @@ func TestFiguresDecode(t *testing.T) {
 	t.Log(g.Memory())
 }
 
-
 // TestFiguresDecodeBatch times batched decode (qwen3.ForwardBatch, greedy picks on the device)
 // of 8 sequences at context ~1024 on a random 2-layer model with Qwen3-4B layer shapes and the
 // full 151936-row bf16 lm_head: the per-layer time scales to 36 layers. With
@@ -376,4 +375,45 @@ func TestFiguresDecodeBatch(t *testing.T) {
 		g.do(func() error { return profilerRange(false) })
 	}
 	t.Logf("figure decode batch %d, 2 layers + lm_head: %v per step (%.0f tok/s for 2 layers)", B, per, B/per.Seconds())
+}
+
+// TestKernelTimes checks the kernel timer of ProfileRange (QWENGO_CUDA_KERNEL_TIMES=1): each
+// launch in the range counted under its entry name (cuBLASLt matmuls under one name), positive
+// times, nothing outside the range or without the variable.
+func TestKernelTimes(t *testing.T) {
+	g := openGPU(t)
+	x := randTensor(t, g, 64, 256)
+	o := randTensor(t, g, 64, 256)
+	run := func(n int) {
+		for i := 0; i < n; i++ {
+			if err := g.Add(o, x); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	t.Setenv("QWENGO_CUDA_KERNEL_TIMES", "1")
+	run(2) // outside the range
+	if err := g.ProfileRange(true); err != nil {
+		t.Fatal(err)
+	}
+	run(5)
+	if err := g.ProfileRange(false); err != nil {
+		t.Fatal(err)
+	}
+	run(3)
+	times := g.KernelTimes()
+	if len(times) != 1 || times[0].Name != "add_f32" || times[0].Count != 5 || times[0].Total <= 0 {
+		t.Fatalf("kernel times %+v, want add_f32 5 times", times)
+	}
+	t.Setenv("QWENGO_CUDA_KERNEL_TIMES", "0")
+	if err := g.ProfileRange(true); err != nil {
+		t.Fatal(err)
+	}
+	run(1)
+	if err := g.ProfileRange(false); err != nil {
+		t.Fatal(err)
+	}
+	if times := g.KernelTimes(); times != nil {
+		t.Fatalf("untimed range: kernel times %+v, want none", times)
+	}
 }

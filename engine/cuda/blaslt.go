@@ -304,6 +304,9 @@ func (p ltPlan) free() { C.qglt_plan_free(p.p) }
 
 // run launches D = alpha·op(A)·op(B) + beta·D on the default stream (owner goroutine).
 func (p ltPlan) run(h ltHandle, alpha, beta float32, a, b, d devPtr, ws devPtr, wsBytes int64) error {
+	if kt := activeKernelTimer; kt != nil {
+		defer kt.aroundNamed("cublasLt matmul")()
+	}
 	if s := C.qglt_run(h.h, p.p, C.float(alpha), C.float(beta), C.uintptr_t(a), C.uintptr_t(b), C.uintptr_t(d),
 		C.uintptr_t(ws), C.size_t(wsBytes)); s != C.QGLT_SUCCESS {
 		return &ltError{"cublasLtMatmul", int(s)}

@@ -102,6 +102,7 @@ static __thread CUstream qg_stream;
 static __thread int qg_prev_dep;
 
 static CUresult qg_stream_init(void) { return p_cuStreamCreate(&qg_stream, CU_STREAM_DEFAULT); }
+static CUresult qg_event_record_stream(CUevent e) { return p_cuEventRecord(e, qg_stream); }
 
 // qg_launch launches f on qg_stream; args holds n 8-byte slots, one per kernel parameter
 // (4-byte parameters in the low half: little-endian).
@@ -465,6 +466,9 @@ func launch(f function, g, bl [3]int, shmem int, args ...arg) error {
 	if len(args) == 0 {
 		args = []arg{0}
 	}
+	if kt := activeKernelTimer; kt != nil {
+		defer kt.around(f)()
+	}
 	return check("cuLaunchKernel", C.qg_launch(f, C.uint(g[0]), C.uint(g[1]), C.uint(g[2]),
 		C.uint(bl[0]), C.uint(bl[1]), C.uint(bl[2]), C.uint(shmem), unsafe.Pointer(&args[0]), C.int(len(args))))
 }
@@ -522,6 +526,9 @@ func launchDepKernel(f function, g, bl [3]int, shmem int, pdl bool, args ...arg)
 	if pdl {
 		p = 1
 	}
+	if kt := activeKernelTimer; kt != nil {
+		defer kt.around(f)()
+	}
 	err = check("cuLaunchKernelEx", C.qg_launch_dep(f, C.uint(g[0]), C.uint(g[1]), C.uint(g[2]),
 		C.uint(bl[0]), C.uint(bl[1]), C.uint(bl[2]), C.uint(shmem), unsafe.Pointer(&args[0]), C.int(len(args)), p, &r))
 	return r != 0, err
@@ -535,9 +542,12 @@ func eventCreate() (event, error) {
 	return e, err
 }
 
-func eventRecord(e event) error      { return check("cuEventRecord", C.qg_cuEventRecord(e)) }
-func eventSynchronize(e event) error { return check("cuEventSynchronize", C.qg_cuEventSynchronize(e)) }
-func eventDestroy(e event) error     { return check("cuEventDestroy", C.qg_cuEventDestroy(e)) }
+func eventRecord(e event) error { return check("cuEventRecord", C.qg_cuEventRecord(e)) }
+
+// eventRecordStream records e on the owner thread's kernel stream (the kernel timer's events).
+func eventRecordStream(e event) error { return check("cuEventRecord", C.qg_event_record_stream(e)) }
+func eventSynchronize(e event) error  { return check("cuEventSynchronize", C.qg_cuEventSynchronize(e)) }
+func eventDestroy(e event) error      { return check("cuEventDestroy", C.qg_cuEventDestroy(e)) }
 
 func eventElapsed(a, b event) (float64, error) {
 	var ms C.float
