@@ -13,27 +13,6 @@ import (
 // boundaries. Same K slices and deterministic merge as gemv_tcb.cu, so its sums do not depend
 // on the grid size or on which products share the launch.
 
-// gemvTCPVariants are the kernel's (warps × steps in flight) shapes; each comes in a one-pass
-// (≤ 4 rows) and a two-pass (≤ 8 rows) version: gemv_nvfp4_tcp{P}_{W}x{D}. Six steps in flight
-// spill at the 128-register cap that keeps 16 warps on an SM (ptxas sm_90), so D ≤ 4.
-// Loads with ld.global.nc.L1::no_allocate.L2::256B instead of ld.global.nc measured the same
-// (session 5 run 4) and went.
-var gemvTCPVariants = []string{"4x3", "8x3", "4x4", "8x4"}
-
-// gemvTCPKernels lists every entry point of gemv_tcp.cu (ptx.go loads them).
-var gemvTCPKernels = func() []string {
-	var names []string
-	for _, v := range gemvTCPVariants {
-		names = append(names, "gemv_nvfp4_tcp1_"+v, "gemv_nvfp4_tcp2_"+v)
-	}
-	return append(names, gemvProbeKernels...)
-}()
-
-// gemvProbeKernels are measurement probes (gemv_tcp.cu): two read a codes matrix without
-// computing, one is gemv_tcp without the merge of its K slices; the figures test times them to
-// bound what the access pattern and the merge cost.
-var gemvProbeKernels = []string{"gemv_probe_tile", "gemv_probe_flat", "gemv_nvfp4_tcp1_8x4_nomerge"}
-
 // gemvTCPFromEnv returns the variant QWENGO_CUDA_GEMV_TCP names, or "".
 func gemvTCPFromEnv() string {
 	if v := os.Getenv("QWENGO_CUDA_GEMV_TCP"); slices.Contains(gemvTCPVariants, v) {
