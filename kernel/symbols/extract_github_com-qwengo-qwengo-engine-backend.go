@@ -59,8 +59,10 @@ func init() {
 		"Category":     reflect.ValueOf((*backend.Category)(nil)),
 		"Fused":        reflect.ValueOf((*backend.Fused)(nil)),
 		"HostWeight":   reflect.ValueOf((*backend.HostWeight)(nil)),
+		"KernelTime":   reflect.ValueOf((*backend.KernelTime)(nil)),
 		"MemStats":     reflect.ValueOf((*backend.MemStats)(nil)),
 		"OverBudget":   reflect.ValueOf((*backend.OverBudget)(nil)),
+		"Profiler":     reflect.ValueOf((*backend.Profiler)(nil)),
 		"Runner":       reflect.ValueOf((*backend.Runner)(nil)),
 		"Tensor":       reflect.ValueOf((*backend.Tensor)(nil)),
 		"Training":     reflect.ValueOf((*backend.Training)(nil)),
@@ -76,6 +78,7 @@ func init() {
 		"_Batched":      reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Batched)(nil)),
 		"_BatchedGate":  reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_BatchedGate)(nil)),
 		"_Fused":        reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Fused)(nil)),
+		"_Profiler":     reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Profiler)(nil)),
 		"_Runner":       reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Runner)(nil)),
 		"_Tensor":       reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Tensor)(nil)),
 		"_Training":     reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Training)(nil)),
@@ -283,6 +286,20 @@ func (W _github_com_qwengo_qwengo_engine_backend_Fused) MatMulMany(outs []backen
 }
 func (W _github_com_qwengo_qwengo_engine_backend_Fused) QKNormRoPECache(qr backend.Tensor, kr backend.Tensor, q backend.Tensor, k backend.Tensor, v backend.Tensor, qn backend.Tensor, kn backend.Tensor, kCache backend.Tensor, vCache backend.Tensor, headDim int, pos0 int, theta float64, eps float32) error {
 	return W.WQKNormRoPECache(qr, kr, q, k, v, qn, kn, kCache, vCache, headDim, pos0, theta, eps)
+}
+
+// _github_com_qwengo_qwengo_engine_backend_Profiler is an interface wrapper for Profiler type
+type _github_com_qwengo_qwengo_engine_backend_Profiler struct {
+	IValue        interface{}
+	WKernelTimes  func() []backend.KernelTime
+	WProfileRange func(on bool) error
+}
+
+func (W _github_com_qwengo_qwengo_engine_backend_Profiler) KernelTimes() []backend.KernelTime {
+	return W.WKernelTimes()
+}
+func (W _github_com_qwengo_qwengo_engine_backend_Profiler) ProfileRange(on bool) error {
+	return W.WProfileRange(on)
 }
 
 // _github_com_qwengo_qwengo_engine_backend_Runner is an interface wrapper for Runner type
