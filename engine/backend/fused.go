@@ -17,3 +17,18 @@ type Fused interface {
 	// CopyRows(kCache, pos0, kr, 0, T) and CopyRows(vCache, pos0, v, 0, T).
 	QKNormRoPECache(qr, kr, q, k, v, qn, kn, kCache, vCache Tensor, headDim, pos0 int, theta float64, eps float32) error
 }
+
+// FusedDecode is implemented by backends that fold a decoder block's norms, SwiGLU and residual
+// adds into its few-row products (CUDA: the resident tensor-core GEMV), so that a decode step
+// launches about a third fewer kernels. Each method equals the sequence of ops it names and
+// falls back to it where the fused form does not apply (other weight formats, more rows);
+// x, out and the inputs must not share memory.
+type FusedDecode interface {
+	// NormMatMulMany computes outs[i] = RMSNorm(x; w, eps)·ws[i]ᵀ for one to three weights:
+	// RMSNorm into a temporary, then MatMulMany.
+	NormMatMulMany(outs []Tensor, x, w Tensor, eps float32, ws []Weight) error
+	// MatMulAdd adds a·wᵀ to x: MatMul into a temporary, then Add(x, temporary).
+	MatMulAdd(x, a Tensor, w Weight) error
+	// SwiGLUMatMulAdd adds SwiGLU(gate, up)·wᵀ to x: SwiGLU, MatMul, Add.
+	SwiGLUMatMulAdd(x, gate, up Tensor, w Weight) error
+}

@@ -46,6 +46,36 @@ func gemvTCPGrid(resident, tiles, warps, nslices int) int {
 // T ≤ 8 rows (q/k/v, gate/up) in one launch; partial sums and arrival counters live in the
 // grow-only GEMV workspace (owner goroutine; shapes checked by the caller).
 func (b *Backend) gemvTCPMany(outs []*Tensor, a *Tensor, ws []*Weight) error {
+	return b.gemvTCPLaunch(tcpPlain, outs, a, nil, nil, 0, ws)
+}
+
+// tcpFusion is what a gemv_tcp launch folds in (the kernel's XM and ACC; fused.go's decode ops).
+type tcpFusion int
+
+const (
+	tcpPlain     tcpFusion = iota // out = x·Wᵀ
+	tcpNorm                       // out = RMSNorm(x; nw, eps)·Wᵀ
+	tcpSwiGLUAcc                  // out += SwiGLU(x, x2)·Wᵀ
+	tcpAcc                        // out += x·Wᵀ
+	tcpFusionKinds
+)
+
+// tcpFusionSuffix names each fusion's entry points (gemv_tcp.cu GP_ENTRY); the fused ones exist
+// for the default 8×4 shape only.
+var tcpFusionSuffix = [tcpFusionKinds]string{"", "_norm", "_swiacc", "_acc"}
+
+// gemvTCPFusedShape reports whether a fused gemv_tcp launch takes T rows of K inputs: the plain
+// shape, and for the norm a block of rmsnorm_f32's size for K (its sums and their order).
+func (b *Backend) gemvTCPFusedShape(f tcpFusion, T, K int) bool {
+	if !b.gemvTCPShape(T, K) || b.fns[fmt.Sprintf("gemv_nvfp4_tcp%d_8x4%s", (T+3)/4, tcpFusionSuffix[f])] == nil {
+		return false
+	}
+	return f != tcpNorm || normThreads(K) == 8*32
+}
+
+// gemvTCPLaunch launches gemv_tcp with fusion f: a2 is SwiGLU's up rows, nw and eps the norm's
+// weight and epsilon (owner goroutine; shapes checked by the caller).
+func (b *Backend) gemvTCPLaunch(f tcpFusion, outs []*Tensor, a, a2, nw *Tensor, eps float32, ws []*Weight) error {
 	if len(ws) == 0 || len(ws) > 3 || len(outs) != len(ws) {
 		return fmt.Errorf("gemv: %d products (1 to 3, one output each)", len(ws))
 	}
@@ -54,6 +84,12 @@ func (b *Backend) gemvTCPMany(outs []*Tensor, a *Tensor, ws []*Weight) error {
 		return fmt.Errorf("gemv: %d rows of %d inputs do not fit the resident tensor-core GEMV", T, K)
 	}
 	name := b.gemvTCPPick(T)
+	if f != tcpPlain {
+		if !b.gemvTCPFusedShape(f, T, K) {
+			return fmt.Errorf("gemv: no fused (%s) resident GEMV for %d rows of %d inputs", tcpFusionSuffix[f], T, K)
+		}
+		name = fmt.Sprintf("gemv_nvfp4_tcp%d_8x4%s", (T+3)/4, tcpFusionSuffix[f])
+	}
 	var warps, d int
 	if _, err := fmt.Sscanf(name[len("gemv_nvfp4_tcp1_"):], "%dx%d", &warps, &d); err != nil {
 		return fmt.Errorf("gemv: kernel name %q: %w", name, err)
@@ -85,8 +121,16 @@ func (b *Backend) gemvTCPMany(outs []*Tensor, a *Tensor, ws []*Weight) error {
 		}
 		b.gemvTCPOccupancy[key], per = n, n
 	}
+	var x2, nwp devPtr
+	if a2 != nil {
+		x2 = a2.ptr
+	}
+	if nw != nil {
+		nwp = nw.ptr
+	}
 	bps := gemvTCPGrid(per*b.sms, tiles, warps, nslices)
-	args := []arg{ptrArg(a.ptr), intArg(K), intArg(T), intArg(slice), intArg(bps), ptrArg(b.gemvPartial.ptr), ptrArg(b.gemvCounters.ptr), intArg(len(ws))}
+	args := []arg{ptrArg(a.ptr), intArg(K), intArg(T), intArg(slice), intArg(bps), ptrArg(b.gemvPartial.ptr), ptrArg(b.gemvCounters.ptr),
+		ptrArg(x2), ptrArg(nwp), f32Arg(eps), intArg(len(ws))}
 	args = append(args, gemvJobArgs(outs, ws)...)
 	return b.launchDep(fn, [3]int{nslices * bps, 1, 1}, [3]int{32 * warps, 1, 1}, smem, args...)
 }

@@ -60,6 +60,9 @@ var gemvTCPKernels = func() []string {
 	for _, v := range gemvTCPVariants {
 		names = append(names, "gemv_nvfp4_tcp1_"+v, "gemv_nvfp4_tcp2_"+v)
 	}
+	for _, f := range []string{"_norm", "_swiacc", "_acc"} { // the fused decode forms (gemv_tcp.go)
+		names = append(names, "gemv_nvfp4_tcp1_8x4"+f, "gemv_nvfp4_tcp2_8x4"+f)
+	}
 	return append(names, gemvProbeKernels...)
 }()
 

@@ -114,18 +114,27 @@ func (m *Model) batchedBlock(bt backend.Batched, i int, s *Activations, cache *B
 	eps := float32(c.RMSNormEps)
 	kc, vc, capacity := cache.K(i), cache.V(i), cache.Cap()
 	if f, ok := b.(backend.Fused); ok && !m.Unfused {
-		var first error
-		if i == 0 {
-			first = b.RMSNorm(s.AttnIn, s.X, l.InputNorm, eps)
+		fd, decode := m.fusedDecode(s.T)
+		var qkv error
+		switch {
+		case decode: // the input norm folded into the product
+			qkv = fd.NormMatMulMany([]backend.Tensor{s.Q, s.K, s.V}, s.X, l.InputNorm, eps, []backend.Weight{l.Q, l.K, l.V})
+		case i == 0:
+			qkv = firstErr(b.RMSNorm(s.AttnIn, s.X, l.InputNorm, eps),
+				f.MatMulMany([]backend.Tensor{s.Q, s.K, s.V}, s.AttnIn, []backend.Weight{l.Q, l.K, l.V}))
+		default: // s.AttnIn written by the previous layer's tail
+			qkv = f.MatMulMany([]backend.Tensor{s.Q, s.K, s.V}, s.AttnIn, []backend.Weight{l.Q, l.K, l.V})
 		}
 		err := firstErr(
-			first,
-			f.MatMulMany([]backend.Tensor{s.Q, s.K, s.V}, s.AttnIn, []backend.Weight{l.Q, l.K, l.V}),
+			qkv,
 			bt.QKNormRoPECacheBatch(s.QR, s.KR, s.Q, s.K, s.V, l.QNorm, l.KNorm, kc, vc, c.HeadDim, capacity, pos, c.RopeTheta, eps),
 			bt.AttentionBatch(s.Ctx, s.QR, kc, vc, capacity, pos, c.NumHeads, c.NumKVHeads, c.HeadDim),
 		)
 		if err != nil {
 			return err
+		}
+		if decode {
+			return m.blockTailDecode(fd, i, s)
 		}
 		return m.blockTailFused(f, i, s)
 	}

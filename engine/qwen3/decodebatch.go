@@ -182,6 +182,16 @@ func (m *Model) batchBlock(i int, s *Activations, views [][6]backend.Tensor, cac
 			m.blockTail(i, s),
 		)
 	}
+	if fd, ok := m.fusedDecode(s.T); ok {
+		err := firstErr(
+			fd.NormMatMulMany([]backend.Tensor{s.Q, s.K, s.V}, s.X, l.InputNorm, eps, []backend.Weight{l.Q, l.K, l.V}),
+			perSeq(),
+		)
+		if err != nil {
+			return err
+		}
+		return m.blockTailDecode(fd, i, s)
+	}
 	var first error
 	if i == 0 {
 		first = b.RMSNorm(s.AttnIn, s.X, l.InputNorm, eps)

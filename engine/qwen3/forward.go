@@ -139,12 +139,51 @@ func firstErr(errs ...error) error {
 	return nil
 }
 
+// fusedDecodeRows is the most token rows a chunk may have for the backend's fused decode ops
+// (backend.FusedDecode: CUDA folds norms, SwiGLU and residual adds into its resident GEMV of up
+// to eight rows); longer chunks (prefill) take the Fused path.
+const fusedDecodeRows = 8
+
+// fusedDecode returns the backend's fused decode ops when a chunk of T rows should use them.
+func (m *Model) fusedDecode(T int) (backend.FusedDecode, bool) {
+	if m.Unfused || T > fusedDecodeRows {
+		return nil, false
+	}
+	fd, ok := m.B.(backend.FusedDecode)
+	return fd, ok
+}
+
+// blockTailDecode is blockTail with the fused decode ops: x += o_proj(ctx) in the product,
+// x += down(SwiGLU(gate, up)) with the MLP's norm and activation folded into its GEMVs. The
+// next block normalises x itself (NormMatMulMany), so s.AttnIn and s.MLPIn stay unwritten.
+func (m *Model) blockTailDecode(fd backend.FusedDecode, i int, s *Activations) error {
+	l := &m.Layers[i]
+	eps := float32(m.Config.RMSNormEps)
+	return firstErr(
+		fd.MatMulAdd(s.X, s.Ctx, l.O),
+		fd.NormMatMulMany([]backend.Tensor{s.Gate, s.Up}, s.X, l.PostNorm, eps, []backend.Weight{l.Gate, l.Up}),
+		fd.SwiGLUMatMulAdd(s.X, s.Gate, s.Up, l.Down),
+	)
+}
+
 // blockFused is block with the backend's fused kernels: about half the launches, the same
 // results. The input norm of layer i+1 is fused with the residual add that ends layer i, so
-// s.AttnIn is ready when the next block starts (layer 0 computes its own).
+// s.AttnIn is ready when the next block starts (layer 0 computes its own). With the fused
+// decode ops (chunks of up to fusedDecodeRows) every block normalises its own input instead.
 func (m *Model) blockFused(f backend.Fused, i int, s *Activations, cache *KVCache, pos0 int) error {
 	b, c, l := m.B, m.Config, &m.Layers[i]
 	eps := float32(c.RMSNormEps)
+	if fd, ok := m.fusedDecode(s.T); ok {
+		err := firstErr(
+			fd.NormMatMulMany([]backend.Tensor{s.Q, s.K, s.V}, s.X, l.InputNorm, eps, []backend.Weight{l.Q, l.K, l.V}),
+			f.QKNormRoPECache(s.QR, s.KR, s.Q, s.K, s.V, l.QNorm, l.KNorm, cache.K(i), cache.V(i), c.HeadDim, pos0, c.RopeTheta, eps),
+			b.Attention(s.Ctx, s.QR, cache.K(i), cache.V(i), pos0, c.NumHeads, c.NumKVHeads, c.HeadDim),
+		)
+		if err != nil {
+			return err
+		}
+		return m.blockTailDecode(fd, i, s)
+	}
 	var first error
 	if i == 0 {
 		first = b.RMSNorm(s.AttnIn, s.X, l.InputNorm, eps)

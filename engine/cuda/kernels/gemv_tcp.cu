@@ -68,9 +68,59 @@ __device__ __forceinline__ tcp_rows tcp_locate(const gemv_jobs& jobs, int ft, in
     return r;
 }
 
-template <int P, int W, int D, bool MERGE>
+// What the GEMV multiplies (XM): x itself; RMSNorm(x; nw, eps) per row (the decoder block's input
+// and post-attention norms folded into q/k/v and gate/up); or SwiGLU(x, x2) = silu(x)·x2 (the MLP's
+// activation folded into down). Each value is computed exactly as rmsnorm_f32 / swiglu_f32 do.
+#define TCP_X 0
+#define TCP_NORM 1
+#define TCP_SWIGLU 2
+
+// tcp_put stores a finished output, or adds it to what is there (ACC: out = out + product, as
+// add_f32 / add_rmsnorm_f32 add a product to the residual).
+template <bool ACC>
+__device__ __forceinline__ void tcp_put(float* o, float v) { *o = ACC ? *o + v : v; }
+
+// tcp_row_inv computes rmsnorm_f32's 1/sqrt(mean(x²) + eps) for row r of x (K elements) with
+// the block's threads (blockDim = rmsnorm_f32's for K, checked on the host, so the fp64 sums
+// and their reduction order are rmsnorm_f32's).
+__device__ __forceinline__ float tcp_row_inv(const float* __restrict__ x, int K, float eps, double* red) {
+    double ss = 0.0;
+    for (int j = threadIdx.x; j < K; j += blockDim.x) {
+        const double v = (double)x[j];
+        ss = fma(v, v, ss);
+    }
+    ss = block_sum_d(ss, red);
+    return (float)(1.0 / sqrt(ss / (double)K + (double)eps));
+}
+
+// tcp_stage writes rows [0, T) of the multiplied input over k range [k0, k0 + 32·chunks) into
+// xs in stage_x_hilo's permuted hi/lo layout (gemv_tc.cuh), computing each element with val(r, k).
+template <typename V>
+__device__ __forceinline__ void tcp_stage(uint32_t* xs, int T, int k0, int chunks, int cstride, V val) {
+    for (int i = threadIdx.x; i < T * chunks * 8; i += blockDim.x) {
+        const int r = i / (chunks * 8), rem = i - r * (chunks * 8);
+        const int c = rem >> 3, j = rem & 7, e = 8 * (j >> 1) + 2 * (j & 1);
+        const int k = k0 + c * 32 + e;
+        const float ax = val(r, k), ay = val(r, k + 1), bx = val(r, k + 4), by = val(r, k + 5);
+        const __half ha = __float2half_rn(ax), hb = __float2half_rn(bx);
+        const __half hc = __float2half_rn(ay), hd = __float2half_rn(by);
+        uint32_t* hi = xs + (size_t)(2 * r) * cstride + c * 16 + 2 * j;
+        uint32_t* lo = xs + (size_t)(2 * r + 1) * cstride + c * 16 + 2 * j;
+        hi[0] = pack_h2(__half2float(ha), __half2float(hb));
+        hi[1] = pack_h2(__half2float(hc), __half2float(hd));
+        lo[0] = pack_h2(ax - __half2float(ha), bx - __half2float(hb));
+        lo[1] = pack_h2(ay - __half2float(hc), by - __half2float(hd));
+    }
+}
+
+// gemv_tcp: XM picks the multiplied input (TCP_X, TCP_NORM with nw and eps, TCP_SWIGLU with x2);
+// with ACC the products are added to out (out += …: the residual adds folded in; each output
+// element is read and written by the one lane that finishes it).
+template <int P, int W, int D, bool MERGE, int XM, bool ACC>
 __device__ __forceinline__ void gemv_tcp(const gemv_jobs& jobs, const float* __restrict__ x, int K, int T, int slice,
-                                         int bps, float* __restrict__ part, int* __restrict__ counters, uint32_t* xs) {
+                                         int bps, float* __restrict__ part, int* __restrict__ counters,
+                                         const float* __restrict__ x2, const float* __restrict__ nw, float eps,
+                                         uint32_t* xs) {
     const int steps = K / 128, slices = (steps + slice - 1) / slice;
     const int sl = blockIdx.x % slices, jb = blockIdx.x / slices;
     const int s0 = sl * slice, nsteps = min(slice, steps - s0);
@@ -105,7 +155,26 @@ __device__ __forceinline__ void gemv_tcp(const gemv_jobs& jobs, const float* __r
         if (d < total) issue(d);
     pdl_wait();
     const int cstride = 4 * slice * 16;  // u32 per (row, hi|lo) column of xs
-    stage_x_hilo(xs, x, K, T, 128 * s0, 4 * nsteps, cstride);
+    if (XM == TCP_NORM) {
+        __shared__ double red[32];
+        __shared__ float inv[8];
+        for (int r = 0; r < T; r++) {
+            const float v = tcp_row_inv(x + (size_t)r * K, K, eps, red);
+            if (threadIdx.x == 0) inv[r] = v;
+        }
+        __syncthreads();
+        tcp_stage(xs, T, 128 * s0, 4 * nsteps, cstride, [&](int r, int k) {
+            return __fmul_rn(nw[k], __fmul_rn(x[(size_t)r * K + k], inv[r]));
+        });
+    } else if (XM == TCP_SWIGLU) {
+        tcp_stage(xs, T, 128 * s0, 4 * nsteps, cstride, [&](int r, int k) {
+            const float gv = x[(size_t)r * K + k];
+            const float e = (float)exp(-(double)gv);
+            return __fmul_rn(__fdiv_rn(gv, __fadd_rn(1.0f, e)), x2[(size_t)r * K + k]);
+        });
+    } else {
+        stage_x_hilo(xs, x, K, T, 128 * s0, 4 * nsteps, cstride);
+    }
     __syncthreads();
     if (total == 0) return;  // no block-wide barrier follows
 
@@ -145,8 +214,8 @@ __device__ __forceinline__ void gemv_tcp(const gemv_jobs& jobs, const float* __r
             for (int p = 0; p < P; p++) {
                 const int row = 4 * p + t;
                 if (row < T) {
-                    if (n0 < j.N) j.out[(size_t)row * j.N + n0] = v[p][0] * j.gscale;
-                    if (n1 < j.N) j.out[(size_t)row * j.N + n1] = v[p][1] * j.gscale;
+                    if (n0 < j.N) tcp_put<ACC>(j.out + (size_t)row * j.N + n0, v[p][0] * j.gscale);
+                    if (n1 < j.N) tcp_put<ACC>(j.out + (size_t)row * j.N + n1, v[p][1] * j.gscale);
                 }
             }
             return;
@@ -183,8 +252,8 @@ __device__ __forceinline__ void gemv_tcp(const gemv_jobs& jobs, const float* __r
                 sum0 += __ldcg(all + (size_t)q * (T * 16) + row * 16 + g);
                 sum1 += __ldcg(all + (size_t)q * (T * 16) + row * 16 + g + 8);
             }
-            if (n0 < j.N) j.out[(size_t)row * j.N + n0] = sum0 * j.gscale;
-            if (n1 < j.N) j.out[(size_t)row * j.N + n1] = sum1 * j.gscale;
+            if (n0 < j.N) tcp_put<ACC>(j.out + (size_t)row * j.N + n0, sum0 * j.gscale);
+            if (n1 < j.N) tcp_put<ACC>(j.out + (size_t)row * j.N + n1, sum1 * j.gscale);
         }
     };
 
@@ -231,29 +300,37 @@ __device__ __forceinline__ void gemv_tcp(const gemv_jobs& jobs, const float* __r
     for (int i = 0; i < mine; i++) merge(first + i * stride);
 }
 
-// Entry points gemv_nvfp4_tcp{P}_{W}x{D}(x, K, T, slice, bps, part, counters, njobs, then
-// out, packed, scales, gscale, N for each of 3 jobs — unused ones null/0): T ≤ 4·P rows, grid
-// ceil(K/128/slice)·bps blocks of W·32 threads (bps blocks per slice, sized by the host from
-// the occupancy), dynamic shared memory T·slice·512 bytes. Register cap for 16 warps an SM.
-#define GP_ENTRY(P, W, D, MERGE, SUF)                                                                             \
+// Entry points gemv_nvfp4_tcp{P}_{W}x{D}[_norm|_swiacc|_acc](x, K, T, slice, bps, part, counters,
+// x2, nw, eps, njobs, then out, packed, scales, gscale, N for each of 3 jobs — unused ones
+// null/0): T ≤ 4·P rows, grid ceil(K/128/slice)·bps blocks of W·32 threads (bps blocks per
+// slice, sized by the host from the occupancy), dynamic shared memory T·slice·512 bytes.
+// Register cap for 16 warps an SM. _norm multiplies RMSNorm(x; nw, eps), _swiacc adds
+// SwiGLU(x, x2)·Wᵀ to out, _acc adds x·Wᵀ to out (the fused decode ops, fused.go).
+#define GP_ENTRY(P, W, D, MERGE, XM, ACC, SUF)                                                                \
     extern "C" __global__ void __launch_bounds__(W * 32, 16 / W) gemv_nvfp4_tcp##P##_##W##x##D##SUF(           \
-        const float* x, int K, int T, int slice, int bps, float* part, int* counters, int njobs,              \
-        GEMV_JOB_PARAMS(0), GEMV_JOB_PARAMS(1), GEMV_JOB_PARAMS(2)) {                                         \
+        const float* x, int K, int T, int slice, int bps, float* part, int* counters, const float* x2,        \
+        const float* nw, float eps, int njobs, GEMV_JOB_PARAMS(0), GEMV_JOB_PARAMS(1), GEMV_JOB_PARAMS(2)) {  \
         extern __shared__ __align__(16) uint32_t xs[];                                                        \
         gemv_jobs jobs = GEMV_JOBS_INIT;                                                                      \
-        gemv_tcp<P, W, D, MERGE>(jobs, x, K, T, slice, bps, part, counters, xs);                                  \
+        gemv_tcp<P, W, D, MERGE, XM, ACC>(jobs, x, K, T, slice, bps, part, counters, x2, nw, eps, xs);        \
     }
-GP_ENTRY(1, 4, 4, true, )
-GP_ENTRY(2, 4, 4, true, )
-GP_ENTRY(1, 8, 4, true, )
-GP_ENTRY(2, 8, 4, true, )
-GP_ENTRY(1, 4, 3, true, )
-GP_ENTRY(2, 4, 3, true, )
-GP_ENTRY(1, 8, 3, true, )
-GP_ENTRY(2, 8, 3, true, )
+GP_ENTRY(1, 4, 4, true, TCP_X, false, )
+GP_ENTRY(2, 4, 4, true, TCP_X, false, )
+GP_ENTRY(1, 8, 4, true, TCP_X, false, )
+GP_ENTRY(2, 8, 4, true, TCP_X, false, )
+GP_ENTRY(1, 4, 3, true, TCP_X, false, )
+GP_ENTRY(2, 4, 3, true, TCP_X, false, )
+GP_ENTRY(1, 8, 3, true, TCP_X, false, )
+GP_ENTRY(2, 8, 3, true, TCP_X, false, )
+GP_ENTRY(1, 8, 4, true, TCP_NORM, false, _norm)
+GP_ENTRY(2, 8, 4, true, TCP_NORM, false, _norm)
+GP_ENTRY(1, 8, 4, true, TCP_SWIGLU, true, _swiacc)
+GP_ENTRY(2, 8, 4, true, TCP_SWIGLU, true, _swiacc)
+GP_ENTRY(1, 8, 4, true, TCP_X, true, _acc)
+GP_ENTRY(2, 8, 4, true, TCP_X, true, _acc)
 // The merge-cost probe: gemv_tcp without the merge (outputs of multi-slice products are left
 // unwritten); only TestFiguresGEMVProbe launches it.
-GP_ENTRY(1, 8, 4, false, _nomerge)
+GP_ENTRY(1, 8, 4, false, TCP_X, false, _nomerge)
 
 // gemv_probe_{tile,flat}: measurement probes for the figures test (TestFiguresGEMV), not used
 // by the engine. They read a codes matrix of `rows` rows × `rowU4` 16-byte chunks as gemv_tcp

@@ -1,0 +1,175 @@
+//go:build cuda
+
+package cuda
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/qwengo/qwengo/engine/backend"
+)
+
+// The fused decode ops (backend.FusedDecode): a decoder block's input and post-attention norms
+// staged into the q/k/v and gate/up GEMVs, SwiGLU staged into down, the residual adds done by the
+// o and down GEMVs as they finish each output (gemv_tcp.cu's _norm, _swiacc and _acc forms). A
+// batch-1 decode layer then launches six kernels instead of nine. Each op falls back to the
+// composition it names (through the public ops, on the owner goroutine) where the resident GEMV
+// does not apply, or when QWENGO_CUDA_DECODE_FUSED=0.
+
+// decodeFusedFromEnv reports whether the fused decode kernels may be used.
+func decodeFusedFromEnv() bool { return os.Getenv("QWENGO_CUDA_DECODE_FUSED") != "0" }
+
+// fusedGEMV reports whether fusion f may run on gemv_tcp for T rows of K inputs and weights ws.
+func (b *Backend) fusedGEMV(f tcpFusion, T, K int, ws []*Weight) bool {
+	if !b.decodeFused || (b.gemv != gemvAuto && b.gemv != gemvTCP) || !b.gemvTCPFusedShape(f, T, K) {
+		return false
+	}
+	for _, w := range ws {
+		if w.kind != kindNVFP4 {
+			return false
+		}
+	}
+	return true
+}
+
+// withTemp runs f with a temporary [rows, cols] tensor (Workspace), freed afterwards.
+func (b *Backend) withTemp(rows, cols int, f func(t backend.Tensor) error) error {
+	t, err := b.Alloc(backend.Workspace, rows, cols)
+	if err != nil {
+		return err
+	}
+	defer b.Free(t)
+	return f(t)
+}
+
+// NormMatMulMany implements backend.FusedDecode.
+func (b *Backend) NormMatMulMany(outs []backend.Tensor, x, w backend.Tensor, eps float32, ws []backend.Weight) error {
+	const op = "norm+matmul many"
+	if len(outs) != len(ws) || len(ws) == 0 || len(ws) > 3 {
+		return fmt.Errorf("cuda: %s: %d outputs for %d weights (1 to 3)", op, len(outs), len(ws))
+	}
+	return b.do(func() error {
+		a, err := b.ten(x, op, "x")
+		if err != nil {
+			return err
+		}
+		g, err := b.ten(w, op, "norm weight")
+		if err != nil {
+			return err
+		}
+		if g.n() != a.cols {
+			return fmt.Errorf("cuda: %s: %d norm weights for rows of %d", op, g.n(), a.cols)
+		}
+		outTs, wts, err := b.productArgs(op, outs, a, ws)
+		if err != nil {
+			return err
+		}
+		if b.fusedGEMV(tcpNorm, a.rows, a.cols, wts) {
+			for i, o := range outTs {
+				if overlaps(o, a) || overlaps(o, g) {
+					return fmt.Errorf("cuda: %s: out %d shares memory with x or the norm weight", op, i)
+				}
+			}
+			if err := b.gemvTCPLaunch(tcpNorm, outTs, a, nil, g, eps, wts); err != nil {
+				return fmt.Errorf("cuda: %s: %w", op, err)
+			}
+			return nil
+		}
+		return b.withTemp(a.rows, a.cols, func(n backend.Tensor) error {
+			return firstErr(b.RMSNorm(n, x, w, eps), b.MatMulMany(outs, n, ws))
+		})
+	})
+}
+
+// MatMulAdd implements backend.FusedDecode.
+func (b *Backend) MatMulAdd(x, a backend.Tensor, w backend.Weight) error {
+	const op = "matmul+add"
+	return b.do(func() error {
+		in, err := b.ten(a, op, "a")
+		if err != nil {
+			return err
+		}
+		outTs, wts, err := b.productArgs(op, []backend.Tensor{x}, in, []backend.Weight{w})
+		if err != nil {
+			return err
+		}
+		if b.fusedGEMV(tcpAcc, in.rows, in.cols, wts) {
+			if overlaps(outTs[0], in) {
+				return fmt.Errorf("cuda: %s: x and a must not share memory", op)
+			}
+			if err := b.gemvTCPLaunch(tcpAcc, outTs, in, nil, nil, 0, wts); err != nil {
+				return fmt.Errorf("cuda: %s: %w", op, err)
+			}
+			return nil
+		}
+		return b.withTemp(outTs[0].rows, outTs[0].cols, func(p backend.Tensor) error {
+			return firstErr(b.MatMul(p, a, w), b.Add(x, p))
+		})
+	})
+}
+
+// SwiGLUMatMulAdd implements backend.FusedDecode.
+func (b *Backend) SwiGLUMatMulAdd(x, gate, up backend.Tensor, w backend.Weight) error {
+	const op = "swiglu+matmul+add"
+	return b.do(func() error {
+		g, err := b.ten(gate, op, "gate")
+		if err != nil {
+			return err
+		}
+		u, err := b.ten(up, op, "up")
+		if err != nil {
+			return err
+		}
+		if u.rows != g.rows || u.cols != g.cols {
+			return fmt.Errorf("cuda: %s: gate [%d, %d] and up [%d, %d] differ", op, g.rows, g.cols, u.rows, u.cols)
+		}
+		outTs, wts, err := b.productArgs(op, []backend.Tensor{x}, g, []backend.Weight{w})
+		if err != nil {
+			return err
+		}
+		if b.fusedGEMV(tcpSwiGLUAcc, g.rows, g.cols, wts) {
+			if overlaps(outTs[0], g) || overlaps(outTs[0], u) {
+				return fmt.Errorf("cuda: %s: x must not share memory with gate or up", op)
+			}
+			if err := b.gemvTCPLaunch(tcpSwiGLUAcc, outTs, g, u, nil, 0, wts); err != nil {
+				return fmt.Errorf("cuda: %s: %w", op, err)
+			}
+			return nil
+		}
+		return b.withTemp(g.rows, g.cols, func(h backend.Tensor) error {
+			return b.withTemp(outTs[0].rows, outTs[0].cols, func(p backend.Tensor) error {
+				return firstErr(b.SwiGLU(h, gate, up), b.MatMul(p, h, w), b.Add(x, p))
+			})
+		})
+	})
+}
+
+// productArgs resolves and checks the outputs and weights of products of a (owner goroutine).
+func (b *Backend) productArgs(op string, outs []backend.Tensor, a *Tensor, ws []backend.Weight) ([]*Tensor, []*Weight, error) {
+	outTs := make([]*Tensor, len(ws))
+	wts := make([]*Weight, len(ws))
+	for i := range ws {
+		var err error
+		if outTs[i], err = b.ten(outs[i], op, fmt.Sprintf("out %d", i)); err != nil {
+			return nil, nil, err
+		}
+		if wts[i], err = b.weight(ws[i], op); err != nil {
+			return nil, nil, err
+		}
+		if err := backend.CheckMatMul("cuda", outTs[i], a, wts[i], wts[i].name); err != nil {
+			return nil, nil, err
+		}
+	}
+	return outTs, wts, nil
+}
+
+// firstErr returns the first non-nil error (every argument has run: later ops compute on what
+// a failed one left, and the caller sees the first failure).
+func firstErr(errs ...error) error {
+	for _, e := range errs {
+		if e != nil {
+			return e
+		}
+	}
+	return nil
+}
