@@ -31,4 +31,7 @@ type FusedDecode interface {
 	MatMulAdd(x, a Tensor, w Weight) error
 	// SwiGLUMatMulAdd adds SwiGLU(gate, up)·wᵀ to x: SwiGLU, MatMul, Add.
 	SwiGLUMatMulAdd(x, gate, up Tensor, w Weight) error
+	// FusedDecodeRows is the most token rows for which these beat the ops they fold (0: none,
+	// use the Fused path); callers use them for chunks of at most that many rows.
+	FusedDecodeRows() int
 }

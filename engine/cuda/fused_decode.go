@@ -19,6 +19,20 @@ import (
 // decodeFusedFromEnv reports whether the fused decode kernels may be used.
 func decodeFusedFromEnv() bool { return os.Getenv("QWENGO_CUDA_DECODE_FUSED") != "0" }
 
+// fusedDecodeRows is where the fused forms pay (device run 7, session 5): at eight rows every
+// block of the q/k/v and gate/up products computes eight row norms (80 KB of x read per block
+// from L2, eight block reductions) and batch-8 decode fell from ~1,460 to 1,219 tok/s; at one
+// row the norm is one reduction over 10 KB.
+const fusedDecodeRows = 1
+
+// FusedDecodeRows implements backend.FusedDecode: 1, or 0 with QWENGO_CUDA_DECODE_FUSED=0.
+func (b *Backend) FusedDecodeRows() int {
+	if !b.decodeFused {
+		return 0
+	}
+	return fusedDecodeRows
+}
+
 // fusedGEMV reports whether fusion f may run on gemv_tcp for T rows of K inputs and weights ws.
 func (b *Backend) fusedGEMV(f tcpFusion, T, K int, ws []*Weight) bool {
 	if !b.decodeFused || (b.gemv != gemvAuto && b.gemv != gemvTCP) || !b.gemvTCPFusedShape(f, T, K) {

@@ -16,13 +16,15 @@ type noBatched struct{ backend.Training }
 
 // batchBackends are the ways ForwardBatch can run on the CPU: the batched ops with the plain
 // block, with the fused block (composedFused adds backend.Fused; the batched ops are the CPU's),
-// and the fallback without batched ops.
+// with the fused decode ops (composedDecode: backend.FusedDecode for up to 8 rows) and the
+// fallback without batched ops.
 var batchBackends = []struct {
 	name string
 	wrap func(*cpu.Backend) backend.Backend
 }{
 	{"batched", func(b *cpu.Backend) backend.Backend { return b }},
 	{"batched fused", func(b *cpu.Backend) backend.Backend { return composedFused{b} }},
+	{"batched fused decode", func(b *cpu.Backend) backend.Backend { return composedDecode{composedFused{b}, 8} }},
 	{"per sequence", func(b *cpu.Backend) backend.Backend { return noBatched{b} }},
 }
 

@@ -43,15 +43,14 @@ func (f composedFused) QKNormRoPECache(qr, kr, q, k, v, qn, kn, kCache, vCache b
 // the logits (and greedy picks) of decoding each alone, bit for bit on the CPU, with the
 // unfused and the fused block; the caches end up equal.
 func TestDecodeBatch(t *testing.T) {
-	for _, fused := range []bool{false, true} {
-		name := "unfused"
-		if fused {
-			name = "fused"
-		}
-		t.Run(name, func(t *testing.T) {
+	for _, variant := range []string{"unfused", "fused", "fused decode"} {
+		t.Run(variant, func(t *testing.T) {
 			m := newTiny(t, true, BF16)
-			if fused {
+			switch variant {
+			case "fused":
 				m.B = composedFused{m.B.(*cpu.Backend)}
+			case "fused decode":
+				m.B = composedDecode{composedFused{m.B.(*cpu.Backend)}, 8}
 			}
 			prompts := [][]int{randIDs(11, 5, 1000), randIDs(12, 1, 1000), randIDs(13, 9, 1000)}
 			B := len(prompts)
@@ -133,6 +132,79 @@ func TestDecodeBatchErrors(t *testing.T) {
 		}
 		if a.Len() != 2 || b.Len() != 0 || full.Len() != 2 {
 			t.Fatalf("%s: caches moved to %d, %d, %d", c.name, a.Len(), b.Len(), full.Len())
+		}
+	}
+}
+
+// composedDecode adds backend.FusedDecode to composedFused as the compositions its doc names,
+// taken for chunks of up to rows rows, so the fused decode block (blockTailDecode and the
+// NormMatMulMany openings of every decode path) runs on the CPU.
+type composedDecode struct {
+	composedFused
+	rows int
+}
+
+// scratch runs f with a temporary [rows, cols] tensor.
+func (f composedDecode) scratch(rows, cols int, run func(backend.Tensor) error) error {
+	t, err := f.Alloc(backend.Workspace, rows, cols)
+	if err != nil {
+		return err
+	}
+	defer f.Free(t)
+	return run(t)
+}
+
+func (f composedDecode) NormMatMulMany(outs []backend.Tensor, x, w backend.Tensor, eps float32, ws []backend.Weight) error {
+	return f.scratch(x.Rows(), x.Cols(), func(n backend.Tensor) error {
+		return errors.Join(f.RMSNorm(n, x, w, eps), f.MatMulMany(outs, n, ws))
+	})
+}
+
+func (f composedDecode) MatMulAdd(x, a backend.Tensor, w backend.Weight) error {
+	return f.scratch(x.Rows(), x.Cols(), func(p backend.Tensor) error {
+		return errors.Join(f.MatMul(p, a, w), f.Add(x, p))
+	})
+}
+
+func (f composedDecode) SwiGLUMatMulAdd(x, gate, up backend.Tensor, w backend.Weight) error {
+	return f.scratch(gate.Rows(), gate.Cols(), func(h backend.Tensor) error {
+		return f.scratch(x.Rows(), x.Cols(), func(p backend.Tensor) error {
+			return errors.Join(f.SwiGLU(h, gate, up), f.MatMul(p, h, w), f.Add(x, p))
+		})
+	})
+}
+
+func (f composedDecode) FusedDecodeRows() int { return f.rows }
+
+// TestFusedDecodeMatchesUnfused: the decode path through backend.FusedDecode (every block
+// normalising its own input, residual adds in the products) gives the unfused block's logits
+// bit for bit on the CPU — a 5-token prompt (fused when the backend takes 8 rows) and decode
+// steps (one row) — and a backend that takes no rows leaves the Fused path in charge.
+func TestFusedDecodeMatchesUnfused(t *testing.T) {
+	m := newTiny(t, true, BF16)
+	cb := m.B.(*cpu.Backend)
+	run := func(b backend.Backend) [][]float32 {
+		m.B = b
+		defer func() { m.B = cb }()
+		cache := newCache(t, m, 32)
+		defer cache.Free()
+		var out [][]float32
+		lg := forward(t, m, randIDs(31, 5, 1000), cache, LogitsLast)
+		out = append(out, lg.Data)
+		for step := 0; step < 6; step++ {
+			next := backend.ArgMax(lg.Row(0))
+			lg = forward(t, m, []int{next}, cache, LogitsLast)
+			out = append(out, lg.Data)
+		}
+		return out
+	}
+	want := run(cb)
+	for _, rows := range []int{0, 1, 8} {
+		got := run(composedDecode{composedFused{cb}, rows})
+		for i := range want {
+			if e := relErr(got[i], want[i]); e != 0 {
+				t.Fatalf("fused decode for up to %d rows, step %d: logits differ from the unfused block by %.3g", rows, i, e)
+			}
 		}
 	}
 }

@@ -139,18 +139,18 @@ func firstErr(errs ...error) error {
 	return nil
 }
 
-// fusedDecodeRows is the most token rows a chunk may have for the backend's fused decode ops
-// (backend.FusedDecode: CUDA folds norms, SwiGLU and residual adds into its resident GEMV of up
-// to eight rows); longer chunks (prefill) take the Fused path.
-const fusedDecodeRows = 8
-
-// fusedDecode returns the backend's fused decode ops when a chunk of T rows should use them.
+// fusedDecode returns the backend's fused decode ops (backend.FusedDecode: CUDA folds norms,
+// SwiGLU and residual adds into its resident GEMV) when a chunk of T rows should use them: no
+// more rows than the backend says they pay for; longer chunks take the Fused path.
 func (m *Model) fusedDecode(T int) (backend.FusedDecode, bool) {
-	if m.Unfused || T > fusedDecodeRows {
+	if m.Unfused {
 		return nil, false
 	}
 	fd, ok := m.B.(backend.FusedDecode)
-	return fd, ok
+	if !ok || T > fd.FusedDecodeRows() {
+		return nil, false
+	}
+	return fd, true
 }
 
 // blockTailDecode is blockTail with the fused decode ops: x += o_proj(ctx) in the product,

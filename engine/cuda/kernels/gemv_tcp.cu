@@ -77,8 +77,13 @@ __device__ __forceinline__ tcp_rows tcp_locate(const gemv_jobs& jobs, int ft, in
 
 // tcp_put stores a finished output, or adds it to what is there (ACC: out = out + product, as
 // add_f32 / add_rmsnorm_f32 add a product to the residual).
+// The product is scaled and added with explicit roundings: a contracted fma(sum, scale, out)
+// would differ from the unfused ops (device run 7: TestFusedBlock, 2e-7 relative).
 template <bool ACC>
-__device__ __forceinline__ void tcp_put(float* o, float v) { *o = ACC ? *o + v : v; }
+__device__ __forceinline__ void tcp_put(float* o, float sum, float scale) {
+    const float v = __fmul_rn(sum, scale);
+    *o = ACC ? __fadd_rn(*o, v) : v;
+}
 
 // tcp_row_inv computes rmsnorm_f32's 1/sqrt(mean(x²) + eps) for row r of x (K elements) with
 // the block's threads (blockDim = rmsnorm_f32's for K, checked on the host, so the fp64 sums
@@ -214,8 +219,8 @@ __device__ __forceinline__ void gemv_tcp(const gemv_jobs& jobs, const float* __r
             for (int p = 0; p < P; p++) {
                 const int row = 4 * p + t;
                 if (row < T) {
-                    if (n0 < j.N) tcp_put<ACC>(j.out + (size_t)row * j.N + n0, v[p][0] * j.gscale);
-                    if (n1 < j.N) tcp_put<ACC>(j.out + (size_t)row * j.N + n1, v[p][1] * j.gscale);
+                    if (n0 < j.N) tcp_put<ACC>(j.out + (size_t)row * j.N + n0, v[p][0], j.gscale);
+                    if (n1 < j.N) tcp_put<ACC>(j.out + (size_t)row * j.N + n1, v[p][1], j.gscale);
                 }
             }
             return;
@@ -252,8 +257,8 @@ __device__ __forceinline__ void gemv_tcp(const gemv_jobs& jobs, const float* __r
                 sum0 += __ldcg(all + (size_t)q * (T * 16) + row * 16 + g);
                 sum1 += __ldcg(all + (size_t)q * (T * 16) + row * 16 + g + 8);
             }
-            if (n0 < j.N) tcp_put<ACC>(j.out + (size_t)row * j.N + n0, sum0 * j.gscale);
-            if (n1 < j.N) tcp_put<ACC>(j.out + (size_t)row * j.N + n1, sum1 * j.gscale);
+            if (n0 < j.N) tcp_put<ACC>(j.out + (size_t)row * j.N + n0, sum0, j.gscale);
+            if (n1 < j.N) tcp_put<ACC>(j.out + (size_t)row * j.N + n1, sum1, j.gscale);
         }
     };
 
