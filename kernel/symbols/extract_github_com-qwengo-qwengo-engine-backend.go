@@ -58,6 +58,7 @@ func init() {
 		"BatchedGate":  reflect.ValueOf((*backend.BatchedGate)(nil)),
 		"Category":     reflect.ValueOf((*backend.Category)(nil)),
 		"Fused":        reflect.ValueOf((*backend.Fused)(nil)),
+		"FusedDecode":  reflect.ValueOf((*backend.FusedDecode)(nil)),
 		"HostWeight":   reflect.ValueOf((*backend.HostWeight)(nil)),
 		"KernelTime":   reflect.ValueOf((*backend.KernelTime)(nil)),
 		"MemStats":     reflect.ValueOf((*backend.MemStats)(nil)),
@@ -78,6 +79,7 @@ func init() {
 		"_Batched":      reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Batched)(nil)),
 		"_BatchedGate":  reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_BatchedGate)(nil)),
 		"_Fused":        reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Fused)(nil)),
+		"_FusedDecode":  reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_FusedDecode)(nil)),
 		"_Profiler":     reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Profiler)(nil)),
 		"_Runner":       reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Runner)(nil)),
 		"_Tensor":       reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Tensor)(nil)),
@@ -286,6 +288,28 @@ func (W _github_com_qwengo_qwengo_engine_backend_Fused) MatMulMany(outs []backen
 }
 func (W _github_com_qwengo_qwengo_engine_backend_Fused) QKNormRoPECache(qr backend.Tensor, kr backend.Tensor, q backend.Tensor, k backend.Tensor, v backend.Tensor, qn backend.Tensor, kn backend.Tensor, kCache backend.Tensor, vCache backend.Tensor, headDim int, pos0 int, theta float64, eps float32) error {
 	return W.WQKNormRoPECache(qr, kr, q, k, v, qn, kn, kCache, vCache, headDim, pos0, theta, eps)
+}
+
+// _github_com_qwengo_qwengo_engine_backend_FusedDecode is an interface wrapper for FusedDecode type
+type _github_com_qwengo_qwengo_engine_backend_FusedDecode struct {
+	IValue           interface{}
+	WFusedDecodeRows func() int
+	WMatMulAdd       func(x backend.Tensor, a backend.Tensor, w backend.Weight) error
+	WNormMatMulMany  func(outs []backend.Tensor, x backend.Tensor, w backend.Tensor, eps float32, ws []backend.Weight) error
+	WSwiGLUMatMulAdd func(x backend.Tensor, gate backend.Tensor, up backend.Tensor, w backend.Weight) error
+}
+
+func (W _github_com_qwengo_qwengo_engine_backend_FusedDecode) FusedDecodeRows() int {
+	return W.WFusedDecodeRows()
+}
+func (W _github_com_qwengo_qwengo_engine_backend_FusedDecode) MatMulAdd(x backend.Tensor, a backend.Tensor, w backend.Weight) error {
+	return W.WMatMulAdd(x, a, w)
+}
+func (W _github_com_qwengo_qwengo_engine_backend_FusedDecode) NormMatMulMany(outs []backend.Tensor, x backend.Tensor, w backend.Tensor, eps float32, ws []backend.Weight) error {
+	return W.WNormMatMulMany(outs, x, w, eps, ws)
+}
+func (W _github_com_qwengo_qwengo_engine_backend_FusedDecode) SwiGLUMatMulAdd(x backend.Tensor, gate backend.Tensor, up backend.Tensor, w backend.Weight) error {
+	return W.WSwiGLUMatMulAdd(x, gate, up, w)
 }
 
 // _github_com_qwengo_qwengo_engine_backend_Profiler is an interface wrapper for Profiler type
