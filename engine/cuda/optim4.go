@@ -74,8 +74,10 @@ func (b *Backend) adamW4(w *Weight, g *Tensor, s *AdamState, k adamScalars, sr i
 			return fmt.Errorf("4bit maxima of v: %w", err)
 		}
 	}
-	nb := (n + adam4Block - 1) / adam4Block
-	grid := max(1, min(int((nb+7)/8), b.sms*16))
+	grid, err := b.adamGrid("adamw_"+w.kind+"_4bit", (n+adamChunk-1)/adamChunk)
+	if err != nil {
+		return fmt.Errorf("4bit update: %w", err)
+	}
 	mat := 0
 	if matrix {
 		mat = 1

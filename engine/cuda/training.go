@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"sort"
+	"sync"
 	"unsafe"
 
 	"github.com/qwengo/qwengo/engine/backend"
@@ -610,6 +611,33 @@ func (b *Backend) CrossEntropy(dlogits, logits backend.Tensor, targets []int, ls
 // adamBlock is engine/optim's int8 block size.
 const adamBlock = 64
 
+// adamChunk is the elements one warp of the AdamW kernels updates per iteration: 8 consecutive
+// elements a lane (train.cu adamw_lane8; optim4.cu likewise, one 4-bit block of 128 per half
+// warp).
+const adamChunk = 256
+
+// adamOccupancy caches the resident 256-thread blocks per SM of the AdamW kernels, by function
+// (a module's kernels are distinct functions, so several backends share the cache safely).
+var adamOccupancy sync.Map
+
+// adamGrid is the grid of an AdamW kernel for the given warp iterations (chunks of adamChunk
+// elements): one block of 8 warps per 8 chunks, at most one full wave — as many blocks as fit
+// on the SMs at once — so that every block stays resident and strides over the rest. The grid
+// never changes the results (each element is one lane's, whatever the grid).
+func (b *Backend) adamGrid(name string, chunks int64) (int, error) {
+	fn := b.fns[name]
+	per, ok := adamOccupancy.Load(fn)
+	if !ok {
+		n, err := occupancy(fn, 256, 0)
+		if err != nil || n < 1 {
+			return 0, fmt.Errorf("occupancy of %s: %d blocks an SM, %v", name, n, err)
+		}
+		adamOccupancy.Store(fn, n)
+		per = n
+	}
+	return int(max(1, min((chunks+7)/8, int64(b.sms*per.(int))))), nil
+}
+
 // AdamState is a device-resident pair of AdamW moments (backend.AdamWState) in one allocation:
 // "fp32" holds m and v as float32; "int8" holds m's int8 codes, √v's uint8 codes, then the
 // per-64-element float32 scales of m and of √v; "4bit" holds m's and v's codes two to a byte,
@@ -743,9 +771,11 @@ func (b *Backend) AdamW(bw backend.Weight, grad backend.Tensor, st backend.AdamW
 			return nil
 		}
 		n := g.n()
-		nb := (n + adamBlock - 1) / adamBlock
-		grid := max(1, min((nb+7)/8, b.sms*16))
 		name := "adamw_" + w.kind + "_" + s.format
+		grid, err := b.adamGrid(name, (int64(n)+adamChunk-1)/adamChunk)
+		if err != nil {
+			return fmt.Errorf("cuda: %s %s: %w", op, w.name, err)
+		}
 		if err := launch(b.fns[name], [3]int{grid, 1, 1}, [3]int{256, 1, 1}, 0,
 			ptrArg(w.ptr), ptrArg(g.ptr), ptrArg(s.m), ptrArg(s.v), ptrArg(s.ms), ptrArg(s.vs),
 			f32Arg(float32(h.LR)), f32Arg(b1), f32Arg(b2), f32Arg(1-b1), f32Arg(1-b2), f32Arg(bc1), f32Arg(bc2),

@@ -17,18 +17,30 @@
 //     the float's bits (exact and order-free for non-negative floats, so deterministic, unlike
 //     a floating-point atomic sum). Reads the gradient (4 B) and the v codes (0.5 B) per
 //     element, ~8 FLOPs; the old maxima ([rows + cols] floats) stay in L2. Block = 256 columns ×
-//     rowsPer rows: each thread keeps its column's maximum in a register (one global atomic per
-//     column per block), each warp reduces a row over its 32 columns with shuffles, the block
-//     merges its 8 warps in shared memory (one global atomic per row per block): about 0.02
-//     global atomics per element.
-//   adamw_{f32,bf16}_4bit: one warp per block of 128 elements, lane l owns elements 4l…4l+3
-//     (two bytes of each code array). Decode w, m, v; m = β1·m + (1−β1)·g,
-//     v = β2·v + (1−β2)·g², w = w − decay·w − lr·(m/bc1)/(√(v/bc2) + ε); re-encode m under the
-//     block's new absmax (a warp max) and v under the new maxima (or the block's max of v for
-//     one row). Per element it reads and writes the master (bf16 2+2 B, f32 4+4 B), reads the
-//     gradient (4 B), reads and writes the m and v codes (4 × 0.5 B) and m's absmax (8 B per
-//     128): 10.06 B with a bf16 master, 14.06 B with f32; ~30 FLOPs, an fp32 square root and one
-//     or two 64-bit hashes (m's rounding; bf16's when stochastic).
+//     rowsPer rows: each lane keeps the maxima of its 8 consecutive columns in registers, each
+//     warp takes every 8th row and reduces it over the lane's 8 columns and then its 32 lanes,
+//     the block merges its 8 warps in shared memory (one global atomic per row and per column
+//     per block).
+//   adamw_{f32,bf16}_4bit: lane l owns 8 consecutive elements (one 32-bit word of each code
+//     array), a warp 256 per iteration, so each half warp is one block of 128. Decode w, m, v;
+//     m = β1·m + (1−β1)·g, v = β2·v + (1−β2)·g², w = w − decay·w − lr·(m/bc1)/(√(v/bc2) + ε);
+//     re-encode m under the block's new absmax (a half-warp max) and v under the new maxima (or
+//     the block's max of v for one row). Per element it reads and writes the master (bf16 2+2 B,
+//     f32 4+4 B), reads the gradient (4 B), reads and writes the m and v codes (4 × 0.5 B) and
+//     m's absmax (8 B per 128): 10.06 B with a bf16 master, 14.06 B with f32; ~30 FLOPs, an fp32
+//     square root and one or two 64-bit hashes (m's rounding; bf16's when stochastic).
+//
+// Instruction budget (session 5; SASS of the common path, thread instructions per element):
+// the first version — one warp per block of 128, 4 elements a lane, byte accesses, a 32-bit
+// division per row crossing — executed ~304 (bf16, matrix; 332 with stochastic rounding) in
+// the update and ~85 in adamw4_vmax. Now ~153 (175) and ~21: the shortcuts of train.cu's int8
+// kernel (div_const, sqrt_fast, cvt.rn.bf16x2, the hoisted srBits; adamw.cuh), |m|/absmax by
+// div_const from one reciprocal a lane, m's level search in a shared bucket table
+// (M4_BUCKETS), the v code from the quotient's bits with one add, the column maxima as two
+// 16-byte loads, and (row, column) advanced per iteration instead of divided. What remains is
+// mostly arithmetic: the two hashes (~20 each), the true divisions (update and v code, ~11
+// each), two FMA division sequences and a square root. Parameters whose pointers are not
+// aligned, and the last n mod 256 elements, take the first version's code (adamw4_blocks).
 //
 // A bf16 matrix thus moves 14.56 B per parameter in all (the int8 kernel 12.25): the gradient
 // is read twice. 4-bit moments save memory, not bandwidth.
@@ -75,7 +87,9 @@ __device__ __forceinline__ uint32_t nib(const uint8_t* a, size_t i) { return (a[
 // Pass 1 (matrices): the row and column maxima of the new v. rowNew and colNew are zeroed by
 // the host first. grid = (ceil(cols/256), ceil(rows/rowsPer)), 256 threads; rowsPer is 64, or
 // more when the rows would need more than 65535 row blocks (rows past the first
-// VMAX_ROWS_SMEM of a block then go straight to global atomics).
+// VMAX_ROWS_SMEM of a block then go straight to global atomics). Each lane takes 8 consecutive
+// columns of a row (vector loads), so a row's maximum is 7 FMNMX in the lane and one warp
+// reduction per 256 elements (the first version: one column a thread, a warp reduction per 32).
 
 #define VMAX_ROWS_SMEM 1024
 
@@ -84,33 +98,61 @@ adamw4_vmax(float* __restrict__ rowNew, float* __restrict__ colNew, const float*
             const uint8_t* __restrict__ v4, const float* __restrict__ rowOld, const float* __restrict__ colOld,
             float b2, float omb2, float gscale, int rows, int cols, int rowsPer) {
     __shared__ unsigned rmax[VMAX_ROWS_SMEM];
-    const int c = blockIdx.x * 256 + threadIdx.x;
+    __shared__ unsigned cmaxs[256];
+    // Lane l of every warp owns the block's columns 8l…8l+7; warp w takes rows r0+w, r0+w+8, ….
+    const int lane = threadIdx.x & 31, c0 = blockIdx.x * 256 + lane * 8;
     const int r0 = blockIdx.y * rowsPer, r1 = min(rows, r0 + rowsPer);
-    const bool okc = c < cols;
     for (int t = threadIdx.x; t < r1 - r0 && t < VMAX_ROWS_SMEM; t += blockDim.x) rmax[t] = 0u;
+    cmaxs[threadIdx.x] = 0u;
     __syncthreads();
-    const float co = okc ? colOld[c] : 0.f;
-    float cmax = 0.f;
-#pragma unroll 4
-    for (int r = r0; r < r1; r++) {
-        float vn = 0.f;
-        if (okc) {
-            size_t i = (size_t)r * (size_t)cols + (size_t)c;
-            float g = __fmul_rn(grad[i], gscale);
-            float v = v4_decode(nib(v4, i), fminf(rowOld[r], co));
-            vn = next_v(v, g, b2, omb2);
-            cmax = fmaxf(cmax, vn);
+    // Vectors (the gradient's 8 floats, the 8 nibbles of v in one word) when every row starts at
+    // a multiple of 8 elements and the arrays are aligned.
+    const bool vec = cols % 8 == 0 && (((uintptr_t)grad & 15u) | ((uintptr_t)v4 & 3u)) == 0;
+    float co[8], cmax[8];
+#pragma unroll
+    for (int e = 0; e < 8; e++) {
+        co[e] = c0 + e < cols ? colOld[c0 + e] : 0.f;
+        cmax[e] = 0.f;
+    }
+    for (int r = r0 + (threadIdx.x >> 5); r < r1; r += 8) {
+        const float ro = rowOld[r];
+        const size_t i = (size_t)r * (size_t)cols + (size_t)c0;
+        float vn[8];
+        if (vec && c0 < cols) {
+            const float4 g0 = __ldg(reinterpret_cast<const float4*>(grad + i)), g1 = __ldg(reinterpret_cast<const float4*>(grad + i) + 1);
+            const float gv[8] = {g0.x, g0.y, g0.z, g0.w, g1.x, g1.y, g1.z, g1.w};
+            const uint32_t vw = *reinterpret_cast<const uint32_t*>(v4 + (i >> 1));
+#pragma unroll
+            for (int e = 0; e < 8; e++)
+                vn[e] = next_v(v4_decode((vw >> (4 * e)) & 15u, fminf(ro, co[e])), __fmul_rn(gv[e], gscale), b2, omb2);
+        } else {
+#pragma unroll
+            for (int e = 0; e < 8; e++) {
+                vn[e] = 0.f;
+                if (c0 + e < cols)
+                    vn[e] = next_v(v4_decode(nib(v4, i + e), fminf(ro, co[e])), __fmul_rn(grad[i + e], gscale), b2, omb2);
+            }
         }
-        float m = warp_max(vn);
-        if ((threadIdx.x & 31) == 0 && m > 0.f) {
+        float m = 0.f;
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            cmax[e] = fmaxf(cmax[e], vn[e]);
+            m = fmaxf(m, vn[e]);
+        }
+        m = warp_max(m);
+        if (lane == 0 && m > 0.f) {
             if (r - r0 < VMAX_ROWS_SMEM) atomicMax(&rmax[r - r0], __float_as_uint(m));
             else atomicMax(reinterpret_cast<unsigned*>(&rowNew[r]), __float_as_uint(m));
         }
     }
-    if (okc && cmax > 0.f) atomicMax(reinterpret_cast<unsigned*>(&colNew[c]), __float_as_uint(cmax));
+#pragma unroll
+    for (int e = 0; e < 8; e++)
+        if (cmax[e] > 0.f) atomicMax(&cmaxs[lane * 8 + e], __float_as_uint(cmax[e]));
     __syncthreads();
     for (int t = threadIdx.x; t < r1 - r0 && t < VMAX_ROWS_SMEM; t += blockDim.x)
         if (rmax[t]) atomicMax(reinterpret_cast<unsigned*>(&rowNew[r0 + t]), rmax[t]);
+    const int c = blockIdx.x * 256 + threadIdx.x;
+    if (c < cols && cmaxs[threadIdx.x]) atomicMax(reinterpret_cast<unsigned*>(&colNew[c]), cmaxs[threadIdx.x]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -118,20 +160,22 @@ adamw4_vmax(float* __restrict__ rowNew, float* __restrict__ colNew, const float*
 // then [cols] column maxima for a matrix (matrix = 1, newNorm the new ones in the same
 // layout), or one float per block of 128 for one row (matrix = 0, rewritten in place).
 
+// adamw4_blocks is the scalar kernel: one warp per block of 128 from block blk0 on, lane l
+// owning elements 4l…4l+3, every operation the plain one. It handles the tail past the
+// vectorized part, and whole parameters whose pointers are not aligned for vectors. lv is m's
+// level table (lv[8] = 2 pads lv[k+1]).
 template <bool BF16>
-__device__ __forceinline__ void adamw4(void* __restrict__ w, const float* __restrict__ grad, uint8_t* __restrict__ m4,
-                                       uint8_t* __restrict__ v4, float* __restrict__ msc, float* __restrict__ norm,
-                                       const float* __restrict__ newNorm, AdamParams p, int sr, uint64_t seed,
-                                       uint64_t step, uint64_t param, size_t n, size_t rows, uint32_t cols, int matrix) {
-    __shared__ float lv[9]; // m's levels (k/7)² as optim computes them: float32(k·k)/49
-    if (threadIdx.x < 9) lv[threadIdx.x] = threadIdx.x < 8 ? __fdiv_rn((float)(threadIdx.x * threadIdx.x), 49.f) : 2.f;
-    __syncthreads();
+__device__ __forceinline__ void adamw4_blocks(void* __restrict__ w, const float* __restrict__ grad, uint8_t* __restrict__ m4,
+                                              uint8_t* __restrict__ v4, float* __restrict__ msc, float* __restrict__ norm,
+                                              const float* __restrict__ newNorm, const AdamParams& p, int sr, uint64_t seed,
+                                              uint64_t step, uint64_t param, size_t n, size_t rows, uint32_t cols, int matrix,
+                                              const float* lv, size_t blk0) {
     const int lane = threadIdx.x & 31;
     const size_t warps = (size_t)gridDim.x * (blockDim.x >> 5);
     const float* colOld = norm + rows;
     const float* colNew = newNorm + rows;
     const uint64_t mseed = seed ^ (1ULL << 40);
-    for (size_t blk = (size_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); blk * 128 < n; blk += warps) {
+    for (size_t blk = blk0 + (size_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); blk * 128 < n; blk += warps) {
         const size_t base = blk * 128, i0 = base + 4 * lane;
         // Row and column of element i0: one 64-bit division per warp, then a carry per lane.
         size_t rb = 0;
@@ -236,6 +280,287 @@ __device__ __forceinline__ void adamw4(void* __restrict__ w, const float* __rest
     }
 }
 
+// M4_BUCKETS: m's level search through a table. a = min(|m|/absmax, 1) ∈ [0, 1] falls in bucket
+// j = floor(64·a) (64·a is exact; j ≤ 64), and no bucket holds more than one level (the levels
+// (k/7)² are at least 0.0204 apart, a bucket 1/64 = 0.0156 wide). Entry j holds k_j, the number
+// of levels 1…7 at most j/64, and lv[k_j], lv[k_j+1], lv[k_j+2]: the level count of a is
+// k_j + (a ≥ lv[k_j+1]), and the two levels around a follow from the same test — one 16-byte
+// shared load and a compare instead of seven compares and two table loads.
+#define M4_BUCKETS 65
+
+// m's levels (k/7)² as optim computes them, float32(k·k)/49, and lv[8] = 2 (a pad for lv[k+1]);
+// the bucket table. Filled by every block before its first update.
+static __shared__ float m4_lv[9];
+static __shared__ uint4 m4_tab[M4_BUCKETS];
+
+// MatPos is a lane's position in a matrix: row r and column t of its first element (t < cols).
+struct MatPos {
+    uint32_t r, t;
+};
+
+// norms8 returns min(row[r_e], col[c_e]) for the lane's 8 elements (the v normaliser of
+// engine/optim's rank-1 format): two 16-byte column loads when the 8 columns are in one row and
+// the columns are 16-byte aligned (cvec), else a walk across row ends.
+__device__ __forceinline__ void norms8(const float* __restrict__ row, const float* __restrict__ col, uint32_t cols,
+                                       bool cvec, MatPos q, float (&nr)[8]) {
+    if (cvec && q.t + 8 <= cols) {
+        const float rv = row[q.r];
+        const float4 a = *reinterpret_cast<const float4*>(col + q.t), b = *reinterpret_cast<const float4*>(col + q.t + 4);
+        nr[0] = fminf(rv, a.x), nr[1] = fminf(rv, a.y), nr[2] = fminf(rv, a.z), nr[3] = fminf(rv, a.w);
+        nr[4] = fminf(rv, b.x), nr[5] = fminf(rv, b.y), nr[6] = fminf(rv, b.z), nr[7] = fminf(rv, b.w);
+    } else {
+        ADAMW_SLOW();
+        uint32_t r = q.r, c = q.t;
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            nr[e] = fminf(row[r], col[c]);
+            if (++c == cols) {
+                c = 0;
+                r++;
+            }
+        }
+    }
+}
+
+// adamw4_lane8 updates elements i0 … i0+7 (i0 a multiple of 8, all < n): the 8 nibbles of m
+// and of v in one 32-bit word each, w and the gradient as vectors; the 16 lanes of i0's block of
+// 128 call it together. Shortcuts and fallbacks as train.cu's adamw_lane8 (see there and
+// adamw.cuh): every result is adamw4_blocks' bit for bit.
+template <bool BF16>
+__device__ __forceinline__ void adamw4_lane8(void* __restrict__ w, const float* __restrict__ grad, uint8_t* __restrict__ m4,
+                                             uint8_t* __restrict__ v4, float* __restrict__ msc, float* __restrict__ norm,
+                                             const float* __restrict__ newNorm, const AdamParams& p, bool divc, float ybc1,
+                                             float ybc2, int sr, uint64_t k2, uint64_t mk2, size_t rows, uint32_t cols,
+                                             int matrix, bool cvec, MatPos pos, size_t i0) {
+    const size_t blk = i0 >> 7;
+    float wv[8], mv[8], vv[8];
+    load8<BF16>(w, i0, wv);
+    const uint32_t mw = *reinterpret_cast<const uint32_t*>(m4 + (i0 >> 1));
+    const uint32_t vw = *reinterpret_cast<const uint32_t*>(v4 + (i0 >> 1));
+    {
+        const float mscale = msc[blk];
+        float nold[8];
+        if (matrix) {
+            norms8(norm, norm + rows, cols, cvec, pos, nold);
+        } else {
+            const float vn = norm[blk];
+#pragma unroll
+            for (int e = 0; e < 8; e++) nold[e] = vn;
+        }
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            // m = ±lv[c & 7]·scale (the sign bit of the nibble moved to the float's);
+            // v = norm·2^(c−15), an exact power-of-two product (±0 for a zero normaliser, which
+            // the update turns into the same v as v4_decode's +0).
+            const uint32_t mc = mw >> (4 * e), vc = (vw >> (4 * e)) & 15u;
+            mv[e] = __uint_as_float(__float_as_uint(__fmul_rn(m4_lv[mc & 7u], mscale)) ^ ((mc & 8u) << 28));
+            vv[e] = __fmul_rn(nold[e], __uint_as_float((112u + vc) << 23));
+        }
+    }
+    DivcLow lom, lov;
+    {
+        const float4 g0 = __ldg(reinterpret_cast<const float4*>(grad + i0)), g1 = __ldg(reinterpret_cast<const float4*>(grad + i0) + 1);
+        const float gv[8] = {g0.x, g0.y, g0.z, g0.w, g1.x, g1.y, g1.z, g1.w};
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            const float g = __fmul_rn(gv[e], p.gscale);
+            mv[e] = __fadd_rn(__fmul_rn(p.b1, mv[e]), __fmul_rn(p.omb1, g));
+            vv[e] = next_v(vv[e], g, p.b2, p.omb2);
+            lom.add(mv[e]);
+            lov.add(vv[e]);
+        }
+    }
+    const bool fast = divc && lom.ok() && lov.ok();
+    if (fast) {
+        float q[8], den[8];
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            den[e] = __fadd_rn(sqrt_fast(div_const(vv[e], p.bc2, ybc2)), p.eps);
+            q[e] = div_const(mv[e], p.bc1, ybc1);
+        }
+#pragma unroll
+        for (int e = 0; e < 8; e++) q[e] = __fdiv_rn(q[e], den[e]);
+#pragma unroll
+        for (int e = 0; e < 8; e++) wv[e] = __fsub_rn(__fsub_rn(wv[e], __fmul_rn(p.decay, wv[e])), __fmul_rn(p.lr, q[e]));
+    }
+    bool ok = fast;
+#pragma unroll
+    for (int e = 0; e < 8; e++) {
+        if (!BF16) ok &= wv[e] == wv[e];
+        else if (sr) ok &= fabsf(wv[e]) < INFINITY;
+        else ok &= fabsf(wv[e]) >= 0x1p-126f;
+    }
+    uint32_t hw[4];
+    if (ok) {
+        if (BF16 && sr) {
+            const uint64_t x0 = (uint64_t)i0 * 0x94d049bb133111ebULL;
+            uint32_t t[8];
+#pragma unroll
+            for (int e = 0; e < 8; e++) t[e] = __float_as_uint(wv[e]) + sr_bits_hoisted(x0 + (uint64_t)e * 0x94d049bb133111ebULL, k2);
+#pragma unroll
+            for (int j = 0; j < 4; j++) hw[j] = __byte_perm(t[2 * j], t[2 * j + 1], 0x7632u);
+        } else if (BF16) {
+#pragma unroll
+            for (int j = 0; j < 4; j++) asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(hw[j]) : "f"(wv[2 * j + 1]), "f"(wv[2 * j]));
+        }
+    } else {
+        ADAMW_SLOW();
+        load8<BF16>(w, i0, wv);
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            const float den = __fadd_rn(__fsqrt_rn(__fdiv_rn(vv[e], p.bc2)), p.eps);
+            const float upd = __fdiv_rn(__fdiv_rn(mv[e], p.bc1), den);
+            wv[e] = __fsub_rn(__fsub_rn(wv[e], __fmul_rn(p.decay, wv[e])), __fmul_rn(p.lr, upd));
+        }
+        if (BF16) {
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                uint16_t h[2];
+#pragma unroll
+                for (int k = 0; k < 2; k++)
+                    h[k] = sr ? stochastic_bf16(wv[2 * j + k], sr_bits_hoisted((uint64_t)(i0 + 2 * j + k) * 0x94d049bb133111ebULL, k2))
+                              : bf16_rne(wv[2 * j + k]);
+                hw[j] = (uint32_t)h[0] | (uint32_t)h[1] << 16;
+            }
+        }
+    }
+    if (BF16) {
+        *reinterpret_cast<uint4*>(reinterpret_cast<uint16_t*>(w) + i0) = make_uint4(hw[0], hw[1], hw[2], hw[3]);
+    } else {
+        reinterpret_cast<float4*>(w)[i0 / 4] = make_float4(wv[0], wv[1], wv[2], wv[3]);
+        reinterpret_cast<float4*>(w)[i0 / 4 + 1] = make_float4(wv[4], wv[5], wv[6], wv[7]);
+    }
+    // The block's absmax of m (and max of v for one row) over its 16 lanes, from 0 as
+    // adamw4_blocks (fmaxf ignores NaN in any order).
+    float am = 0.f, vmax = 0.f;
+#pragma unroll
+    for (int e = 0; e < 8; e++) am = fmaxf(am, fabsf(mv[e]));
+#pragma unroll
+    for (int o = 1; o < 16; o <<= 1) am = fmaxf(am, __shfl_xor_sync(0xffffffffu, am, o));
+    if (!matrix) {
+#pragma unroll
+        for (int e = 0; e < 8; e++) vmax = fmaxf(vmax, vv[e]);
+#pragma unroll
+        for (int o = 1; o < 16; o <<= 1) vmax = fmaxf(vmax, __shfl_xor_sync(0xffffffffu, vmax, o));
+    }
+    // m: a = min(|m|/am, 1), its two levels from the bucket table, and the stochastic step
+    // between them with Bit4Draw (the k < 7 test of adamw4_blocks is implied: at k = 7, a − lo
+    // ≤ 0 ≤ u·(hi − lo)). |m|/am by div_const when am ∈ [2^-36, 2^60] and every non-zero |m| is
+    // at least am·2^-64 (quotients in [2^-64, 1]: div_const's proof applies).
+    uint32_t mout = 0;
+    if (am != 0.f) {
+        float a[8];
+        uint32_t neg = 0;  // bit e: m_e < 0 (a float compare: not −0, not NaN)
+#pragma unroll
+        for (int e = 0; e < 8; e++) neg |= (mv[e] < 0.f ? 1u : 0u) << e;
+        if (am >= 0x1p-36f && am <= 0x1p60f && lom.lo >= 2u * __float_as_uint(__fmul_rn(am, 0x1p-64f)) - 2u) {
+            const float yam = __frcp_rn(am);
+#pragma unroll
+            for (int e = 0; e < 8; e++) a[e] = fminf(div_const(fabsf(mv[e]), am, yam), 1.f);
+        } else {
+            ADAMW_SLOW();
+#pragma unroll
+            for (int e = 0; e < 8; e++) a[e] = fminf(__fdiv_rn(fabsf(mv[e]), am), 1.f);
+        }
+        const uint64_t x0 = (uint64_t)i0 * 0x94d049bb133111ebULL;
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            const uint4 tb = m4_tab[__float_as_uint(__fmaf_rz(a[e], 64.f, 8388608.f)) - 0x4B000000u];
+            const bool up = a[e] >= __uint_as_float(tb.z);
+            uint32_t k = tb.x + (up ? 1u : 0u);
+            const float lo = __uint_as_float(up ? tb.z : tb.y), hi = __uint_as_float(up ? tb.w : tb.z);
+            // u = draw·2^-16, exactly, from the bits of 1 + draw·2^-16.
+            const float u = __fsub_rn(__uint_as_float(0x3F800000u | sr_bits_hoisted(x0 + (uint64_t)e * 0x94d049bb133111ebULL, mk2) << 7), 1.f);
+            if (__fmul_rn(u, __fsub_rn(hi, lo)) < __fsub_rn(a[e], lo)) k++;
+            if ((neg >> e & 1u) && k != 0) k |= 8u;
+            mout |= k << (4 * e);
+        }
+    }
+    // v: 15 + round(log2(v/norm)) from the quotient's bits — adding 2^23 − SQRT2_FRAC carries
+    // into the exponent exactly when the fraction reaches √2's — clamped to 0…15; 0 unless v and
+    // the normaliser are positive (v4_encode). The sign bit is cleared first: it is set only on
+    // a NaN quotient, which v4_encode clamps to 15 like a positive NaN.
+    uint32_t vout = 0;
+    {
+        float nnew[8];
+        if (matrix) {
+            norms8(newNorm, newNorm + rows, cols, cvec, pos, nnew);
+        } else {
+#pragma unroll
+            for (int e = 0; e < 8; e++) nnew[e] = vmax;
+        }
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            const uint32_t b = __float_as_uint(__fdiv_rn(vv[e], nnew[e])) & 0x7fffffffu;
+            const int k = (int)((b + (0x800000u - SQRT2_FRAC)) >> 23) - 112;
+            const uint32_t c = (nnew[e] > 0.f && vv[e] > 0.f) ? (uint32_t)max(0, min(15, k)) : 0u;
+            vout |= c << (4 * e);
+        }
+    }
+    *reinterpret_cast<uint32_t*>(m4 + (i0 >> 1)) = mout;
+    *reinterpret_cast<uint32_t*>(v4 + (i0 >> 1)) = vout;
+    if ((threadIdx.x & 15) == 0) {
+        msc[blk] = am;
+        if (!matrix) norm[blk] = vmax;
+    }
+}
+
+template <bool BF16>
+__device__ __forceinline__ void adamw4(void* __restrict__ w, const float* __restrict__ grad, uint8_t* __restrict__ m4,
+                                       uint8_t* __restrict__ v4, float* __restrict__ msc, float* __restrict__ norm,
+                                       const float* __restrict__ newNorm, AdamParams p, int sr, uint64_t seed,
+                                       uint64_t step, uint64_t param, size_t n, size_t rows, uint32_t cols, int matrix) {
+    if (threadIdx.x < 9) m4_lv[threadIdx.x] = threadIdx.x < 8 ? __fdiv_rn((float)(threadIdx.x * threadIdx.x), 49.f) : 2.f;
+    __syncthreads();
+    if (threadIdx.x < M4_BUCKETS) {
+        const float x = (float)threadIdx.x * 0.015625f;
+        uint32_t k = 0;
+        for (int q = 1; q < 8; q++) k += m4_lv[q] <= x ? 1 : 0;
+        m4_tab[threadIdx.x] = make_uint4(k, __float_as_uint(m4_lv[k]), __float_as_uint(m4_lv[k + 1]),
+                                         __float_as_uint(k + 2 <= 8 ? m4_lv[k + 2] : 2.f));
+    }
+    __syncthreads();
+    // Vectors need w and grad 16-byte aligned and the code arrays 4-byte; the matrix columns'
+    // maxima are read as vectors when 16-byte aligned with cols a multiple of 4 (then every
+    // lane's first column is a multiple of 4).
+    const uintptr_t mis = (((uintptr_t)w | (uintptr_t)grad) & 15u) | (((uintptr_t)m4 | (uintptr_t)v4) & 3u);
+    const size_t chunks = mis ? 0 : n / 256;
+    const bool cvec = cols % 4 == 0 && (((uintptr_t)(norm + rows) | (uintptr_t)(newNorm + rows)) & 15u) == 0;
+    const bool divc = divc_divisor_ok(p.bc1) && divc_divisor_ok(p.bc2);
+    const float ybc1 = __frcp_rn(p.bc1), ybc2 = __frcp_rn(p.bc2);
+    const uint64_t k2 = sr_key2(seed, step, param), mk2 = sr_key2(seed ^ (1ULL << 40), step, param);
+    const size_t warps = (size_t)gridDim.x * (blockDim.x >> 5);
+    size_t c = (size_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    // The warp's first element c·256 as (row, column), advanced by the grid's stride each
+    // iteration (one 64-bit division per thread instead of one per warp iteration).
+    uint32_t rb = 0, cb = 0, dr = 0, dc = 0;
+    if (matrix && c < chunks) {
+        rb = (uint32_t)(c * 256 / cols);
+        cb = (uint32_t)(c * 256 - (size_t)rb * cols);
+        dr = (uint32_t)(warps * 256 / cols);
+        dc = (uint32_t)(warps * 256 - (size_t)dr * cols);
+    }
+    const uint32_t lane8 = (threadIdx.x & 31) * 8;
+    for (; c < chunks; c += warps) {
+        MatPos pos = {rb, cb + lane8};
+        if (matrix && pos.t >= cols) {
+            ADAMW_SLOW();  // past the row's end (~1 iteration in cols/256 for wide rows)
+            const uint32_t q = pos.t / cols;
+            pos.r += q;
+            pos.t -= q * cols;
+        }
+        adamw4_lane8<BF16>(w, grad, m4, v4, msc, norm, newNorm, p, divc, ybc1, ybc2, sr, k2, mk2, rows, cols, matrix, cvec,
+                           pos, c * 256 + lane8);
+        rb += dr;
+        cb += dc;
+        if (cb >= cols) {
+            cb -= cols;
+            rb++;
+        }
+    }
+    adamw4_blocks<BF16>(w, grad, m4, v4, msc, norm, newNorm, p, sr, seed, step, param, n, rows, cols, matrix, m4_lv, chunks * 2);
+}
+
 #define ADAMW4_ENTRY(name, BF16)                                                                                \
     extern "C" __global__ void __launch_bounds__(256)                                                           \
     name(void* w, const float* grad, uint8_t* m4, uint8_t* v4, float* msc, float* norm, const float* newNorm,    \
@@ -243,6 +568,8 @@ __device__ __forceinline__ void adamw4(void* __restrict__ w, const float* __rest
          float gscale, int sr, uint64_t seed, uint64_t step, uint64_t param, size_t n, size_t rows,              \
          unsigned cols, int matrix) {                                                                           \
         AdamParams p = {lr, b1, b2, omb1, omb2, bc1, bc2, eps, decay, gscale};                                  \
+        ADAMW_COUNT_FIX_SR(sr);                                                                                 \
+        ADAMW_COUNT_FIX_MATRIX(matrix);                                                                         \
         adamw4<BF16>(w, grad, m4, v4, msc, norm, newNorm, p, sr, seed, step, param, n, rows, cols, matrix);     \
     }
 ADAMW4_ENTRY(adamw_f32_4bit, false)

@@ -530,8 +530,31 @@ extern "C" __global__ void cross_entropy_f32(float* dlogits, double* loss, const
 // every operation rounded to float32 separately (Go does not fuse on amd64). Moments are fp32 or
 // engine/optim's Int8 format (blocks of 64: m signed linear int8 with absmax scale, √v the
 // zero-free unsigned code (k+1)/256 of the block's max √v). Weights are f32, or bf16 rounded to
-// nearest even or stochastically with optim's srBits(seed, step, param, index). One warp per
-// block of 64 elements (lane l owns elements l and l+32), in place, one pass.
+// nearest even or stochastically with optim's srBits(seed, step, param, index). In place, one
+// pass.
+//
+// Layout (session 5). The kernel moves ~12.25 B per element (bf16 master, int8 moments), so on
+// an H200 its memory floor is ~10 ms for the 4 B parameters; the first version (one warp per
+// block of 64, two scalar elements a lane, byte and 2-byte accesses) executed ~270 thread
+// instructions per element (ncu; its SASS path: 223, 260 with stochastic rounding) and took ~4×
+// the floor. Now each lane owns 8 consecutive elements and a warp 256 per iteration — four int8
+// blocks, one per group of 8 lanes, whose absmax is a 3-step __shfl_xor within the group (max
+// is exact and order-free). Loads and stores are vectors: bf16 w 16 B (f32 2×16 B), grad
+// 2×16 B, the int8 codes of m and √v 8 B each, one scale pair per lane. The budget aimed for was
+// ~100 instructions per element; the common path's SASS has 98 (121 with stochastic rounding):
+// per element ~7 to decode (PRMT+FADD instead of I2F for the codes), 8 for the moments, 2+2 to
+// test the moments' range, 5 for each division by bc1 and bc2 (div_const: an exact FMA sequence
+// from a reciprocal computed once, see adamw.cuh), 6 for the √ (sqrt_fast), ~11 for the one
+// true division by the denominator, 4 for w, ~7 and ~13 to encode m and √v (m_code_i8,
+// v_code_u8), 1–2 to round w (cvt.rn.bf16x2 for two elements; stochastic: ~22 for srBits with
+// its key hoisted); per lane (÷8) the block maxima, 127/absmax, 256/√absmax, the pointers. The
+// shortcuts are exact only within ranges (a ±0 or ≥ 2^-100 moment, a normal weight, y + 0.5
+// not within 2^-14 of an integer; outside them they yield NaN, which the rounding test
+// rejects): a lane with an element outside redoes those elements with the plain operations
+// (__fdiv_rn, __fsqrt_rn, bf16_rne, sqrt_code_u8), so every result is the scalar kernel's bit
+// for bit. A parameter whose pointers are not 16-byte aligned (w, grad; fp32 moments) or 8-byte
+// aligned (int8 codes) — a view at an odd offset — and the last n mod 256 elements go through
+// that scalar kernel (adamw_blocks), kept as it was.
 
 // sqrt_code_u8 is engine/optim's encodeSqrtU8 code for one element: round(√float64(v) ·
 // float64(inv)) − 1, clamped to [0, 255], with round half away from zero. The product y ≤ 256
@@ -546,18 +569,23 @@ __device__ __forceinline__ uint8_t sqrt_code_u8(float v, float inv) {
     if (fabsf(fr - 0.5f) > 0.000244140625f) {
         k = floorf(y + 0.5f) - 1.f;  // y ≥ 0: half away from zero
     } else {
+        ADAMW_SLOW();
         k = (float)(round(sqrt((double)v) * (double)inv) - 1.0);
     }
     return (uint8_t)fmaxf(0.f, fminf(255.f, k));
 }
 
+// adamw_blocks is the scalar kernel: one warp per block of 64 elements from block blk0 on (lane
+// l owns elements l and l+32), every operation the plain one. It handles the tail past the
+// vectorized part, and whole parameters whose pointers are not aligned for vectors.
 template <bool BF16, bool INT8>
-__device__ __forceinline__ void adamw(void* __restrict__ w, const float* __restrict__ grad, void* __restrict__ mbuf,
-                                      void* __restrict__ vbuf, float* __restrict__ msc, float* __restrict__ vsc,
-                                      AdamParams p, int sr, uint64_t seed, uint64_t step, uint64_t param, size_t n) {
+__device__ __forceinline__ void adamw_blocks(void* __restrict__ w, const float* __restrict__ grad, void* __restrict__ mbuf,
+                                             void* __restrict__ vbuf, float* __restrict__ msc, float* __restrict__ vsc,
+                                             const AdamParams& p, int sr, uint64_t seed, uint64_t step, uint64_t param,
+                                             size_t n, size_t blk0) {
     const int lane = threadIdx.x & 31;
     const size_t warps = (size_t)gridDim.x * (blockDim.x >> 5);
-    for (size_t blk = (size_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); blk * 64 < n; blk += warps) {
+    for (size_t blk = blk0 + (size_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); blk * 64 < n; blk += warps) {
         float mo[2], vo[2], wo[2];
         bool ok[2];
         float mf = 0.f, vf = 0.f;
@@ -631,12 +659,234 @@ __device__ __forceinline__ void adamw(void* __restrict__ w, const float* __restr
     }
 }
 
+// adamw_lane8 updates elements i0 … i0+7 (i0 a multiple of 8, all < n) with vector loads and
+// the exact shortcuts; for int8 moments the 8 lanes of i0's block of 64 call it together. divc
+// is the per-call test of div_const's divisors, ybc1 and ybc2 their reciprocals, k2 the hoisted
+// part of srBits (sr_key2), magic byte_magic's constant.
+template <bool BF16, bool INT8>
+__device__ __forceinline__ void adamw_lane8(void* __restrict__ w, const float* __restrict__ grad, void* __restrict__ mbuf,
+                                            void* __restrict__ vbuf, float* __restrict__ msc, float* __restrict__ vsc,
+                                            const AdamParams& p, bool divc, float ybc1, float ybc2, int sr, uint64_t k2,
+                                            uint32_t magic, size_t i0) {
+    float wv[8], mv[8], vv[8];
+    load8<BF16>(w, i0, wv);
+    if (INT8) {
+        const size_t blk = i0 >> 6;
+        const float msv = msc[blk], vsv = vsc[blk];
+        const uint2 mc = *reinterpret_cast<const uint2*>(reinterpret_cast<const int8_t*>(mbuf) + i0);
+        const uint2 vc = *reinterpret_cast<const uint2*>(reinterpret_cast<const uint8_t*>(vbuf) + i0);
+        // mf = msc/127 exactly (div_const with RN(1/127) = 0x3C010204 when msc is in range);
+        // vf = vsc/256 is an exact power-of-two product: RN of the same real as __fdiv_rn.
+        float mf;
+        if (divc_ok(msv)) {
+            mf = div_const(msv, 127.f, __uint_as_float(0x3C010204u));
+        } else {
+            ADAMW_SLOW();
+            mf = __fdiv_rn(msv, 127.f);
+        }
+        const float vf = __fmul_rn(vsv, 0.00390625f);
+        const uint32_t mw[2] = {mc.x ^ 0x80808080u, mc.y ^ 0x80808080u}, vw[2] = {vc.x, vc.y};
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            mv[e] = __fmul_rn(byte_f32(mw[e >> 2], e & 3, 8388736.f, magic), mf);
+            // (c + 1)·vf squared; a zero scale gives vf = ±0 and v = +0, as the scalar kernel's test.
+            const float sv = __fmul_rn(byte_f32(vw[e >> 2], e & 3, 8388607.f, magic), vf);
+            vv[e] = __fmul_rn(sv, sv);
+        }
+    } else {
+        const float4* m4 = reinterpret_cast<const float4*>(mbuf) + i0 / 4;
+        const float4* v4 = reinterpret_cast<const float4*>(vbuf) + i0 / 4;
+        const float4 a = m4[0], b = m4[1], c = v4[0], d = v4[1];
+        mv[0] = a.x, mv[1] = a.y, mv[2] = a.z, mv[3] = a.w, mv[4] = b.x, mv[5] = b.y, mv[6] = b.z, mv[7] = b.w;
+        vv[0] = c.x, vv[1] = c.y, vv[2] = c.z, vv[3] = c.w, vv[4] = d.x, vv[5] = d.y, vv[6] = d.z, vv[7] = d.w;
+    }
+    bool low;  // every m and v is ±0 or ≥ 2^-100 in magnitude: div_const and sqrt_fast apply
+    {
+        const float4 g0 = __ldg(reinterpret_cast<const float4*>(grad + i0)), g1 = __ldg(reinterpret_cast<const float4*>(grad + i0) + 1);
+        const float gv[8] = {g0.x, g0.y, g0.z, g0.w, g1.x, g1.y, g1.z, g1.w};
+        DivcLow rg;
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            const float g = __fmul_rn(gv[e], p.gscale);
+            mv[e] = __fadd_rn(__fmul_rn(p.b1, mv[e]), __fmul_rn(p.omb1, g));
+            vv[e] = __fadd_rn(__fmul_rn(p.b2, vv[e]), __fmul_rn(__fmul_rn(p.omb2, g), g));
+            rg.add(mv[e]);
+            rg.add(vv[e]);
+        }
+        low = rg.ok();
+    }
+    // w with the shortcuts, in three passes: div_const and sqrt_fast, then the true divisions
+    // (whose slow-path calls make ptxas reload every constant-bank operand used between them),
+    // then w. A shortcut that meets ±Inf, NaN or an overflow yields NaN, never a wrong number,
+    // so a NaN-free w (the rounding tests below reject NaN) was computed exactly; otherwise the
+    // lane redoes w with the plain operations.
+    const bool fast = divc && low;
+    if (fast) {
+        float q[8], den[8];
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            den[e] = __fadd_rn(sqrt_fast(div_const(vv[e], p.bc2, ybc2)), p.eps);
+            q[e] = div_const(mv[e], p.bc1, ybc1);
+        }
+#pragma unroll
+        for (int e = 0; e < 8; e++) q[e] = __fdiv_rn(q[e], den[e]);
+#pragma unroll
+        for (int e = 0; e < 8; e++) wv[e] = __fsub_rn(__fsub_rn(wv[e], __fmul_rn(p.decay, wv[e])), __fmul_rn(p.lr, q[e]));
+    }
+    // Rounding tests: cvt.rn.bf16x2 is IEEE round to nearest even — bf16_rne's rounding — for
+    // normal floats and ±Inf; zeros, subnormals and NaN (whose bits bf16_rne keeps) take bf16_rne.
+    // Stochastic rounding adds the draw to the bits of any finite w. f32 masters only need NaN.
+    bool ok = fast;
+#pragma unroll
+    for (int e = 0; e < 8; e++) {
+        if (!BF16) ok &= wv[e] == wv[e];
+        else if (sr) ok &= fabsf(wv[e]) < INFINITY;
+        else ok &= fabsf(wv[e]) >= 0x1p-126f;
+    }
+    uint32_t hw[4];
+    if (ok) {
+        if (BF16 && sr) {
+            // srBits(seed, step, param, i0+e) from the hoisted key: idx·C3 advances by C3.
+            const uint64_t x0 = (uint64_t)i0 * 0x94d049bb133111ebULL;
+            uint32_t t[8];
+#pragma unroll
+            for (int e = 0; e < 8; e++) t[e] = __float_as_uint(wv[e]) + sr_bits_hoisted(x0 + (uint64_t)e * 0x94d049bb133111ebULL, k2);
+#pragma unroll
+            for (int j = 0; j < 4; j++) hw[j] = __byte_perm(t[2 * j], t[2 * j + 1], 0x7632u);
+        } else if (BF16) {
+#pragma unroll
+            for (int j = 0; j < 4; j++) asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(hw[j]) : "f"(wv[2 * j + 1]), "f"(wv[2 * j]));
+        }
+    } else {
+        ADAMW_SLOW();
+        load8<BF16>(w, i0, wv);
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            const float den = __fadd_rn(__fsqrt_rn(__fdiv_rn(vv[e], p.bc2)), p.eps);
+            const float upd = __fdiv_rn(__fdiv_rn(mv[e], p.bc1), den);
+            wv[e] = __fsub_rn(__fsub_rn(wv[e], __fmul_rn(p.decay, wv[e])), __fmul_rn(p.lr, upd));
+        }
+        if (BF16) {
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                uint16_t h[2];
+#pragma unroll
+                for (int k = 0; k < 2; k++)
+                    h[k] = sr ? stochastic_bf16(wv[2 * j + k], sr_bits_hoisted((uint64_t)(i0 + 2 * j + k) * 0x94d049bb133111ebULL, k2))
+                              : bf16_rne(wv[2 * j + k]);
+                hw[j] = (uint32_t)h[0] | (uint32_t)h[1] << 16;
+            }
+        }
+    }
+    if (BF16) {
+        *reinterpret_cast<uint4*>(reinterpret_cast<uint16_t*>(w) + i0) = make_uint4(hw[0], hw[1], hw[2], hw[3]);
+    } else {
+        reinterpret_cast<float4*>(w)[i0 / 4] = make_float4(wv[0], wv[1], wv[2], wv[3]);
+        reinterpret_cast<float4*>(w)[i0 / 4 + 1] = make_float4(wv[4], wv[5], wv[6], wv[7]);
+    }
+    if (!INT8) {
+        float4* m4 = reinterpret_cast<float4*>(mbuf) + i0 / 4;
+        float4* v4 = reinterpret_cast<float4*>(vbuf) + i0 / 4;
+        m4[0] = make_float4(mv[0], mv[1], mv[2], mv[3]);
+        m4[1] = make_float4(mv[4], mv[5], mv[6], mv[7]);
+        v4[0] = make_float4(vv[0], vv[1], vv[2], vv[3]);
+        v4[1] = make_float4(vv[4], vv[5], vv[6], vv[7]);
+        return;
+    }
+    // The block's absmax of m and of v over its 8 lanes (fmaxf ignores NaN in any order, as the
+    // scalar kernel's warp_max does).
+    float am = fabsf(mv[0]), av = fabsf(vv[0]);
+#pragma unroll
+    for (int e = 1; e < 8; e++) {
+        am = fmaxf(am, fabsf(mv[e]));
+        av = fmaxf(av, fabsf(vv[e]));
+    }
+#pragma unroll
+    for (int o = 1; o < 8; o <<= 1) {
+        am = fmaxf(am, __shfl_xor_sync(0xffffffffu, am, o));
+        av = fmaxf(av, __shfl_xor_sync(0xffffffffu, av, o));
+    }
+    const float ms = am, vs = sqrt_rn(av);
+    uint32_t mc[8], vc[8];
+    if (ms != 0.f) {
+        const float minv = __fdiv_rn(127.f, ms);
+#pragma unroll
+        for (int e = 0; e < 8; e++) mc[e] = m_code_i8(mv[e], minv);
+    } else {
+        ADAMW_SLOW();
+#pragma unroll
+        for (int e = 0; e < 8; e++) mc[e] = 0u;
+    }
+    if (vs != 0.f) {
+        const float vinv = __fdiv_rn(256.f, vs);
+        // sqrt_fast needs v = +0 or v ≥ 2^-101 (it turns +Inf and NaN into NaN, which v_code_u8
+        // reports as near).
+        bool near = false;
+        if (low) {
+#pragma unroll
+            for (int e = 0; e < 8; e++) {
+                bool nr;
+                vc[e] = v_code_u8(sqrt_fast(vv[e]), vinv, nr);
+                near |= nr;
+            }
+        } else {
+            ADAMW_SLOW();
+#pragma unroll
+            for (int e = 0; e < 8; e++) {
+                bool nr;
+                vc[e] = v_code_u8(__fsqrt_rn(vv[e]), vinv, nr);
+                near |= nr;
+            }
+        }
+        if (near) {
+            ADAMW_SLOW();
+            // Near a rounding boundary (v_code_u8; ~1 element in 4096): optim's double product.
+#pragma unroll
+            for (int e = 0; e < 8; e++) {
+                bool nr;
+                v_code_u8(__fsqrt_rn(vv[e]), vinv, nr);
+                if (nr) vc[e] = sqrt_code_u8(vv[e], vinv);
+            }
+        }
+    } else {
+        ADAMW_SLOW();
+#pragma unroll
+        for (int e = 0; e < 8; e++) vc[e] = 0u;
+    }
+    *reinterpret_cast<uint2*>(reinterpret_cast<int8_t*>(mbuf) + i0) = make_uint2(pack4(mc[0], mc[1], mc[2], mc[3]), pack4(mc[4], mc[5], mc[6], mc[7]));
+    *reinterpret_cast<uint2*>(reinterpret_cast<uint8_t*>(vbuf) + i0) = make_uint2(pack4(vc[0], vc[1], vc[2], vc[3]), pack4(vc[4], vc[5], vc[6], vc[7]));
+    if ((threadIdx.x & 7) == 0) {
+        const size_t blk = i0 >> 6;
+        msc[blk] = ms;
+        vsc[blk] = vs;
+    }
+}
+
+template <bool BF16, bool INT8>
+__device__ __forceinline__ void adamw(void* __restrict__ w, const float* __restrict__ grad, void* __restrict__ mbuf,
+                                      void* __restrict__ vbuf, float* __restrict__ msc, float* __restrict__ vsc,
+                                      AdamParams p, int sr, uint64_t seed, uint64_t step, uint64_t param, size_t n) {
+    // Vectors need w and grad 16-byte aligned, the int8 codes 8-byte (fp32 moments 16-byte).
+    const uintptr_t mis = ((uintptr_t)w | (uintptr_t)grad | (INT8 ? 0 : (uintptr_t)mbuf | (uintptr_t)vbuf)) & 15u |
+                          (INT8 ? ((uintptr_t)mbuf | (uintptr_t)vbuf) & 7u : 0u);
+    const size_t chunks = mis ? 0 : n / 256;
+    const bool divc = divc_divisor_ok(p.bc1) && divc_divisor_ok(p.bc2);
+    const float ybc1 = __frcp_rn(p.bc1), ybc2 = __frcp_rn(p.bc2);
+    const uint64_t k2 = sr_key2(seed, step, param);
+    const uint32_t magic = byte_magic(n);
+    const size_t warps = (size_t)gridDim.x * (blockDim.x >> 5);
+    for (size_t c = (size_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); c < chunks; c += warps)
+        adamw_lane8<BF16, INT8>(w, grad, mbuf, vbuf, msc, vsc, p, divc, ybc1, ybc2, sr, k2, magic, c * 256 + (threadIdx.x & 31) * 8);
+    adamw_blocks<BF16, INT8>(w, grad, mbuf, vbuf, msc, vsc, p, sr, seed, step, param, n, chunks * 4);
+}
+
 #define ADAMW_ENTRY(name, BF16, INT8)                                                                          \
     extern "C" __global__ void __launch_bounds__(256)                                                          \
     name(void* w, const float* grad, void* m, void* v, float* msc, float* vsc, float lr, float b1, float b2,   \
          float omb1, float omb2, float bc1, float bc2, float eps, float decay, float gscale, int sr,             \
          uint64_t seed, uint64_t step, uint64_t param, size_t n) {                                             \
         AdamParams p = {lr, b1, b2, omb1, omb2, bc1, bc2, eps, decay, gscale};                                 \
+        ADAMW_COUNT_FIX_SR(sr);                                                                                \
         adamw<BF16, INT8>(w, grad, m, v, msc, vsc, p, sr, seed, step, param, n);                                \
     }
 ADAMW_ENTRY(adamw_f32_fp32, false, false)
