@@ -14,20 +14,25 @@ import (
 // o and down GEMVs as they finish each output (gemv_tcp.cu's _norm, _swiacc and _acc forms). A
 // batch-1 decode layer then launches six kernels instead of nine. Each op falls back to the
 // composition it names (through the public ops, on the owner goroutine) where the resident GEMV
-// does not apply, or when QWENGO_CUDA_DECODE_FUSED=0.
+// does not apply (other weight formats, more than eight rows, another GEMV forced). They
+// measured no faster than the kernels they fold (FusedDecodeRows), so the model takes them only
+// with QWENGO_CUDA_DECODE_FUSED=1.
 
-// decodeFusedFromEnv reports whether the fused decode kernels may be used.
-func decodeFusedFromEnv() bool { return os.Getenv("QWENGO_CUDA_DECODE_FUSED") != "0" }
+// decodeFusedFromEnv reports whether the model should take the fused decode forms
+// (QWENGO_CUDA_DECODE_FUSED=1); the ops themselves run fused whenever they apply.
+func decodeFusedFromEnv() bool { return os.Getenv("QWENGO_CUDA_DECODE_FUSED") == "1" }
 
-// fusedDecodeRows is where the fused forms pay (device run 7, session 5): at eight rows every
-// block of the q/k/v and gate/up products computes eight row norms (80 KB of x read per block
-// from L2, eight block reductions) and batch-8 decode fell from ~1,460 to 1,219 tok/s; at one
-// row the norm is one reduction over 10 KB.
+// fusedDecodeRows is where the fused forms could pay. Measured (session 5, device runs 7-8):
+// at eight rows every block of the q/k/v and gate/up products computes eight row norms over
+// 80 KB of x and batch-8 decode fell from ~1,460 to 1,219 tok/s; at one row the model with
+// them decodes as fast as without (348 against 356 tok/s at context 512, 261 and 261 at 8192,
+// same run): the norm reduction each block now does before its first mma costs what the
+// kernels it replaces did. So the model takes them only when asked (QWENGO_CUDA_DECODE_FUSED=1).
 const fusedDecodeRows = 1
 
-// FusedDecodeRows implements backend.FusedDecode: 1, or 0 with QWENGO_CUDA_DECODE_FUSED=0.
+// FusedDecodeRows implements backend.FusedDecode: 1 with QWENGO_CUDA_DECODE_FUSED=1, else 0.
 func (b *Backend) FusedDecodeRows() int {
-	if !b.decodeFused {
+	if !b.decodeFusedModel {
 		return 0
 	}
 	return fusedDecodeRows
@@ -35,7 +40,7 @@ func (b *Backend) FusedDecodeRows() int {
 
 // fusedGEMV reports whether fusion f may run on gemv_tcp for T rows of K inputs and weights ws.
 func (b *Backend) fusedGEMV(f tcpFusion, T, K int, ws []*Weight) bool {
-	if !b.decodeFused || (b.gemv != gemvAuto && b.gemv != gemvTCP) || !b.gemvTCPFusedShape(f, T, K) {
+	if (b.gemv != gemvAuto && b.gemv != gemvTCP) || !b.gemvTCPFusedShape(f, T, K) {
 		return false
 	}
 	for _, w := range ws {

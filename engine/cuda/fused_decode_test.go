@@ -13,7 +13,7 @@ import (
 // TestFusedDecodeOps checks the fused decode ops (NormMatMulMany, MatMulAdd, SwiGLUMatMulAdd)
 // against the CPU's compositions of the ops they name: on the resident GEMV (NVFP4 weights,
 // 1..8 rows, one and several K slices), on their fallbacks (more rows than the GEMV takes, an
-// f32 weight, QWENGO_CUDA_DECODE_FUSED off) and twice in a row (arrival counters back at zero).
+// f32 weight, another GEMV forced) and twice in a row (arrival counters back at zero).
 func TestFusedDecodeOps(t *testing.T) {
 	g := openGPU(t)
 	c := cpu.New()
@@ -29,7 +29,13 @@ func TestFusedDecodeOps(t *testing.T) {
 		{2, 2560, 96, kindF32, true}, {4, 2560, 512, kindNVFP4, false},
 	} {
 		name := fmt.Sprintf("T=%d K=%d N=%d %s fused=%v", s.T, s.K, s.N, s.kind, s.fused)
-		g.do(func() error { g.decodeFused = s.fused; return nil })
+		g.do(func() error { // not fused: another GEMV forced, the ops fall back
+			g.gemv = gemvAuto
+			if !s.fused {
+				g.gemv = gemvV2Name
+			}
+			return nil
+		})
 		cw, gw := weights(t, c, g, hostWeight(t, s.kind, s.N, s.K, uint64(90+i)))
 		cx, gx := pair(t, c, g, s.T, s.K, randn(s.T*s.K, uint64(900+i), 1))
 		cu, gu := pair(t, c, g, s.T, s.K, randn(s.T*s.K, uint64(950+i), 1))
@@ -76,7 +82,7 @@ func TestFusedDecodeOps(t *testing.T) {
 			compare(t, name+" swiglu+matmul+add", c, g, cr2, gr, bound)
 		}
 	}
-	g.do(func() error { g.decodeFused = true; return nil })
+	g.do(func() error { g.gemv = gemvFromEnv(); return nil })
 
 	// Mismatched shapes are errors naming the op.
 	_, gx := pair(t, c, g, 2, 2560, nil)
