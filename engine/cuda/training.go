@@ -616,9 +616,14 @@ const adamBlock = 64
 // warp).
 const adamChunk = 256
 
-// adamOccupancy caches the resident 256-thread blocks per SM of the AdamW kernels, by function
-// (a module's kernels are distinct functions, so several backends share the cache safely).
+// adamOccupancy caches the resident 256-thread blocks per SM of the AdamW kernels, keyed by
+// function and name (adamOccKey), so that several backends share it.
 var adamOccupancy sync.Map
+
+type adamOccKey struct {
+	fn   function
+	name string
+}
 
 // adamGrid is the grid of an AdamW kernel for the given warp iterations (chunks of adamChunk
 // elements): one block of 8 warps per 8 chunks, at most one full wave — as many blocks as fit
@@ -626,13 +631,14 @@ var adamOccupancy sync.Map
 // never changes the results (each element is one lane's, whatever the grid).
 func (b *Backend) adamGrid(name string, chunks int64) (int, error) {
 	fn := b.fns[name]
-	per, ok := adamOccupancy.Load(fn)
+	key := adamOccKey{fn, name}
+	per, ok := adamOccupancy.Load(key)
 	if !ok {
 		n, err := occupancy(fn, 256, 0)
 		if err != nil || n < 1 {
 			return 0, fmt.Errorf("occupancy of %s: %d blocks an SM, %v", name, n, err)
 		}
-		adamOccupancy.Store(fn, n)
+		adamOccupancy.Store(key, n)
 		per = n
 	}
 	return int(max(1, min((chunks+7)/8, int64(b.sms*per.(int))))), nil
@@ -720,9 +726,9 @@ func (b *Backend) FreeAdamWState(st backend.AdamWState) {
 	})
 }
 
-// AdamW implements backend.Training: one in-place pass over w, its moments and grad, one warp
-// per block of 64 elements, with engine/optim's arithmetic (see train.cu); 4bit moments take
-// the two passes of adamW4 (optim4.go).
+// AdamW implements backend.Training: one in-place pass over w, its moments and grad, 8
+// consecutive elements a lane (adamGrid), with engine/optim's arithmetic (see train.cu); 4bit
+// moments take the two passes of adamW4 (optim4.go).
 func (b *Backend) AdamW(bw backend.Weight, grad backend.Tensor, st backend.AdamWState, h backend.AdamWHyper) error {
 	if err := backend.CheckAdamWHyper(h); err != nil {
 		return fmt.Errorf("cuda: %w", err)
