@@ -309,3 +309,24 @@ func TestLogKernelTimes(t *testing.T) {
 		}
 	}
 }
+
+// TestRooflineFraction: the table's last column is how much of the roofline a figure reaches,
+// 100 % at the roofline whether higher (tokens/s) or lower (a step's time) is better.
+func TestRooflineFraction(t *testing.T) {
+	for _, c := range []struct {
+		f    Figure
+		want float64
+	}{
+		{Figure{Value: 356, Roofline: 1484, Better: "higher"}, 356.0 / 1484},
+		{Figure{Value: 22.1, Roofline: 11.5, Better: "lower"}, 11.5 / 22.1},
+		{Figure{Value: 11.5, Roofline: 11.5, Better: "lower"}, 1},
+	} {
+		if got := rooflineFraction(&c.f); math.Abs(got-c.want) > 1e-12 {
+			t.Errorf("%+v: fraction %.4f, want %.4f", c.f, got, c.want)
+		}
+	}
+	ours := &Report{Side: "qwengo", Figures: []Figure{{Key: "optim_step_int8", Label: "optimizer step", Unit: "ms", Value: 22.1, Roofline: 11.5, Better: "lower", Status: StatusOK}}}
+	if md := Markdown(ours, nil); !strings.Contains(md, "52.0 %") && !strings.Contains(md, "52.0%") {
+		t.Errorf("the optimizer step at 22.1 ms against an 11.5 ms roofline is not shown as 52 %%:\n%s", md)
+	}
+}
