@@ -208,3 +208,79 @@ __device__ __forceinline__ void load8(const void* w, size_t i0, float (&wv)[8]) 
         wv[0] = a.x, wv[1] = a.y, wv[2] = a.z, wv[3] = a.w, wv[4] = b.x, wv[5] = b.y, wv[6] = b.z, wv[7] = b.w;
     }
 }
+
+// adamw_w8 finishes the 8 master weights of a lane (elements i0…i0+7) from their new moments and
+// stores them: with fast, the shortcuts (div_const, sqrt_fast) in three passes — the shortcut
+// divisions and roots, then the true divisions (whose slow-path calls make ptxas reload every
+// constant-bank operand used between them), then w; a shortcut that meets ±Inf, NaN or an
+// overflow yields NaN, never a wrong number, so a NaN-free w (the rounding tests below reject
+// NaN) was computed exactly; otherwise the lane redoes w with the plain operations. wv holds the
+// old weights on entry. Shared by the int8/fp32 (train.cu) and 4-bit (optim4.cu) lane kernels.
+template <bool BF16>
+__device__ __forceinline__ void adamw_w8(void* __restrict__ w, float (&wv)[8], const float (&mv)[8],
+                                         const float (&vv)[8], const AdamParams& p, bool fast, float ybc1,
+                                         float ybc2, int sr, uint64_t k2, size_t i0) {
+    if (fast) {
+        float q[8], den[8];
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            den[e] = __fadd_rn(sqrt_fast(div_const(vv[e], p.bc2, ybc2)), p.eps);
+            q[e] = div_const(mv[e], p.bc1, ybc1);
+        }
+#pragma unroll
+        for (int e = 0; e < 8; e++) q[e] = __fdiv_rn(q[e], den[e]);
+#pragma unroll
+        for (int e = 0; e < 8; e++) wv[e] = __fsub_rn(__fsub_rn(wv[e], __fmul_rn(p.decay, wv[e])), __fmul_rn(p.lr, q[e]));
+    }
+    // Rounding tests: cvt.rn.bf16x2 is IEEE round to nearest even — bf16_rne's rounding — for
+    // normal floats and ±Inf; zeros, subnormals and NaN (whose bits bf16_rne keeps) take bf16_rne.
+    // Stochastic rounding adds the draw to the bits of any finite w. f32 masters only need NaN.
+    bool ok = fast;
+#pragma unroll
+    for (int e = 0; e < 8; e++) {
+        if (!BF16) ok &= wv[e] == wv[e];
+        else if (sr) ok &= fabsf(wv[e]) < INFINITY;
+        else ok &= fabsf(wv[e]) >= 0x1p-126f;
+    }
+    uint32_t hw[4];
+    if (ok) {
+        if (BF16 && sr) {
+            // srBits(seed, step, param, i0+e) from the hoisted key: idx·C3 advances by C3.
+            const uint64_t x0 = (uint64_t)i0 * 0x94d049bb133111ebULL;
+            uint32_t t[8];
+#pragma unroll
+            for (int e = 0; e < 8; e++) t[e] = __float_as_uint(wv[e]) + sr_bits_hoisted(x0 + (uint64_t)e * 0x94d049bb133111ebULL, k2);
+#pragma unroll
+            for (int j = 0; j < 4; j++) hw[j] = __byte_perm(t[2 * j], t[2 * j + 1], 0x7632u);
+        } else if (BF16) {
+#pragma unroll
+            for (int j = 0; j < 4; j++) asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(hw[j]) : "f"(wv[2 * j + 1]), "f"(wv[2 * j]));
+        }
+    } else {
+        ADAMW_SLOW();
+        load8<BF16>(w, i0, wv);
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            const float den = __fadd_rn(__fsqrt_rn(__fdiv_rn(vv[e], p.bc2)), p.eps);
+            const float upd = __fdiv_rn(__fdiv_rn(mv[e], p.bc1), den);
+            wv[e] = __fsub_rn(__fsub_rn(wv[e], __fmul_rn(p.decay, wv[e])), __fmul_rn(p.lr, upd));
+        }
+        if (BF16) {
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                uint16_t h[2];
+#pragma unroll
+                for (int k = 0; k < 2; k++)
+                    h[k] = sr ? stochastic_bf16(wv[2 * j + k], sr_bits_hoisted((uint64_t)(i0 + 2 * j + k) * 0x94d049bb133111ebULL, k2))
+                              : bf16_rne(wv[2 * j + k]);
+                hw[j] = (uint32_t)h[0] | (uint32_t)h[1] << 16;
+            }
+        }
+    }
+    if (BF16) {
+        *reinterpret_cast<uint4*>(reinterpret_cast<uint16_t*>(w) + i0) = make_uint4(hw[0], hw[1], hw[2], hw[3]);
+    } else {
+        reinterpret_cast<float4*>(w)[i0 / 4] = make_float4(wv[0], wv[1], wv[2], wv[3]);
+        reinterpret_cast<float4*>(w)[i0 / 4 + 1] = make_float4(wv[4], wv[5], wv[6], wv[7]);
+    }
+}

@@ -371,65 +371,7 @@ __device__ __forceinline__ void adamw4_lane8(void* __restrict__ w, const float* 
         }
     }
     const bool fast = divc && lom.ok() && lov.ok();
-    if (fast) {
-        float q[8], den[8];
-#pragma unroll
-        for (int e = 0; e < 8; e++) {
-            den[e] = __fadd_rn(sqrt_fast(div_const(vv[e], p.bc2, ybc2)), p.eps);
-            q[e] = div_const(mv[e], p.bc1, ybc1);
-        }
-#pragma unroll
-        for (int e = 0; e < 8; e++) q[e] = __fdiv_rn(q[e], den[e]);
-#pragma unroll
-        for (int e = 0; e < 8; e++) wv[e] = __fsub_rn(__fsub_rn(wv[e], __fmul_rn(p.decay, wv[e])), __fmul_rn(p.lr, q[e]));
-    }
-    bool ok = fast;
-#pragma unroll
-    for (int e = 0; e < 8; e++) {
-        if (!BF16) ok &= wv[e] == wv[e];
-        else if (sr) ok &= fabsf(wv[e]) < INFINITY;
-        else ok &= fabsf(wv[e]) >= 0x1p-126f;
-    }
-    uint32_t hw[4];
-    if (ok) {
-        if (BF16 && sr) {
-            const uint64_t x0 = (uint64_t)i0 * 0x94d049bb133111ebULL;
-            uint32_t t[8];
-#pragma unroll
-            for (int e = 0; e < 8; e++) t[e] = __float_as_uint(wv[e]) + sr_bits_hoisted(x0 + (uint64_t)e * 0x94d049bb133111ebULL, k2);
-#pragma unroll
-            for (int j = 0; j < 4; j++) hw[j] = __byte_perm(t[2 * j], t[2 * j + 1], 0x7632u);
-        } else if (BF16) {
-#pragma unroll
-            for (int j = 0; j < 4; j++) asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(hw[j]) : "f"(wv[2 * j + 1]), "f"(wv[2 * j]));
-        }
-    } else {
-        ADAMW_SLOW();
-        load8<BF16>(w, i0, wv);
-#pragma unroll
-        for (int e = 0; e < 8; e++) {
-            const float den = __fadd_rn(__fsqrt_rn(__fdiv_rn(vv[e], p.bc2)), p.eps);
-            const float upd = __fdiv_rn(__fdiv_rn(mv[e], p.bc1), den);
-            wv[e] = __fsub_rn(__fsub_rn(wv[e], __fmul_rn(p.decay, wv[e])), __fmul_rn(p.lr, upd));
-        }
-        if (BF16) {
-#pragma unroll
-            for (int j = 0; j < 4; j++) {
-                uint16_t h[2];
-#pragma unroll
-                for (int k = 0; k < 2; k++)
-                    h[k] = sr ? stochastic_bf16(wv[2 * j + k], sr_bits_hoisted((uint64_t)(i0 + 2 * j + k) * 0x94d049bb133111ebULL, k2))
-                              : bf16_rne(wv[2 * j + k]);
-                hw[j] = (uint32_t)h[0] | (uint32_t)h[1] << 16;
-            }
-        }
-    }
-    if (BF16) {
-        *reinterpret_cast<uint4*>(reinterpret_cast<uint16_t*>(w) + i0) = make_uint4(hw[0], hw[1], hw[2], hw[3]);
-    } else {
-        reinterpret_cast<float4*>(w)[i0 / 4] = make_float4(wv[0], wv[1], wv[2], wv[3]);
-        reinterpret_cast<float4*>(w)[i0 / 4 + 1] = make_float4(wv[4], wv[5], wv[6], wv[7]);
-    }
+    adamw_w8<BF16>(w, wv, mv, vv, p, fast, ybc1, ybc2, sr, k2, i0);
     // The block's absmax of m (and max of v for one row) over its 16 lanes, from 0 as
     // adamw4_blocks (fmaxf ignores NaN in any order).
     float am = 0.f, vmax = 0.f;
