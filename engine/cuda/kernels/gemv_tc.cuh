@@ -80,30 +80,3 @@ struct gemv_jobs {
 #define GEMV_JOBS_INIT                                                           \
     {{out0, out1, out2}, {p0, p1, p2}, {s0, s1, s2}, {g0, g1, g2}, {n0, n1, n2}, \
      {(n0 + 15) / 16, (n1 + 15) / 16, (n2 + 15) / 16}, njobs}
-
-// tc_step multiplies one 128-wide k step of a 16-row weight tile by up to 4·P token rows (the
-// multi-row GEMVs, gemv_tcb.cu and gemv_tcp.cu): qa, qb are the lane's codes of rows g and g+8,
-// sfa, sfb their E4M3 scale pairs as f16x2; pass p reads its B column at xcol[p] + 64·s (rows
-// past T, rowLive false, feed zeros) into acc[p].
-template <int P>
-__device__ __forceinline__ void tc_step(float (&acc)[P][2][4], uint4 qa, uint4 qb, uint32_t sfa, uint32_t sfb,
-                                        const uint32_t* const (&xcol)[P], const bool (&rowLive)[P], int s) {
-    const uint32_t sa0 = __byte_perm(sfa, 0, 0x1010), sa1 = __byte_perm(sfa, 0, 0x3232);
-    const uint32_t sb0 = __byte_perm(sfb, 0, 0x1010), sb1 = __byte_perm(sfb, 0, 0x3232);
-    const uint32_t wra[4] = {qa.x, qa.y, qa.z, qa.w}, wrb[4] = {qb.x, qb.y, qb.z, qb.w};
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        const uint32_t fa = i < 2 ? sa0 : sa1, fb = i < 2 ? sb0 : sb1;
-        const uint32_t a0 = hmul2(e2m1_pair<0>(wra[i]), fa), a1 = hmul2(e2m1_pair<0>(wrb[i]), fb);
-        const uint32_t a2 = hmul2(e2m1_pair<1>(wra[i]), fa), a3 = hmul2(e2m1_pair<1>(wrb[i]), fb);
-        const uint32_t a4 = hmul2(e2m1_pair<2>(wra[i]), fa), a5 = hmul2(e2m1_pair<2>(wrb[i]), fb);
-        const uint32_t a6 = hmul2(e2m1_pair<3>(wra[i]), fa), a7 = hmul2(e2m1_pair<3>(wrb[i]), fb);
-#pragma unroll
-        for (int p = 0; p < P; p++) {
-            uint4 b = make_uint4(0u, 0u, 0u, 0u);
-            if (rowLive[p]) b = reinterpret_cast<const uint4*>(xcol[p] + 64 * s)[i];
-            mma_f16(acc[p][0], a0, a1, a2, a3, b.x, b.y);
-            mma_f16(acc[p][1], a4, a5, a6, a7, b.z, b.w);
-        }
-    }
-}
