@@ -30,8 +30,8 @@
 //   - Tensors are float32 on the device (bf16 activations come later). Weights stay in their
 //     stored precision (f32, bf16, NVFP4 packed codes + E4M3 block scales + FP32 tensor scale).
 //     MatMul: a few token rows take a GEMV that decodes the weights in registers (NVFP4 on
-//     tensor cores: gemv_tc.cu for one row, gemv_tcb.cu for 2-15 rows, eight a launch; gemv.go
-//     picks the kernel per shape); 16 rows or more go to cuBLASLt (blaslt.go, gemm.go: bf16
+//     tensor cores: gemv_tcp.cu for 1-15 rows, eight a launch, a resident grid with four weight
+//     steps in flight per warp; gemv.go picks the kernel per shape, QWENGO_CUDA_GEMV forces one); 16 rows or more go to cuBLASLt (blaslt.go, gemm.go: bf16
 //     operands, fp32 accumulation; NVFP4 weights expanded to bf16 per call), else a tiled SIMT
 //     kernel. Attention: prefill (≥ 16 rows, head_dim 128) and
 //     its backward on tensor-core flash kernels (flash.go); decode one block per KV head and key
@@ -42,8 +42,14 @@
 //     implemented: fused decoder-block kernels, every backward op, chunked cross-entropy and
 //     the AdamW update with fp32, int8 or 4-bit moments. backend.Batched (batch.go, kernels/batch.cu)
 //     runs a batched decode step's per-sequence ops in one launch each for up to 32 sequences.
+//   - backend.FusedDecode (fused_decode.go): the block's norms, SwiGLU and residual adds folded
+//     into the GEMVs; exact, but measured no faster, so the model takes them only with
+//     QWENGO_CUDA_DECODE_FUSED=1.
 //   - CUDA graphs (graph.go): CaptureGraph records the kernels a function launches and
 //     Graph.Replay runs them as one launch; the model does not use them yet (NOTES.md says why).
+//   - Profiling (backend.Profiler): ProfileRange delimits the range ncu/nsys capture with
+//     capture-from-start off; with QWENGO_CUDA_KERNEL_TIMES=1 it also times every launch in it
+//     with events (ktimes.go), no profiler needed.
 //
 // NOTES.md has the kernels' bytes, FLOPs and measured times on an H200 and what comes next.
 //
