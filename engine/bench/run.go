@@ -272,25 +272,14 @@ func (r *runner) profileStart(f *Figure, first bool) func() {
 // logKernelTimes logs the kernels of a timed profiling range (QWENGO_CUDA_KERNEL_TIMES=1 on
 // CUDA), longest total first: the top 30 and what the rest add up to.
 func (r *runner) logKernelTimes(key string, times []backend.KernelTime) {
-	if len(times) == 0 {
+	table := backend.FormatKernelTimes(times, 30)
+	if table == "" {
 		return
 	}
-	var total time.Duration
-	for _, t := range times {
-		total += t.Total
-	}
-	r.logf("%s: kernel times of one repetition (each launch timed alone): %d kernels, %.3f ms", key, len(times), total.Seconds()*1e3)
-	for i, t := range times {
-		if i == 30 {
-			var rest time.Duration
-			for _, u := range times[i:] {
-				rest += u.Total
-			}
-			r.logf("  ... %d more: %.3f ms", len(times)-i, rest.Seconds()*1e3)
-			break
-		}
-		r.logf("  %-40s %6d× %10.3f ms %5.1f%%  %8.2f µs each", t.Name, t.Count, t.Total.Seconds()*1e3,
-			100*t.Total.Seconds()/total.Seconds(), t.Total.Seconds()*1e6/float64(t.Count))
+	lines := strings.Split(strings.TrimSuffix(table, "\n"), "\n")
+	r.logf("%s: kernel times of one repetition: %s", key, lines[0])
+	for _, l := range lines[1:] {
+		r.logf("%s", l)
 	}
 }
 

@@ -64,8 +64,10 @@ type Backend struct {
 	// decodeFusedModel offers the fused decode ops to the model (FusedDecodeRows;
 	// QWENGO_CUDA_DECODE_FUSED=1).
 	decodeFusedModel bool
-	// kernelTimes are the last timed profiler range's kernels (ProfileRange).
+	// kernelTimes are the last timed profiler range's kernels (ProfileRange); timeKernels
+	// times the ranges opened while it is set (SetKernelTiming).
 	kernelTimes []backend.KernelTime
+	timeKernels bool
 	// The persistent GEMV's partial sums and arrival counters, and its blocks per SM per T.
 	gemvPartial, gemvCounters devBuf
 	gemvOccupancy             [gemvMaxRows]int
@@ -586,15 +588,15 @@ func (b *Backend) dropPool() {
 // from the start off (ncu --profile-from-start off, nsys --capture-range=cudaProfilerApi) then
 // records only the kernels launched in between. The benchmark's QWENGO_BENCH_PROFILE uses it.
 //
-// With QWENGO_CUDA_KERNEL_TIMES=1 the range also times every kernel launched in it with CUDA
-// events (KernelTimes reads them): serialised, so the sum exceeds the overlapped wall time, but
+// With SetKernelTiming(true) or QWENGO_CUDA_KERNEL_TIMES=1 the range also times every kernel
+// launched in it with CUDA events (KernelTimes reads them): serialised, so the sum exceeds the overlapped wall time, but
 // without a profiler's replays.
 func (b *Backend) ProfileRange(on bool) error {
 	return b.do(func() error {
 		if on {
 			b.kernelTimes = nil
 		}
-		if os.Getenv("QWENGO_CUDA_KERNEL_TIMES") == "1" || activeKernelTimer != nil {
+		if b.timeKernels || os.Getenv("QWENGO_CUDA_KERNEL_TIMES") == "1" || activeKernelTimer != nil {
 			if on {
 				activeKernelTimer = newKernelTimer()
 			} else if kt := activeKernelTimer; kt != nil {
@@ -610,8 +612,17 @@ func (b *Backend) ProfileRange(on bool) error {
 	})
 }
 
-// KernelTimes returns the per-kernel times of the last ProfileRange with
-// QWENGO_CUDA_KERNEL_TIMES=1, longest total first (nil otherwise).
+// SetKernelTiming implements backend.Profiler: ranges opened from now on time every kernel (as
+// QWENGO_CUDA_KERNEL_TIMES=1 does), or not.
+func (b *Backend) SetKernelTiming(on bool) {
+	b.do(func() error {
+		b.timeKernels = on
+		return nil
+	})
+}
+
+// KernelTimes returns the per-kernel times of the last timed ProfileRange (SetKernelTiming or
+// QWENGO_CUDA_KERNEL_TIMES=1), longest total first (nil otherwise).
 func (b *Backend) KernelTimes() []backend.KernelTime {
 	var out []backend.KernelTime
 	b.do(func() error {

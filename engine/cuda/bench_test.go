@@ -379,7 +379,7 @@ func TestFiguresDecodeBatch(t *testing.T) {
 
 // TestKernelTimes checks the kernel timer of ProfileRange (QWENGO_CUDA_KERNEL_TIMES=1): each
 // launch in the range counted under its entry name (cuBLASLt matmuls under one name), positive
-// times, nothing outside the range or without the variable.
+// times, nothing outside the range or without the variable; backend.Profile without it.
 func TestKernelTimes(t *testing.T) {
 	g := openGPU(t)
 	x := randTensor(t, g, 64, 256)
@@ -415,5 +415,10 @@ func TestKernelTimes(t *testing.T) {
 	}
 	if times := g.KernelTimes(); times != nil {
 		t.Fatalf("untimed range: kernel times %+v, want none", times)
+	}
+	// backend.Profile turns the timing on by itself (the variable is "0" here).
+	times, err := backend.Profile(g, func() error { run(4); return nil })
+	if err != nil || len(times) != 1 || times[0].Name != "add_f32" || times[0].Count != 4 {
+		t.Fatalf("backend.Profile: %+v, %v; want add_f32 4 times", times, err)
 	}
 }
