@@ -31,6 +31,7 @@ func init() {
 		"CheckQKNormRoPECacheBatch": reflect.ValueOf(backend.CheckQKNormRoPECacheBatch),
 		"CheckRoPEAt":               reflect.ValueOf(backend.CheckRoPEAt),
 		"CheckScatterRows":          reflect.ValueOf(backend.CheckScatterRows),
+		"FormatKernelTimes":         reflect.ValueOf(backend.FormatKernelTimes),
 		"Gradients":                 reflect.ValueOf(backend.Gradients),
 		"Human":                     reflect.ValueOf(backend.Human),
 		"KVCache":                   reflect.ValueOf(backend.KVCache),
@@ -38,6 +39,7 @@ func init() {
 		"NumCategories":             reflect.ValueOf(backend.NumCategories),
 		"Open":                      reflect.ValueOf(backend.Open),
 		"OptimizerState":            reflect.ValueOf(backend.OptimizerState),
+		"Profile":                   reflect.ValueOf(backend.Profile),
 		"Register":                  reflect.ValueOf(backend.Register),
 		"Registered":                reflect.ValueOf(backend.Registered),
 		"RunOn":                     reflect.ValueOf(backend.RunOn),
@@ -314,9 +316,10 @@ func (W _github_com_qwengo_qwengo_engine_backend_FusedDecode) SwiGLUMatMulAdd(x 
 
 // _github_com_qwengo_qwengo_engine_backend_Profiler is an interface wrapper for Profiler type
 type _github_com_qwengo_qwengo_engine_backend_Profiler struct {
-	IValue        interface{}
-	WKernelTimes  func() []backend.KernelTime
-	WProfileRange func(on bool) error
+	IValue           interface{}
+	WKernelTimes     func() []backend.KernelTime
+	WProfileRange    func(on bool) error
+	WSetKernelTiming func(on bool)
 }
 
 func (W _github_com_qwengo_qwengo_engine_backend_Profiler) KernelTimes() []backend.KernelTime {
@@ -324,6 +327,9 @@ func (W _github_com_qwengo_qwengo_engine_backend_Profiler) KernelTimes() []backe
 }
 func (W _github_com_qwengo_qwengo_engine_backend_Profiler) ProfileRange(on bool) error {
 	return W.WProfileRange(on)
+}
+func (W _github_com_qwengo_qwengo_engine_backend_Profiler) SetKernelTiming(on bool) {
+	W.WSetKernelTiming(on)
 }
 
 // _github_com_qwengo_qwengo_engine_backend_Runner is an interface wrapper for Runner type
