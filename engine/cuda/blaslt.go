@@ -120,11 +120,16 @@ static const char* qglt_status_string(qglt_status s) { return p_status_string ? 
 static qglt_status qglt_create(qglt_handle* h) { return p_create(h); }
 static qglt_status qglt_destroy(qglt_handle h) { return p_destroy(h); }
 
-// qglt_plan is one product's descriptors and the algorithm the heuristic chose for them.
+// QGLT_MAX_ALGOS bounds the heuristic's candidates kept per plan (best first).
+#define QGLT_MAX_ALGOS 8
+
+// qglt_plan is one product's descriptors, the heuristic's candidate algorithms (best first, as
+// it ranks them) and the one in use (pick; 0 unless a tuner chose another).
 typedef struct {
 	qglt_desc desc;
 	qglt_layout a, b, c;
-	qglt_algo algo;
+	qglt_algo algos[QGLT_MAX_ALGOS];
+	int nalgos, pick;
 } qglt_plan;
 
 static void qglt_plan_free(qglt_plan* p) {
@@ -139,13 +144,13 @@ static void qglt_plan_free(qglt_plan* p) {
 // qglt_plan_new describes D[m, n] (fp32, column-major, leading dimension ldc; C = D) =
 // alpha · op(A) · op(B) + beta · C with bf16 A (stored k×m when transa, else m×k; leading
 // dimension lda) and bf16 B (stored n×k when transb, else k×n; ldb), fp32 compute and scale,
-// asks the heuristic for the best algorithm within ws bytes of workspace and returns the plan
-// in *out. align[0..2] are the alignments in bytes (powers of two, at most 256) that the
+// asks the heuristic for its best want (≤ QGLT_MAX_ALGOS) algorithms within ws bytes of
+// workspace and returns the plan in *out. align[0..2] are the alignments in bytes (powers of two, at most 256) that the
 // pointers of A, B and C = D will have: algorithms that need more are excluded. *stage names the call that failed; a status of QGLT_NOT_SUPPORTED with *stage
 // "heuristic" means no algorithm fits.
 static qglt_status qglt_plan_new(qglt_handle h, int transa, int transb, uint64_t m, uint64_t n, uint64_t k,
                                  int64_t lda, int64_t ldb, int64_t ldc, uint64_t ws, const uint32_t* align,
-                                 qglt_plan** out, const char** stage) {
+                                 int want, qglt_plan** out, const char** stage) {
 	qglt_status s;
 	qglt_pref pref = NULL;
 	qglt_plan* p = (qglt_plan*)calloc(1, sizeof *p);
@@ -165,12 +170,15 @@ static qglt_status qglt_plan_new(qglt_handle h, int transa, int transb, uint64_t
 		uint32_t al = align[i < 3 ? i : 2];
 		QGLT_TRY(p_pref_set(pref, QGLT_PREF_ALIGN_A + i, &al, sizeof al), "cublasLtMatmulPreferenceSetAttribute(MIN_ALIGNMENT)")
 	}
-	qglt_heuristic res;
+	qglt_heuristic res[QGLT_MAX_ALGOS];
 	int found = 0;
-	memset(&res, 0, sizeof res);
-	QGLT_TRY(p_heuristic(h, p->desc, p->a, p->b, p->c, p->c, pref, 1, &res, &found), "cublasLtMatmulAlgoGetHeuristic")
-	if (found < 1 || res.state != QGLT_SUCCESS) { s = QGLT_NOT_SUPPORTED; *stage = "heuristic"; goto fail; }
-	p->algo = res.algo;
+	if (want < 1) want = 1;
+	if (want > QGLT_MAX_ALGOS) want = QGLT_MAX_ALGOS;
+	memset(res, 0, sizeof res);
+	QGLT_TRY(p_heuristic(h, p->desc, p->a, p->b, p->c, p->c, pref, want, res, &found), "cublasLtMatmulAlgoGetHeuristic")
+	for (int i = 0; i < found && i < want; i++)
+		if (res[i].state == QGLT_SUCCESS) p->algos[p->nalgos++] = res[i].algo;
+	if (p->nalgos < 1) { s = QGLT_NOT_SUPPORTED; *stage = "heuristic"; goto fail; }
 	p_pref_destroy(pref);
 	*out = p;
 	return QGLT_SUCCESS;
@@ -185,7 +193,7 @@ fail:
 static qglt_status qglt_run(qglt_handle h, qglt_plan* p, float alpha, float beta, uintptr_t a, uintptr_t b, uintptr_t d,
                             uintptr_t ws, size_t wsBytes) {
 	return p_matmul(h, p->desc, &alpha, (const void*)a, p->a, (const void*)b, p->b, &beta, (const void*)d, p->c,
-	                (void*)d, p->c, &p->algo, (void*)ws, wsBytes, NULL);
+	                (void*)d, p->c, &p->algos[p->pick], (void*)ws, wsBytes, NULL);
 }
 */
 import "C"
@@ -255,8 +263,12 @@ func (h ltHandle) destroy() {
 	}
 }
 
-// ltPlan is a described product with its chosen algorithm (C memory, freed by free).
-type ltPlan struct{ p *C.qglt_plan }
+// ltPlan is a described product with its candidate algorithms and the one in use (C memory,
+// freed by free); name labels its launches in kernel times.
+type ltPlan struct {
+	p    *C.qglt_plan
+	name string
+}
 
 // ltShape is a product in cuBLAS's column-major terms: D[m, n] = alpha·op(A)·op(B) + beta·D,
 // A and B bf16, D fp32; op(A) is m×k (A stored k×m when transA), op(B) k×n (B stored n×k
@@ -270,18 +282,34 @@ type ltShape struct {
 	alignA, alignB, alignD int
 }
 
-func (s ltShape) String() string {
-	op := func(t bool) string {
+// ops is the transposition pair in cuBLAS's letters ("TN" for transA only).
+func (s ltShape) ops() string {
+	l := func(t bool) string {
 		if t {
 			return "T"
 		}
 		return "N"
 	}
-	return fmt.Sprintf("%s%s m=%d n=%d k=%d lda=%d ldb=%d ldd=%d align %d/%d/%d", op(s.transA), op(s.transB), s.m, s.n, s.k,
+	return l(s.transA) + l(s.transB)
+}
+
+func (s ltShape) String() string {
+	return fmt.Sprintf("%s m=%d n=%d k=%d lda=%d ldb=%d ldd=%d align %d/%d/%d", s.ops(), s.m, s.n, s.k,
 		s.lda, s.ldb, s.ldd, s.alignA, s.alignB, s.alignD)
 }
 
-// newLtPlan describes s and picks an algorithm that needs at most wsBytes of workspace.
+// ltCandidates is how many algorithms a plan asks the heuristic for (QGLT_MAX_ALGOS at most);
+// the first is used unless the plan is tuned (figures).
+const ltCandidates = 8
+
+// label names the product in kernel times: "cublasLt" with the ops and m×n×k, which is enough
+// to tell a layer's products apart and to compute their FLOP rates.
+func (s ltShape) label() string {
+	return fmt.Sprintf("cublasLt %s %dx%dx%d", s.ops(), s.m, s.n, s.k)
+}
+
+// newLtPlan describes s and keeps the heuristic's best algorithms that need at most wsBytes of
+// workspace, using the first.
 func newLtPlan(h ltHandle, s ltShape, wsBytes int64) (ltPlan, error) {
 	b2i := func(b bool) C.int {
 		if b {
@@ -293,19 +321,32 @@ func newLtPlan(h ltHandle, s ltShape, wsBytes int64) (ltPlan, error) {
 	var stage *C.char
 	align := [3]C.uint32_t{C.uint32_t(s.alignA), C.uint32_t(s.alignB), C.uint32_t(s.alignD)}
 	st := C.qglt_plan_new(h.h, b2i(s.transA), b2i(s.transB), C.uint64_t(s.m), C.uint64_t(s.n), C.uint64_t(s.k),
-		C.int64_t(s.lda), C.int64_t(s.ldb), C.int64_t(s.ldd), C.uint64_t(wsBytes), &align[0], &p, &stage)
+		C.int64_t(s.lda), C.int64_t(s.ldb), C.int64_t(s.ldd), C.uint64_t(wsBytes), &align[0], ltCandidates, &p, &stage)
 	if st != C.QGLT_SUCCESS {
 		return ltPlan{}, &ltError{C.GoString(stage) + " for " + s.String(), int(st)}
 	}
-	return ltPlan{p}, nil
+	return ltPlan{p, s.label()}, nil
 }
 
 func (p ltPlan) free() { C.qglt_plan_free(p.p) }
 
+// candidates is the number of algorithms the heuristic offered (at least 1).
+func (p ltPlan) candidates() int { return int(p.p.nalgos) }
+
+// use makes the plan run candidate i (0 = the heuristic's first choice).
+func (p ltPlan) use(i int) {
+	if i >= 0 && i < p.candidates() {
+		p.p.pick = C.int(i)
+	}
+}
+
+// picked is the candidate in use.
+func (p ltPlan) picked() int { return int(p.p.pick) }
+
 // run launches D = alpha·op(A)·op(B) + beta·D on the default stream (owner goroutine).
 func (p ltPlan) run(h ltHandle, alpha, beta float32, a, b, d devPtr, ws devPtr, wsBytes int64) error {
 	if kt := activeKernelTimer; kt != nil {
-		defer kt.aroundNamed("cublasLt matmul")()
+		defer kt.aroundNamed(p.name)()
 	}
 	if s := C.qglt_run(h.h, p.p, C.float(alpha), C.float(beta), C.uintptr_t(a), C.uintptr_t(b), C.uintptr_t(d),
 		C.uintptr_t(ws), C.size_t(wsBytes)); s != C.QGLT_SUCCESS {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"strings"
 	"testing"
 	"unsafe"
 
@@ -579,4 +580,120 @@ func figuresGEMMCase(t *testing.T, g *Backend, kind string, T, K, N int) {
 	t.Log(figure{"gemm MatMul SIMT tiled " + shape, float64(w.Bytes()) + 4*float64(T)*float64(K+N), flops, simt})
 	t.Logf("figure gemm summary %s: convert x %.1f us + expand W %.1f us + GEMM %.1f us (sum %.1f) vs MatMul %.1f us; SIMT %.1f us: %.1fx",
 		shape, convX*1e3, expand*1e3, gemmOnly*1e3, (convX+expand+gemmOnly)*1e3, total*1e3, simt*1e3, simt/total)
+}
+
+// TestFiguresGEMMAlgos times every algorithm the cuBLASLt heuristic offers (up to
+// ltCandidates) for the products of a training step at S=2048 × 8 (16384 token rows, Qwen3-4B
+// layer shapes, and a 441-row chunk of the lm_head), forward (TN), dx (NN) and dw (NT), and
+// logs the heuristic's first choice against the fastest (QWENGO_CUDA_BENCH=1). It tells
+// whether tuning the algorithm per shape is worth having.
+func TestFiguresGEMMAlgos(t *testing.T) {
+	benchEnabled(t)
+	g := openGEMM(t)
+	const T = 16384
+	type proj struct {
+		name   string
+		in     int
+		out    int
+		tokens int
+	}
+	projs := []proj{{"q", 2560, 4096, T}, {"k/v", 2560, 1024, T}, {"o", 4096, 2560, T}, {"gate/up", 2560, 9728, T},
+		{"down", 9728, 2560, T}, {"lm_head chunk", 2560, 151936, 441}}
+	var maxA, maxB, maxD int64
+	shapes := []struct {
+		label string
+		s     ltShape
+	}{}
+	for _, p := range projs {
+		for _, s := range []ltShape{
+			{transA: true, m: p.out, n: p.tokens, k: p.in, lda: p.in, ldb: p.in, ldd: p.out}, // forward
+			{m: p.in, n: p.tokens, k: p.out, lda: p.in, ldb: p.out, ldd: p.in},               // dx
+			{transB: true, m: p.in, n: p.out, k: p.tokens, lda: p.in, ldb: p.out, ldd: p.in}, // dw
+		} {
+			s.alignA, s.alignB, s.alignD = 256, 256, 256
+			shapes = append(shapes, struct {
+				label string
+				s     ltShape
+			}{p.name, s})
+			maxA = max(maxA, int64(s.m)*int64(s.k))
+			maxB = max(maxB, int64(s.n)*int64(s.k))
+			maxD = max(maxD, int64(s.m)*int64(s.n))
+		}
+	}
+	// Operands: random bf16 (rounded from a random f32 tensor) so that the timings see real
+	// data; D starts at zero (beta = 0 and 1 both run).
+	src, err := g.Alloc(backend.Activations, 1, int(max(maxA, maxB)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Free(src)
+	if err := g.Upload(src, randn(int(max(maxA, maxB)), 7, 1)); err != nil {
+		t.Fatal(err)
+	}
+	var a, bb, d devPtr
+	if err := g.do(func() error {
+		var err error
+		if a, err = g.alloc(backend.Workspace, 2*maxA, "algos A"); err != nil {
+			return err
+		}
+		if bb, err = g.alloc(backend.Workspace, 2*maxB, "algos B"); err != nil {
+			return err
+		}
+		if d, err = g.alloc(backend.Workspace, 4*maxD, "algos D"); err != nil {
+			return err
+		}
+		sp := src.(*Tensor).ptr
+		return errors.Join(g.toBF16(a, sp, maxA), g.toBF16(bb, sp, maxB), g.gemmScratch(0, 0, 0))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer g.do(func() error { g.free(a); g.free(bb); g.free(d); return nil })
+	var sumFirst, sumBest float64
+	for _, sh := range shapes {
+		s := sh.s
+		var p ltPlan
+		if err := g.do(func() error {
+			var err error
+			p, err = newLtPlan(g.gemm.h, s, gemmWorkspaceBytes)
+			return err
+		}); err != nil {
+			t.Fatalf("%s %v: %v", sh.label, s, err)
+		}
+		flops := 2 * float64(s.m) * float64(s.n) * float64(s.k)
+		reps := int(min(max(20e12/flops, 3), 50))
+		times := make([]float64, p.candidates())
+		best := 0
+		for i := range times {
+			p.use(i)
+			ms, err := timeOnDevice(g, reps, func() error {
+				return p.run(g.gemm.h, 1, 0, a, bb, d, g.gemm.ws.ptr, gemmWorkspaceBytes)
+			})
+			if err != nil {
+				t.Fatalf("%s %v algorithm %d: %v", sh.label, s, i, err)
+			}
+			times[i] = ms
+			if ms < times[best] {
+				best = i
+			}
+		}
+		g.do(func() error { p.free(); return nil })
+		tf := func(ms float64) float64 { return flops / (ms * 1e-3) / 1e12 }
+		t.Logf("figure gemm algos %-13s %s: first %.3f ms (%.0f TFLOP/s), best #%d of %d %.3f ms (%.0f TFLOP/s), all %v",
+			sh.label, s.label(), times[0], tf(times[0]), best, len(times), times[best], tf(times[best]), fmtMs(times))
+		mult := 1.0
+		if sh.label == "k/v" || sh.label == "gate/up" {
+			mult = 2
+		}
+		sumFirst += mult * times[0]
+		sumBest += mult * times[best]
+	}
+	t.Logf("figure gemm algos: one layer's products + one lm_head chunk: heuristic's first %.2f ms, best %.2f ms", sumFirst, sumBest)
+}
+
+func fmtMs(v []float64) string {
+	s := make([]string, len(v))
+	for i, x := range v {
+		s[i] = fmt.Sprintf("%.3f", x)
+	}
+	return "[" + strings.Join(s, " ") + "]"
 }

@@ -11,9 +11,9 @@ import (
 )
 
 // The kernel timer behind Backend.ProfileRange with QWENGO_CUDA_KERNEL_TIMES=1: every launch in
-// the range (our kernels by their PTX entry names, cuBLASLt matmuls as one name) is bracketed by
-// two events on the kernel stream, and the elapsed times are summed by name when the range
-// closes. It needs no profiler (ncu replays each kernel many times: a whole training step did
+// the range (our kernels by their PTX entry names, cuBLASLt matmuls by shape, "cublasLt TN
+// mxnxk") is bracketed by two events on the kernel stream, and the elapsed times are summed by
+// name when the range closes. It needs no profiler (ncu replays each kernel many times: a whole training step did
 // not finish in 400 s, session 5 run 6), at the price of serialising launches.
 
 // kernelNames maps loaded kernel handles to their entry names (filled by loadModules; owner
