@@ -268,6 +268,7 @@ func (h ltHandle) destroy() {
 type ltPlan struct {
 	p    *C.qglt_plan
 	name string
+	uses int // launches so far (gemm_tune.go tunes at gemmTuneAtUse)
 }
 
 // ltShape is a product in cuBLAS's column-major terms: D[m, n] = alpha·op(A)·op(B) + beta·D,
@@ -310,7 +311,7 @@ func (s ltShape) label() string {
 
 // newLtPlan describes s and keeps the heuristic's best algorithms that need at most wsBytes of
 // workspace, using the first.
-func newLtPlan(h ltHandle, s ltShape, wsBytes int64) (ltPlan, error) {
+func newLtPlan(h ltHandle, s ltShape, wsBytes int64) (*ltPlan, error) {
 	b2i := func(b bool) C.int {
 		if b {
 			return 1
@@ -323,31 +324,36 @@ func newLtPlan(h ltHandle, s ltShape, wsBytes int64) (ltPlan, error) {
 	st := C.qglt_plan_new(h.h, b2i(s.transA), b2i(s.transB), C.uint64_t(s.m), C.uint64_t(s.n), C.uint64_t(s.k),
 		C.int64_t(s.lda), C.int64_t(s.ldb), C.int64_t(s.ldd), C.uint64_t(wsBytes), &align[0], ltCandidates, &p, &stage)
 	if st != C.QGLT_SUCCESS {
-		return ltPlan{}, &ltError{C.GoString(stage) + " for " + s.String(), int(st)}
+		return nil, &ltError{C.GoString(stage) + " for " + s.String(), int(st)}
 	}
-	return ltPlan{p, s.label()}, nil
+	return &ltPlan{p: p, name: s.label()}, nil
 }
 
-func (p ltPlan) free() { C.qglt_plan_free(p.p) }
+func (p *ltPlan) free() { C.qglt_plan_free(p.p) }
 
 // candidates is the number of algorithms the heuristic offered (at least 1).
-func (p ltPlan) candidates() int { return int(p.p.nalgos) }
+func (p *ltPlan) candidates() int { return int(p.p.nalgos) }
 
 // use makes the plan run candidate i (0 = the heuristic's first choice).
-func (p ltPlan) use(i int) {
+func (p *ltPlan) use(i int) {
 	if i >= 0 && i < p.candidates() {
 		p.p.pick = C.int(i)
 	}
 }
 
 // picked is the candidate in use.
-func (p ltPlan) picked() int { return int(p.p.pick) }
+func (p *ltPlan) picked() int { return int(p.p.pick) }
 
 // run launches D = alpha·op(A)·op(B) + beta·D on the default stream (owner goroutine).
-func (p ltPlan) run(h ltHandle, alpha, beta float32, a, b, d devPtr, ws devPtr, wsBytes int64) error {
+func (p *ltPlan) run(h ltHandle, alpha, beta float32, a, b, d devPtr, ws devPtr, wsBytes int64) error {
 	if kt := activeKernelTimer; kt != nil {
 		defer kt.aroundNamed(p.name)()
 	}
+	return p.runUntimed(h, alpha, beta, a, b, d, ws, wsBytes)
+}
+
+// runUntimed is run without the kernel timer (tuning's own launches).
+func (p *ltPlan) runUntimed(h ltHandle, alpha, beta float32, a, b, d devPtr, ws devPtr, wsBytes int64) error {
 	if s := C.qglt_run(h.h, p.p, C.float(alpha), C.float(beta), C.uintptr_t(a), C.uintptr_t(b), C.uintptr_t(d),
 		C.uintptr_t(ws), C.size_t(wsBytes)); s != C.QGLT_SUCCESS {
 		return &ltError{"cublasLtMatmul", int(s)}

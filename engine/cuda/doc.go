@@ -31,9 +31,11 @@
 //     stored precision (f32, bf16, NVFP4 packed codes + E4M3 block scales + FP32 tensor scale).
 //     MatMul: a few token rows take a GEMV that decodes the weights in registers (NVFP4 on
 //     tensor cores: gemv_tcp.cu for 1-15 rows, eight a launch, a resident grid with four weight
-//     steps in flight per warp; gemv.go picks the kernel per shape, QWENGO_CUDA_GEMV forces one); 16 rows or more go to cuBLASLt (blaslt.go, gemm.go: bf16
-//     operands, fp32 accumulation; NVFP4 weights expanded to bf16 per call), else a tiled SIMT
-//     kernel. Attention: prefill (≥ 16 rows, head_dim 128) and
+//     steps in flight per warp; gemv.go picks the kernel per shape, QWENGO_CUDA_GEMV forces
+//     one); 16 rows or more go to cuBLASLt (blaslt.go, gemm.go: bf16 operands, fp32
+//     accumulation; NVFP4 weights expanded to bf16 per call; a shape's algorithm is chosen by
+//     timing the heuristic's top eight at its third launch, gemm_tune.go, off with
+//     QWENGO_CUDA_GEMM_TUNE=0), else a tiled SIMT kernel. Attention: prefill (≥ 16 rows, head_dim 128) and
 //     its backward on tensor-core flash kernels (flash.go); decode one block per KV head and key
 //     split with the splits merged in the same launch; otherwise one block per (head, row).
 //   - A call made on the owner's own thread runs directly (Run, backend.Runner): qwen3's

@@ -66,9 +66,11 @@ type gemmState struct {
 	act   devBuf // bf16 x (forward) or dout (backward)
 	act2  devBuf // bf16 x (dw)
 	wbuf  devBuf // bf16 expansion of a block of weight rows
-	plans map[ltShape]ltPlan
+	plans map[ltShape]*ltPlan
 	calls int64  // cuBLASLt products run (tests)
-	skip  string // the last reason a product was left to the SIMT kernels (plan failure)
+	skip  string // the last reason a product was left to the SIMT kernels (plan failure) or a tuning failed
+	tune  bool   // plans are tuned at their gemmTuneAtUse-th launch (gemm_tune.go)
+	tuned []gemmTuneRecord
 }
 
 // release frees the host-side cuBLASLt objects; the device buffers are ordinary allocations,
@@ -101,7 +103,7 @@ func (b *Backend) gemmReady() bool {
 		g.note = fmt.Sprintf("cuda: %s: %v", cublasLt.path, err)
 		return false
 	}
-	g.h, g.on, g.plans = h, true, map[ltShape]ltPlan{}
+	g.h, g.on, g.plans, g.tune = h, true, map[ltShape]*ltPlan{}, gemmTuneOn()
 	g.note = fmt.Sprintf("%s (version %d)", cublasLt.path, cublasLt.version)
 	return true
 }
@@ -112,6 +114,17 @@ func (b *Backend) gemmStatus() string {
 	b.do(func() error {
 		if b.gemmReady() {
 			s = "cuBLASLt " + b.gemm.note
+			if !b.gemm.tune {
+				s += "; algorithm tuning off (QWENGO_CUDA_GEMM_TUNE=0)"
+			} else if n := len(b.gemm.tuned); n > 0 {
+				changed := 0
+				for _, r := range b.gemm.tuned {
+					if r.pick != 0 {
+						changed++
+					}
+				}
+				s += fmt.Sprintf("; %d shapes tuned, %d off the heuristic's first choice", n, changed)
+			}
 			if b.gemm.skip != "" {
 				s += "; last product left to SIMT: " + b.gemm.skip
 			}
@@ -216,7 +229,7 @@ type gemmBuffers struct {
 type gemmLaunch struct {
 	call    ltCall
 	a, b, d devPtr
-	plan    ltPlan
+	plan    *ltPlan
 }
 
 // operand returns the address of a bf16 operand with an element offset.
@@ -299,7 +312,7 @@ func (b *Backend) gemmScratch(actElems, act2Elems, wElems int64) error {
 
 // toBF16 rounds n floats at src to bf16 at dst.
 func (b *Backend) toBF16(dst, src devPtr, n int64) error {
-	return launch(b.fns["f32_to_bf16"], [3]int{b.blocks(int(min((n+3)/4, 1<<30))), 1, 1}, [3]int{256, 1, 1}, 0,
+	return launch(b.fns["f32_to_bf16"], [3]int{b.blocks(int(min((n+7)/8, 1<<30))), 1, 1}, [3]int{256, 1, 1}, 0,
 		ptrArg(dst), ptrArg(src), sizeArg(n))
 }
 
@@ -332,6 +345,7 @@ func (b *Backend) gemmRunLaunches(ls []gemmLaunch, buf gemmBuffers, convert bool
 			}
 			last = [2]int{c.w0, c.w1}
 		}
+		b.maybeTune(l, buf.alpha)
 		if err := l.plan.run(g.h, buf.alpha, c.beta, l.a, l.b, l.d, g.ws.ptr, gemmWorkspaceBytes); err != nil {
 			return fmt.Errorf("%v: %w", c.shape, err)
 		}

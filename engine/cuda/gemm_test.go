@@ -208,11 +208,11 @@ func downloadScratch(t *testing.T, g *Backend, p func() devPtr, n int) []uint16 
 func TestGEMMConvert(t *testing.T) {
 	g := openGEMM(t)
 	// f32 → bf16: bit-identical to tensor.F32ToBF16, ties, NaN, Inf, subnormals, and a tail of
-	// n % 4 elements.
+	// n % 8 elements.
 	special := []float32{0, float32(math.Copysign(0, -1)), 1, -1, float32(math.Inf(1)), float32(math.Inf(-1)), float32(math.NaN()),
 		math.Float32frombits(0x3f808000), math.Float32frombits(0x3f818000), math.Float32frombits(0x3f80ffff),
 		math.Float32frombits(0x00000001), math.Float32frombits(0x7f7fffff), math.Float32frombits(0xff800001)}
-	for _, n := range []int{len(special), 4096 + 3} {
+	for _, n := range []int{len(special), 4096 + 3, 8192 + 7, 8} {
 		src := randn(n, uint64(n), 3)
 		copy(src, special)
 		x, err := g.Alloc(backend.Activations, 1, n)
@@ -651,7 +651,7 @@ func TestFiguresGEMMAlgos(t *testing.T) {
 	var sumFirst, sumBest float64
 	for _, sh := range shapes {
 		s := sh.s
-		var p ltPlan
+		var p *ltPlan
 		if err := g.do(func() error {
 			var err error
 			p, err = newLtPlan(g.gemm.h, s, gemmWorkspaceBytes)
