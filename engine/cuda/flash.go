@@ -66,9 +66,10 @@ func (b *Backend) useFlashBackward(T, headDim int) bool {
 }
 
 // flashBackward computes dq, dk and dv on the flash kernels (owner goroutine, checked
-// arguments, pos0 = 0): the forward again for the log-sum-exp (and the bf16 k, v copies),
-// bf16 copies of q and dout, D = Σ dout∘out, then flash_bwd_dkdv and flash_bwd_dq.
-func (b *Backend) flashBackward(dqt, dkt, dvt, dot, qt, kt, vt, ot *Tensor, nHeads, nKV int) error {
+// arguments, pos0 = 0): the log-sum-exp — saved (saved ≠ 0: [nHeads, T] floats written by
+// the forward, AttentionSaveStats) or from the forward run again — and bf16 copies of k, v, q
+// and dout, D = Σ dout∘out, then flash_bwd_dkdv and flash_bwd_dq.
+func (b *Backend) flashBackward(dqt, dkt, dvt, dot, qt, kt, vt, ot *Tensor, saved devPtr, nHeads, nKV int) error {
 	T := qt.rows
 	if !b.flashBwdReady {
 		if err := setMaxDynamicShared(b.fns["flash_bwd_dkdv"], flashBwdShared); err != nil {
@@ -84,10 +85,19 @@ func (b *Backend) flashBackward(dqt, dkt, dvt, dot, qt, kt, vt, ot *Tensor, nHea
 	}
 	qb, dob := base, base+devPtr(2*qElems)
 	lse, dd := base+devPtr(4*qElems), base+devPtr(4*qElems+stats)
-	if err := b.flashAttention(0, lse, qt, kt, vt, 0, nHeads, nKV); err != nil {
+	keys := int64(T) * int64(nKV*flashHeadDim)
+	if saved != 0 {
+		// The forward's statistics: only the bf16 copies of k and v it made are needed again.
+		if err := b.grow(&b.flashKV, backend.Workspace, 2*2*keys, "flash attention bf16 keys and values"); err != nil {
+			return err
+		}
+		if err := firstErr(b.toBF16(b.flashKV.ptr, kt.ptr, keys), b.toBF16(b.flashKV.ptr+devPtr(2*keys), vt.ptr, keys)); err != nil {
+			return err
+		}
+		lse = saved
+	} else if err := b.flashAttention(0, lse, qt, kt, vt, 0, nHeads, nKV); err != nil {
 		return err
 	}
-	keys := int64(T) * int64(nKV*flashHeadDim)
 	kb, vb := b.flashKV.ptr, b.flashKV.ptr+devPtr(2*keys)
 	if err := b.toBF16(qb, qt.ptr, qElems); err != nil {
 		return err

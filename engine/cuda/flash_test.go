@@ -138,6 +138,30 @@ func TestFlashAttentionBackward(t *testing.T) {
 				}
 			}
 		}
+		// backend.AttentionStats: the forward's saved log-sum-exp instead of a third forward
+		// gives the same bits, and the forward that saves them the usual output.
+		if !g.AttentionStatsApply(s.T, hd) {
+			t.Fatalf("%s: AttentionStatsApply false where the flash kernels run", name)
+		}
+		_, gout := pair(t, c, g, s.T, qw, nil)
+		_, gplain := pair(t, c, g, s.T, qw, nil)
+		_, stats := pair(t, c, g, s.T, s.nH, nil)
+		if err := firstErr(g.AttentionSaveStats(gout, stats, gi[0], gi[1], gi[2], s.nH, s.nKV, hd),
+			g.Attention(gplain, gi[0], gi[1], gi[2], 0, s.nH, s.nKV, hd)); err != nil {
+			t.Fatalf("%s: forward saving statistics: %v", name, err)
+		}
+		sameBits(t, name+" forward output (saving statistics)", download(t, g, gout), download(t, g, gplain))
+		if err := g.AttentionBackwardStats(gdq, gdk, gdv, gi[3], gi[0], gi[1], gi[2], gi[4], stats, s.nH, s.nKV, hd); err != nil {
+			t.Fatalf("%s: backward from saved statistics: %v", name, err)
+		}
+		for k, gt := range []backend.Tensor{gdq, gdk, gdv} {
+			sameBits(t, fmt.Sprintf("%s gradient %d from saved statistics", name, k), download(t, g, gt), first[k])
+		}
+		// Wrong-sized statistics are refused before anything runs.
+		_, small := pair(t, c, g, s.T, 1, nil)
+		if err := g.AttentionBackwardStats(gdq, gdk, gdv, gi[3], gi[0], gi[1], gi[2], gi[4], small, s.nH, s.nKV, hd); err == nil {
+			t.Errorf("%s: statistics of %d elements accepted for %d heads", name, s.T, s.nH)
+		}
 	}
 }
 
@@ -189,7 +213,7 @@ func TestFiguresFlash(t *testing.T) {
 				if simt {
 					return g.AttentionBackward(dq, dk, dv, do, q, k, v, o, 32, 8, 128)
 				}
-				return g.flashBackward(dq, dk, dv, do, q, k, v, o, 32, 8)
+				return g.flashBackward(dq, dk, dv, do, q, k, v, o, 0, 32, 8)
 			})
 			if err != nil {
 				t.Fatal(err)
@@ -199,6 +223,29 @@ func TestFiguresFlash(t *testing.T) {
 				kind = "fp32 SIMT"
 			}
 			t.Logf("figure attention backward %s T=%d: %.3f ms, %.1f TFLOP/s", kind, T, ms, flops/ms/1e9)
+		}
+		// From the forward's saved log-sum-exp (AttentionStats): 7 products, not 9.
+		stats := alloc(T, 32)
+		if err := g.AttentionSaveStats(o, stats, q, k, v, 32, 8, 128); err != nil {
+			t.Fatal(err)
+		}
+		ms, err := timeOnDevice(g, 3, func() error { return g.flashBackward(dq, dk, dv, do, q, k, v, o, stats.ptr, 32, 8) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("figure attention backward flash from saved statistics T=%d: %.3f ms, %.1f TFLOP/s", T, ms, flops*7/9/ms/1e9)
+	}
+}
+
+// sameBits fails unless got and want are the same floats bit for bit.
+func sameBits(t *testing.T, name string, got, want []float32) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("%s: %d values, want %d", name, len(got), len(want))
+	}
+	for i := range got {
+		if math.Float32bits(got[i]) != math.Float32bits(want[i]) {
+			t.Fatalf("%s: element %d is %g, want %g (bit for bit)", name, i, got[i], want[i])
 		}
 	}
 }

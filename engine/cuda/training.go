@@ -396,40 +396,14 @@ func (b *Backend) RoPEBackward(dx, dout backend.Tensor, headDim, pos0 int, theta
 func (b *Backend) AttentionBackward(dq, dk, dv, dout, q, k, v, out backend.Tensor, nHeads, nKV, headDim int) error {
 	return b.do(func() error {
 		const op = "attention backward"
-		var ts [8]*Tensor
-		for i, x := range []struct {
-			t    backend.Tensor
-			name string
-		}{{dq, "dq"}, {dk, "dk"}, {dv, "dv"}, {dout, "dout"}, {q, "q"}, {k, "k"}, {v, "v"}, {out, "out"}} {
-			t, err := b.ten(x.t, op, x.name)
-			if err != nil {
-				return err
-			}
-			ts[i] = t
+		ts, err := b.attentionBackwardArgs(op, dq, dk, dv, dout, q, k, v, out, nHeads, nKV, headDim)
+		if err != nil {
+			return err
 		}
 		dqt, dkt, dvt, dot, qt, kt, vt, ot := ts[0], ts[1], ts[2], ts[3], ts[4], ts[5], ts[6], ts[7]
-		if err := backend.CheckAttention("cuda", ot, qt, kt, vt, 0, nHeads, nKV, headDim); err != nil {
-			return fmt.Errorf("%w (backward)", err)
-		}
 		T := qt.rows
-		if kt.rows != T || vt.rows != T || dot.rows != T || dot.cols != qt.cols || dqt.rows != T || dqt.cols != qt.cols ||
-			dkt.rows != T || dkt.cols != kt.cols || dvt.rows != T || dvt.cols != kt.cols {
-			return fmt.Errorf("cuda: %s: T %d: dq [%d, %d], dk [%d, %d], dv [%d, %d], dout [%d, %d], k [%d, %d], v [%d, %d] (k, v and the gradients need exactly T rows)",
-				op, T, dqt.rows, dqt.cols, dkt.rows, dkt.cols, dvt.rows, dvt.cols, dot.rows, dot.cols, kt.rows, kt.cols, vt.rows, vt.cols)
-		}
-		if headDim > attMaxHeadDim || T > 65535 {
-			return fmt.Errorf("cuda: %s: head_dim %d (at most %d) with %d rows (at most 65535) is not supported by this kernel", op, headDim, attMaxHeadDim, T)
-		}
-		for i, gt := range ts[:3] {
-			for j, it := range ts {
-				if i != j && overlaps(gt, it) {
-					return fmt.Errorf("cuda: %s: %s shares memory with %s", op, []string{"dq", "dk", "dv"}[i],
-						[]string{"dq", "dk", "dv", "dout", "q", "k", "v", "out"}[j])
-				}
-			}
-		}
 		if b.useFlashBackward(T, headDim) {
-			if err := b.flashBackward(dqt, dkt, dvt, dot, qt, kt, vt, ot, nHeads, nKV); err != nil {
+			if err := b.flashBackward(dqt, dkt, dvt, dot, qt, kt, vt, ot, 0, nHeads, nKV); err != nil {
 				return fmt.Errorf("cuda: %s (flash): %w", op, err)
 			}
 			return nil
@@ -451,6 +425,44 @@ func (b *Backend) AttentionBackward(dq, dk, dv, dout, q, k, v, out backend.Tenso
 		}
 		return nil
 	})
+}
+
+// attentionBackwardArgs checks AttentionBackward's arguments (owner goroutine) and returns
+// them as dq, dk, dv, dout, q, k, v, out.
+func (b *Backend) attentionBackwardArgs(op string, dq, dk, dv, dout, q, k, v, out backend.Tensor, nHeads, nKV, headDim int) ([8]*Tensor, error) {
+	var ts [8]*Tensor
+	for i, x := range []struct {
+		t    backend.Tensor
+		name string
+	}{{dq, "dq"}, {dk, "dk"}, {dv, "dv"}, {dout, "dout"}, {q, "q"}, {k, "k"}, {v, "v"}, {out, "out"}} {
+		t, err := b.ten(x.t, op, x.name)
+		if err != nil {
+			return ts, err
+		}
+		ts[i] = t
+	}
+	dqt, dkt, dvt, dot, qt, kt, vt, ot := ts[0], ts[1], ts[2], ts[3], ts[4], ts[5], ts[6], ts[7]
+	if err := backend.CheckAttention("cuda", ot, qt, kt, vt, 0, nHeads, nKV, headDim); err != nil {
+		return ts, fmt.Errorf("%w (backward)", err)
+	}
+	T := qt.rows
+	if kt.rows != T || vt.rows != T || dot.rows != T || dot.cols != qt.cols || dqt.rows != T || dqt.cols != qt.cols ||
+		dkt.rows != T || dkt.cols != kt.cols || dvt.rows != T || dvt.cols != kt.cols {
+		return ts, fmt.Errorf("cuda: %s: T %d: dq [%d, %d], dk [%d, %d], dv [%d, %d], dout [%d, %d], k [%d, %d], v [%d, %d] (k, v and the gradients need exactly T rows)",
+			op, T, dqt.rows, dqt.cols, dkt.rows, dkt.cols, dvt.rows, dvt.cols, dot.rows, dot.cols, kt.rows, kt.cols, vt.rows, vt.cols)
+	}
+	if headDim > attMaxHeadDim || T > 65535 {
+		return ts, fmt.Errorf("cuda: %s: head_dim %d (at most %d) with %d rows (at most 65535) is not supported by this kernel", op, headDim, attMaxHeadDim, T)
+	}
+	for i, gt := range ts[:3] {
+		for j, it := range ts {
+			if i != j && overlaps(gt, it) {
+				return ts, fmt.Errorf("cuda: %s: %s shares memory with %s", op, []string{"dq", "dk", "dv"}[i],
+					[]string{"dq", "dk", "dv", "dout", "q", "k", "v", "out"}[j])
+			}
+		}
+	}
+	return ts, nil
 }
 
 // SwiGLUBackward implements backend.Training: dgate and dup written (they may alias gate, up or

@@ -388,6 +388,9 @@ func (m *Model) PeakPlan(B, T int) []PlanItem {
 	}
 	R := int64(m.layerRows(pr, mode))
 	actCols := 3 * (H + QD + KV + I) // a, x1, mm; q, qn, o; k, v, kn; gate, up, h
+	if m.attnStats(T) != nil {
+		actCols += int64(c.NumHeads) // the attention statistics
+	}
 	if mode == keepAll {
 		add(fmt.Sprintf("every layer's input and activations (%d × ([%d, %d] + [%d, %d]))", L, N, H, N, actCols), backend.Activations, 4*L*N*(H+actCols))
 	} else if m.opt.CheckpointBF16 {

@@ -63,6 +63,9 @@ func (m *Model) prepare(b *data.Batch) (*prepared, error) {
 // acts are one layer's activations ([N, width] each); x0 is the layer's input.
 type acts struct {
 	x0, a, q, k, v, qn, kn, o, x1, mm, gate, up, h backend.Tensor
+	// lse, [rows, NumHeads], holds the attention forward's statistics for its backward when
+	// the backend keeps them (backend.AttentionStats; see Model.attnStats), else nil.
+	lse backend.Tensor
 }
 
 // bwork are the activation gradients of the backward, reused across layers. dx, the
@@ -187,6 +190,11 @@ func (m *Model) spanActs(work *acts, x backend.Tensor, s span) (*acts, error) {
 	if err := m.head(s.n, &a.a, &a.q, &a.k, &a.v, &a.qn, &a.kn, &a.o, &a.x1, &a.mm, &a.gate, &a.up, &a.h); err != nil {
 		return nil, err
 	}
+	if a.lse != nil {
+		if err := m.head(s.n, &a.lse); err != nil {
+			return nil, err
+		}
+	}
 	var err error
 	if a.x0, err = m.rowsOf(x, s.r0, s.n); err != nil {
 		return nil, err
@@ -231,8 +239,8 @@ func spanErr(sp []span, s span, err error) error {
 	return fmt.Errorf("rows %d..%d: %w", s.r0, s.r0+s.n, err)
 }
 
-// allocActs allocates a layer's activations except x0.
-func (m *Model) allocActs(p *pass, N int) (*acts, error) {
+// allocActs allocates a layer's activations except x0, for N rows of sequences of T.
+func (m *Model) allocActs(p *pass, N, T int) (*acts, error) {
 	c := m.cfg
 	H, QD, KV, I := c.HiddenSize, c.QDim(), c.KVDim(), c.IntermediateSize
 	a := &acts{}
@@ -249,11 +257,29 @@ func (m *Model) allocActs(p *pass, N int) (*acts, error) {
 		}
 		*s.dst = t
 	}
+	if m.attnStats(T) != nil {
+		t, err := p.alloc(backend.Activations, N, c.NumHeads, "attention statistics")
+		if err != nil {
+			return nil, err
+		}
+		a.lse = t
+	}
 	return a, nil
 }
 
 func (p *pass) freeActs(a *acts) {
 	p.free(a.x0, a.a, a.q, a.k, a.v, a.qn, a.kn, a.o, a.x1, a.mm, a.gate, a.up, a.h)
+	if a.lse != nil {
+		p.free(a.lse)
+	}
+}
+
+// attnStats is the backend's AttentionStats when it applies to sequences of T rows, else nil.
+func (m *Model) attnStats(T int) backend.AttentionStats {
+	if st, ok := m.b.(backend.AttentionStats); ok && st.AttentionStatsApply(T, m.cfg.HeadDim) {
+		return st
+	}
+	return nil
 }
 
 // perSeq calls fn with row r's views [r·T, (r+1)·T) of each tensor in ts.
@@ -297,9 +323,17 @@ func (m *Model) layerForward(l int, a *acts, out backend.Tensor, pr *prepared) e
 	if err := firstErr(b.RMSNorm(a.qn, a.q, m.nv(L[pQn]), eps), b.RMSNorm(a.kn, a.k, m.nv(L[pKn]), eps)); err != nil {
 		return wrap("q/k_norm", err)
 	}
-	err := m.perSeq(pr, []backend.Tensor{a.qn, a.kn, a.v, a.o}, func(vs []backend.Tensor) error {
+	seqs := []backend.Tensor{a.qn, a.kn, a.v, a.o}
+	st := m.attnStats(pr.T)
+	if st != nil && a.lse != nil {
+		seqs = append(seqs, a.lse)
+	}
+	err := m.perSeq(pr, seqs, func(vs []backend.Tensor) error {
 		if err := firstErr(b.RoPE(vs[0], vs[0], hd, 0, theta), b.RoPE(vs[1], vs[1], hd, 0, theta)); err != nil {
 			return err
+		}
+		if len(vs) == 5 {
+			return st.AttentionSaveStats(vs[3], vs[4], vs[0], vs[1], vs[2], c.NumHeads, c.NumKVHeads, hd)
 		}
 		return b.Attention(vs[3], vs[0], vs[1], vs[2], 0, c.NumHeads, c.NumKVHeads, hd)
 	})
@@ -364,8 +398,19 @@ func (m *Model) layerBackward(l int, a *acts, w *bwork, g func(k int) backend.Te
 	if err := b.MatMulBackward(w.do, g(pO), w.dx, a.o, m.w(L[pO]), false); err != nil {
 		return wrap("o_proj", err)
 	}
-	err := m.perSeq(pr, []backend.Tensor{w.dq, w.dk, w.dv, w.do, a.qn, a.kn, a.v, a.o}, func(vs []backend.Tensor) error {
-		if err := b.AttentionBackward(vs[0], vs[1], vs[2], vs[3], vs[4], vs[5], vs[6], vs[7], c.NumHeads, c.NumKVHeads, hd); err != nil {
+	seqs := []backend.Tensor{w.dq, w.dk, w.dv, w.do, a.qn, a.kn, a.v, a.o}
+	st := m.attnStats(pr.T)
+	if st != nil && a.lse != nil {
+		seqs = append(seqs, a.lse)
+	}
+	err := m.perSeq(pr, seqs, func(vs []backend.Tensor) error {
+		var err error
+		if len(vs) == 9 { // the statistics the forward just saved (recomputed or kept)
+			err = st.AttentionBackwardStats(vs[0], vs[1], vs[2], vs[3], vs[4], vs[5], vs[6], vs[7], vs[8], c.NumHeads, c.NumKVHeads, hd)
+		} else {
+			err = b.AttentionBackward(vs[0], vs[1], vs[2], vs[3], vs[4], vs[5], vs[6], vs[7], c.NumHeads, c.NumKVHeads, hd)
+		}
+		if err != nil {
 			return err
 		}
 		return firstErr(b.RoPEBackward(vs[0], vs[0], hd, 0, theta), b.RoPEBackward(vs[1], vs[1], hd, 0, theta))
@@ -438,7 +483,7 @@ func (m *Model) runForward(ctx context.Context, p *pass, pr *prepared, mode keep
 	var round backend.BF16 // keepNone: the rounding's scratch
 	if mode != keepAll {
 		rows := m.layerRows(pr, mode)
-		if f.work, err = m.allocActs(p, rows); err != nil {
+		if f.work, err = m.allocActs(p, rows, pr.T); err != nil {
 			return nil, err
 		}
 		f.spans = spans(pr, rows)
@@ -474,7 +519,7 @@ func (m *Model) runForward(ctx context.Context, p *pass, pr *prepared, mode keep
 			return nil, err
 		}
 		if mode == keepAll {
-			a, err := m.allocActs(p, N)
+			a, err := m.allocActs(p, N, pr.T)
 			if err != nil {
 				return nil, err
 			}
