@@ -48,45 +48,47 @@ func init() {
 		"Workspace":                 reflect.ValueOf(backend.Workspace),
 
 		// type definitions
-		"AdamWHyper":   reflect.ValueOf((*backend.AdamWHyper)(nil)),
-		"AdamWMoments": reflect.ValueOf((*backend.AdamWMoments)(nil)),
-		"AdamWState":   reflect.ValueOf((*backend.AdamWState)(nil)),
-		"AdamWStateIO": reflect.ValueOf((*backend.AdamWStateIO)(nil)),
-		"ArgMaxer":     reflect.ValueOf((*backend.ArgMaxer)(nil)),
-		"BF16":         reflect.ValueOf((*backend.BF16)(nil)),
-		"BF16Store":    reflect.ValueOf((*backend.BF16Store)(nil)),
-		"Backend":      reflect.ValueOf((*backend.Backend)(nil)),
-		"Batched":      reflect.ValueOf((*backend.Batched)(nil)),
-		"BatchedGate":  reflect.ValueOf((*backend.BatchedGate)(nil)),
-		"Category":     reflect.ValueOf((*backend.Category)(nil)),
-		"Fused":        reflect.ValueOf((*backend.Fused)(nil)),
-		"FusedDecode":  reflect.ValueOf((*backend.FusedDecode)(nil)),
-		"HostWeight":   reflect.ValueOf((*backend.HostWeight)(nil)),
-		"KernelTime":   reflect.ValueOf((*backend.KernelTime)(nil)),
-		"MemStats":     reflect.ValueOf((*backend.MemStats)(nil)),
-		"OverBudget":   reflect.ValueOf((*backend.OverBudget)(nil)),
-		"Profiler":     reflect.ValueOf((*backend.Profiler)(nil)),
-		"Runner":       reflect.ValueOf((*backend.Runner)(nil)),
-		"Tensor":       reflect.ValueOf((*backend.Tensor)(nil)),
-		"Training":     reflect.ValueOf((*backend.Training)(nil)),
-		"Weight":       reflect.ValueOf((*backend.Weight)(nil)),
+		"AdamWHyper":     reflect.ValueOf((*backend.AdamWHyper)(nil)),
+		"AdamWMoments":   reflect.ValueOf((*backend.AdamWMoments)(nil)),
+		"AdamWState":     reflect.ValueOf((*backend.AdamWState)(nil)),
+		"AdamWStateIO":   reflect.ValueOf((*backend.AdamWStateIO)(nil)),
+		"ArgMaxer":       reflect.ValueOf((*backend.ArgMaxer)(nil)),
+		"AttentionStats": reflect.ValueOf((*backend.AttentionStats)(nil)),
+		"BF16":           reflect.ValueOf((*backend.BF16)(nil)),
+		"BF16Store":      reflect.ValueOf((*backend.BF16Store)(nil)),
+		"Backend":        reflect.ValueOf((*backend.Backend)(nil)),
+		"Batched":        reflect.ValueOf((*backend.Batched)(nil)),
+		"BatchedGate":    reflect.ValueOf((*backend.BatchedGate)(nil)),
+		"Category":       reflect.ValueOf((*backend.Category)(nil)),
+		"Fused":          reflect.ValueOf((*backend.Fused)(nil)),
+		"FusedDecode":    reflect.ValueOf((*backend.FusedDecode)(nil)),
+		"HostWeight":     reflect.ValueOf((*backend.HostWeight)(nil)),
+		"KernelTime":     reflect.ValueOf((*backend.KernelTime)(nil)),
+		"MemStats":       reflect.ValueOf((*backend.MemStats)(nil)),
+		"OverBudget":     reflect.ValueOf((*backend.OverBudget)(nil)),
+		"Profiler":       reflect.ValueOf((*backend.Profiler)(nil)),
+		"Runner":         reflect.ValueOf((*backend.Runner)(nil)),
+		"Tensor":         reflect.ValueOf((*backend.Tensor)(nil)),
+		"Training":       reflect.ValueOf((*backend.Training)(nil)),
+		"Weight":         reflect.ValueOf((*backend.Weight)(nil)),
 
 		// interface wrapper definitions
-		"_AdamWState":   reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_AdamWState)(nil)),
-		"_AdamWStateIO": reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_AdamWStateIO)(nil)),
-		"_ArgMaxer":     reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_ArgMaxer)(nil)),
-		"_BF16":         reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_BF16)(nil)),
-		"_BF16Store":    reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_BF16Store)(nil)),
-		"_Backend":      reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Backend)(nil)),
-		"_Batched":      reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Batched)(nil)),
-		"_BatchedGate":  reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_BatchedGate)(nil)),
-		"_Fused":        reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Fused)(nil)),
-		"_FusedDecode":  reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_FusedDecode)(nil)),
-		"_Profiler":     reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Profiler)(nil)),
-		"_Runner":       reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Runner)(nil)),
-		"_Tensor":       reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Tensor)(nil)),
-		"_Training":     reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Training)(nil)),
-		"_Weight":       reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Weight)(nil)),
+		"_AdamWState":     reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_AdamWState)(nil)),
+		"_AdamWStateIO":   reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_AdamWStateIO)(nil)),
+		"_ArgMaxer":       reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_ArgMaxer)(nil)),
+		"_AttentionStats": reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_AttentionStats)(nil)),
+		"_BF16":           reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_BF16)(nil)),
+		"_BF16Store":      reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_BF16Store)(nil)),
+		"_Backend":        reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Backend)(nil)),
+		"_Batched":        reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Batched)(nil)),
+		"_BatchedGate":    reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_BatchedGate)(nil)),
+		"_Fused":          reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Fused)(nil)),
+		"_FusedDecode":    reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_FusedDecode)(nil)),
+		"_Profiler":       reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Profiler)(nil)),
+		"_Runner":         reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Runner)(nil)),
+		"_Tensor":         reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Tensor)(nil)),
+		"_Training":       reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Training)(nil)),
+		"_Weight":         reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Weight)(nil)),
 	}
 }
 
@@ -126,6 +128,24 @@ type _github_com_qwengo_qwengo_engine_backend_ArgMaxer struct {
 
 func (W _github_com_qwengo_qwengo_engine_backend_ArgMaxer) ArgMaxRows(x backend.Tensor) ([]int, error) {
 	return W.WArgMaxRows(x)
+}
+
+// _github_com_qwengo_qwengo_engine_backend_AttentionStats is an interface wrapper for AttentionStats type
+type _github_com_qwengo_qwengo_engine_backend_AttentionStats struct {
+	IValue                  interface{}
+	WAttentionBackwardStats func(dq backend.Tensor, dk backend.Tensor, dv backend.Tensor, dout backend.Tensor, q backend.Tensor, k backend.Tensor, v backend.Tensor, out backend.Tensor, stats backend.Tensor, nHeads int, nKV int, headDim int) error
+	WAttentionSaveStats     func(out backend.Tensor, stats backend.Tensor, q backend.Tensor, k backend.Tensor, v backend.Tensor, nHeads int, nKV int, headDim int) error
+	WAttentionStatsApply    func(T int, headDim int) bool
+}
+
+func (W _github_com_qwengo_qwengo_engine_backend_AttentionStats) AttentionBackwardStats(dq backend.Tensor, dk backend.Tensor, dv backend.Tensor, dout backend.Tensor, q backend.Tensor, k backend.Tensor, v backend.Tensor, out backend.Tensor, stats backend.Tensor, nHeads int, nKV int, headDim int) error {
+	return W.WAttentionBackwardStats(dq, dk, dv, dout, q, k, v, out, stats, nHeads, nKV, headDim)
+}
+func (W _github_com_qwengo_qwengo_engine_backend_AttentionStats) AttentionSaveStats(out backend.Tensor, stats backend.Tensor, q backend.Tensor, k backend.Tensor, v backend.Tensor, nHeads int, nKV int, headDim int) error {
+	return W.WAttentionSaveStats(out, stats, q, k, v, nHeads, nKV, headDim)
+}
+func (W _github_com_qwengo_qwengo_engine_backend_AttentionStats) AttentionStatsApply(T int, headDim int) bool {
+	return W.WAttentionStatsApply(T, headDim)
 }
 
 // _github_com_qwengo_qwengo_engine_backend_BF16 is an interface wrapper for BF16 type
