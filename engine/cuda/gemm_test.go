@@ -586,7 +586,8 @@ func figuresGEMMCase(t *testing.T, g *Backend, kind string, T, K, N int) {
 // ltCandidates) for the products of a training step at S=2048 × 8 (16384 token rows, Qwen3-4B
 // layer shapes, and a 441-row chunk of the lm_head), forward (TN), dx (NN) and dw (NT), and
 // logs the heuristic's first choice against the fastest (QWENGO_CUDA_BENCH=1). It tells
-// whether tuning the algorithm per shape is worth having.
+// whether tuning the algorithm per shape is worth having. Also the products of a 4096-row layer
+// span and logits chunks of 1024 and 2048 rows.
 func TestFiguresGEMMAlgos(t *testing.T) {
 	benchEnabled(t)
 	g := openGEMM(t)
@@ -599,6 +600,12 @@ func TestFiguresGEMMAlgos(t *testing.T) {
 	}
 	projs := []proj{{"q", 2560, 4096, T}, {"k/v", 2560, 1024, T}, {"o", 4096, 2560, T}, {"gate/up", 2560, 9728, T},
 		{"down", 9728, 2560, T}, {"lm_head chunk", 2560, 151936, 441}}
+	split := 3 * len(projs) // the shapes before it are the 16384-row step's
+	// The products of a 4096-row layer span (devtrain's LayerChunkRows in the bench) and larger
+	// logits chunks.
+	projs = append(projs, proj{"q 4096", 2560, 4096, 4096}, proj{"k/v 4096", 2560, 1024, 4096}, proj{"o 4096", 4096, 2560, 4096},
+		proj{"gate/up 4096", 2560, 9728, 4096}, proj{"down 4096", 9728, 2560, 4096}, proj{"lm_head 1024", 2560, 151936, 1024},
+		proj{"lm_head 2048", 2560, 151936, 2048})
 	var maxA, maxB, maxD int64
 	shapes := []struct {
 		label string
@@ -649,7 +656,11 @@ func TestFiguresGEMMAlgos(t *testing.T) {
 	}
 	defer g.do(func() error { g.free(a); g.free(bb); g.free(d); return nil })
 	var sumFirst, sumBest float64
-	for _, sh := range shapes {
+	for i, sh := range shapes {
+		if i == split {
+			t.Logf("figure gemm algos: one layer's products (16384 rows) + one lm_head chunk: heuristic's first %.2f ms, best %.2f ms", sumFirst, sumBest)
+			sumFirst, sumBest = 0, 0
+		}
 		s := sh.s
 		var p *ltPlan
 		if err := g.do(func() error {
@@ -681,13 +692,13 @@ func TestFiguresGEMMAlgos(t *testing.T) {
 		t.Logf("figure gemm algos %-13s %s: first %.3f ms (%.0f TFLOP/s), best #%d of %d %.3f ms (%.0f TFLOP/s), all %v",
 			sh.label, s.label(), times[0], tf(times[0]), best, len(times), times[best], tf(times[best]), fmtMs(times))
 		mult := 1.0
-		if sh.label == "k/v" || sh.label == "gate/up" {
+		if strings.HasPrefix(sh.label, "k/v") || strings.HasPrefix(sh.label, "gate/up") {
 			mult = 2
 		}
 		sumFirst += mult * times[0]
 		sumBest += mult * times[best]
 	}
-	t.Logf("figure gemm algos: one layer's products + one lm_head chunk: heuristic's first %.2f ms, best %.2f ms", sumFirst, sumBest)
+	t.Logf("figure gemm algos: one span's products (4096 rows) + lm_head chunks of 1024 and 2048 rows: heuristic's first %.2f ms, best %.2f ms", sumFirst, sumBest)
 }
 
 func fmtMs(v []float64) string {
