@@ -18,6 +18,11 @@ var _ backend.Fused = (*Backend)(nil)
 // normThreads is rmsnorm_f32's block size for groups of n (the reduction order depends on it).
 func normThreads(n int) int { return min(256, max(32, (n+31)/32*32)) }
 
+// normWarpGroups reports whether groups of n take the warp-per-group norm kernels
+// (norm_warp.cu: n = 32·k ≤ 256, bit-identical to the block kernels, which then run n threads
+// of one element each).
+func normWarpGroups(n int) bool { return n%32 == 0 && n <= 256 }
+
 // MatMulMany implements backend.Fused: one launch of the tensor-core GEMV (gemv_tc.cu for one
 // token row, gemv_tcb.cu for 2-8) or of the persistent GEMV (QWENGO_CUDA_GEMV=persist, ≤ 4
 // rows, K % 256 == 0) for up to three NVFP4 products, else MatMul for each.

@@ -194,6 +194,13 @@ func (b *Backend) RMSNorm(out, x, w backend.Tensor, eps float32) error {
 			return fmt.Errorf("cuda: rmsnorm: x [%d, %d] with a weight of %d into [%d, %d] (the weight length must divide the width)", a.rows, a.cols, n, o.rows, o.cols)
 		}
 		groups := a.n() / n
+		if normWarpGroups(n) {
+			if err := b.launchDep(b.fns["rmsnorm_warp_f32"], [3]int{(groups + 7) / 8, 1, 1}, [3]int{256, 1, 1}, 0,
+				ptrArg(o.ptr), ptrArg(a.ptr), ptrArg(g.ptr), intArg(groups), intArg(n), f32Arg(eps)); err != nil {
+				return fmt.Errorf("cuda: rmsnorm: %w", err)
+			}
+			return nil
+		}
 		threads := min(256, max(32, (n+31)/32*32))
 		if err := b.launchDep(b.fns["rmsnorm_f32"], [3]int{groups, 1, 1}, [3]int{threads, 1, 1}, 0,
 			ptrArg(o.ptr), ptrArg(a.ptr), ptrArg(g.ptr), intArg(n), f32Arg(eps)); err != nil {

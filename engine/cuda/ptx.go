@@ -93,6 +93,7 @@ var ptxModules = []ptxModule{
 	{"kernels/gemv.ptx", append(append([]string{}, gemvStreamKernels...), gemvPersistKernels...)},
 	{"kernels/elementwise.ptx", []string{"embedding_f32", "embedding_bf16", "embedding_nvfp4", "swiglu_f32", "add_f32", "argmax_rows_f32"}},
 	{"kernels/norm.ptx", []string{"rmsnorm_f32", "rope_f32"}},
+	{"kernels/norm_warp.ptx", []string{"rmsnorm_warp_f32", "rmsnorm_rstd_warp", "rmsnorm_bwd_dx_warp"}},
 	{"kernels/gemv_tc.ptx", gemvTCVariants},
 	{"kernels/gemv_tcb.ptx", gemvTCBKernels},
 	{"kernels/gemv_tcp.ptx", gemvTCPKernels},

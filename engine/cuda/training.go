@@ -329,8 +329,14 @@ func (b *Backend) RMSNormBackward(dx, dw, dout, x, w backend.Tensor, eps float32
 				return err
 			}
 			rstd, part := buf, buf+devPtr(rstdBytes)
-			if err := launch(b.fns["rmsnorm_rstd"], [3]int{groups, 1, 1}, [3]int{threads, 1, 1}, 0,
-				ptrArg(rstd), ptrArg(a.ptr), intArg(n), f32Arg(eps)); err != nil {
+			if normWarpGroups(n) {
+				err = launch(b.fns["rmsnorm_rstd_warp"], [3]int{(groups + 7) / 8, 1, 1}, [3]int{256, 1, 1}, 0,
+					ptrArg(rstd), ptrArg(a.ptr), intArg(groups), intArg(n), f32Arg(eps))
+			} else {
+				err = launch(b.fns["rmsnorm_rstd"], [3]int{groups, 1, 1}, [3]int{threads, 1, 1}, 0,
+					ptrArg(rstd), ptrArg(a.ptr), intArg(n), f32Arg(eps))
+			}
+			if err != nil {
 				return fmt.Errorf("cuda: %s: %w", op, err)
 			}
 			if err := launch(b.fns["rmsnorm_bwd_dw_part"], [3]int{(n + 127) / 128, P, 1}, [3]int{128, 1, 1}, 0,
@@ -347,8 +353,15 @@ func (b *Backend) RMSNormBackward(dx, dw, dout, x, w backend.Tensor, eps float32
 			if accumulate {
 				acc = 1
 			}
-			if err := launch(b.fns["rmsnorm_bwd_dx"], [3]int{groups, 1, 1}, [3]int{threads, 1, 1}, 0,
-				ptrArg(dxt.ptr), ptrArg(d.ptr), ptrArg(a.ptr), ptrArg(g.ptr), intArg(n), f32Arg(eps), intArg(acc)); err != nil {
+			var err error
+			if normWarpGroups(n) {
+				err = launch(b.fns["rmsnorm_bwd_dx_warp"], [3]int{(groups + 7) / 8, 1, 1}, [3]int{256, 1, 1}, 0,
+					ptrArg(dxt.ptr), ptrArg(d.ptr), ptrArg(a.ptr), ptrArg(g.ptr), intArg(groups), intArg(n), f32Arg(eps), intArg(acc))
+			} else {
+				err = launch(b.fns["rmsnorm_bwd_dx"], [3]int{groups, 1, 1}, [3]int{threads, 1, 1}, 0,
+					ptrArg(dxt.ptr), ptrArg(d.ptr), ptrArg(a.ptr), ptrArg(g.ptr), intArg(n), f32Arg(eps), intArg(acc))
+			}
+			if err != nil {
 				return fmt.Errorf("cuda: %s: %w", op, err)
 			}
 		}
