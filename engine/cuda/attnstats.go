@@ -8,11 +8,13 @@ import (
 	"github.com/qwengo/qwengo/engine/backend"
 )
 
-// backend.AttentionStats: the flash forward writes the log-sum-exp of every (head, row) into
-// the caller's stats tensor, and the flash backward starts from it instead of running the
-// forward a third time (devtrain recomputes each layer's forward just before its backward).
-// The backward's results are AttentionBackward's bit for bit: the same kernel computed the
-// same statistics from the same q, k and v.
+// backend.AttentionStats: the flash forward writes the log-sum-exp of every (sequence, head,
+// row) into the caller's stats tensor, and the flash backward starts from it instead of running
+// the forward a third time (devtrain recomputes each layer's forward just before its backward).
+// All the sequences of a call go in one launch per kernel (grid.z): one sequence at a time,
+// flash_bwd_dkdv had 256 blocks at T = 2048 whose causal work differs 64-fold, so the heaviest
+// block set the time. The results are AttentionBackward's per sequence bit for bit: the same
+// kernels compute the same sums from the same q, k and v.
 
 var _ backend.AttentionStats = (*Backend)(nil)
 
@@ -24,14 +26,14 @@ func (b *Backend) AttentionStatsApply(T, headDim int) bool {
 	return ok
 }
 
-// statsTensor checks that stats holds nHeads·T floats and does not overlap the others.
-func (b *Backend) statsTensor(op string, stats backend.Tensor, T, nHeads int, others ...*Tensor) (*Tensor, error) {
+// statsTensor checks that stats holds nHeads·rows floats and does not overlap the others.
+func (b *Backend) statsTensor(op string, stats backend.Tensor, rows, nHeads int, others ...*Tensor) (*Tensor, error) {
 	st, err := b.ten(stats, op, "stats")
 	if err != nil {
 		return nil, err
 	}
-	if int64(st.rows)*int64(st.cols) != int64(T)*int64(nHeads) {
-		return nil, fmt.Errorf("cuda: %s: stats [%d, %d] for %d rows of %d heads (want %d elements)", op, st.rows, st.cols, T, nHeads, T*nHeads)
+	if int64(st.rows)*int64(st.cols) != int64(rows)*int64(nHeads) {
+		return nil, fmt.Errorf("cuda: %s: stats [%d, %d] for %d rows of %d heads (want %d elements)", op, st.rows, st.cols, rows, nHeads, rows*nHeads)
 	}
 	for _, o := range others {
 		if overlaps(st, o) {
@@ -42,7 +44,7 @@ func (b *Backend) statsTensor(op string, stats backend.Tensor, T, nHeads int, ot
 }
 
 // AttentionSaveStats implements backend.AttentionStats.
-func (b *Backend) AttentionSaveStats(out, stats, q, k, v backend.Tensor, nHeads, nKV, headDim int) error {
+func (b *Backend) AttentionSaveStats(out, stats, q, k, v backend.Tensor, T, nHeads, nKV, headDim int) error {
 	return b.do(func() error {
 		const op = "attention (saving statistics)"
 		var ts [4]*Tensor
@@ -60,18 +62,20 @@ func (b *Backend) AttentionSaveStats(out, stats, q, k, v backend.Tensor, nHeads,
 		if err := backend.CheckAttention("cuda", o, qt, kt, vt, 0, nHeads, nKV, headDim); err != nil {
 			return err
 		}
-		T := qt.rows
-		if kt.rows != T || vt.rows != T {
-			return fmt.Errorf("cuda: %s: k [%d, %d] and v [%d, %d] need exactly the %d rows of q", op, kt.rows, kt.cols, vt.rows, vt.cols, T)
+		if T <= 0 || qt.rows%T != 0 {
+			return fmt.Errorf("cuda: %s: %d rows are not sequences of %d", op, qt.rows, T)
+		}
+		if kt.rows != qt.rows || vt.rows != qt.rows {
+			return fmt.Errorf("cuda: %s: k [%d, %d] and v [%d, %d] need exactly the %d rows of q", op, kt.rows, kt.cols, vt.rows, vt.cols, qt.rows)
 		}
 		if !b.useFlashBackward(T, headDim) {
 			return fmt.Errorf("cuda: %s: %d rows of head_dim %d do not take the flash kernels (AttentionStatsApply is false)", op, T, headDim)
 		}
-		st, err := b.statsTensor(op, stats, T, nHeads, o, qt, kt, vt)
+		st, err := b.statsTensor(op, stats, qt.rows, nHeads, o, qt, kt, vt)
 		if err != nil {
 			return err
 		}
-		if err := b.flashAttention(o.ptr, st.ptr, qt, kt, vt, 0, nHeads, nKV); err != nil {
+		if err := b.flashAttention(o.ptr, st.ptr, qt, kt, vt, 0, nHeads, nKV, qt.rows/T); err != nil {
 			return fmt.Errorf("cuda: %s: %w", op, err)
 		}
 		return nil
@@ -79,7 +83,7 @@ func (b *Backend) AttentionSaveStats(out, stats, q, k, v backend.Tensor, nHeads,
 }
 
 // AttentionBackwardStats implements backend.AttentionStats.
-func (b *Backend) AttentionBackwardStats(dq, dk, dv, dout, q, k, v, out, stats backend.Tensor, nHeads, nKV, headDim int) error {
+func (b *Backend) AttentionBackwardStats(dq, dk, dv, dout, q, k, v, out, stats backend.Tensor, T, nHeads, nKV, headDim int) error {
 	return b.do(func() error {
 		const op = "attention backward (saved statistics)"
 		ts, err := b.attentionBackwardArgs(op, dq, dk, dv, dout, q, k, v, out, nHeads, nKV, headDim)
@@ -87,15 +91,17 @@ func (b *Backend) AttentionBackwardStats(dq, dk, dv, dout, q, k, v, out, stats b
 			return err
 		}
 		dqt, dkt, dvt, dot, qt, kt, vt, ot := ts[0], ts[1], ts[2], ts[3], ts[4], ts[5], ts[6], ts[7]
-		T := qt.rows
+		if T <= 0 || qt.rows%T != 0 {
+			return fmt.Errorf("cuda: %s: %d rows are not sequences of %d", op, qt.rows, T)
+		}
 		if !b.useFlashBackward(T, headDim) {
 			return fmt.Errorf("cuda: %s: %d rows of head_dim %d do not take the flash kernels (AttentionStatsApply is false)", op, T, headDim)
 		}
-		st, err := b.statsTensor(op, stats, T, nHeads, dqt, dkt, dvt)
+		st, err := b.statsTensor(op, stats, qt.rows, nHeads, dqt, dkt, dvt)
 		if err != nil {
 			return err
 		}
-		if err := b.flashBackward(dqt, dkt, dvt, dot, qt, kt, vt, ot, st.ptr, nHeads, nKV); err != nil {
+		if err := b.flashBackward(dqt, dkt, dvt, dot, qt, kt, vt, ot, st.ptr, nHeads, nKV, qt.rows/T); err != nil {
 			return fmt.Errorf("cuda: %s (flash): %w", op, err)
 		}
 		return nil

@@ -34,12 +34,14 @@ func (b *Backend) useFlash(T, headDim int) bool {
 	return headDim == flashHeadDim && T >= flashMinRows && !b.attnSIMT && !b.trainSIMT && b.fns["flash_attn_fwd"] != nil
 }
 
-// flashAttention runs the flash kernel on checked arguments (owner goroutine): the output to
-// out (0: none) and, when lse is not 0, the natural-log softmax normaliser per (head, row) as
-// [nHeads, T] floats. It leaves bf16 copies of k and v rows [0, pos0+T) in b.flashKV.
-func (b *Backend) flashAttention(out, lse devPtr, qt, kt, vt *Tensor, pos0, nHeads, nKV int) error {
-	T := qt.rows
-	keys := int64(pos0+T) * int64(nKV*flashHeadDim)
+// flashAttention runs the flash kernel on checked arguments (owner goroutine) over seqs
+// sequences stored one after another (q, out: T = qt.rows/seqs rows each; k, v: pos0+T rows
+// each): the output to out (0: none) and, when lse is not 0, the natural-log softmax
+// normaliser per (sequence, head, row) as [seqs, nHeads, T] floats. It leaves bf16 copies of
+// k and v in b.flashKV.
+func (b *Backend) flashAttention(out, lse devPtr, qt, kt, vt *Tensor, pos0, nHeads, nKV, seqs int) error {
+	T := qt.rows / seqs
+	keys := int64(seqs) * int64(pos0+T) * int64(nKV*flashHeadDim)
 	if err := b.grow(&b.flashKV, backend.Workspace, 2*2*keys, "flash attention bf16 keys and values"); err != nil {
 		return err
 	}
@@ -51,7 +53,7 @@ func (b *Backend) flashAttention(out, lse devPtr, qt, kt, vt *Tensor, pos0, nHea
 		return err
 	}
 	scaleLog2 := float32(math.Log2E / math.Sqrt(flashHeadDim))
-	return launch(b.fns["flash_attn_fwd"], [3]int{(T + flashRows - 1) / flashRows, nHeads, 1}, [3]int{flashThreads, 1, 1}, 0,
+	return launch(b.fns["flash_attn_fwd"], [3]int{(T + flashRows - 1) / flashRows, nHeads, seqs}, [3]int{flashThreads, 1, 1}, 0,
 		ptrArg(out), ptrArg(lse), ptrArg(qt.ptr), ptrArg(kb), ptrArg(vb), intArg(T), intArg(pos0), intArg(nHeads), intArg(nKV),
 		f32Arg(scaleLog2))
 }
@@ -66,26 +68,27 @@ func (b *Backend) useFlashBackward(T, headDim int) bool {
 }
 
 // flashBackward computes dq, dk and dv on the flash kernels (owner goroutine, checked
-// arguments, pos0 = 0): the log-sum-exp — saved (saved ≠ 0: [nHeads, T] floats written by
-// the forward, AttentionSaveStats) or from the forward run again — and bf16 copies of k, v, q
-// and dout, D = Σ dout∘out, then flash_bwd_dkdv and flash_bwd_dq.
-func (b *Backend) flashBackward(dqt, dkt, dvt, dot, qt, kt, vt, ot *Tensor, saved devPtr, nHeads, nKV int) error {
-	T := qt.rows
+// arguments, pos0 = 0) for seqs sequences of T = qt.rows/seqs rows stored one after another:
+// the log-sum-exp — saved (saved ≠ 0: [seqs, nHeads, T] floats written by the forward,
+// AttentionSaveStats) or from the forward run again — and bf16 copies of k, v, q and dout,
+// D = Σ dout∘out, then flash_bwd_dkdv and flash_bwd_dq, one launch each for all sequences.
+func (b *Backend) flashBackward(dqt, dkt, dvt, dot, qt, kt, vt, ot *Tensor, saved devPtr, nHeads, nKV, seqs int) error {
+	T := qt.rows / seqs
 	if !b.flashBwdReady {
 		if err := setMaxDynamicShared(b.fns["flash_bwd_dkdv"], flashBwdShared); err != nil {
 			return err
 		}
 		b.flashBwdReady = true
 	}
-	qElems := int64(T) * int64(nHeads*flashHeadDim)
-	stats := (int64(4*nHeads*T) + 255) / 256 * 256
+	qElems := int64(qt.rows) * int64(nHeads*flashHeadDim)
+	stats := (int64(4*nHeads*qt.rows) + 255) / 256 * 256
 	base, err := b.scratch(2*2*qElems+2*stats, "flash attention backward")
 	if err != nil {
 		return err
 	}
 	qb, dob := base, base+devPtr(2*qElems)
 	lse, dd := base+devPtr(4*qElems), base+devPtr(4*qElems+stats)
-	keys := int64(T) * int64(nKV*flashHeadDim)
+	keys := int64(kt.rows) * int64(nKV*flashHeadDim)
 	if saved != 0 {
 		// The forward's statistics: only the bf16 copies of k and v it made are needed again.
 		if err := b.grow(&b.flashKV, backend.Workspace, 2*2*keys, "flash attention bf16 keys and values"); err != nil {
@@ -95,7 +98,7 @@ func (b *Backend) flashBackward(dqt, dkt, dvt, dot, qt, kt, vt, ot *Tensor, save
 			return err
 		}
 		lse = saved
-	} else if err := b.flashAttention(0, lse, qt, kt, vt, 0, nHeads, nKV); err != nil {
+	} else if err := b.flashAttention(0, lse, qt, kt, vt, 0, nHeads, nKV, seqs); err != nil {
 		return err
 	}
 	kb, vb := b.flashKV.ptr, b.flashKV.ptr+devPtr(2*keys)
@@ -105,19 +108,19 @@ func (b *Backend) flashBackward(dqt, dkt, dvt, dot, qt, kt, vt, ot *Tensor, save
 	if err := b.toBF16(dob, dot.ptr, qElems); err != nil {
 		return err
 	}
-	if err := launch(b.fns["flash_bwd_prep"], [3]int{(T*nHeads + 3) / 4, 1, 1}, [3]int{128, 1, 1}, 0,
-		ptrArg(dd), ptrArg(dot.ptr), ptrArg(ot.ptr), intArg(T), intArg(nHeads)); err != nil {
+	if err := launch(b.fns["flash_bwd_prep"], [3]int{(qt.rows*nHeads + 3) / 4, 1, 1}, [3]int{128, 1, 1}, 0,
+		ptrArg(dd), ptrArg(dot.ptr), ptrArg(ot.ptr), intArg(T), intArg(nHeads), intArg(seqs)); err != nil {
 		return err
 	}
 	scale := 1 / math.Sqrt(flashHeadDim)
 	scaleLog2 := float32(math.Log2E * scale)
 	blocks := (T + 63) / 64
-	if err := launch(b.fns["flash_bwd_dkdv"], [3]int{blocks, nKV, 1}, [3]int{128, 1, 1}, flashBwdShared,
+	if err := launch(b.fns["flash_bwd_dkdv"], [3]int{blocks, nKV, seqs}, [3]int{128, 1, 1}, flashBwdShared,
 		ptrArg(dkt.ptr), ptrArg(dvt.ptr), ptrArg(qb), ptrArg(kb), ptrArg(vb), ptrArg(dob), ptrArg(lse), ptrArg(dd),
 		intArg(T), intArg(nHeads), intArg(nKV), f32Arg(scaleLog2), f32Arg(float32(scale))); err != nil {
 		return err
 	}
-	return launch(b.fns["flash_bwd_dq"], [3]int{blocks, nHeads, 1}, [3]int{128, 1, 1}, 0,
+	return launch(b.fns["flash_bwd_dq"], [3]int{blocks, nHeads, seqs}, [3]int{128, 1, 1}, 0,
 		ptrArg(dqt.ptr), ptrArg(qb), ptrArg(kb), ptrArg(vb), ptrArg(dob), ptrArg(lse), ptrArg(dd),
 		intArg(T), intArg(nHeads), intArg(nKV), f32Arg(scaleLog2), f32Arg(float32(scale)))
 }

@@ -55,7 +55,7 @@ func TestFlashAttention(t *testing.T) {
 			if err := g.attention(gS.(*Tensor), gq.(*Tensor), gk.(*Tensor), gv.(*Tensor), s.pos0, s.heads, s.kv, hd); err != nil {
 				return err
 			}
-			return g.flashAttention(gO.(*Tensor).ptr, lse.(*Tensor).ptr, gq.(*Tensor), gk.(*Tensor), gv.(*Tensor), s.pos0, s.heads, s.kv)
+			return g.flashAttention(gO.(*Tensor).ptr, lse.(*Tensor).ptr, gq.(*Tensor), gk.(*Tensor), gv.(*Tensor), s.pos0, s.heads, s.kv, 1)
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -146,12 +146,12 @@ func TestFlashAttentionBackward(t *testing.T) {
 		_, gout := pair(t, c, g, s.T, qw, nil)
 		_, gplain := pair(t, c, g, s.T, qw, nil)
 		_, stats := pair(t, c, g, s.T, s.nH, nil)
-		if err := firstErr(g.AttentionSaveStats(gout, stats, gi[0], gi[1], gi[2], s.nH, s.nKV, hd),
+		if err := firstErr(g.AttentionSaveStats(gout, stats, gi[0], gi[1], gi[2], s.T, s.nH, s.nKV, hd),
 			g.Attention(gplain, gi[0], gi[1], gi[2], 0, s.nH, s.nKV, hd)); err != nil {
 			t.Fatalf("%s: forward saving statistics: %v", name, err)
 		}
 		sameBits(t, name+" forward output (saving statistics)", download(t, g, gout), download(t, g, gplain))
-		if err := g.AttentionBackwardStats(gdq, gdk, gdv, gi[3], gi[0], gi[1], gi[2], gi[4], stats, s.nH, s.nKV, hd); err != nil {
+		if err := g.AttentionBackwardStats(gdq, gdk, gdv, gi[3], gi[0], gi[1], gi[2], gi[4], stats, s.T, s.nH, s.nKV, hd); err != nil {
 			t.Fatalf("%s: backward from saved statistics: %v", name, err)
 		}
 		for k, gt := range []backend.Tensor{gdq, gdk, gdv} {
@@ -159,7 +159,7 @@ func TestFlashAttentionBackward(t *testing.T) {
 		}
 		// Wrong-sized statistics are refused before anything runs.
 		_, small := pair(t, c, g, s.T, 1, nil)
-		if err := g.AttentionBackwardStats(gdq, gdk, gdv, gi[3], gi[0], gi[1], gi[2], gi[4], small, s.nH, s.nKV, hd); err == nil {
+		if err := g.AttentionBackwardStats(gdq, gdk, gdv, gi[3], gi[0], gi[1], gi[2], gi[4], small, s.T, s.nH, s.nKV, hd); err == nil {
 			t.Errorf("%s: statistics of %d elements accepted for %d heads", name, s.T, s.nH)
 		}
 	}
@@ -213,7 +213,7 @@ func TestFiguresFlash(t *testing.T) {
 				if simt {
 					return g.AttentionBackward(dq, dk, dv, do, q, k, v, o, 32, 8, 128)
 				}
-				return g.flashBackward(dq, dk, dv, do, q, k, v, o, 0, 32, 8)
+				return g.flashBackward(dq, dk, dv, do, q, k, v, o, 0, 32, 8, 1)
 			})
 			if err != nil {
 				t.Fatal(err)
@@ -226,14 +226,63 @@ func TestFiguresFlash(t *testing.T) {
 		}
 		// From the forward's saved log-sum-exp (AttentionStats): 7 products, not 9.
 		stats := alloc(T, 32)
-		if err := g.AttentionSaveStats(o, stats, q, k, v, 32, 8, 128); err != nil {
+		if err := g.AttentionSaveStats(o, stats, q, k, v, T, 32, 8, 128); err != nil {
 			t.Fatal(err)
 		}
-		ms, err := timeOnDevice(g, 3, func() error { return g.flashBackward(dq, dk, dv, do, q, k, v, o, stats.ptr, 32, 8) })
+		ms, err := timeOnDevice(g, 3, func() error { return g.flashBackward(dq, dk, dv, do, q, k, v, o, stats.ptr, 32, 8, 1) })
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Logf("figure attention backward flash from saved statistics T=%d: %.3f ms, %.1f TFLOP/s", T, ms, flops*7/9/ms/1e9)
+	}
+	// A training span's batch in one launch per kernel (AttentionStats, grid.z) against the
+	// same sequences one call each: 8 × 2048 rows.
+	{
+		const B, T = 8, 2048
+		q, k, v, o, do := alloc(B*T, 4096), alloc(B*T, 1024), alloc(B*T, 1024), alloc(B*T, 4096), alloc(B*T, 4096)
+		dq, dk, dv, stats := alloc(B*T, 4096), alloc(B*T, 1024), alloc(B*T, 1024), alloc(B*T, 32)
+		flops := float64(B) * 7 * 2 * float64(T) * float64(T+1) / 2 * 32 * 128
+		fwdFlops := float64(B) * 4 * float64(T) * float64(T+1) / 2 * 32 * 128
+		for _, batched := range []bool{false, true} {
+			seqs := 1
+			if batched {
+				seqs = B
+			}
+			sub := func(x *Tensor, r int) *Tensor {
+				n := x.rows / B * (B / seqs)
+				return &Tensor{rows: n, cols: x.cols, ptr: x.ptr + devPtr(4*int64(r)*int64(n)*int64(x.cols)), cat: x.cat, owner: g, view: true}
+			}
+			fwd, err := timeOnDevice(g, 3, func() error {
+				for r := 0; r < B/seqs; r++ {
+					st := sub(stats, r)
+					if err := g.flashAttention(sub(o, r).ptr, st.ptr, sub(q, r), sub(k, r), sub(v, r), 0, 32, 8, seqs); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			bwd, err := timeOnDevice(g, 3, func() error {
+				for r := 0; r < B/seqs; r++ {
+					if err := g.flashBackward(sub(dq, r), sub(dk, r), sub(dv, r), sub(do, r), sub(q, r), sub(k, r), sub(v, r), sub(o, r),
+						sub(stats, r).ptr, 32, 8, seqs); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			kind := "one sequence a launch"
+			if batched {
+				kind = "8 sequences a launch"
+			}
+			t.Logf("figure attention 8x2048 %s: forward %.3f ms (%.1f TFLOP/s), backward from saved statistics %.3f ms (%.1f TFLOP/s)",
+				kind, fwd, fwdFlops/fwd/1e9, bwd, flops/bwd/1e9)
+		}
 	}
 }
 
@@ -247,5 +296,53 @@ func sameBits(t *testing.T, name string, got, want []float32) {
 		if math.Float32bits(got[i]) != math.Float32bits(want[i]) {
 			t.Fatalf("%s: element %d is %g, want %g (bit for bit)", name, i, got[i], want[i])
 		}
+	}
+}
+
+// TestFlashBatched: several sequences in one AttentionSaveStats / AttentionBackwardStats call
+// (grid.z) give exactly what Attention and AttentionBackward give per sequence, and rows that
+// are not whole sequences are refused.
+func TestFlashBatched(t *testing.T) {
+	g := openGPU(t)
+	const B, T, nH, nKV, hd = 3, 130, 4, 2, 128
+	if !g.AttentionStatsApply(T, hd) {
+		t.Skip("the flash kernels do not take this shape here")
+	}
+	qw, kw := nH*hd, nKV*hd
+	q, k, v, do := randTensor(t, g, B*T, qw), randTensor(t, g, B*T, kw), randTensor(t, g, B*T, kw), randTensor(t, g, B*T, qw)
+	if err := firstErr(g.Upload(k, randn(B*T*kw, 41, 1)), g.Upload(v, randn(B*T*kw, 42, 1)), g.Upload(do, randn(B*T*qw, 43, 1))); err != nil {
+		t.Fatal(err)
+	}
+	out1, out2, stats := randTensor(t, g, B*T, qw), randTensor(t, g, B*T, qw), randTensor(t, g, B*T, nH)
+	dq1, dk1, dv1 := randTensor(t, g, B*T, qw), randTensor(t, g, B*T, kw), randTensor(t, g, B*T, kw)
+	dq2, dk2, dv2 := randTensor(t, g, B*T, qw), randTensor(t, g, B*T, kw), randTensor(t, g, B*T, kw)
+	view := func(x *Tensor, r int) backend.Tensor {
+		vw, err := g.RowView(x, r*T, T)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return vw
+	}
+	for r := 0; r < B; r++ {
+		if err := g.Attention(view(out1, r), view(q, r), view(k, r), view(v, r), 0, nH, nKV, hd); err != nil {
+			t.Fatal(err)
+		}
+		if err := g.AttentionBackward(view(dq1, r), view(dk1, r), view(dv1, r), view(do, r), view(q, r), view(k, r), view(v, r),
+			view(out1, r), nH, nKV, hd); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := g.AttentionSaveStats(out2, stats, q, k, v, T, nH, nKV, hd); err != nil {
+		t.Fatal(err)
+	}
+	sameBits(t, "batched forward", download(t, g, out2), download(t, g, out1))
+	if err := g.AttentionBackwardStats(dq2, dk2, dv2, do, q, k, v, out1, stats, T, nH, nKV, hd); err != nil {
+		t.Fatal(err)
+	}
+	sameBits(t, "batched dq", download(t, g, dq2), download(t, g, dq1))
+	sameBits(t, "batched dk", download(t, g, dk2), download(t, g, dk1))
+	sameBits(t, "batched dv", download(t, g, dv2), download(t, g, dv1))
+	if err := g.AttentionSaveStats(out2, stats, q, k, v, T+1, nH, nKV, hd); err == nil {
+		t.Errorf("%d rows taken as sequences of %d", B*T, T+1)
 	}
 }

@@ -314,7 +314,7 @@ func (b *Backend) Attention(out, q, k, v backend.Tensor, pos0, nHeads, nKV, head
 func (b *Backend) attention(o, qt, kt, vt *Tensor, pos0, nHeads, nKV, headDim int) error {
 	T := qt.rows
 	if b.useFlash(T, headDim) {
-		return b.flashAttention(o.ptr, 0, qt, kt, vt, pos0, nHeads, nKV)
+		return b.flashAttention(o.ptr, 0, qt, kt, vt, pos0, nHeads, nKV, 1)
 	}
 	scale := float32(1 / math.Sqrt(float64(headDim)))
 	if headDim == attDecodeDim && T*(nHeads/nKV) <= attDecodeMaxQ && !b.attnSIMT {

@@ -416,7 +416,7 @@ func (b *Backend) AttentionBackward(dq, dk, dv, dout, q, k, v, out backend.Tenso
 		dqt, dkt, dvt, dot, qt, kt, vt, ot := ts[0], ts[1], ts[2], ts[3], ts[4], ts[5], ts[6], ts[7]
 		T := qt.rows
 		if b.useFlashBackward(T, headDim) {
-			if err := b.flashBackward(dqt, dkt, dvt, dot, qt, kt, vt, ot, 0, nHeads, nKV); err != nil {
+			if err := b.flashBackward(dqt, dkt, dvt, dot, qt, kt, vt, ot, 0, nHeads, nKV, 1); err != nil {
 				return fmt.Errorf("cuda: %s (flash): %w", op, err)
 			}
 			return nil

@@ -10,9 +10,10 @@ import (
 )
 
 // statsCPU is the CPU reference with backend.AttentionStats by composition: the "statistics"
-// are the first T·nHeads values of the forward's output, and the backward refuses statistics
-// that are not those of the output it is given, so a stats view that does not line up with its
-// sequence, or a backward that runs without the forward having saved, fails the step.
+// of each sequence are the first T·nHeads values of its forward output, and the backward
+// refuses statistics that are not those of the output it is given, so a stats view that does
+// not line up with its sequence, or a backward that runs without the forward having saved,
+// fails the step.
 type statsCPU struct {
 	*cpu.Backend
 	saves, backwards int
@@ -20,37 +21,65 @@ type statsCPU struct {
 
 func (s *statsCPU) AttentionStatsApply(T, headDim int) bool { return T >= 2 }
 
-func (s *statsCPU) AttentionSaveStats(out, stats, q, k, v backend.Tensor, nHeads, nKV, headDim int) error {
-	if err := s.Attention(out, q, k, v, 0, nHeads, nKV, headDim); err != nil {
-		return err
+// seqs calls fn with sequence r's row views of ts (T rows each; stats: T rows of nHeads).
+func (s *statsCPU) seqs(T int, ts []backend.Tensor, fn func(vs []backend.Tensor) error) error {
+	if T <= 0 || ts[0].Rows()%T != 0 {
+		return fmt.Errorf("%d rows are not sequences of %d", ts[0].Rows(), T)
 	}
-	o, err := s.Download(out, nil)
-	if err != nil {
-		return err
-	}
-	s.saves++
-	return s.Upload(stats, o[:stats.Rows()*stats.Cols()])
-}
-
-func (s *statsCPU) AttentionBackwardStats(dq, dk, dv, dout, q, k, v, out, stats backend.Tensor, nHeads, nKV, headDim int) error {
-	if n := q.Rows() * nHeads; stats.Rows()*stats.Cols() != n {
-		return fmt.Errorf("stats [%d, %d] for %d rows of %d heads", stats.Rows(), stats.Cols(), q.Rows(), nHeads)
-	}
-	o, err := s.Download(out, nil)
-	if err != nil {
-		return err
-	}
-	st, err := s.Download(stats, nil)
-	if err != nil {
-		return err
-	}
-	for i := range st {
-		if st[i] != o[i] {
-			return fmt.Errorf("statistics element %d is %v, not this forward's (%v)", i, st[i], o[i])
+	vs := make([]backend.Tensor, len(ts))
+	for r := 0; r < ts[0].Rows()/T; r++ {
+		for i, t := range ts {
+			v, err := s.RowView(t, r*T, T)
+			if err != nil {
+				return err
+			}
+			vs[i] = v
+		}
+		if err := fn(vs); err != nil {
+			return err
 		}
 	}
-	s.backwards++
-	return s.AttentionBackward(dq, dk, dv, dout, q, k, v, out, nHeads, nKV, headDim)
+	return nil
+}
+
+func (s *statsCPU) AttentionSaveStats(out, stats, q, k, v backend.Tensor, T, nHeads, nKV, headDim int) error {
+	if stats.Rows()*stats.Cols() != q.Rows()*nHeads {
+		return fmt.Errorf("stats [%d, %d] for %d rows of %d heads", stats.Rows(), stats.Cols(), q.Rows(), nHeads)
+	}
+	return s.seqs(T, []backend.Tensor{out, stats, q, k, v}, func(vs []backend.Tensor) error {
+		if err := s.Attention(vs[0], vs[2], vs[3], vs[4], 0, nHeads, nKV, headDim); err != nil {
+			return err
+		}
+		o, err := s.Download(vs[0], nil)
+		if err != nil {
+			return err
+		}
+		s.saves++
+		return s.Upload(vs[1], o[:vs[1].Rows()*vs[1].Cols()])
+	})
+}
+
+func (s *statsCPU) AttentionBackwardStats(dq, dk, dv, dout, q, k, v, out, stats backend.Tensor, T, nHeads, nKV, headDim int) error {
+	if stats.Rows()*stats.Cols() != q.Rows()*nHeads {
+		return fmt.Errorf("stats [%d, %d] for %d rows of %d heads", stats.Rows(), stats.Cols(), q.Rows(), nHeads)
+	}
+	return s.seqs(T, []backend.Tensor{dq, dk, dv, dout, q, k, v, out, stats}, func(vs []backend.Tensor) error {
+		o, err := s.Download(vs[7], nil)
+		if err != nil {
+			return err
+		}
+		st, err := s.Download(vs[8], nil)
+		if err != nil {
+			return err
+		}
+		for i := range st {
+			if st[i] != o[i] {
+				return fmt.Errorf("statistics element %d is %v, not this forward's (%v)", i, st[i], o[i])
+			}
+		}
+		s.backwards++
+		return s.AttentionBackward(vs[0], vs[1], vs[2], vs[3], vs[4], vs[5], vs[6], vs[7], nHeads, nKV, headDim)
+	})
 }
 
 // TestAttentionStatsWiring: with a backend that keeps attention statistics, Grads and steps

@@ -323,20 +323,22 @@ func (m *Model) layerForward(l int, a *acts, out backend.Tensor, pr *prepared) e
 	if err := firstErr(b.RMSNorm(a.qn, a.q, m.nv(L[pQn]), eps), b.RMSNorm(a.kn, a.k, m.nv(L[pKn]), eps)); err != nil {
 		return wrap("q/k_norm", err)
 	}
-	seqs := []backend.Tensor{a.qn, a.kn, a.v, a.o}
+	// With AttentionStats every sequence of the span goes in one call (and the statistics are
+	// saved for the backward); otherwise attention runs per sequence.
 	st := m.attnStats(pr.T)
-	if st != nil && a.lse != nil {
-		seqs = append(seqs, a.lse)
-	}
-	err := m.perSeq(pr, seqs, func(vs []backend.Tensor) error {
+	batched := st != nil && a.lse != nil
+	err := m.perSeq(pr, []backend.Tensor{a.qn, a.kn, a.v, a.o}, func(vs []backend.Tensor) error {
 		if err := firstErr(b.RoPE(vs[0], vs[0], hd, 0, theta), b.RoPE(vs[1], vs[1], hd, 0, theta)); err != nil {
 			return err
 		}
-		if len(vs) == 5 {
-			return st.AttentionSaveStats(vs[3], vs[4], vs[0], vs[1], vs[2], c.NumHeads, c.NumKVHeads, hd)
+		if batched {
+			return nil
 		}
 		return b.Attention(vs[3], vs[0], vs[1], vs[2], 0, c.NumHeads, c.NumKVHeads, hd)
 	})
+	if err == nil && batched {
+		err = st.AttentionSaveStats(a.o, a.lse, a.qn, a.kn, a.v, pr.T, c.NumHeads, c.NumKVHeads, hd)
+	}
 	if err != nil {
 		return wrap("rope/attention", err)
 	}
@@ -398,20 +400,20 @@ func (m *Model) layerBackward(l int, a *acts, w *bwork, g func(k int) backend.Te
 	if err := b.MatMulBackward(w.do, g(pO), w.dx, a.o, m.w(L[pO]), false); err != nil {
 		return wrap("o_proj", err)
 	}
-	seqs := []backend.Tensor{w.dq, w.dk, w.dv, w.do, a.qn, a.kn, a.v, a.o}
+	// With AttentionStats: every sequence in one call, from the statistics the forward just
+	// saved (recomputed or kept); otherwise per sequence.
 	st := m.attnStats(pr.T)
-	if st != nil && a.lse != nil {
-		seqs = append(seqs, a.lse)
-	}
-	err := m.perSeq(pr, seqs, func(vs []backend.Tensor) error {
-		var err error
-		if len(vs) == 9 { // the statistics the forward just saved (recomputed or kept)
-			err = st.AttentionBackwardStats(vs[0], vs[1], vs[2], vs[3], vs[4], vs[5], vs[6], vs[7], vs[8], c.NumHeads, c.NumKVHeads, hd)
-		} else {
-			err = b.AttentionBackward(vs[0], vs[1], vs[2], vs[3], vs[4], vs[5], vs[6], vs[7], c.NumHeads, c.NumKVHeads, hd)
+	batched := st != nil && a.lse != nil
+	if batched {
+		if err := st.AttentionBackwardStats(w.dq, w.dk, w.dv, w.do, a.qn, a.kn, a.v, a.o, a.lse, pr.T, c.NumHeads, c.NumKVHeads, hd); err != nil {
+			return wrap("attention", err)
 		}
-		if err != nil {
-			return err
+	}
+	err := m.perSeq(pr, []backend.Tensor{w.dq, w.dk, w.dv, w.do, a.qn, a.kn, a.v, a.o}, func(vs []backend.Tensor) error {
+		if !batched {
+			if err := b.AttentionBackward(vs[0], vs[1], vs[2], vs[3], vs[4], vs[5], vs[6], vs[7], c.NumHeads, c.NumKVHeads, hd); err != nil {
+				return err
+			}
 		}
 		return firstErr(b.RoPEBackward(vs[0], vs[0], hd, 0, theta), b.RoPEBackward(vs[1], vs[1], hd, 0, theta))
 	})

@@ -23,7 +23,10 @@
 // flash_attn_fwd: out[t, h·D:(h+1)·D] = softmax(q_t·k_jᵀ·scale)·v_j over keys j ≤ pos0+t, as
 // attention_f32. q, out: [T, nHeads·D] float32 (out may be null: only lse wanted); kb, vb:
 // [≥ pos0+T, nKV·D] bf16. lse, when not null, receives log(Σ_j e^(s_j)) per (head, row) at lse[h·T + t] (natural log, s = q·k·scale)
-// for a backward pass. grid (ceil(T/FA_M), nHeads), block FA_WARPS·32, static shared 32 KB.
+// for a backward pass. grid (ceil(T/FA_M), nHeads, sequences), block FA_WARPS·32, static shared
+// 32 KB. grid.z > 1 runs that many independent sequences stored one after another: sequence z
+// has q, out rows [z·T, (z+1)·T), keys and values rows [z·(pos0+T), (z+1)·(pos0+T)) and
+// lse[(z·nHeads + h)·T + t] (training batches: pos0 = 0).
 extern "C" __global__ void __launch_bounds__(FA_WARPS * 32)
 flash_attn_fwd(float* __restrict__ out, float* __restrict__ lse, const float* __restrict__ q,
                const __nv_bfloat16* __restrict__ kb, const __nv_bfloat16* __restrict__ vb, int T, int pos0, int nHeads,
@@ -35,6 +38,14 @@ flash_attn_fwd(float* __restrict__ out, float* __restrict__ lse, const float* __
     const int mb = gridDim.x - 1 - blockIdx.x, h = blockIdx.y;
     const int kvh = h / (nHeads / nKV);
     const size_t qld = (size_t)nHeads * FA_D, kvld = (size_t)nKV * FA_D;
+    {
+        const size_t z = blockIdx.z;
+        q += z * T * qld;
+        if (out != nullptr) out += z * T * qld;
+        if (lse != nullptr) lse += z * nHeads * T;
+        kb += z * (pos0 + T) * kvld;
+        vb += z * (pos0 + T) * kvld;
+    }
     const int m0 = mb * FA_M, r0 = m0 + warp * 16;  // this warp's first query row
     const int nkeys = pos0 + min(T, m0 + FA_M);      // keys the block's last row sees
     const int ntiles = (nkeys + FA_N - 1) / FA_N;

@@ -19,21 +19,39 @@
 
 #define FB_QROWS 32  // query rows per block-iteration of flash_bwd_dkdv
 
-// flash_bwd_prep: D[h·T + t] = Σ_d dout[t, h·128 + d]·out[t, h·128 + d]; one warp per (t, h),
-// grid ceil(T·nHeads/4) blocks of 128 threads.
+// flash_bwd_prep: D[(z·nHeads + h)·T + t] = Σ_d dout[r, h·128 + d]·out[r, h·128 + d] for
+// row r = z·T + t of `seqs` sequences of T rows; one warp per (r, h), grid
+// ceil(seqs·T·nHeads/4) blocks of 128 threads.
 extern "C" __global__ void __launch_bounds__(128)
-flash_bwd_prep(float* __restrict__ D, const float* __restrict__ dout, const float* __restrict__ out, int T, int nHeads) {
-    const int p = blockIdx.x * 4 + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-    if (p >= T * nHeads) return;
-    const int t = p / nHeads, h = p % nHeads;
-    const size_t off = (size_t)t * nHeads * FA_D + (size_t)h * FA_D;
+flash_bwd_prep(float* __restrict__ D, const float* __restrict__ dout, const float* __restrict__ out, int T, int nHeads,
+               int seqs) {
+    const long long p = (long long)blockIdx.x * 4 + (threadIdx.x >> 5);
+    const int lane = threadIdx.x & 31;
+    if (p >= (long long)seqs * T * nHeads) return;
+    const long long r = p / nHeads;
+    const int h = (int)(p % nHeads), z = (int)(r / T), t = (int)(r % T);
+    const size_t off = (size_t)r * nHeads * FA_D + (size_t)h * FA_D;
     const float4 a = reinterpret_cast<const float4*>(dout + off)[lane];
     const float4 b = reinterpret_cast<const float4*>(out + off)[lane];
     const float s = warp_sum(a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w);
-    if (lane == 0) D[(size_t)h * T + t] = s;
+    if (lane == 0) D[((size_t)z * nHeads + h) * T + t] = s;
 }
 
-// flash_bwd_dkdv: grid (ceil(T/64), nKV), 128 threads, dynamic shared memory
+// FB_SEQ moves flash_bwd_dq's pointers to sequence blockIdx.z of a batch stored one sequence
+// after another (rows z·T..(z+1)·T; lse and D per sequence [nHeads, T]); flash_bwd_dkdv, which
+// has no registers to spare, offsets them where it forms addresses.
+#define FB_SEQ(T, nHeads, qld, kvld)                         \
+    do {                                                      \
+        const size_t z_ = blockIdx.z;                         \
+        qb += z_ * (T) * (qld);                               \
+        dob += z_ * (T) * (qld);                              \
+        kb += z_ * (T) * (kvld);                              \
+        vb += z_ * (T) * (kvld);                              \
+        lse += z_ * (nHeads) * (T);                           \
+        Dd += z_ * (nHeads) * (T);                            \
+    } while (0)
+
+// flash_bwd_dkdv: grid (ceil(T/64), nKV, sequences), 128 threads, dynamic shared memory
 // 2·64·128·2 + 2·32·128·2 + 2·32·4 bytes (K_j, V_j, Q_i, dO_i tiles; lse and D of the rows).
 // dk, dv: [T, nKV·128] float32, written.
 extern "C" __global__ void __launch_bounds__(128)
@@ -53,9 +71,12 @@ flash_bwd_dkdv(float* __restrict__ dk, float* __restrict__ dv, const __nv_bfloat
     const int jb = gridDim.x - 1 - blockIdx.x, kvh = blockIdx.y;  // early key blocks see the most queries
     const int n0 = jb * 64, G = nHeads / nKV;
     const size_t qld = (size_t)nHeads * FA_D, kvld = (size_t)nKV * FA_D;
-
-    fa_load_rows<64, 128>(ksb, kb + (size_t)kvh * FA_D, kvld, n0, T);
-    fa_load_rows<64, 128>(vsb, vb + (size_t)kvh * FA_D, kvld, n0, T);
+    // Sequence blockIdx.z of a batch: its rows start at z·T. The loop's pointers (q, dO, lse, D)
+    // are offset where they are formed from the parameters, and dk, dv at the stores: pointers
+    // moved once up here would live in registers the kernel (255) does not have to spare.
+    const size_t zrow = (size_t)blockIdx.z * T;
+    fa_load_rows<64, 128>(ksb, kb + zrow * kvld + (size_t)kvh * FA_D, kvld, n0, T);
+    fa_load_rows<64, 128>(vsb, vb + zrow * kvld + (size_t)kvh * FA_D, kvld, n0, T);
     fa_commit();
 
     float dva[FA_D / 8][4], dka[FA_D / 8][4];
@@ -70,13 +91,15 @@ flash_bwd_dkdv(float* __restrict__ dk, float* __restrict__ dv, const __nv_bfloat
         const int h = kvh * G + hh;
         for (int i0 = n0 / FB_QROWS * FB_QROWS; i0 < T; i0 += FB_QROWS) {
             __syncthreads();  // everyone is done with the previous Q/dO tiles
-            fa_load_rows<FB_QROWS, 128>(qsb, qb + (size_t)h * FA_D, qld, i0, T);
-            fa_load_rows<FB_QROWS, 128>(dosb, dob + (size_t)h * FA_D, qld, i0, T);
+            const size_t zq = (size_t)blockIdx.z * T * qld + (size_t)h * FA_D;
+            fa_load_rows<FB_QROWS, 128>(qsb, qb + zq, qld, i0, T);
+            fa_load_rows<FB_QROWS, 128>(dosb, dob + zq, qld, i0, T);
             fa_commit();
             if (threadIdx.x < FB_QROWS) {
                 const int r = i0 + threadIdx.x;
-                lse_s[threadIdx.x] = r < T ? lse[(size_t)h * T + r] * log2e : INFINITY;  // P = 0 past T
-                d_s[threadIdx.x] = r < T ? Dd[(size_t)h * T + r] : 0.f;
+                const size_t zh = ((size_t)blockIdx.z * nHeads + h) * T;
+                lse_s[threadIdx.x] = r < T ? lse[zh + r] * log2e : INFINITY;  // P = 0 past T
+                d_s[threadIdx.x] = r < T ? Dd[zh + r] : 0.f;
             }
             fa_wait<0>();
             __syncthreads();
@@ -146,8 +169,9 @@ flash_bwd_dkdv(float* __restrict__ dk, float* __restrict__ dv, const __nv_bfloat
     for (int r = 0; r < 2; r++) {
         const int key = r ? keyB : keyA;
         if (key >= T) continue;
-        float* dkr = dk + (size_t)key * kvld + (size_t)kvh * FA_D;
-        float* dvr = dv + (size_t)key * kvld + (size_t)kvh * FA_D;
+        const size_t row = (size_t)blockIdx.z * T + key;
+        float* dkr = dk + row * kvld + (size_t)kvh * FA_D;
+        float* dvr = dv + row * kvld + (size_t)kvh * FA_D;
 #pragma unroll
         for (int j = 0; j < FA_D / 8; j++) {
             *reinterpret_cast<float2*>(dkr + j * 8 + 2 * tq) = make_float2(dka[j][2 * r] * scale, dka[j][2 * r + 1] * scale);
@@ -156,7 +180,7 @@ flash_bwd_dkdv(float* __restrict__ dk, float* __restrict__ dv, const __nv_bfloat
     }
 }
 
-// flash_bwd_dq: grid (ceil(T/64), nHeads), 128 threads, static shared 32 KB (K_j and V_j).
+// flash_bwd_dq: grid (ceil(T/64), nHeads, sequences), 128 threads, static shared 32 KB (K_j and V_j).
 // dq: [T, nHeads·128] float32, written.
 extern "C" __global__ void __launch_bounds__(128)
 flash_bwd_dq(float* __restrict__ dq, const __nv_bfloat16* __restrict__ qb, const __nv_bfloat16* __restrict__ kb,
@@ -169,6 +193,8 @@ flash_bwd_dq(float* __restrict__ dq, const __nv_bfloat16* __restrict__ qb, const
     const int mb = gridDim.x - 1 - blockIdx.x, h = blockIdx.y;  // late query blocks see the most keys
     const int kvh = h / (nHeads / nKV);
     const size_t qld = (size_t)nHeads * FA_D, kvld = (size_t)nKV * FA_D;
+    FB_SEQ(T, nHeads, qld, kvld);
+    dq += (size_t)blockIdx.z * T * qld;
     const int m0 = mb * 64, r0 = m0 + warp * 16;
     const int rowA = r0 + g, rowB = r0 + g + 8;
     const int nkeys = min(T, m0 + 64);
