@@ -133,16 +133,16 @@ func (W _github_com_qwengo_qwengo_engine_backend_ArgMaxer) ArgMaxRows(x backend.
 // _github_com_qwengo_qwengo_engine_backend_AttentionStats is an interface wrapper for AttentionStats type
 type _github_com_qwengo_qwengo_engine_backend_AttentionStats struct {
 	IValue                  interface{}
-	WAttentionBackwardStats func(dq backend.Tensor, dk backend.Tensor, dv backend.Tensor, dout backend.Tensor, q backend.Tensor, k backend.Tensor, v backend.Tensor, out backend.Tensor, stats backend.Tensor, nHeads int, nKV int, headDim int) error
-	WAttentionSaveStats     func(out backend.Tensor, stats backend.Tensor, q backend.Tensor, k backend.Tensor, v backend.Tensor, nHeads int, nKV int, headDim int) error
+	WAttentionBackwardStats func(dq backend.Tensor, dk backend.Tensor, dv backend.Tensor, dout backend.Tensor, q backend.Tensor, k backend.Tensor, v backend.Tensor, out backend.Tensor, stats backend.Tensor, T int, nHeads int, nKV int, headDim int) error
+	WAttentionSaveStats     func(out backend.Tensor, stats backend.Tensor, q backend.Tensor, k backend.Tensor, v backend.Tensor, T int, nHeads int, nKV int, headDim int) error
 	WAttentionStatsApply    func(T int, headDim int) bool
 }
 
-func (W _github_com_qwengo_qwengo_engine_backend_AttentionStats) AttentionBackwardStats(dq backend.Tensor, dk backend.Tensor, dv backend.Tensor, dout backend.Tensor, q backend.Tensor, k backend.Tensor, v backend.Tensor, out backend.Tensor, stats backend.Tensor, nHeads int, nKV int, headDim int) error {
-	return W.WAttentionBackwardStats(dq, dk, dv, dout, q, k, v, out, stats, nHeads, nKV, headDim)
+func (W _github_com_qwengo_qwengo_engine_backend_AttentionStats) AttentionBackwardStats(dq backend.Tensor, dk backend.Tensor, dv backend.Tensor, dout backend.Tensor, q backend.Tensor, k backend.Tensor, v backend.Tensor, out backend.Tensor, stats backend.Tensor, T int, nHeads int, nKV int, headDim int) error {
+	return W.WAttentionBackwardStats(dq, dk, dv, dout, q, k, v, out, stats, T, nHeads, nKV, headDim)
 }
-func (W _github_com_qwengo_qwengo_engine_backend_AttentionStats) AttentionSaveStats(out backend.Tensor, stats backend.Tensor, q backend.Tensor, k backend.Tensor, v backend.Tensor, nHeads int, nKV int, headDim int) error {
-	return W.WAttentionSaveStats(out, stats, q, k, v, nHeads, nKV, headDim)
+func (W _github_com_qwengo_qwengo_engine_backend_AttentionStats) AttentionSaveStats(out backend.Tensor, stats backend.Tensor, q backend.Tensor, k backend.Tensor, v backend.Tensor, T int, nHeads int, nKV int, headDim int) error {
+	return W.WAttentionSaveStats(out, stats, q, k, v, T, nHeads, nKV, headDim)
 }
 func (W _github_com_qwengo_qwengo_engine_backend_AttentionStats) AttentionStatsApply(T int, headDim int) bool {
 	return W.WAttentionStatsApply(T, headDim)
