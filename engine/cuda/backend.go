@@ -632,11 +632,23 @@ func (b *Backend) KernelTimes() []backend.KernelTime {
 	return out
 }
 
-// ReleaseCache returns the freed tensors kept for reuse to the driver. They are accounted under
-// Workspace until then; an allocation that would cross the budget (or find the device full)
-// releases them by itself first.
+// ReleaseCache returns the freed tensors kept for reuse to the driver, and the scratch buffers
+// that grow to the largest op seen (bf16 operand copies for cuBLASLt, the training ops'
+// partials, flash attention's bf16 keys and values): after a large batch they would otherwise
+// stay allocated at its size. They are accounted under Workspace until then; an allocation
+// that would cross the budget (or find the device full) releases the pooled tensors by itself
+// first. The scratch is allocated again at the next op that needs it.
 func (b *Backend) ReleaseCache() error {
-	return b.do(func() error { b.dropPool(); return nil })
+	return b.do(func() error {
+		b.dropPool()
+		for _, buf := range []*devBuf{&b.gemm.act, &b.gemm.act2, &b.gemm.wbuf, &b.tr.scratch, &b.flashKV} {
+			if buf.ptr != 0 {
+				b.free(buf.ptr)
+				*buf = devBuf{}
+			}
+		}
+		return nil
+	})
 }
 
 // free releases an allocation made by alloc (worker goroutine).

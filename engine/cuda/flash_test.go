@@ -249,7 +249,7 @@ func TestFiguresFlash(t *testing.T) {
 				seqs = B
 			}
 			sub := func(x *Tensor, r int) *Tensor {
-				n := x.rows / B * (B / seqs)
+				n := x.rows / B * seqs
 				return &Tensor{rows: n, cols: x.cols, ptr: x.ptr + devPtr(4*int64(r)*int64(n)*int64(x.cols)), cat: x.cat, owner: g, view: true}
 			}
 			fwd, err := timeOnDevice(g, 3, func() error {

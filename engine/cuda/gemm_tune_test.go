@@ -116,3 +116,36 @@ func refForward(x, W []float32, T, In, Out int) []float32 {
 	}
 	return out
 }
+
+// TestReleaseCacheScratch: ReleaseCache gives back the grown scratch (here cuBLASLt's bf16
+// operand copies), and the next product allocates it again and gives the same result.
+func TestReleaseCacheScratch(t *testing.T) {
+	g := openGEMM(t)
+	const T, In, Out = 512, 1024, 256
+	hw := hostWeight(t, kindBF16, Out, In, 9)
+	gw, err := g.UploadWeight(hw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.FreeWeight(gw)
+	x, out := randTensor(t, g, T, In), randTensor(t, g, T, Out)
+	if err := g.MatMul(out, x, gw); err != nil {
+		t.Fatal(err)
+	}
+	first := download(t, g, out)
+	if g.gemm.act.ptr == 0 {
+		t.Fatal("no bf16 operand scratch after a cuBLASLt product")
+	}
+	before := g.Memory().InUse[backend.Workspace]
+	if err := g.ReleaseCache(); err != nil {
+		t.Fatal(err)
+	}
+	after := g.Memory().InUse[backend.Workspace]
+	if g.gemm.act.ptr != 0 || after > before-2*T*In {
+		t.Errorf("workspace %d → %d bytes after ReleaseCache; the %d-byte operand copy should be gone", before, after, 2*T*In)
+	}
+	if err := g.MatMul(out, x, gw); err != nil {
+		t.Fatal(err)
+	}
+	sameBits(t, "product after ReleaseCache", download(t, g, out), first)
+}
