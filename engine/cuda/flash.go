@@ -58,14 +58,9 @@ func (b *Backend) flashAttention(out, lse devPtr, qt, kt, vt *Tensor, pos0, nHea
 		f32Arg(scaleLog2))
 }
 
-// flashBwdShared is flash_bwd_dkdv's dynamic shared memory: K_j and V_j tiles (64 rows), and
-// two pipeline stages of the Q_i and dO_i tiles (32 rows) of 128 bf16 with the 32 rows' lse
-// and D (flash_bwd.cu FB_STAGE).
-const flashBwdShared = 2*64*flashHeadDim*2 + 2*(2*32*flashHeadDim*2+2*32*4)
-
-// flashBwdDQShared is flash_bwd_dq's dynamic shared memory: two stages of the K_j and V_j
-// tiles (flash_bwd.cu FQ_STAGE).
-const flashBwdDQShared = 2 * (2 * 64 * flashHeadDim * 2)
+// flashBwdShared is flash_bwd_dkdv's dynamic shared memory: K_j and V_j tiles (64 rows), Q_i
+// and dO_i tiles (32 rows) of 128 bf16, and the 32 rows' lse and D.
+const flashBwdShared = 2*64*flashHeadDim*2 + 2*32*flashHeadDim*2 + 2*32*4
 
 // useFlashBackward reports whether AttentionBackward of T rows goes to the flash kernels.
 func (b *Backend) useFlashBackward(T, headDim int) bool {
@@ -81,9 +76,6 @@ func (b *Backend) flashBackward(dqt, dkt, dvt, dot, qt, kt, vt, ot *Tensor, save
 	T := qt.rows / seqs
 	if !b.flashBwdReady {
 		if err := setMaxDynamicShared(b.fns["flash_bwd_dkdv"], flashBwdShared); err != nil {
-			return err
-		}
-		if err := setMaxDynamicShared(b.fns["flash_bwd_dq"], flashBwdDQShared); err != nil {
 			return err
 		}
 		b.flashBwdReady = true
@@ -128,7 +120,7 @@ func (b *Backend) flashBackward(dqt, dkt, dvt, dot, qt, kt, vt, ot *Tensor, save
 		intArg(T), intArg(nHeads), intArg(nKV), f32Arg(scaleLog2), f32Arg(float32(scale))); err != nil {
 		return err
 	}
-	return launch(b.fns["flash_bwd_dq"], [3]int{blocks, nHeads, seqs}, [3]int{128, 1, 1}, flashBwdDQShared,
+	return launch(b.fns["flash_bwd_dq"], [3]int{blocks, nHeads, seqs}, [3]int{128, 1, 1}, 0,
 		ptrArg(dqt.ptr), ptrArg(qb), ptrArg(kb), ptrArg(vb), ptrArg(dob), ptrArg(lse), ptrArg(dd),
 		intArg(T), intArg(nHeads), intArg(nKV), f32Arg(scaleLog2), f32Arg(float32(scale)))
 }

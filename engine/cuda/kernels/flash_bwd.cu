@@ -18,11 +18,6 @@
 #include "flash_common.cuh"
 
 #define FB_QROWS 32  // query rows per block-iteration of flash_bwd_dkdv
-// FB_STAGE is one stage of flash_bwd_dkdv's pipeline in shared memory: Q_i and dO_i tiles
-// (32 rows of 128 bf16) and the 32 rows' lse and D.
-#define FB_STAGE (2 * FB_QROWS * FA_D * 2 + 2 * FB_QROWS * 4)
-// FQ_STAGE is one stage of flash_bwd_dq's pipeline: K_j and V_j (64 rows of 128 bf16 each).
-#define FQ_STAGE (2 * 64 * FA_D * 2)
 
 // flash_bwd_prep: D[(z·nHeads + h)·T + t] = Σ_d dout[r, h·128 + d]·out[r, h·128 + d] for
 // row r = z·T + t of `seqs` sequences of T rows; one warp per (r, h), grid
@@ -56,19 +51,9 @@ flash_bwd_prep(float* __restrict__ D, const float* __restrict__ dout, const floa
         Dd += z_ * (nHeads) * (T);                            \
     } while (0)
 
-// fb_cp_async4 copies one float to shared memory (src_bytes 0: writes zero).
-__device__ __forceinline__ void fb_cp_async4(uint32_t dst, const void* src, int bytes) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(bytes));
-}
-
 // flash_bwd_dkdv: grid (ceil(T/64), nKV, sequences), 128 threads, dynamic shared memory
-// 2·64·128·2 + 2·(2·32·128·2 + 2·32·4) bytes (K_j, V_j; two stages of the Q_i, dO_i tiles and
-// the rows' lse and D). dk, dv: [T, nKV·128] float32, written.
-//
-// The block walks its (query head, 32-row query block) tiles as one sequence and copies tile
-// t+1 (cp.async, lse and D included) while it computes tile t: single-buffered, every tile's
-// load was a round trip no warp overlapped (session 6 run 3: ~70 TFLOP/s for this kernel in
-// a training step, two 128-thread blocks an SM at 255 registers).
+// 2·64·128·2 + 2·32·128·2 + 2·32·4 bytes (K_j, V_j, Q_i, dO_i tiles; lse and D of the rows).
+// dk, dv: [T, nKV·128] float32, written.
 extern "C" __global__ void __launch_bounds__(128)
 flash_bwd_dkdv(float* __restrict__ dk, float* __restrict__ dv, const __nv_bfloat16* __restrict__ qb,
                const __nv_bfloat16* __restrict__ kb, const __nv_bfloat16* __restrict__ vb,
@@ -77,8 +62,11 @@ flash_bwd_dkdv(float* __restrict__ dk, float* __restrict__ dv, const __nv_bfloat
     extern __shared__ __align__(128) unsigned char fb_sh[];
     __nv_bfloat16* ks = reinterpret_cast<__nv_bfloat16*>(fb_sh);
     __nv_bfloat16* vs = ks + 64 * FA_D;
-    __nv_bfloat16* stage0 = vs + 64 * FA_D;  // two stages of FB_STAGE bytes: Q, dO, lse, D
-    const uint32_t ksb = smem_u32(ks), vsb = smem_u32(vs), st0 = smem_u32(stage0);
+    __nv_bfloat16* qs = vs + 64 * FA_D;
+    __nv_bfloat16* dos = qs + FB_QROWS * FA_D;
+    float* lse_s = reinterpret_cast<float*>(dos + FB_QROWS * FA_D);
+    float* d_s = lse_s + FB_QROWS;
+    const uint32_t ksb = smem_u32(ks), vsb = smem_u32(vs), qsb = smem_u32(qs), dosb = smem_u32(dos);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
     const int jb = gridDim.x - 1 - blockIdx.x, kvh = blockIdx.y;  // early key blocks see the most queries
     const int n0 = jb * 64, G = nHeads / nKV;
@@ -99,38 +87,23 @@ flash_bwd_dkdv(float* __restrict__ dk, float* __restrict__ dv, const __nv_bfloat
     const int keyA = n0 + warp * 16 + g, keyB = keyA + 8;  // this thread's two key rows
     const float log2e = 1.4426950408889634f;
 
-    // Tiles t = hh·nI + ii: query head kvh·G + hh, query rows iFirst + 32·ii.
-    const int iFirst = n0 / FB_QROWS * FB_QROWS, nI = (T - iFirst + FB_QROWS - 1) / FB_QROWS, tiles = G * nI;
-    // issue starts the copies of tile t into stage t & 1 (one commit group).
-    auto issue = [&](int t) {
-        const int h = kvh * G + t / nI, i0 = iFirst + (t % nI) * FB_QROWS;
-        const uint32_t sq = st0 + (t & 1) * FB_STAGE, sdo = sq + FB_QROWS * FA_D * 2, sl = sdo + FB_QROWS * FA_D * 2;
-        const size_t zq = (size_t)blockIdx.z * T * qld + (size_t)h * FA_D;
-        fa_load_rows<FB_QROWS, 128>(sq, qb + zq, qld, i0, T);
-        fa_load_rows<FB_QROWS, 128>(sdo, dob + zq, qld, i0, T);
-        if (threadIdx.x < 2 * FB_QROWS) {  // lse (threads 0-31) and D (32-63) of the 32 rows
-            const int r = i0 + (threadIdx.x & (FB_QROWS - 1)), ok = r < T;
-            const float* src = (threadIdx.x < FB_QROWS ? lse : Dd) + ((size_t)blockIdx.z * nHeads + h) * T + (ok ? r : 0);
-            fb_cp_async4(sl + 4 * threadIdx.x, src, ok ? 4 : 0);
-        }
-        fa_commit();
-    };
-    issue(0);
-    for (int t = 0; t < tiles; t++) {
-        const int i0 = iFirst + (t % nI) * FB_QROWS;
-        __syncthreads();  // every warp is done with tile t-1, whose stage tile t+1 takes
-        if (t + 1 < tiles) {
-            issue(t + 1);
-            fa_wait<1>();  // K, V and tile t have landed (tile t+1 may be in flight)
-        } else {
+    for (int hh = 0; hh < G; hh++) {
+        const int h = kvh * G + hh;
+        for (int i0 = n0 / FB_QROWS * FB_QROWS; i0 < T; i0 += FB_QROWS) {
+            __syncthreads();  // everyone is done with the previous Q/dO tiles
+            const size_t zq = (size_t)blockIdx.z * T * qld + (size_t)h * FA_D;
+            fa_load_rows<FB_QROWS, 128>(qsb, qb + zq, qld, i0, T);
+            fa_load_rows<FB_QROWS, 128>(dosb, dob + zq, qld, i0, T);
+            fa_commit();
+            if (threadIdx.x < FB_QROWS) {
+                const int r = i0 + threadIdx.x;
+                const size_t zh = ((size_t)blockIdx.z * nHeads + h) * T;
+                lse_s[threadIdx.x] = r < T ? lse[zh + r] * log2e : INFINITY;  // P = 0 past T
+                d_s[threadIdx.x] = r < T ? Dd[zh + r] : 0.f;
+            }
             fa_wait<0>();
-        }
-        __syncthreads();
-        const uint32_t qsb = st0 + (t & 1) * FB_STAGE, dosb = qsb + FB_QROWS * FA_D * 2;
-        const float* lse_s = reinterpret_cast<const float*>(reinterpret_cast<const unsigned char*>(stage0) + (t & 1) * FB_STAGE +
-                                                            2 * FB_QROWS * FA_D * 2);
-        const float* d_s = lse_s + FB_QROWS;
-        {
+            __syncthreads();
+
             // Sᵀ (this warp's 16 keys × 32 queries) and dPᵀ, over head_dim in 8 steps of 16.
             float st[FB_QROWS / 8][4], dpt[FB_QROWS / 8][4];
 #pragma unroll
@@ -162,8 +135,7 @@ flash_bwd_dkdv(float* __restrict__ dk, float* __restrict__ dv, const __nv_bfloat
                 for (int e = 0; e < 4; e++) {
                     const int ql = j * 8 + 2 * tq + (e & 1), qrow = i0 + ql;
                     const int key = e < 2 ? keyA : keyB;
-                    const float l = __fmul_rn(lse_s[ql], log2e);
-                    const float p = qrow >= key && qrow < T ? exp2f(fmaf(st[j][e], scaleLog2, -l)) : 0.f;
+                    const float p = qrow >= key ? exp2f(st[j][e] * scaleLog2 - lse_s[ql]) : 0.f;
                     st[j][e] = p;
                     dpt[j][e] = p * (dpt[j][e] - d_s[ql]);
                 }
@@ -208,15 +180,15 @@ flash_bwd_dkdv(float* __restrict__ dk, float* __restrict__ dv, const __nv_bfloat
     }
 }
 
-// flash_bwd_dq: grid (ceil(T/64), nHeads, sequences), 128 threads, dynamic shared memory 2 ·
-// FQ_STAGE (two stages of K_j and V_j: the next key block is copied while this one is used).
+// flash_bwd_dq: grid (ceil(T/64), nHeads, sequences), 128 threads, static shared 32 KB (K_j and V_j).
 // dq: [T, nHeads·128] float32, written.
 extern "C" __global__ void __launch_bounds__(128)
 flash_bwd_dq(float* __restrict__ dq, const __nv_bfloat16* __restrict__ qb, const __nv_bfloat16* __restrict__ kb,
              const __nv_bfloat16* __restrict__ vb, const __nv_bfloat16* __restrict__ dob, const float* __restrict__ lse,
              const float* __restrict__ Dd, int T, int nHeads, int nKV, float scaleLog2, float scale) {
-    extern __shared__ __align__(128) unsigned char fq_sh[];  // two stages of K_j, V_j (FQ_STAGE bytes each)
-    const uint32_t sh0 = smem_u32(fq_sh);
+    __shared__ __align__(128) __nv_bfloat16 ks[64 * FA_D];
+    __shared__ __align__(128) __nv_bfloat16 vs[64 * FA_D];
+    const uint32_t ksb = smem_u32(ks), vsb = smem_u32(vs);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
     const int mb = gridDim.x - 1 - blockIdx.x, h = blockIdx.y;  // late query blocks see the most keys
     const int kvh = h / (nHeads / nKV);
@@ -228,8 +200,8 @@ flash_bwd_dq(float* __restrict__ dq, const __nv_bfloat16* __restrict__ qb, const
     const int nkeys = min(T, m0 + 64);
     const float log2e = 1.4426950408889634f;
 
-    fa_load_rows<64, 128>(sh0, kb + (size_t)kvh * FA_D, kvld, 0, nkeys);
-    fa_load_rows<64, 128>(sh0 + 64 * FA_D * 2, vb + (size_t)kvh * FA_D, kvld, 0, nkeys);
+    fa_load_rows<64, 128>(ksb, kb + (size_t)kvh * FA_D, kvld, 0, nkeys);
+    fa_load_rows<64, 128>(vsb, vb + (size_t)kvh * FA_D, kvld, 0, nkeys);
     fa_commit();
 
     // Q and dO fragments of this warp's 16 rows (A operands), straight from global memory.
@@ -262,18 +234,8 @@ flash_bwd_dq(float* __restrict__ dq, const __nv_bfloat16* __restrict__ qb, const
     const int ntiles = (nkeys + 63) / 64;
     for (int it = 0; it < ntiles; it++) {
         const int n0 = it * 64;
-        __syncthreads();  // every warp is done with tile it-1, whose stage tile it+1 takes
-        if (it + 1 < ntiles) {
-            const uint32_t nk = sh0 + ((it + 1) & 1) * FQ_STAGE;
-            fa_load_rows<64, 128>(nk, kb + (size_t)kvh * FA_D, kvld, n0 + 64, nkeys);
-            fa_load_rows<64, 128>(nk + 64 * FA_D * 2, vb + (size_t)kvh * FA_D, kvld, n0 + 64, nkeys);
-            fa_commit();
-            fa_wait<1>();  // tile it has landed (tile it+1 may be in flight)
-        } else {
-            fa_wait<0>();
-        }
+        fa_wait<0>();
         __syncthreads();
-        const uint32_t ksb = sh0 + (it & 1) * FQ_STAGE, vsb = ksb + 64 * FA_D * 2;
         float s[8][4], dp[8][4];
 #pragma unroll
         for (int j = 0; j < 8; j++)
@@ -313,6 +275,12 @@ flash_bwd_dq(float* __restrict__ dq, const __nv_bfloat16* __restrict__ qb, const
             const uint32_t a3 = pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
             fa_mma_tile_t(dqa, a0, a1, a2, a3, ksb, kk, lane);
         }
+        __syncthreads();  // every warp is done with K_j and V_j
+        if (it + 1 < ntiles) {
+            fa_load_rows<64, 128>(ksb, kb + (size_t)kvh * FA_D, kvld, n0 + 64, nkeys);
+            fa_load_rows<64, 128>(vsb, vb + (size_t)kvh * FA_D, kvld, n0 + 64, nkeys);
+        }
+        fa_commit();
     }
 #pragma unroll
     for (int r = 0; r < 2; r++) {
