@@ -348,6 +348,20 @@ func TestElementwise(t *testing.T) {
 		t.Fatal(err)
 	}
 	compare(t, "swiglu in place", c, g, co, gg, 1e-6)
+	// The float4 path (n % 4 == 0, aligned), in place too.
+	for _, w := range []int{1024, 336} {
+		cg4, gg4 := pair(t, c, g, 5, w, randn(5*w, 17, 3))
+		cu4, gu4 := pair(t, c, g, 5, w, randn(5*w, 18, 1))
+		co4, gO4 := pair(t, c, g, 5, w, nil)
+		if err := firstErr(c.SwiGLU(co4, cg4, cu4), g.SwiGLU(gO4, gg4, gu4)); err != nil {
+			t.Fatal(err)
+		}
+		compare(t, fmt.Sprintf("swiglu [5, %d]", w), c, g, co4, gO4, 1e-6)
+		if err := g.SwiGLU(gu4, gg4, gu4); err != nil {
+			t.Fatal(err)
+		}
+		compare(t, fmt.Sprintf("swiglu [5, %d] in place", w), c, g, co4, gu4, 1e-6)
+	}
 
 	if err := c.Add(cu, co); err != nil {
 		t.Fatal(err)
