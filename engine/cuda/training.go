@@ -569,10 +569,23 @@ func (b *Backend) EmbeddingBackward(dtable, dout backend.Tensor, ids []int) erro
 	})
 }
 
-// CrossEntropy implements backend.Training: one block per row (max-subtracted log-sum-exp, exp
-// and sums in double, label smoothing as engine/train's CrossEntropy), dlogits = scale·∂loss/∂
-// logits (zero rows where unscored; dlogits may be logits), the per-row losses summed on the
-// host in row order. It waits for the GPU.
+// crossEntropyThreads is cross_entropy_f32's block size (CE_THREADS in train.cu): one block per
+// row. See the kernel's comment for why.
+const crossEntropyThreads = 512
+
+// crossEntropyLaunch queues cross_entropy_f32 over every row of lg: the gradient into dl (which
+// may be lg), the per-row loss (double) into losses, targets the rows' int32 targets on the
+// device.
+func (b *Backend) crossEntropyLaunch(dl, lg *Tensor, losses, targets devPtr, ls, scale float32) error {
+	return launch(b.fns["cross_entropy_f32"], [3]int{lg.rows, 1, 1}, [3]int{crossEntropyThreads, 1, 1}, 0,
+		ptrArg(dl.ptr), ptrArg(losses), ptrArg(lg.ptr), ptrArg(targets), intArg(lg.rows), intArg(lg.cols), f32Arg(ls), f32Arg(scale))
+}
+
+// CrossEntropy implements backend.Training: one block per row (one read for the max and the
+// log-sum-exp, online, exp and sums in double; one read and one write for the gradient; label
+// smoothing as engine/train's CrossEntropy), dlogits = scale·∂loss/∂logits (zero rows where
+// unscored; dlogits may be logits), the per-row losses summed on the host in row order. It
+// waits for the GPU.
 func (b *Backend) CrossEntropy(dlogits, logits backend.Tensor, targets []int, ls, scale float32) (float64, int, error) {
 	var sum float64
 	var n int
@@ -611,8 +624,7 @@ func (b *Backend) CrossEntropy(dlogits, logits backend.Tensor, targets []int, ls
 		if err != nil {
 			return fmt.Errorf("cuda: %s: %w", op, err)
 		}
-		if err := launch(b.fns["cross_entropy_f32"], [3]int{R, 1, 1}, [3]int{256, 1, 1}, 0,
-			ptrArg(dl.ptr), ptrArg(losses), ptrArg(lg.ptr), ptrArg(tptr), intArg(V), f32Arg(ls), f32Arg(scale)); err != nil {
+		if err := b.crossEntropyLaunch(dl, lg, losses, tptr, ls, scale); err != nil {
 			return fmt.Errorf("cuda: %s: %w", op, err)
 		}
 		host := make([]float64, R)

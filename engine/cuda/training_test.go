@@ -441,14 +441,47 @@ func TestTrainingCrossEntropy(t *testing.T) {
 		V       int
 		targets []int
 		ls      float32
+		extreme bool // rows 0..3 get extreme logits (see below)
 	}
-	cases := []tc{{1000, []int{3, -1, 999, 0, 500, -1}, 0}, {1000, []int{3, -1, 999, 0, 500, -1}, 0.1},
-		{151936, []int{151935, 7, -1}, 0.05}}
+	// The kernel reads rows with float4 loads when V is a multiple of 4 (else scalar loads), in
+	// iterations of 16 logits a thread (crossEntropyThreads·16 a block) and then one float4 or
+	// one logit at a time: vs and ss are V just past one full iteration, vector and scalar.
+	vs, ss := 16*crossEntropyThreads+4, 16*crossEntropyThreads+3
+	tg := []int{3, -1, 999, 0, 500, -1}
+	cases := []tc{{1000, tg, 0, false}, {1000, tg, 0.1, false}, {151936, []int{151935, 7, -1}, 0.05, false},
+		{1001, tg, 0, false}, {1001, tg, 0.1, true}, {vs, tg, 0, true}, {vs, tg, 0.1, false}, {ss, tg, 0.05, true},
+		{151936, []int{5, -1, 151935, 77777, 0}, 0, true}, {151937, []int{5, 151936, -1, 2, 0}, 0.1, true}}
 	const scale = 0.25
 	for i, cs := range cases {
 		R := len(cs.targets)
 		name := fmt.Sprintf("cross-entropy [%d, %d] ls %g", R, cs.V, cs.ls)
 		logits := randn(R*cs.V, uint64(i+1), 3)
+		if cs.extreme {
+			// Row 0: the target's logit is +80 (softmax ≈ one-hot there), a few others −80.
+			// Row 1: every logit shifted by −80, one of them −∞ (a masked token) where that
+			// keeps the loss finite. Row 2: +80 away from the target (whose probability is then
+			// ≈ e^-80). Row 3: logits alternating ±80.
+			name += " extreme"
+			row := func(r int) []float32 { return logits[r*cs.V : (r+1)*cs.V] }
+			if t := cs.targets[0]; t >= 0 {
+				row(0)[t] = 80
+			}
+			for j := 1; j < cs.V; j += 97 {
+				if j != cs.targets[0] {
+					row(0)[j] = -80
+				}
+			}
+			for j := range row(1) {
+				row(1)[j] -= 80
+			}
+			if cs.targets[1] < 0 || cs.ls == 0 { // else the row's loss is +∞ (ls·mean)
+				row(1)[cs.V/2+1] = float32(math.Inf(-1))
+			}
+			row(2)[(cs.targets[2]+cs.V/3)%cs.V] = 80
+			for j := range row(3) {
+				row(3)[j] = float32(80 * (1 - 2*(j&1)))
+			}
+		}
 		cl, gl := pair(t, c, g, R, cs.V, logits)
 		cdl, gdl := pair(t, c, g, R, cs.V, nil)
 		csum, cn, err := ct.CrossEntropy(cdl, cl, cs.targets, cs.ls, scale)

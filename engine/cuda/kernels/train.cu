@@ -479,47 +479,228 @@ attn_bwd_dkv(float* dk, float* dv, const float* stats, const float* dout, const 
 
 // ---------------------------------------------------------------------------------------------
 // Cross-entropy over logit rows, as engine/train's CrossEntropy: per scored row (target ≥ 0)
-// lse = max + log Σ e^(x − max) (exp and sums in double), loss = (1−ls)·(lse − x_target) +
-// ls·(lse − mean x), and dlogits = scale·(softmax − ls/V − (1−ls)·onehot). Unscored rows get a
-// zero gradient and loss 0. One block per row; dlogits may be logits (every thread has read what
-// it needs before the first write).
-extern "C" __global__ void cross_entropy_f32(float* dlogits, double* loss, const float* logits, const int* targets,
-                                             int V, float ls, float scale) {
+// lse = max + log Σ e^(x − max), loss = (1−ls)·(lse − x_target) + ls·(lse − mean x), and
+// dlogits = scale·(softmax − ls/V − (1−ls)·onehot). Unscored rows (target −1) get a zero
+// gradient and loss 0. dlogits may be logits.
+//
+// Design (figures: an H200, in place; a scratch harness timing variants, and
+// TestFiguresCrossEntropy). The kernel is memory-bound: a row's log-sum-exp needs all of it
+// before the first gradient element, so the floor is two reads and one write, 12·V bytes a row
+// (0.19 ms for a 441-row, 256 MiB chunk at the ~4.2 TB/s a device copy reaches). The first
+// version read each row three times (max; exp sums; gradient) with scalar loads and a double exp
+// per element twice: 0.92 ms for 441 rows, 5.1 ms for 4096. This one measures 0.23 ms and
+// 1.74–1.81 ms (1,728 rows, devtrain's automatic chunk: 0.78 ms, 93 % of 4.3 TB/s).
+//   Pass 1 reads the row once, online: each thread keeps a running max m and Σ e^(x − m),
+// rescaled when a group of 16 logits raises m (rare after the first groups), and the block
+// merges the threads' pairs as online softmax does, S = Σ s_i·e^(m_i − M). Pass 2 reads the row
+// again and writes the gradient over it (each element read and written by one thread, after
+// the block's barriers: in place is safe; plain loads, not the read-only path, for that
+// reason). Loads and stores are float4 (LDG.E.128/STG.E.128), four in flight per thread, when
+// V % 4 == 0 and both tensors' first rows are 16-byte aligned, which makes every row aligned;
+// otherwise (V not a multiple of 4: the rows' alignments vary) scalar, sixteen in flight.
+//   Pass 1 keeps exp in double, ce_exp: fp32 expf there measured 1–4e-10 relative error on the
+// loss (sum and per row, logits N(0, 3²)) — inside TestTrainingCrossEntropy's 1e-9 bound
+// against engine/train, but by 3–6×, and it saved only 8 % at 441 rows (213 vs 231 µs) and
+// nothing at 4096 (1753 vs 1740 µs): with ~26 instructions a logit (16 FP64) pass 1 overlaps
+// its FP64 work with the memory traffic. The library's double exp (a slow path, 56 bytes of
+// spills at the 64-register cap) made the kernel FP64-bound: 522 µs at 441 rows. Pass 2 is
+// float32 (expf, 2 ulp): in double it measured 329 against 244 µs (256 threads), since each
+// element then needs two conversions besides the exp.
+//   Blocks of 512 threads capped at 64 registers (__launch_bounds__(512, 2): no spills) keep 2
+// rows on each SM with 4 float4 loads per thread in flight, 64 KB an SM: 231 µs (441 rows) and
+// 1740 µs (4096), against 243/1807 µs for 256 threads × 4 blocks, 251/1827 for 1024 × 1, and
+// 252/1828 and 226/1756 for 256 × 6 and 512 × 3 at ≤ 40 registers (8 bytes of spills). 441
+// rows are 1.7 waves of 264 blocks; the second wave still has ~5 MB of loads in flight, enough
+// for HBM, so the waves cost little. Tried and slower: 2 float4 per thread (266 µs at 256
+// threads), 8 (125 registers, 284 µs), a grid of 64 or 128 blocks looping over the rows so that
+// the rows in flight fit the L2 and pass 2 reads hit it (258–340 µs: too few SMs pulling from
+// HBM), and streaming hints on pass 2 (ld.cs/st.cs: the same time).
+//   Accuracy (TestTrainingCrossEntropy: dlogits within 1e-5 of engine/cpu and 1e-6 of
+// engine/train, relative to the tensor's largest |gradient| G; the loss sum within 1e-6 and
+// 1e-9 relative). Loss: x − m is exact in double, ce_exp's relative error is < 4e-13, the
+// rescaling and merge factors are the library exp's (1 ulp double), the sums are double: S and
+// so lse are within ~1e-12 of engine/train's (measured: 3e-15 relative on the loss per row),
+// and the loss formulae are engine/train's. Gradient, non-target elements: the argument
+// (x − lh) − ll (lse = lh + ll, two floats) is rounded to float, an error ≤ |x − lse|·2^-24 =
+// |ln p|·6e-8 relative to p, and expf adds ≤ 2 ulp (2.4e-7); − ls/V and × scale round to float
+// as engine/cpu does (≤ 1.2e-7). With ls = 0, p_j ≤ 1 − p_target ≤ G/scale, and p·|ln p| grows
+// for p < 1/e, so the error is ≤ G·(3.6e-7 + 6e-8·max(1, ln(scale/G))): inside 1e-6 unless
+// every scored row of the tensor gives its target p > 1 − 2e-5; ls > 0 only adds ls/V to each
+// p. Measured: 3e-8 (random logits) and 4e-9–3e-8 (rows with ±80 and −∞ logits). The target
+// element, where p − (1 − ls) can cancel, is computed in double from x_target (read before any
+// write), as engine/cpu does.
+
+#define CE_THREADS 512  // threads per block, one block per row: training.go's crossEntropyThreads
+#define CE_UNROLL 4     // float4 loads in flight per thread and iteration (16 logits)
+
+// ce_exp is e^(x − m) in double for floats x ≤ m (m finite; x may be −∞), branch-free: the
+// difference is exact in double; k = round((x − m)/ln 2) by the 1.5·2^52 shifter, r = (x − m) −
+// k·ln 2 with ln 2 in two parts (|r| ≤ ln2/2, error ~1e-16), e^r by its Taylor series to r^10
+// (truncation ≤ e^0.35·0.347^11/11! < 4e-13 relative), times 2^k built from k's bits. A difference
+// below −700 counts as −700 (e^-700 ≈ 1e-304 instead of less: nothing at the sums' precision),
+// which keeps 2^k normal and turns −∞ into a finite argument; a NaN x stays NaN.
+__device__ __forceinline__ double ce_exp(float x, float m) {
+    const double d = x - m < -700.f ? -700.0 : (double)x - (double)m;
+    const double t = fma(d, 1.4426950408889634, 6755399441055744.0);
+    const double kd = t - 6755399441055744.0;
+    const int k = __double2loint(t);
+    double r = fma(kd, -6.93147180369123816490e-01, d);
+    r = fma(kd, -1.90821492927058770002e-10, r);
+    double p = 2.7557319223985893e-07;      // 1/10!
+    p = fma(p, r, 2.7557319223985888e-06);  // 1/9!
+    p = fma(p, r, 2.4801587301587302e-05);  // 1/8!
+    p = fma(p, r, 1.9841269841269841e-04);  // 1/7!
+    p = fma(p, r, 1.3888888888888889e-03);  // 1/6!
+    p = fma(p, r, 8.3333333333333333e-03);  // 1/5!
+    p = fma(p, r, 4.1666666666666667e-02);  // 1/4!
+    p = fma(p, r, 1.6666666666666667e-01);  // 1/3!
+    p = fma(p, r, 0.5);
+    p = fma(p, r, 1.0);
+    p = fma(p, r, 1.0);
+    return p * __hiloint2double((k + 1023) << 20, 0);
+}
+
+// ce_accum folds N logits into one thread's running max m, Σ e^(x − m) s and Σ x sx, online:
+// a larger maximum first rescales s by e^(m_old − m_new) (library exp: rare, and m_old may be
+// −∞). Until the thread has seen a finite logit m is −∞, s is 0 and its terms are taken
+// against 0 instead (the −∞ logits give e^-700-small terms, a NaN gives NaN); NaNs reach s and
+// propagate to the loss even though fmaxf skips them.
+template <int N>
+__device__ __forceinline__ void ce_accum(const float (&v)[N], float& m, double& s, double& sx, bool smooth) {
+    float cm = v[0];
+#pragma unroll
+    for (int i = 1; i < N; i++) cm = fmaxf(cm, v[i]);
+    if (cm > m) {
+        s *= exp((double)m - (double)cm);
+        m = cm;
+    }
+    const float mr = m == -INFINITY ? 0.f : m;
+#pragma unroll
+    for (int i = 0; i < N; i++) s += ce_exp(v[i], mr);
+    if (smooth) {
+#pragma unroll
+        for (int i = 0; i < N; i++) sx += (double)v[i];
+    }
+}
+
+// ce_grad is one non-target element's gradient, scale·(e^(x − lse) − ls/V), in float32: lse
+// is the double lh + ll (both floats).
+__device__ __forceinline__ float ce_grad(float x, float lh, float ll, float epsV, float scale) {
+    return __fmul_rn(__fsub_rn(expf(__fsub_rn(__fsub_rn(x, lh), ll)), epsV), scale);
+}
+
+__device__ __forceinline__ float4 ce_grad4(float4 q, int e, int tgt, float gt, float lh, float ll, float epsV, float scale) {
+    float4 g;
+    g.x = e == tgt ? gt : ce_grad(q.x, lh, ll, epsV, scale);
+    g.y = e + 1 == tgt ? gt : ce_grad(q.y, lh, ll, epsV, scale);
+    g.z = e + 2 == tgt ? gt : ce_grad(q.z, lh, ll, epsV, scale);
+    g.w = e + 3 == tgt ? gt : ce_grad(q.w, lh, ll, epsV, scale);
+    return g;
+}
+
+// cross_entropy_f32: rows blockIdx.x, blockIdx.x + gridDim.x, … < R, CE_THREADS threads each.
+extern "C" __global__ void __launch_bounds__(CE_THREADS, 2)
+    cross_entropy_f32(float* dlogits, double* loss, const float* logits, const int* targets, int R, int V, float ls,
+                      float scale) {
     __shared__ float red[32];
     __shared__ double redd[32];
-    const size_t base = (size_t)blockIdx.x * V;
-    const float* x = logits + base;
-    float* d = dlogits + base;
-    const int tgt = targets[blockIdx.x];
-    if (tgt < 0) {
-        for (int j = threadIdx.x; j < V; j += blockDim.x) d[j] = 0.f;
-        if (threadIdx.x == 0) loss[blockIdx.x] = 0.0;
-        return;
-    }
-    const float xt = x[tgt];
-    float m = -INFINITY;
-    for (int j = threadIdx.x; j < V; j += blockDim.x) m = fmaxf(m, x[j]);
-    m = block_max(m, red);
-    double s = 0.0, sx = 0.0;
-    for (int j = threadIdx.x; j < V; j += blockDim.x) {
-        double xv = (double)x[j];
-        s += exp(xv - (double)m);
-        sx += xv;
-    }
-    s = block_sum_d(s, redd);
-    sx = block_sum_d(sx, redd);
-    const double lse = (double)m + log(s);
-    const double eps = (double)ls;
-    if (threadIdx.x == 0) {
-        double nll = lse - (double)xt;
-        if (eps > 0) nll = (1 - eps) * nll + eps * (lse - sx / (double)V);
-        loss[blockIdx.x] = nll;
-    }
-    const double epsV = eps / (double)V, sc = (double)scale;
-    for (int j = threadIdx.x; j < V; j += blockDim.x) {
-        double gj = exp((double)x[j] - lse) - epsV;
-        if (j == tgt) gj -= 1 - eps;
-        d[j] = (float)(gj * sc);
+    constexpr int NT = CE_THREADS, U = CE_UNROLL;
+    const bool smooth = ls > 0.f;
+    for (int row = blockIdx.x; row < R; row += gridDim.x) {
+        const size_t base = (size_t)row * V;
+        const float* x = logits + base;
+        float* d = dlogits + base;
+        const int tgt = targets[row];
+        // float4 loads and stores need 16-byte aligned rows: V a multiple of 4 and both tensors
+        // aligned at row 0 (a row view at an odd offset is not).
+        const bool vec = (V & 3) == 0 && (((uintptr_t)x | (uintptr_t)d) & 15) == 0;
+        if (tgt < 0) {
+            if (vec) {
+                for (int i = threadIdx.x; i < V >> 2; i += NT) reinterpret_cast<float4*>(d)[i] = make_float4(0.f, 0.f, 0.f, 0.f);
+            } else {
+                for (int j = threadIdx.x; j < V; j += NT) d[j] = 0.f;
+            }
+            if (threadIdx.x == 0) loss[row] = 0.0;
+            continue;
+        }
+        const float xt = x[tgt];  // read by every thread before any write (in place)
+
+        // Pass 1: one read of the row.
+        float m = -INFINITY;
+        double s = 0.0, sx = 0.0;
+        if (vec) {
+            const float4* x4 = reinterpret_cast<const float4*>(x);
+            const int n4 = V >> 2;
+            int i = threadIdx.x;
+            for (; i + (U - 1) * NT < n4; i += U * NT) {
+                float v[4 * U];
+#pragma unroll
+                for (int u = 0; u < U; u++) {
+                    const float4 q = x4[i + u * NT];
+                    v[4 * u] = q.x, v[4 * u + 1] = q.y, v[4 * u + 2] = q.z, v[4 * u + 3] = q.w;
+                }
+                ce_accum(v, m, s, sx, smooth);
+            }
+            for (; i < n4; i += NT) {
+                const float4 q = x4[i];
+                const float v[4] = {q.x, q.y, q.z, q.w};
+                ce_accum(v, m, s, sx, smooth);
+            }
+        } else {
+            int j = threadIdx.x;
+            for (; j + (4 * U - 1) * NT < V; j += 4 * U * NT) {
+                float v[4 * U];
+#pragma unroll
+                for (int u = 0; u < 4 * U; u++) v[u] = x[j + u * NT];
+                ce_accum(v, m, s, sx, smooth);
+            }
+            for (; j < V; j += NT) {
+                const float v[1] = {x[j]};
+                ce_accum(v, m, s, sx, smooth);
+            }
+        }
+        // The threads' (m, s) pairs combine as online softmax: S = Σ s_i·e^(m_i − M).
+        const float M = block_max(m, red);
+        const double S = block_sum_d(m == -INFINITY ? s : s * exp((double)m - (double)M), redd);
+        if (smooth) sx = block_sum_d(sx, redd);
+        const double lse = (double)M + log(S);
+        const double eps = ls, epsV = eps / (double)V;
+        if (threadIdx.x == 0) {
+            double nll = lse - (double)xt;
+            if (smooth) nll = (1 - eps) * nll + eps * (lse - sx / (double)V);
+            loss[row] = nll;
+        }
+
+        // Pass 2: the gradient, element by element where it was read; the target's in double.
+        const float gt = __fmul_rn((float)(exp((double)xt - lse) - epsV - (1 - eps)), scale);
+        const float lh = (float)lse, ll = (float)(lse - (double)lh), epsVf = (float)epsV;
+        if (vec) {
+            const float4* x4 = reinterpret_cast<const float4*>(x);
+            float4* d4 = reinterpret_cast<float4*>(d);
+            const int n4 = V >> 2;
+            int i = threadIdx.x;
+            for (; i + (U - 1) * NT < n4; i += U * NT) {
+                float4 q[U];
+#pragma unroll
+                for (int u = 0; u < U; u++) q[u] = x4[i + u * NT];
+#pragma unroll
+                for (int u = 0; u < U; u++) d4[i + u * NT] = ce_grad4(q[u], 4 * (i + u * NT), tgt, gt, lh, ll, epsVf, scale);
+            }
+            for (; i < n4; i += NT) d4[i] = ce_grad4(x4[i], 4 * i, tgt, gt, lh, ll, epsVf, scale);
+        } else {
+            int j = threadIdx.x;
+            for (; j + (4 * U - 1) * NT < V; j += 4 * U * NT) {
+                float q[4 * U];
+#pragma unroll
+                for (int u = 0; u < 4 * U; u++) q[u] = x[j + u * NT];
+#pragma unroll
+                for (int u = 0; u < 4 * U; u++) d[j + u * NT] = j + u * NT == tgt ? gt : ce_grad(q[u], lh, ll, epsVf, scale);
+            }
+            for (; j < V; j += NT) {
+                const float q = x[j];
+                d[j] = j == tgt ? gt : ce_grad(q, lh, ll, epsVf, scale);
+            }
+        }
     }
 }
 
