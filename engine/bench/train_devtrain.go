@@ -20,14 +20,16 @@ import (
 )
 
 // trainMemory returns the training figures' memory settings (devtrain.Options). By default each
-// layer runs (forward, recomputation, backward) over at most two 2048-token sequences at a
-// time, so its activations and their gradients take [4096, width] buffers (1.5 GB at
+// layer runs (forward, recomputation, backward) over at most four 2048-token sequences at a
+// time, so its activations and their gradients take [8192, width] buffers (3.1 GB at
 // Qwen3-4B's widths) instead of [B·S, width] (6.2 GB at S=2048 × 8), and each layer's input
-// is kept as bf16 (3.0 GB instead of 6.0 GB at S=2048 × 8); shorter batches run whole.
+// is kept as bf16 (3.0 GB instead of 6.0 GB at S=2048 × 8); shorter batches run whole. Four
+// sequences rather than two since the flash kernels take a span's sequences in one launch
+// (session 6): more sequences a launch balance the causal triangle's uneven blocks.
 // QWENGO_TRAIN_LAYER_CHUNK_ROWS (0 = all rows at once) and QWENGO_TRAIN_CHECKPOINT_BF16 (0
 // or 1) override them, so that one GPU session can compare the settings' speed and peak.
 func trainMemory() (chunkRows int, bf16 bool, err error) {
-	chunkRows, bf16 = 4096, true
+	chunkRows, bf16 = 8192, true
 	if v := os.Getenv("QWENGO_TRAIN_LAYER_CHUNK_ROWS"); v != "" {
 		if chunkRows, err = strconv.Atoi(v); err != nil || chunkRows < 0 {
 			return 0, false, fmt.Errorf("QWENGO_TRAIN_LAYER_CHUNK_ROWS=%q: want a row count ≥ 0", v)

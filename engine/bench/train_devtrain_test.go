@@ -15,9 +15,9 @@ func TestTrainMemory(t *testing.T) {
 		wantBF16    bool
 		err         string
 	}{
-		{"", "", 4096, true, ""},
+		{"", "", 8192, true, ""},
 		{"0", "0", 0, false, ""},
-		{"8192", "true", 8192, true, ""},
+		{"4096", "true", 4096, true, ""},
 		{"-1", "", 0, false, "QWENGO_TRAIN_LAYER_CHUNK_ROWS"},
 		{"", "maybe", 0, false, "QWENGO_TRAIN_CHECKPOINT_BF16"},
 	} {
