@@ -3,6 +3,7 @@
 package cuda
 
 import (
+	"errors"
 	"fmt"
 	"math"
 
@@ -69,13 +70,47 @@ func (b *Backend) MatMulMany(outs []backend.Tensor, x backend.Tensor, ws []backe
 			}
 			return nil
 		}
-		for i := range wts {
-			if err := b.matmul(outTs[i], a, wts[i]); err != nil {
-				return fmt.Errorf("cuda: matmul %s: %w", wts[i].name, err)
-			}
+		if err := b.gemmMany(outTs, a, wts); err != nil {
+			return fmt.Errorf("cuda: matmul many: %w", err)
 		}
 		return nil
 	})
+}
+
+// gemmMany runs outs[i] = x·ws[i]ᵀ with x rounded to bf16 once for every product cuBLASLt
+// takes (training's q/k/v and gate/up: the conversions were ~5 % of a step, session 6), and
+// MatMul for the others (owner goroutine, checked arguments).
+func (b *Backend) gemmMany(outs []*Tensor, a *Tensor, ws []*Weight) error {
+	T, K := a.rows, a.cols
+	converted := false
+	for i, w := range ws {
+		if T >= gemmMinRows && gemmShapeOK(K, w.out) && b.gemmReady() {
+			l, buf, err := b.gemmForwardPrepare(outs[i], a, w)
+			if err == nil {
+				// The bf16 copy of x stays in the act scratch: gemmForwardPrepare grows it only
+				// when it is smaller than T·K, and every product here has that size.
+				if !converted {
+					if err := b.toBF16(buf.act, a.ptr, int64(T)*int64(K)); err != nil {
+						return fmt.Errorf("rounding x to bf16: %w", err)
+					}
+					converted = true
+				}
+				if err := b.gemmRunLaunches(l, buf, true); err != nil {
+					return fmt.Errorf("%s: %w", w.name, err)
+				}
+				continue
+			}
+			if !errors.Is(err, errGEMMUnsupported) {
+				return fmt.Errorf("%s: %w", w.name, err)
+			}
+		}
+		// MatMul's own path (a GEMV, the SIMT kernel, or cuBLASLt converting x itself into the
+		// same scratch, with the same values).
+		if err := b.matmul(outs[i], a, w); err != nil {
+			return fmt.Errorf("%s: %w", w.name, err)
+		}
+	}
+	return nil
 }
 
 // AddRMSNorm implements backend.Fused.

@@ -149,3 +149,42 @@ func TestReleaseCacheScratch(t *testing.T) {
 	}
 	sameBits(t, "product after ReleaseCache", download(t, g, out), first)
 }
+
+// TestGEMMMany: MatMulMany on enough rows for cuBLASLt (x rounded to bf16 once for all the
+// products) gives MatMul's results bit for bit, for every weight kind and with a product the
+// GEMM path does not take (a width that is not a multiple of 8) among them.
+func TestGEMMMany(t *testing.T) {
+	g := openGEMM(t)
+	const T, K = 96, 512
+	var ws []backend.Weight
+	for i, c := range []struct {
+		kind string
+		out  int
+	}{{kindBF16, 256}, {kindNVFP4, 128}, {kindF32, 20}} {
+		w, err := g.UploadWeight(hostWeight(t, c.kind, c.out, K, uint64(30+i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer g.FreeWeight(w)
+		ws = append(ws, w)
+	}
+	x := randTensor(t, g, T, K)
+	var many, each []backend.Tensor
+	for _, w := range ws {
+		many = append(many, randTensor(t, g, T, w.(*Weight).out))
+		each = append(each, randTensor(t, g, T, w.(*Weight).out))
+	}
+	calls := g.gemm.calls
+	if err := g.MatMulMany(many, x, ws); err != nil {
+		t.Fatal(err)
+	}
+	if g.gemm.calls == calls {
+		t.Fatal("MatMulMany ran no cuBLASLt product")
+	}
+	for i, w := range ws {
+		if err := g.MatMul(each[i], x, w); err != nil {
+			t.Fatal(err)
+		}
+		sameBits(t, fmt.Sprintf("product %d (%s)", i, w.(*Weight).kind), download(t, g, many[i].(*Tensor)), download(t, g, each[i].(*Tensor)))
+	}
+}

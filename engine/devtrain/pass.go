@@ -317,7 +317,7 @@ func (m *Model) layerForward(l int, a *acts, out backend.Tensor, pr *prepared) e
 	if err := b.RMSNorm(a.a, a.x0, m.nv(L[pLn1]), eps); err != nil {
 		return wrap("input_layernorm", err)
 	}
-	if err := firstErr(b.MatMul(a.q, a.a, m.w(L[pQ])), b.MatMul(a.k, a.a, m.w(L[pK])), b.MatMul(a.v, a.a, m.w(L[pV]))); err != nil {
+	if err := m.matMulMany([]backend.Tensor{a.q, a.k, a.v}, a.a, L[pQ], L[pK], L[pV]); err != nil {
 		return wrap("q/k/v_proj", err)
 	}
 	if err := firstErr(b.RMSNorm(a.qn, a.q, m.nv(L[pQn]), eps), b.RMSNorm(a.kn, a.k, m.nv(L[pKn]), eps)); err != nil {
@@ -348,12 +348,31 @@ func (m *Model) layerForward(l int, a *acts, out backend.Tensor, pr *prepared) e
 	if err := b.RMSNorm(a.mm, a.x1, m.nv(L[pLn2]), eps); err != nil {
 		return wrap("post_attention_layernorm", err)
 	}
-	if err := firstErr(b.MatMul(a.gate, a.mm, m.w(L[pGate])), b.MatMul(a.up, a.mm, m.w(L[pUp])), b.SwiGLU(a.h, a.gate, a.up)); err != nil {
+	if err := firstErr(m.matMulMany([]backend.Tensor{a.gate, a.up}, a.mm, L[pGate], L[pUp]), b.SwiGLU(a.h, a.gate, a.up)); err != nil {
 		return wrap("gate/up/swiglu", err)
 	}
 	if out != nil {
 		if err := firstErr(b.MatMul(out, a.h, m.w(L[pDown])), b.Add(out, a.x1)); err != nil {
 			return wrap("down_proj", err)
+		}
+	}
+	return nil
+}
+
+// matMulMany computes outs[i] = x·W(params[i])ᵀ: in one call where the backend has
+// backend.Fused (the CUDA backend rounds x to bf16 once for all of them), else MatMul each.
+// The results are MatMul's either way.
+func (m *Model) matMulMany(outs []backend.Tensor, x backend.Tensor, params ...int) error {
+	ws := make([]backend.Weight, len(params))
+	for i, p := range params {
+		ws[i] = m.w(p)
+	}
+	if f, ok := m.b.(backend.Fused); ok {
+		return f.MatMulMany(outs, x, ws)
+	}
+	for i, w := range ws {
+		if err := m.b.MatMul(outs[i], x, w); err != nil {
+			return err
 		}
 	}
 	return nil
