@@ -79,12 +79,13 @@ func (b *Backend) MatMulMany(outs []backend.Tensor, x backend.Tensor, ws []backe
 
 // gemmMany runs outs[i] = x·ws[i]ᵀ with x rounded to bf16 once for every product cuBLASLt
 // takes (training's q/k/v and gate/up: the conversions were ~5 % of a step, session 6), and
-// MatMul for the others (owner goroutine, checked arguments).
+// MatMul for the others (owner goroutine, checked arguments). It routes a product as matmul
+// does: trainSIMT (the fp32 reference path of the parity tests) keeps every one off cuBLASLt.
 func (b *Backend) gemmMany(outs []*Tensor, a *Tensor, ws []*Weight) error {
 	T, K := a.rows, a.cols
 	converted := false
 	for i, w := range ws {
-		if T >= gemmMinRows && gemmShapeOK(K, w.out) && b.gemmReady() {
+		if T >= gemmMinRows && !b.trainSIMT && gemmShapeOK(K, w.out) && b.gemmReady() {
 			l, buf, err := b.gemmForwardPrepare(outs[i], a, w)
 			if err == nil {
 				// The bf16 copy of x stays in the act scratch: gemmForwardPrepare grows it only
