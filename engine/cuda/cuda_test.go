@@ -54,6 +54,20 @@ func randn(n int, seed uint64, std float64) []float32 {
 	return v
 }
 
+// uploaded allocates a [rows, cols] GPU tensor (freed at the test's end) holding v.
+func uploaded(t *testing.T, g *Backend, rows, cols int, v []float32) *Tensor {
+	t.Helper()
+	x, err := g.Alloc(backend.Gradients, rows, cols)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { g.Free(x) })
+	if err := g.Upload(x, v); err != nil {
+		t.Fatal(err)
+	}
+	return x.(*Tensor)
+}
+
 // pair uploads the same values to a CPU and a GPU tensor.
 func pair(t *testing.T, c *cpu.Backend, g *Backend, rows, cols int, data []float32) (backend.Tensor, backend.Tensor) {
 	t.Helper()

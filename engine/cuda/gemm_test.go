@@ -411,24 +411,7 @@ func TestGEMMBackward(t *testing.T) {
 	g := openGEMM(t)
 	// Bound 1e-2 of max|ref|, as for the forward: dout and x rounded to bf16.
 	const bound = 1e-2
-	upload := func(rows, cols int, v []float32) *Tensor {
-		x, err := g.Alloc(backend.Gradients, rows, cols)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { g.Free(x) })
-		if err := g.Upload(x, v); err != nil {
-			t.Fatal(err)
-		}
-		return x.(*Tensor)
-	}
-	download := func(x *Tensor) []float32 {
-		v, err := g.Download(x, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return v
-	}
+	upload := func(rows, cols int, v []float32) *Tensor { return uploaded(t, g, rows, cols, v) }
 	for i, s := range []struct{ T, In, Out, chunk int }{{16, 64, 96, 0}, {77, 256, 320, 0}, {512, 512, 256, 0}, {24, 128, 1000, 256 * 128}, {5, 64, 64, 0}} {
 		for _, kind := range []string{kindF32, kindBF16, kindNVFP4} {
 			name := fmt.Sprintf("%s T=%d In=%d Out=%d", kind, s.T, s.In, s.Out)
@@ -463,18 +446,18 @@ func TestGEMMBackward(t *testing.T) {
 				}
 				// dx written, then accumulated; dw accumulated twice (through both entry points).
 				run(func() error { return g.gemmDX(gdx, gd, w, false) })
-				compareSlices(t, name+" dx", download(gdx), refDX(dout, W, nil, s.T, s.In, s.Out), bound)
+				compareSlices(t, name+" dx", download(t, g, gdx), refDX(dout, W, nil, s.T, s.In, s.Out), bound)
 				if err := g.Upload(gdx, dx0); err != nil {
 					t.Fatal(err)
 				}
 				run(func() error { return g.gemmDX(gdx, gd, w, true) })
-				compareSlices(t, name+" dx accumulate", download(gdx), refDX(dout, W, dx0, s.T, s.In, s.Out), bound)
+				compareSlices(t, name+" dx accumulate", download(t, g, gdx), refDX(dout, W, dx0, s.T, s.In, s.Out), bound)
 				run(func() error { return g.gemmDW(gdw, gd, gx) })
 				once := refDW(dout, x, dw0, s.T, s.In, s.Out)
-				compareSlices(t, name+" dw += doutᵀ·x", download(gdw), once, bound)
+				compareSlices(t, name+" dw += doutᵀ·x", download(t, g, gdw), once, bound)
 				run(func() error { return g.gemmBackward(gdx, gdw, gd, gx, w, false) })
-				compareSlices(t, name+" dw (second +=, with dx)", download(gdw), refDW(dout, x, once, s.T, s.In, s.Out), bound)
-				compareSlices(t, name+" dx (with dw)", download(gdx), refDX(dout, W, nil, s.T, s.In, s.Out), bound)
+				compareSlices(t, name+" dw (second +=, with dx)", download(t, g, gdw), refDW(dout, x, once, s.T, s.In, s.Out), bound)
+				compareSlices(t, name+" dx (with dw)", download(t, g, gdx), refDX(dout, W, nil, s.T, s.In, s.Out), bound)
 			})
 		}
 	}

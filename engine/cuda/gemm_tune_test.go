@@ -46,24 +46,7 @@ func TestGEMMTune(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer g.FreeWeight(gw)
-	upload := func(rows, cols int, v []float32) *Tensor {
-		x, err := g.Alloc(backend.Gradients, rows, cols)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { g.Free(x) })
-		if err := g.Upload(x, v); err != nil {
-			t.Fatal(err)
-		}
-		return x.(*Tensor)
-	}
-	download := func(x *Tensor) []float32 {
-		v, err := g.Download(x, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return v
-	}
+	upload := func(rows, cols int, v []float32) *Tensor { return uploaded(t, g, rows, cols, v) }
 	dout, x := randn(T*Out, 11, 1), randn(T*In, 12, 1)
 	dw := randn(Out*In, 13, 0.1)
 	gd, gx, gdw := upload(T, Out, dout), upload(T, In, x), upload(Out, In, dw)
@@ -74,11 +57,11 @@ func TestGEMMTune(t *testing.T) {
 			t.Fatal(err)
 		}
 		dw = refDW(dout, x, dw, T, In, Out)
-		compareSlices(t, fmt.Sprintf("dw after %d accumulations", i), download(gdw), dw, bound)
+		compareSlices(t, fmt.Sprintf("dw after %d accumulations", i), download(t, g, gdw), dw, bound)
 		if err := g.MatMul(out, gx, gw); err != nil {
 			t.Fatal(err)
 		}
-		compareSlices(t, fmt.Sprintf("forward, launch %d", i), download(out), refForward(x, W, T, In, Out), bound)
+		compareSlices(t, fmt.Sprintf("forward, launch %d", i), download(t, g, out), refForward(x, W, T, In, Out), bound)
 	}
 	var labels []string
 	for _, r := range g.gemm.tuned[before:] {
