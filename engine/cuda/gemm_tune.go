@@ -77,6 +77,9 @@ func (r gemmTuneRecord) String() string {
 func (b *Backend) maybeTune(l gemmLaunch, alpha float32) {
 	g := &b.gemm
 	p := l.plan
+	if b.capturing { // (a cuBLASLt product fails a capture anyway; its timing must not run in one)
+		return
+	}
 	p.uses++
 	if p.uses != gemmTuneAtUse || p.candidates() < 2 || !g.tune {
 		return
