@@ -35,3 +35,31 @@ type FusedDecode interface {
 	// use the Fused path); callers use them for chunks of at most that many rows.
 	FusedDecodeRows() int
 }
+
+// LayerDecoder is implemented by backends that can run every decoder layer of a one-token
+// decode step in one call (CUDA: one persistent kernel for the whole stack, phases separated by
+// grid barriers). Its sums run in another order than the per-op path's, so results agree with
+// it within float tolerance, not bit for bit; engine/qwen3 takes it unless told not to
+// (Model.OpDecode).
+type LayerDecoder interface {
+	// DecodeLayers runs layers over the one row x ([1, hidden], updated in place) at position
+	// pos: for each layer, attention over rows 0..pos of its caches after writing the token's
+	// key and value at row pos, then the MLP, with the residual adds. ok is false, with nothing
+	// done, when the backend's decoder does not take these shapes or weight formats (the caller
+	// then runs the layers op by op); err reports a failure after checks passed.
+	DecodeLayers(x Tensor, layers []DecodeLayer, pos int, p DecodeParams) (ok bool, err error)
+}
+
+// DecodeLayer is one decoder layer's weights and KV cache rows for LayerDecoder.
+type DecodeLayer struct {
+	InputNorm, PostNorm, QNorm, KNorm Tensor
+	Q, K, V, O, Gate, Up, Down        Weight
+	KCache, VCache                    Tensor
+}
+
+// DecodeParams are the model constants LayerDecoder needs.
+type DecodeParams struct {
+	NumHeads, NumKVHeads, HeadDim int
+	RopeTheta                     float64
+	RMSNormEps                    float32
+}

@@ -38,9 +38,11 @@ type Backend struct {
 	devName string
 	ordinal int
 	sms     int
-	cc      [2]int
-	total   int64
-	driver  int
+	// smemOptin is the most shared memory a block may ask for (opting in above 48 KB).
+	smemOptin int
+	cc        [2]int
+	total     int64
+	driver    int
 
 	acct accounts
 	spin bool // callers and the owner goroutine poll a while before blocking (GOMAXPROCS > 1)
@@ -61,6 +63,12 @@ type Backend struct {
 	// QWENGO_CUDA_GEMV_TCP); gemvTCPOccupancy caches its blocks per SM by kernel.
 	gemvTCPVariant   string
 	gemvTCPOccupancy map[string]int
+	// launchEx: the driver has cuLaunchKernelEx (programmatic and cooperative launches).
+	launchEx bool
+	// decodeLayers offers the persistent whole-stack decoder (decode_layers.go; on with
+	// QWENGO_CUDA_DECODE_LAYERS=1); dl is its descriptor and buffers.
+	decodeLayers bool
+	dl           dlState
 	// decodeFusedModel offers the fused decode ops to the model (FusedDecodeRows;
 	// QWENGO_CUDA_DECODE_FUSED=1).
 	decodeFusedModel bool
@@ -135,7 +143,7 @@ func OpenDevice(ordinal int) (*Backend, error) {
 	if err := loadDriver(); err != nil {
 		return nil, err
 	}
-	b := &Backend{work: make(chan func(), 1), quit: make(chan struct{}), ordinal: ordinal, spin: runtime.GOMAXPROCS(0) > 1, gemv: gemvFromEnv(), gemvTCKernel: gemvTCFromEnv(), gemvTCBVariant: gemvTCBFromEnv(), gemvSlice: gemvSliceFromEnv(), gemvTCPVariant: gemvTCPFromEnv(), decodeFusedModel: decodeFusedFromEnv(), attnSIMT: attnSIMTFromEnv(),
+	b := &Backend{work: make(chan func(), 1), quit: make(chan struct{}), ordinal: ordinal, spin: runtime.GOMAXPROCS(0) > 1, gemv: gemvFromEnv(), gemvTCKernel: gemvTCFromEnv(), gemvTCBVariant: gemvTCBFromEnv(), gemvSlice: gemvSliceFromEnv(), gemvTCPVariant: gemvTCPFromEnv(), decodeFusedModel: decodeFusedFromEnv(), decodeLayers: decodeLayersFromEnv(), attnSIMT: attnSIMTFromEnv(),
 		fns: map[string]function{}, live: map[devPtr]liveAlloc{}, rope: map[ropeKey]devBuf{}, pool: map[int64][]devPtr{}, graphs: map[*Graph]struct{}{}}
 	started := make(chan error, 1)
 	go b.worker(started)
@@ -212,7 +220,7 @@ func (b *Backend) setup() error {
 	for _, a := range []struct {
 		dst  *int
 		attr int
-	}{{&b.sms, attrSMCount}, {&b.cc[0], attrCCMajor}, {&b.cc[1], attrCCMinor}} {
+	}{{&b.sms, attrSMCount}, {&b.cc[0], attrCCMajor}, {&b.cc[1], attrCCMinor}, {&b.smemOptin, attrSmemOptin}} {
 		if *a.dst, err = deviceAttribute(b.dev, a.attr); err != nil {
 			return fmt.Errorf("cuda: %s: %w", b.devName, err)
 		}
@@ -234,7 +242,8 @@ func (b *Backend) setup() error {
 	if err := streamInit(); err != nil {
 		return fmt.Errorf("cuda: %s: %w", b.devName, err)
 	}
-	b.pdl = pdlFromEnv() && pdlInit()
+	b.launchEx = pdlInit()
+	b.pdl = pdlFromEnv() && b.launchEx
 	for _, pm := range ptxModules {
 		src, err := ptxFS.ReadFile(pm.file)
 		if err != nil {
@@ -273,6 +282,7 @@ func (b *Backend) teardown() error {
 	b.idsBuf, b.attnBuf, b.flashKV, b.attnCounters, b.argmaxBuf = devBuf{}, devBuf{}, devBuf{}, devBuf{}, devBuf{}
 	b.gemvPartial, b.gemvCounters, b.argmaxCounters = devBuf{}, devBuf{}, devBuf{}
 	b.tr = trainBufs{}
+	b.dl = dlState{}
 	clear(b.rope)
 	for _, m := range b.mods {
 		if err := unloadModule(m); err != nil {

@@ -165,6 +165,23 @@ static CUresult qg_launch_dep(CUfunction f, unsigned gx, unsigned gy, unsigned g
 	return r;
 }
 
+// qg_launch_coop launches f with CU_LAUNCH_ATTRIBUTE_COOPERATIVE (2) through cuLaunchKernelEx:
+// the driver refuses (CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE) unless every block can be
+// resident at once, which a kernel with grid-wide barriers needs.
+static CUresult qg_launch_coop(CUfunction f, unsigned gx, unsigned bx, unsigned shmem, void* args, int n) {
+	void* ptrs[32];
+	if (n < 0 || n > 32) return CUDA_ERROR_INVALID_VALUE;
+	if (p_launch_ex == NULL) return CUDA_ERROR_NOT_SUPPORTED;
+	for (int i = 0; i < n; i++) ptrs[i] = (char*)args + 8 * (size_t)i;
+	qg_launch_attr attr;
+	memset(&attr, 0, sizeof attr);
+	attr.id = 2;
+	attr.val.value = 1;
+	qg_launch_config cfg = {gx, 1, 1, bx, 1, 1, shmem, qg_stream, &attr, 1};
+	qg_prev_dep = 0;
+	return p_launch_ex(&cfg, f, ptrs, NULL);
+}
+
 // CUDA graphs (graph.go): stream capture of qg_stream, instantiation, replay. The entry points
 // are looked up when first used, so a driver without them only loses graphs. Kernels recorded
 // while qg_stream captures become the graph's nodes; a programmatic launch becomes a
@@ -345,9 +362,10 @@ func deviceTotalMem(d device) (int64, error) {
 
 // Device attributes used here.
 const (
-	attrSMCount = int(C.CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-	attrCCMajor = int(C.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)
-	attrCCMinor = int(C.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)
+	attrSMCount   = int(C.CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+	attrCCMajor   = int(C.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)
+	attrCCMinor   = int(C.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)
+	attrSmemOptin = int(C.CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
 )
 
 func deviceAttribute(d device, a int) (int, error) {
@@ -532,6 +550,16 @@ func launchDepKernel(f function, g, bl [3]int, shmem int, pdl bool, args ...arg)
 	err = check("cuLaunchKernelEx", C.qg_launch_dep(f, C.uint(g[0]), C.uint(g[1]), C.uint(g[2]),
 		C.uint(bl[0]), C.uint(bl[1]), C.uint(bl[2]), C.uint(shmem), unsafe.Pointer(&args[0]), C.int(len(args)), p, &r))
 	return r != 0, err
+}
+
+// launchCooperative launches f with g blocks of bl threads, all resident at once (the driver
+// refuses a grid that cannot be), on the owner thread's kernel stream; needs pdlInit's
+// cuLaunchKernelEx.
+func launchCooperative(f function, g, bl, shmem int, args ...arg) error {
+	if kt := activeKernelTimer; kt != nil {
+		defer kt.around(f)()
+	}
+	return check("cuLaunchKernelEx(cooperative)", C.qg_launch_coop(f, C.uint(g), C.uint(bl), C.uint(shmem), unsafe.Pointer(&args[0]), C.int(len(args))))
 }
 
 type event = C.CUevent

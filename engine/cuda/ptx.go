@@ -98,6 +98,7 @@ var ptxModules = []ptxModule{
 	{"kernels/gemv_tcb.ptx", gemvTCBKernels},
 	{"kernels/gemv_tcp.ptx", gemvTCPKernels},
 	{"kernels/flash.ptx", []string{"flash_attn_fwd"}},
+	{"kernels/decode_layers.ptx", []string{"decode_layers_g1", "decode_layers_g2", "decode_layers_g4", "decode_layers_g8"}},
 	{"kernels/flash_bwd.ptx", []string{"flash_bwd_prep", "flash_bwd_dkdv", "flash_bwd_dq"}},
 	{"kernels/batch.ptx", []string{"rope_at_f32", "scatter_rows_f32", "qk_norm_rope_cache_at", "attention_batch_split_f32",
 		"attention_batch_combine_f32", "attention_batch_decode_f32"}},

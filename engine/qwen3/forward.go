@@ -261,6 +261,30 @@ func (m *Model) block(i int, s *Activations, cache *KVCache, pos0 int) error {
 	)
 }
 
+// decodeLayers runs every layer of a one-token step in one backend call when the backend is a
+// backend.LayerDecoder that takes this model (no hidden-state hooks, not OpDecode or Unfused);
+// whole reports whether it did.
+func (m *Model) decodeLayers(s *Activations, cache *KVCache, pos0 int, opt ForwardOptions) (whole bool, err error) {
+	ld, ok := m.B.(backend.LayerDecoder)
+	if !ok || s.T != 1 || opt.OnHidden != nil || m.OpDecode || m.Unfused {
+		return false, nil
+	}
+	c := m.Config
+	m.decodeMu.Lock()
+	defer m.decodeMu.Unlock()
+	if m.decodeFor != cache || len(m.decodeSet) != len(m.Layers) { // built once per cache, not per token
+		m.decodeSet = make([]backend.DecodeLayer, len(m.Layers))
+		for i := range m.Layers {
+			l := &m.Layers[i]
+			m.decodeSet[i] = backend.DecodeLayer{InputNorm: l.InputNorm, PostNorm: l.PostNorm, QNorm: l.QNorm, KNorm: l.KNorm,
+				Q: l.Q, K: l.K, V: l.V, O: l.O, Gate: l.Gate, Up: l.Up, Down: l.Down, KCache: cache.K(i), VCache: cache.V(i)}
+		}
+		m.decodeFor = cache
+	}
+	return ld.DecodeLayers(s.X, m.decodeSet, pos0, backend.DecodeParams{NumHeads: c.NumHeads, NumKVHeads: c.NumKVHeads,
+		HeadDim: c.HeadDim, RopeTheta: c.RopeTheta, RMSNormEps: float32(c.RMSNormEps)})
+}
+
 // Forward runs ids through the model at the cache's current position, appends their keys and
 // values to the cache and returns the logits mode asks for (nil for LogitsNone). With a nil
 // cache it runs over ids alone (a temporary cache: the recompute path). ctx is checked between
@@ -333,7 +357,14 @@ func (m *Model) forwardWith(ctx context.Context, ids []int, cache *KVCache, mode
 	if err := hook(-1, s.X); err != nil {
 		return nil, fmt.Errorf("forward: embedding: %w", err)
 	}
+	whole, err := m.decodeLayers(s, cache, pos0, opt)
+	if err != nil {
+		return nil, fmt.Errorf("forward: %w", err)
+	}
 	for i := range m.Layers {
+		if whole {
+			break
+		}
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 
 	"github.com/qwengo/qwengo/engine/backend"
 	"github.com/qwengo/qwengo/engine/format"
@@ -37,6 +38,16 @@ type Model struct {
 	// Unfused makes Forward use the basic backend ops even when the backend has fused kernels
 	// (backend.Fused), for comparisons; the results are the same either way.
 	Unfused bool
+	// OpDecode makes one-token Forward calls run their layers op by op even when the backend
+	// can run them all in one call (backend.LayerDecoder), for comparisons: that path sums in
+	// another order, so its results agree within float tolerance, not bit for bit. Unfused
+	// implies it.
+	OpDecode bool
+
+	// decodeSet is the LayerDecoder's view of the layers and the caches of decodeFor.
+	decodeMu  sync.Mutex
+	decodeFor *KVCache
+	decodeSet []backend.DecodeLayer
 }
 
 // Precisions for LoadOptions.Precision.
@@ -517,6 +528,9 @@ func (m *Model) Free() {
 	if m == nil {
 		return
 	}
+	m.decodeMu.Lock()
+	m.decodeFor, m.decodeSet = nil, nil
+	m.decodeMu.Unlock()
 	fw := func(w backend.Weight) {
 		if w != nil {
 			m.B.FreeWeight(w)

@@ -60,10 +60,13 @@ func init() {
 		"Batched":        reflect.ValueOf((*backend.Batched)(nil)),
 		"BatchedGate":    reflect.ValueOf((*backend.BatchedGate)(nil)),
 		"Category":       reflect.ValueOf((*backend.Category)(nil)),
+		"DecodeLayer":    reflect.ValueOf((*backend.DecodeLayer)(nil)),
+		"DecodeParams":   reflect.ValueOf((*backend.DecodeParams)(nil)),
 		"Fused":          reflect.ValueOf((*backend.Fused)(nil)),
 		"FusedDecode":    reflect.ValueOf((*backend.FusedDecode)(nil)),
 		"HostWeight":     reflect.ValueOf((*backend.HostWeight)(nil)),
 		"KernelTime":     reflect.ValueOf((*backend.KernelTime)(nil)),
+		"LayerDecoder":   reflect.ValueOf((*backend.LayerDecoder)(nil)),
 		"MemStats":       reflect.ValueOf((*backend.MemStats)(nil)),
 		"OverBudget":     reflect.ValueOf((*backend.OverBudget)(nil)),
 		"Profiler":       reflect.ValueOf((*backend.Profiler)(nil)),
@@ -84,6 +87,7 @@ func init() {
 		"_BatchedGate":    reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_BatchedGate)(nil)),
 		"_Fused":          reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Fused)(nil)),
 		"_FusedDecode":    reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_FusedDecode)(nil)),
+		"_LayerDecoder":   reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_LayerDecoder)(nil)),
 		"_Profiler":       reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Profiler)(nil)),
 		"_Runner":         reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Runner)(nil)),
 		"_Tensor":         reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Tensor)(nil)),
@@ -332,6 +336,16 @@ func (W _github_com_qwengo_qwengo_engine_backend_FusedDecode) NormMatMulMany(out
 }
 func (W _github_com_qwengo_qwengo_engine_backend_FusedDecode) SwiGLUMatMulAdd(x backend.Tensor, gate backend.Tensor, up backend.Tensor, w backend.Weight) error {
 	return W.WSwiGLUMatMulAdd(x, gate, up, w)
+}
+
+// _github_com_qwengo_qwengo_engine_backend_LayerDecoder is an interface wrapper for LayerDecoder type
+type _github_com_qwengo_qwengo_engine_backend_LayerDecoder struct {
+	IValue        interface{}
+	WDecodeLayers func(x backend.Tensor, layers []backend.DecodeLayer, pos int, p backend.DecodeParams) (ok bool, err error)
+}
+
+func (W _github_com_qwengo_qwengo_engine_backend_LayerDecoder) DecodeLayers(x backend.Tensor, layers []backend.DecodeLayer, pos int, p backend.DecodeParams) (ok bool, err error) {
+	return W.WDecodeLayers(x, layers, pos, p)
 }
 
 // _github_com_qwengo_qwengo_engine_backend_Profiler is an interface wrapper for Profiler type

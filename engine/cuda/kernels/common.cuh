@@ -118,11 +118,20 @@ __device__ __forceinline__ float block_max(float v, float* red) {
 
 // rope_pair rotates the pair (x1, x2) by angle pos·invf (NeoX rotate-half), with the angle and
 // its sine and cosine rounded as engine/cpu does (float32 angle, float64 sincos).
-__device__ __forceinline__ void rope_pair(float x1, float x2, int pos, float invf, float& o1, float& o2) {
+// rope_cs and rope_apply are its two halves (decode_layers.cu computes the cosines and sines of
+// a position once for all layers).
+__device__ __forceinline__ void rope_cs(int pos, float invf, float& cs, float& sn) {
     const float ang = __fmul_rn((float)pos, invf);
     double s, c;
     sincos((double)ang, &s, &c);
-    const float cs = (float)c, sn = (float)s;
+    cs = (float)c, sn = (float)s;
+}
+__device__ __forceinline__ void rope_apply(float x1, float x2, float cs, float sn, float& o1, float& o2) {
     o1 = __fsub_rn(__fmul_rn(x1, cs), __fmul_rn(x2, sn));
     o2 = __fadd_rn(__fmul_rn(x2, cs), __fmul_rn(x1, sn));
+}
+__device__ __forceinline__ void rope_pair(float x1, float x2, int pos, float invf, float& o1, float& o2) {
+    float cs, sn;
+    rope_cs(pos, invf, cs, sn);
+    rope_apply(x1, x2, cs, sn, o1, o2);
 }

@@ -63,6 +63,27 @@ __device__ __forceinline__ void stage_x_hilo(uint32_t* xs, const float* __restri
     }
 }
 
+// tcp_stage (gemv_tcp.cu, decode_layers.cu: threads tid of nth) writes rows [0, T) of the multiplied input over k range [k0, k0 + 32·chunks) into
+// xs in stage_x_hilo's permuted hi/lo layout (gemv_tc.cuh), computing each element with val(r, k).
+template <typename V>
+__device__ __forceinline__ void tcp_stage(uint32_t* xs, int T, int k0, int chunks, int cstride, V val,
+                                          int tid = threadIdx.x, int nth = blockDim.x) {
+    for (int i = tid; i < T * chunks * 8; i += nth) {
+        const int r = i / (chunks * 8), rem = i - r * (chunks * 8);
+        const int c = rem >> 3, j = rem & 7, e = 8 * (j >> 1) + 2 * (j & 1);
+        const int k = k0 + c * 32 + e;
+        const float ax = val(r, k), ay = val(r, k + 1), bx = val(r, k + 4), by = val(r, k + 5);
+        const __half ha = __float2half_rn(ax), hb = __float2half_rn(bx);
+        const __half hc = __float2half_rn(ay), hd = __float2half_rn(by);
+        uint32_t* hi = xs + (size_t)(2 * r) * cstride + c * 16 + 2 * j;
+        uint32_t* lo = xs + (size_t)(2 * r + 1) * cstride + c * 16 + 2 * j;
+        hi[0] = pack_h2(__half2float(ha), __half2float(hb));
+        hi[1] = pack_h2(__half2float(hc), __half2float(hd));
+        lo[0] = pack_h2(ax - __half2float(ha), bx - __half2float(hb));
+        lo[1] = pack_h2(ay - __half2float(hc), by - __half2float(hd));
+    }
+}
+
 // gemv_jobs: up to three NVFP4 products sharing x (q/k/v, gate/up) in one launch of either
 // tensor-core GEMV; GEMV_JOB_PARAMS(j) are the entry points' per-job parameters and
 // GEMV_JOBS_INIT builds the struct from them.

@@ -98,26 +98,6 @@ __device__ __forceinline__ float tcp_row_inv(const float* __restrict__ x, int K,
     return (float)(1.0 / sqrt(ss / (double)K + (double)eps));
 }
 
-// tcp_stage writes rows [0, T) of the multiplied input over k range [k0, k0 + 32·chunks) into
-// xs in stage_x_hilo's permuted hi/lo layout (gemv_tc.cuh), computing each element with val(r, k).
-template <typename V>
-__device__ __forceinline__ void tcp_stage(uint32_t* xs, int T, int k0, int chunks, int cstride, V val) {
-    for (int i = threadIdx.x; i < T * chunks * 8; i += blockDim.x) {
-        const int r = i / (chunks * 8), rem = i - r * (chunks * 8);
-        const int c = rem >> 3, j = rem & 7, e = 8 * (j >> 1) + 2 * (j & 1);
-        const int k = k0 + c * 32 + e;
-        const float ax = val(r, k), ay = val(r, k + 1), bx = val(r, k + 4), by = val(r, k + 5);
-        const __half ha = __float2half_rn(ax), hb = __float2half_rn(bx);
-        const __half hc = __float2half_rn(ay), hd = __float2half_rn(by);
-        uint32_t* hi = xs + (size_t)(2 * r) * cstride + c * 16 + 2 * j;
-        uint32_t* lo = xs + (size_t)(2 * r + 1) * cstride + c * 16 + 2 * j;
-        hi[0] = pack_h2(__half2float(ha), __half2float(hb));
-        hi[1] = pack_h2(__half2float(hc), __half2float(hd));
-        lo[0] = pack_h2(ax - __half2float(ha), bx - __half2float(hb));
-        lo[1] = pack_h2(ay - __half2float(hc), by - __half2float(hd));
-    }
-}
-
 // gemv_tcp: XM picks the multiplied input (TCP_X, TCP_NORM with nw and eps, TCP_SWIGLU with x2);
 // with ACC the products are added to out (out += …: the residual adds folded in; each output
 // element is read and written by the one lane that finishes it).
