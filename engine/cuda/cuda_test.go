@@ -326,6 +326,8 @@ func TestAttention(t *testing.T) {
 		{70, 10, 4, 2, 32}, {2, 3000, 2, 1, 128}, {2, 127, 4, 2, 32}, {1, 5000, 32, 8, 128},
 		// attention_decode_f32: G·T ≤ 16 query vectors per KV head, head_dim 128
 		{1, 0, 32, 8, 128}, {1, 511, 32, 8, 128}, {4, 4092, 32, 8, 128}, {3, 40, 8, 8, 128}, {1, 8191, 32, 8, 128}, {2, 33, 16, 2, 128},
+		// one query a KV head (32 threads: a tile in four batches) over two tiles a block
+		{1, 4000, 8, 8, 128},
 	} {
 		splits, _ := attentionSplit(g.sms, s.T, s.heads, s.pos0+s.T)
 		name := fmt.Sprintf("attention T=%d pos0=%d heads=%d/%d hd=%d splits=%d", s.T, s.pos0, s.heads, s.kv, s.hd, splits)
