@@ -47,6 +47,10 @@
 //   - backend.FusedDecode (fused_decode.go): the block's norms, SwiGLU and residual adds folded
 //     into the GEMVs; exact, but measured no faster, so the model takes them only with
 //     QWENGO_CUDA_DECODE_FUSED=1.
+//   - backend.LayerDecoder (decode_layers.go, kernels/decode_layers.cu): every layer of a
+//     one-token step in one persistent, cooperatively launched kernel; agrees with the per-op
+//     path to ~1e-6 but measured slower (NOTES.md, session 7), so it runs only with
+//     QWENGO_CUDA_DECODE_LAYERS=1 (QWENGO_CUDA_DECODE_STAGES caps its weight stages).
 //   - CUDA graphs (graph.go): CaptureGraph records the kernels a function launches and
 //     Graph.Replay runs them as one launch; the model does not use them yet (NOTES.md says why).
 //   - Profiling (backend.Profiler): ProfileRange delimits the range ncu/nsys capture with
