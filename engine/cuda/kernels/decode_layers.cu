@@ -28,10 +28,15 @@
 // depend on timing, only on the grid size (which is the GPU's SM count).
 //
 // GEMV work: an item is (16-row tile, K slice of ss 128-wide steps); a block takes a contiguous
-// range of items (slice-major). The 16 consumer warps share each item, warp w its steps w,
-// w + 16, …, decoding and multiplying on tensor cores as gemv_tcp.cu does (gemv_tc.cuh); each
-// leaves its sum in shared memory and the block adds the 16 in warp order. The numeric path
-// differs from the per-op kernels' in summation order (tests compare within float tolerance).
+// range of items (slice-major), and its (item, step) pairs go round-robin to the 16 consumer
+// warps, which decode and multiply on tensor cores as gemv_tcp.cu does (gemv_tc.cuh); each warp
+// leaves its sum of an item in shared memory and the block adds the 16 in warp order. The
+// numeric path differs from the per-op kernels' in summation order (tests compare within float
+// tolerance).
+//
+// Measured on the H200 it is slower than the per-op path (220-259 against 366 tok/s at context
+// 512; NOTES.md, session 7, has the phase clocks and why), so the backend runs it only with
+// QWENGO_CUDA_DECODE_LAYERS=1.
 #include "gemv_tc.cuh"
 
 #define DL_CONS 512   // consumer threads (16 warps); the producer warp is threads 512..543
