@@ -332,20 +332,14 @@ __device__ __forceinline__ void dl_gemv_run(const dl_gemv& G, const dl_ring& R, 
         const uint32_t cb = *reinterpret_cast<const uint16_t*>(st + 16 * R.pc + (g + 8) * R.ps + step * 8 + t * 2);
         uint4 bx = make_uint4(0u, 0u, 0u, 0u);
         const uint32_t sfa = e4m3x2_to_f16x2(ca), sfb = e4m3x2_to_f16x2(cb);
-        const uint32_t sa0 = __byte_perm(sfa, 0, 0x1010), sa1 = __byte_perm(sfa, 0, 0x3232);
-        const uint32_t sb0 = __byte_perm(sfb, 0, 0x1010), sb1 = __byte_perm(sfb, 0, 0x3232);
         const uint32_t wra[4] = {qa.x, qa.y, qa.z, qa.w}, wrb[4] = {qb.x, qb.y, qb.z, qb.w};
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const uint32_t fa = i < 2 ? sa0 : sa1, fb = i < 2 ? sb0 : sb1;
-            const uint32_t a0 = hmul2(e2m1_pair<0>(wra[i]), fa), a1 = hmul2(e2m1_pair<0>(wrb[i]), fb);
-            const uint32_t a2 = hmul2(e2m1_pair<1>(wra[i]), fa), a3 = hmul2(e2m1_pair<1>(wrb[i]), fb);
-            const uint32_t a4 = hmul2(e2m1_pair<2>(wra[i]), fa), a5 = hmul2(e2m1_pair<2>(wrb[i]), fb);
-            const uint32_t a6 = hmul2(e2m1_pair<3>(wra[i]), fa), a7 = hmul2(e2m1_pair<3>(wrb[i]), fb);
-            if (live) bx = reinterpret_cast<const uint4*>(xcol + 64 * (s0 + step))[i];
-            mma_f16(acc[i & 1][0], a0, a1, a2, a3, bx.x, bx.y);
-            mma_f16(acc[i & 1][1], a4, a5, a6, a7, bx.z, bx.w);
-        }
+        tc_quarters(sfa, sfb, wra, wrb,
+                    [&](int i, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t a4, uint32_t a5, uint32_t a6,
+                        uint32_t a7) {
+                        if (live) bx = reinterpret_cast<const uint4*>(xcol + 64 * (s0 + step))[i];
+                        mma_f16(acc[i & 1][0], a0, a1, a2, a3, bx.x, bx.y);
+                        mma_f16(acc[i & 1][1], a4, a5, a6, a7, bx.z, bx.w);
+                    });
         step += DL_WARPS;
         while (step >= G.ss) step -= G.ss, il++;
     }

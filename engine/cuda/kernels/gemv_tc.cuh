@@ -37,6 +37,27 @@ __device__ __forceinline__ uint32_t pack_h2(float lo, float hi) {
     return *reinterpret_cast<uint32_t*>(&h);
 }
 
+// tc_quarters walks the four 32-element quarters of one 128-wide weight step of rows g and g+8
+// (lane (g, t) holds words wra, wrb: its 32 elements of each row; sfa, sfb: their two E4M3 block
+// scales as f16x2, from e4m3x2_to_f16x2) and hands f(i, a0, …, a7) quarter i's A fragments of
+// the m16n8k16 pair: the E2M1 pairs as half2 (× 2^-14), scaled. Shared by the tensor-core GEMVs
+// (gemv_tcb.cu, gemv_tcp.cu, decode_layers.cu), which differ in what they multiply them with.
+template <typename F>
+__device__ __forceinline__ void tc_quarters(uint32_t sfa, uint32_t sfb, const uint32_t (&wra)[4],
+                                            const uint32_t (&wrb)[4], F f) {
+    const uint32_t sa0 = __byte_perm(sfa, 0, 0x1010), sa1 = __byte_perm(sfa, 0, 0x3232);
+    const uint32_t sb0 = __byte_perm(sfb, 0, 0x1010), sb1 = __byte_perm(sfb, 0, 0x3232);
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const uint32_t fa = i < 2 ? sa0 : sa1, fb = i < 2 ? sb0 : sb1;
+        const uint32_t a0 = hmul2(e2m1_pair<0>(wra[i]), fa), a1 = hmul2(e2m1_pair<0>(wrb[i]), fb);
+        const uint32_t a2 = hmul2(e2m1_pair<1>(wra[i]), fa), a3 = hmul2(e2m1_pair<1>(wrb[i]), fb);
+        const uint32_t a4 = hmul2(e2m1_pair<2>(wra[i]), fa), a5 = hmul2(e2m1_pair<2>(wrb[i]), fb);
+        const uint32_t a6 = hmul2(e2m1_pair<3>(wra[i]), fa), a7 = hmul2(e2m1_pair<3>(wrb[i]), fb);
+        f(i, a0, a1, a2, a3, a4, a5, a6, a7);
+    }
+}
+
 // stage_x_hilo writes rows [0, T) of x (row stride ldx) over k range [k0, k0 + 32·chunks) to
 // shared memory in the permuted hi/lo f16 pair order of the tensor-core GEMVs: for chunk c of
 // row r, u32 slot 4i+q (i, q < 4) of the hi column xs[(2r)·cstride + 16c …] holds the pair of

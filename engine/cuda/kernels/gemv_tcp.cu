@@ -251,24 +251,18 @@ __device__ __forceinline__ void gemv_tcp(const gemv_jobs& jobs, const float* __r
             const uint4 qa = wa[d], qb = wb[d];
             const uint32_t sfa = e4m3x2_to_f16x2(ca[d]), sfb = e4m3x2_to_f16x2(cb[d]);
             if (j0 + d + D < total) issue(d);  // the ring: step j + D into the slot just read
-            const uint32_t sa0 = __byte_perm(sfa, 0, 0x1010), sa1 = __byte_perm(sfa, 0, 0x3232);
-            const uint32_t sb0 = __byte_perm(sfb, 0, 0x1010), sb1 = __byte_perm(sfb, 0, 0x3232);
             const uint32_t wra[4] = {qa.x, qa.y, qa.z, qa.w}, wrb[4] = {qb.x, qb.y, qb.z, qb.w};
+            tc_quarters(sfa, sfb, wra, wrb,
+                        [&](int i, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t a4, uint32_t a5,
+                            uint32_t a6, uint32_t a7) {
 #pragma unroll
-            for (int i = 0; i < 4; i++) {
-                const uint32_t fa = i < 2 ? sa0 : sa1, fb = i < 2 ? sb0 : sb1;
-                const uint32_t a0 = hmul2(e2m1_pair<0>(wra[i]), fa), a1 = hmul2(e2m1_pair<0>(wrb[i]), fb);
-                const uint32_t a2 = hmul2(e2m1_pair<1>(wra[i]), fa), a3 = hmul2(e2m1_pair<1>(wrb[i]), fb);
-                const uint32_t a4 = hmul2(e2m1_pair<2>(wra[i]), fa), a5 = hmul2(e2m1_pair<2>(wrb[i]), fb);
-                const uint32_t a6 = hmul2(e2m1_pair<3>(wra[i]), fa), a7 = hmul2(e2m1_pair<3>(wrb[i]), fb);
-#pragma unroll
-                for (int p = 0; p < P; p++) {
-                    uint4 b = make_uint4(0u, 0u, 0u, 0u);
-                    if (rowLive[p]) b = reinterpret_cast<const uint4*>(xcol[p] + 64 * cs)[i];
-                    mma_f16(acc[p][0], a0, a1, a2, a3, b.x, b.y);
-                    mma_f16(acc[p][1], a4, a5, a6, a7, b.z, b.w);
-                }
-            }
+                            for (int p = 0; p < P; p++) {
+                                uint4 b = make_uint4(0u, 0u, 0u, 0u);
+                                if (rowLive[p]) b = reinterpret_cast<const uint4*>(xcol[p] + 64 * cs)[i];
+                                mma_f16(acc[p][0], a0, a1, a2, a3, b.x, b.y);
+                                mma_f16(acc[p][1], a4, a5, a6, a7, b.z, b.w);
+                            }
+                        });
             if (++cs == nsteps) {
                 flush(first + ct * stride);
                 zero();
