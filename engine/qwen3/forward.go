@@ -361,10 +361,7 @@ func (m *Model) forwardWith(ctx context.Context, ids []int, cache *KVCache, mode
 	if err != nil {
 		return nil, fmt.Errorf("forward: %w", err)
 	}
-	for i := range m.Layers {
-		if whole {
-			break
-		}
+	for i := 0; i < len(m.Layers) && !whole; i++ {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
