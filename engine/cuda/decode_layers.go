@@ -19,7 +19,7 @@ import (
 // cache, other weights), sizes the work buffers and launches one block per SM cooperatively.
 //
 // It is off unless QWENGO_CUDA_DECODE_LAYERS=1: it agrees with the per-op path (TestDecodeLayers)
-// but measured slower on the H200 — 220-259 tok/s against 366 at context 512 (NOTES.md,
+// but measured slower on the H200 — 220-233 tok/s (259 for an earlier version) against 366 at context 512 (NOTES.md,
 // session 7: its phases are serial, the weight ring cannot run ahead across attention and the
 // barriers, and the tensor-core decode of the weights bounds each SM at ~14 GB/s).
 // QWENGO_CUDA_DECODE_STAGES caps its weight stages (an experiment's knob, figures in the notes).

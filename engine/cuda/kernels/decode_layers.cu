@@ -34,8 +34,8 @@
 // numeric path differs from the per-op kernels' in summation order (tests compare within float
 // tolerance).
 //
-// Measured on the H200 it is slower than the per-op path (220-259 against 366 tok/s at context
-// 512; NOTES.md, session 7, has the phase clocks and why), so the backend runs it only with
+// Measured on the H200 it is slower than the per-op path (220-233, an earlier version 259,
+// against 366 tok/s at context 512; NOTES.md, session 7, has the phase clocks and why), so the backend runs it only with
 // QWENGO_CUDA_DECODE_LAYERS=1.
 #include "gemv_tc.cuh"
 
