@@ -97,20 +97,14 @@ __device__ __forceinline__ void gemv_tc(const gemv_jobs& jobs, const float* __re
                 for (int q = 0; q < 16; q++) bx[q] = 0u;
             }
             const uint32_t sfa = e4m3x2_to_f16x2(ca[d]), sfb = e4m3x2_to_f16x2(cb[d]);
-            // Broadcast each block scale to both halves: block 0 for words 0-1, block 1 for 2-3.
-            const uint32_t sa0 = __byte_perm(sfa, 0, 0x1010), sa1 = __byte_perm(sfa, 0, 0x3232);
-            const uint32_t sb0 = __byte_perm(sfb, 0, 0x1010), sb1 = __byte_perm(sfb, 0, 0x3232);
             const uint32_t wra[4] = {wa[d].x, wa[d].y, wa[d].z, wa[d].w}, wrb[4] = {wb[d].x, wb[d].y, wb[d].z, wb[d].w};
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-                const uint32_t fa = i < 2 ? sa0 : sa1, fb = i < 2 ? sb0 : sb1;
-                // mma 2i: pairs 0 (slots 2t..) and 1 (slots 2t+8..); mma 2i+1: pairs 2 and 3.
-                mma_f16(acc0, hmul2(e2m1_pair<0>(wra[i]), fa), hmul2(e2m1_pair<0>(wrb[i]), fb),
-                        hmul2(e2m1_pair<1>(wra[i]), fa), hmul2(e2m1_pair<1>(wrb[i]), fb), bx[4 * i], bx[4 * i + 1]);
-                mma_f16(acc1, hmul2(e2m1_pair<2>(wra[i]), fa), hmul2(e2m1_pair<2>(wrb[i]), fb),
-                        hmul2(e2m1_pair<3>(wra[i]), fa), hmul2(e2m1_pair<3>(wrb[i]), fb), bx[4 * i + 2],
-                        bx[4 * i + 3]);
-            }
+            // mma 2i: pairs 0 (slots 2t..) and 1 (slots 2t+8..); mma 2i+1: pairs 2 and 3.
+            tc_quarters(sfa, sfb, wra, wrb,
+                        [&](int i, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t a4, uint32_t a5,
+                            uint32_t a6, uint32_t a7) {
+                            mma_f16(acc0, a0, a1, a2, a3, bx[4 * i], bx[4 * i + 1]);
+                            mma_f16(acc1, a4, a5, a6, a7, bx[4 * i + 2], bx[4 * i + 3]);
+                        });
         }
     }
     // Lane (g, 0) holds row g's hi and lo sums in c0, c1 and row g+8's in c2, c3.
