@@ -84,6 +84,9 @@ type Backend struct {
 	trainSIMT bool
 	// attnSIMT keeps prefill attention on the fp32 kernel (QWENGO_CUDA_ATTN=simt; flash.go).
 	attnSIMT bool
+	// decodeAttnTiles keeps decode attention on the shared-memory tile kernels
+	// (QWENGO_CUDA_DECODE_ATTN=tiles; ops.go decodeAttnKernel).
+	decodeAttnTiles bool
 	// pdl: the decode GEMVs start while the kernel before them finishes (programmatic dependent
 	// launch; QWENGO_CUDA_PDL=0 turns it off). Cleared if the driver refuses such a launch.
 	pdl bool
@@ -143,7 +146,7 @@ func OpenDevice(ordinal int) (*Backend, error) {
 	if err := loadDriver(); err != nil {
 		return nil, err
 	}
-	b := &Backend{work: make(chan func(), 1), quit: make(chan struct{}), ordinal: ordinal, spin: runtime.GOMAXPROCS(0) > 1, gemv: gemvFromEnv(), gemvTCKernel: gemvTCFromEnv(), gemvTCBVariant: gemvTCBFromEnv(), gemvSlice: gemvSliceFromEnv(), gemvTCPVariant: gemvTCPFromEnv(), decodeFusedModel: decodeFusedFromEnv(), decodeLayers: decodeLayersFromEnv(), attnSIMT: attnSIMTFromEnv(),
+	b := &Backend{work: make(chan func(), 1), quit: make(chan struct{}), ordinal: ordinal, spin: runtime.GOMAXPROCS(0) > 1, gemv: gemvFromEnv(), gemvTCKernel: gemvTCFromEnv(), gemvTCBVariant: gemvTCBFromEnv(), gemvSlice: gemvSliceFromEnv(), gemvTCPVariant: gemvTCPFromEnv(), decodeFusedModel: decodeFusedFromEnv(), decodeLayers: decodeLayersFromEnv(), attnSIMT: attnSIMTFromEnv(), decodeAttnTiles: os.Getenv("QWENGO_CUDA_DECODE_ATTN") == "tiles",
 		fns: map[string]function{}, live: map[devPtr]liveAlloc{}, rope: map[ropeKey]devBuf{}, pool: map[int64][]devPtr{}, graphs: map[*Graph]struct{}{}}
 	started := make(chan error, 1)
 	go b.worker(started)

@@ -178,8 +178,8 @@ func (b *Backend) QKNormRoPECacheBatch(qr, kr, q, k, v, qn, kn, kCache, vCache b
 }
 
 // AttentionBatch implements backend.Batched: for head_dim 128 and at most attDecodeMaxQ query
-// heads per KV head, attention_batch_decode_f32 (each key read once per KV-head group, the
-// splits merged in the same launch); otherwise attention_batch_split_f32 and
+// heads per KV head, attention_batch_decode_f32 or its register walk (decodeAttnKernel; each key
+// read once per KV-head group, the splits merged in the same launch); otherwise attention_batch_split_f32 and
 // attention_batch_combine_f32.
 func (b *Backend) AttentionBatch(out, q, k, v backend.Tensor, capacity int, positions []int, nHeads, nKV, headDim int) error {
 	return b.do(func() error {
@@ -239,7 +239,8 @@ func (b *Backend) attentionBatch(o, qt, kt, vt *Tensor, capacity int, positions 
 	})
 }
 
-// attentionBatchDecode runs attention_batch_decode_f32 for n ≤ batchMax rows: one block per
+// attentionBatchDecode runs attention_batch_decode_f32 (or its register-walk form,
+// decodeAttnKernel) for n ≤ batchMax rows: one block per
 // (KV head, key split, row), the splits sized as attention_decode_f32's for n·nKV KV heads
 // over the longest sequence (owner goroutine). The partials share the attention workspace and
 // the arrival counters attention_decode_f32's (both kernels leave every counter at zero, and
@@ -260,10 +261,14 @@ func (b *Backend) attentionBatchDecode(o, qt, kt, vt *Tensor, capacity int, pos 
 			return err
 		}
 	}
-	shmem := 4 * (G*hd + attDecodeKeys*(hd+1) + attDecodeKeys*hd)
+	fn, regs := b.decodeAttnKernel(batchDecodeAttnRegs, "attention_batch_decode_f32", G)
+	threads, shmem := 32*G, 4*(G*hd+attDecodeKeys*(hd+1)+attDecodeKeys*hd)
+	if regs {
+		threads, shmem = 32*attDecodeRegWarps, 0
+	}
 	args := append([]arg{ptrArg(o.ptr), ptrArg(b.attnBuf.ptr), ptrArg(b.attnCounters.ptr), ptrArg(qt.ptr), ptrArg(kt.ptr), ptrArg(vt.ptr),
 		intArg(nHeads), intArg(nKV), intArg(capacity), f32Arg(scale), intArg(chunk)}, batchInts(pos)...)
-	return b.launchDep(b.fns["attention_batch_decode_f32"], [3]int{nKV, S, n}, [3]int{32 * G, 1, 1}, shmem, args...)
+	return b.launchDep(fn, [3]int{nKV, S, n}, [3]int{threads, 1, 1}, shmem, args...)
 }
 
 // BatchedEnabled implements backend.BatchedGate: the batched kernels (kernels/batch.cu) passed

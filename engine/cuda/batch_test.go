@@ -96,6 +96,16 @@ func TestBatchedOps(t *testing.T) {
 			t.Fatal(err)
 		}
 		compare(t, name+" attention batch", c, g, ca, ga, 1e-5)
+		if s.hd == attDecodeDim && batchDecodeAttnRegs[s.heads/s.kv] != "" {
+			// The default above took the register walk; the shared-memory tile kernel too.
+			g.decodeAttnTiles = true
+			err := g.AttentionBatch(ga, gqr, gk2, gv2, s.capacity, pos, s.heads, s.kv, s.hd)
+			g.decodeAttnTiles = false
+			if err != nil {
+				t.Fatal(err)
+			}
+			compare(t, name+" attention batch (tiles)", c, g, ca, ga, 1e-5)
+		}
 		if s.hd == attDecodeDim {
 			err := g.Run(func() error {
 				ts, err := g.tens("test", []backend.Tensor{ga, gqr, gk2, gv2}, "out", "q", "k", "v")

@@ -328,6 +328,9 @@ func TestAttention(t *testing.T) {
 		{1, 0, 32, 8, 128}, {1, 511, 32, 8, 128}, {4, 4092, 32, 8, 128}, {3, 40, 8, 8, 128}, {1, 8191, 32, 8, 128}, {2, 33, 16, 2, 128},
 		// one query a KV head (32 threads: a tile in four batches) over two tiles a block
 		{1, 4000, 8, 8, 128},
+		// the register walk (dr_attend): Q = 2 (G = 2, and T = 2 with G = 1), Q = 4 over two
+		// rows (each row its own last key), key counts that end inside an 8-key group
+		{1, 300, 16, 8, 128}, {2, 700, 8, 8, 128}, {2, 1001, 16, 8, 128}, {4, 77, 8, 8, 128}, {1, 2, 32, 8, 128},
 	} {
 		splits, _ := attentionSplit(g.sms, s.T, s.heads, s.pos0+s.T)
 		name := fmt.Sprintf("attention T=%d pos0=%d heads=%d/%d hd=%d splits=%d", s.T, s.pos0, s.heads, s.kv, s.hd, splits)
@@ -339,10 +342,25 @@ func TestAttention(t *testing.T) {
 		if err := c.Attention(co, cq, ck, cv, s.pos0, s.heads, s.kv, s.hd); err != nil {
 			t.Fatal(err)
 		}
-		if err := g.Attention(gO, gq, gk, gv, s.pos0, s.heads, s.kv, s.hd); err != nil {
-			t.Fatal(err)
+		// Decode-shaped cases run both decode kernels: the register walk where Q has one, and
+		// the shared-memory tiles (QWENGO_CUDA_DECODE_ATTN=tiles).
+		kernels := []bool{false}
+		if Q := s.T * s.heads / s.kv; s.hd == attDecodeDim && Q <= attDecodeMaxQ && decodeAttnRegs[Q] != "" {
+			kernels = append(kernels, true)
 		}
-		compare(t, name, c, g, co, gO, bound)
+		for _, tiles := range kernels {
+			g.decodeAttnTiles = tiles
+			err := g.Attention(gO, gq, gk, gv, s.pos0, s.heads, s.kv, s.hd)
+			g.decodeAttnTiles = false
+			if err != nil {
+				t.Fatal(err)
+			}
+			suffix := ""
+			if tiles {
+				suffix = " (tiles)"
+			}
+			compare(t, name+suffix, c, g, co, gO, bound)
+		}
 	}
 }
 
@@ -666,4 +684,51 @@ func TestConcurrentCallers(t *testing.T) {
 		t.Error(err)
 	}
 	_ = c
+}
+
+// TestFiguresDecodeAttention times one layer's decode attention at Qwen3-4B's heads (32 query,
+// 8 KV, head_dim 128) on both decode kernels — the register walk and the shared-memory tiles
+// (QWENGO_CUDA_DECODE_ATTN=tiles) — for one sequence at several contexts and for eight
+// sequences of 1,024 keys (the batched kernels): bytes are the f32 keys and values read.
+func TestFiguresDecodeAttention(t *testing.T) {
+	benchEnabled(t)
+	g := openGPU(t)
+	const heads, kv, hd = 32, 8, 128
+	for _, s := range []struct{ B, keys int }{{1, 512}, {1, 8192}, {1, 32768}, {8, 1024}} {
+		capacity := s.keys + 1
+		q, _ := g.Alloc(backend.Activations, s.B, heads*hd)
+		o, _ := g.Alloc(backend.Activations, s.B, heads*hd)
+		k, _ := g.Alloc(backend.KVCache, s.B*capacity, kv*hd)
+		v, _ := g.Alloc(backend.KVCache, s.B*capacity, kv*hd)
+		if err := errors.Join(g.Upload(q, randn(s.B*heads*hd, 1, 1)), g.Upload(k, randn(s.B*capacity*kv*hd, 2, 1)),
+			g.Upload(v, randn(s.B*capacity*kv*hd, 3, 1))); err != nil {
+			t.Fatal(err)
+		}
+		pos := make([]int, s.B)
+		for i := range pos {
+			pos[i] = s.keys - 1
+		}
+		for _, tiles := range []bool{false, true} {
+			g.decodeAttnTiles = tiles
+			ms, err := timeOnDevice(g, 50, func() error {
+				if s.B == 1 {
+					return g.Attention(o, q, k, v, s.keys-1, heads, kv, hd)
+				}
+				return g.AttentionBatch(o, q, k, v, capacity, pos, heads, kv, hd)
+			})
+			g.decodeAttnTiles = false
+			if err != nil {
+				t.Fatal(err)
+			}
+			kernel := "registers"
+			if tiles {
+				kernel = "tiles"
+			}
+			t.Log(figure{fmt.Sprintf("decode attention %s B=%d keys=%d", kernel, s.B, s.keys),
+				float64(2 * 4 * s.B * s.keys * kv * hd), float64(4 * s.B * s.keys * heads * hd), ms})
+		}
+		for _, x := range []backend.Tensor{q, o, k, v} {
+			g.Free(x)
+		}
+	}
 }

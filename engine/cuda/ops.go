@@ -363,9 +363,30 @@ func attentionDecodeSplit(sms, nKV, keys int) (splits, chunk int) {
 	return (keys + chunk - 1) / chunk, chunk
 }
 
-// attentionDecode runs attention_decode_f32: one block per KV head and key split, all query
-// heads of the group and all T rows together, the splits merged by the last block of each KV
-// head (owner goroutine).
+// decodeAttnRegs are the register-walk decode attention kernels (attention_common.cuh:
+// dr_attend) by query vectors a KV head: attention.cu's and batch.cu's entry points.
+var (
+	decodeAttnRegs      = map[int]string{1: "attention_decode_r1", 2: "attention_decode_r2", 4: "attention_decode_r4"}
+	batchDecodeAttnRegs = map[int]string{1: "attention_batch_decode_r1", 2: "attention_batch_decode_r2", 4: "attention_batch_decode_r4"}
+)
+
+// attDecodeRegWarps is dr_attend's warps a block (attention_common.cuh: DR_WARPS).
+const attDecodeRegWarps = 4
+
+// decodeAttnKernel picks the decode attention kernel for Q query vectors a KV head: the
+// register walk for Q = 1, 2, 4 (NOTES.md, session 8), else — or with
+// QWENGO_CUDA_DECODE_ATTN=tiles — the shared-memory tile kernel (tiles) with its dynamic
+// shared memory; regs reports which.
+func (b *Backend) decodeAttnKernel(names map[int]string, tiles string, Q int) (fn function, regs bool) {
+	if name, ok := names[Q]; ok && !b.decodeAttnTiles && b.fns[name] != nil {
+		return b.fns[name], true
+	}
+	return b.fns[tiles], false
+}
+
+// attentionDecode runs attention_decode_f32 (or its register-walk form, decodeAttnKernel): one
+// block per KV head and key split, all query heads of the group and all T rows together, the
+// splits merged by the last block of each KV head (owner goroutine).
 func (b *Backend) attentionDecode(o, qt, kt, vt *Tensor, pos0, nHeads, nKV int, scale float32) error {
 	T, hd := qt.rows, attDecodeDim
 	Q := T * (nHeads / nKV)
@@ -382,8 +403,12 @@ func (b *Backend) attentionDecode(o, qt, kt, vt *Tensor, pos0, nHeads, nKV int, 
 			return err
 		}
 	}
-	shmem := 4 * (Q*hd + attDecodeKeys*(hd+1) + attDecodeKeys*hd)
-	return b.launchDep(b.fns["attention_decode_f32"], [3]int{nKV, S, 1}, [3]int{32 * Q, 1, 1}, shmem,
+	fn, regs := b.decodeAttnKernel(decodeAttnRegs, "attention_decode_f32", Q)
+	threads, shmem := 32*Q, 4*(Q*hd+attDecodeKeys*(hd+1)+attDecodeKeys*hd)
+	if regs {
+		threads, shmem = 32*attDecodeRegWarps, 0
+	}
+	return b.launchDep(fn, [3]int{nKV, S, 1}, [3]int{threads, 1, 1}, shmem,
 		ptrArg(o.ptr), ptrArg(b.attnBuf.ptr), ptrArg(b.attnCounters.ptr), ptrArg(qt.ptr), ptrArg(kt.ptr), ptrArg(vt.ptr),
 		intArg(pos0), intArg(T), intArg(nHeads), intArg(nKV), f32Arg(scale), intArg(chunk))
 }

@@ -101,8 +101,10 @@ var ptxModules = []ptxModule{
 	{"kernels/decode_layers.ptx", []string{"decode_layers_g1", "decode_layers_g2", "decode_layers_g4", "decode_layers_g8"}},
 	{"kernels/flash_bwd.ptx", []string{"flash_bwd_prep", "flash_bwd_dkdv", "flash_bwd_dq"}},
 	{"kernels/batch.ptx", []string{"rope_at_f32", "scatter_rows_f32", "qk_norm_rope_cache_at", "attention_batch_split_f32",
-		"attention_batch_combine_f32", "attention_batch_decode_f32"}},
-	{"kernels/attention.ptx", []string{"attention_f32", "attention_split_f32", "attention_combine_f32", "attention_decode_f32"}},
+		"attention_batch_combine_f32", "attention_batch_decode_f32", "attention_batch_decode_r1", "attention_batch_decode_r2",
+		"attention_batch_decode_r4"}},
+	{"kernels/attention.ptx", []string{"attention_f32", "attention_split_f32", "attention_combine_f32", "attention_decode_f32",
+		"attention_decode_r1", "attention_decode_r2", "attention_decode_r4"}},
 	{"kernels/convert.ptx", []string{"f32_to_bf16", "nvfp4_to_bf16"}},
 	{"kernels/matmul.ptx", append([]string{"matmul_tiled_f32", "matmul_tiled_bf16", "matmul_tiled_nvfp4"}, gemvKernels...)},
 }

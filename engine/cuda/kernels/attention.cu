@@ -128,3 +128,41 @@ attention_decode_f32(float* out, float* part, int* counters, const float* q, con
     dec_finish(part + ((size_t)t * nHeads + h) * S * (AD_D + 2), s, S, &counters[kvh],
                out + (size_t)t * nHeads * AD_D + (size_t)h * AD_D, acc, m, l);
 }
+
+// attention_decode_r{Q}: attention_decode_f32 for Q = G·T ∈ {1, 2, 4} query vectors a KV head with
+// the register walk (attention_common.cuh: dr_attend): grid (nKV, S), block 32·DR_WARPS threads,
+// no dynamic shared memory; the same splits, partial records and last-block merge.
+template <int Q>
+__device__ __forceinline__ void attention_decode_r(float* out, float* part, int* counters, const float* q, const float* k,
+                                                   const float* v, int pos0, int nHeads, int nKV, float scale, int chunk) {
+    __shared__ __align__(16) float red[DR_WARPS * Q * DR_REC];
+    pdl_wait();
+    pdl_trigger();
+    const int G = nHeads / nKV;
+    const int kvh = blockIdx.x, s = blockIdx.y, S = gridDim.y;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const size_t qld = (size_t)nHeads * AD_D, kvld = (size_t)nKV * AD_D;
+    float4 qv[Q];
+#pragma unroll
+    for (int h = 0; h < Q; h++)  // query h: row h / G, head kvh·G + h % G
+        qv[h] = reinterpret_cast<const float4*>(q + (size_t)(h / G) * qld + (size_t)(kvh * G + h % G) * AD_D)[lane];
+    const int jb = s * chunk, je = min(jb + chunk, pos0 + Q / G);  // keys any row of the block may see
+    float4 acc[Q];
+    float m[Q], l[Q];
+    dr_attend<Q>(qv, k + (size_t)kvh * AD_D, v + (size_t)kvh * AD_D, kvld, jb, je, pos0, G, scale, acc, m, l);
+    float4 oacc;
+    float om, ol;
+    dr_merge<Q>(red, acc, m, l, oacc, om, ol);
+    const int hq = min(warp, Q - 1), t = hq / G, h = kvh * G + hq % G;  // warp's query (warps ≥ Q: not live)
+    dec_finish(part + ((size_t)t * nHeads + h) * S * (AD_D + 2), s, S, &counters[kvh],
+               out + (size_t)t * nHeads * AD_D + (size_t)h * AD_D, oacc, om, ol, warp < Q);
+}
+#define AD_R_ENTRY(Q)                                                                                              \
+    extern "C" __global__ void __launch_bounds__(32 * DR_WARPS) attention_decode_r##Q(                               \
+        float* out, float* part, int* counters, const float* q, const float* k, const float* v, int pos0, int T,     \
+        int nHeads, int nKV, float scale, int chunk) {                                                             \
+        attention_decode_r<Q>(out, part, counters, q, k, v, pos0, nHeads, nKV, scale, chunk);                      \
+    }
+AD_R_ENTRY(1)
+AD_R_ENTRY(2)
+AD_R_ENTRY(4)

@@ -165,19 +165,22 @@ __device__ __forceinline__ void dec_attend(const float* qv, const float* kseq, c
 }
 
 // dec_finish writes the warp's partial (acc, m, l) as split s of the S records at pp (AD_D+2
-// floats each: outputs, m, l), then the last block of the launch to arrive at *counter (left at
-// zero for the next launch) merges each of its warps' S records in split order into orow[0..AD_D).
+// floats each: outputs, m, l; nothing for a warp that is not live), then the last block of the
+// launch to arrive at *counter (left at zero for the next launch) merges each of its live warps'
+// S records in split order into orow[0..AD_D).
 // Every thread of the block calls it. Partials are read with ld.global.cg: other blocks wrote
 // them through L2, and this SM's L1 may hold stale lines.
 __device__ __forceinline__ void dec_finish(float* pp, int s, int S, int* counter, float* orow, float4 acc, float m,
-                                           float l) {
+                                           float l, bool live = true) {
     const int lane = threadIdx.x & 31;
     float* p = pp + (size_t)s * (AD_D + 2);
     // (hd + 2)-float records are only 8-byte aligned: scalar stores.
-    p[4 * lane] = acc.x, p[4 * lane + 1] = acc.y, p[4 * lane + 2] = acc.z, p[4 * lane + 3] = acc.w;
-    if (lane == 0) {
-        p[AD_D] = m;
-        p[AD_D + 1] = l;
+    if (live) {
+        p[4 * lane] = acc.x, p[4 * lane + 1] = acc.y, p[4 * lane + 2] = acc.z, p[4 * lane + 3] = acc.w;
+        if (lane == 0) {
+            p[AD_D] = m;
+            p[AD_D + 1] = l;
+        }
     }
     __shared__ int merger;
     gpu_fence();
@@ -187,7 +190,7 @@ __device__ __forceinline__ void dec_finish(float* pp, int s, int S, int* counter
         if (merger) *counter = 0;  // ready for the next launch
     }
     __syncthreads();
-    if (!merger) return;
+    if (!merger || !live) return;
     gpu_fence();
     const float ms0 = lane < S ? __ldcg(pp + (size_t)lane * (AD_D + 2) + AD_D) : -INFINITY;
     const float ms1 = lane + 32 < S ? __ldcg(pp + (size_t)(lane + 32) * (AD_D + 2) + AD_D) : -INFINITY;
@@ -208,6 +211,164 @@ __device__ __forceinline__ void dec_finish(float* pp, int s, int S, int* counter
     }
     const float inv = 1.f / L;
     reinterpret_cast<float4*>(orow + 4 * lane)[0] = make_float4(o.x * inv, o.y * inv, o.z * inv, o.w * inv);
+}
+
+// ---- decode attention without shared-memory tiles (DR_: "registers") ----
+//
+// Why: dec_attend stages each 32-key tile through shared memory and then has every query's warp
+// read the whole tile back (lane = key: 128 scalar loads of the padded key row, then a float4 of
+// each value row), ~140 warp instructions a key for four query heads. ncu of
+// attention_decode_f32 at context 8192 (session 8, run 1): L1/shared pipe 74 % busy, issue
+// slots 25 %, 116 registers and 35 KB of shared memory an SM block (4 blocks, 16 warps), DRAM 29 %
+// — it reads the f32 cache at ~1.4 TB/s. Here a warp serves all Q query vectors of its KV head
+// at once and reads keys and values straight into registers: lane l holds dims [4l, 4l+4) of
+// every query and of each key/value row it loads, so each 512-byte row is one coalesced float4
+// load a lane and is used by all Q queries from registers. A group of DR_KEYS keys gives 8·Q
+// partial dot products a lane; one butterfly (each level sends half of the remaining sums to
+// the partner lane and keeps the other half: 31 shuffles for 32 sums, not 5 a sum) leaves lane l
+// the full score of query (l / (32/P)) >> 3, key (l / (32/P)) & 7, P = 8·Q. The online softmax
+// then runs per query over its lane group, and the weights are broadcast for P·V. ~65 warp
+// instructions a key, no shared memory or block barrier in the walk.
+//
+// The block's DR_WARPS warps take the split's key groups round-robin; their states are merged
+// in warp order through shared memory (fixed: deterministic), then warp q writes query q's
+// record with dec_finish. Q ∈ {1, 2, 4} (P ≤ 32, one score a lane); other group sizes take
+// dec_attend.
+#define DR_KEYS 8
+#define DR_WARPS 4
+
+// dr_fold is one level of dr_butterfly: N sums still held a lane, exchanged with lane ^ O.
+template <int N, int O, int P>
+__device__ __forceinline__ void dr_fold(float (&v)[P], int lane) {
+    if constexpr (O >= 1) {
+        if constexpr (N > 1) {
+            const bool up = lane & O;  // keep the upper half, send the lower
+#pragma unroll
+            for (int a = 0; a < N / 2; a++) {
+                const float keep = up ? v[a + N / 2] : v[a], send = up ? v[a] : v[a + N / 2];
+                v[a] = keep + __shfl_xor_sync(0xffffffffu, send, O);
+            }
+            dr_fold<N / 2, O / 2>(v, lane);
+        } else {
+            v[0] += __shfl_xor_sync(0xffffffffu, v[0], O);
+            dr_fold<1, O / 2>(v, lane);
+        }
+    }
+}
+
+// dr_butterfly sums v[0..P) over the warp's 32 lanes, returning in each lane the total of index
+// (lane >> (5 − log2 P)) — every index's sum is held by 32/P lanes, identical bit for bit.
+template <int P>
+__device__ __forceinline__ float dr_butterfly(float (&v)[P]) {
+    dr_fold<P, 16>(v, threadIdx.x & 31);
+    return v[0];
+}
+
+// dr_attend walks the key groups j0 = jb + DR_KEYS·(warp + DR_WARPS·i) < je of one KV head (row j
+// of kseq/vseq at j·kvld, the head's column already added) for queries q[0..Q) (dims 4·lane …);
+// query h sees keys ≤ last0 + h / G. Leaves each query's unnormalised output (dims 4·lane …) in
+// acc[h], its running max in m[h] (-inf when no key was visible) and its sum of exponentials in
+// l[h], the same in every lane.
+template <int Q>
+__device__ __forceinline__ void dr_attend(const float4 (&q)[Q], const float* kseq, const float* vseq, size_t kvld, int jb,
+                                          int je, int last0, int G, float scale, float4 (&acc)[Q], float (&m)[Q],
+                                          float (&l)[Q]) {
+    constexpr int P = DR_KEYS * Q, SPAN = 32 / P;  // SPAN lanes hold each score
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int p = lane / SPAN, myh = p / DR_KEYS, myi = p % DR_KEYS;  // this lane's score
+    const int mylast = last0 + myh / G;
+#pragma unroll
+    for (int h = 0; h < Q; h++) acc[h] = make_float4(0.f, 0.f, 0.f, 0.f), m[h] = -INFINITY, l[h] = 0.f;
+    float mm = -INFINITY;  // m[myh]
+    for (int j0 = jb + DR_KEYS * warp; j0 < je; j0 += DR_KEYS * DR_WARPS) {
+        // In a group that ends past je, keys past it load row je − 1 again (no branch around
+        // each load); their scores are masked, so their weights are 0.
+        float4 kk[DR_KEYS], vv[DR_KEYS];
+        const float4* kr = reinterpret_cast<const float4*>(kseq + (size_t)j0 * kvld) + lane;
+        const float4* vr = reinterpret_cast<const float4*>(vseq + (size_t)j0 * kvld) + lane;
+        const size_t step = kvld / 4;  // float4s a row
+        if (j0 + DR_KEYS <= je) {
+#pragma unroll
+            for (int i = 0; i < DR_KEYS; i++) kk[i] = __ldg(kr + i * step), vv[i] = __ldg(vr + i * step);
+        } else {
+#pragma unroll
+            for (int i = 0; i < DR_KEYS; i++) {
+                const size_t off = (size_t)min(i, je - 1 - j0) * step;
+                kk[i] = __ldg(kr + off), vv[i] = __ldg(vr + off);
+            }
+        }
+        float part[P];
+#pragma unroll
+        for (int h = 0; h < Q; h++)
+#pragma unroll
+            for (int i = 0; i < DR_KEYS; i++)
+                part[h * DR_KEYS + i] =
+                    fmaf(q[h].w, kk[i].w, fmaf(q[h].z, kk[i].z, fmaf(q[h].y, kk[i].y, q[h].x * kk[i].x)));
+        const int j = j0 + myi;
+        const float sum = dr_butterfly<P>(part);
+        const float sc = (j < je && j <= mylast) ? sum * scale : -INFINITY;
+        // The query's max and sum over its DR_KEYS scores: lanes differing in p's low bits.
+        float gm = sc;
+#pragma unroll
+        for (int o = SPAN; o < SPAN * DR_KEYS; o <<= 1) gm = fmaxf(gm, __shfl_xor_sync(0xffffffffu, gm, o));
+        const float mnew = fmaxf(mm, gm);
+        const float e = sc == -INFINITY ? 0.f : expf(sc - mnew);
+        float gs = e;
+#pragma unroll
+        for (int o = SPAN; o < SPAN * DR_KEYS; o <<= 1) gs += __shfl_xor_sync(0xffffffffu, gs, o);
+        mm = mnew;
+#pragma unroll
+        for (int h = 0; h < Q; h++) {
+            const int rep = h * DR_KEYS * SPAN;  // a lane holding query h's first score
+            const float mh = __shfl_sync(0xffffffffu, mnew, rep), sh = __shfl_sync(0xffffffffu, gs, rep);
+            // 0 while m[h] = -inf; 1 while no key was visible to query h (its weights are 0)
+            const float corr = mh == -INFINITY ? 1.f : expf(m[h] - mh);
+            l[h] = fmaf(l[h], corr, sh);
+            float4 a = acc[h];
+            a.x *= corr, a.y *= corr, a.z *= corr, a.w *= corr;
+#pragma unroll
+            for (int i = 0; i < DR_KEYS; i++) {
+                const float w = __shfl_sync(0xffffffffu, e, rep + i * SPAN);
+                a.x = fmaf(w, vv[i].x, a.x), a.y = fmaf(w, vv[i].y, a.y);
+                a.z = fmaf(w, vv[i].z, a.z), a.w = fmaf(w, vv[i].w, a.w);
+            }
+            acc[h] = a;
+            m[h] = mh;
+        }
+    }
+}
+
+// dr_merge combines the DR_WARPS warps' states in warp order through red (shared, DR_WARPS·Q
+// records of DR_REC floats: outputs, m, l, padded to 16 bytes for the float4 stores): warp w < Q
+// returns query w's merged (acc, m, l); every thread calls it.
+#define DR_REC (AD_D + 4)
+template <int Q>
+__device__ __forceinline__ void dr_merge(float* red, const float4 (&acc)[Q], const float (&m)[Q], const float (&l)[Q],
+                                         float4& oacc, float& om, float& ol) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int h = 0; h < Q; h++) {
+        float* r = red + (size_t)(warp * Q + h) * DR_REC;
+        reinterpret_cast<float4*>(r)[lane] = acc[h];
+        if (lane == 0) r[AD_D] = m[h], r[AD_D + 1] = l[h];
+    }
+    __syncthreads();
+    oacc = make_float4(0.f, 0.f, 0.f, 0.f), om = -INFINITY, ol = 0.f;
+    if (warp >= Q) return;
+    float M = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < DR_WARPS; w++) M = fmaxf(M, red[(size_t)(w * Q + warp) * DR_REC + AD_D]);
+    if (M == -INFINITY) return;  // no key of the split was visible to this query
+#pragma unroll
+    for (int w = 0; w < DR_WARPS; w++) {
+        const float* r = red + (size_t)(w * Q + warp) * DR_REC;
+        const float c = expf(r[AD_D] - M);  // 0 for a warp that saw no key
+        const float4 a = reinterpret_cast<const float4*>(r)[lane];
+        oacc.x = fmaf(a.x, c, oacc.x), oacc.y = fmaf(a.y, c, oacc.y);
+        oacc.z = fmaf(a.z, c, oacc.z), oacc.w = fmaf(a.w, c, oacc.w);
+        ol = fmaf(r[AD_D + 1], c, ol);
+    }
+    om = M;
 }
 
 // qk_norm_rope_row is one block of the fused q/k RMSNorm + RoPE + cache write: head h (< nHeads: a

@@ -150,3 +150,41 @@ attention_batch_decode_f32(float* out, float* part, int* counters, const float* 
     dec_finish(part + ((size_t)r * nHeads + h) * S * (AD_D + 2), s, S, counters + (size_t)r * nKV + kvh,
                out + (size_t)r * nHeads * AD_D + (size_t)h * AD_D, acc, m, l);
 }
+
+// attention_batch_decode_r{G}: attention_batch_decode_f32 for G ∈ {1, 2, 4} query heads a KV head
+// with the register walk (attention_common.cuh: dr_attend): grid (nKV, S, rows), block
+// 32·DR_WARPS threads, no dynamic shared memory; the same splits, records and merge.
+template <int G>
+__device__ __forceinline__ void attention_batch_decode_r(float* out, float* part, int* counters, const float* q,
+                                                         const float* k, const float* v, int nHeads, int nKV, int capacity,
+                                                         float scale, int chunk, const BatchInts& pos) {
+    __shared__ __align__(16) float red[DR_WARPS * G * DR_REC];
+    pdl_wait();
+    pdl_trigger();
+    const int kvh = blockIdx.x, s = blockIdx.y, S = gridDim.y, r = blockIdx.z;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const size_t qld = (size_t)nHeads * AD_D, kvld = (size_t)nKV * AD_D;
+    float4 qv[G];
+#pragma unroll
+    for (int h = 0; h < G; h++) qv[h] = reinterpret_cast<const float4*>(q + (size_t)r * qld + (size_t)(kvh * G + h) * AD_D)[lane];
+    const size_t seq = (size_t)r * capacity * kvld + (size_t)kvh * AD_D;
+    const int jb = s * chunk, je = min(jb + chunk, pos.v[r] + 1);  // every key here is visible
+    float4 acc[G];
+    float m[G], l[G];
+    dr_attend<G>(qv, k + seq, v + seq, kvld, jb, je, je - 1, G, scale, acc, m, l);
+    float4 oacc;
+    float om, ol;
+    dr_merge<G>(red, acc, m, l, oacc, om, ol);
+    const int h = kvh * G + min(warp, G - 1);
+    dec_finish(part + ((size_t)r * nHeads + h) * S * (AD_D + 2), s, S, counters + (size_t)r * nKV + kvh,
+               out + (size_t)r * nHeads * AD_D + (size_t)h * AD_D, oacc, om, ol, warp < G);
+}
+#define BD_R_ENTRY(G)                                                                                                \
+    extern "C" __global__ void __launch_bounds__(32 * DR_WARPS) attention_batch_decode_r##G(                          \
+        float* out, float* part, int* counters, const float* q, const float* k, const float* v, int nHeads, int nKV,   \
+        int capacity, float scale, int chunk, const __grid_constant__ BatchInts pos) {                               \
+        attention_batch_decode_r<G>(out, part, counters, q, k, v, nHeads, nKV, capacity, scale, chunk, pos);          \
+    }
+BD_R_ENTRY(1)
+BD_R_ENTRY(2)
+BD_R_ENTRY(4)
