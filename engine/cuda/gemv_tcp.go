@@ -21,6 +21,22 @@ func gemvTCPFromEnv() string {
 	return ""
 }
 
+// gemvTCPLongK and gemvTCPLongSlice: gemv_tcp's K slice for long rows (down_proj, K = 9728) is
+// 8 steps, not gemvTCBSliceSteps. Session 8, run 3 (slices of 2 to 40 steps, every shape):
+// 9728→2560 one row 11.5 → 9.5 µs, eight rows 20.2 → 18.3 µs; K = 2560 and 4096 stay at 4
+// steps (one row 2560→4096 6.4 → 8.2 µs, 4096→2560 6.4 → 8.6 µs at 8). Run 4, decode bench,
+// same binary: 376 / 304 / 1,763 tok/s against 375 / 299 / 1,712 (and 365 / 298 / 1,666 in a
+// repeat). Like gemvTCBSlice, it depends on T and K only.
+const gemvTCPLongK, gemvTCPLongSlice = 8192, 8
+
+// gemvTCPSlice is gemv_tcp's K slice for T rows of K inputs (force: QWENGO_CUDA_GEMV_SLICE).
+func gemvTCPSlice(T, K, force int) int {
+	if force == 0 && K >= gemvTCPLongK {
+		force = gemvTCPLongSlice
+	}
+	return gemvTCBSlice(T, K, force)
+}
+
 // gemvTCPPick returns the kernel for T rows: the forced variant, else 8 warps × 4 steps.
 func (b *Backend) gemvTCPPick(T int) string {
 	v := b.gemvTCPVariant
@@ -94,7 +110,7 @@ func (b *Backend) gemvTCPLaunch(f tcpFusion, outs []*Tensor, a, a2, nw *Tensor, 
 	if _, err := fmt.Sscanf(name[len("gemv_nvfp4_tcp1_"):], "%dx%d", &warps, &d); err != nil {
 		return fmt.Errorf("gemv: kernel name %q: %w", name, err)
 	}
-	slice := gemvTCBSlice(T, K, b.gemvSlice)
+	slice := gemvTCPSlice(T, K, b.gemvSlice)
 	nslices := (K/128 + slice - 1) / slice
 	smem := T * slice * 512
 	tiles := 0

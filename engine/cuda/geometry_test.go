@@ -26,6 +26,18 @@ func TestGEMVTCBSlice(t *testing.T) {
 	}
 }
 
+// TestGEMVTCPSlice checks the resident GEMV's K slices: 8 steps for K ≥ gemvTCPLongK, the
+// multi-row GEMV's otherwise, the forced length over both.
+func TestGEMVTCPSlice(t *testing.T) {
+	for _, c := range []struct{ T, K, force, want int }{
+		{1, 9728, 0, 8}, {8, 9728, 0, 8}, {1, 8192, 0, 8}, {1, 2560, 0, 4}, {8, 4096, 0, 4}, {1, 9728, 2, 2}, {8, 25600, 0, 8},
+	} {
+		if got := gemvTCPSlice(c.T, c.K, c.force); got != c.want {
+			t.Errorf("T=%d K=%d force=%d: slice %d steps, want %d", c.T, c.K, c.force, got, c.want)
+		}
+	}
+}
+
 // TestAttentionDecodeSplit checks the decode attention's key splits: whole 32-key tiles that
 // cover every key, at most 64 splits, none empty, and more splits where few (row, KV head)
 // pairs share the GPU.
