@@ -178,9 +178,9 @@ func (b *Backend) QKNormRoPECacheBatch(qr, kr, q, k, v, qn, kn, kCache, vCache b
 }
 
 // AttentionBatch implements backend.Batched: for head_dim 128 and at most attDecodeMaxQ query
-// heads per KV head, attention_batch_decode_f32 or its register walk (decodeAttnKernel; each key
-// read once per KV-head group, the splits merged in the same launch); otherwise attention_batch_split_f32 and
-// attention_batch_combine_f32.
+// heads per KV head, attention_batch_decode_f32 or its register walk (decodeAttnKernel; each
+// key read once per KV-head group, the splits merged in the same launch); otherwise
+// attention_batch_split_f32 and attention_batch_combine_f32.
 func (b *Backend) AttentionBatch(out, q, k, v backend.Tensor, capacity int, positions []int, nHeads, nKV, headDim int) error {
 	return b.do(func() error {
 		ts, err := b.tens("attention batch", []backend.Tensor{out, q, k, v}, "out", "q", "k", "v")
@@ -240,8 +240,7 @@ func (b *Backend) attentionBatch(o, qt, kt, vt *Tensor, capacity int, positions 
 }
 
 // attentionBatchDecode runs attention_batch_decode_f32 (or its register-walk form,
-// decodeAttnKernel) for n ≤ batchMax rows: one block per
-// (KV head, key split, row), the splits sized as attention_decode_f32's for n·nKV KV heads
+// decodeAttnKernel) for n ≤ batchMax rows: one block per (KV head, key split, row), the splits sized as attention_decode_f32's for n·nKV KV heads
 // over the longest sequence (owner goroutine). The partials share the attention workspace and
 // the arrival counters attention_decode_f32's (both kernels leave every counter at zero, and
 // launches on the one stream do not overlap in those buffers: a kernel's pdl_wait waits for
@@ -261,11 +260,7 @@ func (b *Backend) attentionBatchDecode(o, qt, kt, vt *Tensor, capacity int, pos 
 			return err
 		}
 	}
-	fn, regs := b.decodeAttnKernel(batchDecodeAttnRegs, "attention_batch_decode_f32", G)
-	threads, shmem := 32*G, 4*(G*hd+attDecodeKeys*(hd+1)+attDecodeKeys*hd)
-	if regs {
-		threads, shmem = 32*attDecodeRegWarps, 0
-	}
+	fn, threads, shmem := b.decodeAttnKernel(batchDecodeAttnRegs, "attention_batch_decode_f32", G)
 	args := append([]arg{ptrArg(o.ptr), ptrArg(b.attnBuf.ptr), ptrArg(b.attnCounters.ptr), ptrArg(qt.ptr), ptrArg(kt.ptr), ptrArg(vt.ptr),
 		intArg(nHeads), intArg(nKV), intArg(capacity), f32Arg(scale), intArg(chunk)}, batchInts(pos)...)
 	return b.launchDep(fn, [3]int{nKV, S, n}, [3]int{threads, 1, 1}, shmem, args...)

@@ -373,15 +373,15 @@ var (
 // attDecodeRegWarps is dr_attend's warps a block (attention_common.cuh: DR_WARPS).
 const attDecodeRegWarps = 4
 
-// decodeAttnKernel picks the decode attention kernel for Q query vectors a KV head: the
-// register walk for Q = 1, 2, 4 (NOTES.md, session 8), else — or with
-// QWENGO_CUDA_DECODE_ATTN=tiles — the shared-memory tile kernel (tiles) with its dynamic
-// shared memory; regs reports which.
-func (b *Backend) decodeAttnKernel(names map[int]string, tiles string, Q int) (fn function, regs bool) {
+// decodeAttnKernel picks the decode attention kernel for Q query vectors a KV head and its block
+// size and dynamic shared memory: the register walk for Q = 1, 2, 4 (NOTES.md, session 8), else
+// — or with QWENGO_CUDA_DECODE_ATTN=tiles — the shared-memory tile kernel named tiles.
+func (b *Backend) decodeAttnKernel(names map[int]string, tiles string, Q int) (fn function, threads, shmem int) {
 	if name, ok := names[Q]; ok && !b.decodeAttnTiles && b.fns[name] != nil {
-		return b.fns[name], true
+		return b.fns[name], 32 * attDecodeRegWarps, 0
 	}
-	return b.fns[tiles], false
+	hd := attDecodeDim
+	return b.fns[tiles], 32 * Q, 4 * (Q*hd + attDecodeKeys*(hd+1) + attDecodeKeys*hd)
 }
 
 // attentionDecode runs attention_decode_f32 (or its register-walk form, decodeAttnKernel): one
@@ -403,11 +403,7 @@ func (b *Backend) attentionDecode(o, qt, kt, vt *Tensor, pos0, nHeads, nKV int, 
 			return err
 		}
 	}
-	fn, regs := b.decodeAttnKernel(decodeAttnRegs, "attention_decode_f32", Q)
-	threads, shmem := 32*Q, 4*(Q*hd+attDecodeKeys*(hd+1)+attDecodeKeys*hd)
-	if regs {
-		threads, shmem = 32*attDecodeRegWarps, 0
-	}
+	fn, threads, shmem := b.decodeAttnKernel(decodeAttnRegs, "attention_decode_f32", Q)
 	return b.launchDep(fn, [3]int{nKV, S, 1}, [3]int{threads, 1, 1}, shmem,
 		ptrArg(o.ptr), ptrArg(b.attnBuf.ptr), ptrArg(b.attnCounters.ptr), ptrArg(qt.ptr), ptrArg(kt.ptr), ptrArg(vt.ptr),
 		intArg(pos0), intArg(T), intArg(nHeads), intArg(nKV), f32Arg(scale), intArg(chunk))
