@@ -88,6 +88,7 @@ func (b *Backend) ScatterRows(dst backend.Tensor, rows []int, src backend.Tensor
 	}
 	for r, row := range rows {
 		copy(d.Row(row), s.Row(r))
+		d.roundStored(d.Row(row))
 	}
 	return nil
 }

@@ -41,6 +41,7 @@ type Backend struct {
 	budget int64
 	allocs int64
 	live   int64
+	kvBF16 bool // KV caches allocated from now on round what is written to bf16 (kvcache.go)
 
 	scratch sync.Pool // *[]float32 tile buffers
 }
@@ -117,6 +118,9 @@ type Tensor struct {
 	cat   backend.Category
 	owner *Backend
 	view  bool // shares another tensor's (or a weight's) storage: Free does nothing
+	// bf16Values marks a KV cache holding bf16 values in float32 storage (kvcache.go): what
+	// is written into it is rounded to bf16.
+	bf16Values bool
 }
 
 // Rows implements backend.Tensor.
@@ -148,7 +152,11 @@ func (b *Backend) Alloc(cat backend.Category, rows, cols int) (backend.Tensor, e
 	if err := b.account(cat, int64(rows)*int64(cols)*4); err != nil {
 		return nil, err
 	}
-	return &Tensor{rows: rows, cols: cols, Data: make([]float32, rows*cols), cat: cat, owner: b}, nil
+	t := &Tensor{rows: rows, cols: cols, Data: make([]float32, rows*cols), cat: cat, owner: b}
+	if cat == backend.KVCache {
+		t.bf16Values = b.KVCacheDType() == tensor.BF16
+	}
+	return t, nil
 }
 
 // Free implements backend.Backend.
@@ -185,6 +193,7 @@ func (b *Backend) Upload(t backend.Tensor, data []float32) error {
 		return fmt.Errorf("cpu: upload of %d values into [%d, %d]", len(data), ct.rows, ct.cols)
 	}
 	copy(ct.Data, data)
+	ct.roundStored(ct.Data)
 	return nil
 }
 

@@ -200,7 +200,9 @@ func (b *Backend) CopyRows(dst backend.Tensor, dstRow int, src backend.Tensor, s
 	if d.cols != s.cols || n < 0 || dstRow < 0 || srcRow < 0 || dstRow+n > d.rows || srcRow+n > s.rows {
 		return fmt.Errorf("cpu: copy rows: %d rows from row %d of [%d, %d] to row %d of [%d, %d]", n, srcRow, s.rows, s.cols, dstRow, d.rows, d.cols)
 	}
-	copy(d.Data[dstRow*d.cols:(dstRow+n)*d.cols], s.Data[srcRow*s.cols:(srcRow+n)*s.cols])
+	to := d.Data[dstRow*d.cols : (dstRow+n)*d.cols]
+	copy(to, s.Data[srcRow*s.cols:(srcRow+n)*s.cols])
+	d.roundStored(to)
 	return nil
 }
 

@@ -34,7 +34,7 @@ func (b *Backend) RowView(x backend.Tensor, row0, n int) (backend.Tensor, error)
 	if row0 < 0 || n <= 0 || row0+n > t.rows {
 		return nil, fmt.Errorf("cpu: row view: rows [%d, %d) of a [%d, %d] tensor", row0, row0+n, t.rows, t.cols)
 	}
-	return &Tensor{rows: n, cols: t.cols, Data: t.Data[row0*t.cols : (row0+n)*t.cols : (row0+n)*t.cols], cat: t.cat, owner: b, view: true}, nil
+	return &Tensor{rows: n, cols: t.cols, Data: t.Data[row0*t.cols : (row0+n)*t.cols : (row0+n)*t.cols], cat: t.cat, owner: b, view: true, bf16Values: t.bf16Values}, nil
 }
 
 // WeightTensor implements backend.Training.

@@ -87,6 +87,8 @@ type Backend struct {
 	// decodeAttnTiles keeps decode attention on the shared-memory tile kernels
 	// (QWENGO_CUDA_DECODE_ATTN=tiles; ops.go decodeAttnKernel).
 	decodeAttnTiles bool
+	// kvBF16: KV caches allocated from now on hold bf16 (kvcache.go; QWENGO_CUDA_KV).
+	kvBF16 bool
 	// pdl: the decode GEMVs start while the kernel before them finishes (programmatic dependent
 	// launch; QWENGO_CUDA_PDL=0 turns it off). Cleared if the driver refuses such a launch.
 	pdl bool
@@ -146,7 +148,11 @@ func OpenDevice(ordinal int) (*Backend, error) {
 	if err := loadDriver(); err != nil {
 		return nil, err
 	}
-	b := &Backend{work: make(chan func(), 1), quit: make(chan struct{}), ordinal: ordinal, spin: runtime.GOMAXPROCS(0) > 1, gemv: gemvFromEnv(), gemvTCKernel: gemvTCFromEnv(), gemvTCBVariant: gemvTCBFromEnv(), gemvSlice: gemvSliceFromEnv(), gemvTCPVariant: gemvTCPFromEnv(), decodeFusedModel: decodeFusedFromEnv(), decodeLayers: decodeLayersFromEnv(), attnSIMT: attnSIMTFromEnv(), decodeAttnTiles: os.Getenv("QWENGO_CUDA_DECODE_ATTN") == "tiles",
+	kvBF16, err := kvFromEnv()
+	if err != nil {
+		return nil, err
+	}
+	b := &Backend{work: make(chan func(), 1), quit: make(chan struct{}), ordinal: ordinal, spin: runtime.GOMAXPROCS(0) > 1, gemv: gemvFromEnv(), gemvTCKernel: gemvTCFromEnv(), gemvTCBVariant: gemvTCBFromEnv(), gemvSlice: gemvSliceFromEnv(), gemvTCPVariant: gemvTCPFromEnv(), decodeFusedModel: decodeFusedFromEnv(), decodeLayers: decodeLayersFromEnv(), attnSIMT: attnSIMTFromEnv(), decodeAttnTiles: os.Getenv("QWENGO_CUDA_DECODE_ATTN") == "tiles", kvBF16: kvBF16,
 		fns: map[string]function{}, live: map[devPtr]liveAlloc{}, rope: map[ropeKey]devBuf{}, pool: map[int64][]devPtr{}, graphs: map[*Graph]struct{}{}}
 	started := make(chan error, 1)
 	go b.worker(started)
@@ -682,6 +688,9 @@ type Tensor struct {
 	cat        backend.Category
 	owner      *Backend
 	view       bool // shares another allocation (RowView, WeightTensor): Free does nothing
+	// bf16 marks a KV cache tensor stored as bf16 (kvcache.go): only the ops that read or write
+	// caches take it (tenKV); every other op refuses it (ten).
+	bf16 bool
 }
 
 // Rows implements backend.Tensor.
@@ -693,12 +702,25 @@ func (t *Tensor) Cols() int { return t.cols }
 // Shape implements backend.Tensor.
 func (t *Tensor) Shape() []int { return []int{t.rows, t.cols} }
 
-// DType implements backend.Tensor: F32.
-func (t *Tensor) DType() tensor.DType { return tensor.F32 }
+// DType implements backend.Tensor: F32, or BF16 for a bf16 KV cache.
+func (t *Tensor) DType() tensor.DType {
+	if t.bf16 {
+		return tensor.BF16
+	}
+	return tensor.F32
+}
 
 func (t *Tensor) n() int { return t.rows * t.cols }
 
-func (t *Tensor) bytes() int64 { return int64(t.rows) * int64(t.cols) * 4 }
+// elemBytes is the size of one element as stored.
+func (t *Tensor) elemBytes() int64 {
+	if t.bf16 {
+		return 2
+	}
+	return 4
+}
+
+func (t *Tensor) bytes() int64 { return int64(t.rows) * int64(t.cols) * t.elemBytes() }
 
 // maxElems bounds one tensor (2^34 floats = 64 GiB) so rows*cols cannot overflow.
 const maxElems = 1 << 34
@@ -715,6 +737,7 @@ func (b *Backend) Alloc(cat backend.Category, rows, cols int) (backend.Tensor, e
 	}
 	t := &Tensor{rows: rows, cols: cols, cat: cat, owner: b}
 	err := b.do(func() error {
+		t.bf16 = cat == backend.KVCache && b.kvBF16
 		p, err := b.allocTensor(cat, t.bytes(), fmt.Sprintf("%s [%d, %d]", cat, rows, cols))
 		if err != nil {
 			return err
@@ -747,8 +770,17 @@ func (b *Backend) Free(x backend.Tensor) {
 	})
 }
 
-// ten checks that x is a live tensor of this backend (worker goroutine).
+// ten checks that x is a live float32 tensor of this backend (worker goroutine).
 func (b *Backend) ten(x backend.Tensor, op, name string) (*Tensor, error) {
+	t, err := b.tenKV(x, op, name)
+	if err == nil && t.bf16 {
+		return nil, fmt.Errorf("cuda: %s: %s [%d, %d] is a bf16 KV cache; this op takes float32 tensors", op, name, t.rows, t.cols)
+	}
+	return t, err
+}
+
+// tenKV is ten for the operands that may be bf16 KV caches (kvcache.go).
+func (b *Backend) tenKV(x backend.Tensor, op, name string) (*Tensor, error) {
 	t, ok := x.(*Tensor)
 	switch {
 	case !ok || t == nil:
@@ -764,14 +796,22 @@ func (b *Backend) ten(x backend.Tensor, op, name string) (*Tensor, error) {
 // Upload implements backend.Backend.
 func (b *Backend) Upload(x backend.Tensor, src []float32) error {
 	return b.do(func() error {
-		t, err := b.ten(x, "upload", "destination")
+		t, err := b.tenKV(x, "upload", "destination")
 		if err != nil {
 			return err
 		}
 		if len(src) != t.n() {
 			return fmt.Errorf("cuda: upload of %d values into [%d, %d]", len(src), t.rows, t.cols)
 		}
-		if err := memcpyHtoD(t.ptr, unsafe.Pointer(&src[0]), t.bytes()); err != nil {
+		p := unsafe.Pointer(&src[0])
+		if t.bf16 { // a bf16 KV cache: rounded to nearest even here, as the kernels round
+			h := make([]uint16, len(src))
+			for i, v := range src {
+				h[i] = tensor.F32ToBF16(v)
+			}
+			p = unsafe.Pointer(&h[0])
+		}
+		if err := memcpyHtoD(t.ptr, p, t.bytes()); err != nil {
 			return fmt.Errorf("cuda: upload [%d, %d]: %w", t.rows, t.cols, err)
 		}
 		return nil
@@ -782,7 +822,7 @@ func (b *Backend) Upload(x backend.Tensor, src []float32) error {
 func (b *Backend) Download(x backend.Tensor, dst []float32) ([]float32, error) {
 	var out []float32
 	err := b.do(func() error {
-		t, err := b.ten(x, "download", "source")
+		t, err := b.tenKV(x, "download", "source")
 		if err != nil {
 			return err
 		}
@@ -790,6 +830,16 @@ func (b *Backend) Download(x backend.Tensor, dst []float32) ([]float32, error) {
 			out = dst[:t.n()]
 		} else {
 			out = make([]float32, t.n())
+		}
+		if t.bf16 { // a bf16 KV cache: widened exactly
+			h := make([]uint16, t.n())
+			if err := memcpyDtoH(unsafe.Pointer(&h[0]), t.ptr, t.bytes()); err != nil {
+				return fmt.Errorf("cuda: download [%d, %d]: %w", t.rows, t.cols, err)
+			}
+			for i, v := range h {
+				out[i] = tensor.BF16ToF32(v)
+			}
+			return nil
 		}
 		if err := memcpyDtoH(unsafe.Pointer(&out[0]), t.ptr, t.bytes()); err != nil {
 			return fmt.Errorf("cuda: download [%d, %d]: %w", t.rows, t.cols, err)

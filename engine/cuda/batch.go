@@ -35,7 +35,7 @@ func batchInts(v []int) []arg {
 
 // rowsOf is rows [row0, row0+n) of t as an unregistered view, for pointer arithmetic only.
 func rowsOf(t *Tensor, row0, n int) *Tensor {
-	return &Tensor{rows: n, cols: t.cols, ptr: t.ptr + devPtr(int64(row0)*int64(t.cols)*4), cat: t.cat, owner: t.owner, view: true}
+	return &Tensor{rows: n, cols: t.cols, ptr: t.ptr + devPtr(int64(row0)*int64(t.cols)*t.elemBytes()), cat: t.cat, owner: t.owner, view: true, bf16: t.bf16}
 }
 
 // batchChunks calls fn for consecutive ranges [r0, r0+n) of rows rows, n ≤ batchMax.
@@ -100,11 +100,14 @@ func (b *Backend) RoPEAt(out, x backend.Tensor, headDim int, positions []int, th
 func (b *Backend) ScatterRows(dst backend.Tensor, rows []int, src backend.Tensor) error {
 	return b.do(func() error {
 		const op = "scatter rows"
-		ts, err := b.tens(op, []backend.Tensor{dst, src}, "dst", "src")
+		d, err := b.tenKV(dst, op, "dst")
 		if err != nil {
 			return err
 		}
-		d, s := ts[0], ts[1]
+		s, err := b.ten(src, op, "src")
+		if err != nil {
+			return err
+		}
 		if err := backend.CheckScatterRows("cuda", d, rows, s); err != nil {
 			return err
 		}
@@ -117,7 +120,11 @@ func (b *Backend) ScatterRows(dst backend.Tensor, rows []int, src backend.Tensor
 		threads := min(256, max(32, (s.cols+31)/32*32))
 		return batchChunks(s.rows, func(r0, n int) error {
 			args := append([]arg{ptrArg(d.ptr), ptrArg(rowsOf(s, r0, n).ptr), intArg(s.cols)}, batchInts(rows[r0:r0+n])...)
-			if err := b.launchDep(b.fns["scatter_rows_f32"], [3]int{n, 1, 1}, [3]int{threads, 1, 1}, 0, args...); err != nil {
+			name := "scatter_rows_f32"
+			if d.bf16 { // into a bf16 KV cache
+				name = "scatter_rows_kb"
+			}
+			if err := b.launchDep(b.fns[name], [3]int{n, 1, 1}, [3]int{threads, 1, 1}, 0, args...); err != nil {
 				return fmt.Errorf("cuda: %s: %w", op, err)
 			}
 			return nil
@@ -130,11 +137,15 @@ func (b *Backend) ScatterRows(dst backend.Tensor, rows []int, src backend.Tensor
 func (b *Backend) QKNormRoPECacheBatch(qr, kr, q, k, v, qn, kn, kCache, vCache backend.Tensor, headDim, capacity int, positions []int, theta float64, eps float32) error {
 	return b.do(func() error {
 		const op = "qk norm+rope+cache batch"
-		ts, err := b.tens(op, []backend.Tensor{qr, kr, q, k, v, qn, kn, kCache, vCache}, "qr", "kr", "q", "k", "v", "q_norm", "k_norm", "k cache", "v cache")
+		ts, err := b.tens(op, []backend.Tensor{qr, kr, q, k, v, qn, kn}, "qr", "kr", "q", "k", "v", "q_norm", "k_norm")
 		if err != nil {
 			return err
 		}
-		QR, KR, Q, K, V, QN, KN, KC, VC := ts[0], ts[1], ts[2], ts[3], ts[4], ts[5], ts[6], ts[7], ts[8]
+		KC, VC, kv, err := b.kvPair(op, kCache, vCache, "k cache", "v cache")
+		if err != nil {
+			return err
+		}
+		QR, KR, Q, K, V, QN, KN := ts[0], ts[1], ts[2], ts[3], ts[4], ts[5], ts[6]
 		if err := backend.CheckQKNormRoPECacheBatch("cuda", QR, KR, Q, K, V, QN, KN, KC, VC, headDim, capacity, positions, theta); err != nil {
 			return err
 		}
@@ -169,7 +180,7 @@ func (b *Backend) QKNormRoPECacheBatch(qr, kr, q, k, v, qn, kn, kCache, vCache b
 				ptrArg(rowsOf(V, r0, n).ptr), ptrArg(QN.ptr), ptrArg(KN.ptr), ptrArg(kc.ptr), ptrArg(vc.ptr), ptrArg(inv),
 				intArg(nH), intArg(nKV), intArg(headDim), intArg(capacity), f32Arg(eps),
 			}, batchInts(positions[r0:r0+n])...)
-			if err := b.launchDep(b.fns["qk_norm_rope_cache_at"], [3]int{n, nH + nKV, 1}, [3]int{normThreads(headDim), 1, 1}, 0, args...); err != nil {
+			if err := b.launchDep(b.fns["qk_norm_rope_cache_at"+kv], [3]int{n, nH + nKV, 1}, [3]int{normThreads(headDim), 1, 1}, 0, args...); err != nil {
 				return fmt.Errorf("cuda: %s: %w", op, err)
 			}
 			return nil
@@ -183,11 +194,15 @@ func (b *Backend) QKNormRoPECacheBatch(qr, kr, q, k, v, qn, kn, kCache, vCache b
 // attention_batch_split_f32 and attention_batch_combine_f32.
 func (b *Backend) AttentionBatch(out, q, k, v backend.Tensor, capacity int, positions []int, nHeads, nKV, headDim int) error {
 	return b.do(func() error {
-		ts, err := b.tens("attention batch", []backend.Tensor{out, q, k, v}, "out", "q", "k", "v")
+		ts, err := b.tens("attention batch", []backend.Tensor{out, q}, "out", "q")
 		if err != nil {
 			return err
 		}
-		o, qt, kt, vt := ts[0], ts[1], ts[2], ts[3]
+		kt, vt, _, err := b.kvPair("attention batch", k, v, "k", "v")
+		if err != nil {
+			return err
+		}
+		o, qt := ts[0], ts[1]
 		if err := backend.CheckAttentionBatch("cuda", o, qt, kt, vt, capacity, positions, nHeads, nKV, headDim); err != nil {
 			return err
 		}
@@ -212,6 +227,7 @@ func (b *Backend) AttentionBatch(out, q, k, v backend.Tensor, capacity int, posi
 // decode kernel when decode is set (head_dim 128), else split and combine (owner goroutine).
 func (b *Backend) attentionBatch(o, qt, kt, vt *Tensor, capacity int, positions []int, nHeads, nKV, headDim int, decode bool) error {
 	scale := float32(1 / math.Sqrt(float64(headDim)))
+	kv := kvSuffix(kt)
 	return batchChunks(qt.rows, func(r0, n int) error {
 		pos := positions[r0 : r0+n]
 		keys := 0
@@ -231,7 +247,7 @@ func (b *Backend) attentionBatch(o, qt, kt, vt *Tensor, capacity int, positions 
 		}
 		args := append([]arg{ptrArg(b.attnBuf.ptr), ptrArg(qc.ptr), ptrArg(kc.ptr), ptrArg(vc.ptr), intArg(nHeads), intArg(nKV),
 			intArg(headDim), intArg(capacity), f32Arg(scale), intArg(chunk)}, batchInts(pos)...)
-		if err := b.launchDep(b.fns["attention_batch_split_f32"], [3]int{nHeads, n, S}, [3]int{attThreads, 1, 1}, 4*(headDim+attThreads), args...); err != nil {
+		if err := b.launchDep(b.fns["attention_batch_split_f32"+kv], [3]int{nHeads, n, S}, [3]int{attThreads, 1, 1}, 4*(headDim+attThreads), args...); err != nil {
 			return err
 		}
 		return b.launchDep(b.fns["attention_batch_combine_f32"], [3]int{nHeads, n, 1}, [3]int{attThreads, 1, 1}, 0,
@@ -260,7 +276,7 @@ func (b *Backend) attentionBatchDecode(o, qt, kt, vt *Tensor, capacity int, pos 
 			return err
 		}
 	}
-	fn, threads, shmem := b.decodeAttnKernel(batchDecodeAttnRegs, "attention_batch_decode_f32", G)
+	fn, threads, shmem := b.decodeAttnKernel(batchDecodeAttnRegs, "attention_batch_decode_f32", kvSuffix(kt), G)
 	args := append([]arg{ptrArg(o.ptr), ptrArg(b.attnBuf.ptr), ptrArg(b.attnCounters.ptr), ptrArg(qt.ptr), ptrArg(kt.ptr), ptrArg(vt.ptr),
 		intArg(nHeads), intArg(nKV), intArg(capacity), f32Arg(scale), intArg(chunk)}, batchInts(pos)...)
 	return b.launchDep(fn, [3]int{nKV, S, n}, [3]int{threads, 1, 1}, shmem, args...)

@@ -71,11 +71,17 @@ func uploaded(t *testing.T, g *Backend, rows, cols int, v []float32) *Tensor {
 // pair uploads the same values to a CPU and a GPU tensor.
 func pair(t *testing.T, c *cpu.Backend, g *Backend, rows, cols int, data []float32) (backend.Tensor, backend.Tensor) {
 	t.Helper()
-	ct, err := c.Alloc(backend.Activations, rows, cols)
+	return pairOf(t, c, g, backend.Activations, rows, cols, data)
+}
+
+// pairOf is pair for tensors of category cat.
+func pairOf(t *testing.T, c *cpu.Backend, g *Backend, cat backend.Category, rows, cols int, data []float32) (backend.Tensor, backend.Tensor) {
+	t.Helper()
+	ct, err := c.Alloc(cat, rows, cols)
 	if err != nil {
 		t.Fatal(err)
 	}
-	gt, err := g.Alloc(backend.Activations, rows, cols)
+	gt, err := g.Alloc(cat, rows, cols)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -317,8 +323,16 @@ func TestRoPE(t *testing.T) {
 }
 
 func TestAttention(t *testing.T) {
+	for _, dt := range kvTypes {
+		t.Run(dt.String(), func(t *testing.T) { testAttention(t, dt) })
+	}
+}
+
+// testAttention runs TestAttention's cases over keys and values in KV caches of type dt (the
+// CPU's holding the same values).
+func testAttention(t *testing.T, dt tensor.DType) {
 	g := openGPU(t)
-	c := cpu.New()
+	c := withKV(t, g, dt)
 	// Online softmax (per 128-key chunk) and float32 sums in another order than the CPU.
 	const bound = 1e-5
 	for _, s := range []struct{ T, pos0, heads, kv, hd int }{
@@ -336,8 +350,8 @@ func TestAttention(t *testing.T) {
 		name := fmt.Sprintf("attention T=%d pos0=%d heads=%d/%d hd=%d splits=%d", s.T, s.pos0, s.heads, s.kv, s.hd, splits)
 		n := s.pos0 + s.T + 3 // the cache may be longer than what is attended to
 		cq, gq := pair(t, c, g, s.T, s.heads*s.hd, randn(s.T*s.heads*s.hd, 4, 1))
-		ck, gk := pair(t, c, g, n, s.kv*s.hd, randn(n*s.kv*s.hd, 5, 1))
-		cv, gv := pair(t, c, g, n, s.kv*s.hd, randn(n*s.kv*s.hd, 6, 1))
+		ck, gk := pairKV(t, c, g, n, s.kv*s.hd, randn(n*s.kv*s.hd, 5, 1))
+		cv, gv := pairKV(t, c, g, n, s.kv*s.hd, randn(n*s.kv*s.hd, 6, 1))
 		co, gO := pair(t, c, g, s.T, s.heads*s.hd, nil)
 		if err := c.Attention(co, cq, ck, cv, s.pos0, s.heads, s.kv, s.hd); err != nil {
 			t.Fatal(err)
@@ -519,8 +533,8 @@ func TestMemoryAccounting(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := g.Memory()
-	if d := m.InUse[backend.KVCache] - before.InUse[backend.KVCache]; d != 100*256*4 {
-		t.Errorf("kv cache grew by %d bytes, want %d", d, 100*256*4)
+	if d, want := m.InUse[backend.KVCache]-before.InUse[backend.KVCache], int64(100*256*x.DType().Size()); d != want {
+		t.Errorf("kv cache (%s) grew by %d bytes, want %d", x.DType(), d, want)
 	}
 	if d := m.InUse[backend.Weights] - before.InUse[backend.Weights]; d != w.Bytes() || d < hw.NVFP4.Bytes()-4 {
 		t.Errorf("weights grew by %d bytes; the weight has %d (matrix %d)", d, w.Bytes(), hw.NVFP4.Bytes())
@@ -689,10 +703,18 @@ func TestConcurrentCallers(t *testing.T) {
 // TestFiguresDecodeAttention times one layer's decode attention at Qwen3-4B's heads (32 query,
 // 8 KV, head_dim 128) on both decode kernels — the register walk and the shared-memory tiles
 // (QWENGO_CUDA_DECODE_ATTN=tiles) — for one sequence at several contexts and for eight
-// sequences of 1,024 keys (the batched kernels): bytes are the f32 keys and values read.
+// sequences of 1,024 keys (the batched kernels), over float32 and bf16 caches: bytes are the
+// keys and values read.
 func TestFiguresDecodeAttention(t *testing.T) {
 	benchEnabled(t)
+	for _, dt := range kvTypes {
+		t.Run(dt.String(), func(t *testing.T) { figuresDecodeAttention(t, dt) })
+	}
+}
+
+func figuresDecodeAttention(t *testing.T, dt tensor.DType) {
 	g := openGPU(t)
+	withKV(t, g, dt)
 	const heads, kv, hd = 32, 8, 128
 	for _, s := range []struct{ B, keys int }{{1, 512}, {1, 8192}, {1, 32768}, {8, 1024}} {
 		capacity := s.keys + 1
@@ -724,8 +746,8 @@ func TestFiguresDecodeAttention(t *testing.T) {
 			if tiles {
 				kernel = "tiles"
 			}
-			t.Log(figure{fmt.Sprintf("decode attention %s B=%d keys=%d", kernel, s.B, s.keys),
-				float64(2 * 4 * s.B * s.keys * kv * hd), float64(4 * s.B * s.keys * heads * hd), ms})
+			t.Log(figure{fmt.Sprintf("decode attention %s %s B=%d keys=%d", dt, kernel, s.B, s.keys),
+				float64(2 * dt.Size() * s.B * s.keys * kv * hd), float64(4 * s.B * s.keys * heads * hd), ms})
 		}
 		for _, x := range []backend.Tensor{q, o, k, v} {
 			g.Free(x)

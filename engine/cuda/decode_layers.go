@@ -162,8 +162,11 @@ func (b *Backend) decodeLayersRun(x backend.Tensor, layers []backend.DecodeLayer
 			if t == nil {
 				return false, nil
 			}
-			if ct[i], err = b.ten(t, op, "layer tensor"); err != nil {
+			if ct[i], err = b.tenKV(t, op, "layer tensor"); err != nil {
 				return false, fmt.Errorf("cuda: %s: layer %d: %w", op, li, err)
+			}
+			if ct[i].bf16 { // the whole-stack kernel reads float32 caches only: the per-op path runs
+				return false, nil
 			}
 		}
 		if ct[0].n() != H || ct[1].n() != H || ct[2].n() != hd || ct[3].n() != hd ||

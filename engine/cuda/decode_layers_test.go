@@ -12,6 +12,7 @@ import (
 	"github.com/qwengo/qwengo/engine/backend"
 	"github.com/qwengo/qwengo/engine/cpu"
 	"github.com/qwengo/qwengo/engine/qwen3"
+	"github.com/qwengo/qwengo/engine/tensor"
 )
 
 // TestDecodeLayers compares one-token decode steps through the persistent whole-stack kernel
@@ -22,6 +23,7 @@ import (
 func TestDecodeLayers(t *testing.T) {
 	g := openGPU(t)
 	withDecodeLayers(t, g)
+	withKV(t, g, tensor.F32) // the whole-stack kernel reads float32 caches (it declines bf16 ones)
 	ctx := context.Background()
 	const bound = 2e-4 // relative to the largest logit
 	cases := []struct {
@@ -114,8 +116,10 @@ func TestDecodeLayersDeclines(t *testing.T) {
 		name string
 		prec string
 		rows int
-	}{{"bf16 weights", qwen3.BF16, 1}, {"two rows", qwen3.NVFP4, 2}} {
+		kv   tensor.DType
+	}{{"bf16 weights", qwen3.BF16, 1, tensor.F32}, {"two rows", qwen3.NVFP4, 2, tensor.F32}, {"bf16 cache", qwen3.NVFP4, 1, tensor.BF16}} {
 		t.Run(c.name, func(t *testing.T) {
+			withKV(t, g, c.kv)
 			m, err := qwen3.NewRandom(cfg, g, qwen3.RandomOptions{Seed: 1, Precision: c.prec})
 			if err != nil {
 				t.Fatal(err)

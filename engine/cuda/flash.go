@@ -38,19 +38,22 @@ func (b *Backend) useFlash(T, headDim int) bool {
 // sequences stored one after another (q, out: T = qt.rows/seqs rows each; k, v: pos0+T rows
 // each): the output to out (0: none) and, when lse is not 0, the natural-log softmax
 // normaliser per (sequence, head, row) as [seqs, nHeads, T] floats. It leaves bf16 copies of
-// k and v in b.flashKV.
+// float32 k and v in b.flashKV (a bf16 KV cache is read as it is).
 func (b *Backend) flashAttention(out, lse devPtr, qt, kt, vt *Tensor, pos0, nHeads, nKV, seqs int) error {
 	T := qt.rows / seqs
-	keys := int64(seqs) * int64(pos0+T) * int64(nKV*flashHeadDim)
-	if err := b.grow(&b.flashKV, backend.Workspace, 2*2*keys, "flash attention bf16 keys and values"); err != nil {
-		return err
-	}
-	kb, vb := b.flashKV.ptr, b.flashKV.ptr+devPtr(2*keys)
-	if err := b.toBF16(kb, kt.ptr, keys); err != nil {
-		return err
-	}
-	if err := b.toBF16(vb, vt.ptr, keys); err != nil {
-		return err
+	kb, vb := kt.ptr, vt.ptr // a bf16 KV cache is what the kernel reads
+	if !kt.bf16 {
+		keys := int64(seqs) * int64(pos0+T) * int64(nKV*flashHeadDim)
+		if err := b.grow(&b.flashKV, backend.Workspace, 2*2*keys, "flash attention bf16 keys and values"); err != nil {
+			return err
+		}
+		kb, vb = b.flashKV.ptr, b.flashKV.ptr+devPtr(2*keys)
+		if err := b.toBF16(kb, kt.ptr, keys); err != nil {
+			return err
+		}
+		if err := b.toBF16(vb, vt.ptr, keys); err != nil {
+			return err
+		}
 	}
 	scaleLog2 := float32(math.Log2E / math.Sqrt(flashHeadDim))
 	return launch(b.fns["flash_attn_fwd"], [3]int{(T + flashRows - 1) / flashRows, nHeads, seqs}, [3]int{flashThreads, 1, 1}, 0,

@@ -153,18 +153,22 @@ func (b *Backend) AddRMSNorm(out, x, delta, w backend.Tensor, eps float32) error
 func (b *Backend) QKNormRoPECache(qr, kr, q, k, v, qn, kn, kCache, vCache backend.Tensor, headDim, pos0 int, theta float64, eps float32) error {
 	return b.do(func() error {
 		const op = "qk norm+rope+cache"
-		var ts [9]*Tensor
+		var ts [7]*Tensor
 		for i, x := range []struct {
 			t    backend.Tensor
 			name string
-		}{{qr, "qr"}, {kr, "kr"}, {q, "q"}, {k, "k"}, {v, "v"}, {qn, "q_norm"}, {kn, "k_norm"}, {kCache, "k cache"}, {vCache, "v cache"}} {
+		}{{qr, "qr"}, {kr, "kr"}, {q, "q"}, {k, "k"}, {v, "v"}, {qn, "q_norm"}, {kn, "k_norm"}} {
 			t, err := b.ten(x.t, op, x.name)
 			if err != nil {
 				return err
 			}
 			ts[i] = t
 		}
-		QR, KR, Q, K, V, QN, KN, KC, VC := ts[0], ts[1], ts[2], ts[3], ts[4], ts[5], ts[6], ts[7], ts[8]
+		KC, VC, kv, err := b.kvPair(op, kCache, vCache, "k cache", "v cache")
+		if err != nil {
+			return err
+		}
+		QR, KR, Q, K, V, QN, KN := ts[0], ts[1], ts[2], ts[3], ts[4], ts[5], ts[6]
 		T := Q.rows
 		if headDim <= 0 || headDim%2 != 0 || headDim > 512 || Q.cols%headDim != 0 || K.cols%headDim != 0 ||
 			QN.n() != headDim || KN.n() != headDim || QR.rows != T || QR.cols != Q.cols || KR.rows != T || KR.cols != K.cols ||
@@ -181,7 +185,7 @@ func (b *Backend) QKNormRoPECache(qr, kr, q, k, v, qn, kn, kCache, vCache backen
 			return fmt.Errorf("cuda: %s: %w", op, err)
 		}
 		nH, nKV := Q.cols/headDim, K.cols/headDim
-		if err := b.launchDep(b.fns["qk_norm_rope_cache"], [3]int{T, nH + nKV, 1}, [3]int{normThreads(headDim), 1, 1}, 0,
+		if err := b.launchDep(b.fns["qk_norm_rope_cache"+kv], [3]int{T, nH + nKV, 1}, [3]int{normThreads(headDim), 1, 1}, 0,
 			ptrArg(QR.ptr), ptrArg(KR.ptr), ptrArg(Q.ptr), ptrArg(K.ptr), ptrArg(V.ptr), ptrArg(QN.ptr), ptrArg(KN.ptr),
 			ptrArg(KC.ptr), ptrArg(VC.ptr), ptrArg(inv), intArg(nH), intArg(nKV), intArg(headDim), intArg(pos0), f32Arg(eps)); err != nil {
 			return fmt.Errorf("cuda: %s: %w", op, err)

@@ -8,8 +8,8 @@ import (
 	"testing"
 
 	"github.com/qwengo/qwengo/engine/backend"
-	"github.com/qwengo/qwengo/engine/cpu"
 	"github.com/qwengo/qwengo/engine/qwen3"
+	"github.com/qwengo/qwengo/engine/tensor"
 )
 
 const tinyTied = "../qwen3/testdata/tiny-tied"
@@ -19,74 +19,82 @@ const tinyTied = "../qwen3/testdata/tiny-tied"
 // cached one-token decode steps.
 func TestModelParity(t *testing.T) {
 	g := openGPU(t)
-	ctx := context.Background()
 	// Two layers of float32 ops with sums in another order: relative to the largest logit.
 	const bound = 1e-4
 	ids := []int{1, 17, 300, 42, 42, 7, 511, 90, 3, 250, 128, 64}
 	for _, prec := range []string{qwen3.KeepStored, qwen3.BF16, qwen3.NVFP4} {
-		label := prec
-		if label == "" {
-			label = "stored"
+		for _, dt := range kvTypes {
+			label := prec
+			if label == "" {
+				label = "stored"
+			}
+			label += "/kv " + dt.String()
+			t.Run(label, func(t *testing.T) { modelParity(t, g, prec, dt, label, ids, bound) })
 		}
-		t.Run(label, func(t *testing.T) {
-			cm, err := qwen3.Open(tinyTied, cpu.New(), qwen3.LoadOptions{Precision: prec})
-			if err != nil {
-				t.Fatal(err)
-			}
-			gm, err := qwen3.Open(tinyTied, g, qwen3.LoadOptions{Precision: prec})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer gm.Free()
-			want, err := cm.Forward(ctx, ids, nil, qwen3.LogitsAll)
-			if err != nil {
-				t.Fatal(err)
-			}
-			got, err := gm.Forward(ctx, ids, nil, qwen3.LogitsAll)
-			if err != nil {
-				t.Fatal(err)
-			}
-			compareSlices(t, fmt.Sprintf("model %s logits, %d tokens", label, len(ids)), got.Data, want.Data, bound)
-
-			// Prefill 5 tokens, then decode the rest one at a time through the KV cache.
-			cc, err := cm.NewKVCache(len(ids))
-			if err != nil {
-				t.Fatal(err)
-			}
-			gc, err := gm.NewKVCache(len(ids))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer gc.Free()
-			for p := 5; p <= len(ids); p++ {
-				chunk := ids[:5]
-				if p > 5 {
-					chunk = ids[p-1 : p]
-				}
-				w, err := cm.Forward(ctx, chunk, cc, qwen3.LogitsLast)
-				if err != nil {
-					t.Fatal(err)
-				}
-				gl, err := gm.Forward(ctx, chunk, gc, qwen3.LogitsLast)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if gl.Pos0 != w.Pos0 {
-					t.Fatalf("logits position %d, want %d", gl.Pos0, w.Pos0)
-				}
-				compareSlices(t, fmt.Sprintf("model %s cached, position %d", label, w.Pos0), gl.Data, w.Data, bound)
-				// The cached decode equals the full recompute's row.
-				compareSlices(t, fmt.Sprintf("model %s cached vs full, position %d", label, w.Pos0), gl.Data, got.Row(w.Pos0), bound)
-			}
-			m := g.Memory()
-			t.Logf("after %s: %s", label, m)
-			if m.InUse[backend.Weights] < gm.WeightBytes() {
-				t.Errorf("weights in use %d < the model's %d", m.InUse[backend.Weights], gm.WeightBytes())
-			}
-		})
 	}
 	if m := g.Memory(); m.InUse[backend.Weights] != 0 || m.InUse[backend.KVCache] != 0 || m.InUse[backend.Activations] != 0 {
 		t.Errorf("models freed but memory still held: %s", m)
+	}
+}
+
+// modelParity is one case of TestModelParity: weights at precision prec, KV caches of type dt on
+// both backends.
+func modelParity(t *testing.T, g *Backend, prec string, dt tensor.DType, label string, ids []int, bound float64) {
+	ctx := context.Background()
+	c := withKV(t, g, dt)
+	cm, err := qwen3.Open(tinyTied, c, qwen3.LoadOptions{Precision: prec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gm, err := qwen3.Open(tinyTied, g, qwen3.LoadOptions{Precision: prec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gm.Free()
+	want, err := cm.Forward(ctx, ids, nil, qwen3.LogitsAll)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := gm.Forward(ctx, ids, nil, qwen3.LogitsAll)
+	if err != nil {
+		t.Fatal(err)
+	}
+	compareSlices(t, fmt.Sprintf("model %s logits, %d tokens", label, len(ids)), got.Data, want.Data, bound)
+
+	// Prefill 5 tokens, then decode the rest one at a time through the KV cache.
+	cc, err := cm.NewKVCache(len(ids))
+	if err != nil {
+		t.Fatal(err)
+	}
+	gc, err := gm.NewKVCache(len(ids))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gc.Free()
+	for p := 5; p <= len(ids); p++ {
+		chunk := ids[:5]
+		if p > 5 {
+			chunk = ids[p-1 : p]
+		}
+		w, err := cm.Forward(ctx, chunk, cc, qwen3.LogitsLast)
+		if err != nil {
+			t.Fatal(err)
+		}
+		gl, err := gm.Forward(ctx, chunk, gc, qwen3.LogitsLast)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if gl.Pos0 != w.Pos0 {
+			t.Fatalf("logits position %d, want %d", gl.Pos0, w.Pos0)
+		}
+		compareSlices(t, fmt.Sprintf("model %s cached, position %d", label, w.Pos0), gl.Data, w.Data, bound)
+		// The cached decode equals the full recompute's row.
+		compareSlices(t, fmt.Sprintf("model %s cached vs full, position %d", label, w.Pos0), gl.Data, got.Row(w.Pos0), bound)
+	}
+	m := g.Memory()
+	t.Logf("after %s: %s", label, m)
+	if m.InUse[backend.Weights] < gm.WeightBytes() {
+		t.Errorf("weights in use %d < the model's %d", m.InUse[backend.Weights], gm.WeightBytes())
 	}
 }
 

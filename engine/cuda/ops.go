@@ -284,18 +284,18 @@ func attentionSplit(sms, T, nHeads, keys int) (splits, chunk int) {
 // Attention implements backend.Backend.
 func (b *Backend) Attention(out, q, k, v backend.Tensor, pos0, nHeads, nKV, headDim int) error {
 	return b.do(func() error {
-		var ts [4]*Tensor
-		for i, x := range []struct {
-			t    backend.Tensor
-			name string
-		}{{out, "out"}, {q, "q"}, {k, "k"}, {v, "v"}} {
-			t, err := b.ten(x.t, "attention", x.name)
-			if err != nil {
-				return err
-			}
-			ts[i] = t
+		o, err := b.ten(out, "attention", "out")
+		if err != nil {
+			return err
 		}
-		o, qt, kt, vt := ts[0], ts[1], ts[2], ts[3]
+		qt, err := b.ten(q, "attention", "q")
+		if err != nil {
+			return err
+		}
+		kt, vt, _, err := b.kvPair("attention", k, v, "k", "v")
+		if err != nil {
+			return err
+		}
 		if err := backend.CheckAttention("cuda", o, qt, kt, vt, pos0, nHeads, nKV, headDim); err != nil {
 			return err
 		}
@@ -322,8 +322,9 @@ func (b *Backend) attention(o, qt, kt, vt *Tensor, pos0, nHeads, nKV, headDim in
 	}
 	shmem := 4 * (headDim + attThreads)
 	S, chunk := attentionSplit(b.sms, T, nHeads, pos0+T)
+	kv := kvSuffix(kt)
 	if S == 1 {
-		if err := launch(b.fns["attention_f32"], [3]int{nHeads, T, 1}, [3]int{attThreads, 1, 1}, shmem,
+		if err := launch(b.fns["attention_f32"+kv], [3]int{nHeads, T, 1}, [3]int{attThreads, 1, 1}, shmem,
 			ptrArg(o.ptr), ptrArg(qt.ptr), ptrArg(kt.ptr), ptrArg(vt.ptr), intArg(pos0), intArg(nHeads), intArg(nKV), intArg(headDim), f32Arg(scale)); err != nil {
 			return err
 		}
@@ -332,7 +333,7 @@ func (b *Backend) attention(o, qt, kt, vt *Tensor, pos0, nHeads, nKV, headDim in
 	if err := b.grow(&b.attnBuf, backend.Workspace, int64(4*T*nHeads*S*(headDim+2)), "attention partials"); err != nil {
 		return err
 	}
-	if err := launch(b.fns["attention_split_f32"], [3]int{nHeads, T, S}, [3]int{attThreads, 1, 1}, shmem,
+	if err := launch(b.fns["attention_split_f32"+kv], [3]int{nHeads, T, S}, [3]int{attThreads, 1, 1}, shmem,
 		ptrArg(b.attnBuf.ptr), ptrArg(qt.ptr), ptrArg(kt.ptr), ptrArg(vt.ptr), intArg(pos0), intArg(nHeads), intArg(nKV), intArg(headDim),
 		f32Arg(scale), intArg(chunk)); err != nil {
 		return err
@@ -364,7 +365,8 @@ func attentionDecodeSplit(sms, nKV, keys int) (splits, chunk int) {
 }
 
 // decodeAttnRegs are the register-walk decode attention kernels (attention_common.cuh:
-// dr_attend) by query vectors a KV head: attention.cu's and batch.cu's entry points.
+// dr_attend) by query vectors a KV head: attention.cu's and batch.cu's entry points (a bf16
+// cache's are these names + "_kb").
 var (
 	decodeAttnRegs      = map[int]string{1: "attention_decode_r1", 2: "attention_decode_r2", 4: "attention_decode_r4"}
 	batchDecodeAttnRegs = map[int]string{1: "attention_batch_decode_r1", 2: "attention_batch_decode_r2", 4: "attention_batch_decode_r4"}
@@ -373,15 +375,16 @@ var (
 // attDecodeRegWarps is dr_attend's warps a block (attention_common.cuh: DR_WARPS).
 const attDecodeRegWarps = 4
 
-// decodeAttnKernel picks the decode attention kernel for Q query vectors a KV head and its block
-// size and dynamic shared memory: the register walk for Q = 1, 2, 4 (NOTES.md, session 8), else
-// — or with QWENGO_CUDA_DECODE_ATTN=tiles — the shared-memory tile kernel named tiles.
-func (b *Backend) decodeAttnKernel(names map[int]string, tiles string, Q int) (fn function, threads, shmem int) {
-	if name, ok := names[Q]; ok && !b.decodeAttnTiles && b.fns[name] != nil {
-		return b.fns[name], 32 * attDecodeRegWarps, 0
+// decodeAttnKernel picks the decode attention kernel for Q query vectors a KV head over a cache
+// whose kernels carry suffix kv (kvSuffix), and its block size and dynamic shared memory: the
+// register walk for Q = 1, 2, 4 (NOTES.md, session 8), else — or with
+// QWENGO_CUDA_DECODE_ATTN=tiles — the shared-memory tile kernel named tiles.
+func (b *Backend) decodeAttnKernel(names map[int]string, tiles, kv string, Q int) (fn function, threads, shmem int) {
+	if name, ok := names[Q]; ok && !b.decodeAttnTiles && b.fns[name+kv] != nil {
+		return b.fns[name+kv], 32 * attDecodeRegWarps, 0
 	}
 	hd := attDecodeDim
-	return b.fns[tiles], 32 * Q, 4 * (Q*hd + attDecodeKeys*(hd+1) + attDecodeKeys*hd)
+	return b.fns[tiles+kv], 32 * Q, 4 * (Q*hd + attDecodeKeys*(hd+1) + attDecodeKeys*hd)
 }
 
 // attentionDecode runs attention_decode_f32 (or its register-walk form, decodeAttnKernel): one
@@ -403,7 +406,7 @@ func (b *Backend) attentionDecode(o, qt, kt, vt *Tensor, pos0, nHeads, nKV int, 
 			return err
 		}
 	}
-	fn, threads, shmem := b.decodeAttnKernel(decodeAttnRegs, "attention_decode_f32", Q)
+	fn, threads, shmem := b.decodeAttnKernel(decodeAttnRegs, "attention_decode_f32", kvSuffix(kt), Q)
 	return b.launchDep(fn, [3]int{nKV, S, 1}, [3]int{threads, 1, 1}, shmem,
 		ptrArg(o.ptr), ptrArg(b.attnBuf.ptr), ptrArg(b.attnCounters.ptr), ptrArg(qt.ptr), ptrArg(kt.ptr), ptrArg(vt.ptr),
 		intArg(pos0), intArg(T), intArg(nHeads), intArg(nKV), f32Arg(scale), intArg(chunk))
@@ -457,21 +460,25 @@ func (b *Backend) Add(dst, src backend.Tensor) error {
 	})
 }
 
-// CopyRows implements backend.Backend: one device-to-device copy (rows are contiguous).
+// CopyRows implements backend.Backend: one device-to-device copy (rows are contiguous), or a
+// conversion kernel between a float32 tensor and a bf16 KV cache.
 func (b *Backend) CopyRows(dst backend.Tensor, dstRow int, src backend.Tensor, srcRow, n int) error {
 	return b.do(func() error {
-		d, err := b.ten(dst, "copy rows", "dst")
+		d, err := b.tenKV(dst, "copy rows", "dst")
 		if err != nil {
 			return err
 		}
-		s, err := b.ten(src, "copy rows", "src")
+		s, err := b.tenKV(src, "copy rows", "src")
 		if err != nil {
 			return err
 		}
 		if d.cols != s.cols || n < 0 || dstRow < 0 || srcRow < 0 || dstRow+n > d.rows || srcRow+n > s.rows {
 			return fmt.Errorf("cuda: copy rows: %d rows from row %d of [%d, %d] to row %d of [%d, %d]", n, srcRow, s.rows, s.cols, dstRow, d.rows, d.cols)
 		}
-		row := int64(d.cols) * 4
+		if d.bf16 != s.bf16 { // into or out of a bf16 KV cache: round to nearest even, or widen
+			return b.convertRows(d, dstRow, s, srcRow, n)
+		}
+		row := int64(d.cols) * d.elemBytes()
 		to, from, size := d.ptr+devPtr(int64(dstRow)*row), s.ptr+devPtr(int64(srcRow)*row), int64(n)*row
 		if d == s && n > 0 && dstRow != srcRow && dstRow < srcRow+n && srcRow < dstRow+n {
 			// Overlapping ranges of one tensor: cuMemcpyDtoD does not allow it; go through a copy.
@@ -493,3 +500,24 @@ func (b *Backend) CopyRows(dst backend.Tensor, dstRow int, src backend.Tensor, s
 }
 
 var _ backend.Backend = (*Backend)(nil)
+
+// convertRows copies n rows between a float32 tensor and a bf16 KV cache of the same width
+// (kernels/pack.cu: bf16_pack rounds to nearest even, bf16_unpack widens exactly); the two are
+// different allocations, so they cannot overlap (owner goroutine).
+func (b *Backend) convertRows(d *Tensor, dstRow int, s *Tensor, srcRow, n int) error {
+	if n == 0 {
+		return nil
+	}
+	count := int64(n) * int64(d.cols)
+	to := d.ptr + devPtr(int64(dstRow)*int64(d.cols)*d.elemBytes())
+	from := s.ptr + devPtr(int64(srcRow)*int64(s.cols)*s.elemBytes())
+	name := "bf16_pack"
+	if s.bf16 {
+		name = "bf16_unpack"
+	}
+	if err := launch(b.fns[name], [3]int{b.blocks(int(min(count, 1<<30))), 1, 1}, [3]int{256, 1, 1}, 0,
+		ptrArg(to), ptrArg(from), sizeArg(count)); err != nil {
+		return fmt.Errorf("cuda: copy rows: %w", err)
+	}
+	return nil
+}

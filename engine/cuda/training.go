@@ -73,14 +73,14 @@ func same(a, c *Tensor) bool { return a.ptr == c.ptr && a.rows == c.rows && a.co
 func (b *Backend) RowView(x backend.Tensor, row0, n int) (backend.Tensor, error) {
 	var v *Tensor
 	err := b.do(func() error {
-		t, err := b.ten(x, "row view", "tensor")
+		t, err := b.tenKV(x, "row view", "tensor")
 		if err != nil {
 			return err
 		}
 		if row0 < 0 || n <= 0 || row0+n > t.rows {
 			return fmt.Errorf("cuda: row view: rows [%d, %d) of [%d, %d]", row0, row0+n, t.rows, t.cols)
 		}
-		v = &Tensor{rows: n, cols: t.cols, ptr: t.ptr + devPtr(int64(row0)*int64(t.cols)*4), cat: t.cat, owner: b, view: true}
+		v = &Tensor{rows: n, cols: t.cols, ptr: t.ptr + devPtr(int64(row0)*int64(t.cols)*t.elemBytes()), cat: t.cat, owner: b, view: true, bf16: t.bf16}
 		return nil
 	})
 	if err != nil {

@@ -12,6 +12,8 @@ package kvcache
 import (
 	"fmt"
 
+	"github.com/qwengo/qwengo/engine/tensor"
+
 	"github.com/qwengo/qwengo/engine/backend"
 )
 
@@ -111,9 +113,18 @@ func (c *Cache) BytesUsed() int64 {
 	return int64(len(c.k)+len(c.v)) * int64(c.n) * int64(c.width) * c.elemBytes
 }
 
+// DType is the element type the cache's keys and values are stored in on its backend (F32, or
+// BF16 on a backend that stores bf16 caches: backend.KVCacheFormat).
+func (c *Cache) DType() tensor.DType {
+	if len(c.k) == 0 {
+		return tensor.F32
+	}
+	return c.k[0].DType()
+}
+
 // String summarises the cache.
 func (c *Cache) String() string {
-	return fmt.Sprintf("kv cache: %d/%d tokens, %s of %s", c.n, c.capacity, backend.Human(c.BytesUsed()), backend.Human(c.Bytes()))
+	return fmt.Sprintf("kv cache: %d/%d tokens, %s of %s (%s)", c.n, c.capacity, backend.Human(c.BytesUsed()), backend.Human(c.Bytes()), c.DType())
 }
 
 // Free releases the cache's memory; the cache is unusable afterwards.

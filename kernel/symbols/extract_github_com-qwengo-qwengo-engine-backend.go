@@ -26,6 +26,7 @@ func init() {
 		"CheckAttention":            reflect.ValueOf(backend.CheckAttention),
 		"CheckAttentionBatch":       reflect.ValueOf(backend.CheckAttentionBatch),
 		"CheckBF16Rows":             reflect.ValueOf(backend.CheckBF16Rows),
+		"CheckKVDType":              reflect.ValueOf(backend.CheckKVDType),
 		"CheckMatMul":               reflect.ValueOf(backend.CheckMatMul),
 		"CheckPositions":            reflect.ValueOf(backend.CheckPositions),
 		"CheckQKNormRoPECacheBatch": reflect.ValueOf(backend.CheckQKNormRoPECacheBatch),
@@ -35,6 +36,7 @@ func init() {
 		"Gradients":                 reflect.ValueOf(backend.Gradients),
 		"Human":                     reflect.ValueOf(backend.Human),
 		"KVCache":                   reflect.ValueOf(backend.KVCache),
+		"KVDType":                   reflect.ValueOf(backend.KVDType),
 		"Names":                     reflect.ValueOf(backend.Names),
 		"NumCategories":             reflect.ValueOf(backend.NumCategories),
 		"Open":                      reflect.ValueOf(backend.Open),
@@ -43,6 +45,7 @@ func init() {
 		"Register":                  reflect.ValueOf(backend.Register),
 		"Registered":                reflect.ValueOf(backend.Registered),
 		"RunOn":                     reflect.ValueOf(backend.RunOn),
+		"SetKVDType":                reflect.ValueOf(backend.SetKVDType),
 		"UseBatched":                reflect.ValueOf(backend.UseBatched),
 		"Weights":                   reflect.ValueOf(backend.Weights),
 		"Workspace":                 reflect.ValueOf(backend.Workspace),
@@ -65,6 +68,7 @@ func init() {
 		"Fused":          reflect.ValueOf((*backend.Fused)(nil)),
 		"FusedDecode":    reflect.ValueOf((*backend.FusedDecode)(nil)),
 		"HostWeight":     reflect.ValueOf((*backend.HostWeight)(nil)),
+		"KVCacheFormat":  reflect.ValueOf((*backend.KVCacheFormat)(nil)),
 		"KernelTime":     reflect.ValueOf((*backend.KernelTime)(nil)),
 		"LayerDecoder":   reflect.ValueOf((*backend.LayerDecoder)(nil)),
 		"MemStats":       reflect.ValueOf((*backend.MemStats)(nil)),
@@ -87,6 +91,7 @@ func init() {
 		"_BatchedGate":    reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_BatchedGate)(nil)),
 		"_Fused":          reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Fused)(nil)),
 		"_FusedDecode":    reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_FusedDecode)(nil)),
+		"_KVCacheFormat":  reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_KVCacheFormat)(nil)),
 		"_LayerDecoder":   reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_LayerDecoder)(nil)),
 		"_Profiler":       reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Profiler)(nil)),
 		"_Runner":         reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Runner)(nil)),
@@ -336,6 +341,20 @@ func (W _github_com_qwengo_qwengo_engine_backend_FusedDecode) NormMatMulMany(out
 }
 func (W _github_com_qwengo_qwengo_engine_backend_FusedDecode) SwiGLUMatMulAdd(x backend.Tensor, gate backend.Tensor, up backend.Tensor, w backend.Weight) error {
 	return W.WSwiGLUMatMulAdd(x, gate, up, w)
+}
+
+// _github_com_qwengo_qwengo_engine_backend_KVCacheFormat is an interface wrapper for KVCacheFormat type
+type _github_com_qwengo_qwengo_engine_backend_KVCacheFormat struct {
+	IValue           interface{}
+	WKVCacheDType    func() tensor.DType
+	WSetKVCacheDType func(dt tensor.DType) error
+}
+
+func (W _github_com_qwengo_qwengo_engine_backend_KVCacheFormat) KVCacheDType() tensor.DType {
+	return W.WKVCacheDType()
+}
+func (W _github_com_qwengo_qwengo_engine_backend_KVCacheFormat) SetKVCacheDType(dt tensor.DType) error {
+	return W.WSetKVCacheDType(dt)
 }
 
 // _github_com_qwengo_qwengo_engine_backend_LayerDecoder is an interface wrapper for LayerDecoder type

@@ -10,9 +10,11 @@
 // (bottom-right causal mask), query head h reading KV head h / (nHeads/nKV). q and out are
 // [T, nHeads*hd], k and v [>= pos0+T, nKV*hd]. grid (nHeads, T), block ATT_THREADS, dynamic
 // shared memory (hd + ATT_THREADS) floats.
-extern "C" __global__ void __launch_bounds__(ATT_THREADS)
-attention_f32(float* out, const float* q, const float* k, const float* v, int pos0, int nHeads, int nKV,
-              int headDim, float scale) {
+// Every kernel here has two entry points: the name for a float32 KV cache and name_kb for a bf16
+// one (attention_common.cuh: KV element types); the bodies are templates over the element type.
+template <typename KV>
+__device__ __forceinline__ void attention_rows(float* out, const float* q, const KV* k, const KV* v, int pos0,
+                                               int nHeads, int nKV, int headDim, float scale) {
     extern __shared__ float sh[];
     float* qs = sh;            // [headDim]
     float* ps = sh + headDim;  // [ATT_THREADS]
@@ -34,14 +36,22 @@ attention_f32(float* out, const float* q, const float* k, const float* v, int po
         if (d < headDim) orow[d] = acc[i] * inv;
     }
 }
+#define ATT_ENTRY(NAME, KV)                                                                                      \
+    extern "C" __global__ void __launch_bounds__(ATT_THREADS)                                                      \
+        NAME(float* out, const float* q, const KV* k, const KV* v, int pos0, int nHeads, int nKV, int headDim,       \
+             float scale) {                                                                                        \
+        attention_rows(out, q, k, v, pos0, nHeads, nKV, headDim, scale);                                           \
+    }
+ATT_ENTRY(attention_f32, float)
+ATT_ENTRY(attention_f32_kb, uint16_t)
 
 // attention_split_f32: as attention_f32, but block (h, t, s) covers only keys
 // [s*chunk, (s+1)*chunk) of row t's range and writes its unnormalised output, max and sum to
 // part[((t*nHeads + h)*S + s)*(hd+2) ...] (hd values, then m, then l); S = gridDim.z. An empty
 // range writes m = -inf, l = 0.
-extern "C" __global__ void __launch_bounds__(ATT_THREADS)
-attention_split_f32(float* part, const float* q, const float* k, const float* v, int pos0, int nHeads, int nKV,
-                    int headDim, float scale, int chunk) {
+template <typename KV>
+__device__ __forceinline__ void attention_split(float* part, const float* q, const KV* k, const KV* v, int pos0,
+                                                int nHeads, int nKV, int headDim, float scale, int chunk) {
     extern __shared__ float sh[];
     float* qs = sh;
     float* ps = sh + headDim;
@@ -67,6 +77,14 @@ attention_split_f32(float* part, const float* q, const float* k, const float* v,
         p[headDim + 1] = l;
     }
 }
+#define ATT_SPLIT_ENTRY(NAME, KV)                                                                                \
+    extern "C" __global__ void __launch_bounds__(ATT_THREADS)                                                      \
+        NAME(float* part, const float* q, const KV* k, const KV* v, int pos0, int nHeads, int nKV, int headDim,      \
+             float scale, int chunk) {                                                                             \
+        attention_split(part, q, k, v, pos0, nHeads, nKV, headDim, scale, chunk);                                  \
+    }
+ATT_SPLIT_ENTRY(attention_split_f32, float)
+ATT_SPLIT_ENTRY(attention_split_f32_kb, uint16_t)
 
 // attention_combine_f32 merges the S partial results of each (head h, row t): grid (nHeads, T),
 // block ATT_THREADS, S ≤ ATT_MAXS. out = Σ_s e^(m_s-M) acc_s / Σ_s e^(m_s-M) l_s with M = max_s m_s.
@@ -100,9 +118,10 @@ attention_combine_f32(float* out, const float* part, int nHeads, int headDim, in
 
 // attention_decode_f32: grid (nKV, S), block 32·Q threads, dynamic shared memory
 // 4·(Q·AD_D + AD_KEYS·(AD_D+1) + AD_KEYS·AD_D) bytes. Split s covers keys [s·chunk, (s+1)·chunk).
-extern "C" __global__ void __launch_bounds__(32 * AD_MAXQ)
-attention_decode_f32(float* out, float* part, int* counters, const float* q, const float* k, const float* v, int pos0,
-                     int T, int nHeads, int nKV, float scale, int chunk) {
+template <typename KV>
+__device__ __forceinline__ void attention_decode_tiles(float* out, float* part, int* counters, const float* q,
+                                                       const KV* k, const KV* v, int pos0, int T, int nHeads, int nKV,
+                                                       float scale, int chunk) {
     extern __shared__ float sh[];
     pdl_wait();
     pdl_trigger();
@@ -128,13 +147,21 @@ attention_decode_f32(float* out, float* part, int* counters, const float* q, con
     dec_finish(part + ((size_t)t * nHeads + h) * S * (AD_D + 2), s, S, &counters[kvh],
                out + (size_t)t * nHeads * AD_D + (size_t)h * AD_D, acc, m, l);
 }
+#define AD_ENTRY(NAME, KV)                                                                                       \
+    extern "C" __global__ void __launch_bounds__(32 * AD_MAXQ)                                                     \
+        NAME(float* out, float* part, int* counters, const float* q, const KV* k, const KV* v, int pos0, int T,      \
+             int nHeads, int nKV, float scale, int chunk) {                                                        \
+        attention_decode_tiles(out, part, counters, q, k, v, pos0, T, nHeads, nKV, scale, chunk);                  \
+    }
+AD_ENTRY(attention_decode_f32, float)
+AD_ENTRY(attention_decode_f32_kb, uint16_t)
 
 // attention_decode_r{Q}: attention_decode_f32 for Q = G·T ∈ {1, 2, 4} query vectors a KV head with
 // the register walk (attention_common.cuh: dr_attend): grid (nKV, S), block 32·DR_WARPS threads,
 // no dynamic shared memory; the same splits, partial records and last-block merge.
-template <int Q>
-__device__ __forceinline__ void attention_decode_r(float* out, float* part, int* counters, const float* q, const float* k,
-                                                   const float* v, int pos0, int nHeads, int nKV, float scale, int chunk) {
+template <int Q, typename KV>
+__device__ __forceinline__ void attention_decode_r(float* out, float* part, int* counters, const float* q, const KV* k,
+                                                   const KV* v, int pos0, int nHeads, int nKV, float scale, int chunk) {
     __shared__ __align__(16) float red[DR_WARPS * Q * DR_REC];
     pdl_wait();
     pdl_trigger();
@@ -149,7 +176,7 @@ __device__ __forceinline__ void attention_decode_r(float* out, float* part, int*
     const int jb = s * chunk, je = min(jb + chunk, pos0 + Q / G);  // keys any row of the block may see
     float4 acc[Q];
     float m[Q], l[Q];
-    dr_attend<Q>(qv, k + (size_t)kvh * AD_D, v + (size_t)kvh * AD_D, kvld, jb, je, pos0, G, scale, acc, m, l);
+    dr_attend<Q, KV>(qv, k + (size_t)kvh * AD_D, v + (size_t)kvh * AD_D, kvld, jb, je, pos0, G, scale, acc, m, l);
     float4 oacc;
     float om, ol;
     dr_merge<Q>(red, acc, m, l, oacc, om, ol);
@@ -157,12 +184,15 @@ __device__ __forceinline__ void attention_decode_r(float* out, float* part, int*
     dec_finish(part + ((size_t)t * nHeads + h) * S * (AD_D + 2), s, S, &counters[kvh],
                out + (size_t)t * nHeads * AD_D + (size_t)h * AD_D, oacc, om, ol, warp < Q);
 }
-#define AD_R_ENTRY(Q)                                                                                              \
-    extern "C" __global__ void __launch_bounds__(32 * DR_WARPS) attention_decode_r##Q(                               \
-        float* out, float* part, int* counters, const float* q, const float* k, const float* v, int pos0, int T,     \
-        int nHeads, int nKV, float scale, int chunk) {                                                             \
-        attention_decode_r<Q>(out, part, counters, q, k, v, pos0, nHeads, nKV, scale, chunk);                      \
+#define AD_R_ENTRY(Q, NAME, KV)                                                                                   \
+    extern "C" __global__ void __launch_bounds__(32 * DR_WARPS)                                                    \
+        NAME(float* out, float* part, int* counters, const float* q, const KV* k, const KV* v, int pos0, int T,      \
+             int nHeads, int nKV, float scale, int chunk) {                                                        \
+        attention_decode_r<Q, KV>(out, part, counters, q, k, v, pos0, nHeads, nKV, scale, chunk);                  \
     }
-AD_R_ENTRY(1)
-AD_R_ENTRY(2)
-AD_R_ENTRY(4)
+AD_R_ENTRY(1, attention_decode_r1, float)
+AD_R_ENTRY(2, attention_decode_r2, float)
+AD_R_ENTRY(4, attention_decode_r4, float)
+AD_R_ENTRY(1, attention_decode_r1_kb, uint16_t)
+AD_R_ENTRY(2, attention_decode_r2_kb, uint16_t)
+AD_R_ENTRY(4, attention_decode_r4_kb, uint16_t)

@@ -5,6 +5,23 @@
 #pragma once
 #include "common.cuh"
 
+// ---- KV cache element types ----
+// A KV cache holds float32 keys and values, or bf16 ones (uint16_t bits, rounded to nearest
+// even when written: half the bytes a decode step reads, the layout of shared/reference/
+// qwen3.md). Every kernel that reads or writes a cache is a template over its element type KV
+// (float or uint16_t) and goes through these accessors, so both caches run the same arithmetic
+// on the same float values (a bf16 element widens exactly).
+__device__ __forceinline__ float kv_at(const float* p) { return *p; }
+__device__ __forceinline__ float kv_at(const uint16_t* p) { return bf16_to_f32(*p); }
+// kv_ld4 loads elements [4c, 4c+4) of the row at p (a float4, or 8 bytes of bf16).
+__device__ __forceinline__ float4 kv_ld4(const float* p, int c) { return __ldg(reinterpret_cast<const float4*>(p) + c); }
+__device__ __forceinline__ float4 kv_ld4(const uint16_t* p, int c) {
+    const uint2 u = __ldg(reinterpret_cast<const uint2*>(p) + c);
+    return make_float4(bf16_lo(u.x), bf16_hi(u.x), bf16_lo(u.y), bf16_hi(u.y));
+}
+__device__ __forceinline__ void kv_put(float* p, float v) { *p = v; }
+__device__ __forceinline__ void kv_put(uint16_t* p, float v) { *p = (uint16_t)f32_bf16_bits(v); }
+
 #define ATT_THREADS 128
 #define ATT_MAXD 4  // output dims per thread: head_dim <= ATT_THREADS * ATT_MAXD = 512
 #define ATT_MAXS 64
@@ -12,7 +29,8 @@
 // attend runs the online softmax of query qs (in shared memory) over keys [jbeg, jend) of one
 // KV head, leaving the unnormalised output in acc (dims tid + i*ATT_THREADS), the running
 // max in m and the sum of exponentials in l. ps is shared scratch of ATT_THREADS floats.
-__device__ __forceinline__ void attend(const float* qs, const float* kbase, const float* vbase, size_t kvStride,
+template <typename KV>
+__device__ __forceinline__ void attend(const float* qs, const KV* kbase, const KV* vbase, size_t kvStride,
                                        int jbeg, int jend, int headDim, float scale, float* ps, float* red,
                                        float (&acc)[ATT_MAXD], float& m, float& l) {
     const int tid = threadIdx.x;
@@ -24,9 +42,9 @@ __device__ __forceinline__ void attend(const float* qs, const float* kbase, cons
         int j = j0 + tid;
         float s = -INFINITY;
         if (j < jend) {
-            const float* kr = kbase + (size_t)j * kvStride;
+            const KV* kr = kbase + (size_t)j * kvStride;
             float dot = 0.f;
-            for (int d = 0; d < headDim; d++) dot = fmaf(qs[d], kr[d], dot);
+            for (int d = 0; d < headDim; d++) dot = fmaf(qs[d], kv_at(kr + d), dot);
             s = dot * scale;
         }
         float mnew = fmaxf(m, block_max(s, red));  // finite: key j0 < jend is in every chunk
@@ -40,8 +58,8 @@ __device__ __forceinline__ void attend(const float* qs, const float* kbase, cons
             int d = tid + i * ATT_THREADS;
             if (d < headDim) {
                 float a = acc[i] * corr;
-                const float* vc = vbase + (size_t)j0 * kvStride + d;
-                for (int jj = 0; jj < cnt; jj++) a = fmaf(ps[jj], vc[(size_t)jj * kvStride], a);
+                const KV* vc = vbase + (size_t)j0 * kvStride + d;
+                for (int jj = 0; jj < cnt; jj++) a = fmaf(ps[jj], kv_at(vc + (size_t)jj * kvStride), a);
                 acc[i] = a;
             }
         }
@@ -98,7 +116,8 @@ __device__ __forceinline__ void attn_combine(float* out, const float* p, int hea
 // calls it (it synchronises the block per tile). Leaves the unnormalised output (dims 4·lane …)
 // in acc, the running max in m (-inf when no key was visible) and the sum of exponentials in l.
 #define DEC_BATCH 8  // float4 pairs a thread loads before storing them (dec_attend)
-__device__ __forceinline__ void dec_attend(const float* qv, const float* kseq, const float* vseq, size_t kvld, int jb,
+template <typename KV>
+__device__ __forceinline__ void dec_attend(const float* qv, const KV* kseq, const KV* vseq, size_t kvld, int jb,
                                            int je, int last, float scale, float* ks, float* vs, float4& acc, float& m,
                                            float& l) {
     const int lane = threadIdx.x & 31, nth = blockDim.x;
@@ -110,26 +129,56 @@ __device__ __forceinline__ void dec_attend(const float* qv, const float* kseq, c
         __syncthreads();  // the previous tile is consumed (and, first time, the queries are written)
         // The tile's loads go out DEC_BATCH per thread at a time before any is stored: a
         // load-store loop left one round trip per float4 pair in flight (SASS), eight round
-        // trips a tile for 128 threads.
-        for (int i0 = threadIdx.x; i0 < AD_KEYS * AD_D / 4; i0 += DEC_BATCH * nth) {
-            float4 kv4[DEC_BATCH], vv4[DEC_BATCH];
+        // trips a tile for 128 threads. A bf16 cache is loaded 8 elements (16 bytes) a load,
+        // so that a thread has as many bytes in flight as with float32 (with 8-byte loads the
+        // kernel ran at half the float32 one's bandwidth: 32768 keys 131 µs against 103).
+        if constexpr (sizeof(KV) == 2) {
+            for (int i0 = threadIdx.x; i0 < AD_KEYS * AD_D / 8; i0 += DEC_BATCH * nth) {
+                uint4 kr8[DEC_BATCH], vr8[DEC_BATCH];
 #pragma unroll
-            for (int b = 0; b < DEC_BATCH; b++) {
-                const int i = i0 + b * nth, r = i / (AD_D / 4), c = i % (AD_D / 4);
-                kv4[b] = vv4[b] = make_float4(0.f, 0.f, 0.f, 0.f);
-                if (i < AD_KEYS * AD_D / 4 && r < n) {
-                    const size_t off = (size_t)(j0 + r) * kvld;
-                    kv4[b] = reinterpret_cast<const float4*>(kseq + off)[c];
-                    vv4[b] = reinterpret_cast<const float4*>(vseq + off)[c];
+                for (int b = 0; b < DEC_BATCH; b++) {
+                    const int i = i0 + b * nth, r = i / (AD_D / 8), c = i % (AD_D / 8);
+                    kr8[b] = vr8[b] = make_uint4(0u, 0u, 0u, 0u);
+                    if (i < AD_KEYS * AD_D / 8 && r < n) {
+                        const size_t off = (size_t)(j0 + r) * kvld;
+                        kr8[b] = __ldg(reinterpret_cast<const uint4*>(kseq + off) + c);
+                        vr8[b] = __ldg(reinterpret_cast<const uint4*>(vseq + off) + c);
+                    }
+                }
+#pragma unroll
+                for (int b = 0; b < DEC_BATCH; b++) {
+                    const int i = i0 + b * nth, r = i / (AD_D / 8), c = i % (AD_D / 8);
+                    if (i >= AD_KEYS * AD_D / 8) break;
+                    float* kr = ks + r * (AD_D + 1) + 8 * c;
+                    const uint4 k8 = kr8[b], v8 = vr8[b];
+                    kr[0] = bf16_lo(k8.x), kr[1] = bf16_hi(k8.x), kr[2] = bf16_lo(k8.y), kr[3] = bf16_hi(k8.y);
+                    kr[4] = bf16_lo(k8.z), kr[5] = bf16_hi(k8.z), kr[6] = bf16_lo(k8.w), kr[7] = bf16_hi(k8.w);
+                    float4* vr = reinterpret_cast<float4*>(vs + r * AD_D + 8 * c);
+                    vr[0] = make_float4(bf16_lo(v8.x), bf16_hi(v8.x), bf16_lo(v8.y), bf16_hi(v8.y));
+                    vr[1] = make_float4(bf16_lo(v8.z), bf16_hi(v8.z), bf16_lo(v8.w), bf16_hi(v8.w));
                 }
             }
+        } else {
+            for (int i0 = threadIdx.x; i0 < AD_KEYS * AD_D / 4; i0 += DEC_BATCH * nth) {
+                float4 kv4[DEC_BATCH], vv4[DEC_BATCH];
 #pragma unroll
-            for (int b = 0; b < DEC_BATCH; b++) {
-                const int i = i0 + b * nth, r = i / (AD_D / 4), c = i % (AD_D / 4);
-                if (i >= AD_KEYS * AD_D / 4) break;
-                float* kr = ks + r * (AD_D + 1) + 4 * c;
-                kr[0] = kv4[b].x, kr[1] = kv4[b].y, kr[2] = kv4[b].z, kr[3] = kv4[b].w;
-                reinterpret_cast<float4*>(vs)[i] = vv4[b];
+                for (int b = 0; b < DEC_BATCH; b++) {
+                    const int i = i0 + b * nth, r = i / (AD_D / 4), c = i % (AD_D / 4);
+                    kv4[b] = vv4[b] = make_float4(0.f, 0.f, 0.f, 0.f);
+                    if (i < AD_KEYS * AD_D / 4 && r < n) {
+                        const size_t off = (size_t)(j0 + r) * kvld;
+                        kv4[b] = kv_ld4(kseq + off, c);
+                        vv4[b] = kv_ld4(vseq + off, c);
+                    }
+                }
+#pragma unroll
+                for (int b = 0; b < DEC_BATCH; b++) {
+                    const int i = i0 + b * nth, r = i / (AD_D / 4), c = i % (AD_D / 4);
+                    if (i >= AD_KEYS * AD_D / 4) break;
+                    float* kr = ks + r * (AD_D + 1) + 4 * c;
+                    kr[0] = kv4[b].x, kr[1] = kv4[b].y, kr[2] = kv4[b].z, kr[3] = kv4[b].w;
+                    reinterpret_cast<float4*>(vs)[i] = vv4[b];
+                }
             }
         }
         __syncthreads();
@@ -269,8 +318,8 @@ __device__ __forceinline__ float dr_butterfly(float (&v)[P]) {
 // query h sees keys ≤ last0 + h / G. Leaves each query's unnormalised output (dims 4·lane …) in
 // acc[h], its running max in m[h] (-inf when no key was visible) and its sum of exponentials in
 // l[h], the same in every lane.
-template <int Q>
-__device__ __forceinline__ void dr_attend(const float4 (&q)[Q], const float* kseq, const float* vseq, size_t kvld, int jb,
+template <int Q, typename KV>
+__device__ __forceinline__ void dr_attend(const float4 (&q)[Q], const KV* kseq, const KV* vseq, size_t kvld, int jb,
                                           int je, int last0, int G, float scale, float4 (&acc)[Q], float (&m)[Q],
                                           float (&l)[Q]) {
     constexpr int P = DR_KEYS * Q, SPAN = 32 / P;  // SPAN lanes hold each score
@@ -280,23 +329,9 @@ __device__ __forceinline__ void dr_attend(const float4 (&q)[Q], const float* kse
 #pragma unroll
     for (int h = 0; h < Q; h++) acc[h] = make_float4(0.f, 0.f, 0.f, 0.f), m[h] = -INFINITY, l[h] = 0.f;
     float mm = -INFINITY;  // m[myh]
-    for (int j0 = jb + DR_KEYS * warp; j0 < je; j0 += DR_KEYS * DR_WARPS) {
-        // In a group that ends past je, keys past it load row je − 1 again (no branch around
-        // each load); their scores are masked, so their weights are 0.
-        float4 kk[DR_KEYS], vv[DR_KEYS];
-        const float4* kr = reinterpret_cast<const float4*>(kseq + (size_t)j0 * kvld) + lane;
-        const float4* vr = reinterpret_cast<const float4*>(vseq + (size_t)j0 * kvld) + lane;
-        const size_t step = kvld / 4;  // float4s a row
-        if (j0 + DR_KEYS <= je) {
-#pragma unroll
-            for (int i = 0; i < DR_KEYS; i++) kk[i] = __ldg(kr + i * step), vv[i] = __ldg(vr + i * step);
-        } else {
-#pragma unroll
-            for (int i = 0; i < DR_KEYS; i++) {
-                const size_t off = (size_t)min(i, je - 1 - j0) * step;
-                kk[i] = __ldg(kr + off), vv[i] = __ldg(vr + off);
-            }
-        }
+    // group scores keys j0 … j0 + DR_KEYS − 1 (kk, vv: this lane's dims of each) and folds them
+    // into the running state.
+    auto group = [&](int j0, const float4 (&kk)[DR_KEYS], const float4 (&vv)[DR_KEYS]) {
         float part[P];
 #pragma unroll
         for (int h = 0; h < Q; h++)
@@ -335,6 +370,24 @@ __device__ __forceinline__ void dr_attend(const float4 (&q)[Q], const float* kse
             acc[h] = a;
             m[h] = mh;
         }
+    };
+    // In a group that ends past je, keys past it load row je − 1 again (no branch around each
+    // load); their scores are masked, so their weights are 0.
+    for (int j0 = jb + DR_KEYS * warp; j0 < je; j0 += DR_KEYS * DR_WARPS) {
+        float4 kk[DR_KEYS], vv[DR_KEYS];
+        const KV* kr = kseq + (size_t)j0 * kvld;
+        const KV* vr = vseq + (size_t)j0 * kvld;
+        if (j0 + DR_KEYS <= je) {
+#pragma unroll
+            for (int i = 0; i < DR_KEYS; i++) kk[i] = kv_ld4(kr + i * kvld, lane), vv[i] = kv_ld4(vr + i * kvld, lane);
+        } else {
+#pragma unroll
+            for (int i = 0; i < DR_KEYS; i++) {
+                const size_t off = (size_t)min(i, je - 1 - j0) * kvld;
+                kk[i] = kv_ld4(kr + off, lane), vv[i] = kv_ld4(vr + off, lane);
+            }
+        }
+        group(j0, kk, vv);
     }
 }
 
@@ -376,8 +429,9 @@ __device__ __forceinline__ void dr_merge(float* red, const float4 (&acc)[Q], con
 // normalised (fp64 statistics, rmsnorm_f32's reduction order for blockDim) and rotated to position
 // pos into qr or kr; for key heads also written, with the head of v, to row crow of the caches.
 // red, y: shared [32] doubles and [headDim ≤ 512] floats.
+template <typename KV>
 __device__ __forceinline__ void qk_norm_rope_row(float* qr, float* kr, const float* q, const float* k, const float* v,
-                                                 const float* qn, const float* kn, float* kcache, float* vcache,
+                                                 const float* qn, const float* kn, KV* kcache, KV* vcache,
                                                  const float* invf, int nHeads, int nKV, int headDim, float eps, int t,
                                                  int h, int pos, size_t crow, double* red, float* y) {
     const bool isQ = h < nHeads;
@@ -396,20 +450,20 @@ __device__ __forceinline__ void qk_norm_rope_row(float* qr, float* kr, const flo
     __syncthreads();
     const int half = headDim / 2;
     float* dst = (isQ ? qr : kr) + (size_t)t * width + (size_t)hh * headDim;
-    float* cdst = isQ ? nullptr : kcache + crow * width + (size_t)hh * headDim;
+    KV* cdst = isQ ? nullptr : kcache + crow * width + (size_t)hh * headDim;
     for (int i = threadIdx.x; i < half; i += blockDim.x) {
         float o1, o2;
         rope_pair(y[i], y[i + half], pos, invf[i], o1, o2);
         dst[i] = o1;
         dst[i + half] = o2;
         if (!isQ) {
-            cdst[i] = o1;
-            cdst[i + half] = o2;
+            kv_put(cdst + i, o1);
+            kv_put(cdst + i + half, o2);
         }
     }
     if (!isQ) {
         const float* vs = v + (size_t)t * width + (size_t)hh * headDim;
-        float* vd = vcache + crow * width + (size_t)hh * headDim;
-        for (int j = threadIdx.x; j < headDim; j += blockDim.x) vd[j] = vs[j];
+        KV* vd = vcache + crow * width + (size_t)hh * headDim;
+        for (int j = threadIdx.x; j < headDim; j += blockDim.x) kv_put(vd + j, vs[j]);
     }
 }

@@ -31,23 +31,34 @@ extern "C" __global__ void rope_at_f32(float* out, const float* x, const float* 
     }
 }
 
-// scatter_rows_f32: block t copies row t of src [gridDim.x, cols] to row rows.v[t] of dst.
-extern "C" __global__ void scatter_rows_f32(float* dst, const float* src, int cols, const __grid_constant__ BatchInts rows) {
+// scatter_rows_f32: block t copies row t of src [gridDim.x, cols] to row rows.v[t] of dst;
+// scatter_rows_kb rounds the values to a bf16 dst (a bf16 KV cache: attention_common.cuh).
+template <typename KV>
+__device__ __forceinline__ void scatter_rows(KV* dst, const float* src, int cols, const BatchInts& rows) {
     pdl_wait();
     pdl_trigger();
     const int t = blockIdx.x;
     const float* s = src + (size_t)t * cols;
-    float* d = dst + (size_t)rows.v[t] * cols;
-    for (int j = threadIdx.x; j < cols; j += blockDim.x) d[j] = s[j];
+    KV* d = dst + (size_t)rows.v[t] * cols;
+    for (int j = threadIdx.x; j < cols; j += blockDim.x) kv_put(d + j, s[j]);
+}
+extern "C" __global__ void scatter_rows_f32(float* dst, const float* src, int cols, const __grid_constant__ BatchInts rows) {
+    scatter_rows(dst, src, cols, rows);
+}
+extern "C" __global__ void scatter_rows_kb(uint16_t* dst, const float* src, int cols,
+                                           const __grid_constant__ BatchInts rows) {
+    scatter_rows(dst, src, cols, rows);
 }
 
 // qk_norm_rope_cache_at: qk_norm_rope_cache (fused.cu) with row t at position pos.v[t] and its
 // key and value written to cache row t·capacity + pos.v[t]. grid (rows, nHeads + nKV), blockDim
 // as rmsnorm_f32 for n = headDim (the same reduction order), headDim ≤ 512.
-extern "C" __global__ void qk_norm_rope_cache_at(float* qr, float* kr, const float* q, const float* k, const float* v,
-                                                 const float* qn, const float* kn, float* kcache, float* vcache,
-                                                 const float* invf, int nHeads, int nKV, int headDim, int capacity,
-                                                 float eps, const __grid_constant__ BatchInts pos) {
+// qk_norm_rope_cache_at_kb writes a bf16 cache.
+template <typename KV>
+__device__ __forceinline__ void qk_norm_rope_cache_rows(float* qr, float* kr, const float* q, const float* k,
+                                                        const float* v, const float* qn, const float* kn, KV* kcache,
+                                                        KV* vcache, const float* invf, int nHeads, int nKV, int headDim,
+                                                        int capacity, float eps, const BatchInts& pos) {
     __shared__ double red[32];
     __shared__ float y[512];
     pdl_wait();
@@ -56,6 +67,16 @@ extern "C" __global__ void qk_norm_rope_cache_at(float* qr, float* kr, const flo
     qk_norm_rope_row(qr, kr, q, k, v, qn, kn, kcache, vcache, invf, nHeads, nKV, headDim, eps, t, blockIdx.y, p,
                      (size_t)t * capacity + p, red, y);
 }
+#define QKC_AT_ENTRY(NAME, KV)                                                                                   \
+    extern "C" __global__ void NAME(float* qr, float* kr, const float* q, const float* k, const float* v,             \
+                                    const float* qn, const float* kn, KV* kcache, KV* vcache, const float* invf,      \
+                                    int nHeads, int nKV, int headDim, int capacity, float eps,                       \
+                                    const __grid_constant__ BatchInts pos) {                                         \
+        qk_norm_rope_cache_rows(qr, kr, q, k, v, qn, kn, kcache, vcache, invf, nHeads, nKV, headDim, capacity, eps,  \
+                                pos);                                                                              \
+    }
+QKC_AT_ENTRY(qk_norm_rope_cache_at, float)
+QKC_AT_ENTRY(qk_norm_rope_cache_at_kb, uint16_t)
 
 // ---- attention, any head_dim ≤ 512: split over keys, then combine (as attention.cu) ----
 
@@ -64,9 +85,11 @@ extern "C" __global__ void qk_norm_rope_cache_at(float* qr, float* kr, const flo
 // its unnormalised output, max and sum to part[((r·nHeads + h)·S + s)·(hd+2) …] (hd values,
 // then m, then l); S = gridDim.z. Block ATT_THREADS, dynamic shared memory (hd + ATT_THREADS)
 // floats.
-extern "C" __global__ void __launch_bounds__(ATT_THREADS)
-attention_batch_split_f32(float* part, const float* q, const float* k, const float* v, int nHeads, int nKV, int headDim,
-                          int capacity, float scale, int chunk, const __grid_constant__ BatchInts pos) {
+// (_kb: a bf16 cache, as every kernel below.)
+template <typename KV>
+__device__ __forceinline__ void attention_batch_split(float* part, const float* q, const KV* k, const KV* v, int nHeads,
+                                                      int nKV, int headDim, int capacity, float scale, int chunk,
+                                                      const BatchInts& pos) {
     extern __shared__ float sh[];
     float* qs = sh;
     float* ps = sh + headDim;
@@ -94,6 +117,14 @@ attention_batch_split_f32(float* part, const float* q, const float* k, const flo
         p[headDim + 1] = l;
     }
 }
+#define BS_ENTRY(NAME, KV)                                                                                       \
+    extern "C" __global__ void __launch_bounds__(ATT_THREADS)                                                      \
+        NAME(float* part, const float* q, const KV* k, const KV* v, int nHeads, int nKV, int headDim, int capacity,  \
+             float scale, int chunk, const __grid_constant__ BatchInts pos) {                                      \
+        attention_batch_split(part, q, k, v, nHeads, nKV, headDim, capacity, scale, chunk, pos);                   \
+    }
+BS_ENTRY(attention_batch_split_f32, float)
+BS_ENTRY(attention_batch_split_f32_kb, uint16_t)
 
 // attention_batch_combine_f32 merges the S partials of each (head h, row r): grid (nHeads, rows),
 // block ATT_THREADS, S ≤ ATT_MAXS. out = Σ_s e^(m_s−M) acc_s / Σ_s e^(m_s−M) l_s, M = max_s m_s,
@@ -125,9 +156,10 @@ attention_batch_combine_f32(float* out, const float* part, int nHeads, int headD
 
 // attention_batch_decode_f32: grid (nKV, S, rows), block 32·G threads, dynamic shared memory
 // 4·(G·AD_D + AD_KEYS·(AD_D+1) + AD_KEYS·AD_D) bytes. Split s covers keys [s·chunk, (s+1)·chunk).
-extern "C" __global__ void __launch_bounds__(32 * BD_MAXG)
-attention_batch_decode_f32(float* out, float* part, int* counters, const float* q, const float* k, const float* v,
-                           int nHeads, int nKV, int capacity, float scale, int chunk, const __grid_constant__ BatchInts pos) {
+template <typename KV>
+__device__ __forceinline__ void attention_batch_decode_tiles(float* out, float* part, int* counters, const float* q,
+                                                             const KV* k, const KV* v, int nHeads, int nKV, int capacity,
+                                                             float scale, int chunk, const BatchInts& pos) {
     extern __shared__ float sh[];
     pdl_wait();
     pdl_trigger();
@@ -150,13 +182,21 @@ attention_batch_decode_f32(float* out, float* part, int* counters, const float* 
     dec_finish(part + ((size_t)r * nHeads + h) * S * (AD_D + 2), s, S, counters + (size_t)r * nKV + kvh,
                out + (size_t)r * nHeads * AD_D + (size_t)h * AD_D, acc, m, l);
 }
+#define BD_ENTRY(NAME, KV)                                                                                       \
+    extern "C" __global__ void __launch_bounds__(32 * BD_MAXG)                                                     \
+        NAME(float* out, float* part, int* counters, const float* q, const KV* k, const KV* v, int nHeads, int nKV,  \
+             int capacity, float scale, int chunk, const __grid_constant__ BatchInts pos) {                        \
+        attention_batch_decode_tiles(out, part, counters, q, k, v, nHeads, nKV, capacity, scale, chunk, pos);      \
+    }
+BD_ENTRY(attention_batch_decode_f32, float)
+BD_ENTRY(attention_batch_decode_f32_kb, uint16_t)
 
 // attention_batch_decode_r{G}: attention_batch_decode_f32 for G ∈ {1, 2, 4} query heads a KV head
 // with the register walk (attention_common.cuh: dr_attend): grid (nKV, S, rows), block
 // 32·DR_WARPS threads, no dynamic shared memory; the same splits, records and merge.
-template <int G>
+template <int G, typename KV>
 __device__ __forceinline__ void attention_batch_decode_r(float* out, float* part, int* counters, const float* q,
-                                                         const float* k, const float* v, int nHeads, int nKV, int capacity,
+                                                         const KV* k, const KV* v, int nHeads, int nKV, int capacity,
                                                          float scale, int chunk, const BatchInts& pos) {
     __shared__ __align__(16) float red[DR_WARPS * G * DR_REC];
     pdl_wait();
@@ -171,7 +211,7 @@ __device__ __forceinline__ void attention_batch_decode_r(float* out, float* part
     const int jb = s * chunk, je = min(jb + chunk, pos.v[r] + 1);  // every key here is visible
     float4 acc[G];
     float m[G], l[G];
-    dr_attend<G>(qv, k + seq, v + seq, kvld, jb, je, je - 1, G, scale, acc, m, l);
+    dr_attend<G, KV>(qv, k + seq, v + seq, kvld, jb, je, je - 1, G, scale, acc, m, l);
     float4 oacc;
     float om, ol;
     dr_merge<G>(red, acc, m, l, oacc, om, ol);
@@ -179,12 +219,15 @@ __device__ __forceinline__ void attention_batch_decode_r(float* out, float* part
     dec_finish(part + ((size_t)r * nHeads + h) * S * (AD_D + 2), s, S, counters + (size_t)r * nKV + kvh,
                out + (size_t)r * nHeads * AD_D + (size_t)h * AD_D, oacc, om, ol, warp < G);
 }
-#define BD_R_ENTRY(G)                                                                                                \
-    extern "C" __global__ void __launch_bounds__(32 * DR_WARPS) attention_batch_decode_r##G(                          \
-        float* out, float* part, int* counters, const float* q, const float* k, const float* v, int nHeads, int nKV,   \
-        int capacity, float scale, int chunk, const __grid_constant__ BatchInts pos) {                               \
-        attention_batch_decode_r<G>(out, part, counters, q, k, v, nHeads, nKV, capacity, scale, chunk, pos);          \
+#define BD_R_ENTRY(G, NAME, KV)                                                                                  \
+    extern "C" __global__ void __launch_bounds__(32 * DR_WARPS)                                                    \
+        NAME(float* out, float* part, int* counters, const float* q, const KV* k, const KV* v, int nHeads, int nKV,  \
+             int capacity, float scale, int chunk, const __grid_constant__ BatchInts pos) {                        \
+        attention_batch_decode_r<G, KV>(out, part, counters, q, k, v, nHeads, nKV, capacity, scale, chunk, pos);   \
     }
-BD_R_ENTRY(1)
-BD_R_ENTRY(2)
-BD_R_ENTRY(4)
+BD_R_ENTRY(1, attention_batch_decode_r1, float)
+BD_R_ENTRY(2, attention_batch_decode_r2, float)
+BD_R_ENTRY(4, attention_batch_decode_r4, float)
+BD_R_ENTRY(1, attention_batch_decode_r1_kb, uint16_t)
+BD_R_ENTRY(2, attention_batch_decode_r2_kb, uint16_t)
+BD_R_ENTRY(4, attention_batch_decode_r4_kb, uint16_t)

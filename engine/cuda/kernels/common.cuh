@@ -8,6 +8,14 @@
 __device__ __forceinline__ float bf16_lo(uint32_t u) { return __uint_as_float(u << 16); }
 __device__ __forceinline__ float bf16_hi(uint32_t u) { return __uint_as_float(u & 0xffff0000u); }
 __device__ __forceinline__ float bf16_to_f32(uint16_t h) { return __uint_as_float(((uint32_t)h) << 16); }
+// f32_bf16_bits rounds a float to bf16 bits (nearest even; a NaN stays a quiet NaN), as
+// engine/tensor.F32ToBF16.
+__device__ __forceinline__ uint32_t f32_bf16_bits(float f) {
+    uint32_t u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (u >> 16) | 0x40u;
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return u >> 16;
+}
 
 // e2m1_value decodes a 4-bit E2M1 code (bit 3 sign, bits 0-2 the magnitude index of
 // 0, 0.5, 1, 1.5, 2, 3, 4, 6) by building the float32's bits: exact, no table.

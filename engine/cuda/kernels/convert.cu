@@ -13,14 +13,6 @@
 //                   expanded weight is the stored one, bit for bit.
 #include "common.cuh"
 
-// f32_bf16_bits rounds a float to bf16 bits (nearest even), as engine/tensor.F32ToBF16.
-__device__ __forceinline__ uint32_t f32_bf16_bits(float f) {
-    uint32_t u = __float_as_uint(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (u >> 16) | 0x40u;
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return u >> 16;
-}
-
 // f32_to_bf16: grid-stride over groups of 8 elements (two float4 loads issued before the
 // 16-byte store) where both pointers are 16-byte aligned (the caller's buffers are device
 // allocations, or row views of [rows, 8k] tensors); the tail (n % 8 elements) one by one. A

@@ -57,10 +57,12 @@ extern "C" __global__ void add_rmsnorm_f32(float* out, float* x, const float* de
 // headDim ≤ 512). Block (t, h) normalises head h of row t of q (h < nHeads, weight qn) or head
 // h-nHeads of k (weight kn), rotates it (RoPE at position pos0+t, inv_freq from the host) into
 // qr or kr, and for k heads writes kr's head and v's head to row pos0+t of the caches.
-extern "C" __global__ void qk_norm_rope_cache(float* qr, float* kr, const float* q, const float* k, const float* v,
-                                              const float* qn, const float* kn, float* kcache, float* vcache,
-                                              const float* invf, int nHeads, int nKV, int headDim, int pos0,
-                                              float eps) {
+// qk_norm_rope_cache_kb writes a bf16 cache (attention_common.cuh: KV element types).
+template <typename KV>
+__device__ __forceinline__ void qk_norm_rope_cache_rows(float* qr, float* kr, const float* q, const float* k,
+                                                        const float* v, const float* qn, const float* kn, KV* kcache,
+                                                        KV* vcache, const float* invf, int nHeads, int nKV, int headDim,
+                                                        int pos0, float eps) {
     __shared__ double red[32];
     __shared__ float y[512];
     pdl_wait();
@@ -69,3 +71,11 @@ extern "C" __global__ void qk_norm_rope_cache(float* qr, float* kr, const float*
     qk_norm_rope_row(qr, kr, q, k, v, qn, kn, kcache, vcache, invf, nHeads, nKV, headDim, eps, t, blockIdx.y, pos0 + t,
                      (size_t)(pos0 + t), red, y);
 }
+#define QKC_ENTRY(NAME, KV)                                                                                      \
+    extern "C" __global__ void NAME(float* qr, float* kr, const float* q, const float* k, const float* v,             \
+                                    const float* qn, const float* kn, KV* kcache, KV* vcache, const float* invf,      \
+                                    int nHeads, int nKV, int headDim, int pos0, float eps) {                         \
+        qk_norm_rope_cache_rows(qr, kr, q, k, v, qn, kn, kcache, vcache, invf, nHeads, nKV, headDim, pos0, eps);     \
+    }
+QKC_ENTRY(qk_norm_rope_cache, float)
+QKC_ENTRY(qk_norm_rope_cache_kb, uint16_t)
