@@ -32,6 +32,7 @@ import (
 	"github.com/qwengo/qwengo/engine/parity"
 	"github.com/qwengo/qwengo/engine/qwen3"
 	"github.com/qwengo/qwengo/engine/sample"
+	"github.com/qwengo/qwengo/engine/tensor"
 	"github.com/qwengo/qwengo/engine/tokenizer"
 )
 
@@ -115,6 +116,11 @@ type LoadOptions struct {
 	Precision string
 	// MaxSeq is the KV cache capacity of Generate and of each Chat (default min(4096, max positions)).
 	MaxSeq int
+	// KVCache is the element type of the model's KV caches: "" (the backend's: bf16 on a GPU,
+	// f32 on the CPU), "bf16" (half the memory and the bytes a decode step reads, as a bf16
+	// PyTorch model keeps them) or "f32" (keys and values exactly as computed, for comparing
+	// numeric paths bit for bit).
+	KVCache string
 	// Progress is called during loading with bytes read and total.
 	Progress func(done, total int64)
 }
@@ -152,6 +158,10 @@ func LoadWith(path string, opt LoadOptions) (*Model, error) {
 	if !fi.IsDir() {
 		dir = filepath.Dir(path)
 	}
+	kvType, err := parseKVCache(opt.KVCache)
+	if err != nil {
+		return nil, fmt.Errorf("engine: load %s: %w", path, err)
+	}
 	cfgPath := opt.Config
 	if cfgPath == "" {
 		cfgPath = filepath.Join(dir, "config.json")
@@ -173,6 +183,7 @@ func LoadWith(path string, opt LoadOptions) (*Model, error) {
 	if err != nil {
 		return nil, guardError(context.Background(), fmt.Errorf("engine: load %s: %w", path, err))
 	}
+	net.KVDType = kvType
 	m := &Model{Path: path, Config: cfg, Net: net, MaxSeq: opt.MaxSeq}
 	if m.MaxSeq <= 0 {
 		m.MaxSeq = 4096
@@ -546,4 +557,17 @@ func (m *Model) CompareIDs(a, b string, ids []int) (_ *parity.Report, err error)
 	ctx, end := call()
 	defer func() { err = end(err) }()
 	return parity.Compare(ctx, m.Path, sa, sb, ids, opt)
+}
+
+// parseKVCache reads LoadOptions.KVCache.
+func parseKVCache(s string) (tensor.DType, error) {
+	switch strings.ToLower(s) {
+	case "":
+		return tensor.Invalid, nil // the backend's default
+	case "bf16":
+		return tensor.BF16, nil
+	case "f32":
+		return tensor.F32, nil
+	}
+	return tensor.Invalid, fmt.Errorf("KVCache %q: want \"\", \"bf16\" or \"f32\"", s)
 }

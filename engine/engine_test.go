@@ -254,3 +254,40 @@ func TestGenerateBatch(t *testing.T) {
 		}
 	}
 }
+
+// TestKVCacheOption: LoadOptions.KVCache picks the element type of the model's caches; "f32" is
+// the CPU's default, so its text equals the default's; bf16 caches hold rounded keys and values
+// and still generate; an unknown type is refused before anything is loaded.
+func TestKVCacheOption(t *testing.T) {
+	path := qwenVocabModel(t)
+	gen := func(kv string) (*Model, string) {
+		t.Helper()
+		m, err := LoadWith(path, LoadOptions{KVCache: kv})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { m.Close() })
+		g, err := m.Generate("你是誰", GenerateOptions{Chat: true, MaxTokens: 12})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m, g.Text
+	}
+	_, def := gen("")
+	m32, f32 := gen("f32")
+	m16, bf16 := gen("BF16")
+	if f32 != def || m32.Net.KVDType != tensor.F32 || m16.Net.KVDType != tensor.BF16 || bf16 == "" {
+		t.Errorf("default %q, f32 %q (%s), bf16 %q (%s)", def, f32, m32.Net.KVDType, bf16, m16.Net.KVDType)
+	}
+	c, err := m16.Net.NewKVCache(4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Free()
+	if c.DType() != tensor.BF16 {
+		t.Errorf("a bf16 model's cache holds %s", c.DType())
+	}
+	if _, err := LoadWith(path, LoadOptions{KVCache: "f16"}); err == nil || !strings.Contains(err.Error(), `KVCache "f16"`) {
+		t.Errorf("KVCache f16: %v", err)
+	}
+}

@@ -20,6 +20,9 @@ type KVCacheFormat interface {
 	KVCacheDType() tensor.DType
 	// SetKVCacheDType chooses it; any other type is an error.
 	SetKVCacheDType(dt tensor.DType) error
+	// AllocKVCache allocates a zeroed [rows, cols] cache tensor (accounted under KVCache) of
+	// element type dt, F32 or BF16, whatever the default.
+	AllocKVCache(rows, cols int, dt tensor.DType) (Tensor, error)
 }
 
 // KVDType returns the element type of b's next KV caches: F32 unless b implements KVCacheFormat.
@@ -28,6 +31,21 @@ func KVDType(b Backend) tensor.DType {
 		return f.KVCacheDType()
 	}
 	return tensor.F32
+}
+
+// AllocKV allocates a [rows, cols] KV cache tensor of element type dt on b: dt 0 (Invalid) is
+// b's default (Alloc under KVCache); F32 works on every backend, BF16 needs KVCacheFormat.
+func AllocKV(b Backend, rows, cols int, dt tensor.DType) (Tensor, error) {
+	if dt == tensor.Invalid {
+		return b.Alloc(KVCache, rows, cols)
+	}
+	if f, ok := b.(KVCacheFormat); ok {
+		return f.AllocKVCache(rows, cols, dt)
+	}
+	if dt == tensor.F32 {
+		return b.Alloc(KVCache, rows, cols)
+	}
+	return nil, fmt.Errorf("backend %s keeps its KV caches in float32 only, not %s", b.Name(), dt)
 }
 
 // SetKVDType sets the element type of b's next KV caches. F32 is accepted by every backend;

@@ -159,6 +159,19 @@ func (b *Backend) Alloc(cat backend.Category, rows, cols int) (backend.Tensor, e
 	return t, nil
 }
 
+// AllocKVCache implements backend.KVCacheFormat: a float32 cache holding dt's values.
+func (b *Backend) AllocKVCache(rows, cols int, dt tensor.DType) (backend.Tensor, error) {
+	if err := backend.CheckKVDType("cpu", dt); err != nil {
+		return nil, err
+	}
+	x, err := b.Alloc(backend.KVCache, rows, cols)
+	if err != nil {
+		return nil, err
+	}
+	x.(*Tensor).bf16Values = dt == tensor.BF16
+	return x, nil
+}
+
 // Free implements backend.Backend.
 func (b *Backend) Free(t backend.Tensor) {
 	ct, ok := t.(*Tensor)

@@ -729,6 +729,21 @@ const maxElems = 1 << 34
 // Gradients, Workspace) are kept by size and handed out again (zeroed) instead of going back to
 // the driver: cuMemFree waits for the GPU, and a forward allocates the same shapes every call.
 func (b *Backend) Alloc(cat backend.Category, rows, cols int) (backend.Tensor, error) {
+	return b.allocAs(cat, rows, cols, kvDefault)
+}
+
+// kvType says what a KV cache allocation holds: the backend's default (kvBF16), float32 or bf16.
+type kvType int
+
+const (
+	kvDefault kvType = iota
+	kvF32
+	kvBF16
+)
+
+// allocAs is Alloc with the element type of a KV cache chosen by kv (other categories are
+// float32 whatever kv says).
+func (b *Backend) allocAs(cat backend.Category, rows, cols int, kv kvType) (backend.Tensor, error) {
 	if cat < 0 || cat >= backend.NumCategories {
 		return nil, fmt.Errorf("cuda: alloc: unknown category %d", int(cat))
 	}
@@ -737,7 +752,7 @@ func (b *Backend) Alloc(cat backend.Category, rows, cols int) (backend.Tensor, e
 	}
 	t := &Tensor{rows: rows, cols: cols, cat: cat, owner: b}
 	err := b.do(func() error {
-		t.bf16 = cat == backend.KVCache && b.kvBF16
+		t.bf16 = cat == backend.KVCache && (kv == kvBF16 || kv == kvDefault && b.kvBF16)
 		p, err := b.allocTensor(cat, t.bytes(), fmt.Sprintf("%s [%d, %d]", cat, rows, cols))
 		if err != nil {
 			return err

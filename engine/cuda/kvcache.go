@@ -52,6 +52,18 @@ func (b *Backend) SetKVCacheDType(dt tensor.DType) error {
 	return b.do(func() error { b.kvBF16 = dt == tensor.BF16; return nil })
 }
 
+// AllocKVCache implements backend.KVCacheFormat.
+func (b *Backend) AllocKVCache(rows, cols int, dt tensor.DType) (backend.Tensor, error) {
+	if err := backend.CheckKVDType("cuda", dt); err != nil {
+		return nil, err
+	}
+	kv := kvF32
+	if dt == tensor.BF16 {
+		kv = kvBF16
+	}
+	return b.allocAs(backend.KVCache, rows, cols, kv)
+}
+
 // kvPair checks a layer's key and value caches (or rows of them) for an attention op: live
 // tensors of this backend of one element type. It returns the kernel-name suffix of that type.
 func (b *Backend) kvPair(op string, k, v backend.Tensor, kname, vname string) (kt, vt *Tensor, suffix string, err error) {

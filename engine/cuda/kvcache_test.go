@@ -114,6 +114,18 @@ func TestKVCacheBF16Storage(t *testing.T) {
 			t.Errorf("error %v, want one containing %q", e.err, e.want)
 		}
 	}
+	// A cache of the other type than the default, asked for by name.
+	f, err := g.AllocKVCache(2, cols, tensor.F32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Free(f)
+	if f.DType() != tensor.F32 {
+		t.Errorf("AllocKVCache(F32) made a %s tensor", f.DType())
+	}
+	if _, err := g.AllocKVCache(2, cols, tensor.F16); err == nil || !strings.Contains(err.Error(), "not F16") {
+		t.Errorf("AllocKVCache(F16): %v", err)
+	}
 	if backend.KVDType(g) != tensor.BF16 || backend.KVDType(c) != tensor.BF16 {
 		t.Errorf("KVDType %s / %s, want BF16", backend.KVDType(g), backend.KVDType(c))
 	}

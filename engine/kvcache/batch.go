@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	"github.com/qwengo/qwengo/engine/backend"
+	"github.com/qwengo/qwengo/engine/tensor"
 )
 
 // Batch is the KV cache of B sequences decoded together (batched decode, backend.Batched):
@@ -34,6 +35,11 @@ type rowViewer interface {
 // of width keys and values (accounted under backend.KVCache). The backend must provide row views
 // (backend.Training). Running out of budget frees what was allocated and returns the error.
 func NewBatch(b backend.Backend, layers, width, batch, capacity int) (*Batch, error) {
+	return NewBatchOf(b, 0, layers, width, batch, capacity)
+}
+
+// NewBatchOf is NewBatch with the element type dt: F32, BF16, or 0 for the backend's default.
+func NewBatchOf(b backend.Backend, dt tensor.DType, layers, width, batch, capacity int) (*Batch, error) {
 	if layers <= 0 || width <= 0 || batch <= 0 || capacity <= 0 {
 		return nil, fmt.Errorf("batch kv cache: %d layers of width %d for %d sequences of %d tokens: all must be positive", layers, width, batch, capacity)
 	}
@@ -44,7 +50,7 @@ func NewBatch(b backend.Backend, layers, width, batch, capacity int) (*Batch, er
 	c := &Batch{b: b, capacity: capacity, width: width}
 	for i := 0; i < layers; i++ {
 		for _, dst := range []*[]backend.Tensor{&c.k, &c.v} {
-			t, err := b.Alloc(backend.KVCache, batch*capacity, width)
+			t, err := backend.AllocKV(b, batch*capacity, width, dt)
 			if err != nil {
 				c.Free()
 				return nil, fmt.Errorf("batch kv cache for %d sequences of %d tokens (%d layers): %w", batch, capacity, layers, err)
@@ -54,7 +60,7 @@ func NewBatch(b backend.Backend, layers, width, batch, capacity int) (*Batch, er
 	}
 	elem := int64(c.k[0].DType().Size())
 	for r := 0; r < batch; r++ {
-		s := &Cache{b: b, capacity: capacity, width: width, elemBytes: elem}
+		s := &Cache{b: b, capacity: capacity, width: width, elemBytes: elem, dt: valueType(b, dt)}
 		for i := 0; i < layers; i++ {
 			kv, err1 := rv.RowView(c.k[i], r*capacity, capacity)
 			vv, err2 := rv.RowView(c.v[i], r*capacity, capacity)

@@ -12,9 +12,8 @@ package kvcache
 import (
 	"fmt"
 
-	"github.com/qwengo/qwengo/engine/tensor"
-
 	"github.com/qwengo/qwengo/engine/backend"
+	"github.com/qwengo/qwengo/engine/tensor"
 )
 
 // Cache holds keys and values for every layer of one sequence.
@@ -24,19 +23,27 @@ type Cache struct {
 	n         int
 	capacity  int
 	width     int
-	elemBytes int64
+	elemBytes int64        // bytes an element as stored
+	dt        tensor.DType // the values' type: F32, or BF16 (stored as bf16, or rounded float32 on the CPU)
 }
 
 // New preallocates a cache of capacity tokens for layers layers of width (kv heads × head_dim)
-// keys and values each. Running out of budget frees what was allocated and returns the error.
+// keys and values each, of the backend's default element type (backend.KVCacheFormat: bf16 on
+// CUDA, float32 on the CPU). Running out of budget frees what was allocated and returns the
+// error.
 func New(b backend.Backend, layers, width, capacity int) (*Cache, error) {
+	return NewOf(b, 0, layers, width, capacity)
+}
+
+// NewOf is New with the element type dt: F32, BF16, or 0 for the backend's default.
+func NewOf(b backend.Backend, dt tensor.DType, layers, width, capacity int) (*Cache, error) {
 	if layers <= 0 || width <= 0 || capacity <= 0 {
 		return nil, fmt.Errorf("kv cache: %d layers of width %d for %d tokens: all must be positive", layers, width, capacity)
 	}
-	c := &Cache{b: b, capacity: capacity, width: width}
+	c := &Cache{b: b, capacity: capacity, width: width, dt: valueType(b, dt)}
 	for i := 0; i < layers; i++ {
 		for _, dst := range []*[]backend.Tensor{&c.k, &c.v} {
-			t, err := b.Alloc(backend.KVCache, capacity, width)
+			t, err := backend.AllocKV(b, capacity, width, dt)
 			if err != nil {
 				c.Free()
 				return nil, fmt.Errorf("kv cache for %d tokens (%d layers): %w", capacity, layers, err)
@@ -113,13 +120,16 @@ func (c *Cache) BytesUsed() int64 {
 	return int64(len(c.k)+len(c.v)) * int64(c.n) * int64(c.width) * c.elemBytes
 }
 
-// DType is the element type the cache's keys and values are stored in on its backend (F32, or
-// BF16 on a backend that stores bf16 caches: backend.KVCacheFormat).
-func (c *Cache) DType() tensor.DType {
-	if len(c.k) == 0 {
-		return tensor.F32
+// DType is the type of the cached keys and values: F32, or BF16 (backend.KVCacheFormat; a CPU
+// cache holds bf16 values in float32 storage, so Bytes counts 4 bytes an element there).
+func (c *Cache) DType() tensor.DType { return c.dt }
+
+// valueType is what a cache of type dt (0: b's default) on b holds.
+func valueType(b backend.Backend, dt tensor.DType) tensor.DType {
+	if dt == tensor.Invalid {
+		return backend.KVDType(b)
 	}
-	return c.k[0].DType()
+	return dt
 }
 
 // String summarises the cache.

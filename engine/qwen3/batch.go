@@ -22,7 +22,7 @@ func (m *Model) NewBatchKVCache(batch, maxSeq int) (*BatchKVCache, error) {
 	if c.MaxPositions > 0 && maxSeq > c.MaxPositions {
 		return nil, fmt.Errorf("batch kv cache: %d tokens exceed max_position_embeddings %d", maxSeq, c.MaxPositions)
 	}
-	return kvcache.NewBatch(m.B, c.NumLayers, c.KVDim(), batch, maxSeq)
+	return kvcache.NewBatchOf(m.B, m.KVDType, c.NumLayers, c.KVDim(), batch, maxSeq)
 }
 
 // ForwardBatch advances every sequence of cache by one token: ids[r] is fed to sequence r at

@@ -19,7 +19,7 @@ func (m *Model) NewKVCache(maxSeq int) (*KVCache, error) {
 	if c.MaxPositions > 0 && maxSeq > c.MaxPositions {
 		return nil, fmt.Errorf("kv cache: %d tokens exceed max_position_embeddings %d", maxSeq, c.MaxPositions)
 	}
-	return kvcache.New(m.B, c.NumLayers, c.KVDim(), maxSeq)
+	return kvcache.NewOf(m.B, m.KVDType, c.NumLayers, c.KVDim(), maxSeq)
 }
 
 // LogitsMode selects which positions' logits Forward returns.

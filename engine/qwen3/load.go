@@ -43,6 +43,11 @@ type Model struct {
 	// another order, so its results agree within float tolerance, not bit for bit. Unfused
 	// implies it.
 	OpDecode bool
+	// KVDType is the element type of the KV caches NewKVCache and NewBatchKVCache make: F32,
+	// BF16, or 0 for the backend's default (backend.KVCacheFormat: bf16 on CUDA, float32 on
+	// the CPU). bf16 halves the cache's memory and the bytes a decode step reads; float32 keeps
+	// keys and values exactly as computed (for comparing paths bit for bit).
+	KVDType tensor.DType
 
 	// decodeSet is the LayerDecoder's view of the layers and the caches of decodeFor.
 	decodeMu  sync.Mutex

@@ -17,6 +17,7 @@ func init() {
 		"AdamW4bitBlock":            reflect.ValueOf(constant.MakeFromLiteral("128", token.INT, 0)),
 		"AdamWInt8Block":            reflect.ValueOf(constant.MakeFromLiteral("64", token.INT, 0)),
 		"AdamWMomentLens":           reflect.ValueOf(backend.AdamWMomentLens),
+		"AllocKV":                   reflect.ValueOf(backend.AllocKV),
 		"ArgMax":                    reflect.ValueOf(backend.ArgMax),
 		"AsBatched":                 reflect.ValueOf(backend.AsBatched),
 		"AsTraining":                reflect.ValueOf(backend.AsTraining),
@@ -346,10 +347,14 @@ func (W _github_com_qwengo_qwengo_engine_backend_FusedDecode) SwiGLUMatMulAdd(x 
 // _github_com_qwengo_qwengo_engine_backend_KVCacheFormat is an interface wrapper for KVCacheFormat type
 type _github_com_qwengo_qwengo_engine_backend_KVCacheFormat struct {
 	IValue           interface{}
+	WAllocKVCache    func(rows int, cols int, dt tensor.DType) (backend.Tensor, error)
 	WKVCacheDType    func() tensor.DType
 	WSetKVCacheDType func(dt tensor.DType) error
 }
 
+func (W _github_com_qwengo_qwengo_engine_backend_KVCacheFormat) AllocKVCache(rows int, cols int, dt tensor.DType) (backend.Tensor, error) {
+	return W.WAllocKVCache(rows, cols, dt)
+}
 func (W _github_com_qwengo_qwengo_engine_backend_KVCacheFormat) KVCacheDType() tensor.DType {
 	return W.WKVCacheDType()
 }

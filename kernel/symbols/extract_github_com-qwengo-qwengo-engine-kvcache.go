@@ -10,8 +10,10 @@ import (
 func init() {
 	Symbols["github.com/qwengo/qwengo/engine/kvcache/kvcache"] = map[string]reflect.Value{
 		// function, constant and variable definitions
-		"New":      reflect.ValueOf(kvcache.New),
-		"NewBatch": reflect.ValueOf(kvcache.NewBatch),
+		"New":        reflect.ValueOf(kvcache.New),
+		"NewBatch":   reflect.ValueOf(kvcache.NewBatch),
+		"NewBatchOf": reflect.ValueOf(kvcache.NewBatchOf),
+		"NewOf":      reflect.ValueOf(kvcache.NewOf),
 
 		// type definitions
 		"Batch": reflect.ValueOf((*kvcache.Batch)(nil)),
