@@ -530,7 +530,7 @@ func (c *Chat) CachedTokens() int { return c.c.Cached() }
 func (c *Chat) Close() { c.cache.Free() }
 
 // Compare runs prompt through two numeric paths of this model — specs such as "cpu:bf16:kv" and
-// "cpu:nvfp4" (backend, precision, qat, kv, scalebug=N) — and reports per layer max_abs, mean_abs
+// "cpu:nvfp4" (backend, precision, qat, kv, cache=f32|bf16, scalebug=N) — and reports per layer max_abs, mean_abs
 // and cosine of the hidden state, the first diverging layer and both sides' top-10 next tokens.
 // The prompt is tokenized as is; use tokenizer.RenderChat for the chat template.
 func (m *Model) Compare(a, b string, prompt string) (*parity.Report, error) {

@@ -7,10 +7,12 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/qwengo/qwengo/engine/backend"
 	"github.com/qwengo/qwengo/engine/qwen3"
+	"github.com/qwengo/qwengo/engine/tensor"
 )
 
 // Default thresholds of Options.
@@ -154,6 +156,7 @@ type Side struct {
 	Name      string   `json:"name"`   // the spec as text
 	Device    string   `json:"device"` // the backend's description
 	Weights   string   `json:"weights"`
+	KVCache   string   `json:"kv_cache"` // the element type of its KV caches
 	LoadMs    float64  `json:"load_ms"`
 	ForwardMs float64  `json:"forward_ms"`
 	Argmax    int      `json:"argmax"`
@@ -286,6 +289,7 @@ func Compare(ctx context.Context, modelPath string, a, b Spec, ids []int, opt Op
 		for _, i := range g {
 			s := sides[i]
 			s.Device, s.Weights, s.LoadMs, s.Notes = be.Name(), weightSummary(m), loadMs, notes
+			s.KVCache = cacheName(s.Spec, be)
 			t1 := time.Now()
 			c, err := run(ctx, m, s.Spec, ids, opt.AllPositions)
 			if err != nil {
@@ -330,6 +334,7 @@ func weightSummary(m *qwen3.Model) string {
 // run executes one path and captures its hidden states.
 func run(ctx context.Context, m *qwen3.Model, s Spec, ids []int, all bool) (*capture, error) {
 	c := m.Config
+	m.KVDType = cacheType(s.Cache)
 	T := len(ids)
 	cp := &capture{rows: make([][][]float32, c.NumLayers+2)}
 	for i := range cp.rows {
@@ -521,4 +526,23 @@ func top(logits []float32, logp []float64, opt Options) ([]Token, int) {
 		}
 	}
 	return out, idx[0]
+}
+
+// cacheType is the element type a spec's Cache names (0: the backend's default).
+func cacheType(name string) tensor.DType {
+	switch name {
+	case PrecisionF32:
+		return tensor.F32
+	case PrecisionBF16:
+		return tensor.BF16
+	}
+	return tensor.Invalid
+}
+
+// cacheName is the KV cache type a side of spec s runs with on backend b.
+func cacheName(s Spec, b backend.Backend) string {
+	if s.Cache != "" {
+		return s.Cache
+	}
+	return strings.ToLower(backend.KVDType(b).String())
 }

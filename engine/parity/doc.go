@@ -26,6 +26,9 @@
 //     bytes read as integers) is reproducible on one layer (Spec.ScaleBug, scalebug=N): the
 //     worked example of notebook 03, where the report points at exactly that layer. See
 //     ScaleBugDequantize for what the bug was and what it does to ModelOpt and seed weights.
+//   - KV caches are bf16 on CUDA and float32 on the CPU unless a spec says (cache=f32,
+//     cache=bf16: Spec.Cache); a GPU-versus-CPU comparison on one cache type sees only the
+//     other differences. Each side reports the type it ran with.
 package parity
 
 import (

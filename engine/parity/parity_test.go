@@ -82,6 +82,7 @@ func TestSamePathsAgree(t *testing.T) {
 			{"cpu:nvfp4:kv", "cpu:nvfp4"},
 			{"cpu:stored", "cpu:f32"},
 			{"cpu:f32:qat", "cpu:nvfp4:kv"},
+			{"cpu:f32:kv:cache=bf16", "cpu:f32:cache=bf16"}, // bf16 caches: the same keys either way
 		} {
 			t.Run(filepath.Base(model)+"/"+c[0]+"_vs_"+c[1], func(t *testing.T) {
 				r := compare(t, model, c[0], c[1], Options{AllPositions: true})
@@ -362,6 +363,8 @@ func TestParseSpec(t *testing.T) {
 		{"cpu:nvfp4:nokv", Spec{Backend: "cpu", Precision: "nvfp4"}, "cpu:nvfp4"},
 		{"scalebug=3:nvfp4", Spec{Backend: "cpu", Precision: "nvfp4", ScaleBug: true, ScaleBugLayer: 3}, "cpu:nvfp4:scalebug=3"},
 		{" cpu : stored ", Spec{Backend: "cpu", Precision: "stored"}, "cpu:stored"},
+		{"cache=BF16:cuda:kv:nvfp4", Spec{Backend: "cuda", Precision: "nvfp4", KVCache: true, Cache: "bf16"}, "cuda:nvfp4:kv:cache=bf16"},
+		{"cpu:cache=f32", Spec{Backend: "cpu", Precision: "stored", Cache: "f32"}, "cpu:stored:cache=f32"},
 	}
 	for _, c := range good {
 		got, err := ParseSpec(c.in)
@@ -386,6 +389,9 @@ func TestParseSpec(t *testing.T) {
 		{"scalebug=x", "want scalebug=LAYER"},
 		{"scalebug=-1", "0 or more"},
 		{"scalebug=1:scalebug=2", "scalebug given twice"},
+		{"cache=f16", "want cache=f32 or cache=bf16"},
+		{"cache", "want cache=f32 or cache=bf16"},
+		{"cache=f32:cache=bf16", "cache given twice"},
 	}
 	for _, c := range bad {
 		_, err := ParseSpec(c.in)
@@ -395,6 +401,25 @@ func TestParseSpec(t *testing.T) {
 	}
 	if err := (Spec{Precision: "fp8"}).Validate(); err == nil || !strings.Contains(err.Error(), "unknown precision") {
 		t.Errorf("Validate fp8: %v", err)
+	}
+	if err := (Spec{Cache: "fp8"}).Validate(); err == nil || !strings.Contains(err.Error(), "unknown KV cache type") {
+		t.Errorf("Validate cache fp8: %v", err)
+	}
+}
+
+// TestKVCacheType: bf16 caches (cache=bf16) against float32 ones on the same backend: the
+// embedding agrees exactly, the layers differ by bf16's rounding of keys and values (small, not
+// zero), and each side reports its cache type.
+func TestKVCacheType(t *testing.T) {
+	r := compare(t, tinyModels[0], "cpu:f32:kv:cache=bf16", "cpu:f32:kv", Options{})
+	if r.A.KVCache != "bf16" || r.B.KVCache != "f32" || !strings.Contains(r.String(), "kv cache bf16") {
+		t.Errorf("sides report caches %q and %q:\n%s", r.A.KVCache, r.B.KVCache, r)
+	}
+	if r.Layers[0].MaxAbs != 0 {
+		t.Errorf("the embedding differs by %g", r.Layers[0].MaxAbs)
+	}
+	if l := r.Layers[1]; l.MaxAbs == 0 || l.Cosine < 0.9999 || r.Diverges() {
+		t.Errorf("layer 0: max_abs %g, cosine %v, diverges %v; want a small non-zero difference\n%s", l.MaxAbs, l.Cosine, r.Diverges(), r)
 	}
 }
 

@@ -32,6 +32,11 @@ type Spec struct {
 	// through the cache (the generation path); off, the whole sequence runs in one forward
 	// (the recompute path).
 	KVCache bool `json:"kv_cache"`
+	// Cache is the element type of the KV caches both paths attend through (the recompute path
+	// has a temporary one): "f32", "bf16", or "" for the backend's default (bf16 on CUDA, f32 on
+	// the CPU; backend.KVCacheFormat). Comparing a GPU path with a CPU one on the same type
+	// isolates everything else.
+	Cache string `json:"cache,omitempty"`
 	// ScaleBug reproduces the seed project's fp8-scale bug (E4M3 block-scale bytes read as
 	// integers instead of decoded; see ScaleBugDequantize) on the NVFP4 weights of every linear
 	// of layer ScaleBugLayer. A fault injection for showing what the parity report catches.
@@ -40,7 +45,7 @@ type Spec struct {
 }
 
 // String is the spec in ParseSpec's syntax, canonical order: backend:precision[:qat][:kv]
-// [:scalebug=N].
+// [:cache=T][:scalebug=N].
 func (s Spec) String() string {
 	n := s.normalized()
 	parts := []string{n.Backend, n.Precision}
@@ -49,6 +54,9 @@ func (s Spec) String() string {
 	}
 	if n.KVCache {
 		parts = append(parts, "kv")
+	}
+	if n.Cache != "" {
+		parts = append(parts, "cache="+n.Cache)
 	}
 	if n.ScaleBug {
 		parts = append(parts, "scalebug="+strconv.Itoa(n.ScaleBugLayer))
@@ -62,6 +70,7 @@ func (s Spec) normalized() Spec {
 		s.Backend = "cpu"
 	}
 	s.Precision = strings.ToLower(s.Precision)
+	s.Cache = strings.ToLower(s.Cache)
 	if s.Precision == "" {
 		s.Precision = PrecisionStored
 	}
@@ -82,6 +91,9 @@ func (s Spec) Validate() error {
 	}
 	if n.QAT && n.Precision == PrecisionNVFP4 {
 		return fmt.Errorf("spec %s: qat computes densely through the NVFP4 image; with nvfp4 the weights already are NVFP4 (use f32 or bf16 with qat)", s)
+	}
+	if n.Cache != "" && n.Cache != PrecisionF32 && n.Cache != PrecisionBF16 {
+		return fmt.Errorf("spec %s: unknown KV cache type %q (want f32 or bf16)", s, s.Cache)
 	}
 	if n.ScaleBug && n.ScaleBugLayer < 0 {
 		return fmt.Errorf("spec %s: scale-bug layer %d is negative", s, n.ScaleBugLayer)
@@ -108,9 +120,11 @@ func (s Spec) loadKey() string {
 //	nvfp4 | bf16 | f32 | stored         weight precision (default stored; f32 with qat)
 //	kv | nokv                           KV cache path on / off (default off)
 //	qat                                 linears through their NVFP4 image, dense compute
+//	cache=f32 | cache=bf16              KV cache element type (default: the backend's)
 //	scalebug=N                          the seed's fp8-scale bug on layer N's NVFP4 weights
 //
-// e.g. "cpu:nvfp4:kv", "kv:f32", "cuda:bf16:qat", "cpu:nvfp4:scalebug=3". Tokens are
+// e.g. "cpu:nvfp4:kv", "kv:f32", "cuda:bf16:qat", "cuda:nvfp4:kv:cache=f32",
+// "cpu:nvfp4:scalebug=3". Tokens are
 // case-insensitive. "cuda" parses in every build; Compare says when the binary lacks it.
 func ParseSpec(text string) (Spec, error) {
 	var s Spec
@@ -143,6 +157,13 @@ func ParseSpec(text string) (Spec, error) {
 			if err = set("qat", tok); err == nil {
 				s.QAT = true
 			}
+		case strings.HasPrefix(tok, "cache"):
+			typ, ok := strings.CutPrefix(tok, "cache=")
+			if !ok || (typ != PrecisionF32 && typ != PrecisionBF16) {
+				err = fmt.Errorf("spec %q: %q: want cache=f32 or cache=bf16", text, raw)
+			} else if err = set("cache", tok); err == nil {
+				s.Cache = typ
+			}
 		case strings.HasPrefix(tok, "scalebug"):
 			num, ok := strings.CutPrefix(tok, "scalebug=")
 			n, perr := strconv.Atoi(num)
@@ -170,7 +191,7 @@ func ParseSpec(text string) (Spec, error) {
 				names = append(names, n)
 			}
 			sort.Strings(names)
-			err = fmt.Errorf("spec %q: unknown token %q (want a backend %s, a precision nvfp4|bf16|f32|stored, kv, nokv, qat or scalebug=N)",
+			err = fmt.Errorf("spec %q: unknown token %q (want a backend %s, a precision nvfp4|bf16|f32|stored, kv, nokv, qat, cache=f32|bf16 or scalebug=N)",
 				text, raw, strings.Join(names, "|"))
 		}
 		if err != nil {

@@ -24,7 +24,7 @@ func runParity(args []string, stdout, stderr io.Writer) int {
 	f := cli.New("parity")
 	f.SetOutput(stderr)
 	model := f.String("model", "", "model directory or weight file (safetensors, NVFP4 safetensors, seed .dat)")
-	specA := f.String("a", "", "first path, e.g. cpu:f32 (tokens in any order: cpu|cuda, nvfp4|bf16|f32|stored, kv, qat, scalebug=N)")
+	specA := f.String("a", "", "first path, e.g. cpu:f32 (tokens in any order: cpu|cuda, nvfp4|bf16|f32|stored, kv, qat, cache=f32|bf16, scalebug=N)")
 	specB := f.String("b", "", "second path, e.g. cpu:nvfp4:kv")
 	prompt := f.String("prompt", "", "prompt text (needs a tokenizer)")
 	ids := f.IntList("ids", nil, "prompt token ids, comma-separated (instead of --prompt)")
