@@ -156,7 +156,7 @@ type Side struct {
 	Name      string   `json:"name"`   // the spec as text
 	Device    string   `json:"device"` // the backend's description
 	Weights   string   `json:"weights"`
-	KVCache   string   `json:"kv_cache"` // the element type of its KV caches
+	Cache     string   `json:"cache"` // the element type of its KV caches (Spec.Cache resolved)
 	LoadMs    float64  `json:"load_ms"`
 	ForwardMs float64  `json:"forward_ms"`
 	Argmax    int      `json:"argmax"`
@@ -289,7 +289,7 @@ func Compare(ctx context.Context, modelPath string, a, b Spec, ids []int, opt Op
 		for _, i := range g {
 			s := sides[i]
 			s.Device, s.Weights, s.LoadMs, s.Notes = be.Name(), weightSummary(m), loadMs, notes
-			s.KVCache = cacheName(s.Spec, be)
+			s.Cache = cacheName(s.Spec, be)
 			t1 := time.Now()
 			c, err := run(ctx, m, s.Spec, ids, opt.AllPositions)
 			if err != nil {

@@ -412,8 +412,8 @@ func TestParseSpec(t *testing.T) {
 // zero), and each side reports its cache type.
 func TestKVCacheType(t *testing.T) {
 	r := compare(t, tinyModels[0], "cpu:f32:kv:cache=bf16", "cpu:f32:kv", Options{})
-	if r.A.KVCache != "bf16" || r.B.KVCache != "f32" || !strings.Contains(r.String(), "kv cache bf16") {
-		t.Errorf("sides report caches %q and %q:\n%s", r.A.KVCache, r.B.KVCache, r)
+	if r.A.Cache != "bf16" || r.B.Cache != "f32" || !strings.Contains(r.String(), "kv cache bf16") {
+		t.Errorf("sides report caches %q and %q:\n%s", r.A.Cache, r.B.Cache, r)
 	}
 	if r.Layers[0].MaxAbs != 0 {
 		t.Errorf("the embedding differs by %g", r.Layers[0].MaxAbs)

@@ -106,7 +106,7 @@ func (r *Report) String() string {
 		tag  string
 		side *Side
 	}{{"a", &r.A}, {"b", &r.B}} {
-		fmt.Fprintf(&b, "  %s: %s; load %.0f ms, forward %.0f ms; weights %s; kv cache %s\n", s.tag, s.side.Device, s.side.LoadMs, s.side.ForwardMs, s.side.Weights, s.side.KVCache)
+		fmt.Fprintf(&b, "  %s: %s; load %.0f ms, forward %.0f ms; weights %s; kv cache %s\n", s.tag, s.side.Device, s.side.LoadMs, s.side.ForwardMs, s.side.Weights, s.side.Cache)
 		for _, n := range s.side.Notes {
 			fmt.Fprintf(&b, "     %s\n", n)
 		}
