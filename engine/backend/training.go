@@ -102,7 +102,7 @@ type AdamWHyper struct {
 	GradScale                          float32 // applied to the gradient first (1/n tokens × clip factor)
 	NoDecay                            bool
 	StochasticRound                    bool   // bf16 weights: round stochastically
-	Seed                               uint64 // stochastic rounding: engine/optim's srBits(Seed, Step, Param, element index)
+	Seed                               uint64 // stochastic rounding: engine/optim's SRDraw(SRKey(Seed, Step, Param), element index)
 	Param                              uint64 // the parameter's index in the model (separates rounding streams)
 }
 

@@ -814,15 +814,16 @@ func (w *Weight) loadMaster(dst []float32, j0 int) {
 }
 
 // storeMaster stores updated elements from j0 as engine/optim stores masters: f32 as they
-// are; bf16 rounded to nearest even, or stochastically with optim.StochasticBF16 drawn from
-// (Seed, Step, Param, index) when h.StochasticRound.
+// are; bf16 rounded to nearest even, or stochastically with optim.StochasticBF16Key drawn from
+// (SRKey(Seed, Step, Param), index) when h.StochasticRound.
 func (w *Weight) storeMaster(src []float32, j0 int, h backend.AdamWHyper) {
 	switch {
 	case w.f32 != nil:
 		copy(w.f32[j0:], src)
 	case h.StochasticRound:
+		key := optim.SRKey(h.Seed, uint64(h.Step), h.Param)
 		for j, v := range src {
-			w.bf16[j0+j] = optim.StochasticBF16(v, h.Seed, uint64(h.Step), h.Param, uint64(j0+j))
+			w.bf16[j0+j] = optim.StochasticBF16Key(v, key, uint64(j0+j))
 		}
 	default:
 		for j, v := range src {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/qwengo/qwengo/engine/backend"
+	"github.com/qwengo/qwengo/engine/optim"
 )
 
 // AdamW on 4-bit moments (engine/optim's Bit4 format, backend format "4bit"): the state's
@@ -41,19 +42,13 @@ func adam4Layout(rows, cols int) (offV, offMS, offNorm, total int64) {
 	return offV, offMS, offNorm, offNorm + norm
 }
 
-// adamScalars are one call's AdamW constants in float32, computed as engine/optim computes
-// them (see AdamW).
-type adamScalars struct {
-	lr, b1, b2, bc1, bc2, eps, decay, gscale float32
-}
-
 // adamW4 runs AdamW with 4-bit moments on checked arguments (owner goroutine). For a matrix:
 // zero the new row and column maxima (training scratch), adamw4_vmax fills them from the
 // gradient and the old codes, adamw_{f32,bf16}_4bit updates w, m and v (decoding v under the
 // old maxima, encoding under the new), and the new maxima are copied over the old ones. A
 // one-row parameter is one launch: its v is normalised per block of 128 within the warp that
 // owns the block.
-func (b *Backend) adamW4(w *Weight, g *Tensor, s *AdamState, k adamScalars, sr int, h backend.AdamWHyper) error {
+func (b *Backend) adamW4(w *Weight, g *Tensor, s *AdamState, k optim.CoeffScalars, gscale float32, sr int, key uint32, h backend.AdamWHyper) error {
 	rows, cols := s.rows, s.cols
 	n := int64(rows) * int64(cols)
 	matrix := rows > 1
@@ -70,7 +65,7 @@ func (b *Backend) adamW4(w *Weight, g *Tensor, s *AdamState, k adamScalars, sr i
 		per := max(vmaxRows, (rows+65534)/65535)
 		if err := launch(b.fns["adamw4_vmax"], [3]int{(cols + 255) / 256, (rows + per - 1) / per, 1}, [3]int{256, 1, 1}, 0,
 			ptrArg(newNorm), ptrArg(newNorm+devPtr(4*rows)), ptrArg(g.ptr), ptrArg(s.v), ptrArg(s.vs), ptrArg(s.vs+devPtr(4*rows)),
-			f32Arg(k.b2), f32Arg(1-k.b2), f32Arg(k.gscale), intArg(rows), intArg(cols), intArg(per)); err != nil {
+			f32Arg(k.B2), f32Arg(k.OMB2), f32Arg(gscale), intArg(rows), intArg(cols), intArg(per)); err != nil {
 			return fmt.Errorf("4bit maxima of v: %w", err)
 		}
 	}
@@ -82,11 +77,10 @@ func (b *Backend) adamW4(w *Weight, g *Tensor, s *AdamState, k adamScalars, sr i
 	if matrix {
 		mat = 1
 	}
-	if err := launch(b.fns["adamw_"+w.kind+"_4bit"], [3]int{grid, 1, 1}, [3]int{256, 1, 1}, 0,
-		ptrArg(w.ptr), ptrArg(g.ptr), ptrArg(s.m), ptrArg(s.v), ptrArg(s.ms), ptrArg(s.vs), ptrArg(newNorm),
-		f32Arg(k.lr), f32Arg(k.b1), f32Arg(k.b2), f32Arg(1-k.b1), f32Arg(1-k.b2), f32Arg(k.bc1), f32Arg(k.bc2),
-		f32Arg(k.eps), f32Arg(k.decay), f32Arg(k.gscale), intArg(sr),
-		arg(h.Seed), arg(uint64(h.Step)), arg(h.Param), sizeArg(n), sizeArg(int64(rows)), arg(uint32(cols)), intArg(mat)); err != nil {
+	args := []arg{ptrArg(w.ptr), ptrArg(g.ptr), ptrArg(s.m), ptrArg(s.v), ptrArg(s.ms), ptrArg(s.vs), ptrArg(newNorm)}
+	args = append(append(args, adamScalarArgs(k, gscale)...), intArg(sr), arg(key),
+		arg(h.Seed), arg(uint64(h.Step)), arg(h.Param), sizeArg(n), sizeArg(int64(rows)), arg(uint32(cols)), intArg(mat))
+	if err := launch(b.fns["adamw_"+w.kind+"_4bit"], [3]int{grid, 1, 1}, [3]int{256, 1, 1}, 0, args...); err != nil {
 		return fmt.Errorf("4bit update: %w", err)
 	}
 	if matrix {

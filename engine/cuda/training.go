@@ -11,6 +11,7 @@ import (
 	"unsafe"
 
 	"github.com/qwengo/qwengo/engine/backend"
+	"github.com/qwengo/qwengo/engine/optim"
 )
 
 // The training ops (backend.Training): backward kernels, cross-entropy over logit rows and
@@ -795,20 +796,14 @@ func (b *Backend) AdamW(bw backend.Weight, grad backend.Tensor, st backend.AdamW
 		if g.rows != w.out || g.cols != w.in || s.rows != w.out || s.cols != w.in {
 			return fmt.Errorf("cuda: %s %s: weight [%d, %d], grad [%d, %d], state [%d, %d]", op, w.name, w.out, w.in, g.rows, g.cols, s.rows, s.cols)
 		}
-		b1, b2 := float32(h.Beta1), float32(h.Beta2)
-		bc1 := float32(1 - math.Pow(h.Beta1, float64(h.Step)))
-		bc2 := float32(1 - math.Pow(h.Beta2, float64(h.Step)))
-		decay := float32(h.LR * h.WeightDecay)
-		if h.NoDecay {
-			decay = 0
-		}
+		k := optim.NewCoeffs(h.Beta1, h.Beta2, h.Eps, h.LR, h.WeightDecay, h.Step, h.NoDecay).Scalars()
+		key := optim.SRKey(h.Seed, uint64(h.Step), h.Param)
 		sr := 0
 		if h.StochasticRound {
 			sr = 1
 		}
 		if s.format == "4bit" {
-			if err := b.adamW4(w, g, s, adamScalars{lr: float32(h.LR), b1: b1, b2: b2, bc1: bc1, bc2: bc2, eps: float32(h.Eps),
-				decay: decay, gscale: h.GradScale}, sr, h); err != nil {
+			if err := b.adamW4(w, g, s, k, h.GradScale, sr, key, h); err != nil {
 				return fmt.Errorf("cuda: %s %s: %w", op, w.name, err)
 			}
 			return nil
@@ -819,15 +814,20 @@ func (b *Backend) AdamW(bw backend.Weight, grad backend.Tensor, st backend.AdamW
 		if err != nil {
 			return fmt.Errorf("cuda: %s %s: %w", op, w.name, err)
 		}
-		if err := launch(b.fns[name], [3]int{grid, 1, 1}, [3]int{256, 1, 1}, 0,
-			ptrArg(w.ptr), ptrArg(g.ptr), ptrArg(s.m), ptrArg(s.v), ptrArg(s.ms), ptrArg(s.vs),
-			f32Arg(float32(h.LR)), f32Arg(b1), f32Arg(b2), f32Arg(1-b1), f32Arg(1-b2), f32Arg(bc1), f32Arg(bc2),
-			f32Arg(float32(h.Eps)), f32Arg(decay), f32Arg(h.GradScale), intArg(sr),
-			arg(h.Seed), arg(uint64(h.Step)), arg(h.Param), sizeArg(int64(n))); err != nil {
+		args := []arg{ptrArg(w.ptr), ptrArg(g.ptr), ptrArg(s.m), ptrArg(s.v), ptrArg(s.ms), ptrArg(s.vs)}
+		args = append(append(args, adamScalarArgs(k, h.GradScale)...), intArg(sr), arg(key), sizeArg(int64(n)))
+		if err := launch(b.fns[name], [3]int{grid, 1, 1}, [3]int{256, 1, 1}, 0, args...); err != nil {
 			return fmt.Errorf("cuda: %s %s: %w", op, w.name, err)
 		}
 		return nil
 	})
+}
+
+// adamScalarArgs are the AdamW kernels' float parameters (adamw.cuh AdamParams): optim's
+// constants of the step and the gradient's scale.
+func adamScalarArgs(k optim.CoeffScalars, gscale float32) []arg {
+	return []arg{f32Arg(k.LRC), f32Arg(k.B1), f32Arg(k.B2), f32Arg(k.OMB1), f32Arg(k.OMB2), f32Arg(k.RBC2),
+		f32Arg(k.Eps), f32Arg(k.Decay), f32Arg(gscale)}
 }
 
 var _ backend.Training = (*Backend)(nil)

@@ -809,3 +809,37 @@ func TestTrainingErrors(t *testing.T) {
 		t.Error("rope backward with an odd head_dim: no error")
 	}
 }
+
+// TestDivPos checks the AdamW kernels' division (adamw.cuh div_pos, the fast path of div.rn
+// without its range test and slow-path call) against __fdiv_rn bit for bit on 2^32 pairs spread
+// over its whole input range, zeros and binade edges included (train.cu div_pos_check).
+func TestDivPos(t *testing.T) {
+	g := openGPU(t)
+	out, err := g.Alloc(backend.Workspace, 1, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Free(out)
+	if err := g.Upload(out, make([]float32, 4)); err != nil {
+		t.Fatal(err)
+	}
+	n := uint64(1) << 32
+	if testing.Short() {
+		n = 1 << 28
+	}
+	err = g.do(func() error {
+		return launch(g.fns["div_pos_check"], [3]int{8 * g.sms, 1, 1}, [3]int{256, 1, 1}, 0,
+			arg(uint32(0x5eed)), arg(n), ptrArg(out.(*Tensor).ptr))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := g.Download(out, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bad := math.Float32bits(res[0]); bad != 0 {
+		a, b := res[1], res[2]
+		t.Fatalf("div_pos differs from __fdiv_rn on %d of %d pairs, e.g. %g / %g (bits %#x / %#x)", bad, n, a, b, math.Float32bits(a), math.Float32bits(b))
+	}
+}

@@ -236,42 +236,69 @@ func (o *AdamW) Step(grads [][]float32, lr float64) (StepStats, error) {
 
 // Coeffs are one step's AdamW constants in float32, computed once per parameter and step.
 type Coeffs struct {
-	b1, b2, bc1, bc2, eps, lr, decay float32
+	b1, b2, omb1, omb2, lrc, rbc2, eps, decay float32
 }
 
-// NewCoeffs computes the constants of step (counted from 1) as Step does: bias corrections
-// 1 − β^step in float64, then everything rounded to float32; the decay factor is lr·weightDecay,
-// 0 with noDecay.
+// NewCoeffs computes the constants of step (counted from 1) as Step does: the bias corrections
+// bc1 = 1 − β1^step and bc2 = 1 − β2^step in float64, folded into lr/bc1 and 1/√bc2, each
+// rounded once to float32; 1 − β1 and 1 − β2 in float32; the decay factor lr·weightDecay, 0
+// with noDecay. Folding the corrections into two constants (format 2, session 10) leaves one
+// square root and one division per element — the GPU kernels' instruction budget.
 func NewCoeffs(beta1, beta2, eps, lr, weightDecay float64, step int, noDecay bool) Coeffs {
+	bc1 := 1 - math.Pow(beta1, float64(step))
+	bc2 := 1 - math.Pow(beta2, float64(step))
 	k := Coeffs{
 		b1: float32(beta1), b2: float32(beta2),
-		bc1: float32(1 - math.Pow(beta1, float64(step))),
-		bc2: float32(1 - math.Pow(beta2, float64(step))),
-		eps: float32(eps), lr: float32(lr), decay: float32(lr * weightDecay),
+		lrc: float32(lr / bc1), rbc2: float32(1 / math.Sqrt(bc2)),
+		eps: float32(eps), decay: float32(lr * weightDecay),
 	}
+	k.omb1, k.omb2 = 1-k.b1, 1-k.b2
 	if noDecay {
 		k.decay = 0
 	}
 	return k
 }
 
+// CoeffScalars are Coeffs' float32 values, for a backend whose kernels compute Update's
+// arithmetic themselves (engine/cuda): with these it needs no float64 of its own.
+type CoeffScalars struct {
+	B1, B2     float32 // β1, β2
+	OMB1, OMB2 float32 // 1 − β1, 1 − β2 in float32
+	LRC        float32 // lr / (1 − β1^step)
+	RBC2       float32 // 1 / √(1 − β2^step)
+	Eps, Decay float32 // ε; lr·weightDecay or 0
+}
+
+// Scalars returns the constants Update uses.
+func (k Coeffs) Scalars() CoeffScalars {
+	return CoeffScalars{B1: k.b1, B2: k.b2, OMB1: k.omb1, OMB2: k.omb2, LRC: k.lrc, RBC2: k.rbc2, Eps: k.eps, Decay: k.decay}
+}
+
 // Update applies one AdamW step in place to a chunk of weights w with its decoded moments m and
 // v, from the gradient g·gradScale (gradScale is the clipping factor, or a backend's loss
 // scale). It is the arithmetic of every update, exported so that a backend working in place on
-// its own layout (engine/cpu) computes exactly what AdamW computes. Per element, in float32:
+// its own layout (engine/cpu) computes exactly what AdamW computes. Per element, every
+// operation rounded to float32 on its own (the conversions keep Go from fusing a multiply and
+// an add into an FMA, which it may do on arm64):
 //
-//	g = g·gradScale;  m = β1·m + (1−β1)·g;  v = β2·v + (1−β2)·g²
-//	w = w − decay·w − lr·(m/bc1) / (float32(√float64(v/bc2)) + eps)
+//	g = g·gradScale;  m = β1·m + (1−β1)·g;  v = β2·v + ((1−β2)·g)·g
+//	w = w − decay·w − lrc·(m / (√v·rbc2 + eps))
+//
+// with lrc = lr/bc1 and rbc2 = 1/√bc2 (NewCoeffs): the bias-corrected m̂/(√v̂ + ε) of AdamW.
 func (k Coeffs) Update(w, m, v, g []float32, gradScale float32) {
 	m, v, g = m[:len(w)], v[:len(w)], g[:len(w)]
 	for j := range w {
 		gj := g[j] * gradScale
-		m[j] = k.b1*m[j] + (1-k.b1)*gj
-		v[j] = k.b2*v[j] + (1-k.b2)*gj*gj
-		upd := (m[j] / k.bc1) / (float32(math.Sqrt(float64(v[j]/k.bc2))) + k.eps)
-		w[j] = w[j] - k.decay*w[j] - k.lr*upd
+		m[j] = float32(k.b1*m[j]) + float32(k.omb1*gj)
+		v[j] = float32(k.b2*v[j]) + float32(float32(k.omb2*gj)*gj)
+		den := float32(Sqrt32(v[j])*k.rbc2) + k.eps
+		w[j] = float32(w[j]-float32(k.decay*w[j])) - float32(k.lrc*(m[j]/den))
 	}
 }
+
+// Sqrt32 is the correctly rounded float32 square root (float64's root rounded once more is
+// the float32 one: double rounding is harmless for √ at these precisions).
+func Sqrt32(x float32) float32 { return float32(math.Sqrt(float64(x))) }
 
 // update applies AdamW to one parameter chunk by chunk.
 func (o *AdamW) update(pi int, p *param, g []float32, clip float32, lr float64) {
@@ -293,8 +320,7 @@ func (o *AdamW) update(pi int, p *param, g []float32, clip float32, lr float64) 
 			j1 := min(j0+chunk, n)
 			v := o.decodeV(p, j0, j1, o.scratch[2][:j1-j0])
 			for j := j0; j < j1; j++ {
-				gj := g[j] * clip
-				vn := cf.b2*v[j-j0] + (1-cf.b2)*gj*gj
+				vn := cf.NextV(v[j-j0], g[j], clip)
 				r, col := j/p.Cols, j%p.Cols
 				newRow[r] = max(newRow[r], vn)
 				newCol[col] = max(newCol[col], vn)
@@ -340,27 +366,53 @@ func (o *AdamW) encodeW(pi int, p *param, j0, j1 int, w []float32) {
 		}
 		return
 	}
+	key := SRKey(o.cfg.Seed, uint64(o.step), uint64(pi))
 	for j, x := range w {
-		p.W16[j0+j] = StochasticBF16(x, o.cfg.Seed, uint64(o.step), uint64(pi), uint64(j0+j))
+		p.W16[j0+j] = StochasticBF16Key(x, key, uint64(j0+j))
 	}
 }
 
 // StochasticBF16 rounds x to bf16 stochastically, as the bf16 master weights are stored: the
-// draw is srBits(seed, step, param, idx) for element idx of parameter param at step step, so a
-// backend updating weights in place (engine/cpu) rounds exactly as AdamW does.
+// draw is SRDraw(SRKey(seed, step, param), idx) for element idx of parameter param at step
+// step, so a backend updating weights in place (engine/cpu) rounds exactly as AdamW does.
+// StochasticBF16Key takes the key computed once.
 func StochasticBF16(x float32, seed, step, param, idx uint64) uint16 {
-	return stochasticBF16(x, srBits(seed, step, param, idx))
+	return stochasticBF16(x, SRDraw(SRKey(seed, step, param), idx))
 }
 
-// uniform returns a deterministic [0,1) draw per element for stochastic rounding of states
-// (stream separates it from the master-weight rounding).
-func (o *AdamW) uniform(pi int, stream uint64) func(i int) float32 {
-	return func(i int) float32 {
-		return float32(srBits(o.cfg.Seed^stream<<40, uint64(o.step), uint64(pi), uint64(i))) / 65536
+// StochasticBF16Key is StochasticBF16 with the key of (seed, step, param) from SRKey.
+func StochasticBF16Key(x float32, key uint32, idx uint64) uint16 {
+	return stochasticBF16(x, SRDraw(key, idx))
+}
+
+// SRKey is the 32-bit key of the masters' stochastic rounding for (seed, step, param):
+// splitmix64 of the three, its high half. Computed once per parameter and step.
+func SRKey(seed, step, param uint64) uint32 {
+	z := seed ^ step*0x9e3779b97f4a7c15 ^ param*0xbf58476d1ce4e5b9
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9
+	z = (z ^ (z >> 27)) * 0x94d049bb133111eb
+	return uint32((z ^ (z >> 31)) >> 32)
+}
+
+// SRDraw is the 16-bit draw of element idx under key: elements 2j and 2j+1 take the low and
+// high halves of a 32-bit integer hash (Wellons' lowbias32) of j·φ + key. Format 2 (session
+// 10): the 64-bit splitmix per element it replaces cost ~22 GPU instructions an element, this
+// ~6. Element indices are taken modulo 2^33 (a parameter has fewer elements).
+func SRDraw(key uint32, idx uint64) uint32 {
+	h := uint32(idx>>1)*0x9e3779b1 + key
+	h ^= h >> 16
+	h *= 0x7feb352d
+	h ^= h >> 15
+	h *= 0x846ca68b
+	h ^= h >> 16
+	if idx&1 == 0 {
+		return h & 0xffff
 	}
+	return h >> 16
 }
 
-// srBits is a counter-based hash (splitmix64) giving 16 random bits per element.
+// srBits is a counter-based hash (splitmix64) giving 16 random bits per element: the 4-bit
+// format's draws for m (Bit4Draw).
 func srBits(seed, step, param, idx uint64) uint32 {
 	z := seed ^ step*0x9e3779b97f4a7c15 ^ param*0xbf58476d1ce4e5b9 ^ idx*0x94d049bb133111eb
 	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9
@@ -375,6 +427,14 @@ func stochasticBF16(x float32, r uint32) uint16 {
 		return tensor.F32ToBF16(x)
 	}
 	return uint16((b + r) >> 16)
+}
+
+// uniform returns a deterministic [0,1) draw per element for stochastic rounding of states
+// (stream separates it from the master-weight rounding).
+func (o *AdamW) uniform(pi int, stream uint64) func(i int) float32 {
+	return func(i int) float32 {
+		return float32(srBits(o.cfg.Seed^stream<<40, uint64(o.step), uint64(pi), uint64(i))) / 65536
+	}
 }
 
 func (o *AdamW) decodeM(p *param, j0, j1 int, dst []float32) {

@@ -66,7 +66,7 @@ func DecodeInt8M(dst []float32, src []int8, scale float32) { decodeInt8Signed(ds
 // EncodeInt8V stores a block of v in dst (√v in the zero-free unsigned 8-bit code of the block's
 // largest √v) and returns that largest √v, the block's scale.
 func EncodeInt8V(dst []uint8, v []float32) (scale float32) {
-	scale = float32(math.Sqrt(float64(absMax(v))))
+	scale = Sqrt32(absMax(v))
 	encodeSqrtU8(dst, v, scale)
 	return scale
 }
@@ -119,29 +119,42 @@ func Bit4Nibble(b []byte, i int) byte { return nibble(b, i) }
 // SetBit4Nibble stores code c (0…15) as element i of a nibble array.
 func SetBit4Nibble(b []byte, i int, c byte) { setNibble(b, i, c) }
 
-// NextV is the second moment after one step, β2·v + (1−β2)·(g·gradScale)², computed as
-// Update computes it: the 4-bit format needs the new v's row and column maxima before it
-// encodes anything, so a backend computes them in a first pass with this.
+// NextV is the second moment after one step, β2·v + ((1−β2)·g·gradScale)·g·gradScale,
+// computed as Update computes it: the 4-bit format needs the new v's row and column maxima
+// before it encodes anything, so a backend computes them in a first pass with this.
 func (k Coeffs) NextV(v, g, gradScale float32) float32 {
 	gj := g * gradScale
-	return k.b2*v + (1-k.b2)*gj*gj
+	return float32(k.b2*v) + float32(float32(k.omb2*gj)*gj)
 }
 
 // ---- int8 m: signed linear, block absmax ----
+// Format 2 (session 10): the code is the float32 sum y + 1.5·2^23 for y = x·(127/absmax), whose
+// low byte is round-half-even(y) in two's complement (|y| ≤ 127.00003 when x is in the block:
+// the sum's unit in the last place is 1) — one add on a GPU, where round() and its clamps were
+// six instructions. It decodes with one float32 product, absmax·RN(1/127), not a division.
+
+const (
+	// int8Round is 1.5·2^23: y + int8Round rounded to float32 holds y rounded to an integer,
+	// offset by 0x4B400000 in the float's bits.
+	int8Round = 0x1.8p23
+	int8Bits  = 0x4B400000
+)
+
+// inv127 is RN(1/127), the int8 m decode's factor.
+var inv127 = float32(1.0 / 127)
 
 func encodeInt8Signed(dst []int8, src []float32, scale float32) {
-	if scale == 0 {
-		clear(dst)
-		return
+	var inv float32
+	if scale != 0 {
+		inv = 127 / scale
 	}
-	inv := 127 / scale
 	for i, x := range src {
-		dst[i] = int8(max(-127, min(127, math.Round(float64(x*inv)))))
+		dst[i] = int8(uint8(math.Float32bits(float32(x*inv) + int8Round)))
 	}
 }
 
 func decodeInt8Signed(dst []float32, src []int8, scale float32) {
-	f := scale / 127
+	f := scale * inv127
 	for i, c := range src {
 		dst[i] = float32(c) * f
 	}
@@ -149,16 +162,18 @@ func decodeInt8Signed(dst []float32, src []int8, scale float32) {
 
 // ---- int8 √v: zero-free, level k (0..255) decodes to (k+1)/256 of the block maximum ----
 // A true zero decodes to absmax/256: v is over-estimated, so the update m/√v shrinks instead of
-// exploding (the seed's NVFP4 moments rounded to exactly zero).
+// exploding (the seed's NVFP4 moments rounded to exactly zero). The code of √v is k = round(y)
+// − 1 for y = RN(√v)·(256/max√v), taken from the float32 sum y + (1.5·2^23 − 1) and clamped to
+// 0…255 (a NaN, which only an overflowed v gives, clamps to 255): format 2, one add and two
+// integer clamps on a GPU, and the same √v that the update divides by.
 
 func encodeSqrtU8(dst []uint8, src []float32, scale float32) {
-	if scale == 0 {
-		clear(dst)
-		return
+	var inv float32
+	if scale != 0 {
+		inv = 256 / scale
 	}
-	inv := 256 / scale
 	for i, x := range src {
-		k := math.Round(math.Sqrt(float64(x))*float64(inv)) - 1
+		k := int64(math.Float32bits(float32(Sqrt32(x)*inv)+(int8Round-1))) - int8Bits
 		dst[i] = uint8(max(0, min(255, k)))
 	}
 }

@@ -36,12 +36,17 @@ func init() {
 		"NewCoeffs":         reflect.ValueOf(optim.NewCoeffs),
 		"ParseMasterFormat": reflect.ValueOf(optim.ParseMasterFormat),
 		"ParseStateFormat":  reflect.ValueOf(optim.ParseStateFormat),
+		"SRDraw":            reflect.ValueOf(optim.SRDraw),
+		"SRKey":             reflect.ValueOf(optim.SRKey),
 		"SetBit4Nibble":     reflect.ValueOf(optim.SetBit4Nibble),
+		"Sqrt32":            reflect.ValueOf(optim.Sqrt32),
 		"StochasticBF16":    reflect.ValueOf(optim.StochasticBF16),
+		"StochasticBF16Key": reflect.ValueOf(optim.StochasticBF16Key),
 		"WarmupCosine":      reflect.ValueOf(optim.WarmupCosine),
 
 		// type definitions
 		"AdamW":        reflect.ValueOf((*optim.AdamW)(nil)),
+		"CoeffScalars": reflect.ValueOf((*optim.CoeffScalars)(nil)),
 		"Coeffs":       reflect.ValueOf((*optim.Coeffs)(nil)),
 		"Config":       reflect.ValueOf((*optim.Config)(nil)),
 		"MasterFormat": reflect.ValueOf((*optim.MasterFormat)(nil)),

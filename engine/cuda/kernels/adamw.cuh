@@ -1,17 +1,35 @@
 // Shared device helpers of the AdamW kernels (train.cu: fp32 and int8 moments; optim4.cu:
-// 4-bit moments): the per-call scalars and engine/optim's rounding — its srBits hash, bf16
-// round to nearest even, and stochastic rounding to bf16 — so that both kernels round masters
-// exactly as engine/optim does.
+// 4-bit moments): the per-call scalars and engine/optim's arithmetic — its update of the
+// master weights, its SRDraw and srBits hashes, bf16 round to nearest even, and stochastic
+// rounding to bf16 — so that every kernel updates and rounds masters exactly as engine/optim.
 #pragma once
 #include <stdint.h>
 
-// AdamParams are the per-call scalars, computed on the host in float32 exactly as optim does
-// (omb1 = 1−β1 in float32, bc = float32(1 − β^step), decay = float32(lr·wd) or 0).
+// AdamParams are the per-call scalars, optim.Coeffs.Scalars() (computed on the host by optim:
+// omb = 1−β in float32, lrc = lr/(1 − β1^step), rbc2 = 1/√(1 − β2^step), decay = lr·wd or 0),
+// and the gradient's scale.
 struct AdamParams {
-    float lr, b1, b2, omb1, omb2, bc1, bc2, eps, decay, gscale;
+    float lrc, b1, b2, omb1, omb2, rbc2, eps, decay, gscale;
 };
 
-// sr_bits is engine/optim's srBits: splitmix64 of (seed, step, param, index), 16 bits.
+// sr_mix is the hash of engine/optim's SRDraw: for h = j·0x9e3779b1 + key (32-bit), the 32
+// bits whose low half is element 2j's draw and high half element 2j+1's.
+__device__ __forceinline__ uint32_t sr_mix(uint32_t h) {
+    h ^= h >> 16;
+    h *= 0x7feb352du;
+    h ^= h >> 15;
+    h *= 0x846ca68bu;
+    return h ^ (h >> 16);
+}
+
+// sr_draw is engine/optim's SRDraw(key, idx): the masters' stochastic rounding.
+__device__ __forceinline__ uint32_t sr_draw(uint32_t key, size_t idx) {
+    const uint32_t h = sr_mix((uint32_t)(idx >> 1) * 0x9e3779b1u + key);
+    return idx & 1 ? h >> 16 : h & 0xffffu;
+}
+
+// sr_bits is engine/optim's srBits: splitmix64 of (seed, step, param, index), 16 bits (the
+// 4-bit format's draws for m).
 __device__ __forceinline__ uint32_t sr_bits(uint64_t seed, uint64_t step, uint64_t param, uint64_t idx) {
     uint64_t z = seed ^ step * 0x9e3779b97f4a7c15ULL ^ param * 0xbf58476d1ce4e5b9ULL ^ idx * 0x94d049bb133111ebULL;
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
@@ -63,9 +81,8 @@ __device__ __forceinline__ uint16_t stochastic_bf16(float x, uint32_t r) {
 // div_const is __fdiv_rn(a, b) for a divisor fixed per call (or per lane), from yb =
 // __frcp_rn(b) = RN(1/b): a multiply and four FMAs instead of a reciprocal approximation, five
 // FMAs, the FCHK test and its branch per element. Requires b and 1/b normal, a = ±0 or |a| ≥
-// 2^-100 (DivcLow), and a normal quotient |a/b| ≥ 2^-126 — given here by b ∈ [2^-60, 2^7]
-// (divc_divisor_ok: bc1, bc2, 127), or in optim4.cu by an absmax b ∈ [2^-36, 2^60] with
-// |a| ≥ b·2^-64. Then the result is __fdiv_rn(a, b) bit for bit, or a NaN where a is ±Inf or
+// 2^-100 (DivcLow), and a normal quotient |a/b| ≥ 2^-126 — given in optim4.cu by an absmax
+// b ∈ [2^-36, 2^60] with |a| ≥ b·2^-64. Then the result is __fdiv_rn(a, b) bit for bit, or a NaN where a is ±Inf or
 // NaN or the quotient overflows (never a wrong finite value or infinity). Checked on the CPU
 // for every float a against 24 divisors (bias corrections, 127, significands near 2^24) and
 // 4·10^8 random pairs.
@@ -83,7 +100,6 @@ __device__ __forceinline__ uint16_t stochastic_bf16(float x, uint32_t r) {
 //   rounded, and q2 = RN(z). Signs of zero: a = ±0 gives r = +0 and q2 = a, as __fdiv_rn does.
 //   Specials: an infinite q0 or q1 (a = ±Inf, or overflow) makes the next residual infinite and
 //   the FMA after it Inf − Inf = NaN; a NaN stays NaN.
-__device__ __forceinline__ bool divc_divisor_ok(float b) { return b >= 0x1p-60f && b <= 0x1p7f; }
 
 __device__ __forceinline__ float div_const(float a, float b, float yb) {
     float q = __fmul_rn(a, yb);
@@ -101,14 +117,9 @@ struct DivcLow {
     uint32_t lo = 0xffffffffu;
     __device__ __forceinline__ void add(float a) { lo = min(lo, 2u * __float_as_uint(a) - 2u); }
     __device__ __forceinline__ bool ok() const { return lo >= 2u * DIVC_LO - 2u; }
+    // ok_at: every element added is ±0 or at least the float whose bits are bound in magnitude.
+    __device__ __forceinline__ bool ok_at(uint32_t bound) const { return lo >= 2u * bound - 2u; }
 };
-
-// divc_ok is the whole test of div_const's dividend for one value (a lane's scalars): ±0 or
-// 2^-100 ≤ |a| ≤ 2^60, where a result that must be exact cannot be checked afterwards.
-__device__ __forceinline__ bool divc_ok(float a) {
-    const uint32_t t = __float_as_uint(a) & 0x7fffffffu;
-    return t == 0u || t - DIVC_LO <= 0x5D800000u - DIVC_LO;
-}
 
 // sqrt_fast is __fsqrt_rn(x) for x = +0 or 2^-101 ≤ x ≤ FLT_MAX: the instruction sequence ptxas
 // itself emits for sqrt.rn.f32 on sm_90 inside that range (MUFU.RSQ, then s = x·r, h = r/2 and
@@ -149,31 +160,24 @@ __device__ __forceinline__ uint32_t pack4(uint32_t a, uint32_t b, uint32_t c, ui
     return __byte_perm(__byte_perm(a, b, 0x0040u), __byte_perm(c, d, 0x0040u), 0x5410u);
 }
 
-// m_code_i8 is the int8 code of m under inv = 127/absmax: roundf(m·inv) clamped to ±127, as the
-// scalar kernel computes it, in its low byte. |y| + 0.5 rounded toward zero has the floor of
-// |y| + 0.5 (no integer lies between it and the exact sum); adding 2^23 toward zero leaves that
-// floor in the low bits of the float, clamped by an unsigned min (which also maps ±Inf and any
-// NaN, whose bits are above, to 127 as fminf does); the sign of y is applied in two's
-// complement.
-__device__ __forceinline__ uint32_t m_code_i8(float m, float inv) {
-    const float y = __fmul_rn(m, inv);
-    const float t = __fadd_rz(__fadd_rz(fabsf(y), 0.5f), 8388608.f);
-    const uint32_t k = min(__float_as_uint(t), 0x4B00007Fu);
-    return y < 0.f ? 0u - k : k;  // not for a NaN y, which roundf and the clamps make +127
+// INT8_ROUND is 1.5·2^23: for |y| < 2^22, the float RN(y + INT8_ROUND) holds y rounded to an
+// integer (half to even) as 0x4B400000 + round(y) in its bits — engine/optim's int8 codes
+// (format 2) are read from such sums.
+#define INT8_ROUND 12582912.f
+#define INT8_BITS 0x4B400000u
+
+// m_code is optim's int8 m code of m under inv = 127/absmax (0 for a zero absmax), in the low
+// byte: |m·inv| ≤ 127.00003, so the sum's low byte is the code in two's complement.
+__device__ __forceinline__ uint32_t m_code(float m, float inv) {
+    return __float_as_uint(__fadd_rn(__fmul_rn(m, inv), INT8_ROUND));
 }
 
-// v_code_u8 is sqrt_code_u8 (train.cu) without its double-precision branch: the code of v,
-// given sv = √v and inv = 256/√absmax, in the low byte, and in near whether the caller must
-// recompute it there. u = RN(y + 1024.5) for y = sv·inv holds y + 0.5 on a 2^-13 grid: n =
-// floor(u) − 1024 in bits 13..22, the fraction in bits 0..12. Unless the fraction is 0 or 8191,
-// y + 0.5 lies at least 2^-14 from an integer — beyond the ≤ 2^-15·(1 + 2^-20) distance between
-// y and optim's double product for y ≤ 256.5 — so floor(y + 0.5) = n is optim's rounding and
-// the code is n − 1 clamped to [0, 255] (n ≤ 256). NaN and ±Inf read as near. About 1 element
-// in 4096 is near.
-__device__ __forceinline__ uint32_t v_code_u8(float sv, float inv, bool& near) {
-    const uint32_t u = __float_as_uint(__fadd_rn(__fmul_rn(sv, inv), 1024.5f));
-    near = ((u + 1u) & 0x1FFEu) == 0u;
-    return max((u >> 13) - 1u, 0x22400u);
+// v_code is optim's int8 √v code of sv = √v under inv = 256/max√v (0 for a zero maximum), in the
+// low byte: round(sv·inv) − 1 from the sum with 1.5·2^23 − 1, clamped to 0…255 on the bits (a
+// NaN, whose bits are above, clamps to 255 as optim's).
+__device__ __forceinline__ uint32_t v_code(float sv, float inv) {
+    const uint32_t u = __float_as_uint(__fadd_rn(__fmul_rn(sv, inv), INT8_ROUND - 1.f));
+    return min(max(u, INT8_BITS), INT8_BITS + 255u);
 }
 
 // sr_key2 hoists the per-call part of srBits: with key = seed ^ step·C1 ^ param·C2, srBits(…,
@@ -209,78 +213,137 @@ __device__ __forceinline__ void load8(const void* w, size_t i0, float (&wv)[8]) 
     }
 }
 
-// adamw_w8 finishes the 8 master weights of a lane (elements i0…i0+7) from their new moments and
-// stores them: with fast, the shortcuts (div_const, sqrt_fast) in three passes — the shortcut
-// divisions and roots, then the true divisions (whose slow-path calls make ptxas reload every
-// constant-bank operand used between them), then w; a shortcut that meets ±Inf, NaN or an
-// overflow yields NaN, never a wrong number, so a NaN-free w (the rounding tests below reject
-// NaN) was computed exactly; otherwise the lane redoes w with the plain operations. wv holds the
-// old weights on entry. Shared by the int8/fp32 (train.cu) and 4-bit (optim4.cu) lane kernels.
+// div_pos is __fdiv_rn(a, b) for b ∈ [2^-60, 2^60] and a = ±0 or 2^-60 ≤ |a| ≤ 2^60 (callers
+// check): the sequence ptxas emits for div.rn.f32 when its FCHK test passes — a reciprocal
+// approximation, one Newton step, the quotient and one residual correction (exact by
+// Markstein's theorem while nothing underflows or overflows, which the ranges ensure: the
+// quotient is in [2^-120, 2^120]) — without the FCHK and the slow-path call. The call made
+// ptxas reload every constant-bank operand after each of the eight divisions of a lane
+// (session 10: 45 ULDC an iteration). The sign of a is put on the result: b > 0, and for a = −0
+// the sequence would give +0.
+__device__ __forceinline__ float div_pos(float a, float b) {
+    float y;
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(b));
+    y = __fmaf_rn(y, __fmaf_rn(-b, y, 1.f), y);
+    const float q0 = __fmul_rn(a, y);
+    const float q = __fmaf_rn(__fmaf_rn(-b, q0, a), y, q0);
+    return __uint_as_float((__float_as_uint(q) & 0x7fffffffu) | (__float_as_uint(a) & 0x80000000u));
+}
+
+// DIV_LO is 2^-60, div_pos's lower bound on |a| (DivcLow::ok_at).
+#define DIV_LO 0x21800000u
+
+// div_uniform is the per-call part of the test for div_pos on AdamW's denominators
+// sv·rbc2 + eps: with eps ∈ [2^-60, 2^50] and rbc2 ≤ 2^16, every v ≤ 2^80 gives a denominator in
+// [2^-60, 2^57].
+__device__ __forceinline__ bool div_uniform(const AdamParams& p) {
+    return p.eps >= 0x1p-60f && p.eps <= 0x1p50f && p.rbc2 <= 0x1p16f;
+}
+
+// div_lane is the whole test for a lane: the per-call part, every m ±0 or in [2^-60, 2^60]
+// (lom: their DivcLow; am: their largest magnitude) and every v ≤ 2^80 (vmax).
+__device__ __forceinline__ bool div_lane(bool uniform, const DivcLow& lom, float am, float vmax) {
+    return uniform && lom.ok_at(DIV_LO) && am <= 0x1p60f && vmax <= 0x1p80f;
+}
+
+// adamw_w8 finishes the 8 master weights of a lane (elements i0…i0+7) from their new m and
+// sv = √v — optim's Update: w − decay·w − lrc·(m / (sv·rbc2 + eps)), each operation rounded on
+// its own — and stores them: bf16 by cvt.rn.bf16x2 when all eight are normal (IEEE round to
+// nearest even is bf16_rne's rounding there), or stochastically with optim's SRDraw when all
+// are finite; otherwise element by element with bf16_rne / stochastic_bf16. wv holds the old
+// weights on entry. fastdiv: every m and denominator is in div_pos's range (the caller's
+// test). Shared by the int8/fp32 (train.cu) and 4-bit (optim4.cu) lane kernels.
 template <bool BF16>
 __device__ __forceinline__ void adamw_w8(void* __restrict__ w, float (&wv)[8], const float (&mv)[8],
-                                         const float (&vv)[8], const AdamParams& p, bool fast, float ybc1,
-                                         float ybc2, int sr, uint64_t k2, size_t i0) {
-    if (fast) {
-        float q[8], den[8];
+                                         const float (&sv)[8], const AdamParams& p, bool fastdiv, int sr, uint32_t key,
+                                         size_t i0) {
+    float q[8];
+    if (fastdiv) {
 #pragma unroll
-        for (int e = 0; e < 8; e++) {
-            den[e] = __fadd_rn(sqrt_fast(div_const(vv[e], p.bc2, ybc2)), p.eps);
-            q[e] = div_const(mv[e], p.bc1, ybc1);
-        }
-#pragma unroll
-        for (int e = 0; e < 8; e++) q[e] = __fdiv_rn(q[e], den[e]);
-#pragma unroll
-        for (int e = 0; e < 8; e++) wv[e] = __fsub_rn(__fsub_rn(wv[e], __fmul_rn(p.decay, wv[e])), __fmul_rn(p.lr, q[e]));
-    }
-    // Rounding tests: cvt.rn.bf16x2 is IEEE round to nearest even — bf16_rne's rounding — for
-    // normal floats and ±Inf; zeros, subnormals and NaN (whose bits bf16_rne keeps) take bf16_rne.
-    // Stochastic rounding adds the draw to the bits of any finite w. f32 masters only need NaN.
-    bool ok = fast;
-#pragma unroll
-    for (int e = 0; e < 8; e++) {
-        if (!BF16) ok &= wv[e] == wv[e];
-        else if (sr) ok &= fabsf(wv[e]) < INFINITY;
-        else ok &= fabsf(wv[e]) >= 0x1p-126f;
-    }
-    uint32_t hw[4];
-    if (ok) {
-        if (BF16 && sr) {
-            // srBits(seed, step, param, i0+e) from the hoisted key: idx·C3 advances by C3.
-            const uint64_t x0 = (uint64_t)i0 * 0x94d049bb133111ebULL;
-            uint32_t t[8];
-#pragma unroll
-            for (int e = 0; e < 8; e++) t[e] = __float_as_uint(wv[e]) + sr_bits_hoisted(x0 + (uint64_t)e * 0x94d049bb133111ebULL, k2);
-#pragma unroll
-            for (int j = 0; j < 4; j++) hw[j] = __byte_perm(t[2 * j], t[2 * j + 1], 0x7632u);
-        } else if (BF16) {
-#pragma unroll
-            for (int j = 0; j < 4; j++) asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(hw[j]) : "f"(wv[2 * j + 1]), "f"(wv[2 * j]));
-        }
+        for (int e = 0; e < 8; e++) q[e] = div_pos(mv[e], __fadd_rn(__fmul_rn(sv[e], p.rbc2), p.eps));
     } else {
         ADAMW_SLOW();
-        load8<BF16>(w, i0, wv);
 #pragma unroll
-        for (int e = 0; e < 8; e++) {
-            const float den = __fadd_rn(__fsqrt_rn(__fdiv_rn(vv[e], p.bc2)), p.eps);
-            const float upd = __fdiv_rn(__fdiv_rn(mv[e], p.bc1), den);
-            wv[e] = __fsub_rn(__fsub_rn(wv[e], __fmul_rn(p.decay, wv[e])), __fmul_rn(p.lr, upd));
-        }
-        if (BF16) {
-#pragma unroll
-            for (int j = 0; j < 4; j++) {
-                uint16_t h[2];
-#pragma unroll
-                for (int k = 0; k < 2; k++)
-                    h[k] = sr ? stochastic_bf16(wv[2 * j + k], sr_bits_hoisted((uint64_t)(i0 + 2 * j + k) * 0x94d049bb133111ebULL, k2))
-                              : bf16_rne(wv[2 * j + k]);
-                hw[j] = (uint32_t)h[0] | (uint32_t)h[1] << 16;
-            }
-        }
+        for (int e = 0; e < 8; e++) q[e] = __fdiv_rn(mv[e], __fadd_rn(__fmul_rn(sv[e], p.rbc2), p.eps));
     }
-    if (BF16) {
-        *reinterpret_cast<uint4*>(reinterpret_cast<uint16_t*>(w) + i0) = make_uint4(hw[0], hw[1], hw[2], hw[3]);
-    } else {
+#pragma unroll
+    for (int e = 0; e < 8; e++) wv[e] = __fsub_rn(__fsub_rn(wv[e], __fmul_rn(p.decay, wv[e])), __fmul_rn(p.lrc, q[e]));
+    if (!BF16) {
         reinterpret_cast<float4*>(w)[i0 / 4] = make_float4(wv[0], wv[1], wv[2], wv[3]);
         reinterpret_cast<float4*>(w)[i0 / 4 + 1] = make_float4(wv[4], wv[5], wv[6], wv[7]);
+        return;
     }
+    bool ok = true;
+#pragma unroll
+    for (int e = 0; e < 8; e++) ok &= sr ? fabsf(wv[e]) < INFINITY : fabsf(wv[e]) >= 0x1p-126f;
+    uint32_t hw[4];
+    if (ok && sr) {
+        // SRDraw(key, i0 + e): elements 2j and 2j+1 take the low and high halves of one hash of
+        // j, whose input j·φ + key advances by φ (i0 is a multiple of 8).
+        const uint32_t h0 = (uint32_t)(i0 >> 1) * 0x9e3779b1u + key;
+        uint32_t t[8];
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const uint32_t h = sr_mix(h0 + (uint32_t)j * 0x9e3779b1u);
+            t[2 * j] = __float_as_uint(wv[2 * j]) + (h & 0xffffu);
+            t[2 * j + 1] = __float_as_uint(wv[2 * j + 1]) + (h >> 16);
+        }
+#pragma unroll
+        for (int j = 0; j < 4; j++) hw[j] = __byte_perm(t[2 * j], t[2 * j + 1], 0x7632u);
+    } else if (ok) {
+#pragma unroll
+        for (int j = 0; j < 4; j++) asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(hw[j]) : "f"(wv[2 * j + 1]), "f"(wv[2 * j]));
+    } else {
+        ADAMW_SLOW();
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            uint16_t h[2];
+#pragma unroll
+            for (int k = 0; k < 2; k++)
+                h[k] = sr ? stochastic_bf16(wv[2 * j + k], sr_draw(key, i0 + 2 * j + k)) : bf16_rne(wv[2 * j + k]);
+            hw[j] = (uint32_t)h[0] | (uint32_t)h[1] << 16;
+        }
+    }
+    *reinterpret_cast<uint4*>(reinterpret_cast<uint16_t*>(w) + i0) = make_uint4(hw[0], hw[1], hw[2], hw[3]);
+}
+
+// sqrt8 is __fsqrt_rn of a lane's eight v (each +0 or more): sqrt_fast when every one is +0 or
+// in [2^-100, FLT_MAX] (lo: their DivcLow; vmax: their maximum, which fmaxf takes ignoring NaN —
+// v is never NaN), else the plain root.
+__device__ __forceinline__ void sqrt8(const float (&vv)[8], const DivcLow& lo, float vmax, float (&sv)[8]) {
+    if (lo.ok() && vmax < INFINITY) {
+#pragma unroll
+        for (int e = 0; e < 8; e++) sv[e] = sqrt_fast(vv[e]);
+    } else {
+        ADAMW_SLOW();
+#pragma unroll
+        for (int e = 0; e < 8; e++) sv[e] = __fsqrt_rn(vv[e]);
+    }
+}
+
+// adamw_step8 is a lane's update of elements i0…i0+7 once their old w (wv), m (mv) and v (vv)
+// are decoded: optim's moments from grad[i0…i0+7] (16-byte aligned), √v (sv), and the master
+// weights updated and stored (adamw_w8). mv and vv hold the new moments on return, am and av
+// the lane's largest |m| and v, lom the DivcLow of m. divu is the call's div_uniform.
+template <bool BF16>
+__device__ __forceinline__ void adamw_step8(void* __restrict__ w, const float* __restrict__ grad, float (&wv)[8],
+                                            float (&mv)[8], float (&vv)[8], float (&sv)[8], const AdamParams& p,
+                                            bool divu, int sr, uint32_t key, size_t i0, float& am, float& av,
+                                            DivcLow& lom) {
+    DivcLow lov;  // m (lom): ±0 or ≥ 2^-60 for div_pos; v: +0 or ≥ 2^-100 for sqrt_fast
+    am = 0.f, av = 0.f;
+    const float4 g0 = __ldg(reinterpret_cast<const float4*>(grad + i0)), g1 = __ldg(reinterpret_cast<const float4*>(grad + i0) + 1);
+    const float gv[8] = {g0.x, g0.y, g0.z, g0.w, g1.x, g1.y, g1.z, g1.w};
+#pragma unroll
+    for (int e = 0; e < 8; e++) {
+        const float g = __fmul_rn(gv[e], p.gscale);
+        mv[e] = __fadd_rn(__fmul_rn(p.b1, mv[e]), __fmul_rn(p.omb1, g));
+        vv[e] = __fadd_rn(__fmul_rn(p.b2, vv[e]), __fmul_rn(__fmul_rn(p.omb2, g), g));
+        lom.add(mv[e]);
+        lov.add(vv[e]);
+        am = fmaxf(am, fabsf(mv[e]));
+        av = fmaxf(av, vv[e]);
+    }
+    sqrt8(vv, lov, av, sv);
+    adamw_w8<BF16>(w, wv, mv, sv, p, div_lane(divu, lom, am, av), sr, key, i0);
 }

@@ -23,12 +23,14 @@
 //     per block).
 //   adamw_{f32,bf16}_4bit: lane l owns 8 consecutive elements (one 32-bit word of each code
 //     array), a warp 256 per iteration, so each half warp is one block of 128. Decode w, m, v;
-//     m = β1·m + (1−β1)·g, v = β2·v + (1−β2)·g², w = w − decay·w − lr·(m/bc1)/(√(v/bc2) + ε);
+//     m = β1·m + (1−β1)·g, v = β2·v + (1−β2)·g², w = w − decay·w − lrc·m/(√v·rbc2 + ε) (optim's
+//     Update, format 2: lrc = lr/bc1, rbc2 = 1/√bc2);
 //     re-encode m under the block's new absmax (a half-warp max) and v under the new maxima (or
 //     the block's max of v for one row). Per element it reads and writes the master (bf16 2+2 B,
 //     f32 4+4 B), reads the gradient (4 B), reads and writes the m and v codes (4 × 0.5 B) and
 //     m's absmax (8 B per 128): 10.06 B with a bf16 master, 14.06 B with f32; ~30 FLOPs, an fp32
-//     square root and one or two 64-bit hashes (m's rounding; bf16's when stochastic).
+//     square root, a 64-bit hash (m's rounding) and, for stochastically rounded bf16, a 32-bit
+//     one (optim's SRDraw).
 //
 // Instruction budget (session 5; SASS of the common path, thread instructions per element):
 // the first version — one warp per block of 128, 4 elements a lane, byte accesses, a 32-bit
@@ -38,8 +40,8 @@
 // div_const from one reciprocal a lane, m's level search in a shared bucket table
 // (M4_BUCKETS), the v code from the quotient's bits with one add, the column maxima as two
 // 16-byte loads, and (row, column) advanced per iteration instead of divided. What remains is
-// mostly arithmetic: the two hashes (~20 each), the true divisions (update and v code, ~11
-// each), two FMA division sequences and a square root. Parameters whose pointers are not
+// mostly arithmetic: the two hashes (~20 and ~8), the true divisions (update and v code, ~11
+// each) and a square root (format 2 removed the two FMA division sequences by bc1 and bc2). Parameters whose pointers are not
 // aligned, and the last n mod 256 elements, take the first version's code (adamw4_blocks).
 //
 // A bf16 matrix thus moves 14.56 B per parameter in all (the int8 kernel 12.25): the gradient
@@ -167,9 +169,9 @@ adamw4_vmax(float* __restrict__ rowNew, float* __restrict__ colNew, const float*
 template <bool BF16>
 __device__ __forceinline__ void adamw4_blocks(void* __restrict__ w, const float* __restrict__ grad, uint8_t* __restrict__ m4,
                                               uint8_t* __restrict__ v4, float* __restrict__ msc, float* __restrict__ norm,
-                                              const float* __restrict__ newNorm, const AdamParams& p, int sr, uint64_t seed,
-                                              uint64_t step, uint64_t param, size_t n, size_t rows, uint32_t cols, int matrix,
-                                              const float* lv, size_t blk0) {
+                                              const float* __restrict__ newNorm, const AdamParams& p, int sr, uint32_t key,
+                                              uint64_t seed, uint64_t step, uint64_t param, size_t n, size_t rows, uint32_t cols,
+                                              int matrix, const float* lv, size_t blk0) {
     const int lane = threadIdx.x & 31;
     const size_t warps = (size_t)gridDim.x * (blockDim.x >> 5);
     const float* colOld = norm + rows;
@@ -228,9 +230,8 @@ __device__ __forceinline__ void adamw4_blocks(void* __restrict__ w, const float*
             float g = __fmul_rn(grad[i], p.gscale);
             m = __fadd_rn(__fmul_rn(p.b1, m), __fmul_rn(p.omb1, g));
             v = next_v(v, g, p.b2, p.omb2);
-            float den = __fadd_rn(__fsqrt_rn(__fdiv_rn(v, p.bc2)), p.eps);
-            float upd = __fdiv_rn(__fdiv_rn(m, p.bc1), den);
-            wv = __fsub_rn(__fsub_rn(wv, __fmul_rn(p.decay, wv)), __fmul_rn(p.lr, upd));
+            const float upd = __fdiv_rn(m, __fadd_rn(__fmul_rn(__fsqrt_rn(v), p.rbc2), p.eps));
+            wv = __fsub_rn(__fsub_rn(wv, __fmul_rn(p.decay, wv)), __fmul_rn(p.lrc, upd));
             mo[e] = m;
             vo[e] = v;
             wo[e] = wv;
@@ -245,7 +246,7 @@ __device__ __forceinline__ void adamw4_blocks(void* __restrict__ w, const float*
             if (!ok[e]) continue;
             const size_t i = i0 + e;
             if (BF16) {
-                reinterpret_cast<uint16_t*>(w)[i] = sr ? stochastic_bf16(wo[e], sr_bits(seed, step, param, (uint64_t)i)) : bf16_rne(wo[e]);
+                reinterpret_cast<uint16_t*>(w)[i] = sr ? stochastic_bf16(wo[e], sr_draw(key, i)) : bf16_rne(wo[e]);
             } else {
                 reinterpret_cast<float*>(w)[i] = wo[e];
             }
@@ -329,9 +330,9 @@ __device__ __forceinline__ void norms8(const float* __restrict__ row, const floa
 template <bool BF16>
 __device__ __forceinline__ void adamw4_lane8(void* __restrict__ w, const float* __restrict__ grad, uint8_t* __restrict__ m4,
                                              uint8_t* __restrict__ v4, float* __restrict__ msc, float* __restrict__ norm,
-                                             const float* __restrict__ newNorm, const AdamParams& p, bool divc, float ybc1,
-                                             float ybc2, int sr, uint64_t k2, uint64_t mk2, size_t rows, uint32_t cols,
-                                             int matrix, bool cvec, MatPos pos, size_t i0) {
+                                             const float* __restrict__ newNorm, const AdamParams& p, bool divu, int sr,
+                                             uint32_t key, uint64_t mk2, size_t rows, uint32_t cols, int matrix, bool cvec, MatPos pos,
+                                             size_t i0) {
     const size_t blk = i0 >> 7;
     float wv[8], mv[8], vv[8];
     load8<BF16>(w, i0, wv);
@@ -357,21 +358,11 @@ __device__ __forceinline__ void adamw4_lane8(void* __restrict__ w, const float* 
             vv[e] = __fmul_rn(nold[e], __uint_as_float((112u + vc) << 23));
         }
     }
-    DivcLow lom, lov;
+    DivcLow lom;
     {
-        const float4 g0 = __ldg(reinterpret_cast<const float4*>(grad + i0)), g1 = __ldg(reinterpret_cast<const float4*>(grad + i0) + 1);
-        const float gv[8] = {g0.x, g0.y, g0.z, g0.w, g1.x, g1.y, g1.z, g1.w};
-#pragma unroll
-        for (int e = 0; e < 8; e++) {
-            const float g = __fmul_rn(gv[e], p.gscale);
-            mv[e] = __fadd_rn(__fmul_rn(p.b1, mv[e]), __fmul_rn(p.omb1, g));
-            vv[e] = next_v(vv[e], g, p.b2, p.omb2);
-            lom.add(mv[e]);
-            lov.add(vv[e]);
-        }
+        float sv[8], ml, vl;
+        adamw_step8<BF16>(w, grad, wv, mv, vv, sv, p, divu, sr, key, i0, ml, vl, lom);
     }
-    const bool fast = divc && lom.ok() && lov.ok();
-    adamw_w8<BF16>(w, wv, mv, vv, p, fast, ybc1, ybc2, sr, k2, i0);
     // The block's absmax of m (and max of v for one row) over its 16 lanes, from 0 as
     // adamw4_blocks (fmaxf ignores NaN in any order).
     float am = 0.f, vmax = 0.f;
@@ -450,7 +441,7 @@ __device__ __forceinline__ void adamw4_lane8(void* __restrict__ w, const float* 
 template <bool BF16>
 __device__ __forceinline__ void adamw4(void* __restrict__ w, const float* __restrict__ grad, uint8_t* __restrict__ m4,
                                        uint8_t* __restrict__ v4, float* __restrict__ msc, float* __restrict__ norm,
-                                       const float* __restrict__ newNorm, AdamParams p, int sr, uint64_t seed,
+                                       const float* __restrict__ newNorm, AdamParams p, int sr, uint32_t key, uint64_t seed,
                                        uint64_t step, uint64_t param, size_t n, size_t rows, uint32_t cols, int matrix) {
     if (threadIdx.x < 9) m4_lv[threadIdx.x] = threadIdx.x < 8 ? __fdiv_rn((float)(threadIdx.x * threadIdx.x), 49.f) : 2.f;
     __syncthreads();
@@ -468,9 +459,8 @@ __device__ __forceinline__ void adamw4(void* __restrict__ w, const float* __rest
     const uintptr_t mis = (((uintptr_t)w | (uintptr_t)grad) & 15u) | (((uintptr_t)m4 | (uintptr_t)v4) & 3u);
     const size_t chunks = mis ? 0 : n / 256;
     const bool cvec = cols % 4 == 0 && (((uintptr_t)(norm + rows) | (uintptr_t)(newNorm + rows)) & 15u) == 0;
-    const bool divc = divc_divisor_ok(p.bc1) && divc_divisor_ok(p.bc2);
-    const float ybc1 = __frcp_rn(p.bc1), ybc2 = __frcp_rn(p.bc2);
-    const uint64_t k2 = sr_key2(seed, step, param), mk2 = sr_key2(seed ^ (1ULL << 40), step, param);
+    const uint64_t mk2 = sr_key2(seed ^ (1ULL << 40), step, param);
+    const bool divu = div_uniform(p);
     const size_t warps = (size_t)gridDim.x * (blockDim.x >> 5);
     size_t c = (size_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     // The warp's first element c·256 as (row, column), advanced by the grid's stride each
@@ -491,8 +481,8 @@ __device__ __forceinline__ void adamw4(void* __restrict__ w, const float* __rest
             pos.r += q;
             pos.t -= q * cols;
         }
-        adamw4_lane8<BF16>(w, grad, m4, v4, msc, norm, newNorm, p, divc, ybc1, ybc2, sr, k2, mk2, rows, cols, matrix, cvec,
-                           pos, c * 256 + lane8);
+        adamw4_lane8<BF16>(w, grad, m4, v4, msc, norm, newNorm, p, divu, sr, key, mk2, rows, cols, matrix, cvec, pos,
+                           c * 256 + lane8);
         rb += dr;
         cb += dc;
         if (cb >= cols) {
@@ -500,19 +490,20 @@ __device__ __forceinline__ void adamw4(void* __restrict__ w, const float* __rest
             rb++;
         }
     }
-    adamw4_blocks<BF16>(w, grad, m4, v4, msc, norm, newNorm, p, sr, seed, step, param, n, rows, cols, matrix, m4_lv, chunks * 2);
+    adamw4_blocks<BF16>(w, grad, m4, v4, msc, norm, newNorm, p, sr, key, seed, step, param, n, rows, cols, matrix, m4_lv,
+                        chunks * 2);
 }
 
 #define ADAMW4_ENTRY(name, BF16)                                                                                \
     extern "C" __global__ void __launch_bounds__(256)                                                           \
     name(void* w, const float* grad, uint8_t* m4, uint8_t* v4, float* msc, float* norm, const float* newNorm,    \
-         float lr, float b1, float b2, float omb1, float omb2, float bc1, float bc2, float eps, float decay,      \
-         float gscale, int sr, uint64_t seed, uint64_t step, uint64_t param, size_t n, size_t rows,              \
-         unsigned cols, int matrix) {                                                                           \
-        AdamParams p = {lr, b1, b2, omb1, omb2, bc1, bc2, eps, decay, gscale};                                  \
+         float lrc, float b1, float b2, float omb1, float omb2, float rbc2, float eps, float decay,              \
+         float gscale, int sr, unsigned key, uint64_t seed, uint64_t step, uint64_t param, size_t n,             \
+         size_t rows, unsigned cols, int matrix) {                                                              \
+        AdamParams p = {lrc, b1, b2, omb1, omb2, rbc2, eps, decay, gscale};                                     \
         ADAMW_COUNT_FIX_SR(sr);                                                                                 \
         ADAMW_COUNT_FIX_MATRIX(matrix);                                                                         \
-        adamw4<BF16>(w, grad, m4, v4, msc, norm, newNorm, p, sr, seed, step, param, n, rows, cols, matrix);     \
+        adamw4<BF16>(w, grad, m4, v4, msc, norm, newNorm, p, sr, key, seed, step, param, n, rows, cols, matrix); \
     }
 ADAMW4_ENTRY(adamw_f32_4bit, false)
 ADAMW4_ENTRY(adamw_bf16_4bit, true)

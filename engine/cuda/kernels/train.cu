@@ -705,56 +705,39 @@ extern "C" __global__ void __launch_bounds__(CE_THREADS, 2)
 }
 
 // ---------------------------------------------------------------------------------------------
-// AdamW, as engine/optim's update(): for each element, with g = grad·gscale,
-//   m = β1·m + (1−β1)·g;  v = β2·v + (1−β2)·g·g;
-//   w = w − decay·w − lr·((m/bc1) / (√(v/bc2) + eps))
-// every operation rounded to float32 separately (Go does not fuse on amd64). Moments are fp32 or
-// engine/optim's Int8 format (blocks of 64: m signed linear int8 with absmax scale, √v the
-// zero-free unsigned code (k+1)/256 of the block's max √v). Weights are f32, or bf16 rounded to
-// nearest even or stochastically with optim's srBits(seed, step, param, index). In place, one
-// pass.
+// AdamW, as engine/optim's update() (format 2, session 10): for each element, with g =
+// grad·gscale,
+//   m = β1·m + (1−β1)·g;  v = β2·v + ((1−β2)·g)·g;
+//   w = w − decay·w − lrc·(m / (√v·rbc2 + eps))      (lrc = lr/bc1, rbc2 = 1/√bc2: optim's)
+// every operation rounded to float32 separately (optim's conversions keep Go from fusing).
+// Moments are fp32 or optim's Int8 format (blocks of 64: m signed linear int8 with absmax
+// scale, √v the zero-free unsigned code (k+1)/256 of the block's max √v, both codes read from
+// the bits of a float32 sum, see adamw.cuh m_code / v_code). Weights are f32, or bf16 rounded
+// to nearest even or stochastically with optim's SRDraw(key, index). In place, one pass.
 //
-// Layout (session 5). The kernel moves ~12.25 B per element (bf16 master, int8 moments), so on
-// an H200 its memory floor is ~10 ms for the 4 B parameters; the first version (one warp per
-// block of 64, two scalar elements a lane, byte and 2-byte accesses) executed ~270 thread
-// instructions per element (ncu; its SASS path: 223, 260 with stochastic rounding) and took ~4×
-// the floor. Now each lane owns 8 consecutive elements and a warp 256 per iteration — four int8
-// blocks, one per group of 8 lanes, whose absmax is a 3-step __shfl_xor within the group (max
-// is exact and order-free). Loads and stores are vectors: bf16 w 16 B (f32 2×16 B), grad
-// 2×16 B, the int8 codes of m and √v 8 B each, one scale pair per lane. The budget aimed for was
-// ~100 instructions per element; the common path's SASS has 98 (121 with stochastic rounding):
-// per element ~7 to decode (PRMT+FADD instead of I2F for the codes), 8 for the moments, 2+2 to
-// test the moments' range, 5 for each division by bc1 and bc2 (div_const: an exact FMA sequence
-// from a reciprocal computed once, see adamw.cuh), 6 for the √ (sqrt_fast), ~11 for the one
-// true division by the denominator, 4 for w, ~7 and ~13 to encode m and √v (m_code_i8,
-// v_code_u8), 1–2 to round w (cvt.rn.bf16x2 for two elements; stochastic: ~22 for srBits with
-// its key hoisted); per lane (÷8) the block maxima, 127/absmax, 256/√absmax, the pointers. The
-// shortcuts are exact only within ranges (a ±0 or ≥ 2^-100 moment, a normal weight, y + 0.5
-// not within 2^-14 of an integer; outside them they yield NaN, which the rounding test
-// rejects): a lane with an element outside redoes those elements with the plain operations
-// (__fdiv_rn, __fsqrt_rn, bf16_rne, sqrt_code_u8), so every result is the scalar kernel's bit
-// for bit. A parameter whose pointers are not 16-byte aligned (w, grad; fp32 moments) or 8-byte
-// aligned (int8 codes) — a view at an odd offset — and the last n mod 256 elements go through
-// that scalar kernel (adamw_blocks), kept as it was.
+// Layout (session 5). The kernel moves ~12.25 B per element (bf16 master, int8 moments): its
+// memory floor on an H200 is ~11.5 ms for the 4.02 B parameters at 4.3 TB/s. Each lane owns 8
+// consecutive elements and a warp 256 per iteration — four int8 blocks, one per group of 8
+// lanes, whose absmax is a 3-step __shfl_xor within the group (max is exact and order-free).
+// Loads and stores are vectors: bf16 w 16 B (f32 2×16 B), grad 2×16 B, the int8 codes of m and
+// √v 8 B each, one scale pair per lane.
+//
+// Instructions (why format 2). Session 5's kernel executed 98 SASS instructions per element
+// (121 with stochastic rounding) and ran at ~half the memory floor, bound by issue: two FMA
+// divisions by bc1 and bc2, two square roots (the update's √(v/bc2) and the code's √v), a
+// double-precision fallback for the √v code near rounding boundaries, six instructions of
+// round-and-clamp per code, and a 64-bit splitmix hash per stochastically rounded element
+// (~22). Format 2 folds the bias corrections into two host constants, takes one √v for both
+// the update and the code, reads each code from one float add (plus two integer clamps for
+// √v), and hashes with 32-bit multiplies (~8). The shortcuts left are sqrt_fast (a lane whose
+// v are all +0 or in [2^-100, FLT_MAX]) and the vector roundings of w (adamw_w8); other lanes
+// take the plain operations, so every result is the scalar kernel's bit for bit. A parameter
+// whose pointers are not 16-byte aligned (w, grad; fp32 moments) or 8-byte aligned (int8
+// codes) — a view at an odd offset — and the last n mod 256 elements go through the scalar
+// kernel (adamw_blocks).
 
-// sqrt_code_u8 is engine/optim's encodeSqrtU8 code for one element: round(√float64(v) ·
-// float64(inv)) − 1, clamped to [0, 255], with round half away from zero. The product y ≤ 256
-// is computed in float32 first (√ and × each within half an ulp: |error| < 2^-15 for y ≤ 256);
-// only when y lies within 2^-12 of a rounding boundary is it recomputed in double, as optim
-// does, so the code is always optim's while the double path runs for ~0.05 % of elements
-// (double square roots cost ~20 FP64 instructions each and made the optimizer issue-bound).
-__device__ __forceinline__ uint8_t sqrt_code_u8(float v, float inv) {
-    const float y = __fmul_rn(__fsqrt_rn(v), inv);
-    const float fr = y - floorf(y);
-    float k;
-    if (fabsf(fr - 0.5f) > 0.000244140625f) {
-        k = floorf(y + 0.5f) - 1.f;  // y ≥ 0: half away from zero
-    } else {
-        ADAMW_SLOW();
-        k = (float)(round(sqrt((double)v) * (double)inv) - 1.0);
-    }
-    return (uint8_t)fmaxf(0.f, fminf(255.f, k));
-}
+// INV127 is RN(1/127) (optim's inv127), the int8 m decode's factor.
+#define INV127 __uint_as_float(0x3C010204u)
 
 // adamw_blocks is the scalar kernel: one warp per block of 64 elements from block blk0 on (lane
 // l owns elements l and l+32), every operation the plain one. It handles the tail past the
@@ -762,23 +745,22 @@ __device__ __forceinline__ uint8_t sqrt_code_u8(float v, float inv) {
 template <bool BF16, bool INT8>
 __device__ __forceinline__ void adamw_blocks(void* __restrict__ w, const float* __restrict__ grad, void* __restrict__ mbuf,
                                              void* __restrict__ vbuf, float* __restrict__ msc, float* __restrict__ vsc,
-                                             const AdamParams& p, int sr, uint64_t seed, uint64_t step, uint64_t param,
-                                             size_t n, size_t blk0) {
+                                             const AdamParams& p, int sr, uint32_t key, size_t n, size_t blk0) {
     const int lane = threadIdx.x & 31;
     const size_t warps = (size_t)gridDim.x * (blockDim.x >> 5);
     for (size_t blk = blk0 + (size_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); blk * 64 < n; blk += warps) {
-        float mo[2], vo[2], wo[2];
+        float mo[2], vo[2], so[2], wo[2];
         bool ok[2];
         float mf = 0.f, vf = 0.f;
         if (INT8) {
-            mf = __fdiv_rn(msc[blk], 127.f);
-            vf = __fdiv_rn(vsc[blk], 256.f);
+            mf = __fmul_rn(msc[blk], INV127);
+            vf = __fmul_rn(vsc[blk], 0.00390625f);
         }
 #pragma unroll
         for (int e = 0; e < 2; e++) {
             size_t i = blk * 64 + lane + 32 * e;
             ok[e] = i < n;
-            mo[e] = vo[e] = wo[e] = 0.f;
+            mo[e] = vo[e] = so[e] = wo[e] = 0.f;
             if (!ok[e]) continue;
             float wv = BF16 ? bf16_to_f32(reinterpret_cast<const uint16_t*>(w)[i]) : reinterpret_cast<const float*>(w)[i];
             float m, v;
@@ -793,12 +775,12 @@ __device__ __forceinline__ void adamw_blocks(void* __restrict__ w, const float* 
             float g = __fmul_rn(grad[i], p.gscale);
             m = __fadd_rn(__fmul_rn(p.b1, m), __fmul_rn(p.omb1, g));
             v = __fadd_rn(__fmul_rn(p.b2, v), __fmul_rn(__fmul_rn(p.omb2, g), g));
-            // float32(√float64(x)) is the correctly rounded float √x: no double needed.
-            float den = __fadd_rn(__fsqrt_rn(__fdiv_rn(v, p.bc2)), p.eps);
-            float upd = __fdiv_rn(__fdiv_rn(m, p.bc1), den);
-            wv = __fsub_rn(__fsub_rn(wv, __fmul_rn(p.decay, wv)), __fmul_rn(p.lr, upd));
+            const float sv = __fsqrt_rn(v);
+            const float upd = __fdiv_rn(m, __fadd_rn(__fmul_rn(sv, p.rbc2), p.eps));
+            wv = __fsub_rn(__fsub_rn(wv, __fmul_rn(p.decay, wv)), __fmul_rn(p.lrc, upd));
             mo[e] = m;
             vo[e] = v;
+            so[e] = sv;
             wo[e] = wv;
         }
         float am = 0.f, avmax = 0.f;
@@ -813,21 +795,14 @@ __device__ __forceinline__ void adamw_blocks(void* __restrict__ w, const float* 
             if (!ok[e]) continue;
             size_t i = blk * 64 + lane + 32 * e;
             if (BF16) {
-                uint16_t h = sr ? stochastic_bf16(wo[e], sr_bits(seed, step, param, (uint64_t)i)) : bf16_rne(wo[e]);
+                uint16_t h = sr ? stochastic_bf16(wo[e], sr_draw(key, i)) : bf16_rne(wo[e]);
                 reinterpret_cast<uint16_t*>(w)[i] = h;
             } else {
                 reinterpret_cast<float*>(w)[i] = wo[e];
             }
             if (INT8) {
-                int8_t mc = 0;
-                if (ms != 0.f) {
-                    // optim rounds the float32 product half away from zero: roundf exactly.
-                    mc = (int8_t)fmaxf(-127.f, fminf(127.f, roundf(__fmul_rn(mo[e], minv))));
-                }
-                uint8_t vc = 0;
-                if (vs != 0.f) vc = sqrt_code_u8(vo[e], vinv);
-                reinterpret_cast<int8_t*>(mbuf)[i] = mc;
-                reinterpret_cast<uint8_t*>(vbuf)[i] = vc;
+                reinterpret_cast<uint8_t*>(mbuf)[i] = (uint8_t)m_code(mo[e], minv);
+                reinterpret_cast<uint8_t*>(vbuf)[i] = (uint8_t)v_code(so[e], vinv);
             } else {
                 reinterpret_cast<float*>(mbuf)[i] = mo[e];
                 reinterpret_cast<float*>(vbuf)[i] = vo[e];
@@ -840,133 +815,25 @@ __device__ __forceinline__ void adamw_blocks(void* __restrict__ w, const float* 
     }
 }
 
-// adamw_lane8 updates elements i0 … i0+7 (i0 a multiple of 8, all < n) with vector loads and
-// the exact shortcuts; for int8 moments the 8 lanes of i0's block of 64 call it together. divc
-// is the per-call test of div_const's divisors, ybc1 and ybc2 their reciprocals, k2 the hoisted
-// part of srBits (sr_key2), magic byte_magic's constant.
-template <bool BF16, bool INT8>
-__device__ __forceinline__ void adamw_lane8(void* __restrict__ w, const float* __restrict__ grad, void* __restrict__ mbuf,
-                                            void* __restrict__ vbuf, float* __restrict__ msc, float* __restrict__ vsc,
-                                            const AdamParams& p, bool divc, float ybc1, float ybc2, int sr, uint64_t k2,
-                                            uint32_t magic, size_t i0) {
-    float wv[8], mv[8], vv[8];
-    load8<BF16>(w, i0, wv);
-    if (INT8) {
-        const size_t blk = i0 >> 6;
-        const float msv = msc[blk], vsv = vsc[blk];
-        const uint2 mc = *reinterpret_cast<const uint2*>(reinterpret_cast<const int8_t*>(mbuf) + i0);
-        const uint2 vc = *reinterpret_cast<const uint2*>(reinterpret_cast<const uint8_t*>(vbuf) + i0);
-        // mf = msc/127 exactly (div_const with RN(1/127) = 0x3C010204 when msc is in range);
-        // vf = vsc/256 is an exact power-of-two product: RN of the same real as __fdiv_rn.
-        float mf;
-        if (divc_ok(msv)) {
-            mf = div_const(msv, 127.f, __uint_as_float(0x3C010204u));
-        } else {
-            ADAMW_SLOW();
-            mf = __fdiv_rn(msv, 127.f);
-        }
-        const float vf = __fmul_rn(vsv, 0.00390625f);
-        const uint32_t mw[2] = {mc.x ^ 0x80808080u, mc.y ^ 0x80808080u}, vw[2] = {vc.x, vc.y};
-#pragma unroll
-        for (int e = 0; e < 8; e++) {
-            mv[e] = __fmul_rn(byte_f32(mw[e >> 2], e & 3, 8388736.f, magic), mf);
-            // (c + 1)·vf squared; a zero scale gives vf = ±0 and v = +0, as the scalar kernel's test.
-            const float sv = __fmul_rn(byte_f32(vw[e >> 2], e & 3, 8388607.f, magic), vf);
-            vv[e] = __fmul_rn(sv, sv);
-        }
-    } else {
-        const float4* m4 = reinterpret_cast<const float4*>(mbuf) + i0 / 4;
-        const float4* v4 = reinterpret_cast<const float4*>(vbuf) + i0 / 4;
-        const float4 a = m4[0], b = m4[1], c = v4[0], d = v4[1];
-        mv[0] = a.x, mv[1] = a.y, mv[2] = a.z, mv[3] = a.w, mv[4] = b.x, mv[5] = b.y, mv[6] = b.z, mv[7] = b.w;
-        vv[0] = c.x, vv[1] = c.y, vv[2] = c.z, vv[3] = c.w, vv[4] = d.x, vv[5] = d.y, vv[6] = d.z, vv[7] = d.w;
-    }
-    bool low;  // every m and v is ±0 or ≥ 2^-100 in magnitude: div_const and sqrt_fast apply
-    {
-        const float4 g0 = __ldg(reinterpret_cast<const float4*>(grad + i0)), g1 = __ldg(reinterpret_cast<const float4*>(grad + i0) + 1);
-        const float gv[8] = {g0.x, g0.y, g0.z, g0.w, g1.x, g1.y, g1.z, g1.w};
-        DivcLow rg;
-#pragma unroll
-        for (int e = 0; e < 8; e++) {
-            const float g = __fmul_rn(gv[e], p.gscale);
-            mv[e] = __fadd_rn(__fmul_rn(p.b1, mv[e]), __fmul_rn(p.omb1, g));
-            vv[e] = __fadd_rn(__fmul_rn(p.b2, vv[e]), __fmul_rn(__fmul_rn(p.omb2, g), g));
-            rg.add(mv[e]);
-            rg.add(vv[e]);
-        }
-        low = rg.ok();
-    }
-    // w with the shortcuts where they apply, else the plain operations (adamw_w8).
-    const bool fast = divc && low;
-    adamw_w8<BF16>(w, wv, mv, vv, p, fast, ybc1, ybc2, sr, k2, i0);
-    if (!INT8) {
-        float4* m4 = reinterpret_cast<float4*>(mbuf) + i0 / 4;
-        float4* v4 = reinterpret_cast<float4*>(vbuf) + i0 / 4;
-        m4[0] = make_float4(mv[0], mv[1], mv[2], mv[3]);
-        m4[1] = make_float4(mv[4], mv[5], mv[6], mv[7]);
-        v4[0] = make_float4(vv[0], vv[1], vv[2], vv[3]);
-        v4[1] = make_float4(vv[4], vv[5], vv[6], vv[7]);
-        return;
-    }
-    // The block's absmax of m and of v over its 8 lanes (fmaxf ignores NaN in any order, as the
-    // scalar kernel's warp_max does).
-    float am = fabsf(mv[0]), av = fabsf(vv[0]);
-#pragma unroll
-    for (int e = 1; e < 8; e++) {
-        am = fmaxf(am, fabsf(mv[e]));
-        av = fmaxf(av, fabsf(vv[e]));
-    }
+// adamw_codes8 re-encodes a lane's 8 int8 moments (adamw_lane8): m under the block's absmax,
+// √v under the block's max √v, from the lane's own maxima am (of |m|) and av (of v).
+__device__ __forceinline__ void adamw_codes8(void* __restrict__ mbuf, void* __restrict__ vbuf, float* __restrict__ msc,
+                                             float* __restrict__ vsc, const float (&mv)[8], const float (&sv)[8], float am,
+                                             float av, size_t i0) {
+    // The block's absmax of m and max of v over its 8 lanes (fmaxf ignores NaN in any order, as
+    // the scalar kernel's warp_max does; v is never negative).
 #pragma unroll
     for (int o = 1; o < 8; o <<= 1) {
         am = fmaxf(am, __shfl_xor_sync(0xffffffffu, am, o));
         av = fmaxf(av, __shfl_xor_sync(0xffffffffu, av, o));
     }
     const float ms = am, vs = sqrt_rn(av);
+    const float minv = ms != 0.f ? __fdiv_rn(127.f, ms) : 0.f, vinv = vs != 0.f ? __fdiv_rn(256.f, vs) : 0.f;
     uint32_t mc[8], vc[8];
-    if (ms != 0.f) {
-        const float minv = __fdiv_rn(127.f, ms);
 #pragma unroll
-        for (int e = 0; e < 8; e++) mc[e] = m_code_i8(mv[e], minv);
-    } else {
-        ADAMW_SLOW();
-#pragma unroll
-        for (int e = 0; e < 8; e++) mc[e] = 0u;
-    }
-    if (vs != 0.f) {
-        const float vinv = __fdiv_rn(256.f, vs);
-        // sqrt_fast needs v = +0 or v ≥ 2^-101 (it turns +Inf and NaN into NaN, which v_code_u8
-        // reports as near).
-        bool near = false;
-        if (low) {
-#pragma unroll
-            for (int e = 0; e < 8; e++) {
-                bool nr;
-                vc[e] = v_code_u8(sqrt_fast(vv[e]), vinv, nr);
-                near |= nr;
-            }
-        } else {
-            ADAMW_SLOW();
-#pragma unroll
-            for (int e = 0; e < 8; e++) {
-                bool nr;
-                vc[e] = v_code_u8(__fsqrt_rn(vv[e]), vinv, nr);
-                near |= nr;
-            }
-        }
-        if (near) {
-            ADAMW_SLOW();
-            // Near a rounding boundary (v_code_u8; ~1 element in 4096): optim's double product.
-#pragma unroll
-            for (int e = 0; e < 8; e++) {
-                bool nr;
-                v_code_u8(__fsqrt_rn(vv[e]), vinv, nr);
-                if (nr) vc[e] = sqrt_code_u8(vv[e], vinv);
-            }
-        }
-    } else {
-        ADAMW_SLOW();
-#pragma unroll
-        for (int e = 0; e < 8; e++) vc[e] = 0u;
+    for (int e = 0; e < 8; e++) {
+        mc[e] = m_code(mv[e], minv);
+        vc[e] = v_code(sv[e], vinv);
     }
     *reinterpret_cast<uint2*>(reinterpret_cast<int8_t*>(mbuf) + i0) = make_uint2(pack4(mc[0], mc[1], mc[2], mc[3]), pack4(mc[4], mc[5], mc[6], mc[7]));
     *reinterpret_cast<uint2*>(reinterpret_cast<uint8_t*>(vbuf) + i0) = make_uint2(pack4(vc[0], vc[1], vc[2], vc[3]), pack4(vc[4], vc[5], vc[6], vc[7]));
@@ -977,34 +844,105 @@ __device__ __forceinline__ void adamw_lane8(void* __restrict__ w, const float* _
     }
 }
 
+// adamw_lane8 updates elements i0 … i0+7 (i0 a multiple of 8, all < n) with vector loads and
+// the exact shortcuts; for int8 moments the 8 lanes of i0's block of 64 call it together. key is
+// optim's SRKey of the call, magic byte_magic's constant.
+template <bool BF16, bool INT8>
+__device__ __forceinline__ void adamw_lane8(void* __restrict__ w, const float* __restrict__ grad, void* __restrict__ mbuf,
+                                            void* __restrict__ vbuf, float* __restrict__ msc, float* __restrict__ vsc,
+                                            const AdamParams& p, bool divu, int sr, uint32_t key, uint32_t magic, size_t i0) {
+    float wv[8], mv[8], vv[8];
+    load8<BF16>(w, i0, wv);
+    if (INT8) {
+        const size_t blk = i0 >> 6;
+        const float mf = __fmul_rn(msc[blk], INV127), vf = __fmul_rn(vsc[blk], 0.00390625f);
+        const uint2 mc = *reinterpret_cast<const uint2*>(reinterpret_cast<const int8_t*>(mbuf) + i0);
+        const uint2 vc = *reinterpret_cast<const uint2*>(reinterpret_cast<const uint8_t*>(vbuf) + i0);
+        const uint32_t mw[2] = {mc.x ^ 0x80808080u, mc.y ^ 0x80808080u}, vw[2] = {vc.x, vc.y};
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            mv[e] = __fmul_rn(byte_f32(mw[e >> 2], e & 3, 8388736.f, magic), mf);
+            // (c + 1)·vf squared; a zero scale gives vf = +0 and v = +0, as the scalar kernel's test.
+            const float sv = __fmul_rn(byte_f32(vw[e >> 2], e & 3, 8388607.f, magic), vf);
+            vv[e] = __fmul_rn(sv, sv);
+        }
+    } else {
+        const float4* m4 = reinterpret_cast<const float4*>(mbuf) + i0 / 4;
+        const float4* v4 = reinterpret_cast<const float4*>(vbuf) + i0 / 4;
+        const float4 a = m4[0], b = m4[1], c = v4[0], d = v4[1];
+        mv[0] = a.x, mv[1] = a.y, mv[2] = a.z, mv[3] = a.w, mv[4] = b.x, mv[5] = b.y, mv[6] = b.z, mv[7] = b.w;
+        vv[0] = c.x, vv[1] = c.y, vv[2] = c.z, vv[3] = c.w, vv[4] = d.x, vv[5] = d.y, vv[6] = d.z, vv[7] = d.w;
+    }
+    float sv[8], am, av;
+    DivcLow lom;
+    adamw_step8<BF16>(w, grad, wv, mv, vv, sv, p, divu, sr, key, i0, am, av, lom);
+    if (!INT8) {
+        float4* m4 = reinterpret_cast<float4*>(mbuf) + i0 / 4;
+        float4* v4 = reinterpret_cast<float4*>(vbuf) + i0 / 4;
+        m4[0] = make_float4(mv[0], mv[1], mv[2], mv[3]);
+        m4[1] = make_float4(mv[4], mv[5], mv[6], mv[7]);
+        v4[0] = make_float4(vv[0], vv[1], vv[2], vv[3]);
+        v4[1] = make_float4(vv[4], vv[5], vv[6], vv[7]);
+        return;
+    }
+    adamw_codes8(mbuf, vbuf, msc, vsc, mv, sv, am, av, i0);
+}
+
 template <bool BF16, bool INT8>
 __device__ __forceinline__ void adamw(void* __restrict__ w, const float* __restrict__ grad, void* __restrict__ mbuf,
                                       void* __restrict__ vbuf, float* __restrict__ msc, float* __restrict__ vsc,
-                                      AdamParams p, int sr, uint64_t seed, uint64_t step, uint64_t param, size_t n) {
+                                      AdamParams p, int sr, uint32_t key, size_t n) {
     // Vectors need w and grad 16-byte aligned, the int8 codes 8-byte (fp32 moments 16-byte).
     const uintptr_t mis = ((uintptr_t)w | (uintptr_t)grad | (INT8 ? 0 : (uintptr_t)mbuf | (uintptr_t)vbuf)) & 15u |
                           (INT8 ? ((uintptr_t)mbuf | (uintptr_t)vbuf) & 7u : 0u);
     const size_t chunks = mis ? 0 : n / 256;
-    const bool divc = divc_divisor_ok(p.bc1) && divc_divisor_ok(p.bc2);
-    const float ybc1 = __frcp_rn(p.bc1), ybc2 = __frcp_rn(p.bc2);
-    const uint64_t k2 = sr_key2(seed, step, param);
     const uint32_t magic = byte_magic(n);
+    const bool divu = div_uniform(p);
     const size_t warps = (size_t)gridDim.x * (blockDim.x >> 5);
     for (size_t c = (size_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); c < chunks; c += warps)
-        adamw_lane8<BF16, INT8>(w, grad, mbuf, vbuf, msc, vsc, p, divc, ybc1, ybc2, sr, k2, magic, c * 256 + (threadIdx.x & 31) * 8);
-    adamw_blocks<BF16, INT8>(w, grad, mbuf, vbuf, msc, vsc, p, sr, seed, step, param, n, chunks * 4);
+        adamw_lane8<BF16, INT8>(w, grad, mbuf, vbuf, msc, vsc, p, divu, sr, key, magic, c * 256 + (threadIdx.x & 31) * 8);
+    adamw_blocks<BF16, INT8>(w, grad, mbuf, vbuf, msc, vsc, p, sr, key, n, chunks * 4);
 }
 
+// Entry points adamw_{f32,bf16}_{fp32,int8}: the scalars are optim.Coeffs.Scalars() (lrc, β1,
+// β2, 1−β1, 1−β2, rbc2, eps, decay) and the gradient's scale; key is optim.SRKey(seed, step,
+// param).
 #define ADAMW_ENTRY(name, BF16, INT8)                                                                          \
     extern "C" __global__ void __launch_bounds__(256)                                                          \
-    name(void* w, const float* grad, void* m, void* v, float* msc, float* vsc, float lr, float b1, float b2,   \
-         float omb1, float omb2, float bc1, float bc2, float eps, float decay, float gscale, int sr,             \
-         uint64_t seed, uint64_t step, uint64_t param, size_t n) {                                             \
-        AdamParams p = {lr, b1, b2, omb1, omb2, bc1, bc2, eps, decay, gscale};                                 \
+    name(void* w, const float* grad, void* m, void* v, float* msc, float* vsc, float lrc, float b1, float b2,  \
+         float omb1, float omb2, float rbc2, float eps, float decay, float gscale, int sr, unsigned key,        \
+         size_t n) {                                                                                           \
+        AdamParams p = {lrc, b1, b2, omb1, omb2, rbc2, eps, decay, gscale};                                    \
         ADAMW_COUNT_FIX_SR(sr);                                                                                \
-        adamw<BF16, INT8>(w, grad, m, v, msc, vsc, p, sr, seed, step, param, n);                                \
+        adamw<BF16, INT8>(w, grad, m, v, msc, vsc, p, sr, key, n);                                             \
     }
 ADAMW_ENTRY(adamw_f32_fp32, false, false)
 ADAMW_ENTRY(adamw_bf16_fp32, true, false)
 ADAMW_ENTRY(adamw_f32_int8, false, true)
 ADAMW_ENTRY(adamw_bf16_int8, true, true)
+
+// div_pos_check (TestDivPos only, not used by the engine): div_pos against __fdiv_rn on n pairs
+// drawn from a hash of (seed, index) across div_pos's whole range — a sign, a binade of
+// [2^-60, 2^60] and a significand each for a; a binade of [2^-60, 2^57] and a significand for b;
+// one a in 64 is ±0, one in 16 a binade edge. out[0] counts the pairs whose bits differ, out[1]
+// and out[2] hold one such pair's a and b.
+extern "C" __global__ void div_pos_check(unsigned seed, unsigned long long n, unsigned* out) {
+    for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (unsigned long long)gridDim.x * blockDim.x) {
+        const uint32_t h1 = sr_mix((uint32_t)i * 0x9e3779b1u + seed), h2 = sr_mix((uint32_t)(i >> 32) ^ h1 ^ 0x85ebca6bu);
+        const uint32_t h3 = sr_mix(h2 + 0x27d4eb2fu);
+        uint32_t ea = 67u + h1 % 121u, eb = 67u + h2 % 118u;  // biased exponents of 2^-60 … 2^60, 2^57
+        uint32_t ma = h2 >> 9, mb = h3 >> 9;
+        if ((h3 & 15u) == 0u) ma = (h3 & 16u) ? 0u : 0x7FFFFFu;  // significands at a binade's edges
+        if ((h3 & 0xF0u) == 0u) mb = (h3 & 0x100u) ? 0u : 0x7FFFFFu;
+        float a = __uint_as_float((h1 & 0x80000000u) | ea << 23 | ma);
+        if ((h3 & 0x3F000u) == 0u) a = __uint_as_float(h1 & 0x80000000u);  // ±0
+        const float b = __uint_as_float(eb << 23 | mb);
+        if (__float_as_uint(div_pos(a, b)) != __float_as_uint(__fdiv_rn(a, b))) {
+            if (atomicAdd(out, 1u) == 0u) {
+                out[1] = __float_as_uint(a);
+                out[2] = __float_as_uint(b);
+            }
+        }
+    }
+}
