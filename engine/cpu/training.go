@@ -650,7 +650,7 @@ func (b *Backend) FreeAdamWState(x backend.AdamWState) {
 // AdamW implements backend.Training: engine/optim's update, in place on the weight, block by
 // block of adamBlock elements: decode the block's moments (optim.DecodeInt8M/V for int8), apply
 // optim.Coeffs.Update with the gradient scaled by GradScale, store w (bf16: round to nearest
-// even, or optim.StochasticBF16 with (Seed, Step, Param, index)) and re-encode m and v
+// even, or optim.StochasticBF16Key under SRKey(Seed, Step, Param)) and re-encode m and v
 // (optim.EncodeInt8M/V). 4bit states take two passes (adamW4). Calling optim's own code, not a
 // copy of it, keeps the result bit-identical to optim.AdamW. A non-finite scaled gradient is an
 // error and nothing is updated (engine/optim skips such a step).

@@ -40,9 +40,10 @@
 // div_const from one reciprocal a lane, m's level search in a shared bucket table
 // (M4_BUCKETS), the v code from the quotient's bits with one add, the column maxima as two
 // 16-byte loads, and (row, column) advanced per iteration instead of divided. What remains is
-// mostly arithmetic: the two hashes (~20 and ~8), the true divisions (update and v code, ~11
-// each) and a square root (format 2 removed the two FMA division sequences by bc1 and bc2). Parameters whose pointers are not
-// aligned, and the last n mod 256 elements, take the first version's code (adamw4_blocks).
+// mostly arithmetic: the two hashes (~20 and ~4 an element), the v code's true division (~11)
+// and a square root (format 2 removed the two FMA division sequences by bc1 and bc2, and the
+// update's division is adamw.cuh's div_pos). Parameters whose pointers are not aligned, and the
+// last n mod 256 elements, take the first version's code (adamw4_blocks).
 //
 // A bf16 matrix thus moves 14.56 B per parameter in all (the int8 kernel 12.25): the gradient
 // is read twice. 4-bit moments save memory, not bandwidth.
