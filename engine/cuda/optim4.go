@@ -78,8 +78,9 @@ func (b *Backend) adamW4(w *Weight, g *Tensor, s *AdamState, k optim.CoeffScalar
 		mat = 1
 	}
 	args := []arg{ptrArg(w.ptr), ptrArg(g.ptr), ptrArg(s.m), ptrArg(s.v), ptrArg(s.ms), ptrArg(s.vs), ptrArg(newNorm)}
-	args = append(append(args, adamScalarArgs(k, gscale)...), intArg(sr), arg(key),
-		arg(h.Seed), arg(uint64(h.Step)), arg(h.Param), sizeArg(n), sizeArg(int64(rows)), arg(uint32(cols)), intArg(mat))
+	mkey := optim.Bit4Key(h.Seed, uint64(h.Step), h.Param)
+	args = append(append(args, adamScalarArgs(k, gscale)...), intArg(sr), arg(key), arg(mkey),
+		sizeArg(n), sizeArg(int64(rows)), arg(uint32(cols)), intArg(mat))
 	if err := launch(b.fns["adamw_"+w.kind+"_4bit"], [3]int{grid, 1, 1}, [3]int{256, 1, 1}, 0, args...); err != nil {
 		return fmt.Errorf("4bit update: %w", err)
 	}

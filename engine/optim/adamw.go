@@ -411,15 +411,6 @@ func SRDraw(key uint32, idx uint64) uint32 {
 	return h >> 16
 }
 
-// srBits is a counter-based hash (splitmix64) giving 16 random bits per element: the 4-bit
-// format's draws for m (Bit4Draw).
-func srBits(seed, step, param, idx uint64) uint32 {
-	z := seed ^ step*0x9e3779b97f4a7c15 ^ param*0xbf58476d1ce4e5b9 ^ idx*0x94d049bb133111eb
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9
-	z = (z ^ (z >> 27)) * 0x94d049bb133111eb
-	return uint32(z^(z>>31)) & 0xffff
-}
-
 // stochasticBF16 rounds x to bf16 up with probability equal to the dropped fraction.
 func stochasticBF16(x float32, r uint32) uint16 {
 	b := math.Float32bits(x)
@@ -429,12 +420,10 @@ func stochasticBF16(x float32, r uint32) uint16 {
 	return uint16((b + r) >> 16)
 }
 
-// uniform returns a deterministic [0,1) draw per element for stochastic rounding of states
-// (stream separates it from the master-weight rounding).
-func (o *AdamW) uniform(pi int, stream uint64) func(i int) float32 {
-	return func(i int) float32 {
-		return float32(srBits(o.cfg.Seed^stream<<40, uint64(o.step), uint64(pi), uint64(i))) / 65536
-	}
+// uniform returns the deterministic [0,1) draws of the 4-bit m codes (Bit4Draw).
+func (o *AdamW) uniform(pi int) func(i int) float32 {
+	key := Bit4Key(o.cfg.Seed, uint64(o.step), uint64(pi))
+	return func(i int) float32 { return Bit4DrawKey(key, uint64(i)) }
 }
 
 func (o *AdamW) decodeM(p *param, j0, j1 int, dst []float32) {
@@ -468,7 +457,7 @@ func (o *AdamW) encodeM(pi int, p *param, j0, j1 int, m []float32) {
 			e := min(b+bit4Block, j1)
 			s := absMax(m[b-j0 : e-j0])
 			p.MSc[b/bit4Block] = s
-			encodeM4(p.M4, m[b-j0:e-j0], s, b, o.uniform(pi, 1))
+			encodeM4(p.M4, m[b-j0:e-j0], s, b, o.uniform(pi))
 		}
 	}
 }

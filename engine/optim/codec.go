@@ -85,7 +85,8 @@ func DecodeInt8V(dst []float32, src []uint8, scale float32) { decodeSqrtU8(dst, 
 // It returns the absmax, the block's scale.
 func EncodeBit4M(dst []byte, m []float32, off int, seed, step, param uint64) (scale float32) {
 	scale = absMax(m)
-	encodeM4(dst, m, scale, off, func(i int) float32 { return Bit4Draw(seed, step, param, uint64(i)) })
+	key := Bit4Key(seed, step, param)
+	encodeM4(dst, m, scale, off, func(i int) float32 { return Bit4DrawKey(key, uint64(i)) })
 	return scale
 }
 
@@ -93,11 +94,17 @@ func EncodeBit4M(dst []byte, m []float32, off int, seed, step, param uint64) (sc
 func DecodeBit4M(dst []float32, src []byte, scale float32, off int) { decodeM4(dst, src, scale, off) }
 
 // Bit4Draw is the uniform draw in [0, 1) that rounds element idx of parameter param's m at
-// step: 16 bits of srBits on a stream (seed ^ 1<<40) apart from the bf16 masters' rounding, as
-// AdamW draws them.
+// step: SRDraw under the key of a stream (seed ^ 1<<40) apart from the bf16 masters' rounding,
+// over 2^16, as AdamW draws them (format 2; Bit4DrawKey takes the key computed once).
 func Bit4Draw(seed, step, param, idx uint64) float32 {
-	return float32(srBits(seed^1<<40, step, param, idx)) / 65536
+	return Bit4DrawKey(Bit4Key(seed, step, param), idx)
 }
+
+// Bit4Key is the key of the 4-bit m draws of (seed, step, param).
+func Bit4Key(seed, step, param uint64) uint32 { return SRKey(seed^1<<40, step, param) }
+
+// Bit4DrawKey is Bit4Draw with the key from Bit4Key.
+func Bit4DrawKey(key uint32, idx uint64) float32 { return float32(SRDraw(key, idx)) / 65536 }
 
 // EncodeBit4V returns the 4-bit code of a second moment v under the normaliser norm (the
 // smaller of its row's and column's maximum of v, or its block's maximum for one-row

@@ -15,6 +15,8 @@ func init() {
 		"Bit4":              reflect.ValueOf(optim.Bit4),
 		"Bit4Block":         reflect.ValueOf(constant.MakeFromLiteral("128", token.INT, 0)),
 		"Bit4Draw":          reflect.ValueOf(optim.Bit4Draw),
+		"Bit4DrawKey":       reflect.ValueOf(optim.Bit4DrawKey),
+		"Bit4Key":           reflect.ValueOf(optim.Bit4Key),
 		"Bit4Nibble":        reflect.ValueOf(optim.Bit4Nibble),
 		"Constant":          reflect.ValueOf(optim.Constant),
 		"DecodeBit4M":       reflect.ValueOf(optim.DecodeBit4M),

@@ -1,6 +1,6 @@
 // Shared device helpers of the AdamW kernels (train.cu: fp32 and int8 moments; optim4.cu:
 // 4-bit moments): the per-call scalars and engine/optim's arithmetic — its update of the
-// master weights, its SRDraw and srBits hashes, bf16 round to nearest even, and stochastic
+// master weights, its SRDraw hash, bf16 round to nearest even, and stochastic
 // rounding to bf16 — so that every kernel updates and rounds masters exactly as engine/optim.
 #pragma once
 #include <stdint.h>
@@ -26,15 +26,6 @@ __device__ __forceinline__ uint32_t sr_mix(uint32_t h) {
 __device__ __forceinline__ uint32_t sr_draw(uint32_t key, size_t idx) {
     const uint32_t h = sr_mix((uint32_t)(idx >> 1) * 0x9e3779b1u + key);
     return idx & 1 ? h >> 16 : h & 0xffffu;
-}
-
-// sr_bits is engine/optim's srBits: splitmix64 of (seed, step, param, index), 16 bits (the
-// 4-bit format's draws for m).
-__device__ __forceinline__ uint32_t sr_bits(uint64_t seed, uint64_t step, uint64_t param, uint64_t idx) {
-    uint64_t z = seed ^ step * 0x9e3779b97f4a7c15ULL ^ param * 0xbf58476d1ce4e5b9ULL ^ idx * 0x94d049bb133111ebULL;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return (uint32_t)(z ^ (z >> 31)) & 0xffffu;
 }
 
 // bf16_rne is engine/tensor's F32ToBF16: round to nearest even, NaN kept quiet.
@@ -180,22 +171,6 @@ __device__ __forceinline__ uint32_t v_code(float sv, float inv) {
     return min(max(u, INT8_BITS), INT8_BITS + 255u);
 }
 
-// sr_key2 hoists the per-call part of srBits: with key = seed ^ step·C1 ^ param·C2, srBits(…,
-// idx) = fin(key ^ idx·C3) and the first finalizer step (z ^ z>>30) is linear in z over XOR,
-// so it is x ^ x>>30 ^ k2 for x = idx·C3 and k2 = key ^ key>>30.
-__device__ __forceinline__ uint64_t sr_key2(uint64_t seed, uint64_t step, uint64_t param) {
-    const uint64_t key = seed ^ step * 0x9e3779b97f4a7c15ULL ^ param * 0xbf58476d1ce4e5b9ULL;
-    return key ^ (key >> 30);
-}
-
-// sr_bits_hoisted is sr_bits(seed, step, param, idx) for x = idx·0x94d049bb133111eb and
-// k2 = sr_key2(seed, step, param).
-__device__ __forceinline__ uint32_t sr_bits_hoisted(uint64_t x, uint64_t k2) {
-    uint64_t z = (x ^ (x >> 30) ^ k2) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return (uint32_t)(z ^ (z >> 31)) & 0xffffu;
-}
-
 // load8 reads w[i0 … i0+7] as floats (one 16-byte vector for bf16, two for f32).
 template <bool BF16>
 __device__ __forceinline__ void load8(const void* w, size_t i0, float (&wv)[8]) {
@@ -324,13 +299,13 @@ __device__ __forceinline__ void sqrt8(const float (&vv)[8], const DivcLow& lo, f
 // adamw_step8 is a lane's update of elements i0…i0+7 once their old w (wv), m (mv) and v (vv)
 // are decoded: optim's moments from grad[i0…i0+7] (16-byte aligned), √v (sv), and the master
 // weights updated and stored (adamw_w8). mv and vv hold the new moments on return, am and av
-// the lane's largest |m| and v, lom the DivcLow of m. divu is the call's div_uniform.
+// the lane's largest |m| and v, lom and lov their DivcLow. divu is the call's div_uniform.
 template <bool BF16>
 __device__ __forceinline__ void adamw_step8(void* __restrict__ w, const float* __restrict__ grad, float (&wv)[8],
                                             float (&mv)[8], float (&vv)[8], float (&sv)[8], const AdamParams& p,
                                             bool divu, int sr, uint32_t key, size_t i0, float& am, float& av,
-                                            DivcLow& lom) {
-    DivcLow lov;  // m (lom): ±0 or ≥ 2^-60 for div_pos; v: +0 or ≥ 2^-100 for sqrt_fast
+                                            DivcLow& lom, DivcLow& lov) {
+    // m (lom): ±0 or ≥ 2^-60 for div_pos; v (lov): +0 or ≥ 2^-100 for sqrt_fast
     am = 0.f, av = 0.f;
     const float4 g0 = __ldg(reinterpret_cast<const float4*>(grad + i0)), g1 = __ldg(reinterpret_cast<const float4*>(grad + i0) + 1);
     const float gv[8] = {g0.x, g0.y, g0.z, g0.w, g1.x, g1.y, g1.z, g1.w};

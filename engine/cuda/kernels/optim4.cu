@@ -4,7 +4,7 @@
 //
 //   m: sign + companded magnitude level k (value (k/7)² of the block absmax), blocks of 128
 //      elements with a float32 absmax, rounded stochastically between the two neighbouring
-//      levels with optim's Bit4Draw = srBits(seed ^ 1<<40, step, param, index) / 2^16;
+//      levels with optim's Bit4Draw = SRDraw(Bit4Key(seed, step, param), index) / 2^16;
 //   v: zero-free logarithmic code k (value norm·2^(k−15)) with norm = min(row max, column max)
 //      of the NEW v for a matrix (the rank-1 normaliser), or the block's max of v for a one-row
 //      parameter. Element i of either array is nibble i&1 (low first) of byte i>>1.
@@ -29,8 +29,7 @@
 //     the block's max of v for one row). Per element it reads and writes the master (bf16 2+2 B,
 //     f32 4+4 B), reads the gradient (4 B), reads and writes the m and v codes (4 × 0.5 B) and
 //     m's absmax (8 B per 128): 10.06 B with a bf16 master, 14.06 B with f32; ~30 FLOPs, an fp32
-//     square root, a 64-bit hash (m's rounding) and, for stochastically rounded bf16, a 32-bit
-//     one (optim's SRDraw).
+//     square root and 32-bit hashes (optim's SRDraw: m's rounding, and bf16's when stochastic).
 //
 // Instruction budget (session 5; SASS of the common path, thread instructions per element):
 // the first version — one warp per block of 128, 4 elements a lane, byte accesses, a 32-bit
@@ -171,13 +170,12 @@ template <bool BF16>
 __device__ __forceinline__ void adamw4_blocks(void* __restrict__ w, const float* __restrict__ grad, uint8_t* __restrict__ m4,
                                               uint8_t* __restrict__ v4, float* __restrict__ msc, float* __restrict__ norm,
                                               const float* __restrict__ newNorm, const AdamParams& p, int sr, uint32_t key,
-                                              uint64_t seed, uint64_t step, uint64_t param, size_t n, size_t rows, uint32_t cols,
-                                              int matrix, const float* lv, size_t blk0) {
+                                              uint32_t mkey, size_t n, size_t rows, uint32_t cols, int matrix, const float* lv,
+                                              size_t blk0) {
     const int lane = threadIdx.x & 31;
     const size_t warps = (size_t)gridDim.x * (blockDim.x >> 5);
     const float* colOld = norm + rows;
     const float* colNew = newNorm + rows;
-    const uint64_t mseed = seed ^ (1ULL << 40);
     for (size_t blk = blk0 + (size_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); blk * 128 < n; blk += warps) {
         const size_t base = blk * 128, i0 = base + 4 * lane;
         // Row and column of element i0: one 64-bit division per warp, then a carry per lane.
@@ -259,7 +257,7 @@ __device__ __forceinline__ void adamw4_blocks(void* __restrict__ w, const float*
                 for (int q = 1; q < 8; q++) k += lv[q] <= a ? 1 : 0;
                 if (k < 7) {
                     float lo = lv[k], hi = lv[k + 1];
-                    float u = __fmul_rn((float)sr_bits(mseed, step, param, (uint64_t)i), 1.f / 65536.f);
+                    float u = __fmul_rn((float)sr_draw(mkey, i), 1.f / 65536.f);
                     if (__fmul_rn(u, __fsub_rn(hi, lo)) < __fsub_rn(a, lo)) k++;
                 }
                 code = (uint32_t)k;
@@ -332,7 +330,7 @@ template <bool BF16>
 __device__ __forceinline__ void adamw4_lane8(void* __restrict__ w, const float* __restrict__ grad, uint8_t* __restrict__ m4,
                                              uint8_t* __restrict__ v4, float* __restrict__ msc, float* __restrict__ norm,
                                              const float* __restrict__ newNorm, const AdamParams& p, bool divu, int sr,
-                                             uint32_t key, uint64_t mk2, size_t rows, uint32_t cols, int matrix, bool cvec, MatPos pos,
+                                             uint32_t key, uint32_t mkey, size_t rows, uint32_t cols, int matrix, bool cvec, MatPos pos,
                                              size_t i0) {
     const size_t blk = i0 >> 7;
     float wv[8], mv[8], vv[8];
@@ -359,10 +357,11 @@ __device__ __forceinline__ void adamw4_lane8(void* __restrict__ w, const float* 
             vv[e] = __fmul_rn(nold[e], __uint_as_float((112u + vc) << 23));
         }
     }
-    DivcLow lom;
+    DivcLow lom, lov;
+    float vl;  // the lane's max of v
     {
-        float sv[8], ml, vl;
-        adamw_step8<BF16>(w, grad, wv, mv, vv, sv, p, divu, sr, key, i0, ml, vl, lom);
+        float sv[8], ml;
+        adamw_step8<BF16>(w, grad, wv, mv, vv, sv, p, divu, sr, key, i0, ml, vl, lom, lov);
     }
     // The block's absmax of m (and max of v for one row) over its 16 lanes, from 0 as
     // adamw4_blocks (fmaxf ignores NaN in any order).
@@ -396,7 +395,11 @@ __device__ __forceinline__ void adamw4_lane8(void* __restrict__ w, const float* 
 #pragma unroll
             for (int e = 0; e < 8; e++) a[e] = fminf(__fdiv_rn(fabsf(mv[e]), am), 1.f);
         }
-        const uint64_t x0 = (uint64_t)i0 * 0x94d049bb133111ebULL;
+        // Bit4Draw(i0 + e): elements 2j and 2j+1 take the halves of one hash of j (SRDraw).
+        uint32_t draws[4];
+        const uint32_t h0 = (uint32_t)(i0 >> 1) * 0x9e3779b1u + mkey;
+#pragma unroll
+        for (int j = 0; j < 4; j++) draws[j] = sr_mix(h0 + (uint32_t)j * 0x9e3779b1u);
 #pragma unroll
         for (int e = 0; e < 8; e++) {
             const uint4 tb = m4_tab[__float_as_uint(__fmaf_rz(a[e], 64.f, 8388608.f)) - 0x4B000000u];
@@ -404,7 +407,8 @@ __device__ __forceinline__ void adamw4_lane8(void* __restrict__ w, const float* 
             uint32_t k = tb.x + (up ? 1u : 0u);
             const float lo = __uint_as_float(up ? tb.z : tb.y), hi = __uint_as_float(up ? tb.w : tb.z);
             // u = draw·2^-16, exactly, from the bits of 1 + draw·2^-16.
-            const float u = __fsub_rn(__uint_as_float(0x3F800000u | sr_bits_hoisted(x0 + (uint64_t)e * 0x94d049bb133111ebULL, mk2) << 7), 1.f);
+            const uint32_t d = e & 1 ? draws[e >> 1] >> 16 : draws[e >> 1] & 0xffffu;
+            const float u = __fsub_rn(__uint_as_float(0x3F800000u | d << 7), 1.f);
             if (__fmul_rn(u, __fsub_rn(hi, lo)) < __fsub_rn(a[e], lo)) k++;
             if ((neg >> e & 1u) && k != 0) k |= 8u;
             mout |= k << (4 * e);
@@ -413,7 +417,9 @@ __device__ __forceinline__ void adamw4_lane8(void* __restrict__ w, const float* 
     // v: 15 + round(log2(v/norm)) from the quotient's bits — adding 2^23 − SQRT2_FRAC carries
     // into the exponent exactly when the fraction reaches √2's — clamped to 0…15; 0 unless v and
     // the normaliser are positive (v4_encode). The sign bit is cleared first: it is set only on
-    // a NaN quotient, which v4_encode clamps to 15 like a positive NaN.
+    // a NaN quotient, which v4_encode clamps to 15 like a positive NaN. The quotient is div_pos
+    // where every v is +0 or in [2^-60, 2^60] and every normaliser in [2^-60, 2^60] (normalisers
+    // are maxima of v: never below the v they normalise, never negative).
     uint32_t vout = 0;
     {
         float nnew[8];
@@ -423,9 +429,24 @@ __device__ __forceinline__ void adamw4_lane8(void* __restrict__ w, const float* 
 #pragma unroll
             for (int e = 0; e < 8; e++) nnew[e] = vmax;
         }
+        float nlo = nnew[0], nhi = nnew[0];
+#pragma unroll
+        for (int e = 1; e < 8; e++) {
+            nlo = fminf(nlo, nnew[e]);
+            nhi = fmaxf(nhi, nnew[e]);
+        }
+        float q[8];
+        if (lov.ok_at(DIV_LO) && vl <= 0x1p60f && nlo >= 0x1p-60f && nhi <= 0x1p60f) {
+#pragma unroll
+            for (int e = 0; e < 8; e++) q[e] = div_pos(vv[e], nnew[e]);
+        } else {
+            ADAMW_SLOW();
+#pragma unroll
+            for (int e = 0; e < 8; e++) q[e] = __fdiv_rn(vv[e], nnew[e]);
+        }
 #pragma unroll
         for (int e = 0; e < 8; e++) {
-            const uint32_t b = __float_as_uint(__fdiv_rn(vv[e], nnew[e])) & 0x7fffffffu;
+            const uint32_t b = __float_as_uint(q[e]) & 0x7fffffffu;
             const int k = (int)((b + (0x800000u - SQRT2_FRAC)) >> 23) - 112;
             const uint32_t c = (nnew[e] > 0.f && vv[e] > 0.f) ? (uint32_t)max(0, min(15, k)) : 0u;
             vout |= c << (4 * e);
@@ -442,8 +463,8 @@ __device__ __forceinline__ void adamw4_lane8(void* __restrict__ w, const float* 
 template <bool BF16>
 __device__ __forceinline__ void adamw4(void* __restrict__ w, const float* __restrict__ grad, uint8_t* __restrict__ m4,
                                        uint8_t* __restrict__ v4, float* __restrict__ msc, float* __restrict__ norm,
-                                       const float* __restrict__ newNorm, AdamParams p, int sr, uint32_t key, uint64_t seed,
-                                       uint64_t step, uint64_t param, size_t n, size_t rows, uint32_t cols, int matrix) {
+                                       const float* __restrict__ newNorm, AdamParams p, int sr, uint32_t key, uint32_t mkey,
+                                       size_t n, size_t rows, uint32_t cols, int matrix) {
     if (threadIdx.x < 9) m4_lv[threadIdx.x] = threadIdx.x < 8 ? __fdiv_rn((float)(threadIdx.x * threadIdx.x), 49.f) : 2.f;
     __syncthreads();
     if (threadIdx.x < M4_BUCKETS) {
@@ -460,7 +481,6 @@ __device__ __forceinline__ void adamw4(void* __restrict__ w, const float* __rest
     const uintptr_t mis = (((uintptr_t)w | (uintptr_t)grad) & 15u) | (((uintptr_t)m4 | (uintptr_t)v4) & 3u);
     const size_t chunks = mis ? 0 : n / 256;
     const bool cvec = cols % 4 == 0 && (((uintptr_t)(norm + rows) | (uintptr_t)(newNorm + rows)) & 15u) == 0;
-    const uint64_t mk2 = sr_key2(seed ^ (1ULL << 40), step, param);
     const bool divu = div_uniform(p);
     const size_t warps = (size_t)gridDim.x * (blockDim.x >> 5);
     size_t c = (size_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
@@ -482,7 +502,7 @@ __device__ __forceinline__ void adamw4(void* __restrict__ w, const float* __rest
             pos.r += q;
             pos.t -= q * cols;
         }
-        adamw4_lane8<BF16>(w, grad, m4, v4, msc, norm, newNorm, p, divu, sr, key, mk2, rows, cols, matrix, cvec, pos,
+        adamw4_lane8<BF16>(w, grad, m4, v4, msc, norm, newNorm, p, divu, sr, key, mkey, rows, cols, matrix, cvec, pos,
                            c * 256 + lane8);
         rb += dr;
         cb += dc;
@@ -491,20 +511,18 @@ __device__ __forceinline__ void adamw4(void* __restrict__ w, const float* __rest
             rb++;
         }
     }
-    adamw4_blocks<BF16>(w, grad, m4, v4, msc, norm, newNorm, p, sr, key, seed, step, param, n, rows, cols, matrix, m4_lv,
-                        chunks * 2);
+    adamw4_blocks<BF16>(w, grad, m4, v4, msc, norm, newNorm, p, sr, key, mkey, n, rows, cols, matrix, m4_lv, chunks * 2);
 }
 
 #define ADAMW4_ENTRY(name, BF16)                                                                                \
     extern "C" __global__ void __launch_bounds__(256)                                                           \
     name(void* w, const float* grad, uint8_t* m4, uint8_t* v4, float* msc, float* norm, const float* newNorm,    \
          float lrc, float b1, float b2, float omb1, float omb2, float rbc2, float eps, float decay,              \
-         float gscale, int sr, unsigned key, uint64_t seed, uint64_t step, uint64_t param, size_t n,             \
-         size_t rows, unsigned cols, int matrix) {                                                              \
+         float gscale, int sr, unsigned key, unsigned mkey, size_t n, size_t rows, unsigned cols, int matrix) {  \
         AdamParams p = {lrc, b1, b2, omb1, omb2, rbc2, eps, decay, gscale};                                     \
         ADAMW_COUNT_FIX_SR(sr);                                                                                 \
         ADAMW_COUNT_FIX_MATRIX(matrix);                                                                         \
-        adamw4<BF16>(w, grad, m4, v4, msc, norm, newNorm, p, sr, key, seed, step, param, n, rows, cols, matrix); \
+        adamw4<BF16>(w, grad, m4, v4, msc, norm, newNorm, p, sr, key, mkey, n, rows, cols, matrix);             \
     }
 ADAMW4_ENTRY(adamw_f32_4bit, false)
 ADAMW4_ENTRY(adamw_bf16_4bit, true)

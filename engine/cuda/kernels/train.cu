@@ -828,7 +828,16 @@ __device__ __forceinline__ void adamw_codes8(void* __restrict__ mbuf, void* __re
         av = fmaxf(av, __shfl_xor_sync(0xffffffffu, av, o));
     }
     const float ms = am, vs = sqrt_rn(av);
-    const float minv = ms != 0.f ? __fdiv_rn(127.f, ms) : 0.f, vinv = vs != 0.f ? __fdiv_rn(256.f, vs) : 0.f;
+    // 127/absmax and 256/max√v (0 for a zero maximum), by div_pos when both maxima are in its range.
+    float minv, vinv;
+    if (ms >= 0x1p-60f && ms <= 0x1p60f && vs >= 0x1p-60f && vs <= 0x1p60f) {
+        minv = div_pos(127.f, ms);
+        vinv = div_pos(256.f, vs);
+    } else {
+        ADAMW_SLOW();
+        minv = ms != 0.f ? __fdiv_rn(127.f, ms) : 0.f;
+        vinv = vs != 0.f ? __fdiv_rn(256.f, vs) : 0.f;
+    }
     uint32_t mc[8], vc[8];
 #pragma unroll
     for (int e = 0; e < 8; e++) {
@@ -874,8 +883,8 @@ __device__ __forceinline__ void adamw_lane8(void* __restrict__ w, const float* _
         vv[0] = c.x, vv[1] = c.y, vv[2] = c.z, vv[3] = c.w, vv[4] = d.x, vv[5] = d.y, vv[6] = d.z, vv[7] = d.w;
     }
     float sv[8], am, av;
-    DivcLow lom;
-    adamw_step8<BF16>(w, grad, wv, mv, vv, sv, p, divu, sr, key, i0, am, av, lom);
+    DivcLow lom, lov;
+    adamw_step8<BF16>(w, grad, wv, mv, vv, sv, p, divu, sr, key, i0, am, av, lom, lov);
     if (!INT8) {
         float4* m4 = reinterpret_cast<float4*>(mbuf) + i0 / 4;
         float4* v4 = reinterpret_cast<float4*>(vbuf) + i0 / 4;
