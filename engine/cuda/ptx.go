@@ -79,7 +79,7 @@ var trainKernels = []string{
 	"scale_f32", "sumsq_part_f32", "mm_bwd_dx_f32", "mm_bwd_dx_bf16", "mm_bwd_dx_nvfp4", "mm_bwd_dw_f32",
 	"rmsnorm_bwd_dx", "rmsnorm_rstd", "rmsnorm_bwd_dw_part", "sum_parts_add", "rope_bwd_f32", "swiglu_bwd_f32",
 	"embedding_bwd_f32", "attn_bwd_dq", "attn_bwd_dkv", "cross_entropy_f32",
-	"adamw_f32_fp32", "adamw_bf16_fp32", "adamw_f32_int8", "adamw_bf16_int8", "div_pos_check",
+	"adamw_f32_fp32", "adamw_bf16_fp32", "adamw_f32_int8", "adamw_bf16_int8", "div_pos_check", "adamw_probe",
 }
 
 // optim4Kernels are AdamW's kernels for 4-bit moments (optim4.cu, launched from optim4.go).

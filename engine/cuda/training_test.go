@@ -843,3 +843,60 @@ func TestDivPos(t *testing.T) {
 		t.Fatalf("div_pos differs from __fdiv_rn on %d of %d pairs, e.g. %g / %g (bits %#x / %#x)", bad, n, a, b, math.Float32bits(a), math.Float32bits(b))
 	}
 }
+
+// TestFiguresAdamW times the int8 AdamW step on one large bf16 parameter beside adamw_probe,
+// its memory traffic without the arithmetic: how far the kernel is from what its access pattern
+// allows (QWENGO_CUDA_BENCH=1).
+func TestFiguresAdamW(t *testing.T) {
+	benchEnabled(t)
+	g := openGPU(t)
+	const rows, cols = 38912, 2560 // 99.6 M elements, 1.2 GB moved a step
+	n := rows * cols
+	init := randn(n, 7, 0.02)
+	h, err := tensor.FromFloat32s("w", tensor.F32, []int{rows, cols}, init)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bw, err := g.UploadWeight(backend.HostWeight{Name: "w", Dense: h, Keep: kindBF16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.FreeWeight(bw)
+	grad, err := g.Alloc(backend.Activations, rows, cols)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Free(grad)
+	if err := g.Upload(grad, randn(n, 8, 1e-3)); err != nil {
+		t.Fatal(err)
+	}
+	st, err := g.NewAdamWState("int8", rows, cols)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.FreeAdamWState(st)
+	bytes := float64(n) * 12.25
+	step := 0
+	ms, err := timeOnDevice(g, 20, func() error {
+		step++
+		return g.AdamW(bw, grad, st, backend.AdamWHyper{LR: 1e-5, Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, WeightDecay: 0.01,
+			Step: step, GradScale: 0.5, StochasticRound: true, Seed: 1, Param: 3})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Log(figure{"adamw_bf16_int8 99.6M elements", bytes, 0, ms})
+	s, w, gt := st.(*AdamState), bw.(*Weight), grad.(*Tensor)
+	var grid int
+	if err := g.do(func() (err error) { grid, err = g.adamGrid("adamw_probe", int64(n/adamChunk)); return err }); err != nil {
+		t.Fatal(err)
+	}
+	ms, err = timeOnDevice(g, 20, func() error {
+		return launch(g.fns["adamw_probe"], [3]int{grid, 1, 1}, [3]int{256, 1, 1}, 0, ptrArg(w.ptr), ptrArg(gt.ptr),
+			ptrArg(s.m), ptrArg(s.v), ptrArg(s.ms), ptrArg(s.vs), sizeArg(int64(n)))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Log(figure{"adamw_probe (traffic only) 99.6M elements", bytes, 0, ms})
+}

@@ -955,3 +955,29 @@ extern "C" __global__ void div_pos_check(unsigned seed, unsigned long long n, un
         }
     }
 }
+
+// adamw_probe (TestFiguresAdamW only, not used by the engine): adamw_bf16_int8's memory traffic
+// without its arithmetic — the same lanes, vector loads and stores of a bf16 master, an f32
+// gradient, int8 codes and per-64 scales, in place, combined by a few integer operations — so
+// that its time bounds what the access pattern allows (n a multiple of 256).
+extern "C" __global__ void __launch_bounds__(256) adamw_probe(uint16_t* w, const float* grad, uint8_t* m, uint8_t* v,
+                                                               float* msc, float* vsc, size_t n) {
+    const size_t chunks = n / 256, warps = (size_t)gridDim.x * (blockDim.x >> 5);
+    for (size_t c = (size_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); c < chunks; c += warps) {
+        const size_t i0 = c * 256 + (threadIdx.x & 31) * 8;
+        uint4 wv = *reinterpret_cast<const uint4*>(w + i0);
+        const uint4 g0 = __ldg(reinterpret_cast<const uint4*>(grad + i0)), g1 = __ldg(reinterpret_cast<const uint4*>(grad + i0) + 1);
+        uint2 mc = *reinterpret_cast<const uint2*>(m + i0), vc = *reinterpret_cast<const uint2*>(v + i0);
+        const uint32_t s = __float_as_uint(msc[i0 >> 6]) ^ __float_as_uint(vsc[i0 >> 6]);
+        const uint32_t x = g0.x ^ g0.y ^ g0.z ^ g0.w ^ g1.x ^ g1.y ^ g1.z ^ g1.w ^ s;
+        wv.x ^= x & 1u, wv.y ^= mc.x & 1u, wv.z ^= vc.x & 1u, wv.w ^= (x >> 1) & 1u;
+        mc.x ^= x & 0x01010101u, vc.y ^= (x >> 2) & 0x01010101u;
+        *reinterpret_cast<uint4*>(w + i0) = wv;
+        *reinterpret_cast<uint2*>(m + i0) = mc;
+        *reinterpret_cast<uint2*>(v + i0) = vc;
+        if ((threadIdx.x & 7) == 0) {
+            msc[i0 >> 6] = __uint_as_float(s & 0x3F7FFFFFu);
+            vsc[i0 >> 6] = __uint_as_float(x & 0x3F7FFFFFu);
+        }
+    }
+}
