@@ -87,6 +87,35 @@ type Training interface {
 	AdamW(w Weight, grad Tensor, st AdamWState, h AdamWHyper) error
 }
 
+// AdamWJob is one parameter's update in a batch (AdamWMany).
+type AdamWJob struct {
+	W     Weight
+	Grad  Tensor
+	State AdamWState
+	Hyper AdamWHyper
+}
+
+// AdamWBatch is implemented by training backends that can update several parameters in fewer
+// launches than one each. The result is AdamW's on every job, bit for bit; jobs must not share
+// a weight or a state (an error names the two), and nothing is updated when a job is invalid.
+type AdamWBatch interface {
+	AdamWMany(jobs []AdamWJob) error
+}
+
+// AdamWMany applies AdamW to every job: through t's AdamWBatch when it has one, else one
+// AdamW call each, in order.
+func AdamWMany(t Training, jobs []AdamWJob) error {
+	if b, ok := t.(AdamWBatch); ok {
+		return b.AdamWMany(jobs)
+	}
+	for i, j := range jobs {
+		if err := t.AdamW(j.W, j.Grad, j.State, j.Hyper); err != nil {
+			return fmt.Errorf("adamw job %d: %w", i, err)
+		}
+	}
+	return nil
+}
+
 // AdamWState is a backend-resident pair of AdamW moments for one parameter.
 type AdamWState interface {
 	// Format is "fp32", "int8" or "4bit".

@@ -113,12 +113,15 @@ func (r *runner) optimizer() {
 			r.measure(f, func() (float64, time.Duration, error) {
 				step++
 				t0 := time.Now()
+				jobs := make([]backend.AdamWJob, len(params))
 				for i, p := range params {
 					h := backend.AdamWHyper{LR: 1e-5, Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, WeightDecay: 0.01, Step: step, GradScale: 1,
 						NoDecay: p.rows == 1, StochasticRound: p.w.Kind() == "bf16", Seed: r.opt.Seed, Param: uint64(i)}
-					if err := tb.AdamW(p.w, p.grad, states[i], h); err != nil {
-						return 0, 0, fmt.Errorf("AdamW of parameter %d [%d, %d]: %w", i, p.rows, p.cols, err)
-					}
+					jobs[i] = backend.AdamWJob{W: p.w, Grad: p.grad, State: states[i], Hyper: h}
+				}
+				// One batch, as engine/devtrain updates its parameters (backend.AdamWMany).
+				if err := backend.AdamWMany(tb, jobs); err != nil {
+					return 0, 0, fmt.Errorf("AdamW of %d parameters: %w", len(jobs), err)
 				}
 				var err error
 				if sync, err = r.b.Download(last, sync); err != nil {

@@ -115,6 +115,14 @@ static CUresult qg_launch(CUfunction f, unsigned gx, unsigned gy, unsigned gz, u
 	return p_cuLaunchKernel(f, gx, gy, gz, bx, by, bz, shmem, qg_stream, ptrs, NULL);
 }
 
+// qg_launch_buf launches f on qg_stream with its parameters laid out in buf (size bytes, the
+// kernel's parameter layout): for a kernel whose parameter is a struct larger than a slot.
+static CUresult qg_launch_buf(CUfunction f, unsigned gx, unsigned bx, unsigned shmem, void* buf, size_t size) {
+	void* extra[] = {CU_LAUNCH_PARAM_BUFFER_POINTER, buf, CU_LAUNCH_PARAM_BUFFER_SIZE, &size, CU_LAUNCH_PARAM_END};
+	qg_prev_dep = 0;
+	return p_cuLaunchKernel(f, gx, 1, 1, bx, 1, 1, shmem, qg_stream, NULL, extra);
+}
+
 // Programmatic dependent launch: cuLaunchKernelEx (CUDA 12+ drivers) with the attribute
 // CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION (6) lets the kernel start while the
 // previous one on the stream finishes; the kernel waits for it with griddepcontrol.wait before
@@ -489,6 +497,19 @@ func launch(f function, g, bl [3]int, shmem int, args ...arg) error {
 	}
 	return check("cuLaunchKernel", C.qg_launch(f, C.uint(g[0]), C.uint(g[1]), C.uint(g[2]),
 		C.uint(bl[0]), C.uint(bl[1]), C.uint(bl[2]), C.uint(shmem), unsafe.Pointer(&args[0]), C.int(len(args))))
+}
+
+// launchBuf runs f on the owner thread's kernel stream, grid blocks of threads, with its
+// parameters given as their bytes in the kernel's layout (a struct parameter larger than an
+// 8-byte slot; at most 4 KB).
+func launchBuf(f function, grid, threads int, params []byte) error {
+	if len(params) == 0 || len(params) > 4096 {
+		return fmt.Errorf("cuLaunchKernel: %d bytes of parameters (1 to 4096)", len(params))
+	}
+	if kt := activeKernelTimer; kt != nil {
+		defer kt.around(f)()
+	}
+	return check("cuLaunchKernel", C.qg_launch_buf(f, C.uint(grid), C.uint(threads), 0, unsafe.Pointer(&params[0]), C.size_t(len(params))))
 }
 
 // streamInit creates the calling (owner) thread's kernel stream; pdlInit reports whether the

@@ -80,6 +80,7 @@ var trainKernels = []string{
 	"rmsnorm_bwd_dx", "rmsnorm_rstd", "rmsnorm_bwd_dw_part", "sum_parts_add", "rope_bwd_f32", "swiglu_bwd_f32",
 	"embedding_bwd_f32", "attn_bwd_dq", "attn_bwd_dkv", "cross_entropy_f32",
 	"adamw_f32_fp32", "adamw_bf16_fp32", "adamw_f32_int8", "adamw_bf16_int8", "div_pos_check", "adamw_probe",
+	"adamw_many_f32_fp32", "adamw_many_bf16_fp32", "adamw_many_f32_int8", "adamw_many_bf16_int8",
 }
 
 // optim4Kernels are AdamW's kernels for 4-bit moments (optim4.cu, launched from optim4.go).

@@ -3,6 +3,7 @@
 package cuda
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
@@ -772,55 +773,220 @@ func (b *Backend) AdamW(bw backend.Weight, grad backend.Tensor, st backend.AdamW
 		return fmt.Errorf("cuda: %w", err)
 	}
 	return b.do(func() error {
-		const op = "adamw"
-		w, err := b.weight(bw, op)
+		j, err := b.adamResolve(bw, grad, st, h, "adamw")
 		if err != nil {
 			return err
 		}
-		g, err := b.ten(grad, op, "grad")
-		if err != nil {
-			return err
+		return b.adamOne(j)
+	})
+}
+
+// adamJob is one checked AdamW call: its weight, gradient and state, and the step's constants
+// from engine/optim.
+type adamJob struct {
+	w   *Weight
+	g   *Tensor
+	s   *AdamState
+	h   backend.AdamWHyper
+	k   optim.CoeffScalars
+	key uint32
+	sr  int
+}
+
+// adamResolve checks one AdamW call's arguments (owner goroutine).
+func (b *Backend) adamResolve(bw backend.Weight, grad backend.Tensor, st backend.AdamWState, h backend.AdamWHyper, op string) (adamJob, error) {
+	w, err := b.weight(bw, op)
+	if err != nil {
+		return adamJob{}, err
+	}
+	g, err := b.ten(grad, op, "grad")
+	if err != nil {
+		return adamJob{}, err
+	}
+	s, ok := st.(*AdamState)
+	switch {
+	case !ok || s == nil:
+		return adamJob{}, fmt.Errorf("cuda: %s %s: state is %T, not a CUDA AdamW state", op, w.name, st)
+	case s.owner != b:
+		return adamJob{}, fmt.Errorf("cuda: %s %s: the state belongs to another backend", op, w.name)
+	case s.ptr == 0:
+		return adamJob{}, fmt.Errorf("cuda: %s %s: the state was freed", op, w.name)
+	}
+	if w.kind != kindF32 && w.kind != kindBF16 {
+		return adamJob{}, fmt.Errorf("cuda: %s %s: weight is %s; only f32 and bf16 weights are trained", op, w.name, w.kind)
+	}
+	if g.rows != w.out || g.cols != w.in || s.rows != w.out || s.cols != w.in {
+		return adamJob{}, fmt.Errorf("cuda: %s %s: weight [%d, %d], grad [%d, %d], state [%d, %d]", op, w.name, w.out, w.in, g.rows, g.cols, s.rows, s.cols)
+	}
+	j := adamJob{w: w, g: g, s: s, h: h, k: optim.NewCoeffs(h.Beta1, h.Beta2, h.Eps, h.LR, h.WeightDecay, h.Step, h.NoDecay).Scalars(),
+		key: optim.SRKey(h.Seed, uint64(h.Step), h.Param)}
+	if h.StochasticRound {
+		j.sr = 1
+	}
+	return j, nil
+}
+
+// adamOne launches one checked AdamW call (owner goroutine).
+func (b *Backend) adamOne(j adamJob) error {
+	const op = "adamw"
+	if j.s.format == "4bit" {
+		if err := b.adamW4(j.w, j.g, j.s, j.k, j.h.GradScale, j.sr, j.key, j.h); err != nil {
+			return fmt.Errorf("cuda: %s %s: %w", op, j.w.name, err)
 		}
-		s, ok := st.(*AdamState)
-		switch {
-		case !ok || s == nil:
-			return fmt.Errorf("cuda: %s %s: state is %T, not a CUDA AdamW state", op, w.name, st)
-		case s.owner != b:
-			return fmt.Errorf("cuda: %s %s: the state belongs to another backend", op, w.name)
-		case s.ptr == 0:
-			return fmt.Errorf("cuda: %s %s: the state was freed", op, w.name)
+		return nil
+	}
+	n := j.g.n()
+	name := "adamw_" + j.w.kind + "_" + j.s.format
+	grid, err := b.adamGrid(name, (int64(n)+adamChunk-1)/adamChunk)
+	if err != nil {
+		return fmt.Errorf("cuda: %s %s: %w", op, j.w.name, err)
+	}
+	args := []arg{ptrArg(j.w.ptr), ptrArg(j.g.ptr), ptrArg(j.s.m), ptrArg(j.s.v), ptrArg(j.s.ms), ptrArg(j.s.vs)}
+	args = append(append(args, adamScalarArgs(j.k, j.h.GradScale)...), intArg(j.sr), arg(j.key), sizeArg(int64(n)))
+	if err := launch(b.fns[name], [3]int{grid, 1, 1}, [3]int{256, 1, 1}, 0, args...); err != nil {
+		return fmt.Errorf("cuda: %s %s: %w", op, j.w.name, err)
+	}
+	return nil
+}
+
+// AdamWMany implements backend.AdamWBatch: every job checked first (nothing runs when one is
+// invalid or two share memory they write), then the int8 and fp32 jobs of each weight kind and
+// state format in launches of up to adamManyJobs parameters (train.cu adamw_many: each element
+// computed as AdamW computes it), the 4-bit ones one by one.
+func (b *Backend) AdamWMany(jobs []backend.AdamWJob) error {
+	for i, j := range jobs {
+		if err := backend.CheckAdamWHyper(j.Hyper); err != nil {
+			return fmt.Errorf("cuda: adamw job %d: %w", i, err)
 		}
-		if w.kind != kindF32 && w.kind != kindBF16 {
-			return fmt.Errorf("cuda: %s %s: weight is %s; only f32 and bf16 weights are trained", op, w.name, w.kind)
-		}
-		if g.rows != w.out || g.cols != w.in || s.rows != w.out || s.cols != w.in {
-			return fmt.Errorf("cuda: %s %s: weight [%d, %d], grad [%d, %d], state [%d, %d]", op, w.name, w.out, w.in, g.rows, g.cols, s.rows, s.cols)
-		}
-		k := optim.NewCoeffs(h.Beta1, h.Beta2, h.Eps, h.LR, h.WeightDecay, h.Step, h.NoDecay).Scalars()
-		key := optim.SRKey(h.Seed, uint64(h.Step), h.Param)
-		sr := 0
-		if h.StochasticRound {
-			sr = 1
-		}
-		if s.format == "4bit" {
-			if err := b.adamW4(w, g, s, k, h.GradScale, sr, key, h); err != nil {
-				return fmt.Errorf("cuda: %s %s: %w", op, w.name, err)
+	}
+	return b.do(func() error {
+		rs := make([]adamJob, len(jobs))
+		for i, j := range jobs {
+			r, err := b.adamResolve(j.W, j.Grad, j.State, j.Hyper, "adamw")
+			if err != nil {
+				return fmt.Errorf("adamw many, job %d: %w", i, err)
 			}
-			return nil
+			rs[i] = r
 		}
-		n := g.n()
-		name := "adamw_" + w.kind + "_" + s.format
-		grid, err := b.adamGrid(name, (int64(n)+adamChunk-1)/adamChunk)
-		if err != nil {
-			return fmt.Errorf("cuda: %s %s: %w", op, w.name, err)
+		if err := adamDisjoint(rs); err != nil {
+			return fmt.Errorf("cuda: adamw many: %w", err)
 		}
-		args := []arg{ptrArg(w.ptr), ptrArg(g.ptr), ptrArg(s.m), ptrArg(s.v), ptrArg(s.ms), ptrArg(s.vs)}
-		args = append(append(args, adamScalarArgs(k, h.GradScale)...), intArg(sr), arg(key), sizeArg(int64(n)))
-		if err := launch(b.fns[name], [3]int{grid, 1, 1}, [3]int{256, 1, 1}, 0, args...); err != nil {
-			return fmt.Errorf("cuda: %s %s: %w", op, w.name, err)
+		groups := map[string][]adamJob{}
+		var names []string
+		for _, r := range rs {
+			if r.s.format == "4bit" {
+				if err := b.adamOne(r); err != nil {
+					return err
+				}
+				continue
+			}
+			name := "adamw_many_" + r.w.kind + "_" + r.s.format
+			if groups[name] == nil {
+				names = append(names, name)
+			}
+			groups[name] = append(groups[name], r)
+		}
+		for _, name := range names {
+			g := groups[name]
+			for len(g) > 0 {
+				k := min(len(g), adamManyJobs)
+				if err := b.adamManyLaunch(name, g[:k]); err != nil {
+					return err
+				}
+				g = g[k:]
+			}
 		}
 		return nil
 	})
+}
+
+// adamJobBytes and adamManyJobs are train.cu's AdamJob size and ADAM_MANY.
+const (
+	adamJobBytes = 112
+	adamManyJobs = 36
+)
+
+// adamManyLaunch runs one adamw_many launch over jobs (at most adamManyJobs, one kernel).
+func (b *Backend) adamManyLaunch(name string, jobs []adamJob) error {
+	params := make([]byte, 8+adamManyJobs*adamJobBytes+8)
+	le := binary.LittleEndian
+	le.PutUint32(params, uint32(len(jobs)))
+	var items int64
+	for i, j := range jobs {
+		putAdamJob(params[8+i*adamJobBytes:], j, items)
+		items += (int64(j.g.n()) + adamChunk - 1) / adamChunk
+	}
+	le.PutUint64(params[8+adamManyJobs*adamJobBytes:], uint64(items))
+	grid, err := b.adamGrid(name, items)
+	if err != nil {
+		return fmt.Errorf("cuda: adamw many: %w", err)
+	}
+	if err := launchBuf(b.fns[name], grid, 256, params); err != nil {
+		return fmt.Errorf("cuda: adamw many (%d parameters from %s): %w", len(jobs), jobs[0].w.name, err)
+	}
+	return nil
+}
+
+// putAdamJob writes j as train.cu's AdamJob (112 bytes, little-endian), its first item first.
+func putAdamJob(dst []byte, j adamJob, first int64) {
+	le := binary.LittleEndian
+	for i, p := range []devPtr{j.w.ptr, j.g.ptr, j.s.m, j.s.v, j.s.ms, j.s.vs} {
+		le.PutUint64(dst[8*i:], uint64(p))
+	}
+	le.PutUint64(dst[48:], uint64(j.g.n()))
+	le.PutUint64(dst[56:], uint64(first))
+	for i, f := range []float32{j.k.LRC, j.k.B1, j.k.B2, j.k.OMB1, j.k.OMB2, j.k.RBC2, j.k.Eps, j.k.Decay, j.h.GradScale} {
+		le.PutUint32(dst[64+4*i:], math.Float32bits(f))
+	}
+	le.PutUint32(dst[100:], j.key)
+	le.PutUint32(dst[104:], uint32(j.sr))
+	// The vector path's alignment, as adamw() tests it for one parameter.
+	align := devPtr(7)
+	if j.s.format == "fp32" {
+		align = 15
+	}
+	vec := (j.w.ptr|j.g.ptr)&15 == 0 && (j.s.m|j.s.v)&align == 0
+	if vec {
+		le.PutUint32(dst[108:], 1)
+	} else {
+		le.PutUint32(dst[108:], 0)
+	}
+}
+
+// adamDisjoint reports two jobs of one batch that would race: a weight or state one writes
+// overlapping a weight, state or gradient of another.
+func adamDisjoint(rs []adamJob) error {
+	type span struct {
+		lo, hi devPtr
+		job    int
+		write  bool
+		what   string
+	}
+	var spans []span
+	for i, r := range rs {
+		spans = append(spans, span{r.w.ptr, r.w.ptr + devPtr(r.w.bytes), i, true, "weight " + r.w.name},
+			span{r.s.ptr, r.s.ptr + devPtr(r.s.bytes), i, true, "state of " + r.w.name},
+			span{r.g.ptr, r.g.ptr + devPtr(r.g.bytes()), i, false, "gradient of " + r.w.name})
+	}
+	sort.Slice(spans, func(a, c int) bool { return spans[a].lo < spans[c].lo })
+	// Sweep: each span against the earlier ones still open; reads may overlap reads.
+	var open []span
+	for _, sp := range spans {
+		keep := open[:0]
+		for _, o := range open {
+			if o.hi > sp.lo {
+				keep = append(keep, o)
+			}
+		}
+		open = keep
+		for _, o := range open {
+			if o.job != sp.job && (o.write || sp.write) {
+				return fmt.Errorf("job %d's %s and job %d's %s share memory", o.job, o.what, sp.job, sp.what)
+			}
+		}
+		open = append(open, sp)
+	}
+	return nil
 }
 
 // adamScalarArgs are the AdamW kernels' float parameters (adamw.cuh AdamParams): optim's
@@ -830,4 +996,7 @@ func adamScalarArgs(k optim.CoeffScalars, gscale float32) []arg {
 		f32Arg(k.Eps), f32Arg(k.Decay), f32Arg(gscale)}
 }
 
-var _ backend.Training = (*Backend)(nil)
+var (
+	_ backend.Training   = (*Backend)(nil)
+	_ backend.AdamWBatch = (*Backend)(nil)
+)

@@ -7,6 +7,7 @@ import (
 	"encoding/gob"
 	"fmt"
 	"math"
+	"reflect"
 	"strings"
 	"testing"
 	"unsafe"
@@ -575,7 +576,7 @@ func adamDownload(t *testing.T, g *Backend, st backend.AdamWState) (m32, v32, ms
 }
 
 // compareCodes checks that at most 0.5% of the codes differ, each by at most one step.
-func compareCodes[T int8 | uint8 | uint16](t *testing.T, name string, got, want []T) {
+func compareCodes[T int8 | uint8 | uint16 | uint32](t *testing.T, name string, got, want []T) {
 	t.Helper()
 	if len(got) != len(want) {
 		t.Fatalf("%s: %d codes, want %d", name, len(got), len(want))
@@ -899,4 +900,177 @@ func TestFiguresAdamW(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Log(figure{"adamw_probe (traffic only) 99.6M elements", bytes, 0, ms})
+
+	// Four layers of Qwen3-4B's parameters (7 matrices and 4 norms each, f32 norms): one AdamW
+	// call each against one AdamWMany batch.
+	shapes := [][2]int{{4096, 2560}, {1024, 2560}, {1024, 2560}, {2560, 4096}, {9728, 2560}, {9728, 2560}, {2560, 9728},
+		{1, 128}, {1, 128}, {1, 2560}, {1, 2560}}
+	var jobs []backend.AdamWJob
+	var layerBytes float64
+	for l := range 4 {
+		for i, sh := range shapes {
+			kind := kindBF16
+			if sh[0] == 1 {
+				kind = kindF32
+			}
+			w, err := g.UploadWeight(hostWeight(t, kind, sh[0], sh[1], uint64(10*l+i)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer g.FreeWeight(w)
+			gr, err := g.Alloc(backend.Activations, sh[0], sh[1])
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer g.Free(gr)
+			st, err := g.NewAdamWState("int8", sh[0], sh[1])
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer g.FreeAdamWState(st)
+			jobs = append(jobs, backend.AdamWJob{W: w, Grad: gr, State: st, Hyper: backend.AdamWHyper{LR: 1e-5, Beta1: 0.9,
+				Beta2: 0.999, Eps: 1e-8, WeightDecay: 0.01, GradScale: 0.5, StochasticRound: kind == kindBF16, Seed: 1,
+				Param: uint64(len(jobs))}})
+			layerBytes += float64(sh[0]*sh[1]) * 12.25
+		}
+	}
+	for _, batched := range []bool{false, true, false, true} {
+		step := 0
+		ms, err := timeOnDevice(g, 10, func() error {
+			step++
+			for i := range jobs {
+				jobs[i].Hyper.Step = step
+			}
+			if batched {
+				return g.AdamWMany(jobs)
+			}
+			for _, j := range jobs {
+				if err := g.AdamW(j.W, j.Grad, j.State, j.Hyper); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Log(figure{fmt.Sprintf("adamw 4 layers, %d tensors, batched %v", len(jobs), batched), layerBytes, 0, ms})
+	}
+}
+
+// TestAdamWMany checks the batched AdamW (AdamWMany: adamw_many launches of up to 36
+// parameters) against one AdamW call each, bit for bit over two steps: weights and moments, for
+// every kind and state format, shapes with and without partial chunks, norms of 128 elements,
+// more parameters than one launch takes. Then its refusals: jobs that share a weight or
+// state, an invalid job (nothing updated).
+func TestAdamWMany(t *testing.T) {
+	g := openGPU(t)
+	type param struct {
+		kind, format string
+		rows, cols   int
+	}
+	var ps []param
+	for i := range 40 {
+		kind, format := []string{kindBF16, kindF32}[i%2], []string{"int8", "fp32", "int8", "4bit"}[i%4]
+		shape := [][2]int{{1, 128}, {7, 50}, {64, 130}, {1, 2560}, {3, 1000}, {2, 2560}, {33, 256}, {5, 77}}[i%8]
+		ps = append(ps, param{kind, format, shape[0], shape[1]})
+	}
+	type side struct {
+		ws   []backend.Weight
+		gs   []backend.Tensor
+		sts  []backend.AdamWState
+		jobs []backend.AdamWJob
+	}
+	mk := func() *side {
+		s := &side{}
+		for i, p := range ps {
+			w, err := g.UploadWeight(hostWeight(t, p.kind, p.rows, p.cols, uint64(i+1)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			gr, err := g.Alloc(backend.Activations, p.rows, p.cols)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := g.Upload(gr, randn(p.rows*p.cols, uint64(100+i), 0.01)); err != nil {
+				t.Fatal(err)
+			}
+			st, err := g.NewAdamWState(p.format, p.rows, p.cols)
+			if err != nil {
+				t.Fatal(err)
+			}
+			s.ws, s.gs, s.sts = append(s.ws, w), append(s.gs, gr), append(s.sts, st)
+		}
+		t.Cleanup(func() {
+			for i := range s.ws {
+				g.FreeWeight(s.ws[i])
+				g.Free(s.gs[i])
+				g.FreeAdamWState(s.sts[i])
+			}
+		})
+		return s
+	}
+	one, many := mk(), mk()
+	for step := 1; step <= 2; step++ {
+		var jobs []backend.AdamWJob
+		for i, p := range ps {
+			h := backend.AdamWHyper{LR: 1e-3, Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, WeightDecay: 0.1, Step: step, GradScale: 0.5,
+				NoDecay: p.rows == 1, StochasticRound: p.kind == kindBF16 && i%3 != 0, Seed: 5, Param: uint64(i)}
+			if err := g.AdamW(one.ws[i], one.gs[i], one.sts[i], h); err != nil {
+				t.Fatal(err)
+			}
+			jobs = append(jobs, backend.AdamWJob{W: many.ws[i], Grad: many.gs[i], State: many.sts[i], Hyper: h})
+		}
+		if err := backend.AdamWMany(g, jobs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, p := range ps {
+		name := fmt.Sprintf("param %d %s %s [%d, %d]", i, p.kind, p.format, p.rows, p.cols)
+		a, err := g.DownloadWeight(one.ws[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := g.DownloadWeight(many.ws[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		av, _ := a.Dense.Float32s(nil)
+		bv, _ := b.Dense.Float32s(nil)
+		compareCodes(t, name+" weights", f32Bits(bv), f32Bits(av))
+		ma, err := g.ReadAdamWState(one.sts[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		mb, err := g.ReadAdamWState(many.sts[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(ma, mb) {
+			t.Errorf("%s: the moments differ from one AdamW call's", name)
+		}
+	}
+	h := backend.AdamWHyper{LR: 1e-3, Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, Step: 3, GradScale: 1}
+	// ps[1] and ps[9] are both f32 [7, 50] with fp32 states: the second job updates ws[1] again.
+	dup := []backend.AdamWJob{{W: many.ws[1], Grad: many.gs[1], State: many.sts[1], Hyper: h}, {W: many.ws[1], Grad: many.gs[9], State: many.sts[9], Hyper: h}}
+	if err := g.AdamWMany(dup); err == nil || !strings.Contains(err.Error(), "share memory") {
+		t.Errorf("two jobs on one weight: %v", err)
+	}
+	before, _ := g.DownloadWeight(many.ws[1])
+	bad := []backend.AdamWJob{{W: many.ws[1], Grad: many.gs[1], State: many.sts[1], Hyper: h}, {W: many.ws[2], Grad: many.gs[1], State: many.sts[2], Hyper: h}}
+	if err := g.AdamWMany(bad); err == nil || !strings.Contains(err.Error(), "job 1") {
+		t.Errorf("a job with a gradient of another shape: %v", err)
+	}
+	after, _ := g.DownloadWeight(many.ws[1])
+	bv, _ := before.Dense.Float32s(nil)
+	av, _ := after.Dense.Float32s(nil)
+	compareCodes(t, "weights after a refused batch", f32Bits(av), f32Bits(bv))
+}
+
+func f32Bits(v []float32) []uint32 {
+	out := make([]uint32, len(v))
+	for i, x := range v {
+		out[i] = math.Float32bits(x)
+	}
+	return out
 }

@@ -46,13 +46,20 @@ func (m *Model) hyper(i int, lr float64, scale float32) backend.AdamWHyper {
 	}
 }
 
-// update applies AdamW to parameter i from gradient g.
-func (m *Model) update(i int, g backend.Tensor, lr float64, scale float32) error {
-	p := m.params[i]
-	if err := m.b.AdamW(p.w, g, p.st, m.hyper(i, lr, scale)); err != nil {
-		return fmt.Errorf("devtrain: AdamW %s: %w", p.name, err)
+// update applies AdamW to parameters idx from gradients gs (gs[k] for idx[k]) in one batch
+// (backend.AdamWMany: a backend with AdamWBatch updates them in a few launches).
+func (m *Model) update(idx []int, gs []backend.Tensor, lr float64, scale float32) error {
+	jobs := make([]backend.AdamWJob, len(idx))
+	for k, i := range idx {
+		p := m.params[i]
+		jobs[k] = backend.AdamWJob{W: p.w, Grad: gs[k], State: p.st, Hyper: m.hyper(i, lr, scale)}
 	}
-	p.steps++
+	if err := backend.AdamWMany(m.b, jobs); err != nil {
+		return fmt.Errorf("devtrain: AdamW of %d parameters from %s: %w", len(idx), m.params[idx[0]].name, err)
+	}
+	for _, i := range idx {
+		m.params[i].steps++
+	}
 	return nil
 }
 
@@ -140,12 +147,10 @@ func (m *Model) trainStep(ctx context.Context, pr *prepared, lr float64) (StepSt
 				}
 				ss += s
 			}
-			for k, g := range m.layerGrads {
-				if err := m.update(m.layers[l][k], g, lr, 1); err != nil {
-					return m.partial(l, updated, err.Error())
-				}
-				updated = true
+			if err := m.update(m.layers[l][:], m.layerGrads[:], lr, 1); err != nil {
+				return m.partial(l, updated, err.Error())
 			}
+			updated = true
 			return nil
 		}
 	} else {
@@ -173,10 +178,12 @@ func (m *Model) trainStep(ctx context.Context, pr *prepared, lr float64) (StepSt
 		if math.IsNaN(ss) || math.IsInf(ss, 0) {
 			return st, fmt.Errorf("devtrain: non-finite gradient of the embedding, lm_head or final norm: the step was applied to every layer but not to them")
 		}
-		for _, i := range tail {
-			if err := m.update(i, m.grads[i], lr, 1); err != nil {
-				return st, fmt.Errorf("%w (the layers were updated)", err)
-			}
+		gs := make([]backend.Tensor, len(tail))
+		for k, i := range tail {
+			gs[k] = m.grads[i]
+		}
+		if err := m.update(tail, gs, lr, 1); err != nil {
+			return st, fmt.Errorf("%w (the layers were updated)", err)
 		}
 		m.step++
 		st.Step = m.step
@@ -204,10 +211,12 @@ func (m *Model) trainStep(ctx context.Context, pr *prepared, lr float64) (StepSt
 		scale = float32(c / st.GradNorm)
 		st.Clipped = true
 	}
-	for i, g := range m.grads {
-		if err := m.update(i, g, lr, scale); err != nil {
-			return st, fmt.Errorf("%w (step %d left partially applied)", err, m.step+1)
-		}
+	all := make([]int, len(m.grads))
+	for i := range all {
+		all[i] = i
+	}
+	if err := m.update(all, m.grads, lr, scale); err != nil {
+		return st, fmt.Errorf("%w (step %d left partially applied)", err, m.step+1)
 	}
 	m.step++
 	st.Step = m.step

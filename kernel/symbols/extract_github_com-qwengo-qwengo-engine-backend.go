@@ -16,6 +16,7 @@ func init() {
 		"Activations":               reflect.ValueOf(backend.Activations),
 		"AdamW4bitBlock":            reflect.ValueOf(constant.MakeFromLiteral("128", token.INT, 0)),
 		"AdamWInt8Block":            reflect.ValueOf(constant.MakeFromLiteral("64", token.INT, 0)),
+		"AdamWMany":                 reflect.ValueOf(backend.AdamWMany),
 		"AdamWMomentLens":           reflect.ValueOf(backend.AdamWMomentLens),
 		"AllocKV":                   reflect.ValueOf(backend.AllocKV),
 		"ArgMax":                    reflect.ValueOf(backend.ArgMax),
@@ -52,7 +53,9 @@ func init() {
 		"Workspace":                 reflect.ValueOf(backend.Workspace),
 
 		// type definitions
+		"AdamWBatch":     reflect.ValueOf((*backend.AdamWBatch)(nil)),
 		"AdamWHyper":     reflect.ValueOf((*backend.AdamWHyper)(nil)),
+		"AdamWJob":       reflect.ValueOf((*backend.AdamWJob)(nil)),
 		"AdamWMoments":   reflect.ValueOf((*backend.AdamWMoments)(nil)),
 		"AdamWState":     reflect.ValueOf((*backend.AdamWState)(nil)),
 		"AdamWStateIO":   reflect.ValueOf((*backend.AdamWStateIO)(nil)),
@@ -81,6 +84,7 @@ func init() {
 		"Weight":         reflect.ValueOf((*backend.Weight)(nil)),
 
 		// interface wrapper definitions
+		"_AdamWBatch":     reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_AdamWBatch)(nil)),
 		"_AdamWState":     reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_AdamWState)(nil)),
 		"_AdamWStateIO":   reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_AdamWStateIO)(nil)),
 		"_ArgMaxer":       reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_ArgMaxer)(nil)),
@@ -100,6 +104,16 @@ func init() {
 		"_Training":       reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Training)(nil)),
 		"_Weight":         reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Weight)(nil)),
 	}
+}
+
+// _github_com_qwengo_qwengo_engine_backend_AdamWBatch is an interface wrapper for AdamWBatch type
+type _github_com_qwengo_qwengo_engine_backend_AdamWBatch struct {
+	IValue     interface{}
+	WAdamWMany func(jobs []backend.AdamWJob) error
+}
+
+func (W _github_com_qwengo_qwengo_engine_backend_AdamWBatch) AdamWMany(jobs []backend.AdamWJob) error {
+	return W.WAdamWMany(jobs)
 }
 
 // _github_com_qwengo_qwengo_engine_backend_AdamWState is an interface wrapper for AdamWState type

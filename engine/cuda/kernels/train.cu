@@ -739,16 +739,15 @@ extern "C" __global__ void __launch_bounds__(CE_THREADS, 2)
 // INV127 is RN(1/127) (optim's inv127), the int8 m decode's factor.
 #define INV127 __uint_as_float(0x3C010204u)
 
-// adamw_blocks is the scalar kernel: one warp per block of 64 elements from block blk0 on (lane
-// l owns elements l and l+32), every operation the plain one. It handles the tail past the
+// adamw_block1 is the scalar code: the calling warp updates block blk of 64 elements (lane l
+// owns elements l and l+32), every operation the plain one. It handles the tail past the
 // vectorized part, and whole parameters whose pointers are not aligned for vectors.
 template <bool BF16, bool INT8>
-__device__ __forceinline__ void adamw_blocks(void* __restrict__ w, const float* __restrict__ grad, void* __restrict__ mbuf,
+__device__ __forceinline__ void adamw_block1(void* __restrict__ w, const float* __restrict__ grad, void* __restrict__ mbuf,
                                              void* __restrict__ vbuf, float* __restrict__ msc, float* __restrict__ vsc,
-                                             const AdamParams& p, int sr, uint32_t key, size_t n, size_t blk0) {
+                                             const AdamParams& p, int sr, uint32_t key, size_t n, size_t blk) {
     const int lane = threadIdx.x & 31;
-    const size_t warps = (size_t)gridDim.x * (blockDim.x >> 5);
-    for (size_t blk = blk0 + (size_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); blk * 64 < n; blk += warps) {
+    {
         float mo[2], vo[2], so[2], wo[2];
         bool ok[2];
         float mf = 0.f, vf = 0.f;
@@ -813,6 +812,16 @@ __device__ __forceinline__ void adamw_blocks(void* __restrict__ w, const float* 
             vsc[blk] = vs;
         }
     }
+}
+
+// adamw_blocks runs adamw_block1 over the blocks from blk0 on, one warp a block.
+template <bool BF16, bool INT8>
+__device__ __forceinline__ void adamw_blocks(void* __restrict__ w, const float* __restrict__ grad, void* __restrict__ mbuf,
+                                             void* __restrict__ vbuf, float* __restrict__ msc, float* __restrict__ vsc,
+                                             const AdamParams& p, int sr, uint32_t key, size_t n, size_t blk0) {
+    const size_t warps = (size_t)gridDim.x * (blockDim.x >> 5);
+    for (size_t blk = blk0 + (size_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); blk * 64 < n; blk += warps)
+        adamw_block1<BF16, INT8>(w, grad, mbuf, vbuf, msc, vsc, p, sr, key, n, blk);
 }
 
 // adamw_codes8 re-encodes a lane's 8 int8 moments (adamw_lane8): m under the block's absmax,
@@ -929,6 +938,63 @@ ADAMW_ENTRY(adamw_f32_fp32, false, false)
 ADAMW_ENTRY(adamw_bf16_fp32, true, false)
 ADAMW_ENTRY(adamw_f32_int8, false, true)
 ADAMW_ENTRY(adamw_bf16_int8, true, true)
+
+// ---------------------------------------------------------------------------------------------
+// Several parameters in one launch (backend.AdamWBatch; training.go AdamWMany). A step over
+// Qwen3-4B's 398 tensors was 398 launches, 145 of them norms of 128 or 2,560 elements: one
+// 99.6 M-element launch moves 3.55 TB/s (TestFiguresAdamW), the whole step only 3.22.
+//
+// AdamJob is one parameter: its pointers and length, the step's scalars, the rounding key, and
+// the first 256-element chunk ("item") of the launch it owns; vec when its pointers allow the
+// vector loads. The host writes the same 112 bytes (training.go putAdamJob).
+struct AdamJob {
+    void* w;
+    const float* grad;
+    void* m;
+    void* v;
+    float* msc;
+    float* vsc;
+    unsigned long long n, first;
+    AdamParams p;
+    unsigned key;
+    int sr, vec;
+};
+static_assert(sizeof(AdamJob) == 112, "AdamJob is training.go's 112-byte descriptor");
+#define ADAM_MANY 36  // jobs a launch: the parameters stay within the 4 KB of kernel parameters
+struct AdamJobs {
+    int njobs, pad;
+    AdamJob job[ADAM_MANY];
+};
+
+// adamw_many: warps walk the launch's items in order; an item is a job's whole 256-element chunk
+// (adamw_lane8, when vec) or its last, partial chunk and every chunk of a job without vec
+// (adamw_block1 over its blocks of 64) — each element computed as AdamW alone computes it.
+template <bool BF16, bool INT8>
+__device__ __forceinline__ void adamw_many(const AdamJobs& J, unsigned long long items) {
+    const size_t warps = (size_t)gridDim.x * (blockDim.x >> 5);
+    int j = 0;
+    for (size_t it = (size_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); it < items; it += warps) {
+        while (j + 1 < J.njobs && it >= J.job[j + 1].first) j++;
+        const AdamJob& a = J.job[j];
+        const size_t i0 = (it - a.first) * 256;
+        if (a.vec && i0 + 256 <= a.n) {
+            adamw_lane8<BF16, INT8>(a.w, a.grad, a.m, a.v, a.msc, a.vsc, a.p, div_uniform(a.p), a.sr, a.key,
+                                    byte_magic(a.n), i0 + (threadIdx.x & 31) * 8);
+        } else {
+            for (size_t blk = i0 / 64; blk * 64 < a.n && blk < i0 / 64 + 4; blk++)
+                adamw_block1<BF16, INT8>(a.w, a.grad, a.m, a.v, a.msc, a.vsc, a.p, a.sr, a.key, a.n, blk);
+        }
+    }
+}
+
+#define ADAMW_MANY_ENTRY(name, BF16, INT8)                                                                     \
+    extern "C" __global__ void __launch_bounds__(256) name(const AdamJobs jobs, unsigned long long items) {      \
+        adamw_many<BF16, INT8>(jobs, items);                                                                   \
+    }
+ADAMW_MANY_ENTRY(adamw_many_f32_fp32, false, false)
+ADAMW_MANY_ENTRY(adamw_many_bf16_fp32, true, false)
+ADAMW_MANY_ENTRY(adamw_many_f32_int8, false, true)
+ADAMW_MANY_ENTRY(adamw_many_bf16_int8, true, true)
 
 // div_pos_check (TestDivPos only, not used by the engine): div_pos against __fdiv_rn on n pairs
 // drawn from a hash of (seed, index) across div_pos's whole range — a sign, a binade of
