@@ -87,6 +87,29 @@ type Training interface {
 	AdamW(w Weight, grad Tensor, st AdamWState, h AdamWHyper) error
 }
 
+// SumSquaresBatch is implemented by training backends that sum the squares of several tensors
+// with one wait for the device instead of one each; every sum is SumSquares', bit for bit.
+type SumSquaresBatch interface {
+	SumSquaresMany(xs []Tensor) ([]float64, error)
+}
+
+// SumSquaresMany returns SumSquares of every tensor: through t's SumSquaresBatch when it has
+// one, else one call each.
+func SumSquaresMany(t Training, xs []Tensor) ([]float64, error) {
+	if b, ok := t.(SumSquaresBatch); ok {
+		return b.SumSquaresMany(xs)
+	}
+	out := make([]float64, len(xs))
+	for i, x := range xs {
+		s, err := t.SumSquares(x)
+		if err != nil {
+			return nil, fmt.Errorf("sum of squares %d: %w", i, err)
+		}
+		out[i] = s
+	}
+	return out, nil
+}
+
 // AdamWJob is one parameter's update in a batch (AdamWMany).
 type AdamWJob struct {
 	W     Weight

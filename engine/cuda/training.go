@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"os"
 	"sort"
 	"sync"
 	"unsafe"
@@ -173,6 +174,69 @@ func (b *Backend) SumSquares(x backend.Tensor) (float64, error) {
 		return nil
 	})
 	return sum, err
+}
+
+// sumsqOneByOne makes SumSquaresMany wait once a tensor, as before it existed
+// (QWENGO_CUDA_SUMSQ_BATCH=0, for A/B measurements).
+var sumsqOneByOne = os.Getenv("QWENGO_CUDA_SUMSQ_BATCH") == "0"
+
+// SumSquaresMany implements backend.SumSquaresBatch: SumSquares' partial sums of every tensor
+// into one scratch buffer, one download, each tensor's partials added in SumSquares' order. A
+// training step that checks its gradients layer by layer (engine/devtrain's fused optimizer)
+// waited for the device once a tensor; now once a layer.
+func (b *Backend) SumSquaresMany(xs []backend.Tensor) ([]float64, error) {
+	out := make([]float64, len(xs))
+	if len(xs) == 0 {
+		return out, nil
+	}
+	if sumsqOneByOne {
+		for i, x := range xs {
+			s, err := b.SumSquares(x)
+			if err != nil {
+				return nil, fmt.Errorf("cuda: sum of squares of tensor %d: %w", i, err)
+			}
+			out[i] = s
+		}
+		return out, nil
+	}
+	err := b.do(func() error {
+		ts := make([]*Tensor, len(xs))
+		offs := make([]int, len(xs)+1)
+		for i, x := range xs {
+			t, err := b.ten(x, "sum of squares", fmt.Sprintf("tensor %d", i))
+			if err != nil {
+				return err
+			}
+			ts[i] = t
+			offs[i+1] = offs[i] + sumsqParts(t.n())
+		}
+		part, err := b.scratch(int64(8*offs[len(xs)]), "sums of squares")
+		if err != nil {
+			return err
+		}
+		for i, t := range ts {
+			if err := launch(b.fns["sumsq_part_f32"], [3]int{offs[i+1] - offs[i], 1, 1}, [3]int{256, 1, 1}, 0,
+				ptrArg(part+devPtr(8*offs[i])), ptrArg(t.ptr), sizeArg(int64(t.n()))); err != nil {
+				return fmt.Errorf("cuda: sum of squares %d: %w", i, err)
+			}
+		}
+		host := make([]float64, offs[len(xs)])
+		if err := memcpyDtoH(unsafe.Pointer(&host[0]), part, int64(8*len(host))); err != nil {
+			return fmt.Errorf("cuda: sums of squares of %d tensors: %w", len(xs), err)
+		}
+		for i := range ts {
+			var sum float64
+			for _, v := range host[offs[i]:offs[i+1]] {
+				sum += v
+			}
+			out[i] = sum
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 // MatMulBackward implements backend.Training: for out = x·Wᵀ, dw += doutᵀ·x (first) and
@@ -997,6 +1061,7 @@ func adamScalarArgs(k optim.CoeffScalars, gscale float32) []arg {
 }
 
 var (
-	_ backend.Training   = (*Backend)(nil)
-	_ backend.AdamWBatch = (*Backend)(nil)
+	_ backend.Training        = (*Backend)(nil)
+	_ backend.AdamWBatch      = (*Backend)(nil)
+	_ backend.SumSquaresBatch = (*Backend)(nil)
 )

@@ -1074,3 +1074,49 @@ func f32Bits(v []float32) []uint32 {
 	}
 	return out
 }
+
+// TestSumSquaresMany checks the batched sums of squares against SumSquares bit for bit (one
+// element to a million, zeros, a view) and that a freed tensor is named.
+func TestSumSquaresMany(t *testing.T) {
+	g := openGPU(t)
+	var xs []backend.Tensor
+	for i, n := range []int{1, 128, 2560, 1 << 20, 3000, 7} {
+		x, err := g.Alloc(backend.Gradients, 1, n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer g.Free(x)
+		if i != 5 {
+			if err := g.Upload(x, randn(n, uint64(i+1), 1)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		xs = append(xs, x)
+	}
+	view, err := g.RowView(xs[3], 0, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	xs = append(xs, view)
+	got, err := g.SumSquaresMany(xs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, x := range xs {
+		want, err := g.SumSquares(x)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if math.Float64bits(got[i]) != math.Float64bits(want) {
+			t.Errorf("tensor %d: %v batched, %v alone", i, got[i], want)
+		}
+	}
+	dead, err := g.Alloc(backend.Gradients, 1, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.Free(dead)
+	if _, err := g.SumSquaresMany([]backend.Tensor{xs[0], xs[1], dead}); err == nil || !strings.Contains(err.Error(), "tensor 2") {
+		t.Errorf("a freed tensor: %v", err)
+	}
+}

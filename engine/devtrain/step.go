@@ -137,11 +137,11 @@ func (m *Model) trainStep(ctx context.Context, pr *prepared, lr float64) (StepSt
 			return nil
 		}
 		h.after = func(l int) error {
-			for k, g := range m.layerGrads {
-				s, err := b.SumSquares(g)
-				if err != nil {
-					return fmt.Errorf("devtrain: norm of %s: %w", m.params[m.layers[l][k]].name, err)
-				}
+			sums, err := backend.SumSquaresMany(b, m.layerGrads[:])
+			if err != nil {
+				return fmt.Errorf("devtrain: norms of layer %d's gradients: %w", l, err)
+			}
+			for k, s := range sums {
 				if math.IsNaN(s) || math.IsInf(s, 0) {
 					return m.partial(l, updated, fmt.Sprintf("non-finite gradient of %s", m.params[m.layers[l][k]].name))
 				}
@@ -167,20 +167,20 @@ func (m *Model) trainStep(ctx context.Context, pr *prepared, lr float64) (StepSt
 		if m.lm != m.embed {
 			tail = append(tail, m.lm)
 		}
-		for _, i := range tail {
-			s, err := b.SumSquares(m.grads[i])
-			if err != nil {
-				return st, fmt.Errorf("devtrain: norm of %s: %w (the layers were updated)", m.params[i].name, err)
-			}
+		gs := make([]backend.Tensor, len(tail))
+		for k, i := range tail {
+			gs[k] = m.grads[i]
+		}
+		sums, err := backend.SumSquaresMany(b, gs)
+		if err != nil {
+			return st, fmt.Errorf("devtrain: norms of the embedding, lm_head and final norm: %w (the layers were updated)", err)
+		}
+		for _, s := range sums {
 			ss += s
 		}
 		st.GradNorm = math.Sqrt(ss)
 		if math.IsNaN(ss) || math.IsInf(ss, 0) {
 			return st, fmt.Errorf("devtrain: non-finite gradient of the embedding, lm_head or final norm: the step was applied to every layer but not to them")
-		}
-		gs := make([]backend.Tensor, len(tail))
-		for k, i := range tail {
-			gs[k] = m.grads[i]
 		}
 		if err := m.update(tail, gs, lr, 1); err != nil {
 			return st, fmt.Errorf("%w (the layers were updated)", err)
@@ -193,11 +193,11 @@ func (m *Model) trainStep(ctx context.Context, pr *prepared, lr float64) (StepSt
 	if err := ctx.Err(); err != nil {
 		return st, err
 	}
-	for i, g := range m.grads {
-		s, err := b.SumSquares(g)
-		if err != nil {
-			return st, fmt.Errorf("devtrain: norm of %s: %w", m.params[i].name, err)
-		}
+	sums, err := backend.SumSquaresMany(b, m.grads)
+	if err != nil {
+		return st, fmt.Errorf("devtrain: norms of the gradients: %w", err)
+	}
+	for _, s := range sums {
 		ss += s
 	}
 	st.GradNorm = math.Sqrt(ss)
