@@ -255,12 +255,40 @@ func encodeV4(v float32, norm float32) byte {
 	if norm <= 0 || v <= 0 {
 		return 0
 	}
-	k := 15 + math.Round(math.Log2(float64(v/norm))) // 2·log2(√(v/norm))
+	r := v / norm
+	b := math.Float32bits(r)
+	if b >= 0x7F800000 { // +Inf or NaN: math's own rounding decides
+		return encodeV4Log(r)
+	}
+	// 15 + round(log2(r)) from r's bits: its exponent, plus one when its significand reaches √2
+	// (the GPU kernel's test, optim4.cu v4_encode; equal to math.Log2 and math.Round for every
+	// float32 r — TestEncodeV4Bits). A subnormal r gives a negative k, clamped to 0 as log2 does.
+	k := 15 + int(b>>23) - 127
+	if b&0x7FFFFF >= sqrt2Frac {
+		k++
+	}
 	return byte(max(0, min(15, k)))
 }
 
+// sqrt2Frac is the 23 fraction bits of the smallest float32 significand above √2.
+const sqrt2Frac = 0x3504F4
+
+// encodeV4Log is encodeV4's code from math.Log2 and math.Round, for a positive ratio r.
+func encodeV4Log(r float32) byte {
+	k := 15 + math.Round(math.Log2(float64(r))) // 2·log2(√(v/norm))
+	return byte(max(0, min(15, k)))
+}
+
+// v4Pow is 2^-(15-c) for each code c: decodeV4's exact power-of-two factors.
+var v4Pow = func() (t [16]float32) {
+	for c := range t {
+		t[c] = float32(math.Exp2(-float64(15 - c)))
+	}
+	return
+}()
+
 func decodeV4(c byte, norm float32) float32 {
-	return norm * float32(math.Exp2(-float64(15-c)))
+	return norm * v4Pow[c&15]
 }
 
 func nibble(b []byte, i int) byte {

@@ -116,3 +116,42 @@ func TestSRDraw(t *testing.T) {
 		t.Fatalf("%d distinct keys for 64 (seed, step, param)", len(keys))
 	}
 }
+
+// TestEncodeV4Bits checks the 4-bit v code from the ratio's bits against math.Log2 and
+// math.Round: every float32 ratio within 4,096 units in the last place of a binade's start and
+// of √2 times it, for binades 2^-30 … 2^2, subnormals, and a million random ratios.
+func TestEncodeV4Bits(t *testing.T) {
+	check := func(r float32) {
+		if !(r > 0) {
+			return
+		}
+		got := encodeV4(r, 1)
+		if r/1 != r {
+			t.Fatalf("ratio %g", r)
+		}
+		if want := encodeV4Log(r); got != want {
+			t.Fatalf("ratio %g (bits %#x): code %d from its bits, %d from math.Log2", r, math.Float32bits(r), got, want)
+		}
+	}
+	for e := -30; e <= 2; e++ {
+		for _, base := range []float64{1, math.Sqrt2} {
+			c := math.Float32bits(float32(math.Ldexp(base, e)))
+			for d := uint32(0); d < 4096; d++ {
+				check(math.Float32frombits(c + d))
+				check(math.Float32frombits(c - d))
+			}
+		}
+	}
+	for b := uint32(1); b < 1<<23; b += 977 {
+		check(math.Float32frombits(b))
+	}
+	r := rand.New(rand.NewPCG(12, 12))
+	for range 1_000_000 {
+		check(float32(math.Ldexp(1+r.Float64(), -r.IntN(40))))
+	}
+	for c := range byte(16) {
+		if got, want := decodeV4(c, 3), 3*float32(math.Exp2(-float64(15-c))); got != want {
+			t.Fatalf("decode %d: %g, want %g", c, got, want)
+		}
+	}
+}
