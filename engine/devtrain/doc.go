@@ -36,9 +36,12 @@
 //     before anything is changed.
 //  3. Backward, layers in reverse, each op's backward twin in the reverse order; the
 //     embedding gradient last (added to the lm_head's when tied).
-//  4. AdamW (unfused): the global gradient norm from SumSquares; a non-finite norm skips the
-//     step; the clip factor ClipNorm/norm (when the norm exceeds ClipNorm) is folded into
-//     AdamWHyper.GradScale; every parameter is updated in place; norms are not decayed.
+//  4. AdamW (unfused): the global gradient norm from the gradients' sums of squares (one
+//     backend.SumSquaresMany, one wait for the device); a non-finite norm skips the step; the
+//     clip factor ClipNorm/norm (when the norm exceeds ClipNorm) is folded into
+//     AdamWHyper.GradScale; every parameter is updated in place in one backend.AdamWMany (a
+//     backend with AdamWBatch takes many parameters a launch); norms are not decayed. The
+//     fused mode does the same a layer at a time: one wait and one batch a layer.
 //
 // The phases of StepStats are "forward" (it includes the chunked loss and its lm_head
 // backward, since logits are made and consumed chunk by chunk), "backward" and "optimizer"
