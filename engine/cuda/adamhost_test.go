@@ -3,6 +3,7 @@
 package cuda
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/qwengo/qwengo/engine/backend"
@@ -63,4 +64,39 @@ func BenchmarkAdamWManyHost(b *testing.B) {
 			}
 		}
 	})
+}
+
+// TestAdamDisjoint checks AdamWMany's race check on hand-made jobs (no GPU needed): a weight or
+// state one job writes may not overlap another job's weight, state or gradient; gradients may
+// be shared; a job may touch its own memory.
+func TestAdamDisjoint(t *testing.T) {
+	be := &Backend{}
+	job := func(w, g, s devPtr) adamJob {
+		return adamJob{w: &Weight{name: "w", out: 1, in: 64, kind: kindBF16, ptr: w, bytes: 128, owner: be},
+			g: &Tensor{rows: 1, cols: 64, ptr: g, owner: be},
+			s: &AdamState{format: "int8", rows: 1, cols: 64, ptr: s, bytes: 256, owner: be}}
+	}
+	for _, c := range []struct {
+		name string
+		jobs []adamJob
+		want string // "" or a substring of the error
+	}{
+		{"apart", []adamJob{job(0x1000, 0x2000, 0x3000), job(0x4000, 0x5000, 0x6000)}, ""},
+		{"shared gradient", []adamJob{job(0x1000, 0x2000, 0x3000), job(0x4000, 0x2000, 0x6000)}, ""},
+		{"same weight", []adamJob{job(0x1000, 0x2000, 0x3000), job(0x1000, 0x5000, 0x6000)}, "job 0's weight w and job 1's weight w share memory"},
+		{"weights overlap by a byte", []adamJob{job(0x1000, 0x2000, 0x3000), job(0x107F, 0x5000, 0x6000)}, "share memory"},
+		{"weights touch", []adamJob{job(0x1000, 0x2000, 0x3000), job(0x1080, 0x5000, 0x6000)}, ""},
+		{"state over another's gradient", []adamJob{job(0x1000, 0x2000, 0x3000), job(0x4000, 0x5000, 0x2010)}, "gradient of w"},
+		{"gradient inside another's state", []adamJob{job(0x1000, 0x2000, 0x3000), job(0x4000, 0x3020, 0x6000)}, "state of w"},
+		{"own gradient inside own state", []adamJob{job(0x1000, 0x3010, 0x3000)}, ""},
+		{"third of three", []adamJob{job(0x1000, 0x2000, 0x3000), job(0x4000, 0x5000, 0x6000), job(0x7000, 0x8000, 0x6080)}, "job 1's state of w and job 2's state of w"},
+	} {
+		err := adamDisjoint(c.jobs)
+		switch {
+		case c.want == "" && err != nil:
+			t.Errorf("%s: %v", c.name, err)
+		case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
+			t.Errorf("%s: %v, want an error with %q", c.name, err, c.want)
+		}
+	}
 }
