@@ -162,25 +162,44 @@ func (b *Backend) SumSquares(x backend.Tensor) (float64, error) {
 		if err != nil {
 			return err
 		}
-		P := sumsqParts(t.n())
-		part, err := b.scratch(int64(8*P), "sum of squares")
+		sums, err := b.sumSquares([]*Tensor{t})
 		if err != nil {
 			return err
 		}
-		if err := launch(b.fns["sumsq_part_f32"], [3]int{P, 1, 1}, [3]int{256, 1, 1}, 0,
-			ptrArg(part), ptrArg(t.ptr), sizeArg(int64(t.n()))); err != nil {
-			return fmt.Errorf("cuda: sum of squares: %w", err)
-		}
-		host := make([]float64, P)
-		if err := memcpyDtoH(unsafe.Pointer(&host[0]), part, int64(8*P)); err != nil {
-			return fmt.Errorf("cuda: sum of squares [%d, %d]: %w", t.rows, t.cols, err)
-		}
-		for _, v := range host {
-			sum += v
-		}
+		sum = sums[0]
 		return nil
 	})
 	return sum, err
+}
+
+// sumSquares launches sumsq_part_f32 for every tensor into one scratch buffer, downloads the
+// partials once and adds each tensor's in order (owner goroutine).
+func (b *Backend) sumSquares(ts []*Tensor) ([]float64, error) {
+	offs := make([]int, len(ts)+1)
+	for i, t := range ts {
+		offs[i+1] = offs[i] + sumsqParts(t.n())
+	}
+	part, err := b.scratch(int64(8*offs[len(ts)]), "sums of squares")
+	if err != nil {
+		return nil, err
+	}
+	for i, t := range ts {
+		if err := launch(b.fns["sumsq_part_f32"], [3]int{offs[i+1] - offs[i], 1, 1}, [3]int{256, 1, 1}, 0,
+			ptrArg(part+devPtr(8*offs[i])), ptrArg(t.ptr), sizeArg(int64(t.n()))); err != nil {
+			return nil, fmt.Errorf("cuda: sum of squares of tensor %d [%d, %d]: %w", i, t.rows, t.cols, err)
+		}
+	}
+	host := make([]float64, offs[len(ts)])
+	if err := memcpyDtoH(unsafe.Pointer(&host[0]), part, int64(8*len(host))); err != nil {
+		return nil, fmt.Errorf("cuda: sums of squares of %d tensors: %w", len(ts), err)
+	}
+	out := make([]float64, len(ts))
+	for i := range ts {
+		for _, v := range host[offs[i]:offs[i+1]] {
+			out[i] += v
+		}
+	}
+	return out, nil
 }
 
 // sumsqOneByOne makes SumSquaresMany wait once a tensor, as before it existed
@@ -208,37 +227,16 @@ func (b *Backend) SumSquaresMany(xs []backend.Tensor) ([]float64, error) {
 	}
 	err := b.do(func() error {
 		ts := make([]*Tensor, len(xs))
-		offs := make([]int, len(xs)+1)
 		for i, x := range xs {
 			t, err := b.ten(x, "sum of squares", fmt.Sprintf("tensor %d", i))
 			if err != nil {
 				return err
 			}
 			ts[i] = t
-			offs[i+1] = offs[i] + sumsqParts(t.n())
 		}
-		part, err := b.scratch(int64(8*offs[len(xs)]), "sums of squares")
-		if err != nil {
-			return err
-		}
-		for i, t := range ts {
-			if err := launch(b.fns["sumsq_part_f32"], [3]int{offs[i+1] - offs[i], 1, 1}, [3]int{256, 1, 1}, 0,
-				ptrArg(part+devPtr(8*offs[i])), ptrArg(t.ptr), sizeArg(int64(t.n()))); err != nil {
-				return fmt.Errorf("cuda: sum of squares %d: %w", i, err)
-			}
-		}
-		host := make([]float64, offs[len(xs)])
-		if err := memcpyDtoH(unsafe.Pointer(&host[0]), part, int64(8*len(host))); err != nil {
-			return fmt.Errorf("cuda: sums of squares of %d tensors: %w", len(xs), err)
-		}
-		for i := range ts {
-			var sum float64
-			for _, v := range host[offs[i]:offs[i+1]] {
-				sum += v
-			}
-			out[i] = sum
-		}
-		return nil
+		var err error
+		out, err = b.sumSquares(ts)
+		return err
 	})
 	if err != nil {
 		return nil, err
