@@ -12,6 +12,8 @@ import "fmt"
 //   - Gradients of parameters (dw of MatMulBackward, RMSNormBackward, EmbeddingBackward) are
 //     float32 tensors of the parameter's shape and are ACCUMULATED (+=), so several sequences,
 //     micro-batches or the tied embedding/lm_head add into one buffer. Zero them with Zero.
+//     A backend with GradientFormat can also keep them as bf16 (MatMulBackward's dw,
+//     EmbeddingBackward's dtable, SumSquares, AdamW; rounded once a call, see GradientFormat).
 //   - Gradients of activations (dx, dq, dgate, …) are WRITTEN, unless the op takes an
 //     accumulate flag and it is true, in which case they are added (two projections reading
 //     the same input, the residual stream).

@@ -121,6 +121,10 @@ type Tensor struct {
 	// bf16Values marks a KV cache holding bf16 values in float32 storage (kvcache.go): what
 	// is written into it is rounded to bf16.
 	bf16Values bool
+	// bf16Grad marks a bf16 parameter gradient (backend.GradientFormat, gradient.go): its values
+	// are bf16 (bf16Values is set too), it is accounted at 2 bytes an element, and only the ops
+	// that GradientFormat lists take it (tenG); ten refuses it.
+	bf16Grad bool
 }
 
 // Rows implements backend.Tensor.
@@ -132,8 +136,22 @@ func (t *Tensor) Cols() int { return t.cols }
 // Shape implements backend.Tensor.
 func (t *Tensor) Shape() []int { return []int{t.rows, t.cols} }
 
-// DType implements backend.Tensor: always F32.
-func (t *Tensor) DType() tensor.DType { return tensor.F32 }
+// DType implements backend.Tensor: F32, or BF16 for a bf16 parameter gradient (a bf16 KV
+// cache holds bf16 values in float32 storage and reports F32).
+func (t *Tensor) DType() tensor.DType {
+	if t.bf16Grad {
+		return tensor.BF16
+	}
+	return tensor.F32
+}
+
+// elemBytes is the accounted size of one element.
+func (t *Tensor) elemBytes() int64 {
+	if t.bf16Grad {
+		return 2
+	}
+	return 4
+}
 
 // Row returns row r's storage.
 func (t *Tensor) Row(r int) []float32 { return t.Data[r*t.cols : (r+1)*t.cols] }
@@ -147,7 +165,7 @@ func (b *Backend) Alloc(cat backend.Category, rows, cols int) (backend.Tensor, e
 		return nil, fmt.Errorf("cpu: alloc: unknown category %d", int(cat))
 	}
 	if rows <= 0 || cols <= 0 || rows > maxElems/cols {
-		return nil, fmt.Errorf("cpu: alloc %s: cannot allocate [%d, %d]", cat, rows, cols)
+		return nil, errAlloc(cat, rows, cols)
 	}
 	if err := b.account(cat, int64(rows)*int64(cols)*4); err != nil {
 		return nil, err
@@ -157,6 +175,10 @@ func (b *Backend) Alloc(cat backend.Category, rows, cols int) (backend.Tensor, e
 		t.bf16Values = b.KVCacheDType() == tensor.BF16
 	}
 	return t, nil
+}
+
+func errAlloc(cat backend.Category, rows, cols int) error {
+	return fmt.Errorf("cpu: alloc %s: cannot allocate [%d, %d]", cat, rows, cols)
 }
 
 // AllocKVCache implements backend.KVCacheFormat: a float32 cache holding dt's values.
@@ -178,12 +200,21 @@ func (b *Backend) Free(t backend.Tensor) {
 	if !ok || ct == nil || ct.Data == nil || ct.owner != b || ct.view {
 		return
 	}
-	b.account(ct.cat, -int64(len(ct.Data))*4)
+	b.account(ct.cat, -int64(len(ct.Data))*ct.elemBytes())
 	ct.Data = nil
 }
 
-// ten checks that x is a live tensor of this backend.
+// ten checks that x is a live float32 tensor of this backend (not a bf16 gradient).
 func (b *Backend) ten(x backend.Tensor, op, arg string) (*Tensor, error) {
+	t, err := b.tenG(x, op, arg)
+	if err == nil && t.bf16Grad {
+		return nil, fmt.Errorf("cpu: %s: %s [%d, %d] is a bf16 gradient; this op takes float32 tensors", op, arg, t.rows, t.cols)
+	}
+	return t, err
+}
+
+// tenG is ten for the operands that may be bf16 parameter gradients (backend.GradientFormat).
+func (b *Backend) tenG(x backend.Tensor, op, arg string) (*Tensor, error) {
 	t, ok := x.(*Tensor)
 	switch {
 	case !ok || t == nil:
@@ -198,7 +229,7 @@ func (b *Backend) ten(x backend.Tensor, op, arg string) (*Tensor, error) {
 
 // Upload implements backend.Backend.
 func (b *Backend) Upload(t backend.Tensor, data []float32) error {
-	ct, err := b.ten(t, "upload", "destination")
+	ct, err := b.tenG(t, "upload", "destination")
 	if err != nil {
 		return err
 	}
@@ -212,7 +243,7 @@ func (b *Backend) Upload(t backend.Tensor, data []float32) error {
 
 // Download implements backend.Backend.
 func (b *Backend) Download(t backend.Tensor, dst []float32) ([]float32, error) {
-	ct, err := b.ten(t, "download", "source")
+	ct, err := b.tenG(t, "download", "source")
 	if err != nil {
 		return nil, err
 	}

@@ -51,7 +51,7 @@ func (b *Backend) WeightTensor(x backend.Weight) (backend.Tensor, error) {
 
 // Zero implements backend.Training.
 func (b *Backend) Zero(x backend.Tensor) error {
-	t, err := b.ten(x, "zero", "tensor")
+	t, err := b.tenG(x, "zero", "tensor")
 	if err != nil {
 		return err
 	}
@@ -80,7 +80,7 @@ const sumBlock = 1 << 16
 
 // SumSquares implements backend.Training.
 func (b *Backend) SumSquares(x backend.Tensor) (float64, error) {
-	t, err := b.ten(x, "sum of squares", "tensor")
+	t, err := b.tenG(x, "sum of squares", "tensor")
 	if err != nil {
 		return 0, err
 	}
@@ -136,9 +136,13 @@ func (b *Backend) MatMulBackward(dx, dw, dout, x backend.Tensor, bw backend.Weig
 	if err != nil {
 		return err
 	}
-	dwt, err := b.optTen(dw, op, "dw")
-	if err != nil {
-		return err
+	var dwt *Tensor
+	if dw != nil {
+		if t, ok := dw.(*Tensor); !ok || t != nil {
+			if dwt, err = b.tenG(dw, op, "dw"); err != nil {
+				return err
+			}
+		}
 	}
 	xt, err := b.optTen(x, op, "x")
 	if err != nil {
@@ -162,6 +166,7 @@ func (b *Backend) MatMulBackward(dx, dw, dout, x backend.Tensor, bw backend.Weig
 					}
 				}
 				axpyRows(dwt.Data[n*K:(n+1)*K], coef, rows)
+				dwt.roundStored(dwt.Data[n*K : (n+1)*K]) // a bf16 gradient: once a call
 			}
 		})
 	}
@@ -462,7 +467,7 @@ func (b *Backend) SwiGLUBackward(dgate, dup, dout, gate, up backend.Tensor) erro
 
 // EmbeddingBackward implements backend.Training.
 func (b *Backend) EmbeddingBackward(dtable, dout backend.Tensor, ids []int) error {
-	dt, err := b.ten(dtable, "embedding backward", "dtable")
+	dt, err := b.tenG(dtable, "embedding backward", "dtable")
 	if err != nil {
 		return err
 	}
@@ -480,6 +485,11 @@ func (b *Backend) EmbeddingBackward(dtable, dout backend.Tensor, ids []int) erro
 	}
 	for t, id := range ids {
 		axpy(dt.Row(id), 1, d.Row(t))
+	}
+	if dt.bf16Values { // a bf16 gradient: each touched row rounded once (again is a no-op)
+		for _, id := range ids {
+			dt.roundStored(dt.Row(id))
+		}
 	}
 	return nil
 }
@@ -662,7 +672,7 @@ func (b *Backend) AdamW(bw backend.Weight, grad backend.Tensor, x backend.AdamWS
 	if err != nil {
 		return err
 	}
-	g, err := b.ten(grad, "adamw", "gradient")
+	g, err := b.tenG(grad, "adamw", "gradient")
 	if err != nil {
 		return err
 	}

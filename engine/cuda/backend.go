@@ -702,7 +702,7 @@ func (t *Tensor) Cols() int { return t.cols }
 // Shape implements backend.Tensor.
 func (t *Tensor) Shape() []int { return []int{t.rows, t.cols} }
 
-// DType implements backend.Tensor: F32, or BF16 for a bf16 KV cache.
+// DType implements backend.Tensor: F32, or BF16 for a bf16 KV cache or parameter gradient.
 func (t *Tensor) DType() tensor.DType {
 	if t.bf16 {
 		return tensor.BF16
@@ -741,8 +741,8 @@ const (
 	kvBF16
 )
 
-// allocAs is Alloc with the element type of a KV cache chosen by kv (other categories are
-// float32 whatever kv says).
+// allocAs is Alloc with the element type of a KV cache chosen by kv; a Gradients tensor is bf16
+// for kvBF16 (AllocGradient); other categories are float32 whatever kv says.
 func (b *Backend) allocAs(cat backend.Category, rows, cols int, kv kvType) (backend.Tensor, error) {
 	if cat < 0 || cat >= backend.NumCategories {
 		return nil, fmt.Errorf("cuda: alloc: unknown category %d", int(cat))
@@ -752,7 +752,7 @@ func (b *Backend) allocAs(cat backend.Category, rows, cols int, kv kvType) (back
 	}
 	t := &Tensor{rows: rows, cols: cols, cat: cat, owner: b}
 	err := b.do(func() error {
-		t.bf16 = cat == backend.KVCache && (kv == kvBF16 || kv == kvDefault && b.kvBF16)
+		t.bf16 = cat == backend.KVCache && (kv == kvBF16 || kv == kvDefault && b.kvBF16) || cat == backend.Gradients && kv == kvBF16
 		p, err := b.allocTensor(cat, t.bytes(), fmt.Sprintf("%s [%d, %d]", cat, rows, cols))
 		if err != nil {
 			return err
@@ -787,15 +787,34 @@ func (b *Backend) Free(x backend.Tensor) {
 
 // ten checks that x is a live float32 tensor of this backend (worker goroutine).
 func (b *Backend) ten(x backend.Tensor, op, name string) (*Tensor, error) {
-	t, err := b.tenKV(x, op, name)
+	t, err := b.tenAny(x, op, name)
 	if err == nil && t.bf16 {
-		return nil, fmt.Errorf("cuda: %s: %s [%d, %d] is a bf16 KV cache; this op takes float32 tensors", op, name, t.rows, t.cols)
+		return nil, fmt.Errorf("cuda: %s: %s [%d, %d] is a bf16 %s; this op takes float32 tensors", op, name, t.rows, t.cols, bf16What(t))
 	}
 	return t, err
 }
 
 // tenKV is ten for the operands that may be bf16 KV caches (kvcache.go).
 func (b *Backend) tenKV(x backend.Tensor, op, name string) (*Tensor, error) {
+	t, err := b.tenAny(x, op, name)
+	if err == nil && t.bf16 && t.cat != backend.KVCache {
+		return nil, fmt.Errorf("cuda: %s: %s [%d, %d] is a bf16 %s, not a KV cache", op, name, t.rows, t.cols, bf16What(t))
+	}
+	return t, err
+}
+
+// tenG is ten for the operands that may be bf16 parameter gradients (gradient.go).
+func (b *Backend) tenG(x backend.Tensor, op, name string) (*Tensor, error) {
+	t, err := b.tenAny(x, op, name)
+	if err == nil && t.bf16 && t.cat != backend.Gradients {
+		return nil, fmt.Errorf("cuda: %s: %s [%d, %d] is a bf16 %s, not a parameter gradient", op, name, t.rows, t.cols, bf16What(t))
+	}
+	return t, err
+}
+
+// tenAny checks that x is a live tensor of this backend, of either element type (Upload,
+// Download).
+func (b *Backend) tenAny(x backend.Tensor, op, name string) (*Tensor, error) {
 	t, ok := x.(*Tensor)
 	switch {
 	case !ok || t == nil:
@@ -811,7 +830,7 @@ func (b *Backend) tenKV(x backend.Tensor, op, name string) (*Tensor, error) {
 // Upload implements backend.Backend.
 func (b *Backend) Upload(x backend.Tensor, src []float32) error {
 	return b.do(func() error {
-		t, err := b.tenKV(x, "upload", "destination")
+		t, err := b.tenAny(x, "upload", "destination")
 		if err != nil {
 			return err
 		}
@@ -819,7 +838,7 @@ func (b *Backend) Upload(x backend.Tensor, src []float32) error {
 			return fmt.Errorf("cuda: upload of %d values into [%d, %d]", len(src), t.rows, t.cols)
 		}
 		p := unsafe.Pointer(&src[0])
-		if t.bf16 { // a bf16 KV cache: rounded to nearest even here, as the kernels round
+		if t.bf16 { // a bf16 KV cache or gradient: rounded to nearest even here, as the kernels round
 			h := make([]uint16, len(src))
 			for i, v := range src {
 				h[i] = tensor.F32ToBF16(v)
@@ -837,7 +856,7 @@ func (b *Backend) Upload(x backend.Tensor, src []float32) error {
 func (b *Backend) Download(x backend.Tensor, dst []float32) ([]float32, error) {
 	var out []float32
 	err := b.do(func() error {
-		t, err := b.tenKV(x, "download", "source")
+		t, err := b.tenAny(x, "download", "source")
 		if err != nil {
 			return err
 		}
@@ -846,7 +865,7 @@ func (b *Backend) Download(x backend.Tensor, dst []float32) ([]float32, error) {
 		} else {
 			out = make([]float32, t.n())
 		}
-		if t.bf16 { // a bf16 KV cache: widened exactly
+		if t.bf16 { // a bf16 KV cache or gradient: widened exactly
 			h := make([]uint16, t.n())
 			if err := memcpyDtoH(unsafe.Pointer(&h[0]), t.ptr, t.bytes()); err != nil {
 				return fmt.Errorf("cuda: download [%d, %d]: %w", t.rows, t.cols, err)
