@@ -141,7 +141,8 @@ static void qglt_plan_free(qglt_plan* p) {
 	free(p);
 }
 
-// qglt_plan_new describes D[m, n] (fp32, column-major, leading dimension ldc; C = D) =
+// qglt_plan_new describes D[m, n] (fp32, or bf16 when dbf16; column-major, leading dimension
+// ldc; C = D) =
 // alpha · op(A) · op(B) + beta · C with bf16 A (stored k×m when transa, else m×k; leading
 // dimension lda) and bf16 B (stored n×k when transb, else k×n; ldb), fp32 compute and scale,
 // asks the heuristic for its best want (≤ QGLT_MAX_ALGOS) algorithms within ws bytes of
@@ -149,7 +150,7 @@ static void qglt_plan_free(qglt_plan* p) {
 // pointers of A, B and C = D will have: algorithms that need more are excluded. *stage names the call that failed; a status of QGLT_NOT_SUPPORTED with *stage
 // "heuristic" means no algorithm fits.
 static qglt_status qglt_plan_new(qglt_handle h, int transa, int transb, uint64_t m, uint64_t n, uint64_t k,
-                                 int64_t lda, int64_t ldb, int64_t ldc, uint64_t ws, const uint32_t* align,
+                                 int64_t lda, int64_t ldb, int64_t ldc, int dbf16, uint64_t ws, const uint32_t* align,
                                  int want, qglt_plan** out, const char** stage) {
 	qglt_status s;
 	qglt_pref pref = NULL;
@@ -163,7 +164,7 @@ static qglt_status qglt_plan_new(qglt_handle h, int transa, int transb, uint64_t
 	QGLT_TRY(p_desc_set(p->desc, QGLT_DESC_TRANSB, &tb, sizeof tb), "cublasLtMatmulDescSetAttribute(TRANSB)")
 	QGLT_TRY(p_layout_create(&p->a, QGLT_R_16BF, transa ? k : m, transa ? m : k, lda), "cublasLtMatrixLayoutCreate(A)")
 	QGLT_TRY(p_layout_create(&p->b, QGLT_R_16BF, transb ? n : k, transb ? k : n, ldb), "cublasLtMatrixLayoutCreate(B)")
-	QGLT_TRY(p_layout_create(&p->c, QGLT_R_32F, m, n, ldc), "cublasLtMatrixLayoutCreate(C)")
+	QGLT_TRY(p_layout_create(&p->c, dbf16 ? QGLT_R_16BF : QGLT_R_32F, m, n, ldc), "cublasLtMatrixLayoutCreate(C)")
 	QGLT_TRY(p_pref_create(&pref), "cublasLtMatmulPreferenceCreate")
 	QGLT_TRY(p_pref_set(pref, QGLT_PREF_MAX_WORKSPACE, &ws, sizeof ws), "cublasLtMatmulPreferenceSetAttribute(MAX_WORKSPACE_BYTES)")
 	for (int i = 0; i < 4; i++) {
@@ -272,12 +273,13 @@ type ltPlan struct {
 }
 
 // ltShape is a product in cuBLAS's column-major terms: D[m, n] = alpha·op(A)·op(B) + beta·D,
-// A and B bf16, D fp32; op(A) is m×k (A stored k×m when transA), op(B) k×n (B stored n×k
+// A and B bf16, D fp32 (bf16 when dBF16: computed in fp32, rounded once); op(A) is m×k (A stored k×m when transA), op(B) k×n (B stored n×k
 // when transB); lda, ldb, ldd are leading dimensions (elements between columns).
 type ltShape struct {
 	transA, transB bool
 	m, n, k        int
 	lda, ldb, ldd  int
+	dBF16          bool // D (and C) bf16: a bf16 parameter gradient (planDW)
 	// alignA, alignB, alignD: the alignment in bytes of the pointers the plan will be run with
 	// (a power of two, at most 256; see ptrAlign).
 	alignA, alignB, alignD int
@@ -295,8 +297,12 @@ func (s ltShape) ops() string {
 }
 
 func (s ltShape) String() string {
-	return fmt.Sprintf("%s m=%d n=%d k=%d lda=%d ldb=%d ldd=%d align %d/%d/%d", s.ops(), s.m, s.n, s.k,
-		s.lda, s.ldb, s.ldd, s.alignA, s.alignB, s.alignD)
+	d := ""
+	if s.dBF16 {
+		d = " D bf16"
+	}
+	return fmt.Sprintf("%s m=%d n=%d k=%d lda=%d ldb=%d ldd=%d align %d/%d/%d%s", s.ops(), s.m, s.n, s.k,
+		s.lda, s.ldb, s.ldd, s.alignA, s.alignB, s.alignD, d)
 }
 
 // ltCandidates is how many algorithms a plan asks the heuristic for (QGLT_MAX_ALGOS at most);
@@ -322,7 +328,7 @@ func newLtPlan(h ltHandle, s ltShape, wsBytes int64) (*ltPlan, error) {
 	var stage *C.char
 	align := [3]C.uint32_t{C.uint32_t(s.alignA), C.uint32_t(s.alignB), C.uint32_t(s.alignD)}
 	st := C.qglt_plan_new(h.h, b2i(s.transA), b2i(s.transB), C.uint64_t(s.m), C.uint64_t(s.n), C.uint64_t(s.k),
-		C.int64_t(s.lda), C.int64_t(s.ldb), C.int64_t(s.ldd), C.uint64_t(wsBytes), &align[0], ltCandidates, &p, &stage)
+		C.int64_t(s.lda), C.int64_t(s.ldb), C.int64_t(s.ldd), b2i(s.dBF16), C.uint64_t(wsBytes), &align[0], ltCandidates, &p, &stage)
 	if st != C.QGLT_SUCCESS {
 		return nil, &ltError{C.GoString(stage) + " for " + s.String(), int(st)}
 	}

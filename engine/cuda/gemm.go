@@ -199,10 +199,11 @@ func planDX(T, In, Out, chunk int, accumulate bool) []ltCall {
 	return calls
 }
 
-// planDW is dw[Out,In] += dout[T,Out]ᵀ·x[T,In], one product.
-func planDW(T, In, Out int) []ltCall {
+// planDW is dw[Out,In] += dout[T,Out]ᵀ·x[T,In], one product; dw bf16 when dBF16 (summed in
+// fp32, added to the widened dw and rounded once).
+func planDW(T, In, Out int, dBF16 bool) []ltCall {
 	return []ltCall{{
-		shape: ltShape{transB: true, m: In, n: Out, k: T, lda: In, ldb: Out, ldd: In},
+		shape: ltShape{transB: true, m: In, n: Out, k: T, lda: In, ldb: Out, ldd: In, dBF16: dBF16},
 		a:     opAct2, b: opAct, beta: 1,
 	}}
 }
@@ -254,10 +255,14 @@ func (b *Backend) gemmPrepare(calls []ltCall, buf gemmBuffers) ([]gemmLaunch, er
 	g := &b.gemm
 	ls := make([]gemmLaunch, len(calls))
 	for i, c := range calls {
-		l := gemmLaunch{call: c, a: b.operand(buf, c.a, c.aOff, c.w0), b: b.operand(buf, c.b, c.bOff, c.w0), d: buf.out + devPtr(4*c.dOff)}
+		dElem := int64(4)
+		if c.shape.dBF16 {
+			dElem = 2
+		}
+		l := gemmLaunch{call: c, a: b.operand(buf, c.a, c.aOff, c.w0), b: b.operand(buf, c.b, c.bOff, c.w0), d: buf.out + devPtr(dElem*c.dOff)}
 		s := c.shape
 		s.alignA, s.alignB, s.alignD = ptrAlign(l.a), ptrAlign(l.b), ptrAlign(l.d)
-		if s.alignA < 2 || s.alignB < 2 || s.alignD < 4 {
+		if s.alignA < 2 || s.alignB < 2 || int64(s.alignD) < dElem {
 			return nil, fmt.Errorf("%w: misaligned operand for %v", errGEMMUnsupported, s)
 		}
 		p, ok := g.plans[s]
@@ -485,7 +490,7 @@ func (b *Backend) gemmBackward(dx, dw, dout, x *Tensor, w *Weight, accumulate bo
 	}
 	if dw != nil {
 		bw = gemmBuffers{act: b.gemm.act.ptr, act2: b.gemm.act2.ptr, out: dw.ptr, alpha: 1}
-		if ldw, err = b.gemmPrepare(planDW(T, In, Out), bw); err != nil {
+		if ldw, err = b.gemmPrepare(planDW(T, In, Out, dw.bf16), bw); err != nil {
 			return err
 		}
 	}

@@ -131,7 +131,7 @@ func TestGEMMPlan(t *testing.T) {
 				}
 			}
 		}
-		for _, c := range planDW(T, In, Out) {
+		for _, c := range planDW(T, In, Out, false) {
 			ltExec(c, 1, operandOf(c.a, c, W, In, dout, x), operandOf(c.b, c, W, In, dout, x), dw)
 		}
 		check(fmt.Sprintf("dw %v", s), dw, wantDW)

@@ -90,6 +90,7 @@ var ptxModules = []ptxModule{
 	{"kernels/train.ptx", trainKernels},
 	{"kernels/optim4.ptx", optim4Kernels},
 	{"kernels/pack.ptx", []string{"bf16_pack", "bf16_unpack"}},
+	{"kernels/grad_bf16.ptx", []string{"sumsq_part_bf16", "embedding_bwd_bf16", "add_f32_to_bf16"}},
 	{"kernels/fused.ptx", []string{"add_rmsnorm_f32", "qk_norm_rope_cache", "qk_norm_rope_cache_kb"}},
 	{"kernels/gemv.ptx", append(append([]string{}, gemvStreamKernels...), gemvPersistKernels...)},
 	{"kernels/elementwise.ptx", []string{"embedding_f32", "embedding_bf16", "embedding_nvfp4", "swiglu_f32", "add_f32", "argmax_rows_f32"}},

@@ -67,6 +67,17 @@ func (b *Backend) optTen(x backend.Tensor, op, name string) (*Tensor, error) {
 	return b.ten(x, op, name)
 }
 
+// optTenG is optTen for a parameter gradient, which may be bf16 (tenG).
+func (b *Backend) optTenG(x backend.Tensor, op, name string) (*Tensor, error) {
+	if x == nil {
+		return nil, nil
+	}
+	if t, ok := x.(*Tensor); ok && t == nil {
+		return nil, nil
+	}
+	return b.tenG(x, op, name)
+}
+
 // overlaps reports whether two tensors share any device memory (views included).
 func overlaps(a, c *Tensor) bool {
 	if a == nil || c == nil {
@@ -123,7 +134,7 @@ func (b *Backend) WeightTensor(bw backend.Weight) (backend.Tensor, error) {
 // Zero implements backend.Training.
 func (b *Backend) Zero(x backend.Tensor) error {
 	return b.do(func() error {
-		t, err := b.ten(x, "zero", "tensor")
+		t, err := b.tenG(x, "zero", "tensor")
 		if err != nil {
 			return err
 		}
@@ -158,7 +169,7 @@ func sumsqParts(n int) int { return max(1, min(1024, (n+4095)/4096)) }
 func (b *Backend) SumSquares(x backend.Tensor) (float64, error) {
 	var sum float64
 	err := b.do(func() error {
-		t, err := b.ten(x, "sum of squares", "tensor")
+		t, err := b.tenG(x, "sum of squares", "tensor")
 		if err != nil {
 			return err
 		}
@@ -172,8 +183,9 @@ func (b *Backend) SumSquares(x backend.Tensor) (float64, error) {
 	return sum, err
 }
 
-// sumSquares launches sumsq_part_f32 for every tensor into one scratch buffer, downloads the
-// partials once and adds each tensor's in order (owner goroutine).
+// sumSquares launches sumsq_part_f32 (sumsq_part_bf16 for a bf16 gradient: the same sums of
+// the widened values) for every tensor into one scratch buffer, downloads the partials once and
+// adds each tensor's in order (owner goroutine).
 func (b *Backend) sumSquares(ts []*Tensor) ([]float64, error) {
 	offs := make([]int, len(ts)+1)
 	for i, t := range ts {
@@ -184,7 +196,11 @@ func (b *Backend) sumSquares(ts []*Tensor) ([]float64, error) {
 		return nil, err
 	}
 	for i, t := range ts {
-		if err := launch(b.fns["sumsq_part_f32"], [3]int{offs[i+1] - offs[i], 1, 1}, [3]int{256, 1, 1}, 0,
+		fn := b.fns["sumsq_part_f32"]
+		if t.bf16 {
+			fn = b.fns["sumsq_part_bf16"]
+		}
+		if err := launch(fn, [3]int{offs[i+1] - offs[i], 1, 1}, [3]int{256, 1, 1}, 0,
 			ptrArg(part+devPtr(8*offs[i])), ptrArg(t.ptr), sizeArg(int64(t.n()))); err != nil {
 			return nil, fmt.Errorf("cuda: sum of squares of tensor %d [%d, %d]: %w", i, t.rows, t.cols, err)
 		}
@@ -228,7 +244,7 @@ func (b *Backend) SumSquaresMany(xs []backend.Tensor) ([]float64, error) {
 	err := b.do(func() error {
 		ts := make([]*Tensor, len(xs))
 		for i, x := range xs {
-			t, err := b.ten(x, "sum of squares", fmt.Sprintf("tensor %d", i))
+			t, err := b.tenG(x, "sum of squares", fmt.Sprintf("tensor %d", i))
 			if err != nil {
 				return err
 			}
@@ -262,7 +278,7 @@ func (b *Backend) MatMulBackward(dx, dw, dout, x backend.Tensor, bw backend.Weig
 		if err != nil {
 			return err
 		}
-		dwt, err := b.optTen(dw, op, "dw")
+		dwt, err := b.optTenG(dw, op, "dw")
 		if err != nil {
 			return err
 		}
@@ -326,14 +342,33 @@ func (b *Backend) matmulDX(dx, dout *Tensor, w *Weight, accumulate bool) error {
 
 // matmulDW launches dw[N, K] += dout[T, N]ᵀ·x[T, K] on checked arguments: the SIMT tiled kernel,
 // fp32, each element summed over the token rows in order. The place to route it elsewhere
-// (gemmDW). Owner goroutine.
+// (gemmDW). A bf16 dw gets the product summed into zeroed f32 scratch, then added and rounded
+// once (add_f32_to_bf16). Owner goroutine.
 func (b *Backend) matmulDW(dw, dout, x *Tensor) error {
 	T, N, K := dout.rows, dout.cols, x.cols
 	if (N+63)/64 > 65535 {
 		return fmt.Errorf("%d output rows exceed the kernel's grid (%d)", N, 65535*64)
 	}
-	return launch(b.fns["mm_bwd_dw_f32"], [3]int{(K + 63) / 64, (N + 63) / 64, 1}, [3]int{256, 1, 1}, 0,
-		ptrArg(dw.ptr), ptrArg(dout.ptr), ptrArg(x.ptr), intArg(T), intArg(N), intArg(K))
+	dst := dw.ptr
+	n := int64(N) * int64(K)
+	if dw.bf16 {
+		var err error
+		if dst, err = b.scratch(4*n, "f32 product for a bf16 dw"); err != nil {
+			return err
+		}
+		if err := memsetD8(dst, 0, 4*n); err != nil {
+			return err
+		}
+	}
+	if err := launch(b.fns["mm_bwd_dw_f32"], [3]int{(K + 63) / 64, (N + 63) / 64, 1}, [3]int{256, 1, 1}, 0,
+		ptrArg(dst), ptrArg(dout.ptr), ptrArg(x.ptr), intArg(T), intArg(N), intArg(K)); err != nil {
+		return err
+	}
+	if !dw.bf16 {
+		return nil
+	}
+	return launch(b.fns["add_f32_to_bf16"], [3]int{b.blocks(int(min(n, 1<<30))), 1, 1}, [3]int{256, 1, 1}, 0,
+		ptrArg(dw.ptr), ptrArg(dst), sizeArg(n))
 }
 
 // rmsnormDWPer is how many groups one partial sum of RMSNorm's dw covers: at least 64, more
@@ -593,7 +628,7 @@ func (b *Backend) SwiGLUBackward(dgate, dup, dout, gate, up backend.Tensor) erro
 func (b *Backend) EmbeddingBackward(dtable, dout backend.Tensor, ids []int) error {
 	return b.do(func() error {
 		const op = "embedding backward"
-		tb, err := b.ten(dtable, op, "dtable")
+		tb, err := b.tenG(dtable, op, "dtable")
 		if err != nil {
 			return err
 		}
@@ -632,7 +667,11 @@ func (b *Backend) EmbeddingBackward(dtable, dout backend.Tensor, ids []int) erro
 		if err != nil {
 			return fmt.Errorf("cuda: %s: %w", op, err)
 		}
-		if err := launch(b.fns["embedding_bwd_f32"], [3]int{U, (tb.cols + 255) / 256, 1}, [3]int{256, 1, 1}, 0,
+		fn := b.fns["embedding_bwd_f32"]
+		if tb.bf16 {
+			fn = b.fns["embedding_bwd_bf16"]
+		}
+		if err := launch(fn, [3]int{U, (tb.cols + 255) / 256, 1}, [3]int{256, 1, 1}, 0,
 			ptrArg(tb.ptr), ptrArg(d.ptr), ptrArg(buf), ptrArg(buf+devPtr(4*U)), ptrArg(buf+devPtr(4*(2*U+1))), intArg(tb.cols)); err != nil {
 			return fmt.Errorf("cuda: %s: %w", op, err)
 		}
