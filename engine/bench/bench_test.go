@@ -162,6 +162,14 @@ func TestRooflineAnchors(t *testing.T) {
 	if b := r.OptimizerStepBasis("4bit"); !strings.Contains(b, "14.56 B/param") {
 		t.Errorf("4bit basis %q", b)
 	}
+	// bf16 gradients (devtrain's default): 2 bytes less a matrix parameter, 4 less for 4bit's two reads.
+	r16 := Roofline{Cfg: Qwen4B(0), GradBF16: true}
+	near("int8 step, bf16 gradients", r16.OptimizerStep("int8"), 4.022e9*10.25/4.3e12*1e3, 0.002)
+	near("4bit step, bf16 gradients", r16.OptimizerStep("4bit"), 4.022e9*10.5625/4.3e12*1e3, 0.002)
+	near("in-training step, bf16 gradients", r16.Optimizer(Qwen4B(0).NumParams()), 4.022e9*10.25/4.3e12*1e3, 0.002)
+	if b := r16.OptimizerStepBasis("int8"); !strings.Contains(b, "10.25 B/param") || !strings.Contains(b, "bf16 gradient") {
+		t.Errorf("int8 basis with bf16 gradients %q", b)
+	}
 	if n := Qwen4B(0).NumParams(); n < 4.0e9 || n > 4.03e9 {
 		t.Errorf("Qwen3-4B parameters %d", n)
 	}

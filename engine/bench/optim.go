@@ -37,8 +37,8 @@ type optimParam struct {
 // optimizer measures one standalone AdamW step over every parameter of the model shape, per
 // moment format: the backend's Training.AdamW on each parameter in model order (the
 // embedding, each layer's norms and projections, the final norm), masters as devtrain keeps
-// them (bf16 matrices, f32 norms), resident f32 gradients, then a download of a few bytes (the
-// sync). The gradient of a layer's q_proj (say) is shared by every layer's q_proj: one per
+// them (bf16 matrices, f32 norms), resident gradients of devtrain's types (trainGrad: bf16
+// matrices unless QWENGO_TRAIN_GRAD=fp32, f32 norms), then a download of a few bytes (the sync). The gradient of a layer's q_proj (say) is shared by every layer's q_proj: one per
 // parameter would add 16 GB at 4.02B parameters and time nothing more, and consecutive
 // updates never share one (k_proj and v_proj have their own), so none is read from cache. The
 // figure is the best of its repetitions in ms (a bandwidth figure: the fastest run is the
@@ -67,9 +67,14 @@ func (r *runner) optimizer() {
 		fail("not run: " + err.Error())
 		return
 	}
-	r.logf("optimizer step: uploading %s parameters (bf16 matrices, f32 norms) and their gradients", paramCount(r.cfg.NumParams()))
+	gradType, err := trainGrad()
+	if err != nil {
+		fail("not run: " + err.Error())
+		return
+	}
+	r.logf("optimizer step: uploading %s parameters (bf16 matrices, f32 norms) and their gradients (%s matrices)", paramCount(r.cfg.NumParams()), gradType)
 	t0 := time.Now()
-	params, free, err := r.optimParams()
+	params, free, err := r.optimParams(gradType)
 	defer free()
 	if err != nil {
 		fail(failure(fmt.Errorf("optimizer-step parameters: %w", err)))
@@ -153,9 +158,10 @@ func (r *runner) optimizer() {
 
 // optimParams uploads the optimizer-step figures' parameters and gradients: each distinct
 // parameter of a layer gets one random host tensor (randomSource: norms 1, matrices uniform
-// with standard deviation 0.02) that is uploaded as every layer's weight and, in f32, as the
-// gradient they share. free releases whatever was uploaded.
-func (r *runner) optimParams() (params []optimParam, free func(), err error) {
+// with standard deviation 0.02) that is uploaded as every layer's weight and as the gradient
+// they share (matrices' of element type gradType, "bf16" or "fp32"; norms' f32). free
+// releases whatever was uploaded.
+func (r *runner) optimParams(gradType string) (params []optimParam, free func(), err error) {
 	var weights []backend.Weight
 	grads := map[string]backend.Tensor{}
 	free = func() {
@@ -191,7 +197,11 @@ func (r *runner) optimParams() (params []optimParam, free func(), err error) {
 			}
 			h.Shape = []int{rows, cols}
 			hosts[slot] = h
-			g, err := r.b.Alloc(backend.Gradients, rows, cols)
+			dt := tensor.F32
+			if rows > 1 && gradType == "bf16" {
+				dt = tensor.BF16
+			}
+			g, err := backend.AllocGradient(r.b, rows, cols, dt)
 			if err != nil {
 				return nil, free, fmt.Errorf("gradient of %s: %w", slot, err)
 			}

@@ -24,7 +24,28 @@ const (
 
 // Roofline computes the hardware bounds of the benchmark's figures for a model config (the
 // layers measured, so a run with fewer layers keeps comparable fractions).
-type Roofline struct{ Cfg *qwen3.Config }
+type Roofline struct {
+	Cfg *qwen3.Config
+	// GradBF16: the matrices' gradients are bf16 (devtrain's Options.Grad, the bench's
+	// QWENGO_TRAIN_GRAD), so an AdamW step reads 2 bytes of gradient a parameter, not 4.
+	GradBF16 bool
+}
+
+// gradBytes is the size of a matrix's gradient element.
+func (r Roofline) gradBytes() float64 {
+	if r.GradBF16 {
+		return 2
+	}
+	return 4
+}
+
+// gradName names the matrices' gradient type in the bases.
+func (r Roofline) gradName() string {
+	if r.GradBF16 {
+		return "bf16"
+	}
+	return "f32"
+}
 
 // linearParams is the number of parameters in the layers' projections.
 func (r Roofline) linearParams() float64 {
@@ -69,25 +90,28 @@ func (r Roofline) Train(s int) float64 {
 }
 
 // OptimizerBasis documents Optimizer.
-var OptimizerBasis = fmt.Sprintf("optimizer: %.2f B/param (bf16 master r+w, f32 gradient, int8 m and v r+w with f32 absmax per 64) ÷ 4.3 TB/s", optimBytesPerParam)
+func (r Roofline) OptimizerBasis() string {
+	return fmt.Sprintf("optimizer: %.2f B/param (bf16 master r+w, %s gradient, int8 m and v r+w with f32 absmax per 64) ÷ 4.3 TB/s",
+		optimBytesPerParam-4+r.gradBytes(), r.gradName())
+}
 
 // Optimizer is the HBM bound on one AdamW step over params parameters, in milliseconds.
 func (r Roofline) Optimizer(params int64) float64 {
-	return float64(params) * optimBytesPerParam / HBMBytesPerSec * 1e3
+	return float64(params) * (optimBytesPerParam - 4 + r.gradBytes()) / HBMBytesPerSec * 1e3
 }
 
 // optimStepBytes is what one in-place AdamW update of a [rows, cols] parameter must move per
 // element with the moments in format, the master as devtrain keeps it (bf16 for matrices, f32
-// for one-row norms) and an f32 gradient: the master read and written, the gradient read, the
+// for one-row norms) and a gradient of grad bytes an element (f32 for norms): the master read and written, the gradient read, the
 // moments read and written with their float32 block scales. 4bit reads the gradient twice (the
 // first pass finds the new v's row and column maxima; a one-row parameter needs no first pass)
 // and its row and column maxima stay in cache. Formats: "int8", "4bit", "fp32".
-func optimStepBytes(format string, rows, cols int) float64 {
+func optimStepBytes(format string, rows, cols int, grad float64) float64 {
 	master := 2.0
 	if rows == 1 {
-		master = 4
+		master, grad = 4, 4
 	}
-	b := 2*master + 4 // master r+w, f32 gradient
+	b := 2*master + grad // master r+w, the gradient
 	switch format {
 	case "int8":
 		b += 2*2 + 2*2*4.0/64 // m and v codes r+w, two absmax per 64 r+w
@@ -96,7 +120,7 @@ func optimStepBytes(format string, rows, cols int) float64 {
 		if rows == 1 {
 			b += 2 * 4.0 / 128 // v's absmax per 128 r+w
 		} else {
-			b += 4 + 0.5 // first pass: the gradient and v's codes again
+			b += grad + 0.5 // first pass: the gradient and v's codes again
 		}
 	default:
 		b += 2 * 2 * 4 // fp32 m and v r+w
@@ -112,7 +136,7 @@ func (r Roofline) optimStep(format string) (bytes float64, params int64) {
 		if len(p.shape) == 2 {
 			rows, cols = p.shape[0], p.shape[1]
 		}
-		bytes += float64(rows) * float64(cols) * optimStepBytes(format, rows, cols)
+		bytes += float64(rows) * float64(cols) * optimStepBytes(format, rows, cols, r.gradBytes())
 		params += int64(rows) * int64(cols)
 	}
 	return bytes, params
@@ -129,8 +153,9 @@ func (r Roofline) OptimizerStep(format string) float64 {
 func (r Roofline) OptimizerStepBasis(format string) string {
 	bytes, n := r.optimStep(format)
 	what := map[string]string{
-		"int8": "bf16 master r+w, f32 gradient, int8 m and v r+w with two f32 absmax per 64",
-		"4bit": "bf16 master r+w, f32 gradient read twice (the first pass finds the new v's row and column maxima), 4-bit m and v r+w, f32 absmax of m per 128",
+		"int8": "bf16 master r+w, %s gradient, int8 m and v r+w with two f32 absmax per 64",
+		"4bit": "bf16 master r+w, %s gradient read twice (the first pass finds the new v's row and column maxima), 4-bit m and v r+w, f32 absmax of m per 128",
 	}[format]
+	what = fmt.Sprintf(what, r.gradName())
 	return fmt.Sprintf("optimizer step, %s states: %.2f B/param (%s; f32 norms) ÷ 4.3 TB/s", format, bytes/float64(n), what)
 }

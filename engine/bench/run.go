@@ -93,6 +93,9 @@ func Run(ctx context.Context, b backend.Backend, opt Options) (*Report, error) {
 		r.deadline = r.start.Add(time.Duration(opt.MaxSeconds * float64(time.Second)))
 	}
 	r.roof = Roofline{Cfg: r.cfg}
+	if g, err := trainGrad(); err == nil {
+		r.roof.GradBF16 = g == "bf16"
+	}
 	c := r.cfg
 	r.rep = &Report{Side: "qwengo", Device: b.Name(), Software: "qwengo engine, backend " + b.Name(), Quick: opt.Quick,
 		Model: ModelInfo{Layers: c.NumLayers, FullLayers: full, Hidden: c.HiddenSize, Intermediate: c.IntermediateSize,
@@ -199,7 +202,7 @@ func (r *runner) figures() []Figure {
 				Roofline: r.roof.Train(s), Basis: TrainBasis})
 			add("train", Figure{Key: k + "_peak", Label: fmt.Sprintf("train peak memory S=%d batch %d", s, b), Unit: "GiB", Better: "lower"})
 			add("train", Figure{Key: k + "_optim", Label: fmt.Sprintf("optimizer step S=%d batch %d", s, b), Unit: "ms", Better: "lower",
-				Roofline: r.roof.Optimizer(r.cfg.NumParams()), Basis: OptimizerBasis})
+				Roofline: r.roof.Optimizer(r.cfg.NumParams()), Basis: r.roof.OptimizerBasis()})
 		}
 	}
 	add("train", Figure{Key: bytesPerParamKey(), Label: "optimizer state per parameter", Unit: "B/param", Better: "lower"})

@@ -43,6 +43,20 @@ func trainMemory() (chunkRows int, bf16 bool, err error) {
 	return chunkRows, bf16, nil
 }
 
+// trainGrad is the matrices' gradient type of the training and optimizer figures: devtrain's
+// default, bf16 (as PyTorch keeps them for a bf16 model), unless QWENGO_TRAIN_GRAD=fp32 asks
+// for float32 (for A/B runs in one GPU session).
+func trainGrad() (string, error) {
+	switch v := os.Getenv("QWENGO_TRAIN_GRAD"); v {
+	case "", "bf16":
+		return "bf16", nil
+	case "fp32":
+		return "fp32", nil
+	default:
+		return "", fmt.Errorf("QWENGO_TRAIN_GRAD=%q: want bf16 or fp32", v)
+	}
+}
+
 // trainable builds the benchmark's trainable model with the given AdamW state format: a random
 // host grad.Model (freed once uploaded), bf16 masters, per-layer recompute, the optimizer fused
 // into the backward, and the layer-chunk and bf16-checkpoint settings of trainMemory. A failure
@@ -52,12 +66,16 @@ func (r *runner) trainable(tb backend.Training, state string) (*devtrain.Model, 
 	if err != nil {
 		return nil, 0, false, fmt.Errorf("not run: %w", err)
 	}
+	gradType, err := trainGrad()
+	if err != nil {
+		return nil, 0, false, fmt.Errorf("not run: %w", err)
+	}
 	gm, err := grad.New(r.cfg)
 	if err != nil {
 		return nil, 0, false, fmt.Errorf("not run: %w", err)
 	}
 	randomizeParallel(gm, r.opt.Seed)
-	dm, err := devtrain.New(tb, gm, devtrain.Options{Master: "bf16", State: state, Recompute: true, FusedOptimizer: true,
+	dm, err := devtrain.New(tb, gm, devtrain.Options{Master: "bf16", State: state, Grad: gradType, Recompute: true, FusedOptimizer: true,
 		LayerChunkRows: chunkRows, CheckpointBF16: bf16})
 	gm = nil
 	runtime.GC()

@@ -8,11 +8,13 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/qwengo/qwengo/engine/backend"
 	"github.com/qwengo/qwengo/engine/cpu"
 	"github.com/qwengo/qwengo/engine/data"
 	"github.com/qwengo/qwengo/engine/grad"
 	"github.com/qwengo/qwengo/engine/internal/testmodel"
 	"github.com/qwengo/qwengo/engine/optim"
+	"github.com/qwengo/qwengo/engine/tensor"
 	"github.com/qwengo/qwengo/engine/train"
 )
 
@@ -71,7 +73,7 @@ func newModel(t testing.TB, gm *grad.Model, opt Options) *Model {
 
 func fp32Options() Options {
 	o := DefaultOptions()
-	o.Master, o.State, o.StochasticRounding = "fp32", "fp32", false
+	o.Master, o.State, o.Grad, o.StochasticRounding = "fp32", "fp32", "fp32", false
 	return o
 }
 
@@ -694,5 +696,57 @@ func BenchmarkStep(b *testing.B) {
 			}
 			b.ReportMetric(float64(batch.B*T)*float64(b.N)/b.Elapsed().Seconds(), "tok/s")
 		})
+	}
+}
+
+// TestBF16Gradients: with Options.Grad "bf16" the matrices' gradients hold bf16 values (norms
+// stay float32), within bf16's rounding of the float32 gradients (a few roundings: a logits
+// chunk, the embedding rows), and the plan counts them at 2 bytes. The step itself is checked
+// against engine/optim fed with these gradients in TestOptimizerMatchesOptim (DefaultOptions).
+func TestBF16Gradients(t *testing.T) {
+	ctx := context.Background()
+	for _, name := range []string{"tiny-tied", "tiny-untied"} {
+		gm := tiny(t, name)
+		b := paddedBatch()
+		var gs [2][][]float32
+		var plans [2]int64
+		for i, g := range []string{"fp32", "bf16"} {
+			opt := DefaultOptions()
+			opt.Grad, opt.ChunkRows = g, 5
+			m := newModel(t, gm, opt)
+			var err error
+			if gs[i], _, _, err = m.Grads(ctx, b); err != nil {
+				t.Fatal(err)
+			}
+			for _, it := range m.PeakPlan(2, 12) {
+				if it.Category == backend.Gradients && strings.Contains(it.What, "parameter gradient") {
+					plans[i] += it.Bytes
+				}
+			}
+		}
+		for i, p := range gm.Params {
+			f32, b16 := gs[0][i], gs[1][i]
+			var worst, scale float64
+			rounded := true
+			for j, v := range b16 {
+				worst = max(worst, math.Abs(float64(v-f32[j])))
+				scale = max(scale, math.Abs(float64(f32[j])))
+				rounded = rounded && tensor.BF16ToF32(tensor.F32ToBF16(v)) == v
+			}
+			switch {
+			case p.Rows == 1 && worst != 0:
+				t.Errorf("%s %s: a norm's gradient changed with bf16 gradients (%g)", name, p.Name, worst)
+			case p.Rows > 1 && !rounded:
+				t.Errorf("%s %s: gradient values are not bf16", name, p.Name)
+			case p.Rows > 1 && (worst == 0 || worst > 1e-2*scale):
+				t.Errorf("%s %s: bf16 gradient off the float32 one by %g of %g", name, p.Name, worst, scale)
+			}
+		}
+		if plans[1] >= plans[0] || plans[1] < plans[0]/2 {
+			t.Errorf("%s: plan's parameter gradients %d bytes in bf16, %d in fp32", name, plans[1], plans[0])
+		}
+	}
+	if _, err := New(cpu.New(), tiny(t, "tiny-tied"), Options{Grad: "fp16"}); err == nil || !strings.Contains(err.Error(), `gradient type "fp16"`) {
+		t.Errorf("Grad fp16: %v", err)
 	}
 }

@@ -14,7 +14,9 @@
 // New uploads the parameters: every matrix (the embedding, projections, an untied lm_head) as
 // a dense master in Options.Master precision ("bf16" or "fp32"), every RMSNorm weight as f32
 // (viewed as a tensor through Training.WeightTensor). Each parameter gets its AdamW moments
-// (Options.State "fp32", "int8" or "4bit", engine/optim's layouts) under OptimizerState.
+// (Options.State "fp32", "int8" or "4bit", engine/optim's layouts) under OptimizerState, and
+// its gradient: bf16 for matrices with DefaultOptions (Options.Grad; backend.GradientFormat:
+// each backward product's float32 sum added with one rounding), float32 for norms.
 //
 // # The step, top to bottom
 //
@@ -72,29 +74,29 @@
 // lists these parts from the shapes; on the CPU reference they are the measured peak to the
 // byte (TestPeakPlan). At Qwen3-4B's shapes (36 layers, hidden 2560, intermediate 9728, q
 // 4096, kv 1024, vocabulary 151936 tied), bf16 masters, int8 moments, Recompute and
-// FusedOptimizer, S = 2048 × batch 8 (N = 16384 rows), in GB (10⁹ bytes):
+// FusedOptimizer, bf16 gradients, S = 2048 × batch 8 (N = 16384 rows), in GB (10⁹ bytes):
 //
 //	                                          all rows at once    LayerChunkRows 4096
 //	                                          f32 inputs          + CheckpointBF16
 //	master weights (bf16)                         8.05                8.05
 //	AdamW moments (int8, with block scales)       8.55                8.55
-//	embedding = lm_head gradient (f32)            1.56                1.56
-//	one layer's parameter gradients (f32)         0.40                0.40
+//	embedding = lm_head gradient (bf16)           0.78                0.78
+//	one layer's parameter gradients (bf16)        0.20                0.20
 //	layer inputs (36 × [N, 2560])                 6.04 (f32)          3.02 (bf16)
 //	last layer output, final norm                 0.34                0.34
 //	layer buffers ([R, 52224], R = N or 4096)     3.42                0.90 (with the widened input)
 //	activation gradients ([R, 41984] + dx)        2.92                0.86
 //	logits chunk ([441, 151936])                  0.27                0.27
-//	devtrain's plan                              31.54               23.93
+//	devtrain's plan                              30.56               22.95
 //
 // A GPU backend adds its own workspace (engine/cuda: the bf16 operand copies of its
 // cuBLASLt products, 0.35-0.7 GB at these shapes, attention and reduction scratch, and freed
 // blocks it keeps for reuse, up to 2 GiB, which include the shapes of earlier steps until
-// released). The 34.3 GB (31.9 GiB) measured in device run 12 leaves about 2.8 GB to it
+// released). The 34.3 GB (31.9 GiB) measured in device run 12 (float32 gradients then) leaves about 2.8 GB to it
 // beyond the left column, most likely blocks cached by the earlier figures (S=192, S=2048 ×
 // 1): engine/bench now releases the cached blocks before each training figure and prints the
-// peak per category next to PeakPlan. With LayerChunkRows 4096 alone the plan is 26.91 GB,
-// with CheckpointBF16 alone 28.69 GB. The layer's products then have 4096 rows (still whole
+// peak per category next to PeakPlan. With LayerChunkRows 4096 alone the plan is 25.93 GB,
+// with CheckpointBF16 alone 27.71 GB. The layer's products then have 4096 rows (still whole
 // tensor-core tiles), and the six intermediate-wide buffers (gate, up, SwiGLU and their
 // gradients) 159 MB each instead of 637 MB.
 //

@@ -112,20 +112,28 @@ func New(b backend.Training, gm *grad.Model, opt Options) (*Model, error) {
 		if opt.FusedOptimizer && m.inLayer(i) {
 			continue
 		}
-		if m.grads[i], err = b.Alloc(backend.Gradients, p.rows, p.cols); err != nil {
+		if m.grads[i], err = backend.AllocGradient(b, p.rows, p.cols, m.gradType(p)); err != nil {
 			return nil, fmt.Errorf("devtrain: gradient of %s: %w", p.name, err)
 		}
 	}
 	if opt.FusedOptimizer && len(m.layers) > 0 {
 		for k, i := range m.layers[0] {
 			p := m.params[i]
-			if m.layerGrads[k], err = b.Alloc(backend.Gradients, p.rows, p.cols); err != nil {
+			if m.layerGrads[k], err = backend.AllocGradient(b, p.rows, p.cols, m.gradType(p)); err != nil {
 				return nil, fmt.Errorf("devtrain: layer gradient buffer %s: %w", layerSuffix[k], err)
 			}
 		}
 	}
 	ok = true
 	return m, nil
+}
+
+// gradType is the element type of p's gradient: Options.Grad for matrices, F32 for norms.
+func (m *Model) gradType(p *param) tensor.DType {
+	if p.rows > 1 && m.opt.Grad == "bf16" {
+		return tensor.BF16
+	}
+	return tensor.F32
 }
 
 // index finds every parameter of gm by name and checks its shape against the config.
@@ -344,6 +352,13 @@ func (m *Model) PeakPlan(B, T int) []PlanItem {
 		}
 	}
 	var masters, moments, grads, embedGrad int64
+	size := func(g backend.Tensor) int64 {
+		e := int64(4)
+		if g.DType() == tensor.BF16 {
+			e = 2
+		}
+		return e * int64(g.Rows()) * int64(g.Cols())
+	}
 	for _, p := range m.params {
 		masters += p.w.Bytes()
 		if p.st != nil {
@@ -354,7 +369,7 @@ func (m *Model) PeakPlan(B, T int) []PlanItem {
 		if g == nil {
 			continue
 		}
-		n := 4 * int64(g.Rows()) * int64(g.Cols())
+		n := size(g)
 		if i == m.embed {
 			embedGrad = n
 		} else {
@@ -363,19 +378,20 @@ func (m *Model) PeakPlan(B, T int) []PlanItem {
 	}
 	for _, g := range m.layerGrads {
 		if g != nil {
-			grads += 4 * int64(g.Rows()) * int64(g.Cols())
+			grads += size(g)
 		}
 	}
 	add(fmt.Sprintf("master weights (%s)", m.opt.Master), backend.Weights, masters)
 	add(fmt.Sprintf("AdamW moments (%s)", m.opt.State), backend.OptimizerState, moments)
-	add("embedding gradient (f32)", backend.Gradients, embedGrad)
-	what := "every other parameter gradient (f32)"
+	add(fmt.Sprintf("embedding gradient (%s)", m.opt.Grad), backend.Gradients, embedGrad)
+	what := "every other parameter gradient"
 	if m.opt.FusedOptimizer {
-		what = "one layer's parameter gradients, final norm (f32)"
+		what = "one layer's parameter gradients, final norm"
 		if m.lm != m.embed {
-			what = "one layer's parameter gradients, lm_head, final norm (f32)"
+			what = "one layer's parameter gradients, lm_head, final norm"
 		}
 	}
+	what += fmt.Sprintf(" (%s matrices, f32 norms)", m.opt.Grad)
 	add(what, backend.Gradients, grads)
 
 	c := m.cfg

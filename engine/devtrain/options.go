@@ -18,6 +18,13 @@ type Options struct {
 	// normalised by min(row max, column max) — the rank-1 normaliser — which takes the
 	// backend's AdamW a second pass over the gradient).
 	State string
+	// Grad is the element type of the matrices' parameter gradients: "fp32" ("" = fp32) or
+	// "bf16" (what PyTorch keeps for a bf16 model: half the bytes, and AdamW reads 10.25 bytes a
+	// parameter instead of 12.25 with int8 moments). Each backward product adds its whole
+	// float32 sum into a bf16 gradient with one rounding (backend.GradientFormat), so the tied
+	// embedding/lm_head gradient is rounded once a logits chunk and once for the embedding
+	// rows. RMSNorm weights keep float32 gradients. Needs a backend.GradientFormat backend.
+	Grad string
 	// Beta1, Beta2, Eps are AdamW's; all three zero (a zero Options) means 0.9, 0.999, 1e-8.
 	Beta1, Beta2, Eps float64
 	// WeightDecay is decoupled weight decay (lr·wd·w), not applied to norms.
@@ -61,10 +68,10 @@ type Options struct {
 }
 
 // DefaultOptions are engine/optim's defaults: bf16 masters with stochastic rounding, int8
-// moments, AdamW(0.9, 0.999, 1e-8), weight decay 0.01, global-norm clipping at 1; no
-// recompute, unfused optimizer, automatic logit chunks.
+// moments, bf16 gradients, AdamW(0.9, 0.999, 1e-8), weight decay 0.01, global-norm clipping
+// at 1; no recompute, unfused optimizer, automatic logit chunks.
 func DefaultOptions() Options {
-	return Options{Master: "bf16", State: "int8", Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, WeightDecay: 0.01, ClipNorm: 1, StochasticRounding: true}
+	return Options{Master: "bf16", State: "int8", Grad: "bf16", Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, WeightDecay: 0.01, ClipNorm: 1, StochasticRounding: true}
 }
 
 // normalize fills the defaults of zero fields and validates the options for vocabulary size
@@ -85,6 +92,13 @@ func (o Options) normalize(vocab int) (Options, error) {
 	case "fp32", "int8", "4bit":
 	default:
 		return o, fmt.Errorf("devtrain: optimizer state %q: want fp32, int8 or 4bit", o.State)
+	}
+	switch o.Grad {
+	case "", "fp32", "f32":
+		o.Grad = "fp32"
+	case "bf16":
+	default:
+		return o, fmt.Errorf("devtrain: gradient type %q: want fp32 or bf16", o.Grad)
 	}
 	if o.Beta1 == 0 && o.Beta2 == 0 && o.Eps == 0 {
 		o.Beta1, o.Beta2, o.Eps = 0.9, 0.999, 1e-8

@@ -257,7 +257,8 @@ func (m *Model) Loss(ctx context.Context, batch *data.Batch) (sum float64, n int
 
 // Grads returns host copies of the gradients of the mean loss over batch's scored tokens, in
 // grad.Model's parameter order, with the summed loss and the scored count. It uses
-// temporary gradient buffers and changes nothing (tests and debugging; Step does not use it).
+// temporary gradient buffers of the step's types (Options.Grad: bf16 values widened) and
+// changes nothing (tests and debugging; Step does not use it).
 func (m *Model) Grads(ctx context.Context, batch *data.Batch) ([][]float32, float64, int, error) {
 	if m.closed {
 		return nil, 0, 0, errClosed
@@ -275,10 +276,11 @@ func (m *Model) Grads(ctx context.Context, batch *data.Batch) ([][]float32, floa
 		defer p.freeAll()
 		gs := make([]backend.Tensor, len(m.params))
 		for i, q := range m.params {
-			g, err := p.alloc(backend.Gradients, q.rows, q.cols, "gradient of "+q.name)
+			g, err := backend.AllocGradient(b, q.rows, q.cols, m.gradType(q))
 			if err != nil {
-				return err
+				return fmt.Errorf("devtrain: gradient of %s: %w", q.name, err)
 			}
+			p.live = append(p.live, g)
 			gs[i] = g
 		}
 		mode := keepAll

@@ -18,6 +18,7 @@ func init() {
 		"AdamWInt8Block":            reflect.ValueOf(constant.MakeFromLiteral("64", token.INT, 0)),
 		"AdamWMany":                 reflect.ValueOf(backend.AdamWMany),
 		"AdamWMomentLens":           reflect.ValueOf(backend.AdamWMomentLens),
+		"AllocGradient":             reflect.ValueOf(backend.AllocGradient),
 		"AllocKV":                   reflect.ValueOf(backend.AllocKV),
 		"ArgMax":                    reflect.ValueOf(backend.ArgMax),
 		"AsBatched":                 reflect.ValueOf(backend.AsBatched),
@@ -28,6 +29,7 @@ func init() {
 		"CheckAttention":            reflect.ValueOf(backend.CheckAttention),
 		"CheckAttentionBatch":       reflect.ValueOf(backend.CheckAttentionBatch),
 		"CheckBF16Rows":             reflect.ValueOf(backend.CheckBF16Rows),
+		"CheckGradDType":            reflect.ValueOf(backend.CheckGradDType),
 		"CheckKVDType":              reflect.ValueOf(backend.CheckKVDType),
 		"CheckMatMul":               reflect.ValueOf(backend.CheckMatMul),
 		"CheckPositions":            reflect.ValueOf(backend.CheckPositions),
@@ -72,6 +74,7 @@ func init() {
 		"DecodeParams":    reflect.ValueOf((*backend.DecodeParams)(nil)),
 		"Fused":           reflect.ValueOf((*backend.Fused)(nil)),
 		"FusedDecode":     reflect.ValueOf((*backend.FusedDecode)(nil)),
+		"GradientFormat":  reflect.ValueOf((*backend.GradientFormat)(nil)),
 		"HostWeight":      reflect.ValueOf((*backend.HostWeight)(nil)),
 		"KVCacheFormat":   reflect.ValueOf((*backend.KVCacheFormat)(nil)),
 		"KernelTime":      reflect.ValueOf((*backend.KernelTime)(nil)),
@@ -98,6 +101,7 @@ func init() {
 		"_BatchedGate":     reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_BatchedGate)(nil)),
 		"_Fused":           reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Fused)(nil)),
 		"_FusedDecode":     reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_FusedDecode)(nil)),
+		"_GradientFormat":  reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_GradientFormat)(nil)),
 		"_KVCacheFormat":   reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_KVCacheFormat)(nil)),
 		"_LayerDecoder":    reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_LayerDecoder)(nil)),
 		"_Profiler":        reflect.ValueOf((*_github_com_qwengo_qwengo_engine_backend_Profiler)(nil)),
@@ -359,6 +363,16 @@ func (W _github_com_qwengo_qwengo_engine_backend_FusedDecode) NormMatMulMany(out
 }
 func (W _github_com_qwengo_qwengo_engine_backend_FusedDecode) SwiGLUMatMulAdd(x backend.Tensor, gate backend.Tensor, up backend.Tensor, w backend.Weight) error {
 	return W.WSwiGLUMatMulAdd(x, gate, up, w)
+}
+
+// _github_com_qwengo_qwengo_engine_backend_GradientFormat is an interface wrapper for GradientFormat type
+type _github_com_qwengo_qwengo_engine_backend_GradientFormat struct {
+	IValue         interface{}
+	WAllocGradient func(rows int, cols int, dt tensor.DType) (backend.Tensor, error)
+}
+
+func (W _github_com_qwengo_qwengo_engine_backend_GradientFormat) AllocGradient(rows int, cols int, dt tensor.DType) (backend.Tensor, error) {
+	return W.WAllocGradient(rows, cols, dt)
 }
 
 // _github_com_qwengo_qwengo_engine_backend_KVCacheFormat is an interface wrapper for KVCacheFormat type

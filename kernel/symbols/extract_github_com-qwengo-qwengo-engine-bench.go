@@ -20,7 +20,6 @@ func init() {
 		"Markdown":         reflect.ValueOf(bench.Markdown),
 		"MatMulFLOPPerSec": reflect.ValueOf(constant.MakeFromLiteral("790000000000000", token.FLOAT, 0)),
 		"NewModel":         reflect.ValueOf(bench.NewModel),
-		"OptimizerBasis":   reflect.ValueOf(&bench.OptimizerBasis).Elem(),
 		"PrefillBasis":     reflect.ValueOf(constant.MakeFromLiteral("\"prefill: 790 TFLOP/s ÷ FLOPs per token (2 per linear parameter, causal attention 2·q_dim·(S+1) per layer, the lm_head once per prompt)\"", token.STRING, 0)),
 		"QuickConfig":      reflect.ValueOf(bench.QuickConfig),
 		"QuickPlan":        reflect.ValueOf(bench.QuickPlan),
