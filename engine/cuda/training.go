@@ -836,7 +836,9 @@ func (b *Backend) FreeAdamWState(st backend.AdamWState) {
 
 // AdamW implements backend.Training: one in-place pass over w, its moments and grad, 8
 // consecutive elements a lane (adamGrid), with engine/optim's arithmetic (see train.cu); 4bit
-// moments take the two passes of adamW4 (optim4.go).
+// moments take the two passes of adamW4 (optim4.go). grad may be a bf16 parameter gradient
+// (AllocGradient): the kernels' _gb forms widen it exactly, so the update is the float32
+// gradient's of the widened values, bit for bit (backend.GradientFormat).
 func (b *Backend) AdamW(bw backend.Weight, grad backend.Tensor, st backend.AdamWState, h backend.AdamWHyper) error {
 	if err := backend.CheckAdamWHyper(h); err != nil {
 		return fmt.Errorf("cuda: %w", err)
