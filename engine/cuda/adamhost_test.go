@@ -3,6 +3,7 @@
 package cuda
 
 import (
+	"encoding/binary"
 	"strings"
 	"testing"
 
@@ -76,6 +77,10 @@ func TestAdamDisjoint(t *testing.T) {
 			g: &Tensor{rows: 1, cols: 64, ptr: g, owner: be},
 			s: &AdamState{format: "int8", rows: 1, cols: 64, ptr: s, bytes: 256, owner: be}}
 	}
+	bf16 := func(j adamJob) adamJob {
+		j.g.bf16, j.g.cat = true, backend.Gradients
+		return j
+	}
 	for _, c := range []struct {
 		name string
 		jobs []adamJob
@@ -90,6 +95,11 @@ func TestAdamDisjoint(t *testing.T) {
 		{"gradient inside another's state", []adamJob{job(0x1000, 0x2000, 0x3000), job(0x4000, 0x3020, 0x6000)}, "state of w"},
 		{"own gradient inside own state", []adamJob{job(0x1000, 0x3010, 0x3000)}, ""},
 		{"third of three", []adamJob{job(0x1000, 0x2000, 0x3000), job(0x4000, 0x5000, 0x6000), job(0x7000, 0x8000, 0x6080)}, "job 1's state of w and job 2's state of w"},
+		// A bf16 gradient [1, 64] spans 128 bytes, not 256.
+		{"state just past a bf16 gradient", []adamJob{bf16(job(0x1000, 0x2000, 0x3000)), job(0x4000, 0x5000, 0x2080)}, ""},
+		{"state over a bf16 gradient's last byte", []adamJob{bf16(job(0x1000, 0x2000, 0x3000)), job(0x4000, 0x5000, 0x207F)}, "gradient of w"},
+		{"bf16 gradient's last byte over a weight", []adamJob{job(0x1000, 0x2000, 0x3000), bf16(job(0x4000, 0x0F81, 0x6000))}, "weight w"},
+		{"bf16 gradient just before a weight", []adamJob{job(0x1000, 0x2000, 0x3000), bf16(job(0x4000, 0x0F80, 0x6000))}, ""},
 	} {
 		err := adamDisjoint(c.jobs)
 		switch {
@@ -97,6 +107,47 @@ func TestAdamDisjoint(t *testing.T) {
 			t.Errorf("%s: %v", c.name, err)
 		case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
 			t.Errorf("%s: %v, want an error with %q", c.name, err, c.want)
+		}
+	}
+}
+
+// TestPutAdamJobGrad checks what AdamW's host code makes of a bf16 gradient without a GPU: the
+// kernel suffix (gradSuffix), and putAdamJob's descriptor — the gradient's pointer and element
+// count, and the vector flag, which needs the gradient 16-byte aligned in either type (a lane
+// reads 8 elements: one 16-byte vector of bf16, two of floats).
+func TestPutAdamJobGrad(t *testing.T) {
+	be := &Backend{}
+	for _, c := range []struct {
+		bf16   bool
+		gptr   devPtr
+		format string
+		vec    bool
+	}{
+		{false, 0x2000, "int8", true}, {true, 0x2000, "int8", true}, {true, 0x2010, "fp32", true},
+		{true, 0x2008, "int8", false}, {false, 0x2008, "int8", false}, {true, 0x2002, "int8", false},
+		{true, 0x2004, "4bit", false},
+	} {
+		j := adamJob{w: &Weight{name: "w", out: 3, in: 256, kind: kindBF16, ptr: 0x1000, bytes: 2 * 768, owner: be},
+			g: &Tensor{rows: 3, cols: 256, ptr: c.gptr, cat: backend.Gradients, owner: be, bf16: c.bf16},
+			s: &AdamState{format: c.format, rows: 3, cols: 256, ptr: 0x8000, m: 0x8000, v: 0x8400, ms: 0x8800, vs: 0x8900, owner: be}}
+		want := ""
+		if c.bf16 {
+			want = "_gb"
+		}
+		if got := gradSuffix(j.g); got != want {
+			t.Errorf("gradSuffix of a gradient with bf16 %v: %q, want %q", c.bf16, got, want)
+		}
+		dst := make([]byte, adamJobBytes)
+		putAdamJob(dst, j, 5)
+		le := binary.LittleEndian
+		if p := devPtr(le.Uint64(dst[8:])); p != c.gptr {
+			t.Errorf("bf16 %v at %#x: descriptor's gradient %#x", c.bf16, c.gptr, p)
+		}
+		if n, first := le.Uint64(dst[48:]), le.Uint64(dst[56:]); n != 768 || first != 5 {
+			t.Errorf("bf16 %v: descriptor's n %d, first %d; want 768, 5", c.bf16, n, first)
+		}
+		if vec := le.Uint32(dst[108:]) == 1; vec != c.vec {
+			t.Errorf("bf16 %v gradient at %#x, %s state: vec %v, want %v", c.bf16, c.gptr, c.format, vec, c.vec)
 		}
 	}
 }

@@ -47,7 +47,7 @@ func adam4Layout(rows, cols int) (offV, offMS, offNorm, total int64) {
 // gradient and the old codes, adamw_{f32,bf16}_4bit updates w, m and v (decoding v under the
 // old maxima, encoding under the new), and the new maxima are copied over the old ones. A
 // one-row parameter is one launch: its v is normalised per block of 128 within the warp that
-// owns the block.
+// owns the block. A bf16 gradient takes the kernels' _gb forms (gradSuffix).
 func (b *Backend) adamW4(w *Weight, g *Tensor, s *AdamState, k optim.CoeffScalars, gscale float32, sr int, key uint32, h backend.AdamWHyper) error {
 	rows, cols := s.rows, s.cols
 	n := int64(rows) * int64(cols)
@@ -63,13 +63,14 @@ func (b *Backend) adamW4(w *Weight, g *Tensor, s *AdamState, k optim.CoeffScalar
 			return fmt.Errorf("4bit maxima of v: %w", err)
 		}
 		per := max(vmaxRows, (rows+65534)/65535)
-		if err := launch(b.fns["adamw4_vmax"], [3]int{(cols + 255) / 256, (rows + per - 1) / per, 1}, [3]int{256, 1, 1}, 0,
+		if err := launch(b.fns["adamw4_vmax"+gradSuffix(g)], [3]int{(cols + 255) / 256, (rows + per - 1) / per, 1}, [3]int{256, 1, 1}, 0,
 			ptrArg(newNorm), ptrArg(newNorm+devPtr(4*rows)), ptrArg(g.ptr), ptrArg(s.v), ptrArg(s.vs), ptrArg(s.vs+devPtr(4*rows)),
 			f32Arg(k.B2), f32Arg(k.OMB2), f32Arg(gscale), intArg(rows), intArg(cols), intArg(per)); err != nil {
 			return fmt.Errorf("4bit maxima of v: %w", err)
 		}
 	}
-	grid, err := b.adamGrid("adamw_"+w.kind+"_4bit", (n+adamChunk-1)/adamChunk)
+	name := "adamw_" + w.kind + "_4bit" + gradSuffix(g)
+	grid, err := b.adamGrid(name, (n+adamChunk-1)/adamChunk)
 	if err != nil {
 		return fmt.Errorf("4bit update: %w", err)
 	}
@@ -81,7 +82,7 @@ func (b *Backend) adamW4(w *Weight, g *Tensor, s *AdamState, k optim.CoeffScalar
 	mkey := optim.Bit4Key(h.Seed, uint64(h.Step), h.Param)
 	args = append(append(args, adamScalarArgs(k, gscale)...), intArg(sr), arg(key), arg(mkey),
 		sizeArg(n), sizeArg(int64(rows)), arg(uint32(cols)), intArg(mat))
-	if err := launch(b.fns["adamw_"+w.kind+"_4bit"], [3]int{grid, 1, 1}, [3]int{256, 1, 1}, 0, args...); err != nil {
+	if err := launch(b.fns[name], [3]int{grid, 1, 1}, [3]int{256, 1, 1}, 0, args...); err != nil {
 		return fmt.Errorf("4bit update: %w", err)
 	}
 	if matrix {

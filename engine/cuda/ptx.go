@@ -81,10 +81,14 @@ var trainKernels = []string{
 	"embedding_bwd_f32", "attn_bwd_dq", "attn_bwd_dkv", "cross_entropy_f32",
 	"adamw_f32_fp32", "adamw_bf16_fp32", "adamw_f32_int8", "adamw_bf16_int8", "div_pos_check", "adamw_probe",
 	"adamw_many_f32_fp32", "adamw_many_bf16_fp32", "adamw_many_f32_int8", "adamw_many_bf16_int8",
+	// AdamW's bf16-gradient forms (backend.GradientFormat)
+	"adamw_f32_fp32_gb", "adamw_bf16_fp32_gb", "adamw_f32_int8_gb", "adamw_bf16_int8_gb", "adamw_probe_gb",
+	"adamw_many_f32_fp32_gb", "adamw_many_bf16_fp32_gb", "adamw_many_f32_int8_gb", "adamw_many_bf16_int8_gb",
 }
 
 // optim4Kernels are AdamW's kernels for 4-bit moments (optim4.cu, launched from optim4.go).
-var optim4Kernels = []string{"adamw4_vmax", "adamw_f32_4bit", "adamw_bf16_4bit"}
+var optim4Kernels = []string{"adamw4_vmax", "adamw_f32_4bit", "adamw_bf16_4bit",
+	"adamw4_vmax_gb", "adamw_f32_4bit_gb", "adamw_bf16_4bit_gb"}
 
 var ptxModules = []ptxModule{
 	{"kernels/train.ptx", trainKernels},

@@ -875,7 +875,9 @@ func (b *Backend) FreeAdamWState(st backend.AdamWState) {
 
 // AdamW implements backend.Training: one in-place pass over w, its moments and grad, 8
 // consecutive elements a lane (adamGrid), with engine/optim's arithmetic (see train.cu); 4bit
-// moments take the two passes of adamW4 (optim4.go).
+// moments take the two passes of adamW4 (optim4.go). grad may be a bf16 parameter gradient
+// (AllocGradient): the kernels' _gb forms widen it exactly, so the update is the float32
+// gradient's of the widened values, bit for bit (backend.GradientFormat).
 func (b *Backend) AdamW(bw backend.Weight, grad backend.Tensor, st backend.AdamWState, h backend.AdamWHyper) error {
 	if err := backend.CheckAdamWHyper(h); err != nil {
 		return fmt.Errorf("cuda: %w", err)
@@ -901,13 +903,14 @@ type adamJob struct {
 	sr  int
 }
 
-// adamResolve checks one AdamW call's arguments (owner goroutine).
+// adamResolve checks one AdamW call's arguments (owner goroutine). The gradient is float32 or a
+// bf16 parameter gradient (AllocGradient), which the _gb kernels widen exactly.
 func (b *Backend) adamResolve(bw backend.Weight, grad backend.Tensor, st backend.AdamWState, h backend.AdamWHyper, op string) (adamJob, error) {
 	w, err := b.weight(bw, op)
 	if err != nil {
 		return adamJob{}, err
 	}
-	g, err := b.ten(grad, op, "grad")
+	g, err := b.tenG(grad, op, "grad")
 	if err != nil {
 		return adamJob{}, err
 	}
@@ -947,6 +950,15 @@ func (b *Backend) adamCoeffs(h backend.AdamWHyper) optim.CoeffScalars {
 	return k
 }
 
+// gradSuffix is the suffix of the AdamW kernels that read g: "_gb" for a bf16 gradient (the
+// kernels' GB forms, adamw.cuh grad8), "" for float32.
+func gradSuffix(g *Tensor) string {
+	if g.bf16 {
+		return "_gb"
+	}
+	return ""
+}
+
 // adamOne launches one checked AdamW call (owner goroutine).
 func (b *Backend) adamOne(j adamJob) error {
 	const op = "adamw"
@@ -957,7 +969,7 @@ func (b *Backend) adamOne(j adamJob) error {
 		return nil
 	}
 	n := j.g.n()
-	name := "adamw_" + j.w.kind + "_" + j.s.format
+	name := "adamw_" + j.w.kind + "_" + j.s.format + gradSuffix(j.g)
 	grid, err := b.adamGrid(name, (int64(n)+adamChunk-1)/adamChunk)
 	if err != nil {
 		return fmt.Errorf("cuda: %s %s: %w", op, j.w.name, err)
@@ -971,9 +983,9 @@ func (b *Backend) adamOne(j adamJob) error {
 }
 
 // AdamWMany implements backend.AdamWBatch: every job checked first (nothing runs when one is
-// invalid or two share memory they write), then the int8 and fp32 jobs of each weight kind and
-// state format in launches of up to adamManyJobs parameters (train.cu adamw_many: each element
-// computed as AdamW computes it), the 4-bit ones one by one.
+// invalid or two share memory they write), then the int8 and fp32 jobs of each weight kind,
+// state format and gradient type (float32 or bf16) in launches of up to adamManyJobs parameters
+// (train.cu adamw_many: each element computed as AdamW computes it), the 4-bit ones one by one.
 func (b *Backend) AdamWMany(jobs []backend.AdamWJob) error {
 	for i, j := range jobs {
 		if err := backend.CheckAdamWHyper(j.Hyper); err != nil {
@@ -1001,7 +1013,7 @@ func (b *Backend) AdamWMany(jobs []backend.AdamWJob) error {
 				}
 				continue
 			}
-			name := "adamw_many_" + r.w.kind + "_" + r.s.format
+			name := "adamw_many_" + r.w.kind + "_" + r.s.format + gradSuffix(r.g)
 			if groups[name] == nil {
 				names = append(names, name)
 			}
@@ -1061,7 +1073,9 @@ func putAdamJob(dst []byte, j adamJob, first int64) {
 	}
 	le.PutUint32(dst[100:], j.key)
 	le.PutUint32(dst[104:], uint32(j.sr))
-	// The vector path's alignment, as adamw() tests it for one parameter.
+	// The vector path's alignment, as adamw() tests it for one parameter: w and the gradient
+	// 16-byte (a lane reads 8 elements: 16 bytes of a bf16 gradient, 32 of a float32 one, so a
+	// bf16 gradient needs 16 as well), the int8 codes 8-byte, fp32 moments 16-byte.
 	align := devPtr(7)
 	if j.s.format == "fp32" {
 		align = 15
@@ -1085,6 +1099,7 @@ func adamDisjoint(rs []adamJob) error {
 	}
 	spans := make([]span, 0, 3*len(rs))
 	for i, r := range rs {
+		// g.bytes() counts a bf16 gradient at 2 bytes an element.
 		spans = append(spans, span{r.w.ptr, r.w.ptr + devPtr(r.w.bytes), i, 0},
 			span{r.s.ptr, r.s.ptr + devPtr(r.s.bytes), i, 1},
 			span{r.g.ptr, r.g.ptr + devPtr(r.g.bytes()), i, 2})

@@ -847,7 +847,9 @@ func TestDivPos(t *testing.T) {
 
 // TestFiguresAdamW times the int8 AdamW step on one large bf16 parameter beside adamw_probe,
 // its memory traffic without the arithmetic: how far the kernel is from what its access pattern
-// allows (QWENGO_CUDA_BENCH=1).
+// allows (QWENGO_CUDA_BENCH=1). Then the same with a bf16 gradient (adamw_bf16_int8_gb and
+// adamw_probe_gb, 10.25 B an element instead of 12.25), and four layers one call each against
+// batched, with float32 and with bf16 gradients.
 func TestFiguresAdamW(t *testing.T) {
 	benchEnabled(t)
 	g := openGPU(t)
@@ -901,12 +903,41 @@ func TestFiguresAdamW(t *testing.T) {
 	}
 	t.Log(figure{"adamw_probe (traffic only) 99.6M elements", bytes, 0, ms})
 
+	// The same parameter and state with a bf16 gradient of the same values (rounded).
+	gradB, err := g.AllocGradient(rows, cols, tensor.BF16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Free(gradB)
+	if err := g.Upload(gradB, randn(n, 8, 1e-3)); err != nil {
+		t.Fatal(err)
+	}
+	bytesB := float64(n) * 10.25
+	ms, err = timeOnDevice(g, 20, func() error {
+		step++
+		return g.AdamW(bw, gradB, st, backend.AdamWHyper{LR: 1e-5, Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, WeightDecay: 0.01,
+			Step: step, GradScale: 0.5, StochasticRound: true, Seed: 1, Param: 3})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Log(figure{"adamw_bf16_int8_gb (bf16 gradient) 99.6M elements", bytesB, 0, ms})
+	gbt := gradB.(*Tensor)
+	ms, err = timeOnDevice(g, 20, func() error {
+		return launch(g.fns["adamw_probe_gb"], [3]int{grid, 1, 1}, [3]int{256, 1, 1}, 0, ptrArg(w.ptr), ptrArg(gbt.ptr),
+			ptrArg(s.m), ptrArg(s.v), ptrArg(s.ms), ptrArg(s.vs), sizeArg(int64(n)))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Log(figure{"adamw_probe_gb (traffic only, bf16 gradient) 99.6M elements", bytesB, 0, ms})
+
 	// Four layers of Qwen3-4B's parameters (7 matrices and 4 norms each, f32 norms): one AdamW
-	// call each against one AdamWMany batch.
+	// call each against one AdamWMany batch; then the same with bf16 gradients (bjobs).
 	shapes := [][2]int{{4096, 2560}, {1024, 2560}, {1024, 2560}, {2560, 4096}, {9728, 2560}, {9728, 2560}, {2560, 9728},
 		{1, 128}, {1, 128}, {1, 2560}, {1, 2560}}
-	var jobs []backend.AdamWJob
-	var layerBytes float64
+	var jobs, bjobs []backend.AdamWJob
+	var layerBytes, layerBytesB float64
 	for l := range 4 {
 		for i, sh := range shapes {
 			kind := kindBF16
@@ -932,19 +963,34 @@ func TestFiguresAdamW(t *testing.T) {
 				Beta2: 0.999, Eps: 1e-8, WeightDecay: 0.01, GradScale: 0.5, StochasticRound: kind == kindBF16, Seed: 1,
 				Param: uint64(len(jobs))}})
 			layerBytes += float64(sh[0]*sh[1]) * 12.25
+			grb, err := g.AllocGradient(sh[0], sh[1], tensor.BF16)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer g.Free(grb)
+			bj := jobs[len(jobs)-1]
+			bj.Grad = grb
+			bjobs = append(bjobs, bj)
+			layerBytesB += float64(sh[0]*sh[1]) * 10.25
 		}
 	}
-	for _, batched := range []bool{false, true, false, true} {
+	for _, run := range []struct {
+		batched, bf16 bool
+	}{{false, false}, {true, false}, {false, true}, {true, true}, {false, false}, {true, false}, {false, true}, {true, true}} {
+		batched, js, by, what := run.batched, jobs, layerBytes, "float32"
+		if run.bf16 {
+			js, by, what = bjobs, layerBytesB, "bf16"
+		}
 		step := 0
 		ms, err := timeOnDevice(g, 10, func() error {
 			step++
-			for i := range jobs {
-				jobs[i].Hyper.Step = step
+			for i := range js {
+				js[i].Hyper.Step = step
 			}
 			if batched {
-				return g.AdamWMany(jobs)
+				return g.AdamWMany(js)
 			}
-			for _, j := range jobs {
+			for _, j := range js {
 				if err := g.AdamW(j.W, j.Grad, j.State, j.Hyper); err != nil {
 					return err
 				}
@@ -954,7 +1000,7 @@ func TestFiguresAdamW(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Log(figure{fmt.Sprintf("adamw 4 layers, %d tensors, batched %v", len(jobs), batched), layerBytes, 0, ms})
+		t.Log(figure{fmt.Sprintf("adamw 4 layers, %d tensors, %s gradients, batched %v", len(js), what, batched), by, 0, ms})
 	}
 }
 

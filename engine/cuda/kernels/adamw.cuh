@@ -296,19 +296,53 @@ __device__ __forceinline__ void sqrt8(const float (&vv)[8], const DivcLow& lo, f
     }
 }
 
+// Gradients. Every AdamW kernel has two forms: a float32 gradient, and (GB, the entry points
+// with suffix _gb) a bf16 parameter gradient (backend.GradientFormat: 2 bytes an element, bf16
+// bits), which is widened exactly (bits << 16) on load — the rest of the kernel is the float32
+// form's, so the update is the float32 gradient's update of the widened values bit for bit.
+// The gradient is 4 bytes of the 12.25 an element the int8 step moves; bf16 makes it 2 (10.25).
+
+// grad_at returns element i of the gradient (a plain load: the scalar kernels').
+template <bool GB>
+__device__ __forceinline__ float grad_at(const void* __restrict__ grad, size_t i) {
+    if (GB) return bf16_to_f32(reinterpret_cast<const uint16_t*>(grad)[i]);
+    return reinterpret_cast<const float*>(grad)[i];
+}
+
+// grad8 reads grad[i0 … i0+7] through the read-only cache: two 16-byte vectors of floats, or
+// one 16-byte vector of 8 bf16 widened by a shift (even elements) and a mask (odd ones). Both
+// need the gradient's pointer 16-byte aligned (i0 is a multiple of 8).
+template <bool GB>
+__device__ __forceinline__ void grad8(const void* __restrict__ grad, size_t i0, float (&gv)[8]) {
+    if (GB) {
+        const uint4 u = __ldg(reinterpret_cast<const uint4*>(reinterpret_cast<const uint16_t*>(grad) + i0));
+        const uint32_t uw[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            gv[2 * j] = bf16_lo(uw[j]);
+            gv[2 * j + 1] = bf16_hi(uw[j]);
+        }
+    } else {
+        const float4* g4 = reinterpret_cast<const float4*>(reinterpret_cast<const float*>(grad) + i0);
+        const float4 g0 = __ldg(g4), g1 = __ldg(g4 + 1);
+        gv[0] = g0.x, gv[1] = g0.y, gv[2] = g0.z, gv[3] = g0.w, gv[4] = g1.x, gv[5] = g1.y, gv[6] = g1.z, gv[7] = g1.w;
+    }
+}
+
 // adamw_step8 is a lane's update of elements i0…i0+7 once their old w (wv), m (mv) and v (vv)
-// are decoded: optim's moments from grad[i0…i0+7] (16-byte aligned), √v (sv), and the master
-// weights updated and stored (adamw_w8). mv and vv hold the new moments on return, am and av
-// the lane's largest |m| and v, lom and lov their DivcLow. divu is the call's div_uniform.
-template <bool BF16>
-__device__ __forceinline__ void adamw_step8(void* __restrict__ w, const float* __restrict__ grad, float (&wv)[8],
+// are decoded: optim's moments from grad[i0…i0+7] (grad8: float32, or bf16 when GB; 16-byte
+// aligned), √v (sv), and the master weights updated and stored (adamw_w8). mv and vv hold the
+// new moments on return, am and av the lane's largest |m| and v, lom and lov their DivcLow.
+// divu is the call's div_uniform.
+template <bool BF16, bool GB>
+__device__ __forceinline__ void adamw_step8(void* __restrict__ w, const void* __restrict__ grad, float (&wv)[8],
                                             float (&mv)[8], float (&vv)[8], float (&sv)[8], const AdamParams& p,
                                             bool divu, int sr, uint32_t key, size_t i0, float& am, float& av,
                                             DivcLow& lom, DivcLow& lov) {
     // m (lom): ±0 or ≥ 2^-60 for div_pos; v (lov): +0 or ≥ 2^-100 for sqrt_fast
     am = 0.f, av = 0.f;
-    const float4 g0 = __ldg(reinterpret_cast<const float4*>(grad + i0)), g1 = __ldg(reinterpret_cast<const float4*>(grad + i0) + 1);
-    const float gv[8] = {g0.x, g0.y, g0.z, g0.w, g1.x, g1.y, g1.z, g1.w};
+    float gv[8];
+    grad8<GB>(grad, i0, gv);
 #pragma unroll
     for (int e = 0; e < 8; e++) {
         const float g = __fmul_rn(gv[e], p.gscale);

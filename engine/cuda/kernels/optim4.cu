@@ -45,7 +45,10 @@
 // last n mod 256 elements, take the first version's code (adamw4_blocks).
 //
 // A bf16 matrix thus moves 14.56 B per parameter in all (the int8 kernel 12.25): the gradient
-// is read twice. 4-bit moments save memory, not bandwidth.
+// is read twice. 4-bit moments save memory, not bandwidth. A bf16 gradient (backend.
+// GradientFormat) is read by the _gb kernels (adamw4_vmax_gb, adamw_{f32,bf16}_4bit_gb) as 2 B an
+// element and widened exactly (adamw.cuh grad8, grad_at): 10.56 B in all (the int8 kernel 10.25),
+// every result the float32 gradient's of the widened values.
 //
 // Exactness: every float operation is rounded separately (__fmul_rn, __fadd_rn, __fdiv_rn; no
 // contraction into fused multiply-adds), as Go computes on amd64. Two replacements of optim's
@@ -95,10 +98,11 @@ __device__ __forceinline__ uint32_t nib(const uint8_t* a, size_t i) { return (a[
 
 #define VMAX_ROWS_SMEM 1024
 
-extern "C" __global__ void __launch_bounds__(256)
-adamw4_vmax(float* __restrict__ rowNew, float* __restrict__ colNew, const float* __restrict__ grad,
-            const uint8_t* __restrict__ v4, const float* __restrict__ rowOld, const float* __restrict__ colOld,
-            float b2, float omb2, float gscale, int rows, int cols, int rowsPer) {
+template <bool GB>
+__device__ __forceinline__ void adamw4_vmax_body(float* __restrict__ rowNew, float* __restrict__ colNew,
+                                                 const void* __restrict__ grad, const uint8_t* __restrict__ v4,
+                                                 const float* __restrict__ rowOld, const float* __restrict__ colOld,
+                                                 float b2, float omb2, float gscale, int rows, int cols, int rowsPer) {
     __shared__ unsigned rmax[VMAX_ROWS_SMEM];
     __shared__ unsigned cmaxs[256];
     // Lane l of every warp owns the block's columns 8l…8l+7; warp w takes rows r0+w, r0+w+8, ….
@@ -107,8 +111,9 @@ adamw4_vmax(float* __restrict__ rowNew, float* __restrict__ colNew, const float*
     for (int t = threadIdx.x; t < r1 - r0 && t < VMAX_ROWS_SMEM; t += blockDim.x) rmax[t] = 0u;
     cmaxs[threadIdx.x] = 0u;
     __syncthreads();
-    // Vectors (the gradient's 8 floats, the 8 nibbles of v in one word) when every row starts at
-    // a multiple of 8 elements and the arrays are aligned.
+    // Vectors (the gradient's 8 elements — 32 bytes of floats or 16 of bf16 — and the 8 nibbles
+    // of v in one word) when every row starts at a multiple of 8 elements and the arrays are
+    // aligned (the gradient 16-byte in either type).
     const bool vec = cols % 8 == 0 && (((uintptr_t)grad & 15u) | ((uintptr_t)v4 & 3u)) == 0;
     float co[8], cmax[8];
 #pragma unroll
@@ -121,8 +126,8 @@ adamw4_vmax(float* __restrict__ rowNew, float* __restrict__ colNew, const float*
         const size_t i = (size_t)r * (size_t)cols + (size_t)c0;
         float vn[8];
         if (vec && c0 < cols) {
-            const float4 g0 = __ldg(reinterpret_cast<const float4*>(grad + i)), g1 = __ldg(reinterpret_cast<const float4*>(grad + i) + 1);
-            const float gv[8] = {g0.x, g0.y, g0.z, g0.w, g1.x, g1.y, g1.z, g1.w};
+            float gv[8];
+            grad8<GB>(grad, i, gv);
             const uint32_t vw = *reinterpret_cast<const uint32_t*>(v4 + (i >> 1));
 #pragma unroll
             for (int e = 0; e < 8; e++)
@@ -132,7 +137,8 @@ adamw4_vmax(float* __restrict__ rowNew, float* __restrict__ colNew, const float*
             for (int e = 0; e < 8; e++) {
                 vn[e] = 0.f;
                 if (c0 + e < cols)
-                    vn[e] = next_v(v4_decode(nib(v4, i + e), fminf(ro, co[e])), __fmul_rn(grad[i + e], gscale), b2, omb2);
+                    vn[e] = next_v(v4_decode(nib(v4, i + e), fminf(ro, co[e])), __fmul_rn(grad_at<GB>(grad, i + e), gscale),
+                                   b2, omb2);
             }
         }
         float m = 0.f;
@@ -157,6 +163,16 @@ adamw4_vmax(float* __restrict__ rowNew, float* __restrict__ colNew, const float*
     if (c < cols && cmaxs[threadIdx.x]) atomicMax(reinterpret_cast<unsigned*>(&colNew[c]), cmaxs[threadIdx.x]);
 }
 
+// adamw4_vmax reads a float32 gradient, adamw4_vmax_gb a bf16 one (adamw.cuh grad8).
+#define ADAMW4_VMAX_ENTRY(name, GB)                                                                             \
+    extern "C" __global__ void __launch_bounds__(256)                                                           \
+    name(float* rowNew, float* colNew, const void* grad, const uint8_t* v4, const float* rowOld,                \
+         const float* colOld, float b2, float omb2, float gscale, int rows, int cols, int rowsPer) {            \
+        adamw4_vmax_body<GB>(rowNew, colNew, grad, v4, rowOld, colOld, b2, omb2, gscale, rows, cols, rowsPer);  \
+    }
+ADAMW4_VMAX_ENTRY(adamw4_vmax, false)
+ADAMW4_VMAX_ENTRY(adamw4_vmax_gb, true)
+
 // ---------------------------------------------------------------------------------------------
 // Pass 2: the update and the encoding. norm points at the old normaliser: [rows] row maxima
 // then [cols] column maxima for a matrix (matrix = 1, newNorm the new ones in the same
@@ -166,8 +182,8 @@ adamw4_vmax(float* __restrict__ rowNew, float* __restrict__ colNew, const float*
 // owning elements 4l…4l+3, every operation the plain one. It handles the tail past the
 // vectorized part, and whole parameters whose pointers are not aligned for vectors. lv is m's
 // level table (lv[8] = 2 pads lv[k+1]).
-template <bool BF16>
-__device__ __forceinline__ void adamw4_blocks(void* __restrict__ w, const float* __restrict__ grad, uint8_t* __restrict__ m4,
+template <bool BF16, bool GB>
+__device__ __forceinline__ void adamw4_blocks(void* __restrict__ w, const void* __restrict__ grad, uint8_t* __restrict__ m4,
                                               uint8_t* __restrict__ v4, float* __restrict__ msc, float* __restrict__ norm,
                                               const float* __restrict__ newNorm, const AdamParams& p, int sr, uint32_t key,
                                               uint32_t mkey, size_t n, size_t rows, uint32_t cols, int matrix, const float* lv,
@@ -226,7 +242,7 @@ __device__ __forceinline__ void adamw4_blocks(void* __restrict__ w, const float*
             float m = __fmul_rn(lv[mc & 7u], mscale);
             if (mc & 8u) m = -m;
             float v = v4_decode(vc, matrix ? fminf(norm[rr[e]], colOld[cc[e]]) : vnormOld);
-            float g = __fmul_rn(grad[i], p.gscale);
+            float g = __fmul_rn(grad_at<GB>(grad, i), p.gscale);
             m = __fadd_rn(__fmul_rn(p.b1, m), __fmul_rn(p.omb1, g));
             v = next_v(v, g, p.b2, p.omb2);
             const float upd = __fdiv_rn(m, __fadd_rn(__fmul_rn(__fsqrt_rn(v), p.rbc2), p.eps));
@@ -326,8 +342,8 @@ __device__ __forceinline__ void norms8(const float* __restrict__ row, const floa
 // and of v in one 32-bit word each, w and the gradient as vectors; the 16 lanes of i0's block of
 // 128 call it together. Shortcuts and fallbacks as train.cu's adamw_lane8 (see there and
 // adamw.cuh): every result is adamw4_blocks' bit for bit.
-template <bool BF16>
-__device__ __forceinline__ void adamw4_lane8(void* __restrict__ w, const float* __restrict__ grad, uint8_t* __restrict__ m4,
+template <bool BF16, bool GB>
+__device__ __forceinline__ void adamw4_lane8(void* __restrict__ w, const void* __restrict__ grad, uint8_t* __restrict__ m4,
                                              uint8_t* __restrict__ v4, float* __restrict__ msc, float* __restrict__ norm,
                                              const float* __restrict__ newNorm, const AdamParams& p, bool divu, int sr,
                                              uint32_t key, uint32_t mkey, size_t rows, uint32_t cols, int matrix, bool cvec, MatPos pos,
@@ -361,7 +377,7 @@ __device__ __forceinline__ void adamw4_lane8(void* __restrict__ w, const float* 
     float vl;  // the lane's max of v
     {
         float sv[8], ml;
-        adamw_step8<BF16>(w, grad, wv, mv, vv, sv, p, divu, sr, key, i0, ml, vl, lom, lov);
+        adamw_step8<BF16, GB>(w, grad, wv, mv, vv, sv, p, divu, sr, key, i0, ml, vl, lom, lov);
     }
     // The block's absmax of m (and max of v for one row) over its 16 lanes, from 0 as
     // adamw4_blocks (fmaxf ignores NaN in any order).
@@ -460,8 +476,8 @@ __device__ __forceinline__ void adamw4_lane8(void* __restrict__ w, const float* 
     }
 }
 
-template <bool BF16>
-__device__ __forceinline__ void adamw4(void* __restrict__ w, const float* __restrict__ grad, uint8_t* __restrict__ m4,
+template <bool BF16, bool GB>
+__device__ __forceinline__ void adamw4(void* __restrict__ w, const void* __restrict__ grad, uint8_t* __restrict__ m4,
                                        uint8_t* __restrict__ v4, float* __restrict__ msc, float* __restrict__ norm,
                                        const float* __restrict__ newNorm, AdamParams p, int sr, uint32_t key, uint32_t mkey,
                                        size_t n, size_t rows, uint32_t cols, int matrix) {
@@ -475,7 +491,7 @@ __device__ __forceinline__ void adamw4(void* __restrict__ w, const float* __rest
                                          __float_as_uint(k + 2 <= 8 ? m4_lv[k + 2] : 2.f));
     }
     __syncthreads();
-    // Vectors need w and grad 16-byte aligned and the code arrays 4-byte; the matrix columns'
+    // Vectors need w and grad 16-byte aligned (grad in either type) and the code arrays 4-byte; the matrix columns'
     // maxima are read as vectors when 16-byte aligned with cols a multiple of 4 (then every
     // lane's first column is a multiple of 4).
     const uintptr_t mis = (((uintptr_t)w | (uintptr_t)grad) & 15u) | (((uintptr_t)m4 | (uintptr_t)v4) & 3u);
@@ -502,7 +518,7 @@ __device__ __forceinline__ void adamw4(void* __restrict__ w, const float* __rest
             pos.r += q;
             pos.t -= q * cols;
         }
-        adamw4_lane8<BF16>(w, grad, m4, v4, msc, norm, newNorm, p, divu, sr, key, mkey, rows, cols, matrix, cvec, pos,
+        adamw4_lane8<BF16, GB>(w, grad, m4, v4, msc, norm, newNorm, p, divu, sr, key, mkey, rows, cols, matrix, cvec, pos,
                            c * 256 + lane8);
         rb += dr;
         cb += dc;
@@ -511,18 +527,21 @@ __device__ __forceinline__ void adamw4(void* __restrict__ w, const float* __rest
             rb++;
         }
     }
-    adamw4_blocks<BF16>(w, grad, m4, v4, msc, norm, newNorm, p, sr, key, mkey, n, rows, cols, matrix, m4_lv, chunks * 2);
+    adamw4_blocks<BF16, GB>(w, grad, m4, v4, msc, norm, newNorm, p, sr, key, mkey, n, rows, cols, matrix, m4_lv, chunks * 2);
 }
 
-#define ADAMW4_ENTRY(name, BF16)                                                                                \
+#define ADAMW4_ENTRY(name, BF16, GB)                                                                            \
     extern "C" __global__ void __launch_bounds__(256)                                                           \
-    name(void* w, const float* grad, uint8_t* m4, uint8_t* v4, float* msc, float* norm, const float* newNorm,    \
+    name(void* w, const void* grad, uint8_t* m4, uint8_t* v4, float* msc, float* norm, const float* newNorm,     \
          float lrc, float b1, float b2, float omb1, float omb2, float rbc2, float eps, float decay,              \
          float gscale, int sr, unsigned key, unsigned mkey, size_t n, size_t rows, unsigned cols, int matrix) {  \
         AdamParams p = {lrc, b1, b2, omb1, omb2, rbc2, eps, decay, gscale};                                     \
         ADAMW_COUNT_FIX_SR(sr);                                                                                 \
         ADAMW_COUNT_FIX_MATRIX(matrix);                                                                         \
-        adamw4<BF16>(w, grad, m4, v4, msc, norm, newNorm, p, sr, key, mkey, n, rows, cols, matrix);             \
+        adamw4<BF16, GB>(w, grad, m4, v4, msc, norm, newNorm, p, sr, key, mkey, n, rows, cols, matrix);         \
     }
-ADAMW4_ENTRY(adamw_f32_4bit, false)
-ADAMW4_ENTRY(adamw_bf16_4bit, true)
+// adamw_{f32,bf16}_4bit take a float32 gradient, the _gb forms a bf16 one (adamw.cuh grad8).
+ADAMW4_ENTRY(adamw_f32_4bit, false, false)
+ADAMW4_ENTRY(adamw_bf16_4bit, true, false)
+ADAMW4_ENTRY(adamw_f32_4bit_gb, false, true)
+ADAMW4_ENTRY(adamw_bf16_4bit_gb, true, true)

@@ -719,8 +719,9 @@ extern "C" __global__ void __launch_bounds__(CE_THREADS, 2)
 // memory floor on an H200 is ~11.5 ms for the 4.02 B parameters at 4.3 TB/s. Each lane owns 8
 // consecutive elements and a warp 256 per iteration — four int8 blocks, one per group of 8
 // lanes, whose absmax is a 3-step __shfl_xor within the group (max is exact and order-free).
-// Loads and stores are vectors: bf16 w 16 B (f32 2×16 B), grad 2×16 B, the int8 codes of m and
-// √v 8 B each, one scale pair per lane.
+// Loads and stores are vectors: bf16 w 16 B (f32 2×16 B), grad 2×16 B (a bf16 gradient 16 B:
+// the _gb kernels, 10.25 B an element), the int8 codes of m and √v 8 B each, one scale pair per
+// lane.
 //
 // Instructions (why format 2). Session 5's kernel executed 98 SASS instructions per element
 // (121 with stochastic rounding) and ran at ~half the memory floor, bound by issue: two FMA
@@ -742,8 +743,8 @@ extern "C" __global__ void __launch_bounds__(CE_THREADS, 2)
 // adamw_block1 is the scalar code: the calling warp updates block blk of 64 elements (lane l
 // owns elements l and l+32), every operation the plain one. It handles the tail past the
 // vectorized part, and whole parameters whose pointers are not aligned for vectors.
-template <bool BF16, bool INT8>
-__device__ __forceinline__ void adamw_block1(void* __restrict__ w, const float* __restrict__ grad, void* __restrict__ mbuf,
+template <bool BF16, bool INT8, bool GB>
+__device__ __forceinline__ void adamw_block1(void* __restrict__ w, const void* __restrict__ grad, void* __restrict__ mbuf,
                                              void* __restrict__ vbuf, float* __restrict__ msc, float* __restrict__ vsc,
                                              const AdamParams& p, int sr, uint32_t key, size_t n, size_t blk) {
     const int lane = threadIdx.x & 31;
@@ -771,7 +772,7 @@ __device__ __forceinline__ void adamw_block1(void* __restrict__ w, const float* 
                 m = reinterpret_cast<const float*>(mbuf)[i];
                 v = reinterpret_cast<const float*>(vbuf)[i];
             }
-            float g = __fmul_rn(grad[i], p.gscale);
+            float g = __fmul_rn(grad_at<GB>(grad, i), p.gscale);
             m = __fadd_rn(__fmul_rn(p.b1, m), __fmul_rn(p.omb1, g));
             v = __fadd_rn(__fmul_rn(p.b2, v), __fmul_rn(__fmul_rn(p.omb2, g), g));
             const float sv = __fsqrt_rn(v);
@@ -815,13 +816,13 @@ __device__ __forceinline__ void adamw_block1(void* __restrict__ w, const float* 
 }
 
 // adamw_blocks runs adamw_block1 over the blocks from blk0 on, one warp a block.
-template <bool BF16, bool INT8>
-__device__ __forceinline__ void adamw_blocks(void* __restrict__ w, const float* __restrict__ grad, void* __restrict__ mbuf,
+template <bool BF16, bool INT8, bool GB>
+__device__ __forceinline__ void adamw_blocks(void* __restrict__ w, const void* __restrict__ grad, void* __restrict__ mbuf,
                                              void* __restrict__ vbuf, float* __restrict__ msc, float* __restrict__ vsc,
                                              const AdamParams& p, int sr, uint32_t key, size_t n, size_t blk0) {
     const size_t warps = (size_t)gridDim.x * (blockDim.x >> 5);
     for (size_t blk = blk0 + (size_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); blk * 64 < n; blk += warps)
-        adamw_block1<BF16, INT8>(w, grad, mbuf, vbuf, msc, vsc, p, sr, key, n, blk);
+        adamw_block1<BF16, INT8, GB>(w, grad, mbuf, vbuf, msc, vsc, p, sr, key, n, blk);
 }
 
 // adamw_codes8 re-encodes a lane's 8 int8 moments (adamw_lane8): m under the block's absmax,
@@ -865,8 +866,8 @@ __device__ __forceinline__ void adamw_codes8(void* __restrict__ mbuf, void* __re
 // adamw_lane8 updates elements i0 … i0+7 (i0 a multiple of 8, all < n) with vector loads and
 // the exact shortcuts; for int8 moments the 8 lanes of i0's block of 64 call it together. key is
 // optim's SRKey of the call, magic byte_magic's constant.
-template <bool BF16, bool INT8>
-__device__ __forceinline__ void adamw_lane8(void* __restrict__ w, const float* __restrict__ grad, void* __restrict__ mbuf,
+template <bool BF16, bool INT8, bool GB>
+__device__ __forceinline__ void adamw_lane8(void* __restrict__ w, const void* __restrict__ grad, void* __restrict__ mbuf,
                                             void* __restrict__ vbuf, float* __restrict__ msc, float* __restrict__ vsc,
                                             const AdamParams& p, bool divu, int sr, uint32_t key, uint32_t magic, size_t i0) {
     float wv[8], mv[8], vv[8];
@@ -893,7 +894,7 @@ __device__ __forceinline__ void adamw_lane8(void* __restrict__ w, const float* _
     }
     float sv[8], am, av;
     DivcLow lom, lov;
-    adamw_step8<BF16>(w, grad, wv, mv, vv, sv, p, divu, sr, key, i0, am, av, lom, lov);
+    adamw_step8<BF16, GB>(w, grad, wv, mv, vv, sv, p, divu, sr, key, i0, am, av, lom, lov);
     if (!INT8) {
         float4* m4 = reinterpret_cast<float4*>(mbuf) + i0 / 4;
         float4* v4 = reinterpret_cast<float4*>(vbuf) + i0 / 4;
@@ -906,11 +907,12 @@ __device__ __forceinline__ void adamw_lane8(void* __restrict__ w, const float* _
     adamw_codes8(mbuf, vbuf, msc, vsc, mv, sv, am, av, i0);
 }
 
-template <bool BF16, bool INT8>
-__device__ __forceinline__ void adamw(void* __restrict__ w, const float* __restrict__ grad, void* __restrict__ mbuf,
+template <bool BF16, bool INT8, bool GB>
+__device__ __forceinline__ void adamw(void* __restrict__ w, const void* __restrict__ grad, void* __restrict__ mbuf,
                                       void* __restrict__ vbuf, float* __restrict__ msc, float* __restrict__ vsc,
                                       AdamParams p, int sr, uint32_t key, size_t n) {
-    // Vectors need w and grad 16-byte aligned, the int8 codes 8-byte (fp32 moments 16-byte).
+    // Vectors need w and grad 16-byte aligned (a lane reads 8 elements of each: 16 or 32 bytes),
+    // the int8 codes 8-byte (fp32 moments 16-byte).
     const uintptr_t mis = ((uintptr_t)w | (uintptr_t)grad | (INT8 ? 0 : (uintptr_t)mbuf | (uintptr_t)vbuf)) & 15u |
                           (INT8 ? ((uintptr_t)mbuf | (uintptr_t)vbuf) & 7u : 0u);
     const size_t chunks = mis ? 0 : n / 256;
@@ -918,26 +920,30 @@ __device__ __forceinline__ void adamw(void* __restrict__ w, const float* __restr
     const bool divu = div_uniform(p);
     const size_t warps = (size_t)gridDim.x * (blockDim.x >> 5);
     for (size_t c = (size_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); c < chunks; c += warps)
-        adamw_lane8<BF16, INT8>(w, grad, mbuf, vbuf, msc, vsc, p, divu, sr, key, magic, c * 256 + (threadIdx.x & 31) * 8);
-    adamw_blocks<BF16, INT8>(w, grad, mbuf, vbuf, msc, vsc, p, sr, key, n, chunks * 4);
+        adamw_lane8<BF16, INT8, GB>(w, grad, mbuf, vbuf, msc, vsc, p, divu, sr, key, magic, c * 256 + (threadIdx.x & 31) * 8);
+    adamw_blocks<BF16, INT8, GB>(w, grad, mbuf, vbuf, msc, vsc, p, sr, key, n, chunks * 4);
 }
 
-// Entry points adamw_{f32,bf16}_{fp32,int8}: the scalars are optim.Coeffs.Scalars() (lrc, β1,
-// β2, 1−β1, 1−β2, rbc2, eps, decay) and the gradient's scale; key is optim.SRKey(seed, step,
-// param).
-#define ADAMW_ENTRY(name, BF16, INT8)                                                                          \
+// Entry points adamw_{f32,bf16}_{fp32,int8}[_gb]: the scalars are optim.Coeffs.Scalars() (lrc,
+// β1, β2, 1−β1, 1−β2, rbc2, eps, decay) and the gradient's scale; key is optim.SRKey(seed, step,
+// param). The _gb forms take a bf16 gradient (adamw.cuh grad8), the others a float32 one.
+#define ADAMW_ENTRY(name, BF16, INT8, GB)                                                                      \
     extern "C" __global__ void __launch_bounds__(256)                                                          \
-    name(void* w, const float* grad, void* m, void* v, float* msc, float* vsc, float lrc, float b1, float b2,  \
+    name(void* w, const void* grad, void* m, void* v, float* msc, float* vsc, float lrc, float b1, float b2,   \
          float omb1, float omb2, float rbc2, float eps, float decay, float gscale, int sr, unsigned key,        \
          size_t n) {                                                                                           \
         AdamParams p = {lrc, b1, b2, omb1, omb2, rbc2, eps, decay, gscale};                                    \
         ADAMW_COUNT_FIX_SR(sr);                                                                                \
-        adamw<BF16, INT8>(w, grad, m, v, msc, vsc, p, sr, key, n);                                             \
+        adamw<BF16, INT8, GB>(w, grad, m, v, msc, vsc, p, sr, key, n);                                         \
     }
-ADAMW_ENTRY(adamw_f32_fp32, false, false)
-ADAMW_ENTRY(adamw_bf16_fp32, true, false)
-ADAMW_ENTRY(adamw_f32_int8, false, true)
-ADAMW_ENTRY(adamw_bf16_int8, true, true)
+ADAMW_ENTRY(adamw_f32_fp32, false, false, false)
+ADAMW_ENTRY(adamw_bf16_fp32, true, false, false)
+ADAMW_ENTRY(adamw_f32_int8, false, true, false)
+ADAMW_ENTRY(adamw_bf16_int8, true, true, false)
+ADAMW_ENTRY(adamw_f32_fp32_gb, false, false, true)
+ADAMW_ENTRY(adamw_bf16_fp32_gb, true, false, true)
+ADAMW_ENTRY(adamw_f32_int8_gb, false, true, true)
+ADAMW_ENTRY(adamw_bf16_int8_gb, true, true, true)
 
 // ---------------------------------------------------------------------------------------------
 // Several parameters in one launch (backend.AdamWBatch; training.go AdamWMany). A step over
@@ -946,10 +952,11 @@ ADAMW_ENTRY(adamw_bf16_int8, true, true)
 //
 // AdamJob is one parameter: its pointers and length, the step's scalars, the rounding key, and
 // the first 256-element chunk ("item") of the launch it owns; vec when its pointers allow the
-// vector loads. The host writes the same 112 bytes (training.go putAdamJob).
+// vector loads. The host writes the same 112 bytes (training.go putAdamJob). grad is float32
+// or bf16 as the kernel's name says (_gb): a launch's jobs all have one gradient type.
 struct AdamJob {
     void* w;
-    const float* grad;
+    const void* grad;
     void* m;
     void* v;
     float* msc;
@@ -969,7 +976,7 @@ struct AdamJobs {
 // adamw_many: warps walk the launch's items in order; an item is a job's whole 256-element chunk
 // (adamw_lane8, when vec) or its last, partial chunk and every chunk of a job without vec
 // (adamw_block1 over its blocks of 64) — each element computed as AdamW alone computes it.
-template <bool BF16, bool INT8>
+template <bool BF16, bool INT8, bool GB>
 __device__ __forceinline__ void adamw_many(const AdamJobs& J, unsigned long long items) {
     const size_t warps = (size_t)gridDim.x * (blockDim.x >> 5);
     int j = 0;
@@ -978,23 +985,27 @@ __device__ __forceinline__ void adamw_many(const AdamJobs& J, unsigned long long
         const AdamJob& a = J.job[j];
         const size_t i0 = (it - a.first) * 256;
         if (a.vec && i0 + 256 <= a.n) {
-            adamw_lane8<BF16, INT8>(a.w, a.grad, a.m, a.v, a.msc, a.vsc, a.p, div_uniform(a.p), a.sr, a.key,
-                                    byte_magic(a.n), i0 + (threadIdx.x & 31) * 8);
+            adamw_lane8<BF16, INT8, GB>(a.w, a.grad, a.m, a.v, a.msc, a.vsc, a.p, div_uniform(a.p), a.sr, a.key,
+                                        byte_magic(a.n), i0 + (threadIdx.x & 31) * 8);
         } else {
             for (size_t blk = i0 / 64; blk * 64 < a.n && blk < i0 / 64 + 4; blk++)
-                adamw_block1<BF16, INT8>(a.w, a.grad, a.m, a.v, a.msc, a.vsc, a.p, a.sr, a.key, a.n, blk);
+                adamw_block1<BF16, INT8, GB>(a.w, a.grad, a.m, a.v, a.msc, a.vsc, a.p, a.sr, a.key, a.n, blk);
         }
     }
 }
 
-#define ADAMW_MANY_ENTRY(name, BF16, INT8)                                                                     \
+#define ADAMW_MANY_ENTRY(name, BF16, INT8, GB)                                                                 \
     extern "C" __global__ void __launch_bounds__(256) name(const AdamJobs jobs, unsigned long long items) {      \
-        adamw_many<BF16, INT8>(jobs, items);                                                                   \
+        adamw_many<BF16, INT8, GB>(jobs, items);                                                               \
     }
-ADAMW_MANY_ENTRY(adamw_many_f32_fp32, false, false)
-ADAMW_MANY_ENTRY(adamw_many_bf16_fp32, true, false)
-ADAMW_MANY_ENTRY(adamw_many_f32_int8, false, true)
-ADAMW_MANY_ENTRY(adamw_many_bf16_int8, true, true)
+ADAMW_MANY_ENTRY(adamw_many_f32_fp32, false, false, false)
+ADAMW_MANY_ENTRY(adamw_many_bf16_fp32, true, false, false)
+ADAMW_MANY_ENTRY(adamw_many_f32_int8, false, true, false)
+ADAMW_MANY_ENTRY(adamw_many_bf16_int8, true, true, false)
+ADAMW_MANY_ENTRY(adamw_many_f32_fp32_gb, false, false, true)
+ADAMW_MANY_ENTRY(adamw_many_bf16_fp32_gb, true, false, true)
+ADAMW_MANY_ENTRY(adamw_many_f32_int8_gb, false, true, true)
+ADAMW_MANY_ENTRY(adamw_many_bf16_int8_gb, true, true, true)
 
 // div_pos_check (TestDivPos only, not used by the engine): div_pos against __fdiv_rn on n pairs
 // drawn from a hash of (seed, index) across div_pos's whole range — a sign, a binade of
@@ -1024,15 +1035,23 @@ extern "C" __global__ void div_pos_check(unsigned seed, unsigned long long n, un
 
 // adamw_probe (TestFiguresAdamW only, not used by the engine): adamw_bf16_int8's memory traffic
 // without its arithmetic — the same lanes, vector loads and stores of a bf16 master, an f32
-// gradient, int8 codes and per-64 scales, in place, combined by a few integer operations — so
-// that its time bounds what the access pattern allows (n a multiple of 256).
-extern "C" __global__ void __launch_bounds__(256) adamw_probe(uint16_t* w, const float* grad, uint8_t* m, uint8_t* v,
-                                                               float* msc, float* vsc, size_t n) {
+// gradient (adamw_probe_gb: bf16, adamw_bf16_int8_gb's traffic), int8 codes and per-64 scales,
+// in place, combined by a few integer operations — so that its time bounds what the access
+// pattern allows (n a multiple of 256).
+template <bool GB>
+__device__ __forceinline__ void adamw_probe_body(uint16_t* w, const void* grad, uint8_t* m, uint8_t* v, float* msc,
+                                                 float* vsc, size_t n) {
     const size_t chunks = n / 256, warps = (size_t)gridDim.x * (blockDim.x >> 5);
     for (size_t c = (size_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); c < chunks; c += warps) {
         const size_t i0 = c * 256 + (threadIdx.x & 31) * 8;
         uint4 wv = *reinterpret_cast<const uint4*>(w + i0);
-        const uint4 g0 = __ldg(reinterpret_cast<const uint4*>(grad + i0)), g1 = __ldg(reinterpret_cast<const uint4*>(grad + i0) + 1);
+        uint4 g0, g1 = make_uint4(0u, 0u, 0u, 0u);  // a bf16 gradient's 8 elements are all in g0
+        if (GB) {
+            g0 = __ldg(reinterpret_cast<const uint4*>(reinterpret_cast<const uint16_t*>(grad) + i0));
+        } else {
+            const uint4* g4 = reinterpret_cast<const uint4*>(reinterpret_cast<const float*>(grad) + i0);
+            g0 = __ldg(g4), g1 = __ldg(g4 + 1);
+        }
         uint2 mc = *reinterpret_cast<const uint2*>(m + i0), vc = *reinterpret_cast<const uint2*>(v + i0);
         const uint32_t s = __float_as_uint(msc[i0 >> 6]) ^ __float_as_uint(vsc[i0 >> 6]);
         const uint32_t x = g0.x ^ g0.y ^ g0.z ^ g0.w ^ g1.x ^ g1.y ^ g1.z ^ g1.w ^ s;
@@ -1046,4 +1065,12 @@ extern "C" __global__ void __launch_bounds__(256) adamw_probe(uint16_t* w, const
             vsc[i0 >> 6] = __uint_as_float(x & 0x3F7FFFFFu);
         }
     }
+}
+extern "C" __global__ void __launch_bounds__(256) adamw_probe(uint16_t* w, const float* grad, uint8_t* m, uint8_t* v,
+                                                               float* msc, float* vsc, size_t n) {
+    adamw_probe_body<false>(w, grad, m, v, msc, vsc, n);
+}
+extern "C" __global__ void __launch_bounds__(256) adamw_probe_gb(uint16_t* w, const uint16_t* grad, uint8_t* m,
+                                                                  uint8_t* v, float* msc, float* vsc, size_t n) {
+    adamw_probe_body<true>(w, grad, m, v, msc, vsc, n);
 }
