@@ -78,23 +78,61 @@ __device__ __forceinline__ void tc_quarters(uint32_t sfa, uint32_t sfb, const ui
 // elements (8i+q, 8i+q+4) as f16(x) and the lo column xs[(2r+1)·cstride + 16c …] the pair of
 // remainders x − f16(x). Consecutive threads read consecutive 8-byte pieces (coalesced): one
 // thread per (row, chunk) with eight 16-byte loads each was measured slower (device run 19:
-// 9728→2560 12.5 → 15.1 µs), its loads 128 bytes apart.
+// 9728→2560 12.5 → 15.1 µs), its loads 128 bytes apart. A thread issues the loads of up to
+// STAGE_U of its pieces before converting any (several rows: 4 pieces a thread at 8 rows and 4
+// steps a slice), so they cost one round trip from L2, not one each — staging follows the
+// previous kernel's end (pdl_wait) on every GEMV's critical path. Session 11, call 4 (TestFigures
+// GEMV, 8 rows): 2560→9728 18.63 → 18.33 µs, 9728→2560 18.28 → 17.80, 2560→4096 10.51 → 10.19,
+// 4096→2560 10.26 → 9.86; decode batch 8 1,810-1,850 → 1,876-1,879 tok/s. One row (one piece a
+// thread) keeps the plain form: the unrolled one was 2-3 % slower there.
+#define STAGE_U 4
 __device__ __forceinline__ void stage_x_hilo(uint32_t* xs, const float* __restrict__ x, int ldx, int T, int k0,
                                              int chunks, int cstride) {
-    for (int i = threadIdx.x; i < T * chunks * 8; i += blockDim.x) {
-        const int r = T == 1 ? 0 : i / (chunks * 8), rem = i - r * (chunks * 8);  // T == 1 folds in gemv_tc
-        const int c = rem >> 3, j = rem & 7, e = 8 * (j >> 1) + 2 * (j & 1);
-        const float* xc = x + (size_t)r * ldx + k0 + c * 32 + e;
-        const float2 a = *reinterpret_cast<const float2*>(xc);      // e, e+1
-        const float2 b = *reinterpret_cast<const float2*>(xc + 4);  // e+4, e+5
-        const __half ha = __float2half_rn(a.x), hb = __float2half_rn(b.x);
-        const __half hc = __float2half_rn(a.y), hd = __float2half_rn(b.y);
-        uint32_t* hi = xs + (size_t)(2 * r) * cstride + c * 16 + 2 * j;
-        uint32_t* lo = xs + (size_t)(2 * r + 1) * cstride + c * 16 + 2 * j;
-        hi[0] = pack_h2(__half2float(ha), __half2float(hb));
-        hi[1] = pack_h2(__half2float(hc), __half2float(hd));
-        lo[0] = pack_h2(a.x - __half2float(ha), b.x - __half2float(hb));
-        lo[1] = pack_h2(a.y - __half2float(hc), b.y - __half2float(hd));
+    const int n = T * chunks * 8;
+    if (T == 1 && n <= (int)blockDim.x) {  // one piece a thread (decode, batch 1): the plain form
+        const int i = threadIdx.x;
+        if (i < n) {
+            const int c = i >> 3, j = i & 7, e = 8 * (j >> 1) + 2 * (j & 1);
+            const float* xc = x + k0 + c * 32 + e;
+            const float2 a = *reinterpret_cast<const float2*>(xc), b = *reinterpret_cast<const float2*>(xc + 4);
+            const __half ha = __float2half_rn(a.x), hb = __float2half_rn(b.x);
+            const __half hc = __float2half_rn(a.y), hd = __float2half_rn(b.y);
+            uint32_t* hi = xs + c * 16 + 2 * j;
+            uint32_t* lo = xs + cstride + c * 16 + 2 * j;
+            hi[0] = pack_h2(__half2float(ha), __half2float(hb));
+            hi[1] = pack_h2(__half2float(hc), __half2float(hd));
+            lo[0] = pack_h2(a.x - __half2float(ha), b.x - __half2float(hb));
+            lo[1] = pack_h2(a.y - __half2float(hc), b.y - __half2float(hd));
+        }
+        return;
+    }
+    for (int i0 = threadIdx.x; i0 < n; i0 += STAGE_U * blockDim.x) {
+        float2 a[STAGE_U], b[STAGE_U];
+#pragma unroll
+        for (int u = 0; u < STAGE_U; u++) {
+            const int i = i0 + u * blockDim.x;
+            if (i >= n) break;
+            const int r = T == 1 ? 0 : i / (chunks * 8), rem = i - r * (chunks * 8);  // T == 1 folds in gemv_tc
+            const int c = rem >> 3, j = rem & 7, e = 8 * (j >> 1) + 2 * (j & 1);
+            const float* xc = x + (size_t)r * ldx + k0 + c * 32 + e;
+            a[u] = *reinterpret_cast<const float2*>(xc);      // e, e+1
+            b[u] = *reinterpret_cast<const float2*>(xc + 4);  // e+4, e+5
+        }
+#pragma unroll
+        for (int u = 0; u < STAGE_U; u++) {
+            const int i = i0 + u * blockDim.x;
+            if (i >= n) break;
+            const int r = T == 1 ? 0 : i / (chunks * 8), rem = i - r * (chunks * 8);
+            const int c = rem >> 3, j = rem & 7;
+            const __half ha = __float2half_rn(a[u].x), hb = __float2half_rn(b[u].x);
+            const __half hc = __float2half_rn(a[u].y), hd = __float2half_rn(b[u].y);
+            uint32_t* hi = xs + (size_t)(2 * r) * cstride + c * 16 + 2 * j;
+            uint32_t* lo = xs + (size_t)(2 * r + 1) * cstride + c * 16 + 2 * j;
+            hi[0] = pack_h2(__half2float(ha), __half2float(hb));
+            hi[1] = pack_h2(__half2float(hc), __half2float(hd));
+            lo[0] = pack_h2(a[u].x - __half2float(ha), b[u].x - __half2float(hb));
+            lo[1] = pack_h2(a[u].y - __half2float(hc), b[u].y - __half2float(hd));
+        }
     }
 }
 
