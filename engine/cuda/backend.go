@@ -660,7 +660,7 @@ func (b *Backend) KernelTimes() []backend.KernelTime {
 func (b *Backend) ReleaseCache() error {
 	return b.do(func() error {
 		b.dropPool()
-		for _, buf := range []*devBuf{&b.gemm.act, &b.gemm.act2, &b.gemm.wbuf, &b.tr.scratch, &b.flashKV} {
+		for _, buf := range []*devBuf{&b.gemm.act, &b.gemm.act2, &b.gemm.wbuf, &b.gemm.hilo, &b.tr.scratch, &b.flashKV} {
 			if buf.ptr != 0 {
 				b.free(buf.ptr)
 				*buf = devBuf{}

@@ -66,6 +66,7 @@ type gemmState struct {
 	act   devBuf // bf16 x (forward) or dout (backward)
 	act2  devBuf // bf16 x (dw)
 	wbuf  devBuf // bf16 expansion of a block of weight rows
+	hilo  devBuf // float32 hi and lo products of a few-row lm_head (gemm_hilo.go)
 	plans map[ltShape]*ltPlan
 	calls int64  // cuBLASLt products run (tests)
 	skip  string // the last reason a product was left to the SIMT kernels (plan failure) or a tuning failed

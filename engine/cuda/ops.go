@@ -130,6 +130,11 @@ func (b *Backend) matmul(o, a *Tensor, w *Weight) error {
 			return err
 		}
 	}
+	if b.gemmHiLoTakes(T, K, w) {
+		if ok, err := b.gemmMatMulHiLo(o, a, w); ok {
+			return err // a few rows of the lm_head on cuBLASLt (gemm_hilo.go)
+		}
+	}
 	if most := gemvRowsMax(w.kind); T > most && T < gemmMinRows && gemvShape(w.kind, most, K) {
 		// A few rows more than one GEMV takes: consecutive GEMVs, each reading the weight once,
 		// rather than the tiled kernel.

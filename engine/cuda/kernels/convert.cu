@@ -63,3 +63,27 @@ nvfp4_to_bf16(uint16_t* __restrict__ out, const uint8_t* __restrict__ packed, co
         dst[1] = make_uint4(o[4], o[5], o[6], o[7]);
     }
 }
+
+// f32_to_bf16_hilo: n floats x → 2n bf16, hi = bf16(x) in out[0, n) and lo = bf16(x − hi) in
+// out[n, 2n) (x − hi is exact; hi + lo is x to within 2^-17 of |x|). gemm_hilo.go multiplies both
+// halves by a bf16 weight in one cuBLASLt product and adds the two results (add_halves_f32):
+// the few-row lm_head with x at ~16 significant bits instead of bf16's 8.
+extern "C" __global__ void __launch_bounds__(256)
+f32_to_bf16_hilo(uint16_t* __restrict__ out, const float* __restrict__ in, long long n) {
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        const float x = in[i];
+        const uint32_t h = f32_bf16_bits(x);
+        out[i] = (uint16_t)h;
+        out[n + i] = (uint16_t)f32_bf16_bits(__fsub_rn(x, __uint_as_float(h << 16)));
+    }
+}
+
+// add_halves_f32: out[i] = d[i] + d[n + i] for i < n (the hi and lo products of
+// f32_to_bf16_hilo's halves).
+extern "C" __global__ void __launch_bounds__(256)
+add_halves_f32(float* __restrict__ out, const float* __restrict__ d, long long n) {
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+        out[i] = __fadd_rn(d[i], d[n + i]);
+}
