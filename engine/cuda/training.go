@@ -341,34 +341,20 @@ func (b *Backend) matmulDX(dx, dout *Tensor, w *Weight, accumulate bool) error {
 }
 
 // matmulDW launches dw[N, K] += dout[T, N]ᵀ·x[T, K] on checked arguments: the SIMT tiled kernel,
-// fp32, each element summed over the token rows in order. The place to route it elsewhere
-// (gemmDW). A bf16 dw gets the product summed into zeroed f32 scratch, then added and rounded
-// once (add_f32_to_bf16). Owner goroutine.
+// fp32, each element summed over the token rows in order, then added to dw (a bf16 dw:
+// mm_bwd_dw_bf16, added to the widened value and rounded once). The place to route it
+// elsewhere (gemmDW). Owner goroutine.
 func (b *Backend) matmulDW(dw, dout, x *Tensor) error {
 	T, N, K := dout.rows, dout.cols, x.cols
 	if (N+63)/64 > 65535 {
 		return fmt.Errorf("%d output rows exceed the kernel's grid (%d)", N, 65535*64)
 	}
-	dst := dw.ptr
-	n := int64(N) * int64(K)
+	name := "mm_bwd_dw_f32"
 	if dw.bf16 {
-		var err error
-		if dst, err = b.scratch(4*n, "f32 product for a bf16 dw"); err != nil {
-			return err
-		}
-		if err := memsetD8(dst, 0, 4*n); err != nil {
-			return err
-		}
+		name = "mm_bwd_dw_bf16"
 	}
-	if err := launch(b.fns["mm_bwd_dw_f32"], [3]int{(K + 63) / 64, (N + 63) / 64, 1}, [3]int{256, 1, 1}, 0,
-		ptrArg(dst), ptrArg(dout.ptr), ptrArg(x.ptr), intArg(T), intArg(N), intArg(K)); err != nil {
-		return err
-	}
-	if !dw.bf16 {
-		return nil
-	}
-	return launch(b.fns["add_f32_to_bf16"], [3]int{b.blocks(int(min(n, 1<<30))), 1, 1}, [3]int{256, 1, 1}, 0,
-		ptrArg(dw.ptr), ptrArg(dst), sizeArg(n))
+	return launch(b.fns[name], [3]int{(K + 63) / 64, (N + 63) / 64, 1}, [3]int{256, 1, 1}, 0,
+		ptrArg(dw.ptr), ptrArg(dout.ptr), ptrArg(x.ptr), intArg(T), intArg(N), intArg(K))
 }
 
 // rmsnormDWPer is how many groups one partial sum of RMSNorm's dw covers: at least 64, more

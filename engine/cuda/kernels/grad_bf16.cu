@@ -1,7 +1,8 @@
 // Kernels for bf16 parameter gradients (backend.GradientFormat, engine/cuda/gradient.go): a
 // gradient stored as bf16 bits is widened exactly when read and rounded to nearest even
 // (f32_bf16_bits, as engine/tensor.F32ToBF16) once a call when written. AdamW's bf16-gradient
-// forms live with the other AdamW kernels (train.cu, optim4.cu).
+// forms live with the other AdamW kernels (train.cu, optim4.cu), the SIMT dw kernel's with its
+// float32 form (train.cu mm_bwd_dw_bf16).
 #include "common.cuh"
 
 #define GRID_STRIDE(i, n) \
@@ -33,10 +34,4 @@ extern "C" __global__ void embedding_bwd_bf16(uint16_t* dtable, const float* dou
     float s = bf16_to_f32(row[c]);
     for (int i = off[u]; i < off[u + 1]; i++) s = __fadd_rn(s, dout[(size_t)pos[i] * H + c]);
     row[c] = (uint16_t)f32_bf16_bits(s);
-}
-
-// add_f32_to_bf16: dst[i] = bf16(widen(dst[i]) + src[i]) — a float32 product (MatMulBackward's
-// dw on the SIMT kernel, summed into scratch) added to a bf16 gradient and rounded once.
-extern "C" __global__ void add_f32_to_bf16(uint16_t* dst, const float* src, size_t n) {
-    GRID_STRIDE(i, n) { dst[i] = (uint16_t)f32_bf16_bits(__fadd_rn(bf16_to_f32(dst[i]), src[i])); }
 }

@@ -151,12 +151,13 @@ mm_bwd_dx_nvfp4(float* dx, const float* dout, const uint8_t* packed, const uint8
     mm_bwd_dx<KIND_NVFP4>(dx, dout, packed, scales, g, T, N, K, accumulate);
 }
 
-// mm_bwd_dw_f32: dw[N, K] += dout[T, N]ᵀ · x[T, K]. Grid (ceil(K/64), ceil(N/64)), 256 threads;
+// mm_bwd_dw: dw[N, K] += dout[T, N]ᵀ · x[T, K]. Grid (ceil(K/64), ceil(N/64)), 256 threads;
 // 64x64 tiles of dw, 32 token rows per step; each dw element is summed by one thread over the
-// token rows in order, then added to dw.
-extern "C" __global__ void __launch_bounds__(256)
-mm_bwd_dw_f32(float* __restrict__ dw, const float* __restrict__ dout, const float* __restrict__ x, int T, int N,
-              int K) {
+// token rows in order, then added to dw — for a bf16 dw (a bf16 parameter gradient,
+// mm_bwd_dw_bf16) added to the widened value and rounded once (f32_bf16_bits).
+template <typename DW>
+__device__ __forceinline__ void mm_bwd_dw(DW* __restrict__ dw, const float* __restrict__ dout,
+                                          const float* __restrict__ x, int T, int N, int K) {
     __shared__ __align__(16) float As[TK][TM + TPAD];  // As[t][n] = dout[t][n]
     __shared__ __align__(16) float Bs[TK][TN + TPAD];  // Bs[t][k] = x[t][k]
     const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
@@ -187,10 +188,21 @@ mm_bwd_dw_f32(float* __restrict__ dw, const float* __restrict__ dout, const floa
             int k = k0 + tx * 4 + j;
             if (k < K) {
                 size_t o = (size_t)n * K + k;
-                dw[o] = __fadd_rn(dw[o], acc[i][j]);
+                if constexpr (sizeof(DW) == 2)
+                    dw[o] = (uint16_t)f32_bf16_bits(__fadd_rn(bf16_to_f32(dw[o]), acc[i][j]));
+                else
+                    dw[o] = __fadd_rn(dw[o], acc[i][j]);
             }
         }
     }
+}
+extern "C" __global__ void __launch_bounds__(256)
+mm_bwd_dw_f32(float* __restrict__ dw, const float* __restrict__ dout, const float* __restrict__ x, int T, int N, int K) {
+    mm_bwd_dw<float>(dw, dout, x, T, N, K);
+}
+extern "C" __global__ void __launch_bounds__(256)
+mm_bwd_dw_bf16(uint16_t* __restrict__ dw, const float* __restrict__ dout, const float* __restrict__ x, int T, int N, int K) {
+    mm_bwd_dw<uint16_t>(dw, dout, x, T, N, K);
 }
 
 // ---------------------------------------------------------------------------------------------
