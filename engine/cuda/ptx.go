@@ -76,7 +76,7 @@ var gemvPersistKernels = []string{"gemv_nvfp4p_t1", "gemv_nvfp4p_t2", "gemv_nvfp
 
 // trainKernels are the training ops' kernels (train.cu, launched from training.go).
 var trainKernels = []string{
-	"scale_f32", "sumsq_part_f32", "mm_bwd_dx_f32", "mm_bwd_dx_bf16", "mm_bwd_dx_nvfp4", "mm_bwd_dw_f32", "mm_bwd_dw_bf16",
+	"scale_f32", "sumsq_part_f32", "sumsq_part_bf16", "mm_bwd_dx_f32", "mm_bwd_dx_bf16", "mm_bwd_dx_nvfp4", "mm_bwd_dw_f32", "mm_bwd_dw_bf16",
 	"rmsnorm_bwd_dx", "rmsnorm_rstd", "rmsnorm_bwd_dw_part", "sum_parts_add", "rope_bwd_f32", "swiglu_bwd_f32",
 	"embedding_bwd_f32", "attn_bwd_dq", "attn_bwd_dkv", "cross_entropy_f32",
 	"adamw_f32_fp32", "adamw_bf16_fp32", "adamw_f32_int8", "adamw_bf16_int8", "div_pos_check", "adamw_probe",
@@ -94,7 +94,7 @@ var ptxModules = []ptxModule{
 	{"kernels/train.ptx", trainKernels},
 	{"kernels/optim4.ptx", optim4Kernels},
 	{"kernels/pack.ptx", []string{"bf16_pack", "bf16_unpack"}},
-	{"kernels/grad_bf16.ptx", []string{"sumsq_part_bf16", "embedding_bwd_bf16"}},
+	{"kernels/grad_bf16.ptx", []string{"embedding_bwd_bf16"}},
 	{"kernels/fused.ptx", []string{"add_rmsnorm_f32", "qk_norm_rope_cache", "qk_norm_rope_cache_kb"}},
 	{"kernels/gemv.ptx", append(append([]string{}, gemvStreamKernels...), gemvPersistKernels...)},
 	{"kernels/elementwise.ptx", []string{"embedding_f32", "embedding_bf16", "embedding_nvfp4", "swiglu_f32", "add_f32", "argmax_rows_f32"}},

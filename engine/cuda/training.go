@@ -185,7 +185,8 @@ func (b *Backend) SumSquares(x backend.Tensor) (float64, error) {
 
 // sumSquares launches sumsq_part_f32 (sumsq_part_bf16 for a bf16 gradient: the same sums of
 // the widened values) for every tensor into one scratch buffer, downloads the partials once and
-// adds each tensor's in order (owner goroutine).
+// adds each tensor's in order (owner goroutine). A tensor at a 16-byte aligned address is read
+// 8 elements a load (the kernels' vec; the order of the sums follows, train.cu).
 func (b *Backend) sumSquares(ts []*Tensor) ([]float64, error) {
 	offs := make([]int, len(ts)+1)
 	for i, t := range ts {
@@ -200,8 +201,12 @@ func (b *Backend) sumSquares(ts []*Tensor) ([]float64, error) {
 		if t.bf16 {
 			fn = b.fns["sumsq_part_bf16"]
 		}
+		vec := 0
+		if t.ptr%16 == 0 {
+			vec = 1
+		}
 		if err := launch(fn, [3]int{offs[i+1] - offs[i], 1, 1}, [3]int{256, 1, 1}, 0,
-			ptrArg(part+devPtr(8*offs[i])), ptrArg(t.ptr), sizeArg(int64(t.n()))); err != nil {
+			ptrArg(part+devPtr(8*offs[i])), ptrArg(t.ptr), sizeArg(int64(t.n())), intArg(vec)); err != nil {
 			return nil, fmt.Errorf("cuda: sum of squares of tensor %d [%d, %d]: %w", i, t.rows, t.cols, err)
 		}
 	}

@@ -1157,6 +1157,27 @@ func TestSumSquaresMany(t *testing.T) {
 			t.Errorf("tensor %d: %v batched, %v alone", i, got[i], want)
 		}
 	}
+	// A view at a 516-byte offset takes the kernels' element-by-element path (no 16-byte loads).
+	whole, err := g.Alloc(backend.Gradients, 3, 129)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Free(whole)
+	vals := randn(3*129, 99, 1)
+	if err := g.Upload(whole, vals); err != nil {
+		t.Fatal(err)
+	}
+	tail, err := g.RowView(whole, 1, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var host float64
+	for _, v := range vals[129:] {
+		host += float64(v) * float64(v)
+	}
+	if s, err := g.SumSquares(tail); err != nil || math.Abs(s-host) > 1e-12*host {
+		t.Errorf("misaligned view: %v, host %v (%v)", s, host, err)
+	}
 	dead, err := g.Alloc(backend.Gradients, 1, 10)
 	if err != nil {
 		t.Fatal(err)
