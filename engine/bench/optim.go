@@ -38,7 +38,8 @@ type optimParam struct {
 // moment format: the backend's Training.AdamW on each parameter in model order (the
 // embedding, each layer's norms and projections, the final norm), masters as devtrain keeps
 // them (bf16 matrices, f32 norms), resident gradients of devtrain's types (trainGrad: bf16
-// matrices unless QWENGO_TRAIN_GRAD=fp32, f32 norms), then a download of a few bytes (the sync). The gradient of a layer's q_proj (say) is shared by every layer's q_proj: one per
+// matrices unless QWENGO_TRAIN_GRAD=fp32, f32 norms), then a download of a few bytes (the
+// sync). The gradient of a layer's q_proj (say) is shared by every layer's q_proj: one per
 // parameter would add 16 GB at 4.02B parameters and time nothing more, and consecutive
 // updates never share one (k_proj and v_proj have their own), so none is read from cache. The
 // figure is the best of its repetitions in ms (a bandwidth figure: the fastest run is the

@@ -102,8 +102,8 @@ func (r Roofline) Optimizer(params int64) float64 {
 
 // optimStepBytes is what one in-place AdamW update of a [rows, cols] parameter must move per
 // element with the moments in format, the master as devtrain keeps it (bf16 for matrices, f32
-// for one-row norms) and a gradient of grad bytes an element (f32 for norms): the master read and written, the gradient read, the
-// moments read and written with their float32 block scales. 4bit reads the gradient twice (the
+// for one-row norms) and a gradient of grad bytes an element (f32 for norms): the master read
+// and written, the gradient read, the moments read and written with their float32 block scales. 4bit reads the gradient twice (the
 // first pass finds the new v's row and column maxima; a one-row parameter needs no first pass)
 // and its row and column maxima stay in cache. Formats: "int8", "4bit", "fp32".
 func optimStepBytes(format string, rows, cols int, grad float64) float64 {
