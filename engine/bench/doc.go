@@ -22,11 +22,12 @@
 //     token for every sequence a step, one launch per op for all of them on a backend.Batched
 //     backend, greedy picks on the device), tokens/s over all sequences;
 //   - a standalone optimizer step ("optim"): the backend's AdamW over every parameter of the
-//     model shape (bf16 matrices, f32 norms, resident f32 gradients), once with int8 and once
+//     model shape (bf16 matrices, f32 norms, resident gradients as engine/devtrain keeps them:
+//     bf16 matrices' unless QWENGO_TRAIN_GRAD=fp32, f32 norms'), once with int8 and once
 //     with 4-bit moments, ending with a sync; the best repetition in ms, with the bytes it
 //     moves per parameter and the fraction of 4.3 TB/s that is (peer.py: torch's fused AdamW);
 //   - a full-parameter training step at S = 192 and 2048, batch 1 and 8, through
-//     engine/devtrain (bf16 masters, int8 AdamW states, recompute): tokens/s, peak memory,
+//     engine/devtrain (bf16 masters, int8 AdamW states, bf16 gradients, recompute): tokens/s, peak memory,
 //     optimizer time and optimizer bytes per parameter; then S = 192, batch 1 again with
 //     4-bit AdamW states (issue 7: peak memory at most 16 GB).
 //
