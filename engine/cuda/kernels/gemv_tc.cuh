@@ -86,6 +86,21 @@ __device__ __forceinline__ void tc_quarters(uint32_t sfa, uint32_t sfb, const ui
 // 4096→2560 10.26 → 9.86; decode batch 8 1,810-1,850 → 1,876-1,879 tok/s. One row (one piece a
 // thread) keeps the plain form: the unrolled one was 2-3 % slower there.
 #define STAGE_U 4
+
+// hilo_slot is the u32 slot, within its chunk's 16, of pair j (0..7) of chunk c in a hi (par 0)
+// or lo (par 1) column: 2j, or with SWZ its 16-byte quarter j/2 XOR-ed with par + 2·((c/2) mod 2).
+// Why (gemv_tcp.cu's reader, session 11 analysis): lane (g, t) of a warp reads quarter i of chunk
+// t of column 2·row + (g mod 2) with one 16-byte load; the 8 lanes of a load phase (g = 2q, 2q+1;
+// t = 0..3) then hit chunks 64 bytes apart in columns 1024 bytes apart — only two 16-byte bank
+// groups, a 4-way conflict on every x load (8 rows: both passes, all four phases). With the XOR
+// the eight lanes of a phase read eight different bank groups.
+template <bool SWZ>
+__device__ __forceinline__ int hilo_slot(int c, int j, int par) {
+    if (!SWZ) return 2 * j;
+    return 4 * ((j >> 1) ^ (par + 2 * ((c >> 1) & 1))) + 2 * (j & 1);
+}
+
+template <bool SWZ = false>
 __device__ __forceinline__ void stage_x_hilo(uint32_t* xs, const float* __restrict__ x, int ldx, int T, int k0,
                                              int chunks, int cstride) {
     const int n = T * chunks * 8;
@@ -97,8 +112,8 @@ __device__ __forceinline__ void stage_x_hilo(uint32_t* xs, const float* __restri
             const float2 a = *reinterpret_cast<const float2*>(xc), b = *reinterpret_cast<const float2*>(xc + 4);
             const __half ha = __float2half_rn(a.x), hb = __float2half_rn(b.x);
             const __half hc = __float2half_rn(a.y), hd = __float2half_rn(b.y);
-            uint32_t* hi = xs + c * 16 + 2 * j;
-            uint32_t* lo = xs + cstride + c * 16 + 2 * j;
+            uint32_t* hi = xs + c * 16 + hilo_slot<SWZ>(c, j, 0);
+            uint32_t* lo = xs + cstride + c * 16 + hilo_slot<SWZ>(c, j, 1);
             hi[0] = pack_h2(__half2float(ha), __half2float(hb));
             hi[1] = pack_h2(__half2float(hc), __half2float(hd));
             lo[0] = pack_h2(a.x - __half2float(ha), b.x - __half2float(hb));
@@ -126,8 +141,8 @@ __device__ __forceinline__ void stage_x_hilo(uint32_t* xs, const float* __restri
             const int c = rem >> 3, j = rem & 7;
             const __half ha = __float2half_rn(a[u].x), hb = __float2half_rn(b[u].x);
             const __half hc = __float2half_rn(a[u].y), hd = __float2half_rn(b[u].y);
-            uint32_t* hi = xs + (size_t)(2 * r) * cstride + c * 16 + 2 * j;
-            uint32_t* lo = xs + (size_t)(2 * r + 1) * cstride + c * 16 + 2 * j;
+            uint32_t* hi = xs + (size_t)(2 * r) * cstride + c * 16 + hilo_slot<SWZ>(c, j, 0);
+            uint32_t* lo = xs + (size_t)(2 * r + 1) * cstride + c * 16 + hilo_slot<SWZ>(c, j, 1);
             hi[0] = pack_h2(__half2float(ha), __half2float(hb));
             hi[1] = pack_h2(__half2float(hc), __half2float(hd));
             lo[0] = pack_h2(a[u].x - __half2float(ha), b[u].x - __half2float(hb));
@@ -138,7 +153,7 @@ __device__ __forceinline__ void stage_x_hilo(uint32_t* xs, const float* __restri
 
 // tcp_stage (gemv_tcp.cu, decode_layers.cu: threads tid of nth) writes rows [0, T) of the multiplied input over k range [k0, k0 + 32·chunks) into
 // xs in stage_x_hilo's permuted hi/lo layout (gemv_tc.cuh), computing each element with val(r, k).
-template <typename V>
+template <bool SWZ = false, typename V>
 __device__ __forceinline__ void tcp_stage(uint32_t* xs, int T, int k0, int chunks, int cstride, V val,
                                           int tid = threadIdx.x, int nth = blockDim.x) {
     for (int i = tid; i < T * chunks * 8; i += nth) {
@@ -148,8 +163,8 @@ __device__ __forceinline__ void tcp_stage(uint32_t* xs, int T, int k0, int chunk
         const float ax = val(r, k), ay = val(r, k + 1), bx = val(r, k + 4), by = val(r, k + 5);
         const __half ha = __float2half_rn(ax), hb = __float2half_rn(bx);
         const __half hc = __float2half_rn(ay), hd = __float2half_rn(by);
-        uint32_t* hi = xs + (size_t)(2 * r) * cstride + c * 16 + 2 * j;
-        uint32_t* lo = xs + (size_t)(2 * r + 1) * cstride + c * 16 + 2 * j;
+        uint32_t* hi = xs + (size_t)(2 * r) * cstride + c * 16 + hilo_slot<SWZ>(c, j, 0);
+        uint32_t* lo = xs + (size_t)(2 * r + 1) * cstride + c * 16 + hilo_slot<SWZ>(c, j, 1);
         hi[0] = pack_h2(__half2float(ha), __half2float(hb));
         hi[1] = pack_h2(__half2float(hc), __half2float(hd));
         lo[0] = pack_h2(ax - __half2float(ha), bx - __half2float(hb));

@@ -106,6 +106,11 @@ __device__ __forceinline__ void gemv_tcp(const gemv_jobs& jobs, const float* __r
                                          int bps, float* __restrict__ part, int* __restrict__ counters,
                                          const float* __restrict__ x2, const float* __restrict__ nw, float eps,
                                          uint32_t* xs) {
+    // x's staging is swizzled for two passes (five to eight rows, hilo_slot): one row loads x in
+    // one phase whose lanes already meet few bank groups, and there the swizzle's extra index
+    // work measured slower (session 12, call 1: T=1 2560→4096 6.7 → 7.9 µs; eight rows
+    // 2560→9728 18.7 → 16.3 µs).
+    constexpr bool SWZ = P > 1;
     const int steps = K / 128, slices = (steps + slice - 1) / slice;
     const int sl = blockIdx.x % slices, jb = blockIdx.x / slices;
     const int s0 = sl * slice, nsteps = min(slice, steps - s0);
@@ -148,22 +153,24 @@ __device__ __forceinline__ void gemv_tcp(const gemv_jobs& jobs, const float* __r
             if (threadIdx.x == 0) inv[r] = v;
         }
         __syncthreads();
-        tcp_stage(xs, T, 128 * s0, 4 * nsteps, cstride, [&](int r, int k) {
+        tcp_stage<SWZ>(xs, T, 128 * s0, 4 * nsteps, cstride, [&](int r, int k) {
             return __fmul_rn(nw[k], __fmul_rn(x[(size_t)r * K + k], inv[r]));
         });
     } else if (XM == TCP_SWIGLU) {
-        tcp_stage(xs, T, 128 * s0, 4 * nsteps, cstride, [&](int r, int k) {
+        tcp_stage<SWZ>(xs, T, 128 * s0, 4 * nsteps, cstride, [&](int r, int k) {
             const float gv = x[(size_t)r * K + k];
             const float e = (float)exp(-(double)gv);
             return __fmul_rn(__fdiv_rn(gv, __fadd_rn(1.0f, e)), x2[(size_t)r * K + k]);
         });
     } else {
-        stage_x_hilo(xs, x, K, T, 128 * s0, 4 * nsteps, cstride);
+        stage_x_hilo<SWZ>(xs, x, K, T, 128 * s0, 4 * nsteps, cstride);
     }
     __syncthreads();
     if (total == 0) return;  // no block-wide barrier follows
 
     // Pass p, column g: row 4p + g/2, hi (g even) or lo (g odd); rows ≥ T feed zeros.
+    // With SWZ, quarter i of this lane's chunk of x is at i ^ xq (hilo_slot<true>).
+    const int xq = SWZ ? (g & 1) + 2 * ((t >> 1) & 1) : 0;
     const uint32_t* xcol[P];
     bool rowLive[P];
 #pragma unroll
@@ -258,7 +265,7 @@ __device__ __forceinline__ void gemv_tcp(const gemv_jobs& jobs, const float* __r
 #pragma unroll
                             for (int p = 0; p < P; p++) {
                                 uint4 b = make_uint4(0u, 0u, 0u, 0u);
-                                if (rowLive[p]) b = reinterpret_cast<const uint4*>(xcol[p] + 64 * cs)[i];
+                                if (rowLive[p]) b = reinterpret_cast<const uint4*>(xcol[p] + 64 * cs)[i ^ xq];
                                 mma_f16(acc[p][0], a0, a1, a2, a3, b.x, b.y);
                                 mma_f16(acc[p][1], a4, a5, a6, a7, b.z, b.w);
                             }
