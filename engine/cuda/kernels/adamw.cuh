@@ -126,6 +126,14 @@ __device__ __forceinline__ float sqrt_fast(float x) {
     return __fmaf_rn(__fmaf_rn(-s, s, x), h, s);
 }
 
+// sqrt_nz is sqrt_fast for 2^-101 ≤ x ≤ FLT_MAX, where the cap changes nothing (1/√x ≤ 2^50.5).
+__device__ __forceinline__ float sqrt_nz(float x) {
+    float r;
+    asm("rsqrt.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+    const float s = __fmul_rn(x, r), h = __fmul_rn(r, 0.5f);
+    return __fmaf_rn(__fmaf_rn(-s, s, x), h, s);
+}
+
 // sqrt_rn is __fsqrt_rn with the fast sequence where it applies (a lane's scalars).
 __device__ __forceinline__ float sqrt_rn(float x) {
     const uint32_t b = __float_as_uint(x);
@@ -164,11 +172,16 @@ __device__ __forceinline__ uint32_t m_code(float m, float inv) {
 }
 
 // v_code is optim's int8 √v code of sv = √v under inv = 256/max√v (0 for a zero maximum), in the
-// low byte: round(sv·inv) − 1 from the sum with 1.5·2^23 − 1, clamped to 0…255 on the bits (a
-// NaN, whose bits are above, clamps to 255 as optim's).
+// low byte: round(sv·inv) − 1 from the sum with 1.5·2^23 − 1, clamped to 0…255. The clamp
+// costs one float max, not two integer ones: y = RN(sv·inv) is at most 256 (sv ≤ max√v, inv ≤
+// (256/max√v)(1 + 2^-24)), so only the low end can leave the range, and every y < 1 clamps to
+// code 0 — which is y = 1's code, so y is raised to 1 first. max.NaN keeps a NaN (only an
+// overflowed v gives one), whose sum is the canonical NaN 0x7FFFFFFF: low byte 255, optim's
+// clamp of a NaN.
 __device__ __forceinline__ uint32_t v_code(float sv, float inv) {
-    const uint32_t u = __float_as_uint(__fadd_rn(__fmul_rn(sv, inv), INT8_ROUND - 1.f));
-    return min(max(u, INT8_BITS), INT8_BITS + 255u);
+    float y = __fmul_rn(sv, inv);
+    asm("max.NaN.f32 %0, %0, 0f3F800000;" : "+f"(y));
+    return __float_as_uint(__fadd_rn(y, INT8_ROUND - 1.f));
 }
 
 // load8 reads w[i0 … i0+7] as floats (one 16-byte vector for bf16, two for f32).
@@ -205,6 +218,16 @@ __device__ __forceinline__ float div_pos(float a, float b) {
     return __uint_as_float((__float_as_uint(q) & 0x7fffffffu) | (__float_as_uint(a) & 0x80000000u));
 }
 
+// div_nz is div_pos for a ≠ 0 (2^-60 ≤ |a| ≤ 2^60): the quotient, at least 2^-120 in magnitude,
+// is correctly rounded and so already carries a's sign.
+__device__ __forceinline__ float div_nz(float a, float b) {
+    float y;
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(b));
+    y = __fmaf_rn(y, __fmaf_rn(-b, y, 1.f), y);
+    const float q0 = __fmul_rn(a, y);
+    return __fmaf_rn(__fmaf_rn(-b, q0, a), y, q0);
+}
+
 // DIV_LO is 2^-60, div_pos's lower bound on |a| (DivcLow::ok_at).
 #define DIV_LO 0x21800000u
 
@@ -228,11 +251,9 @@ __device__ __forceinline__ bool div_lane(bool uniform, const DivcLow& lom, float
 // are finite; otherwise element by element with bf16_rne / stochastic_bf16. wv holds the old
 // weights on entry. fastdiv: every m and denominator is in div_pos's range (the caller's
 // test). Shared by the int8/fp32 (train.cu) and 4-bit (optim4.cu) lane kernels.
-template <bool BF16>
-__device__ __forceinline__ void adamw_w8(void* __restrict__ w, float (&wv)[8], const float (&mv)[8],
-                                         const float (&sv)[8], const AdamParams& p, bool fastdiv, int sr, uint32_t key,
-                                         size_t i0) {
-    float q[8];
+// adamw_q8 is the update's quotient m / (sv·rbc2 + eps) of a lane's eight elements.
+__device__ __forceinline__ void adamw_q8(const float (&mv)[8], const float (&sv)[8], const AdamParams& p, bool fastdiv,
+                                         float (&q)[8]) {
     if (fastdiv) {
 #pragma unroll
         for (int e = 0; e < 8; e++) q[e] = div_pos(mv[e], __fadd_rn(__fmul_rn(sv[e], p.rbc2), p.eps));
@@ -241,6 +262,25 @@ __device__ __forceinline__ void adamw_w8(void* __restrict__ w, float (&wv)[8], c
 #pragma unroll
         for (int e = 0; e < 8; e++) q[e] = __fdiv_rn(mv[e], __fadd_rn(__fmul_rn(sv[e], p.rbc2), p.eps));
     }
+}
+
+template <bool BF16>
+__device__ __forceinline__ void adamw_wq8(void* __restrict__ w, float (&wv)[8], const float (&q)[8],
+                                          const AdamParams& p, int sr, uint32_t key, size_t i0);
+
+template <bool BF16>
+__device__ __forceinline__ void adamw_w8(void* __restrict__ w, float (&wv)[8], const float (&mv)[8],
+                                         const float (&sv)[8], const AdamParams& p, bool fastdiv, int sr, uint32_t key,
+                                         size_t i0) {
+    float q[8];
+    adamw_q8(mv, sv, p, fastdiv, q);
+    adamw_wq8<BF16>(w, wv, q, p, sr, key, i0);
+}
+
+// adamw_wq8 is adamw_w8 from the quotients q: w − decay·w − lrc·q, rounded and stored.
+template <bool BF16>
+__device__ __forceinline__ void adamw_wq8(void* __restrict__ w, float (&wv)[8], const float (&q)[8],
+                                          const AdamParams& p, int sr, uint32_t key, size_t i0) {
 #pragma unroll
     for (int e = 0; e < 8; e++) wv[e] = __fsub_rn(__fsub_rn(wv[e], __fmul_rn(p.decay, wv[e])), __fmul_rn(p.lrc, q[e]));
     if (!BF16) {
@@ -355,4 +395,51 @@ __device__ __forceinline__ void adamw_step8(void* __restrict__ w, const void* __
     }
     sqrt8(vv, lov, av, sv);
     adamw_w8<BF16>(w, wv, mv, sv, p, div_lane(divu, lom, am, av), sr, key, i0);
+}
+
+// adamw_update8 is adamw_step8 for the int8 and fp32 kernels (train.cu), which need no DivcLow of
+// m afterwards: a lane's ranges come from four float min/max (|m|, v), one instruction an
+// element each, instead of the two integer ones each DivcLow::add takes. Fast when every m and
+// v is non-zero and in range (mn ≥ 2^-60, am ≤ 2^60, vn ≥ 2^-100, av ≤ 2^80, divu): then no
+// zero needs the root's cap (sqrt_nz) or the quotient's sign fix (div_nz). A lane whose m and v
+// are all zero (a parameter's rows that no token touched) takes √v = v and q = m, which is what
+// the root and the division give there (±0 / eps = ±0). Any other lane takes adamw_step8's
+// checked path. Each result is the plain operations' bit for bit, as before.
+template <bool BF16, bool GB>
+__device__ __forceinline__ void adamw_update8(void* __restrict__ w, const void* __restrict__ grad, float (&wv)[8],
+                                              float (&mv)[8], float (&vv)[8], float (&sv)[8], const AdamParams& p,
+                                              bool divu, int sr, uint32_t key, size_t i0, float& am, float& av) {
+    am = 0.f, av = 0.f;
+    float mn = INFINITY, vn = INFINITY;
+    float gv[8];
+    grad8<GB>(grad, i0, gv);
+#pragma unroll
+    for (int e = 0; e < 8; e++) {
+        const float g = __fmul_rn(gv[e], p.gscale);
+        mv[e] = __fadd_rn(__fmul_rn(p.b1, mv[e]), __fmul_rn(p.omb1, g));
+        vv[e] = __fadd_rn(__fmul_rn(p.b2, vv[e]), __fmul_rn(__fmul_rn(p.omb2, g), g));
+        am = fmaxf(am, fabsf(mv[e]));
+        mn = fminf(mn, fabsf(mv[e]));
+        av = fmaxf(av, vv[e]);
+        vn = fminf(vn, vv[e]);
+    }
+    float q[8];
+    if (divu && mn >= 0x1p-60f && am <= 0x1p60f && vn >= 0x1p-100f && av <= 0x1p80f) {
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            sv[e] = sqrt_nz(vv[e]);
+            q[e] = div_nz(mv[e], __fadd_rn(__fmul_rn(sv[e], p.rbc2), p.eps));
+        }
+    } else if (am == 0.f && av == 0.f) {
+#pragma unroll
+        for (int e = 0; e < 8; e++) sv[e] = vv[e], q[e] = mv[e];
+    } else {
+        ADAMW_SLOW();
+        DivcLow lom, lov;
+#pragma unroll
+        for (int e = 0; e < 8; e++) lom.add(mv[e]), lov.add(vv[e]);
+        sqrt8(vv, lov, av, sv);
+        adamw_q8(mv, sv, p, div_lane(divu, lom, am, av), q);
+    }
+    adamw_wq8<BF16>(w, wv, q, p, sr, key, i0);
 }

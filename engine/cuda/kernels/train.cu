@@ -953,8 +953,7 @@ __device__ __forceinline__ void adamw_lane8(void* __restrict__ w, const void* __
         vv[0] = c.x, vv[1] = c.y, vv[2] = c.z, vv[3] = c.w, vv[4] = d.x, vv[5] = d.y, vv[6] = d.z, vv[7] = d.w;
     }
     float sv[8], am, av;
-    DivcLow lom, lov;
-    adamw_step8<BF16, GB>(w, grad, wv, mv, vv, sv, p, divu, sr, key, i0, am, av, lom, lov);
+    adamw_update8<BF16, GB>(w, grad, wv, mv, vv, sv, p, divu, sr, key, i0, am, av);
     if (!INT8) {
         float4* m4 = reinterpret_cast<float4*>(mbuf) + i0 / 4;
         float4* v4 = reinterpret_cast<float4*>(vbuf) + i0 / 4;
