@@ -750,9 +750,18 @@ func (b *Backend) CrossEntropy(dlogits, logits backend.Tensor, targets []int, ls
 const adamBlock = 64
 
 // adamChunk is the elements one warp of the AdamW kernels updates per iteration: 8 consecutive
-// elements a lane (train.cu adamw_lane8; optim4.cu likewise, one 4-bit block of 128 per half
-// warp).
+// elements a lane (train.cu adamw_lane8 for fp32 moments; optim4.cu likewise, one 4-bit block of
+// 128 per half warp). With int8 moments a lane takes 16 (adamw_lane16): adamChunkOf.
 const adamChunk = 256
+
+// adamChunkOf is train.cu's ADAM_ITEM: the elements a warp of the int8 or fp32 kernels updates
+// per iteration, the unit of their grids and of adamw_many's items.
+func adamChunkOf(format string) int64 {
+	if format == "int8" {
+		return 512
+	}
+	return adamChunk
+}
 
 // adamOccupancy caches the resident 256-thread blocks per SM of the AdamW kernels, keyed by
 // function and name (adamOccKey), so that several backends share it.
@@ -961,7 +970,8 @@ func (b *Backend) adamOne(j adamJob) error {
 	}
 	n := j.g.n()
 	name := "adamw_" + j.w.kind + "_" + j.s.format + gradSuffix(j.g)
-	grid, err := b.adamGrid(name, (int64(n)+adamChunk-1)/adamChunk)
+	chunk := adamChunkOf(j.s.format)
+	grid, err := b.adamGrid(name, (int64(n)+chunk-1)/chunk)
 	if err != nil {
 		return fmt.Errorf("cuda: %s %s: %w", op, j.w.name, err)
 	}
@@ -1038,7 +1048,8 @@ func (b *Backend) adamManyLaunch(name string, jobs []adamJob) error {
 	var items int64
 	for i, j := range jobs {
 		putAdamJob(params[8+i*adamJobBytes:], j, items)
-		items += (int64(j.g.n()) + adamChunk - 1) / adamChunk
+		chunk := adamChunkOf(j.s.format)
+		items += (int64(j.g.n()) + chunk - 1) / chunk
 	}
 	le.PutUint64(params[8+adamManyJobs*adamJobBytes:], uint64(items))
 	grid, err := b.adamGrid(name, items)
@@ -1064,14 +1075,9 @@ func putAdamJob(dst []byte, j adamJob, first int64) {
 	}
 	le.PutUint32(dst[100:], j.key)
 	le.PutUint32(dst[104:], uint32(j.sr))
-	// The vector path's alignment, as adamw() tests it for one parameter: w and the gradient
-	// 16-byte (a lane reads 8 elements: 16 bytes of a bf16 gradient, 32 of a float32 one, so a
-	// bf16 gradient needs 16 as well), the int8 codes 8-byte, fp32 moments 16-byte.
-	align := devPtr(7)
-	if j.s.format == "fp32" {
-		align = 15
-	}
-	vec := (j.w.ptr|j.g.ptr)&15 == 0 && (j.s.m|j.s.v)&align == 0
+	// The vector path's alignment, as adamw() tests it for one parameter: w, the gradient, the
+	// int8 codes (16 a lane) and fp32 moments all 16-byte.
+	vec := (j.w.ptr|j.g.ptr|j.s.m|j.s.v)&15 == 0
 	if vec {
 		le.PutUint32(dst[108:], 1)
 	} else {

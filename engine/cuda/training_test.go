@@ -597,21 +597,47 @@ func compareCodes[T int8 | uint8 | uint16 | uint32](t *testing.T, name string, g
 	}
 }
 
+// adamRangeRows shapes a gradient's rows by row mod 5 so that the AdamW kernels' lanes meet
+// each of their paths (train.cu adamw_update8g): zero rows (m and v all zero: whole lanes with
+// 512 columns), every third element zero (lanes with some zeros), values of 1e-22 (v below
+// 2^-100, subnormal), values of 1e16 (v above 2^80), and plain rows (the fast path).
+func adamRangeRows(g []float32, rows, cols int) {
+	for r := 0; r < rows; r++ {
+		row := g[r*cols : (r+1)*cols]
+		for j := range row {
+			switch r % 5 {
+			case 0:
+				row[j] = 0
+			case 1:
+				if j%3 == 0 {
+					row[j] = 0
+				}
+			case 2:
+				row[j] *= 1e-22
+			case 3:
+				row[j] *= 1e16
+			}
+		}
+	}
+}
+
 func TestTrainingAdamW(t *testing.T) {
 	g, c, ct := trainPair(t)
 	type tc struct {
 		format, kind string
 		sr, noDecay  bool
 		rows, cols   int
+		ranges       bool // rows of gradients that steer lanes off the kernels' fast path
 	}
 	var cases []tc
 	for _, f := range []string{"fp32", "int8"} {
-		cases = append(cases, tc{f, kindF32, false, false, 7, 50}, tc{f, kindF32, false, true, 64, 130},
-			tc{f, kindBF16, false, false, 7, 50}, tc{f, kindBF16, true, false, 64, 130})
+		cases = append(cases, tc{f, kindF32, false, false, 7, 50, false}, tc{f, kindF32, false, true, 64, 130, false},
+			tc{f, kindBF16, false, false, 7, 50, false}, tc{f, kindBF16, true, false, 64, 130, false},
+			tc{f, kindBF16, true, false, 40, 512, true}, tc{f, kindF32, false, false, 40, 130, true})
 	}
 	const steps = 3
 	for i, cs := range cases {
-		name := fmt.Sprintf("adamw %s %s sr=%v nodecay=%v [%d, %d]", cs.format, cs.kind, cs.sr, cs.noDecay, cs.rows, cs.cols)
+		name := fmt.Sprintf("adamw %s %s sr=%v nodecay=%v [%d, %d] ranges=%v", cs.format, cs.kind, cs.sr, cs.noDecay, cs.rows, cs.cols, cs.ranges)
 		n := cs.rows * cs.cols
 		init := randn(n, uint64(200+i), 0.5)
 		h, err := tensor.FromFloat32s("w", tensor.F32, []int{cs.rows, cs.cols}, init)
@@ -651,6 +677,9 @@ func TestTrainingAdamW(t *testing.T) {
 		}
 		for s := 1; s <= steps; s++ {
 			gv := randn(n, uint64(300+10*i+s), 0.05*float64(s))
+			if cs.ranges {
+				adamRangeRows(gv, cs.rows, cs.cols)
+			}
 			cg, gg := pair(t, c, g, cs.rows, cs.cols, gv)
 			hy.Step = s
 			if err := ct.AdamW(cw, cg, cst, hy); err != nil {

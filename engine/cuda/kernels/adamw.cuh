@@ -405,14 +405,13 @@ __device__ __forceinline__ void adamw_step8(void* __restrict__ w, const void* __
 // are all zero (a parameter's rows that no token touched) takes √v = v and q = m, which is what
 // the root and the division give there (±0 / eps = ±0). Any other lane takes adamw_step8's
 // checked path. Each result is the plain operations' bit for bit, as before.
-template <bool BF16, bool GB>
-__device__ __forceinline__ void adamw_update8(void* __restrict__ w, const void* __restrict__ grad, float (&wv)[8],
-                                              float (&mv)[8], float (&vv)[8], float (&sv)[8], const AdamParams& p,
-                                              bool divu, int sr, uint32_t key, size_t i0, float& am, float& av) {
+// adamw_update8g is adamw_update8 from the gradient's eight values gv (already widened).
+template <bool BF16>
+__device__ __forceinline__ void adamw_update8g(void* __restrict__ w, const float (&gv)[8], float (&wv)[8],
+                                               float (&mv)[8], float (&vv)[8], float (&sv)[8], const AdamParams& p,
+                                               bool divu, int sr, uint32_t key, size_t i0, float& am, float& av) {
     am = 0.f, av = 0.f;
     float mn = INFINITY, vn = INFINITY;
-    float gv[8];
-    grad8<GB>(grad, i0, gv);
 #pragma unroll
     for (int e = 0; e < 8; e++) {
         const float g = __fmul_rn(gv[e], p.gscale);
@@ -443,3 +442,43 @@ __device__ __forceinline__ void adamw_update8(void* __restrict__ w, const void* 
     }
     adamw_wq8<BF16>(w, wv, q, p, sr, key, i0);
 }
+
+template <bool BF16, bool GB>
+__device__ __forceinline__ void adamw_update8(void* __restrict__ w, const void* __restrict__ grad, float (&wv)[8],
+                                              float (&mv)[8], float (&vv)[8], float (&sv)[8], const AdamParams& p,
+                                              bool divu, int sr, uint32_t key, size_t i0, float& am, float& av) {
+    float gv[8];
+    grad8<GB>(grad, i0, gv);
+    adamw_update8g<BF16>(w, gv, wv, mv, vv, sv, p, divu, sr, key, i0, am, av);
+}
+
+// Vec8 holds eight consecutive elements as loaded, before widening: one 16-byte vector of bf16
+// (B16) or two of float32, so that a lane can issue all its loads before it computes (a
+// widened copy would take twice the registers for bf16).
+template <bool B16>
+struct Vec8 {
+    uint4 u[B16 ? 1 : 2];
+    __device__ __forceinline__ void load(const void* p, size_t i0) {
+        const uint4* q = reinterpret_cast<const uint4*>(reinterpret_cast<const char*>(p) + i0 * (B16 ? 2 : 4));
+#pragma unroll
+        for (int k = 0; k < (B16 ? 1 : 2); k++) u[k] = q[k];
+    }
+    __device__ __forceinline__ void ldg(const void* p, size_t i0) {
+        const uint4* q = reinterpret_cast<const uint4*>(reinterpret_cast<const char*>(p) + i0 * (B16 ? 2 : 4));
+#pragma unroll
+        for (int k = 0; k < (B16 ? 1 : 2); k++) u[k] = __ldg(q + k);
+    }
+    __device__ __forceinline__ void widen(float (&f)[8]) const {
+        if (B16) {
+            const uint32_t uw[4] = {u[0].x, u[0].y, u[0].z, u[0].w};
+#pragma unroll
+            for (int j = 0; j < 4; j++) f[2 * j] = bf16_lo(uw[j]), f[2 * j + 1] = bf16_hi(uw[j]);
+        } else {
+#pragma unroll
+            for (int k = 0; k < (B16 ? 1 : 2); k++) {
+                f[4 * k] = __uint_as_float(u[k].x), f[4 * k + 1] = __uint_as_float(u[k].y);
+                f[4 * k + 2] = __uint_as_float(u[k].z), f[4 * k + 3] = __uint_as_float(u[k].w);
+            }
+        }
+    }
+};

@@ -781,7 +781,8 @@ extern "C" __global__ void __launch_bounds__(CE_THREADS, 2)
 // lanes, whose absmax is a 3-step __shfl_xor within the group (max is exact and order-free).
 // Loads and stores are vectors: bf16 w 16 B (f32 2×16 B), grad 2×16 B (a bf16 gradient 16 B:
 // the _gb kernels, 10.25 B an element), the int8 codes of m and √v 8 B each, one scale pair per
-// lane.
+// lane. With int8 moments (session 12) a lane owns 16 elements and a warp 512 — four lanes a
+// block, a 2-step shuffle (adamw_lane16); fp32 moments keep the 8-element lanes.
 //
 // Instructions (why format 2). Session 5's kernel executed 98 SASS instructions per element
 // (121 with stochastic rounding) and ran at ~half the memory floor, bound by issue: two FMA
@@ -966,21 +967,102 @@ __device__ __forceinline__ void adamw_lane8(void* __restrict__ w, const void* __
     adamw_codes8(mbuf, vbuf, msc, vsc, mv, sv, am, av, i0);
 }
 
+// adamw_lane16 updates elements i0 … i0+15 (i0 a multiple of 16, all < n) of an int8-moment
+// parameter: four lanes a block of 64, a warp 512 elements an iteration (session 12). Against
+// adamw_lane8 (a lane 8 elements, eight lanes a block) it halves what a lane does once per
+// iteration whatever its element count — the addresses and their constants, the block's
+// shuffles, √ and reciprocals of its maxima, the scale loads and stores, the loop — which was
+// about a quarter of the lane8 loop's instructions. Every load is issued first (the w and
+// gradient vectors raw, widened half by half), then each half of 8 is updated as adamw_lane8
+// updates its 8 (adamw_update8g), then both codes of all 16 with the block's scales.
+template <bool BF16, bool GB>
+__device__ __forceinline__ void adamw_lane16(void* __restrict__ w, const void* __restrict__ grad, void* __restrict__ mbuf,
+                                             void* __restrict__ vbuf, float* __restrict__ msc, float* __restrict__ vsc,
+                                             const AdamParams& p, bool divu, int sr, uint32_t key, uint32_t magic,
+                                             size_t i0) {
+    Vec8<BF16> wr[2];
+    Vec8<GB> gr[2];
+#pragma unroll
+    for (int h = 0; h < 2; h++) wr[h].load(w, i0 + 8 * h), gr[h].ldg(grad, i0 + 8 * h);
+    const uint4 mc = *reinterpret_cast<const uint4*>(reinterpret_cast<const int8_t*>(mbuf) + i0);
+    const uint4 vc = *reinterpret_cast<const uint4*>(reinterpret_cast<const uint8_t*>(vbuf) + i0);
+    const size_t blk = i0 >> 6;
+    const float mf = __fmul_rn(msc[blk], INV127), vf = __fmul_rn(vsc[blk], 0.00390625f);
+    const uint32_t mw[4] = {mc.x ^ 0x80808080u, mc.y ^ 0x80808080u, mc.z ^ 0x80808080u, mc.w ^ 0x80808080u};
+    const uint32_t vw[4] = {vc.x, vc.y, vc.z, vc.w};
+    float mo[16], so[16], am = 0.f, av = 0.f;
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        float wv[8], gv[8], mv[8], vv[8], sv[8], a, b;
+        wr[h].widen(wv);
+        gr[h].widen(gv);
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            const int k = 8 * h + e;
+            mv[e] = __fmul_rn(byte_f32(mw[k >> 2], k & 3, 8388736.f, magic), mf);
+            // (c + 1)·vf squared; a zero scale gives vf = +0 and v = +0, as the scalar kernel's test.
+            const float s = __fmul_rn(byte_f32(vw[k >> 2], k & 3, 8388607.f, magic), vf);
+            vv[e] = __fmul_rn(s, s);
+        }
+        adamw_update8g<BF16>(w, gv, wv, mv, vv, sv, p, divu, sr, key, i0 + 8 * h, a, b);
+        am = fmaxf(am, a), av = fmaxf(av, b);
+#pragma unroll
+        for (int e = 0; e < 8; e++) mo[8 * h + e] = mv[e], so[8 * h + e] = sv[e];
+    }
+    // The block's absmax of m and max of v over its 4 lanes (fmaxf: exact, order-free).
+#pragma unroll
+    for (int o = 1; o < 4; o <<= 1) {
+        am = fmaxf(am, __shfl_xor_sync(0xffffffffu, am, o));
+        av = fmaxf(av, __shfl_xor_sync(0xffffffffu, av, o));
+    }
+    const float ms = am, vs = sqrt_rn(av);
+    float minv, vinv;
+    if (ms >= 0x1p-60f && ms <= 0x1p60f && vs >= 0x1p-60f && vs <= 0x1p60f) {
+        minv = div_pos(127.f, ms);
+        vinv = div_pos(256.f, vs);
+    } else {
+        ADAMW_SLOW();
+        minv = ms != 0.f ? __fdiv_rn(127.f, ms) : 0.f;
+        vinv = vs != 0.f ? __fdiv_rn(256.f, vs) : 0.f;
+    }
+    uint32_t mq[4], vq[4];
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        mq[j] = pack4(m_code(mo[4 * j], minv), m_code(mo[4 * j + 1], minv), m_code(mo[4 * j + 2], minv),
+                      m_code(mo[4 * j + 3], minv));
+        vq[j] = pack4(v_code(so[4 * j], vinv), v_code(so[4 * j + 1], vinv), v_code(so[4 * j + 2], vinv),
+                      v_code(so[4 * j + 3], vinv));
+    }
+    *reinterpret_cast<uint4*>(reinterpret_cast<int8_t*>(mbuf) + i0) = make_uint4(mq[0], mq[1], mq[2], mq[3]);
+    *reinterpret_cast<uint4*>(reinterpret_cast<uint8_t*>(vbuf) + i0) = make_uint4(vq[0], vq[1], vq[2], vq[3]);
+    if ((threadIdx.x & 3) == 0) {
+        msc[blk] = ms;
+        vsc[blk] = vs;
+    }
+}
+
+// ADAM_ITEM is the elements a warp updates an iteration: 512 with int8 moments (adamw_lane16),
+// 256 with fp32 ones (adamw_lane8). training.go adamChunkOf.
+#define ADAM_ITEM(INT8) ((INT8) ? 512 : 256)
+
 template <bool BF16, bool INT8, bool GB>
 __device__ __forceinline__ void adamw(void* __restrict__ w, const void* __restrict__ grad, void* __restrict__ mbuf,
                                       void* __restrict__ vbuf, float* __restrict__ msc, float* __restrict__ vsc,
                                       AdamParams p, int sr, uint32_t key, size_t n) {
-    // Vectors need w and grad 16-byte aligned (a lane reads 8 elements of each: 16 or 32 bytes),
-    // the int8 codes 8-byte (fp32 moments 16-byte).
-    const uintptr_t mis = ((uintptr_t)w | (uintptr_t)grad | (INT8 ? 0 : (uintptr_t)mbuf | (uintptr_t)vbuf)) & 15u |
-                          (INT8 ? ((uintptr_t)mbuf | (uintptr_t)vbuf) & 7u : 0u);
-    const size_t chunks = mis ? 0 : n / 256;
+    // Vectors need w, grad, the int8 codes and fp32 moments 16-byte aligned.
+    const uintptr_t mis = ((uintptr_t)w | (uintptr_t)grad | (uintptr_t)mbuf | (uintptr_t)vbuf) & 15u;
+    constexpr int item = ADAM_ITEM(INT8);
+    const size_t chunks = mis ? 0 : n / item;
     const uint32_t magic = byte_magic(n);
     const bool divu = div_uniform(p);
     const size_t warps = (size_t)gridDim.x * (blockDim.x >> 5);
-    for (size_t c = (size_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); c < chunks; c += warps)
-        adamw_lane8<BF16, INT8, GB>(w, grad, mbuf, vbuf, msc, vsc, p, divu, sr, key, magic, c * 256 + (threadIdx.x & 31) * 8);
-    adamw_blocks<BF16, INT8, GB>(w, grad, mbuf, vbuf, msc, vsc, p, sr, key, n, chunks * 4);
+    for (size_t c = (size_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); c < chunks; c += warps) {
+        if (INT8)
+            adamw_lane16<BF16, GB>(w, grad, mbuf, vbuf, msc, vsc, p, divu, sr, key, magic, c * item + (threadIdx.x & 31) * 16);
+        else
+            adamw_lane8<BF16, INT8, GB>(w, grad, mbuf, vbuf, msc, vsc, p, divu, sr, key, magic, c * item + (threadIdx.x & 31) * 8);
+    }
+    adamw_blocks<BF16, INT8, GB>(w, grad, mbuf, vbuf, msc, vsc, p, sr, key, n, chunks * (item / 64));
 }
 
 // Entry points adamw_{f32,bf16}_{fp32,int8}[_gb]: the scalars are optim.Coeffs.Scalars() (lrc,
@@ -1010,7 +1092,7 @@ ADAMW_ENTRY(adamw_bf16_int8_gb, true, true, true)
 // 99.6 M-element launch moves 3.55 TB/s (TestFiguresAdamW), the whole step only 3.22.
 //
 // AdamJob is one parameter: its pointers and length, the step's scalars, the rounding key, and
-// the first 256-element chunk ("item") of the launch it owns; vec when its pointers allow the
+// the first item (ADAM_ITEM elements: 512 int8, 256 fp32) of the launch it owns; vec when its pointers allow the
 // vector loads. The host writes the same 112 bytes (training.go putAdamJob). grad is float32
 // or bf16 as the kernel's name says (_gb): a launch's jobs all have one gradient type.
 struct AdamJob {
@@ -1032,9 +1114,10 @@ struct AdamJobs {
     AdamJob job[ADAM_MANY];
 };
 
-// adamw_many: warps walk the launch's items in order; an item is a job's whole 256-element chunk
-// (adamw_lane8, when vec) or its last, partial chunk and every chunk of a job without vec
-// (adamw_block1 over its blocks of 64) — each element computed as AdamW alone computes it.
+// adamw_many: warps walk the launch's items in order; an item is a job's whole ADAM_ITEM-element
+// chunk (adamw_lane16 for int8 moments, adamw_lane8 for fp32, when vec) or its last, partial
+// chunk and every chunk of a job without vec (adamw_block1 over its blocks of 64) — each element
+// computed as AdamW alone computes it.
 template <bool BF16, bool INT8, bool GB>
 __device__ __forceinline__ void adamw_many(const AdamJobs& J, unsigned long long items) {
     const size_t warps = (size_t)gridDim.x * (blockDim.x >> 5);
@@ -1042,12 +1125,17 @@ __device__ __forceinline__ void adamw_many(const AdamJobs& J, unsigned long long
     for (size_t it = (size_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); it < items; it += warps) {
         while (j + 1 < J.njobs && it >= J.job[j + 1].first) j++;
         const AdamJob& a = J.job[j];
-        const size_t i0 = (it - a.first) * 256;
-        if (a.vec && i0 + 256 <= a.n) {
-            adamw_lane8<BF16, INT8, GB>(a.w, a.grad, a.m, a.v, a.msc, a.vsc, a.p, div_uniform(a.p), a.sr, a.key,
-                                        byte_magic(a.n), i0 + (threadIdx.x & 31) * 8);
+        constexpr int item = ADAM_ITEM(INT8);
+        const size_t i0 = (it - a.first) * item;
+        if (a.vec && i0 + item <= a.n) {
+            if (INT8)
+                adamw_lane16<BF16, GB>(a.w, a.grad, a.m, a.v, a.msc, a.vsc, a.p, div_uniform(a.p), a.sr, a.key,
+                                       byte_magic(a.n), i0 + (threadIdx.x & 31) * 16);
+            else
+                adamw_lane8<BF16, INT8, GB>(a.w, a.grad, a.m, a.v, a.msc, a.vsc, a.p, div_uniform(a.p), a.sr, a.key,
+                                            byte_magic(a.n), i0 + (threadIdx.x & 31) * 8);
         } else {
-            for (size_t blk = i0 / 64; blk * 64 < a.n && blk < i0 / 64 + 4; blk++)
+            for (size_t blk = i0 / 64; blk * 64 < a.n && blk < i0 / 64 + item / 64; blk++)
                 adamw_block1<BF16, INT8, GB>(a.w, a.grad, a.m, a.v, a.msc, a.vsc, a.p, a.sr, a.key, a.n, blk);
         }
     }
