@@ -32,6 +32,9 @@ type trainBufs struct {
 	coeffsFor backend.AdamWHyper
 	coeffs    optim.CoeffScalars
 	coeffsOK  bool
+	// The memory spans of the last AdamW batch found disjoint (adamDisjointOnce), in job order.
+	disjoint []adamSpan
+	spans    []adamSpan // scratch of adamDisjointOnce
 
 	scratch devBuf // float/double partials: attention statistics, RMSNorm rstd and dw partials, losses, sums
 	ints    devBuf // int32 data from the host: targets, embedding ids and positions
@@ -1002,7 +1005,7 @@ func (b *Backend) AdamWMany(jobs []backend.AdamWJob) error {
 			}
 			rs[i] = r
 		}
-		if err := adamDisjoint(rs); err != nil {
+		if err := b.adamDisjointOnce(rs); err != nil {
 			return fmt.Errorf("cuda: adamw many: %w", err)
 		}
 		groups := map[string][]adamJob{}
@@ -1085,28 +1088,56 @@ func putAdamJob(dst []byte, j adamJob, first int64) {
 	}
 }
 
-// adamDisjoint reports two jobs of one batch that would race: a weight or state one writes
-// overlapping a weight, state or gradient of another. (Spans sorted once, then a sweep; no
-// strings are built unless there is a conflict: this runs before every batch's first launch.)
-func adamDisjoint(rs []adamJob) error {
-	type span struct {
-		lo, hi devPtr
-		job    int
-		part   int // 0 weight, 1 state, 2 gradient (read only)
-	}
-	spans := make([]span, 0, 3*len(rs))
+// adamSpan is memory a job of an AdamW batch touches: its weight, its state (both written) or
+// its gradient (read only).
+type adamSpan struct {
+	lo, hi devPtr
+	job    int
+	part   int // 0 weight, 1 state, 2 gradient (read only)
+}
+
+// adamSpans lists the spans of a batch's jobs in job order.
+func adamSpans(rs []adamJob, dst []adamSpan) []adamSpan {
+	dst = dst[:0]
 	for i, r := range rs {
 		// g.bytes() counts a bf16 gradient at 2 bytes an element.
-		spans = append(spans, span{r.w.ptr, r.w.ptr + devPtr(r.w.bytes), i, 0},
-			span{r.s.ptr, r.s.ptr + devPtr(r.s.bytes), i, 1},
-			span{r.g.ptr, r.g.ptr + devPtr(r.g.bytes()), i, 2})
+		dst = append(dst, adamSpan{r.w.ptr, r.w.ptr + devPtr(r.w.bytes), i, 0},
+			adamSpan{r.s.ptr, r.s.ptr + devPtr(r.s.bytes), i, 1},
+			adamSpan{r.g.ptr, r.g.ptr + devPtr(r.g.bytes()), i, 2})
 	}
-	slices.SortFunc(spans, func(a, c span) int { return cmp.Compare(a.lo, c.lo) })
-	what := func(sp span) string {
+	return dst
+}
+
+// adamDisjointOnce is adamDisjoint, skipped when the batch touches exactly the spans of the
+// last batch found disjoint (owner goroutine): training and the optimizer bench pass the same
+// tensors every step, and the sort was most of AdamWMany's host time before its first launch
+// (BenchmarkAdamWManyHost). Disjointness depends on the spans alone, so a batch with the same
+// spans — even of tensors freed and allocated again at the same addresses — is disjoint too.
+func (b *Backend) adamDisjointOnce(rs []adamJob) error {
+	b.tr.spans = adamSpans(rs, b.tr.spans)
+	spans := b.tr.spans
+	if slices.Equal(spans, b.tr.disjoint) {
+		return nil
+	}
+	b.tr.disjoint = nil
+	if err := adamDisjoint(rs); err != nil {
+		return err
+	}
+	b.tr.disjoint = slices.Clone(spans)
+	return nil
+}
+
+// adamDisjoint reports two jobs of one batch that would race: a weight or state one writes
+// overlapping a weight, state or gradient of another. (Spans sorted once, then a sweep; no
+// strings are built unless there is a conflict.)
+func adamDisjoint(rs []adamJob) error {
+	spans := adamSpans(rs, make([]adamSpan, 0, 3*len(rs)))
+	slices.SortFunc(spans, func(a, c adamSpan) int { return cmp.Compare(a.lo, c.lo) })
+	what := func(sp adamSpan) string {
 		return fmt.Sprintf("job %d's %s", sp.job, [...]string{"weight ", "state of ", "gradient of "}[sp.part]+rs[sp.job].w.name)
 	}
 	// Each span against the earlier ones still open; reads may overlap reads.
-	var open []span
+	var open []adamSpan
 	for _, sp := range spans {
 		keep := open[:0]
 		for _, o := range open {
