@@ -886,85 +886,28 @@ __device__ __forceinline__ void adamw_blocks(void* __restrict__ w, const void* _
         adamw_block1<BF16, INT8, GB>(w, grad, mbuf, vbuf, msc, vsc, p, sr, key, n, blk);
 }
 
-// adamw_codes8 re-encodes a lane's 8 int8 moments (adamw_lane8): m under the block's absmax,
-// √v under the block's max √v, from the lane's own maxima am (of |m|) and av (of v).
-__device__ __forceinline__ void adamw_codes8(void* __restrict__ mbuf, void* __restrict__ vbuf, float* __restrict__ msc,
-                                             float* __restrict__ vsc, const float (&mv)[8], const float (&sv)[8], float am,
-                                             float av, size_t i0) {
-    // The block's absmax of m and max of v over its 8 lanes (fmaxf ignores NaN in any order, as
-    // the scalar kernel's warp_max does; v is never negative).
-#pragma unroll
-    for (int o = 1; o < 8; o <<= 1) {
-        am = fmaxf(am, __shfl_xor_sync(0xffffffffu, am, o));
-        av = fmaxf(av, __shfl_xor_sync(0xffffffffu, av, o));
-    }
-    const float ms = am, vs = sqrt_rn(av);
-    // 127/absmax and 256/max√v (0 for a zero maximum), by div_pos when both maxima are in its range.
-    float minv, vinv;
-    if (ms >= 0x1p-60f && ms <= 0x1p60f && vs >= 0x1p-60f && vs <= 0x1p60f) {
-        minv = div_pos(127.f, ms);
-        vinv = div_pos(256.f, vs);
-    } else {
-        ADAMW_SLOW();
-        minv = ms != 0.f ? __fdiv_rn(127.f, ms) : 0.f;
-        vinv = vs != 0.f ? __fdiv_rn(256.f, vs) : 0.f;
-    }
-    uint32_t mc[8], vc[8];
-#pragma unroll
-    for (int e = 0; e < 8; e++) {
-        mc[e] = m_code(mv[e], minv);
-        vc[e] = v_code(sv[e], vinv);
-    }
-    *reinterpret_cast<uint2*>(reinterpret_cast<int8_t*>(mbuf) + i0) = make_uint2(pack4(mc[0], mc[1], mc[2], mc[3]), pack4(mc[4], mc[5], mc[6], mc[7]));
-    *reinterpret_cast<uint2*>(reinterpret_cast<uint8_t*>(vbuf) + i0) = make_uint2(pack4(vc[0], vc[1], vc[2], vc[3]), pack4(vc[4], vc[5], vc[6], vc[7]));
-    if ((threadIdx.x & 7) == 0) {
-        const size_t blk = i0 >> 6;
-        msc[blk] = ms;
-        vsc[blk] = vs;
-    }
-}
-
-// adamw_lane8 updates elements i0 … i0+7 (i0 a multiple of 8, all < n) with vector loads and
-// the exact shortcuts; for int8 moments the 8 lanes of i0's block of 64 call it together. key is
-// optim's SRKey of the call, magic byte_magic's constant.
-template <bool BF16, bool INT8, bool GB>
+// adamw_lane8 updates elements i0 … i0+7 (i0 a multiple of 8, all < n) of a parameter with fp32
+// moments, with vector loads and the exact shortcuts (int8 moments: adamw_lane16). key is
+// optim's SRKey of the call.
+template <bool BF16, bool GB>
 __device__ __forceinline__ void adamw_lane8(void* __restrict__ w, const void* __restrict__ grad, void* __restrict__ mbuf,
-                                            void* __restrict__ vbuf, float* __restrict__ msc, float* __restrict__ vsc,
-                                            const AdamParams& p, bool divu, int sr, uint32_t key, uint32_t magic, size_t i0) {
+                                            void* __restrict__ vbuf, const AdamParams& p, bool divu, int sr, uint32_t key,
+                                            size_t i0) {
     float wv[8], mv[8], vv[8];
     load8<BF16>(w, i0, wv);
-    if (INT8) {
-        const size_t blk = i0 >> 6;
-        const float mf = __fmul_rn(msc[blk], INV127), vf = __fmul_rn(vsc[blk], 0.00390625f);
-        const uint2 mc = *reinterpret_cast<const uint2*>(reinterpret_cast<const int8_t*>(mbuf) + i0);
-        const uint2 vc = *reinterpret_cast<const uint2*>(reinterpret_cast<const uint8_t*>(vbuf) + i0);
-        const uint32_t mw[2] = {mc.x ^ 0x80808080u, mc.y ^ 0x80808080u}, vw[2] = {vc.x, vc.y};
-#pragma unroll
-        for (int e = 0; e < 8; e++) {
-            mv[e] = __fmul_rn(byte_f32(mw[e >> 2], e & 3, 8388736.f, magic), mf);
-            // (c + 1)·vf squared; a zero scale gives vf = +0 and v = +0, as the scalar kernel's test.
-            const float sv = __fmul_rn(byte_f32(vw[e >> 2], e & 3, 8388607.f, magic), vf);
-            vv[e] = __fmul_rn(sv, sv);
-        }
-    } else {
-        const float4* m4 = reinterpret_cast<const float4*>(mbuf) + i0 / 4;
-        const float4* v4 = reinterpret_cast<const float4*>(vbuf) + i0 / 4;
-        const float4 a = m4[0], b = m4[1], c = v4[0], d = v4[1];
-        mv[0] = a.x, mv[1] = a.y, mv[2] = a.z, mv[3] = a.w, mv[4] = b.x, mv[5] = b.y, mv[6] = b.z, mv[7] = b.w;
-        vv[0] = c.x, vv[1] = c.y, vv[2] = c.z, vv[3] = c.w, vv[4] = d.x, vv[5] = d.y, vv[6] = d.z, vv[7] = d.w;
-    }
+    const float4* m4 = reinterpret_cast<const float4*>(mbuf) + i0 / 4;
+    const float4* v4 = reinterpret_cast<const float4*>(vbuf) + i0 / 4;
+    const float4 a = m4[0], b = m4[1], c = v4[0], d = v4[1];
+    mv[0] = a.x, mv[1] = a.y, mv[2] = a.z, mv[3] = a.w, mv[4] = b.x, mv[5] = b.y, mv[6] = b.z, mv[7] = b.w;
+    vv[0] = c.x, vv[1] = c.y, vv[2] = c.z, vv[3] = c.w, vv[4] = d.x, vv[5] = d.y, vv[6] = d.z, vv[7] = d.w;
     float sv[8], am, av;
     adamw_update8<BF16, GB>(w, grad, wv, mv, vv, sv, p, divu, sr, key, i0, am, av);
-    if (!INT8) {
-        float4* m4 = reinterpret_cast<float4*>(mbuf) + i0 / 4;
-        float4* v4 = reinterpret_cast<float4*>(vbuf) + i0 / 4;
-        m4[0] = make_float4(mv[0], mv[1], mv[2], mv[3]);
-        m4[1] = make_float4(mv[4], mv[5], mv[6], mv[7]);
-        v4[0] = make_float4(vv[0], vv[1], vv[2], vv[3]);
-        v4[1] = make_float4(vv[4], vv[5], vv[6], vv[7]);
-        return;
-    }
-    adamw_codes8(mbuf, vbuf, msc, vsc, mv, sv, am, av, i0);
+    float4* mo = reinterpret_cast<float4*>(mbuf) + i0 / 4;
+    float4* vo = reinterpret_cast<float4*>(vbuf) + i0 / 4;
+    mo[0] = make_float4(mv[0], mv[1], mv[2], mv[3]);
+    mo[1] = make_float4(mv[4], mv[5], mv[6], mv[7]);
+    vo[0] = make_float4(vv[0], vv[1], vv[2], vv[3]);
+    vo[1] = make_float4(vv[4], vv[5], vv[6], vv[7]);
 }
 
 // adamw_lane16 updates elements i0 … i0+15 (i0 a multiple of 16, all < n) of an int8-moment
@@ -1057,10 +1000,10 @@ __device__ __forceinline__ void adamw(void* __restrict__ w, const void* __restri
     const bool divu = div_uniform(p);
     const size_t warps = (size_t)gridDim.x * (blockDim.x >> 5);
     for (size_t c = (size_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); c < chunks; c += warps) {
-        if (INT8)
+        if constexpr (INT8)
             adamw_lane16<BF16, GB>(w, grad, mbuf, vbuf, msc, vsc, p, divu, sr, key, magic, c * item + (threadIdx.x & 31) * 16);
         else
-            adamw_lane8<BF16, INT8, GB>(w, grad, mbuf, vbuf, msc, vsc, p, divu, sr, key, magic, c * item + (threadIdx.x & 31) * 8);
+            adamw_lane8<BF16, GB>(w, grad, mbuf, vbuf, p, divu, sr, key, c * item + (threadIdx.x & 31) * 8);
     }
     adamw_blocks<BF16, INT8, GB>(w, grad, mbuf, vbuf, msc, vsc, p, sr, key, n, chunks * (item / 64));
 }
@@ -1128,12 +1071,11 @@ __device__ __forceinline__ void adamw_many(const AdamJobs& J, unsigned long long
         constexpr int item = ADAM_ITEM(INT8);
         const size_t i0 = (it - a.first) * item;
         if (a.vec && i0 + item <= a.n) {
-            if (INT8)
+            if constexpr (INT8)
                 adamw_lane16<BF16, GB>(a.w, a.grad, a.m, a.v, a.msc, a.vsc, a.p, div_uniform(a.p), a.sr, a.key,
                                        byte_magic(a.n), i0 + (threadIdx.x & 31) * 16);
             else
-                adamw_lane8<BF16, INT8, GB>(a.w, a.grad, a.m, a.v, a.msc, a.vsc, a.p, div_uniform(a.p), a.sr, a.key,
-                                            byte_magic(a.n), i0 + (threadIdx.x & 31) * 8);
+                adamw_lane8<BF16, GB>(a.w, a.grad, a.m, a.v, a.p, div_uniform(a.p), a.sr, a.key, i0 + (threadIdx.x & 31) * 8);
         } else {
             for (size_t blk = i0 / 64; blk * 64 < a.n && blk < i0 / 64 + item / 64; blk++)
                 adamw_block1<BF16, INT8, GB>(a.w, a.grad, a.m, a.v, a.msc, a.vsc, a.p, a.sr, a.key, a.n, blk);
