@@ -201,6 +201,16 @@ __device__ __forceinline__ void load8(const void* w, size_t i0, float (&wv)[8]) 
     }
 }
 
+// div_nz is div_pos for a ≠ 0 (2^-60 ≤ |a| ≤ 2^60): the quotient, at least 2^-120 in magnitude,
+// is correctly rounded and so already carries a's sign (div_pos's sequence without its sign fix).
+__device__ __forceinline__ float div_nz(float a, float b) {
+    float y;
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(b));
+    y = __fmaf_rn(y, __fmaf_rn(-b, y, 1.f), y);
+    const float q0 = __fmul_rn(a, y);
+    return __fmaf_rn(__fmaf_rn(-b, q0, a), y, q0);
+}
+
 // div_pos is __fdiv_rn(a, b) for b ∈ [2^-60, 2^60] and a = ±0 or 2^-60 ≤ |a| ≤ 2^60 (callers
 // check): the sequence ptxas emits for div.rn.f32 when its FCHK test passes — a reciprocal
 // approximation, one Newton step, the quotient and one residual correction (exact by
@@ -210,22 +220,8 @@ __device__ __forceinline__ void load8(const void* w, size_t i0, float (&wv)[8]) 
 // (session 10: 45 ULDC an iteration). The sign of a is put on the result: b > 0, and for a = −0
 // the sequence would give +0.
 __device__ __forceinline__ float div_pos(float a, float b) {
-    float y;
-    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(b));
-    y = __fmaf_rn(y, __fmaf_rn(-b, y, 1.f), y);
-    const float q0 = __fmul_rn(a, y);
-    const float q = __fmaf_rn(__fmaf_rn(-b, q0, a), y, q0);
+    const float q = div_nz(a, b);
     return __uint_as_float((__float_as_uint(q) & 0x7fffffffu) | (__float_as_uint(a) & 0x80000000u));
-}
-
-// div_nz is div_pos for a ≠ 0 (2^-60 ≤ |a| ≤ 2^60): the quotient, at least 2^-120 in magnitude,
-// is correctly rounded and so already carries a's sign.
-__device__ __forceinline__ float div_nz(float a, float b) {
-    float y;
-    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(b));
-    y = __fmaf_rn(y, __fmaf_rn(-b, y, 1.f), y);
-    const float q0 = __fmul_rn(a, y);
-    return __fmaf_rn(__fmaf_rn(-b, q0, a), y, q0);
 }
 
 // DIV_LO is 2^-60, div_pos's lower bound on |a| (DivcLow::ok_at).
@@ -244,13 +240,6 @@ __device__ __forceinline__ bool div_lane(bool uniform, const DivcLow& lom, float
     return uniform && lom.ok_at(DIV_LO) && am <= 0x1p60f && vmax <= 0x1p80f;
 }
 
-// adamw_w8 finishes the 8 master weights of a lane (elements i0…i0+7) from their new m and
-// sv = √v — optim's Update: w − decay·w − lrc·(m / (sv·rbc2 + eps)), each operation rounded on
-// its own — and stores them: bf16 by cvt.rn.bf16x2 when all eight are normal (IEEE round to
-// nearest even is bf16_rne's rounding there), or stochastically with optim's SRDraw when all
-// are finite; otherwise element by element with bf16_rne / stochastic_bf16. wv holds the old
-// weights on entry. fastdiv: every m and denominator is in div_pos's range (the caller's
-// test). Shared by the int8/fp32 (train.cu) and 4-bit (optim4.cu) lane kernels.
 // adamw_q8 is the update's quotient m / (sv·rbc2 + eps) of a lane's eight elements.
 __device__ __forceinline__ void adamw_q8(const float (&mv)[8], const float (&sv)[8], const AdamParams& p, bool fastdiv,
                                          float (&q)[8]) {
@@ -264,20 +253,12 @@ __device__ __forceinline__ void adamw_q8(const float (&mv)[8], const float (&sv)
     }
 }
 
-template <bool BF16>
-__device__ __forceinline__ void adamw_wq8(void* __restrict__ w, float (&wv)[8], const float (&q)[8],
-                                          const AdamParams& p, int sr, uint32_t key, size_t i0);
-
-template <bool BF16>
-__device__ __forceinline__ void adamw_w8(void* __restrict__ w, float (&wv)[8], const float (&mv)[8],
-                                         const float (&sv)[8], const AdamParams& p, bool fastdiv, int sr, uint32_t key,
-                                         size_t i0) {
-    float q[8];
-    adamw_q8(mv, sv, p, fastdiv, q);
-    adamw_wq8<BF16>(w, wv, q, p, sr, key, i0);
-}
-
-// adamw_wq8 is adamw_w8 from the quotients q: w − decay·w − lrc·q, rounded and stored.
+// adamw_wq8 finishes the 8 master weights of a lane (elements i0…i0+7) from the quotients
+// q = m / (sv·rbc2 + eps) — optim's Update: w − decay·w − lrc·q, each operation rounded on
+// its own — and stores them: bf16 by cvt.rn.bf16x2 when all eight are normal (IEEE round to
+// nearest even is bf16_rne's rounding there), or stochastically with optim's SRDraw when all
+// are finite; otherwise element by element with bf16_rne / stochastic_bf16. wv holds the old
+// weights on entry. Shared by the int8/fp32 (train.cu) and 4-bit (optim4.cu) lane kernels.
 template <bool BF16>
 __device__ __forceinline__ void adamw_wq8(void* __restrict__ w, float (&wv)[8], const float (&q)[8],
                                           const AdamParams& p, int sr, uint32_t key, size_t i0) {
@@ -320,6 +301,17 @@ __device__ __forceinline__ void adamw_wq8(void* __restrict__ w, float (&wv)[8], 
         }
     }
     *reinterpret_cast<uint4*>(reinterpret_cast<uint16_t*>(w) + i0) = make_uint4(hw[0], hw[1], hw[2], hw[3]);
+}
+
+// adamw_w8 is adamw_wq8 from the new m and sv = √v (fastdiv: every m and denominator is in
+// div_pos's range, the caller's test).
+template <bool BF16>
+__device__ __forceinline__ void adamw_w8(void* __restrict__ w, float (&wv)[8], const float (&mv)[8],
+                                         const float (&sv)[8], const AdamParams& p, bool fastdiv, int sr, uint32_t key,
+                                         size_t i0) {
+    float q[8];
+    adamw_q8(mv, sv, p, fastdiv, q);
+    adamw_wq8<BF16>(w, wv, q, p, sr, key, i0);
 }
 
 // sqrt8 is __fsqrt_rn of a lane's eight v (each +0 or more): sqrt_fast when every one is +0 or
@@ -397,14 +389,6 @@ __device__ __forceinline__ void adamw_step8(void* __restrict__ w, const void* __
     adamw_w8<BF16>(w, wv, mv, sv, p, div_lane(divu, lom, am, av), sr, key, i0);
 }
 
-// adamw_update8 is adamw_step8 for the int8 and fp32 kernels (train.cu), which need no DivcLow of
-// m afterwards: a lane's ranges come from four float min/max (|m|, v), one instruction an
-// element each, instead of the two integer ones each DivcLow::add takes. Fast when every m and
-// v is non-zero and in range (mn ≥ 2^-60, am ≤ 2^60, vn ≥ 2^-100, av ≤ 2^80, divu): then no
-// zero needs the root's cap (sqrt_nz) or the quotient's sign fix (div_nz). A lane whose m and v
-// are all zero (a parameter's rows that no token touched) takes √v = v and q = m, which is what
-// the root and the division give there (±0 / eps = ±0). Any other lane takes adamw_step8's
-// checked path. Each result is the plain operations' bit for bit, as before.
 // adamw_update8g is adamw_update8 from the gradient's eight values gv (already widened).
 template <bool BF16>
 __device__ __forceinline__ void adamw_update8g(void* __restrict__ w, const float (&gv)[8], float (&wv)[8],
@@ -443,6 +427,14 @@ __device__ __forceinline__ void adamw_update8g(void* __restrict__ w, const float
     adamw_wq8<BF16>(w, wv, q, p, sr, key, i0);
 }
 
+// adamw_update8 is adamw_step8 for the int8 and fp32 kernels (train.cu), which need no DivcLow of
+// m afterwards: a lane's ranges come from four float min/max (|m|, v), one instruction an
+// element each, instead of the two integer ones each DivcLow::add takes. Fast when every m and
+// v is non-zero and in range (mn ≥ 2^-60, am ≤ 2^60, vn ≥ 2^-100, av ≤ 2^80, divu): then no
+// zero needs the root's cap (sqrt_nz) or the quotient's sign fix (div_nz). A lane whose m and v
+// are all zero (a parameter's rows that no token touched) takes √v = v and q = m, which is what
+// the root and the division give there (±0 / eps = ±0). Any other lane takes adamw_step8's
+// checked path. Each result is the plain operations' bit for bit, as before.
 template <bool BF16, bool GB>
 __device__ __forceinline__ void adamw_update8(void* __restrict__ w, const void* __restrict__ grad, float (&wv)[8],
                                               float (&mv)[8], float (&vv)[8], float (&sv)[8], const AdamParams& p,
@@ -469,13 +461,13 @@ struct Vec8 {
         for (int k = 0; k < (B16 ? 1 : 2); k++) u[k] = __ldg(q + k);
     }
     __device__ __forceinline__ void widen(float (&f)[8]) const {
-        if (B16) {
+        if constexpr (B16) {
             const uint32_t uw[4] = {u[0].x, u[0].y, u[0].z, u[0].w};
 #pragma unroll
             for (int j = 0; j < 4; j++) f[2 * j] = bf16_lo(uw[j]), f[2 * j + 1] = bf16_hi(uw[j]);
         } else {
 #pragma unroll
-            for (int k = 0; k < (B16 ? 1 : 2); k++) {
+            for (int k = 0; k < 2; k++) {
                 f[4 * k] = __uint_as_float(u[k].x), f[4 * k + 1] = __uint_as_float(u[k].y);
                 f[4 * k + 2] = __uint_as_float(u[k].z), f[4 * k + 3] = __uint_as_float(u[k].w);
             }
