@@ -959,6 +959,7 @@ __device__ __forceinline__ void adamw_lane16(void* __restrict__ w, const void* _
         av = fmaxf(av, __shfl_xor_sync(0xffffffffu, av, o));
     }
     const float ms = am, vs = sqrt_rn(av);
+    // 127/absmax and 256/max√v (0 for a zero maximum), by div_pos when both maxima are in its range.
     float minv, vinv;
     if (ms >= 0x1p-60f && ms <= 0x1p60f && vs >= 0x1p-60f && vs <= 0x1p60f) {
         minv = div_pos(127.f, ms);
