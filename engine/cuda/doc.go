@@ -59,6 +59,33 @@
 //
 // NOTES.md has the kernels' bytes, FLOPs and measured times on an H200 and what comes next.
 //
+// # Environment
+//
+// Every knob is read from the process environment (at start, when a backend opens, or when its
+// op runs) and exists for A/B measurements against the default, which is the measured-best
+// path; a value not listed keeps the default.
+//
+//	QWENGO_CUDA_GEMV=v2|stream|persist|tc|tcb|tcp  one NVFP4 GEMV kernel for every shape (default auto: gemv_tcp)
+//	QWENGO_CUDA_GEMV_TCP=4x3|8x3|4x4|8x4           gemv_tcp's warps × steps in flight (default per shape)
+//	QWENGO_CUDA_GEMV_TC=4x3|8x3, _TCB=4x2|8x2|4x4|8x4  the older tensor-core GEMVs' shapes
+//	QWENGO_CUDA_GEMV_SLICE=N                       K steps a block of the tensor-core GEMVs (default from T and K)
+//	QWENGO_CUDA_PDL=0                              no programmatic dependent launch in decode
+//	QWENGO_CUDA_LMHEAD_HILO=0                      2..8 rows of a large bf16 weight on the GEMV, not cuBLASLt's hi/lo product
+//	QWENGO_CUDA_GEMM=simt                          the tiled SIMT kernel instead of cuBLASLt for 16+ rows
+//	QWENGO_CUDA_GEMM_TUNE=0                        cuBLASLt's first heuristic choice, untimed (same bits every run)
+//	QWENGO_CUDA_ATTN=simt                          prefill attention on the fp32 kernel, not the flash kernels
+//	QWENGO_CUDA_DECODE_ATTN=tiles                  decode attention from shared-memory tiles, not registers
+//	QWENGO_CUDA_KV=f32                             new KV caches hold float32 (default bf16; also SetKVCacheDType)
+//	QWENGO_CUDA_BATCHED=0                          no backend.Batched: a batched step runs its per-sequence ops one by one
+//	QWENGO_CUDA_DECODE_FUSED=1                     the fused decode forms (norms, SwiGLU, adds in the GEMVs)
+//	QWENGO_CUDA_DECODE_LAYERS=1                    the whole-stack decoder; QWENGO_CUDA_DECODE_STAGES=N caps its stages
+//	QWENGO_CUDA_SUMSQ_BATCH=0                      SumSquaresMany one gradient at a time
+//	QWENGO_CUDA_KERNEL_TIMES=1                     ProfileRange also times every launch (ktimes.go)
+//
+// The tests read three more: QWENGO_CUDA_BENCH=1 runs the TestFigures* measurements,
+// QWENGO_CUDA_FIG_GEMV=tcp,… limits TestFiguresGEMV to those kernels, QWENGO_CUDA_PROFILE=1
+// makes the decode figures' timed steps a profiler range.
+//
 // # Numerics (parity with engine/cpu)
 //
 // Element-wise ops, RMSNorm (statistics in double), RoPE (inv_freq from the host, angles in
