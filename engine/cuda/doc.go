@@ -27,7 +27,8 @@
 //     transient categories (activations, gradients, workspace) are pooled by size and reused
 //     (zeroed), accounted under workspace; the pool is released before anything is refused
 //     and by ReleaseCache.
-//   - Tensors are float32 on the device (bf16 activations come later). Weights stay in their
+//   - Tensors are float32 on the device; parameter gradients float32 or bf16 (AllocGradient,
+//     backend.GradientFormat), KV caches bf16 or float32. Weights stay in their
 //     stored precision (f32, bf16, NVFP4 packed codes + E4M3 block scales + FP32 tensor scale).
 //     MatMul: a few token rows take a GEMV that decodes the weights in registers (NVFP4 on
 //     tensor cores: gemv_tcp.cu for 1-15 rows, eight a launch, a resident grid with four weight
