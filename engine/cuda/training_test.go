@@ -635,6 +635,9 @@ func TestTrainingAdamW(t *testing.T) {
 			tc{f, kindBF16, false, false, 7, 50, false}, tc{f, kindBF16, true, false, 64, 130, false},
 			tc{f, kindBF16, true, false, 40, 512, true}, tc{f, kindF32, false, false, 40, 130, true})
 	}
+	// A parameter of 8.4 M elements: every warp of the resident grid (one wave, ~3,200 warps of
+	// 512 elements with int8 moments) walks several items, as in a real model's matrices.
+	cases = append(cases, tc{"int8", kindBF16, true, false, 2048, 4096, false})
 	const steps = 3
 	for i, cs := range cases {
 		name := fmt.Sprintf("adamw %s %s sr=%v nodecay=%v [%d, %d] ranges=%v", cs.format, cs.kind, cs.sr, cs.noDecay, cs.rows, cs.cols, cs.ranges)
