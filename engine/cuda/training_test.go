@@ -1036,6 +1036,85 @@ func TestFiguresAdamW(t *testing.T) {
 	}
 }
 
+// TestFiguresAdamWTraffic times the int8 step's traffic (a bf16 master and gradient, int8 codes
+// and per-64 scales, 10.25 B an element) in the access-pattern variants of train.cu's
+// adamw_traffic, each at 3 resident blocks of 8 warps an SM (adamw_many_bf16_int8_gb's
+// occupancy) and at 6, beside a plain copy and an in-place change of 16-byte vectors: what the
+// optimizer step can reach with each pattern before the kernel takes one (QWENGO_CUDA_BENCH=1).
+func TestFiguresAdamWTraffic(t *testing.T) {
+	benchEnabled(t)
+	g := openGPU(t)
+	const rows, cols = 38912, 2560
+	n := rows * cols
+	h, err := tensor.FromFloat32s("w", tensor.F32, []int{rows, cols}, randn(n, 7, 0.02))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bw, err := g.UploadWeight(backend.HostWeight{Name: "w", Dense: h, Keep: kindBF16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.FreeWeight(bw)
+	gradB, err := g.AllocGradient(rows, cols, tensor.BF16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Free(gradB)
+	if err := g.Upload(gradB, randn(n, 8, 1e-3)); err != nil {
+		t.Fatal(err)
+	}
+	st, err := g.NewAdamWState("int8", rows, cols)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.FreeAdamWState(st)
+	s, w, gt := st.(*AdamState), bw.(*Weight), gradB.(*Tensor)
+	items := n / 512
+	for _, bps := range []int{3, 6} {
+		grid := min(g.sms*bps, items/8)
+		for v := range 6 {
+			name := fmt.Sprintf("adamw_traffic%d", v)
+			ms, err := timeOnDevice(g, 20, func() error {
+				return launch(g.fns[name], [3]int{grid, 1, 1}, [3]int{256, 1, 1}, 0, ptrArg(w.ptr), ptrArg(gt.ptr),
+					ptrArg(s.m), ptrArg(s.v), ptrArg(s.ms), ptrArg(s.vs), sizeArg(int64(n)))
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Log(figure{fmt.Sprintf("%s %d blocks an SM", name, bps), float64(n) * 10.25, 0, ms})
+		}
+	}
+	a, err := g.Alloc(backend.Activations, rows, cols)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Free(a)
+	b, err := g.Alloc(backend.Activations, rows, cols)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Free(b)
+	vecs := int64(n) / 4
+	for _, bps := range []int{4, 8} {
+		grid := g.sms * bps
+		at, bt := a.(*Tensor), b.(*Tensor)
+		ms, err := timeOnDevice(g, 20, func() error {
+			return launch(g.fns["copy_u4"], [3]int{grid, 1, 1}, [3]int{256, 1, 1}, 0, ptrArg(bt.ptr), ptrArg(at.ptr), sizeArg(vecs))
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Log(figure{fmt.Sprintf("copy_u4 %d blocks an SM", bps), float64(n) * 8, 0, ms})
+		ms, err = timeOnDevice(g, 20, func() error {
+			return launch(g.fns["rmw_u4"], [3]int{grid, 1, 1}, [3]int{256, 1, 1}, 0, ptrArg(at.ptr), sizeArg(vecs))
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Log(figure{fmt.Sprintf("rmw_u4 %d blocks an SM", bps), float64(n) * 8, 0, ms})
+	}
+}
+
 // TestAdamWMany checks the batched AdamW (AdamWMany: adamw_many launches of up to 36
 // parameters) against one AdamW call each, bit for bit over two steps: weights and moments, for
 // every kind and state format, shapes with and without partial chunks, norms of 128 elements,

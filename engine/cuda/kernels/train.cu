@@ -1164,3 +1164,104 @@ extern "C" __global__ void __launch_bounds__(256) adamw_probe_gb(uint16_t* w, co
                                                                   uint8_t* v, float* msc, float* vsc, size_t n) {
     adamw_probe_body<true>(w, grad, m, v, msc, vsc, n);
 }
+
+// adamw_traffic (TestFiguresAdamWTraffic only, not used by the engine): adamw_probe_gb's bytes
+// (bf16 master and gradient, int8 codes, per-64 f32 scales, in place) in a warp item of 512
+// elements as adamw_lane16 moves them, in variants of the access pattern, to find what the
+// step's traffic can reach before the kernel is changed to it:
+//   0: a lane's 16 elements contiguous (adamw_lane16 today: each 16-byte load of w or the
+//      gradient covers every other 16 bytes of the item's 1 KB);
+//   1: each 16-byte load of w and the gradient covers 512 contiguous bytes (lane l: elements
+//      8l… and 256 + 8l…); the codes as in 0;
+//   2: 1 with two items a warp in flight;
+//   3: 1 with streaming loads and stores (ld.global.cs / st.global.cs);
+//   4: 1 with the loads' L2 sector promotion to 256 bytes (ld.global.L2::256B);
+//   5: 1 with plain loads and streaming stores.
+template <int V>
+__device__ __forceinline__ uint4 traffic_ld(const void* p) {
+    const uint4* q = reinterpret_cast<const uint4*>(p);
+    if (V == 3) return __ldcs(q);
+    if (V == 4) {
+        uint4 r;
+        asm volatile("ld.global.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];"
+                     : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+                     : "l"(q));
+        return r;
+    }
+    return *q;
+}
+template <int V>
+__device__ __forceinline__ void traffic_st(void* p, uint4 v) {
+    uint4* q = reinterpret_cast<uint4*>(p);
+    if (V == 3 || V == 5)
+        __stcs(q, v);
+    else
+        *q = v;
+}
+template <int V>
+__device__ __forceinline__ void adamw_traffic(uint16_t* w, const uint16_t* g, uint8_t* m, uint8_t* v, float* msc,
+                                              float* vsc, size_t n) {
+    constexpr int U = V == 2 ? 2 : 1;
+    const size_t items = n / 512, warps = (size_t)gridDim.x * (blockDim.x >> 5);
+    const int lane = threadIdx.x & 31;
+    for (size_t c0 = (size_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); c0 < items; c0 += U * warps) {
+        uint4 wv[U][2], gv[U][2], mc[U], vc[U];
+        size_t wo[U][2], co[U];
+        uint32_t s[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const size_t c = c0 + u * warps;
+            if (c >= items) break;
+            const size_t base = c * 512;
+            wo[u][0] = V == 0 ? base + 16 * lane : base + 8 * lane;
+            wo[u][1] = V == 0 ? wo[u][0] + 8 : wo[u][0] + 256;
+            co[u] = base + 16 * lane;
+#pragma unroll
+            for (int h = 0; h < 2; h++) wv[u][h] = traffic_ld<V>(w + wo[u][h]), gv[u][h] = traffic_ld<V>(g + wo[u][h]);
+            mc[u] = traffic_ld<V>(m + co[u]);
+            vc[u] = traffic_ld<V>(v + co[u]);
+            s[u] = __float_as_uint(msc[co[u] >> 6]) ^ __float_as_uint(vsc[co[u] >> 6]);
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const size_t c = c0 + u * warps;
+            if (c >= items) break;
+            const uint32_t x = gv[u][0].x ^ gv[u][0].y ^ gv[u][0].z ^ gv[u][0].w ^ gv[u][1].x ^ gv[u][1].y ^ gv[u][1].z ^
+                               gv[u][1].w ^ s[u];
+            wv[u][0].x ^= x & 1u, wv[u][1].y ^= mc[u].x & 1u, wv[u][0].z ^= vc[u].x & 1u, wv[u][1].w ^= (x >> 1) & 1u;
+            mc[u].x ^= x & 0x01010101u, vc[u].y ^= (x >> 2) & 0x01010101u;
+#pragma unroll
+            for (int h = 0; h < 2; h++) traffic_st<V>(w + wo[u][h], wv[u][h]);
+            traffic_st<V>(m + co[u], mc[u]);
+            traffic_st<V>(v + co[u], vc[u]);
+            if ((lane & 3) == 0) {
+                msc[co[u] >> 6] = __uint_as_float(s[u] & 0x3F7FFFFFu);
+                vsc[co[u] >> 6] = __uint_as_float(x & 0x3F7FFFFFu);
+            }
+        }
+    }
+}
+#define ADAMW_TRAFFIC_ENTRY(V)                                                                                   \
+    extern "C" __global__ void __launch_bounds__(256) adamw_traffic##V(uint16_t* w, const uint16_t* g, uint8_t* m, \
+                                                                       uint8_t* v, float* msc, float* vsc, size_t n) { \
+        adamw_traffic<V>(w, g, m, v, msc, vsc, n);                                                               \
+    }
+ADAMW_TRAFFIC_ENTRY(0)
+ADAMW_TRAFFIC_ENTRY(1)
+ADAMW_TRAFFIC_ENTRY(2)
+ADAMW_TRAFFIC_ENTRY(3)
+ADAMW_TRAFFIC_ENTRY(4)
+ADAMW_TRAFFIC_ENTRY(5)
+
+// copy_u4 and rmw_u4 (TestFiguresAdamWTraffic only): the plain bandwidths the traffic variants
+// are read against — a copy of n 16-byte vectors, and the same vectors changed in place.
+extern "C" __global__ void __launch_bounds__(256) copy_u4(uint4* dst, const uint4* src, size_t n) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) dst[i] = src[i];
+}
+extern "C" __global__ void __launch_bounds__(256) rmw_u4(uint4* x, size_t n) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        uint4 v = x[i];
+        v.x ^= 1u;
+        x[i] = v;
+    }
+}
