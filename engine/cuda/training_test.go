@@ -963,6 +963,16 @@ func TestFiguresAdamW(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Log(figure{"adamw_probe_gb (traffic only, bf16 gradient) 99.6M elements", bytesB, 0, ms})
+	// The same parameter as a batch of one (adamw_many's code on adamw's data).
+	ms, err = timeOnDevice(g, 20, func() error {
+		step++
+		return g.AdamWMany([]backend.AdamWJob{{W: bw, Grad: gradB, State: st, Hyper: backend.AdamWHyper{LR: 1e-5, Beta1: 0.9,
+			Beta2: 0.999, Eps: 1e-8, WeightDecay: 0.01, Step: step, GradScale: 0.5, StochasticRound: true, Seed: 1, Param: 3}}})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Log(figure{"adamw_many_bf16_int8_gb, one job of 99.6M elements", bytesB, 0, ms})
 
 	// Four layers of Qwen3-4B's parameters (7 matrices and 4 norms each, f32 norms): one AdamW
 	// call each against one AdamWMany batch; then the same with bf16 gradients (bjobs).
