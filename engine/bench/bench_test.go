@@ -103,6 +103,26 @@ func TestQuickRunCPU(t *testing.T) {
 	t.Log("\n" + md)
 }
 
+// TestLMHeadOption runs the quick decode figures with an NVFP4 copy of the lm_head and refuses
+// an unknown head format by name.
+func TestLMHeadOption(t *testing.T) {
+	if _, err := Run(context.Background(), cpu.New(), Options{Quick: true, LMHead: "fp8"}); err == nil || !strings.Contains(err.Error(), `"fp8"`) {
+		t.Errorf("lm_head fp8: %v", err)
+	}
+	rep, err := Run(context.Background(), cpu.New(), Options{Quick: true, Only: []string{"decode"}, FigureSeconds: 0.01, LMHead: "nvfp4"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(rep.Model.Weights, "NVFP4 copy") {
+		t.Errorf("report's weights %q do not name the NVFP4 lm_head", rep.Model.Weights)
+	}
+	for _, f := range rep.Figures {
+		if strings.HasPrefix(f.Key, "decode_") && !f.OK() {
+			t.Errorf("%s: %s", f.Key, f.Status)
+		}
+	}
+}
+
 func TestOnlyAndDeadline(t *testing.T) {
 	if _, err := Run(context.Background(), cpu.New(), Options{Quick: true, Only: []string{"decoding"}}); err == nil || !strings.Contains(err.Error(), "decoding") {
 		t.Errorf("unknown workload: %v", err)

@@ -102,12 +102,13 @@ func paramNames(cfg *qwen3.Config) map[string][]int {
 	return out
 }
 
-// NewModel builds a random model for cfg on b: linears in the given precision (qwen3.NVFP4
-// for the benchmark), the embedding (and tied lm_head) bf16, norms 1. Weights are uniform
+// NewModel builds a random model for cfg on b: linears in opt.Precision (qwen3.NVFP4 for the
+// benchmark), the embedding (and tied lm_head, unless opt.LMHead asks for an NVFP4 copy) bf16,
+// norms 1. Weights are uniform
 // with standard deviation 0.02 (HF's initializer_range), generated in parallel per tensor
 // from seed and the tensor's name, then loaded through qwen3.Load exactly as a bf16
 // checkpoint would be.
-func NewModel(cfg *qwen3.Config, b backend.Backend, precision string, seed uint64) (*qwen3.Model, error) {
+func NewModel(cfg *qwen3.Config, b backend.Backend, opt qwen3.LoadOptions, seed uint64) (*qwen3.Model, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -117,7 +118,7 @@ func NewModel(cfg *qwen3.Config, b backend.Backend, precision string, seed uint6
 			Size: int64(tensor.Numel(shape) * 2)})
 	}
 	sort.Slice(src.infos, func(i, j int) bool { return src.infos[i].Name < src.infos[j].Name })
-	m, err := qwen3.Load(cfg, src, b, qwen3.LoadOptions{Precision: precision})
+	m, err := qwen3.Load(cfg, src, b, opt)
 	if err != nil {
 		return nil, fmt.Errorf("bench: random model: %w", err)
 	}

@@ -36,6 +36,9 @@ type Options struct {
 	MaxSeconds float64
 	// FigureSeconds is each figure's repetition budget (0: 6 s; 0.5 s with Quick).
 	FigureSeconds float64
+	// LMHead is the inference model's lm_head format (qwen3.LoadOptions.LMHead): "" for the
+	// tied bf16 embedding itself (the rooflines' assumption), "nvfp4" for an NVFP4 copy.
+	LMHead string
 	// Log receives progress lines (nil: none).
 	Log io.Writer
 }
@@ -76,6 +79,9 @@ func Run(ctx context.Context, b backend.Backend, opt Options) (*Report, error) {
 	if opt.Layers < 0 {
 		return nil, fmt.Errorf("bench: %d layers", opt.Layers)
 	}
+	if opt.LMHead != "" && opt.LMHead != qwen3.NVFP4 {
+		return nil, fmt.Errorf("bench: unknown lm_head format %q (want \"\" or nvfp4)", opt.LMHead)
+	}
 	r := &runner{ctx: ctx, b: b, opt: opt, start: time.Now(), rng: rand.New(rand.NewPCG(opt.Seed, 7))}
 	full := FullLayers
 	if opt.Quick {
@@ -101,6 +107,9 @@ func Run(ctx context.Context, b backend.Backend, opt Options) (*Report, error) {
 		Model: ModelInfo{Layers: c.NumLayers, FullLayers: full, Hidden: c.HiddenSize, Intermediate: c.IntermediateSize,
 			Heads: c.NumHeads, KVHeads: c.NumKVHeads, HeadDim: c.HeadDim, Vocab: c.VocabSize, Tied: c.TieEmbeddings,
 			Params: c.NumParams(), Weights: "NVFP4 linears, bf16 embedding = lm_head"}}
+	if opt.LMHead == qwen3.NVFP4 {
+		r.rep.Model.Weights = "NVFP4 linears, bf16 embedding, NVFP4 copy of it as lm_head (--lm-head nvfp4; rooflines still count a bf16 lm_head)"
+	}
 	r.rep.Figures = r.figures()
 	r.rep.Notes = append(r.rep.Notes,
 		"decode: every step is one qwen3.Forward in LogitsGreedy mode: the next token is picked on the device (backend.ArgMaxer) and only its id is downloaded",
@@ -137,7 +146,7 @@ func (r *runner) build() bool {
 	c := r.cfg
 	r.logf("building a random %d-layer Qwen3-4B-shaped model on %s", c.NumLayers, r.b.Name())
 	t0 := time.Now()
-	m, err := NewModel(c, r.b, qwen3.NVFP4, r.opt.Seed)
+	m, err := NewModel(c, r.b, qwen3.LoadOptions{Precision: qwen3.NVFP4, LMHead: r.opt.LMHead}, r.opt.Seed)
 	r.rep.BuildSeconds = time.Since(t0).Seconds()
 	if err != nil {
 		for i := range r.rep.Figures {

@@ -821,3 +821,69 @@ func TestModelOptExtras(t *testing.T) {
 		t.Fatalf("reloaded with extra scales: relative error %.3g", e)
 	}
 }
+
+// TestLMHeadNVFP4 loads a checkpoint with LoadOptions.LMHead = NVFP4: the logits' matrix
+// becomes an NVFP4 copy (of the tied embedding, or in place of a stored dense lm_head) while the
+// embedding stays dense; the logits stay close to the dense head's; freeing the model frees the
+// copy; Save writes it as lm_head and the reload computes the same logits; an unknown format is
+// refused by name.
+func TestLMHeadNVFP4(t *testing.T) {
+	ids := randIDs(12, 20, 1000)
+	for _, tied := range []bool{true, false} {
+		t.Run(tiedName(tied), func(t *testing.T) {
+			dir := t.TempDir()
+			if err := newTiny(t, tied, F32).Save(dir, SaveOptions{Format: F32}); err != nil {
+				t.Fatal(err)
+			}
+			dense := loadDir(t, dir, NVFP4)
+			b := cpu.New()
+			m, err := Open(dir, b, LoadOptions{Precision: NVFP4, LMHead: NVFP4})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if m.LMHead.Kind() != NVFP4 || m.Embed.Kind() == NVFP4 || m.LMHead == m.Embed {
+				t.Fatalf("lm_head %s, embedding %s, shared %v: want an NVFP4 head beside a dense embedding", m.LMHead.Kind(), m.Embed.Kind(), m.LMHead == m.Embed)
+			}
+			if src := m.Sources["lm_head"]; !strings.Contains(src, "nvfp4") {
+				t.Errorf("Sources[lm_head] = %q, want the NVFP4 head named", src)
+			}
+			ref := forward(t, dense, ids, nil, LogitsAll)
+			got := forward(t, m, ids, nil, LogitsAll)
+			agree := 0
+			for r := 0; r < ref.Rows; r++ {
+				if argmax(got.Row(r)) == argmax(ref.Row(r)) {
+					agree++
+				}
+			}
+			e := rowsRelErr(got.Data, ref.Data, ref.Vocab)
+			t.Logf("NVFP4 lm_head vs dense: logits max relative error %.3g, top-1 agreement %d/%d", e, agree, ref.Rows)
+			if e > 0.5 || e == 0 {
+				t.Errorf("logits relative error %.3g: want (0, 0.5]", e)
+			}
+			saved := t.TempDir()
+			if err := m.Save(saved, SaveOptions{Format: NVFP4}); err != nil {
+				t.Fatal(err)
+			}
+			// Save writes every lm_head dense (bf16, as the ModelOpt layout excludes it): the
+			// reload computes with the NVFP4 head's values rounded to bf16, as its own head.
+			again := loadDir(t, saved, NVFP4)
+			if again.LMHead == again.Embed || again.Config.TieEmbeddings {
+				t.Errorf("reloaded model ties lm_head to the embedding: the saved head is lost")
+			}
+			if e := rowsRelErr(forward(t, again, ids, nil, LogitsAll).Data, got.Data, ref.Vocab); e > 0.02 {
+				t.Errorf("reloaded model's logits differ from the saved one's by %.3g", e)
+			}
+			m.Free()
+			if st := b.Memory(); st.Used() != 0 {
+				t.Errorf("freeing the model left %d bytes allocated", st.Used())
+			}
+		})
+	}
+	s, err := format.Open(t.TempDir())
+	if err == nil {
+		defer s.Close()
+	}
+	if _, err := Load(tinyConfig(true), s, cpu.New(), LoadOptions{LMHead: "int4"}); err == nil || !strings.Contains(err.Error(), `unknown lm_head format "int4"`) {
+		t.Errorf("lm_head int4: %v", err)
+	}
+}

@@ -35,6 +35,7 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 	steps := f.Int("decode-steps", 0, "one-token forwards per timed decode repetition (0: 32; 8 with --quick)")
 	maxSec := f.Float("max-seconds", 0, "stop starting figures after this many seconds (0: no limit)")
 	figSec := f.Float("figure-seconds", 0, "repetition budget per figure in seconds (0: 6; 0.5 with --quick)")
+	lmHead := f.String("lm-head", "", "the inference model's lm_head: \"\" the tied bf16 embedding, nvfp4 an NVFP4 copy of it")
 	if code, ok := f.ParseCommand(args); !ok {
 		return code
 	}
@@ -76,7 +77,7 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintln(stderr, "bench:", engine.BackendNote)
 		}
 		r, err := bench.Run(ctx, b, bench.Options{Layers: *layers, Quick: *quick, Only: *only, Seed: uint64(*seed),
-			DecodeSteps: *steps, MaxSeconds: *maxSec, FigureSeconds: *figSec, Log: stderr})
+			DecodeSteps: *steps, MaxSeconds: *maxSec, FigureSeconds: *figSec, LMHead: *lmHead, Log: stderr})
 		if err != nil {
 			return fail(err)
 		}
