@@ -114,6 +114,10 @@ type LoadOptions struct {
 	Config string
 	// Precision of linear weights: "" (as stored), "f32", "bf16" or "nvfp4".
 	Precision string
+	// LMHead is the logits' matrix: "" (as stored, or the tied embedding) or "nvfp4", an NVFP4
+	// copy that every decoded token reads in a quarter of the bytes (qwen3.LoadOptions.LMHead:
+	// the logits then carry NVFP4's rounding).
+	LMHead string
 	// MaxSeq is the KV cache capacity of Generate and of each Chat (default min(4096, max positions)).
 	MaxSeq int
 	// KVCache is the element type of the model's KV caches: "" (the backend's: bf16 on a GPU,
@@ -179,7 +183,7 @@ func LoadWith(path string, opt LoadOptions) (*Model, error) {
 	if progress == nil && DefaultProgress != nil {
 		progress = func(done, total int64) { DefaultProgress(path, done, total) }
 	}
-	net, err := qwen3.Load(cfg, src, Backend(), qwen3.LoadOptions{Precision: opt.Precision, Progress: progress})
+	net, err := qwen3.Load(cfg, src, Backend(), qwen3.LoadOptions{Precision: opt.Precision, LMHead: opt.LMHead, Progress: progress})
 	if err != nil {
 		return nil, guardError(context.Background(), fmt.Errorf("engine: load %s: %w", path, err))
 	}

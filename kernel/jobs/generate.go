@@ -48,6 +48,7 @@ func runGenerate(args []string, stdout, stderr io.Writer) int {
 	rep := f.Float("repetition-penalty", 1, "HF repetition penalty (1 = off)")
 	seed := f.Int("seed", 0, "sampling seed")
 	precision := f.Choice("precision", "", []string{"", "f32", "bf16", "nvfp4"}, "linear weight precision (default: as stored)")
+	lmHead := f.Choice("lm-head", "", []string{"", "nvfp4"}, "the logits' matrix: as stored (or the tied embedding), or an NVFP4 copy (a quarter of the bytes a token reads)")
 	noKV := f.Bool("no-kv-cache", false, "recompute the whole sequence for every token (reference path)")
 	timing := f.Bool("timing", false, "print prefill/decode speed on stderr")
 	logits := f.Choice("logits", "", []string{"", "last", "all"}, "also output logits of the prompt's last or all positions (with --json)")
@@ -64,7 +65,7 @@ func runGenerate(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "generate: give exactly one of --prompt and --ids")
 		return cli.ExitUsage
 	}
-	m, err := engine.LoadWith(*model, engine.LoadOptions{Tokenizer: *tok, Precision: *precision})
+	m, err := engine.LoadWith(*model, engine.LoadOptions{Tokenizer: *tok, Precision: *precision, LMHead: *lmHead})
 	if err != nil {
 		return fail(err)
 	}
