@@ -6,7 +6,8 @@
 #
 #   bash engine/bench/run.sh [--layers N] [--quick] [--only decode,prefill,optim,train]
 #
-# The arguments go to both sides. Output in $OUT (default: a new temporary directory):
+# The arguments go to both sides; QWENGO_ARGS adds arguments for qwengo's side only (e.g.
+# QWENGO_ARGS="--lm-head nvfp4"). Output in $OUT (default: a new temporary directory):
 # device.txt, qwengo.json + qwengo.log, peer.json + peer.log, table.md. Each side is bounded
 # (QWENGO_SECONDS, PEER_SECONDS: no figure starts after that; timeout(1) interrupts it 90 s
 # later and it still writes its report); a side that fails leaves the other's figures in the
@@ -31,7 +32,7 @@ cat "$OUT/device.txt"
 
 echo "== qwengo: $BIN bench $* (log: qwengo.log)"
 start=$SECONDS
-timeout -s INT -k 20 $((QWENGO_SECONDS + 90)) "$BIN" bench "$@" --max-seconds "$QWENGO_SECONDS" \
+timeout -s INT -k 20 $((QWENGO_SECONDS + 90)) "$BIN" bench "$@" ${QWENGO_ARGS:-} --max-seconds "$QWENGO_SECONDS" \
 	--json "$OUT/qwengo.json" >"$OUT/qwengo.md" 2>"$OUT/qwengo.log"
 echo "qwengo: exit $? after $((SECONDS - start)) s"
 tail -n 40 "$OUT/qwengo.log"
