@@ -192,6 +192,12 @@ func Load(cfg *Config, src format.Source, b backend.Backend, opt LoadOptions) (*
 	m := &Model{Config: cfg, B: b, Layers: make([]Layer, cfg.NumLayers), Sources: map[string]string{}}
 	ok := false
 	var embedHead backend.Weight // the tied embedding's NVFP4 copy (LoadOptions.LMHead)
+	storedHead := false          // the checkpoint has its own lm_head: no copy of the embedding
+	for _, ti := range src.Tensors() {
+		if p, _ := splitName(ti.Name); p == "lm_head" {
+			storedHead = true
+		}
+	}
 	defer func() {
 		if !ok {
 			m.Free() // a failed load leaves nothing allocated
@@ -253,7 +259,7 @@ func Load(cfg *Config, src format.Source, b backend.Backend, opt LoadOptions) (*
 		m.setLinear(prefix, w)
 		m.Sources[prefix] = how
 		done[prefix] = true
-		if opt.LMHead == NVFP4 && (prefix == "model.embed_tokens" || prefix == "lm_head") && w.Kind() != NVFP4 {
+		if opt.LMHead == NVFP4 && (prefix == "lm_head" || prefix == "model.embed_tokens" && !storedHead) && w.Kind() != NVFP4 {
 			head, err := m.nvfp4Head(p.weight, shape)
 			if err != nil {
 				return err
@@ -305,10 +311,6 @@ func Load(cfg *Config, src format.Source, b backend.Backend, opt LoadOptions) (*
 		m.LMHead = m.Embed
 	case cfg.TieEmbeddings:
 		m.Sources["lm_head"] += " (stored although tie_word_embeddings: used)"
-	}
-	if embedHead != nil { // a stored lm_head serves the logits
-		b.FreeWeight(embedHead)
-		embedHead = nil
 	}
 	ok = true
 	return m, nil
