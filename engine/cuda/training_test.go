@@ -877,6 +877,27 @@ func TestDivPos(t *testing.T) {
 	}
 }
 
+// adamFigureParam uploads the figures' large bf16 parameter [rows, cols] (values randn seed 7,
+// σ 0.02) and gives it a fresh int8 AdamW state; both are freed when the test ends.
+func adamFigureParam(t *testing.T, g *Backend, rows, cols int) (backend.Weight, backend.AdamWState) {
+	t.Helper()
+	h, err := tensor.FromFloat32s("w", tensor.F32, []int{rows, cols}, randn(rows*cols, 7, 0.02))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bw, err := g.UploadWeight(backend.HostWeight{Name: "w", Dense: h, Keep: kindBF16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { g.FreeWeight(bw) })
+	st, err := g.NewAdamWState("int8", rows, cols)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { g.FreeAdamWState(st) })
+	return bw, st
+}
+
 // TestFiguresAdamW times the int8 AdamW step on one large bf16 parameter beside adamw_probe,
 // its memory traffic without the arithmetic: how far the kernel is from what its access pattern
 // allows (QWENGO_CUDA_BENCH=1). Then the same with a bf16 gradient (adamw_bf16_int8_gb and
@@ -887,16 +908,7 @@ func TestFiguresAdamW(t *testing.T) {
 	g := openGPU(t)
 	const rows, cols = 38912, 2560 // 99.6 M elements, 1.2 GB moved a step
 	n := rows * cols
-	init := randn(n, 7, 0.02)
-	h, err := tensor.FromFloat32s("w", tensor.F32, []int{rows, cols}, init)
-	if err != nil {
-		t.Fatal(err)
-	}
-	bw, err := g.UploadWeight(backend.HostWeight{Name: "w", Dense: h, Keep: kindBF16})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer g.FreeWeight(bw)
+	bw, st := adamFigureParam(t, g, rows, cols)
 	grad, err := g.Alloc(backend.Activations, rows, cols)
 	if err != nil {
 		t.Fatal(err)
@@ -905,11 +917,6 @@ func TestFiguresAdamW(t *testing.T) {
 	if err := g.Upload(grad, randn(n, 8, 1e-3)); err != nil {
 		t.Fatal(err)
 	}
-	st, err := g.NewAdamWState("int8", rows, cols)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer g.FreeAdamWState(st)
 	bytes := float64(n) * 12.25
 	step := 0
 	ms, err := timeOnDevice(g, 20, func() error {
@@ -1056,15 +1063,7 @@ func TestFiguresAdamWTraffic(t *testing.T) {
 	g := openGPU(t)
 	const rows, cols = 38912, 2560
 	n := rows * cols
-	h, err := tensor.FromFloat32s("w", tensor.F32, []int{rows, cols}, randn(n, 7, 0.02))
-	if err != nil {
-		t.Fatal(err)
-	}
-	bw, err := g.UploadWeight(backend.HostWeight{Name: "w", Dense: h, Keep: kindBF16})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer g.FreeWeight(bw)
+	bw, st := adamFigureParam(t, g, rows, cols)
 	gradB, err := g.AllocGradient(rows, cols, tensor.BF16)
 	if err != nil {
 		t.Fatal(err)
@@ -1073,11 +1072,6 @@ func TestFiguresAdamWTraffic(t *testing.T) {
 	if err := g.Upload(gradB, randn(n, 8, 1e-3)); err != nil {
 		t.Fatal(err)
 	}
-	st, err := g.NewAdamWState("int8", rows, cols)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer g.FreeAdamWState(st)
 	s, w, gt := st.(*AdamState), bw.(*Weight), gradB.(*Tensor)
 	items := n / 512
 	for _, bps := range []int{3, 6} {
