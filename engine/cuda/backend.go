@@ -69,8 +69,8 @@ type Backend struct {
 	// QWENGO_CUDA_DECODE_LAYERS=1); dl is its descriptor and buffers.
 	decodeLayers bool
 	dl           dlState
-	// decodeFusedModel offers the fused decode ops to the model (FusedDecodeRows;
-	// QWENGO_CUDA_DECODE_FUSED=1).
+	// decodeFusedModel offers the fused decode ops to the model (FusedDecodeRows; on unless
+	// QWENGO_CUDA_DECODE_FUSED=0).
 	decodeFusedModel bool
 	// kernelTimes are the last timed profiler range's kernels (ProfileRange); timeKernels
 	// times the ranges opened while it is set (SetKernelTiming).

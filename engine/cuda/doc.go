@@ -46,8 +46,8 @@
 //     the AdamW update with fp32, int8 or 4-bit moments. backend.Batched (batch.go, kernels/batch.cu)
 //     runs a batched decode step's per-sequence ops in one launch each for up to 32 sequences.
 //   - backend.FusedDecode (fused_decode.go): the block's norms, SwiGLU and residual adds folded
-//     into the GEMVs; exact, but measured no faster, so the model takes them only with
-//     QWENGO_CUDA_DECODE_FUSED=1.
+//     into the GEMVs; exact, and the model's batch-1 decode path since session 14 (3-7 % faster
+//     once the norm GEMVs load their row at once); QWENGO_CUDA_DECODE_FUSED=0 switches them off.
 //   - backend.LayerDecoder (decode_layers.go, kernels/decode_layers.cu): every layer of a
 //     one-token step in one persistent, cooperatively launched kernel; agrees with the per-op
 //     path to ~1e-6 but measured slower (NOTES.md, session 7), so it runs only with
@@ -78,7 +78,7 @@
 //	QWENGO_CUDA_DECODE_ATTN=tiles                  decode attention from shared-memory tiles, not registers
 //	QWENGO_CUDA_KV=f32                             new KV caches hold float32 (default bf16; also SetKVCacheDType)
 //	QWENGO_CUDA_BATCHED=0                          no backend.Batched: a batched step runs its per-sequence ops one by one
-//	QWENGO_CUDA_DECODE_FUSED=1                     the fused decode forms (norms, SwiGLU, adds in the GEMVs)
+//	QWENGO_CUDA_DECODE_FUSED=0                     batch-1 decode without the fused forms (norms, SwiGLU, adds in the GEMVs)
 //	QWENGO_CUDA_DECODE_LAYERS=1                    the whole-stack decoder; QWENGO_CUDA_DECODE_STAGES=N caps its stages
 //	QWENGO_CUDA_SUMSQ_BATCH=0                      SumSquaresMany one gradient at a time
 //	QWENGO_CUDA_KERNEL_TIMES=1                     ProfileRange also times every launch (ktimes.go)

@@ -14,23 +14,24 @@ import (
 // o and down GEMVs as they finish each output (gemv_tcp.cu's _norm, _swiacc and _acc forms). A
 // batch-1 decode layer then launches six kernels instead of nine. Each op falls back to the
 // composition it names (through the public ops, on the owner goroutine) where the resident GEMV
-// does not apply (other weight formats, more than eight rows, another GEMV forced). They
-// measured no faster than the kernels they fold (FusedDecodeRows), so the model takes them only
-// with QWENGO_CUDA_DECODE_FUSED=1.
+// does not apply (other weight formats, more than eight rows, another GEMV forced). The model
+// takes them for one-row chunks (batch-1 decode) unless QWENGO_CUDA_DECODE_FUSED=0.
 
-// decodeFusedFromEnv reports whether the model should take the fused decode forms
-// (QWENGO_CUDA_DECODE_FUSED=1); the ops themselves run fused whenever they apply.
-func decodeFusedFromEnv() bool { return os.Getenv("QWENGO_CUDA_DECODE_FUSED") == "1" }
+// decodeFusedFromEnv reports whether the model should take the fused decode forms: yes unless
+// QWENGO_CUDA_DECODE_FUSED=0; the ops themselves run fused whenever they apply.
+func decodeFusedFromEnv() bool { return os.Getenv("QWENGO_CUDA_DECODE_FUSED") != "0" }
 
-// fusedDecodeRows is where the fused forms could pay. Measured (session 5, device runs 7-8):
-// at eight rows every block of the q/k/v and gate/up products computes eight row norms over
-// 80 KB of x and batch-8 decode fell from ~1,460 to 1,219 tok/s; at one row the model with
-// them decodes as fast as without (348 against 356 tok/s at context 512, 261 and 261 at 8192,
-// same run): the norm reduction each block now does before its first mma costs what the
-// kernels it replaces did. So the model takes them only when asked (QWENGO_CUDA_DECODE_FUSED=1).
+// fusedDecodeRows is where the fused forms pay. Measured (session 5, device runs 7-8): at eight
+// rows every block of the q/k/v and gate/up products computes eight row norms over 80 KB of x
+// and batch-8 decode fell from ~1,460 to 1,219 tok/s. At one row they measured as fast as the
+// kernels they fold (session 5) or 2-5 % slower (session 10, call 4) while the norm GEMVs read
+// their row one load at a time (a chain of L2 round trips after pdl_wait); with the row's loads
+// issued at once (gemv_tcp.cu tcp_row_inv, session 14 call 1, ABAB in one binary) batch-1
+// decode is 3-7 % faster with them: 403.8 / 399.3 against 387.9 / 390.2 tok/s at context 512,
+// 339.5 / 336.8 against 317.8 / 328.0 at 8192.
 const fusedDecodeRows = 1
 
-// FusedDecodeRows implements backend.FusedDecode: 1 with QWENGO_CUDA_DECODE_FUSED=1, else 0.
+// FusedDecodeRows implements backend.FusedDecode: 1 unless QWENGO_CUDA_DECODE_FUSED=0, then 0.
 func (b *Backend) FusedDecodeRows() int {
 	if !b.decodeFusedModel {
 		return 0

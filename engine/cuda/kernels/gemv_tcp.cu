@@ -87,12 +87,28 @@ __device__ __forceinline__ void tcp_put(float* o, float sum, float scale) {
 
 // tcp_row_inv computes rmsnorm_f32's 1/sqrt(mean(x²) + eps) for row r of x (K elements) with
 // the block's threads (blockDim = rmsnorm_f32's for K, checked on the host, so the fp64 sums
-// and their reduction order are rmsnorm_f32's).
+// and their reduction order are rmsnorm_f32's). Rows of up to TCP_NORM_CACHE·blockDim elements
+// (Qwen3's 2,560 at 256 threads) have all their loads issued before the first sum, as
+// rmsnorm_f32 does: the loop form waits on each load in turn — a chain of L2 round trips after
+// pdl_wait, on the critical path of every _norm launch (session 14).
+#define TCP_NORM_CACHE 16
 __device__ __forceinline__ float tcp_row_inv(const float* __restrict__ x, int K, float eps, double* red) {
     double ss = 0.0;
-    for (int j = threadIdx.x; j < K; j += blockDim.x) {
-        const double v = (double)x[j];
-        ss = fma(v, v, ss);
+    if (K <= TCP_NORM_CACHE * (int)blockDim.x) {
+        float xv[TCP_NORM_CACHE];
+#pragma unroll
+        for (int i = 0; i < TCP_NORM_CACHE; i++) {
+            const int j = threadIdx.x + i * blockDim.x;
+            if (j < K) xv[i] = x[j];
+        }
+#pragma unroll
+        for (int i = 0; i < TCP_NORM_CACHE; i++)
+            if (threadIdx.x + i * blockDim.x < K) ss = fma((double)xv[i], (double)xv[i], ss);
+    } else {
+        for (int j = threadIdx.x; j < K; j += blockDim.x) {
+            const double v = (double)x[j];
+            ss = fma(v, v, ss);
+        }
     }
     ss = block_sum_d(ss, red);
     return (float)(1.0 / sqrt(ss / (double)K + (double)eps));
