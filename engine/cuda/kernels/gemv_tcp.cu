@@ -161,7 +161,32 @@ __device__ __forceinline__ void gemv_tcp(const gemv_jobs& jobs, const float* __r
         if (d < total) issue(d);
     pdl_wait();
     const int cstride = 4 * slice * 16;  // u32 per (row, hi|lo) column of xs
-    if (XM == TCP_NORM) {
+    if (XM == TCP_NORM && T == 1 && K <= TCP_NORM_CACHE * (int)blockDim.x && 32 * nsteps <= (int)blockDim.x) {
+        // One row whose slice is at most one staged piece a thread (decode, batch 1): the piece's
+        // x and norm weights are loaded with the row's statistics, one round trip from L2 after
+        // pdl_wait instead of two; the same values as tcp_stage below.
+        __shared__ double red1[32];
+        const int i = threadIdx.x, c = i >> 3, j = i & 7, k = 128 * s0 + c * 32 + 8 * (j >> 1) + 2 * (j & 1);
+        const bool live = i < 32 * nsteps;
+        float xa = 0.f, xb = 0.f, xc = 0.f, xd = 0.f, wa_ = 0.f, wb_ = 0.f, wc = 0.f, wd = 0.f;
+        if (live) {  // scalar loads: nw may be any float-aligned view
+            xa = x[k], xc = x[k + 1], xb = x[k + 4], xd = x[k + 5];
+            wa_ = nw[k], wc = nw[k + 1], wb_ = nw[k + 4], wd = nw[k + 5];
+        }
+        const float inv = tcp_row_inv(x, K, eps, red1);
+        if (live) {
+            const float ax = __fmul_rn(wa_, __fmul_rn(xa, inv)), ay = __fmul_rn(wc, __fmul_rn(xc, inv));
+            const float bx = __fmul_rn(wb_, __fmul_rn(xb, inv)), by = __fmul_rn(wd, __fmul_rn(xd, inv));
+            const __half ha = __float2half_rn(ax), hb = __float2half_rn(bx);
+            const __half hc = __float2half_rn(ay), hd = __float2half_rn(by);
+            uint32_t* hi = xs + c * 16 + hilo_slot<SWZ>(c, j, 0);
+            uint32_t* lo = xs + cstride + c * 16 + hilo_slot<SWZ>(c, j, 1);
+            hi[0] = pack_h2(__half2float(ha), __half2float(hb));
+            hi[1] = pack_h2(__half2float(hc), __half2float(hd));
+            lo[0] = pack_h2(ax - __half2float(ha), bx - __half2float(hb));
+            lo[1] = pack_h2(ay - __half2float(hc), by - __half2float(hd));
+        }
+    } else if (XM == TCP_NORM) {
         __shared__ double red[32];
         __shared__ float inv[8];
         for (int r = 0; r < T; r++) {
