@@ -36,6 +36,17 @@ type FusedDecode interface {
 	FusedDecodeRows() int
 }
 
+// NormRoPEAttention is implemented by backends that fold the per-head q/k norms, RoPE and the
+// KV-cache write into one-row decode attention (CUDA: one kernel instead of two, so a batch-1
+// decode layer has one kernel boundary fewer).
+type NormRoPEAttention interface {
+	// QKNormRoPEAttention is QKNormRoPECache(qr, kr, q, k, v, qn, kn, kCache, vCache, headDim,
+	// pos, theta, eps) then Attention(out, qr, kCache, vCache, pos, nHeads, nKV, headDim) for one
+	// token row at position pos (q [1, nHeads·headDim], k and v [1, nKV·headDim]): the same
+	// results, and it falls back to those two ops where the fused form does not apply.
+	QKNormRoPEAttention(out, qr, kr, q, k, v, qn, kn, kCache, vCache Tensor, nHeads, nKV, headDim, pos int, theta float64, eps float32) error
+}
+
 // LayerDecoder is implemented by backends that can run every decoder layer of a one-token
 // decode step in one call (CUDA: one persistent kernel for the whole stack, phases separated by
 // grid barriers). Its sums run in another order than the per-op path's, so results agree with

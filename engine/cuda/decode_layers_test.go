@@ -167,6 +167,19 @@ func withDecodeLayers(t *testing.T, g *Backend) {
 	t.Cleanup(func() { g.decodeLayers = old })
 }
 
+// randomLayers4B is a random NVFP4 model of n Qwen3-4B-shaped layers with a 512-token vocabulary
+// (so that a decode step is its layers), for the decode figures.
+func randomLayers4B(t *testing.T, g *Backend, n int) (*qwen3.Config, *qwen3.Model) {
+	t.Helper()
+	cfg := &qwen3.Config{VocabSize: 512, HiddenSize: 2560, IntermediateSize: 9728, NumLayers: n, NumHeads: 32,
+		NumKVHeads: 8, HeadDim: 128, RMSNormEps: 1e-6, RopeTheta: 1e6, TieEmbeddings: true, MaxPositions: 16384, BOSTokenID: -1}
+	m, err := qwen3.NewRandom(cfg, g, qwen3.RandomOptions{Seed: 5, Precision: qwen3.NVFP4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg, m
+}
+
 // TestFiguresDecodeLayers times the whole-stack decoder's phases from the clock64 stamps every
 // block leaves at each grid barrier (arrival, departure): per phase of a layer, the mean and
 // slowest block's work between barriers and the barrier's own latency (the last arriver's
@@ -177,12 +190,7 @@ func TestFiguresDecodeLayers(t *testing.T) {
 	withDecodeLayers(t, g)
 	ctx := context.Background()
 	const layers = 4
-	cfg := &qwen3.Config{VocabSize: 512, HiddenSize: 2560, IntermediateSize: 9728, NumLayers: layers, NumHeads: 32,
-		NumKVHeads: 8, HeadDim: 128, RMSNormEps: 1e-6, RopeTheta: 1e6, TieEmbeddings: true, MaxPositions: 16384, BOSTokenID: -1}
-	m, err := qwen3.NewRandom(cfg, g, qwen3.RandomOptions{Seed: 5, Precision: qwen3.NVFP4})
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg, m := randomLayers4B(t, g, layers)
 	defer m.Free()
 	for _, ctxLen := range []int{512, 8192} {
 		cache, err := m.NewKVCache(ctxLen + 8)

@@ -48,6 +48,10 @@
 //   - backend.FusedDecode (fused_decode.go): the block's norms, SwiGLU and residual adds folded
 //     into the GEMVs; exact, and the model's batch-1 decode path since session 14 (3-7 % faster
 //     once the norm GEMVs load their row at once); QWENGO_CUDA_DECODE_FUSED=0 switches them off.
+//   - backend.NormRoPEAttention (fused_decode.go): a one-row decode step's q/k norms, RoPE and
+//     cache write folded into the register-walk decode attention (attention.cu
+//     attention_decode_nr{G}); bit for bit the two kernels it replaces, measured slower in the
+//     36-layer model, so only with QWENGO_CUDA_DECODE_NR=1.
 //   - backend.LayerDecoder (decode_layers.go, kernels/decode_layers.cu): every layer of a
 //     one-token step in one persistent, cooperatively launched kernel; agrees with the per-op
 //     path to ~1e-6 but measured slower (NOTES.md, session 7), so it runs only with
@@ -79,6 +83,7 @@
 //	QWENGO_CUDA_KV=f32                             new KV caches hold float32 (default bf16; also SetKVCacheDType)
 //	QWENGO_CUDA_BATCHED=0                          no backend.Batched: a batched step runs its per-sequence ops one by one
 //	QWENGO_CUDA_DECODE_FUSED=0                     batch-1 decode without the fused forms (norms, SwiGLU, adds in the GEMVs)
+//	QWENGO_CUDA_DECODE_NR=1                        QKNormRoPEAttention as one kernel (measured slower: fused_decode.go)
 //	QWENGO_CUDA_DECODE_LAYERS=1                    the whole-stack decoder; QWENGO_CUDA_DECODE_STAGES=N caps its stages
 //	QWENGO_CUDA_SUMSQ_BATCH=0                      SumSquaresMany one gradient at a time
 //	QWENGO_CUDA_KERNEL_TIMES=1                     ProfileRange also times every launch (ktimes.go)

@@ -153,16 +153,9 @@ func (b *Backend) AddRMSNorm(out, x, delta, w backend.Tensor, eps float32) error
 func (b *Backend) QKNormRoPECache(qr, kr, q, k, v, qn, kn, kCache, vCache backend.Tensor, headDim, pos0 int, theta float64, eps float32) error {
 	return b.do(func() error {
 		const op = "qk norm+rope+cache"
-		var ts [7]*Tensor
-		for i, x := range []struct {
-			t    backend.Tensor
-			name string
-		}{{qr, "qr"}, {kr, "kr"}, {q, "q"}, {k, "k"}, {v, "v"}, {qn, "q_norm"}, {kn, "k_norm"}} {
-			t, err := b.ten(x.t, op, x.name)
-			if err != nil {
-				return err
-			}
-			ts[i] = t
+		ts, err := b.tens(op, []backend.Tensor{qr, kr, q, k, v, qn, kn}, "qr", "kr", "q", "k", "v", "q_norm", "k_norm")
+		if err != nil {
+			return err
 		}
 		KC, VC, kv, err := b.kvPair(op, kCache, vCache, "k cache", "v cache")
 		if err != nil {

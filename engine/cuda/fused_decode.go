@@ -4,6 +4,7 @@ package cuda
 
 import (
 	"fmt"
+	"math"
 	"os"
 
 	"github.com/qwengo/qwengo/engine/backend"
@@ -20,6 +21,15 @@ import (
 // decodeFusedFromEnv reports whether the model should take the fused decode forms: yes unless
 // QWENGO_CUDA_DECODE_FUSED=0; the ops themselves run fused whenever they apply.
 func decodeFusedFromEnv() bool { return os.Getenv("QWENGO_CUDA_DECODE_FUSED") != "0" }
+
+// decodeNormRoPEFromEnv reports whether QKNormRoPEAttention runs as one kernel: only with
+// QWENGO_CUDA_DECODE_NR=1. Measured slower in the 36-layer model (session 14, calls 4-5,
+// TestFiguresDecodeForms, in one process: 62.2 against 57.7 µs a layer at context 512, 72.2
+// against 69.9 at 8192): every block of the attention now normalises and rotates its query
+// heads after pdl_wait, which costs more on the critical path than the kernel boundary it
+// removes (programmatic dependent launch already hides most of that). By default it is the two
+// kernels; the folded form stays, bit for bit theirs, for other shapes to try.
+func decodeNormRoPEFromEnv() bool { return os.Getenv("QWENGO_CUDA_DECODE_NR") == "1" }
 
 // fusedDecodeRows is where the fused forms pay. Measured (session 5, device runs 7-8): at eight
 // rows every block of the q/k/v and gate/up products computes eight row norms over 80 KB of x
@@ -192,4 +202,61 @@ func firstErr(errs ...error) error {
 		}
 	}
 	return nil
+}
+
+// QKNormRoPEAttention implements backend.NormRoPEAttention: with QWENGO_CUDA_DECODE_NR=1,
+// attention_decode_nr{G} (attention.cu) where the register-walk decode attention would run (one
+// row, head_dim 128, G = 1, 2 or 4 query heads a KV head), else QKNormRoPECache then Attention (through the public ops, on the owner
+// goroutine, as the other fused decode ops fall back), which also report bad arguments.
+func (b *Backend) QKNormRoPEAttention(out, qr, kr, q, k, v, qn, kn, kCache, vCache backend.Tensor, nHeads, nKV, headDim, pos int, theta float64, eps float32) error {
+	const op = "qk norm+rope+attention"
+	return b.do(func() error {
+		ts, err := b.tens(op, []backend.Tensor{out, qr, kr, q, k, v, qn, kn}, "out", "qr", "kr", "q", "k", "v", "q_norm", "k_norm")
+		if err != nil {
+			return err
+		}
+		KC, VC, kv, err := b.kvPair(op, kCache, vCache, "k cache", "v cache")
+		if err != nil {
+			return err
+		}
+		O, QR, KR, Q, K, V, QN, KN := ts[0], ts[1], ts[2], ts[3], ts[4], ts[5], ts[6], ts[7]
+		var fn function
+		if b.decodeNormRoPE && nHeads > 0 && nKV > 0 && nHeads%nKV == 0 && headDim == attDecodeDim && !b.attnSIMT && !b.decodeAttnTiles {
+			fn = b.fns[fmt.Sprintf("attention_decode_nr%d%s", nHeads/nKV, kv)]
+		}
+		fold := fn != nil && Q.rows == 1 && Q.cols == nHeads*headDim && K.rows == 1 && K.cols == nKV*headDim && V.rows == 1 &&
+			V.cols == K.cols && QR.rows == 1 && QR.cols == Q.cols && KR.rows == 1 && KR.cols == K.cols && O.rows == 1 &&
+			O.cols == Q.cols && QN.n() == headDim && KN.n() == headDim && KC.cols == K.cols && VC.cols == K.cols &&
+			pos >= 0 && pos < KC.rows && pos < VC.rows && theta > 0 && pos < math.MaxInt32
+		if !fold {
+			return firstErr(b.QKNormRoPECache(qr, kr, q, k, v, qn, kn, kCache, vCache, headDim, pos, theta, eps),
+				b.Attention(out, qr, kCache, vCache, pos, nHeads, nKV, headDim))
+		}
+		for _, o := range []*Tensor{O, QR, KR} {
+			for _, in := range []*Tensor{Q, K, V, QN, KN, KC, VC} {
+				if overlaps(o, in) {
+					return fmt.Errorf("cuda: %s: outputs must not share memory with the inputs or the caches", op)
+				}
+			}
+		}
+		if overlaps(O, QR) || overlaps(O, KR) || overlaps(QR, KR) || overlaps(KC, VC) {
+			return fmt.Errorf("cuda: %s: out, qr, kr and the two caches must not share memory", op)
+		}
+		inv, err := b.invFreq(headDim, theta)
+		if err != nil {
+			return fmt.Errorf("cuda: %s: %w", op, err)
+		}
+		S, chunk := attentionDecodeSplit(b.sms, nKV, pos+1)
+		if err := b.attnDecodeScratch(nHeads, S, nKV); err != nil {
+			return err
+		}
+		scale := float32(1 / math.Sqrt(float64(headDim)))
+		if err := b.launchDep(fn, [3]int{nKV, S, 1}, [3]int{32 * attDecodeRegWarps, 1, 1}, 0,
+			ptrArg(O.ptr), ptrArg(b.attnBuf.ptr), ptrArg(b.attnCounters.ptr), ptrArg(QR.ptr), ptrArg(KR.ptr), ptrArg(Q.ptr),
+			ptrArg(K.ptr), ptrArg(V.ptr), ptrArg(QN.ptr), ptrArg(KN.ptr), ptrArg(KC.ptr), ptrArg(VC.ptr), ptrArg(inv),
+			intArg(pos), intArg(nHeads), intArg(nKV), f32Arg(scale), intArg(chunk), f32Arg(eps)); err != nil {
+			return fmt.Errorf("cuda: %s: %w", op, err)
+		}
+		return nil
+	})
 }

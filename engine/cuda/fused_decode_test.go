@@ -3,11 +3,19 @@
 package cuda
 
 import (
+	"context"
 	"fmt"
+	"math"
+	"os"
+	"slices"
+	"strconv"
 	"testing"
+	"time"
 
 	"github.com/qwengo/qwengo/engine/backend"
 	"github.com/qwengo/qwengo/engine/cpu"
+	"github.com/qwengo/qwengo/engine/qwen3"
+	"github.com/qwengo/qwengo/engine/tensor"
 )
 
 // TestFusedDecodeOps checks the fused decode ops (NormMatMulMany, MatMulAdd, SwiGLUMatMulAdd)
@@ -98,5 +106,197 @@ func TestFusedDecodeOps(t *testing.T) {
 		if err == nil {
 			t.Errorf("a mismatched fused decode op returned no error")
 		}
+	}
+}
+
+// TestQKNormRoPEAttention checks the folded q/k norm + RoPE + cache write + decode attention
+// (attention_decode_nr{G}) against the two ops it stands for on the GPU — out, qr, kr and both
+// caches bit for bit — and against the CPU's composition within float tolerance: f32 and bf16
+// caches, G = 1, 2, 4 query heads a KV head (G = 3 takes the fallback), the new key in the first
+// split, at a split's first and last row and deep in the cache, each twice (arrival counters
+// back at zero); then arguments the two ops refuse.
+func TestQKNormRoPEAttention(t *testing.T) {
+	for _, dt := range kvTypes {
+		t.Run(dt.String(), func(t *testing.T) { testQKNormRoPEAttention(t, dt) })
+	}
+}
+
+func testQKNormRoPEAttention(t *testing.T, dt tensor.DType) {
+	g := openGPU(t)
+	c := withKV(t, g, dt)
+	g.do(func() error { g.decodeNormRoPE = true; return nil }) // the folded kernel, whatever the environment says
+	t.Cleanup(func() { g.do(func() error { g.decodeNormRoPE = decodeNormRoPEFromEnv(); return nil }) })
+	const hd, eps, theta = 128, 1e-6, 1e6
+	for i, s := range []struct{ G, nKV, pos int }{
+		{4, 8, 0}, {4, 8, 1}, {4, 8, 31}, {4, 8, 32}, {4, 8, 511}, {4, 8, 1500}, {4, 8, 8191},
+		{1, 8, 77}, {2, 4, 300}, {2, 8, 4095}, {3, 2, 40}, {4, 2, 1000},
+	} {
+		nH, kvw := s.G*s.nKV, s.nKV*hd
+		name := fmt.Sprintf("%s G=%d kv=%d pos=%d", dt, s.G, s.nKV, s.pos)
+		rows := s.pos + 2 // the caches are longer than what is attended to
+		q, k, v := randn(nH*hd, uint64(10+i), 1), randn(kvw, uint64(20+i), 1), randn(kvw, uint64(30+i), 1)
+		qn, kn := randn(hd, uint64(40+i), 0.5), randn(hd, uint64(50+i), 0.5)
+		cache0, vcache0 := randn(rows*kvw, uint64(60+i), 1), randn(rows*kvw, uint64(70+i), 1)
+		cq, gq := pair(t, c, g, 1, nH*hd, q)
+		ck, gk := pair(t, c, g, 1, kvw, k)
+		cv, gv := pair(t, c, g, 1, kvw, v)
+		cqn, gqn := pair(t, c, g, 1, hd, qn)
+		ckn, gkn := pair(t, c, g, 1, hd, kn)
+
+		// The CPU's composition, and the GPU's two ops on their own caches.
+		cqr, _ := pair(t, c, g, 1, nH*hd, nil)
+		ckr, _ := pair(t, c, g, 1, kvw, nil)
+		co, _ := pair(t, c, g, 1, nH*hd, nil)
+		cK, _ := pairKV(t, c, g, rows, kvw, cache0)
+		cV, _ := pairKV(t, c, g, rows, kvw, vcache0)
+		if err := firstErr(c.RMSNorm(cqr, cq, cqn, eps), c.RMSNorm(ckr, ck, ckn, eps), c.RoPE(cqr, cqr, hd, s.pos, theta),
+			c.RoPE(ckr, ckr, hd, s.pos, theta), c.CopyRows(cK, s.pos, ckr, 0, 1), c.CopyRows(cV, s.pos, cv, 0, 1),
+			c.Attention(co, cqr, cK, cV, s.pos, nH, s.nKV, hd)); err != nil {
+			t.Fatal(err)
+		}
+		_, rqr := pair(t, c, g, 1, nH*hd, nil)
+		_, rkr := pair(t, c, g, 1, kvw, nil)
+		_, ro := pair(t, c, g, 1, nH*hd, nil)
+		_, rK := pairKV(t, c, g, rows, kvw, cache0)
+		_, rV := pairKV(t, c, g, rows, kvw, vcache0)
+		if err := firstErr(g.QKNormRoPECache(rqr, rkr, gq, gk, gv, gqn, gkn, rK, rV, hd, s.pos, theta, eps),
+			g.Attention(ro, rqr, rK, rV, s.pos, nH, s.nKV, hd)); err != nil {
+			t.Fatal(err)
+		}
+		for rep := 0; rep < 2; rep++ {
+			_, gqr := pair(t, c, g, 1, nH*hd, nil)
+			_, gkr := pair(t, c, g, 1, kvw, nil)
+			_, gO := pair(t, c, g, 1, nH*hd, nil)
+			_, gK := pairKV(t, c, g, rows, kvw, cache0)
+			_, gV := pairKV(t, c, g, rows, kvw, vcache0)
+			if err := g.QKNormRoPEAttention(gO, gqr, gkr, gq, gk, gv, gqn, gkn, gK, gV, nH, s.nKV, hd, s.pos, theta, eps); err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			for _, p := range []struct {
+				what     string
+				got, two backend.Tensor
+			}{{"out", gO, ro}, {"qr", gqr, rqr}, {"kr", gkr, rkr}, {"k cache", gK, rK}, {"v cache", gV, rV}} {
+				got, err := g.Download(p.got, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				two, err := g.Download(p.two, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for j := range two {
+					if math.Float32bits(got[j]) != math.Float32bits(two[j]) {
+						t.Fatalf("%s rep %d: %s[%d] = %v, the two ops give %v", name, rep, p.what, j, got[j], two[j])
+					}
+				}
+			}
+			compare(t, name+" out vs cpu", c, g, co, gO, 1e-5)
+			compare(t, name+" k cache vs cpu", c, g, cK, gK, 1e-6)
+		}
+	}
+
+	// What the two ops refuse, this refuses: out of the wrong width, a position past the cache.
+	_, gq := pair(t, c, g, 1, 32*hd, nil)
+	_, gk := pair(t, c, g, 1, 8*hd, nil)
+	_, gn := pair(t, c, g, 1, hd, nil)
+	_, gqr := pair(t, c, g, 1, 32*hd, nil)
+	_, gkr := pair(t, c, g, 1, 8*hd, nil)
+	_, bad := pair(t, c, g, 1, 31*hd, nil)
+	_, gK := pairKV(t, c, g, 16, 8*hd, nil)
+	_, gV := pairKV(t, c, g, 16, 8*hd, nil)
+	for _, e := range []struct {
+		name string
+		err  error
+	}{
+		{"narrow out", g.QKNormRoPEAttention(bad, gqr, gkr, gq, gk, gk, gn, gn, gK, gV, 32, 8, hd, 3, theta, eps)},
+		{"position past the cache", g.QKNormRoPEAttention(gqr, gqr, gkr, gq, gk, gk, gn, gn, gK, gV, 32, 8, hd, 16, theta, eps)},
+	} {
+		if e.err == nil {
+			t.Errorf("%s: no error", e.name)
+		}
+	}
+}
+
+// TestFiguresDecodeForms times a batch-1 decode step of a Qwen3-4B-shaped NVFP4 model (8
+// layers, QWENGO_CUDA_FIG_LAYERS to change; vocabulary 512, so the step is its layers) in three
+// forms, interleaved in one process so that the machine's state is the same for all: the per-op
+// path (nine kernels a layer), the fused decode ops (six), and the fused ops with the q/k norms,
+// RoPE and cache write folded into attention (five). Each form runs without logits (the host
+// runs ahead of the device: device-bound) and with greedy tokens (one download a step, as
+// `qwenrepl bench` decodes); the host's part is the time until the last step's launches are
+// issued. µs a layer, the median of the rounds; run with QWENGO_CUDA_BENCH=1.
+func TestFiguresDecodeForms(t *testing.T) {
+	benchEnabled(t)
+	g := openGPU(t)
+	ctx := context.Background()
+	layers := 8
+	if n, err := strconv.Atoi(os.Getenv("QWENGO_CUDA_FIG_LAYERS")); err == nil && n > 0 {
+		layers = n
+	}
+	const steps, rounds = 64, 7
+	cfg, m := randomLayers4B(t, g, layers)
+	defer m.Free()
+	forms := []struct {
+		name      string
+		fused, nr bool
+	}{{"per-op", false, false}, {"fused", true, false}, {"fused+nr", true, true}}
+	modes := []qwen3.LogitsMode{qwen3.LogitsNone, qwen3.LogitsGreedy}
+	defer g.do(func() error {
+		g.decodeFusedModel, g.decodeNormRoPE = decodeFusedFromEnv(), decodeNormRoPEFromEnv()
+		return nil
+	})
+	for _, ctxLen := range []int{512, 8192} {
+		cache, err := m.NewKVCache(ctxLen + steps + 8)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids := make([]int, ctxLen+steps)
+		for i := range ids {
+			ids[i] = i % cfg.VocabSize
+		}
+		if _, err := m.Forward(ctx, ids[:ctxLen], cache, qwen3.LogitsNone); err != nil {
+			t.Fatal(err)
+		}
+		type key struct{ form, mode int }
+		total, host := map[key][]float64{}, map[key][]float64{}
+		for r := 0; r < rounds; r++ {
+			for fi, f := range forms {
+				for mi, mode := range modes {
+					g.do(func() error { g.decodeFusedModel, g.decodeNormRoPE = f.fused, f.nr; return nil })
+					if err := cache.Truncate(ctxLen); err != nil {
+						t.Fatal(err)
+					}
+					if err := g.Sync(); err != nil {
+						t.Fatal(err)
+					}
+					start := time.Now()
+					for s := 0; s < steps; s++ {
+						if _, err := m.Forward(ctx, ids[ctxLen+s:ctxLen+s+1], cache, mode); err != nil {
+							t.Fatal(err)
+						}
+					}
+					issued := time.Since(start)
+					if err := g.Sync(); err != nil {
+						t.Fatal(err)
+					}
+					if r > 0 { // round 0 warms each form up
+						k := key{fi, mi}
+						per := float64(steps * layers)
+						total[k] = append(total[k], time.Since(start).Seconds()*1e6/per)
+						host[k] = append(host[k], issued.Seconds()*1e6/per)
+					}
+				}
+			}
+		}
+		med := func(v []float64) float64 { v = slices.Clone(v); slices.Sort(v); return v[len(v)/2] }
+		for fi, f := range forms {
+			for mi, mode := range modes {
+				k := key{fi, mi}
+				t.Logf("figure decode form %-9s %-6s context %5d, %d layers: %.2f µs a layer (host issued in %.2f; median of %d rounds of %d steps, min %.2f max %.2f)",
+					f.name, map[qwen3.LogitsMode]string{qwen3.LogitsNone: "none", qwen3.LogitsGreedy: "greedy"}[mode], ctxLen, layers,
+					med(total[k]), med(host[k]), len(total[k]), steps, slices.Min(total[k]), slices.Max(total[k]))
+			}
+		}
+		cache.Free()
 	}
 }

@@ -396,14 +396,26 @@ func (b *Backend) decodeAttnKernel(names map[int]string, tiles, kv string, Q int
 // block per KV head and key split, all query heads of the group and all T rows together, the
 // splits merged by the last block of each KV head (owner goroutine).
 func (b *Backend) attentionDecode(o, qt, kt, vt *Tensor, pos0, nHeads, nKV int, scale float32) error {
-	T, hd := qt.rows, attDecodeDim
+	T := qt.rows
 	Q := T * (nHeads / nKV)
 	S, chunk := attentionDecodeSplit(b.sms, nKV, pos0+T)
-	if err := b.grow(&b.attnBuf, backend.Workspace, int64(4*T*nHeads*S*(hd+2)), "attention partials"); err != nil {
+	if err := b.attnDecodeScratch(T*nHeads, S, nKV); err != nil {
+		return err
+	}
+	fn, threads, shmem := b.decodeAttnKernel(decodeAttnRegs, "attention_decode_f32", kvSuffix(kt), Q)
+	return b.launchDep(fn, [3]int{nKV, S, 1}, [3]int{threads, 1, 1}, shmem,
+		ptrArg(o.ptr), ptrArg(b.attnBuf.ptr), ptrArg(b.attnCounters.ptr), ptrArg(qt.ptr), ptrArg(kt.ptr), ptrArg(vt.ptr),
+		intArg(pos0), intArg(T), intArg(nHeads), intArg(nKV), f32Arg(scale), intArg(chunk))
+}
+
+// attnDecodeScratch grows the decode attention's split records (S for each of q query vectors)
+// and its per-KV-head arrival counters (owner goroutine).
+func (b *Backend) attnDecodeScratch(q, S, nKV int) error {
+	if err := b.grow(&b.attnBuf, backend.Workspace, int64(4*q*S*(attDecodeDim+2)), "attention partials"); err != nil {
 		return err
 	}
 	if b.attnCounters.bytes < int64(4*nKV) {
-		// The kernel leaves every counter at zero; a new buffer starts there.
+		// The kernels leave every counter at zero; a new buffer starts there.
 		if err := b.grow(&b.attnCounters, backend.Workspace, int64(4*nKV), "attention counters"); err != nil {
 			return err
 		}
@@ -411,10 +423,7 @@ func (b *Backend) attentionDecode(o, qt, kt, vt *Tensor, pos0, nHeads, nKV int, 
 			return err
 		}
 	}
-	fn, threads, shmem := b.decodeAttnKernel(decodeAttnRegs, "attention_decode_f32", kvSuffix(kt), Q)
-	return b.launchDep(fn, [3]int{nKV, S, 1}, [3]int{threads, 1, 1}, shmem,
-		ptrArg(o.ptr), ptrArg(b.attnBuf.ptr), ptrArg(b.attnCounters.ptr), ptrArg(qt.ptr), ptrArg(kt.ptr), ptrArg(vt.ptr),
-		intArg(pos0), intArg(T), intArg(nHeads), intArg(nKV), f32Arg(scale), intArg(chunk))
+	return nil
 }
 
 // SwiGLU implements backend.Backend.

@@ -176,8 +176,7 @@ func (m *Model) blockFused(f backend.Fused, i int, s *Activations, cache *KVCach
 	if fd, ok := m.fusedDecode(s.T); ok {
 		err := firstErr(
 			fd.NormMatMulMany([]backend.Tensor{s.Q, s.K, s.V}, s.X, l.InputNorm, eps, []backend.Weight{l.Q, l.K, l.V}),
-			f.QKNormRoPECache(s.QR, s.KR, s.Q, s.K, s.V, l.QNorm, l.KNorm, cache.K(i), cache.V(i), c.HeadDim, pos0, c.RopeTheta, eps),
-			b.Attention(s.Ctx, s.QR, cache.K(i), cache.V(i), pos0, c.NumHeads, c.NumKVHeads, c.HeadDim),
+			m.qkNormRoPEAttention(f, i, s, cache, pos0),
 		)
 		if err != nil {
 			return err
@@ -191,13 +190,27 @@ func (m *Model) blockFused(f backend.Fused, i int, s *Activations, cache *KVCach
 	err := firstErr(
 		first,
 		f.MatMulMany([]backend.Tensor{s.Q, s.K, s.V}, s.AttnIn, []backend.Weight{l.Q, l.K, l.V}),
-		f.QKNormRoPECache(s.QR, s.KR, s.Q, s.K, s.V, l.QNorm, l.KNorm, cache.K(i), cache.V(i), c.HeadDim, pos0, c.RopeTheta, eps),
-		b.Attention(s.Ctx, s.QR, cache.K(i), cache.V(i), pos0, c.NumHeads, c.NumKVHeads, c.HeadDim),
+		m.qkNormRoPEAttention(f, i, s, cache, pos0),
 	)
 	if err != nil {
 		return err
 	}
 	return m.blockTailFused(f, i, s)
+}
+
+// qkNormRoPEAttention is layer i's q/k norms, RoPE, cache write and attention: one op where the
+// backend folds them for one row (backend.NormRoPEAttention), else QKNormRoPECache then Attention.
+func (m *Model) qkNormRoPEAttention(f backend.Fused, i int, s *Activations, cache *KVCache, pos0 int) error {
+	b, c, l := m.B, m.Config, &m.Layers[i]
+	eps := float32(c.RMSNormEps)
+	if na, ok := b.(backend.NormRoPEAttention); ok && s.T == 1 {
+		return na.QKNormRoPEAttention(s.Ctx, s.QR, s.KR, s.Q, s.K, s.V, l.QNorm, l.KNorm, cache.K(i), cache.V(i),
+			c.NumHeads, c.NumKVHeads, c.HeadDim, pos0, c.RopeTheta, eps)
+	}
+	return firstErr(
+		f.QKNormRoPECache(s.QR, s.KR, s.Q, s.K, s.V, l.QNorm, l.KNorm, cache.K(i), cache.V(i), c.HeadDim, pos0, c.RopeTheta, eps),
+		b.Attention(s.Ctx, s.QR, cache.K(i), cache.V(i), pos0, c.NumHeads, c.NumKVHeads, c.HeadDim),
+	)
 }
 
 // blockTailFused is blockTail with the fused ops; the residual add that ends layer i is fused

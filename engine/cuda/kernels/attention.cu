@@ -196,3 +196,104 @@ AD_R_ENTRY(4, attention_decode_r4, float)
 AD_R_ENTRY(1, attention_decode_r1_kb, uint16_t)
 AD_R_ENTRY(2, attention_decode_r2_kb, uint16_t)
 AD_R_ENTRY(4, attention_decode_r4_kb, uint16_t)
+
+// attention_decode_nr{Q}: qk_norm_rope_cache (fused.cu) and attention_decode_r{Q} in one launch for
+// one token row at position pos (Q = G query heads a KV head, head_dim 128): the decode step's
+// separate q/k norm + RoPE + cache-write kernel, and its boundary, go (session 14).
+//
+// Every block normalises and rotates the G query heads of its KV head itself (warp w takes heads
+// w, w + DR_WARPS, …; the statistics are warp_rms_inv's, bit for bit the 128-thread block's of
+// qk_norm_rope_row), the block of split 0 writes them to qr, and the block whose split holds
+// pos (the writer) first writes the token's rotated key to kr and to row pos of the K cache and
+// its value row to the V cache, before a block barrier; the writer's walk then reads the caches
+// through the coherent path (dr_attend<…, true>), so that it sees the row it wrote; the other
+// blocks never read row pos and keep the non-coherent loads. Same values, same sums, same order
+// as the two kernels: bit for bit their results.
+template <int Q, typename KV>
+__device__ __forceinline__ void attention_decode_nr(float* out, float* part, int* counters, float* qr, float* kr,
+                                                    const float* q, const float* k, const float* v, const float* qn,
+                                                    const float* kn, KV* kcache, KV* vcache, const float* invf, int pos,
+                                                    int nHeads, int nKV, float scale, int chunk, float eps) {
+    __shared__ __align__(16) float red[DR_WARPS * Q * DR_REC];
+    __shared__ __align__(16) float qs[Q][AD_D];
+    pdl_wait();
+    pdl_trigger();
+    const int G = nHeads / nKV;
+    const int kvh = blockIdx.x, s = blockIdx.y, S = gridDim.y;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int jb = s * chunk, je = min(jb + chunk, pos + 1);
+    const bool writer = jb <= pos && pos < jb + chunk;  // this block's split holds the new key
+    // RoPE pairs (i, i + 64): lane l rotates pairs l and l + 32, i.e. its elements l + 32·c.
+    float cs0, sn0, cs1, sn1;
+    rope_cs(pos, invf[lane], cs0, sn0);
+    rope_cs(pos, invf[lane + 32], cs1, sn1);
+    // normrope normalises the 128-element head at src with weight w and rotates it: y[c] is
+    // element lane + 32·c.
+    auto normrope = [&](const float* src, const float* w, float (&y)[4]) {
+        float xv[4];
+        const float inv = warp_rms_inv(src, 0, AD_D, eps, xv);
+#pragma unroll
+        for (int c = 0; c < 4; c++) y[c] = __fmul_rn(w[lane + 32 * c], __fmul_rn(xv[c], inv));
+        float o1, o2;
+        rope_apply(y[0], y[2], cs0, sn0, o1, o2);
+        y[0] = o1, y[2] = o2;
+        rope_apply(y[1], y[3], cs1, sn1, o1, o2);
+        y[1] = o1, y[3] = o2;
+    };
+    if (writer) {
+        const size_t off = (size_t)kvh * AD_D, row = (size_t)pos * nKV * AD_D + off;
+        if (warp == DR_WARPS - 1) {
+            float y[4];
+            normrope(k + off, kn, y);
+#pragma unroll
+            for (int c = 0; c < 4; c++) {
+                kr[off + lane + 32 * c] = y[c];
+                kv_put(kcache + row + lane + 32 * c, y[c]);
+            }
+        } else if (warp == DR_WARPS - 2) {
+#pragma unroll
+            for (int c = 0; c < 4; c++) kv_put(vcache + row + lane + 32 * c, v[off + lane + 32 * c]);
+        }
+    }
+    for (int h = warp; h < Q; h += DR_WARPS) {
+        const size_t off = (size_t)(kvh * G + h) * AD_D;
+        float y[4];
+        normrope(q + off, qn, y);
+#pragma unroll
+        for (int c = 0; c < 4; c++) {
+            qs[h][lane + 32 * c] = y[c];
+            if (s == 0) qr[off + lane + 32 * c] = y[c];
+        }
+    }
+    __syncthreads();
+    float4 qv[Q];
+#pragma unroll
+    for (int h = 0; h < Q; h++) qv[h] = reinterpret_cast<const float4*>(qs[h])[lane];
+    float4 acc[Q];
+    float m[Q], l[Q];
+    if (writer)  // reads the row it wrote: the coherent path
+        dr_attend<Q, KV, true>(qv, kcache + (size_t)kvh * AD_D, vcache + (size_t)kvh * AD_D, (size_t)nKV * AD_D, jb, je,
+                               pos, G, scale, acc, m, l);
+    else
+        dr_attend<Q, KV, false>(qv, kcache + (size_t)kvh * AD_D, vcache + (size_t)kvh * AD_D, (size_t)nKV * AD_D, jb, je,
+                                pos, G, scale, acc, m, l);
+    float4 oacc;
+    float om, ol;
+    dr_merge<Q>(red, acc, m, l, oacc, om, ol);
+    const int hq = min(warp, Q - 1), h = kvh * G + hq;  // warp's query (warps ≥ Q: not live)
+    dec_finish(part + (size_t)h * S * (AD_D + 2), s, S, &counters[kvh], out + (size_t)h * AD_D, oacc, om, ol, warp < Q);
+}
+#define AD_NR_ENTRY(Q, NAME, KV)                                                                                   \
+    extern "C" __global__ void __launch_bounds__(32 * DR_WARPS)                                                     \
+        NAME(float* out, float* part, int* counters, float* qr, float* kr, const float* q, const float* k,           \
+             const float* v, const float* qn, const float* kn, KV* kcache, KV* vcache, const float* invf, int pos,     \
+             int nHeads, int nKV, float scale, int chunk, float eps) {                                              \
+        attention_decode_nr<Q, KV>(out, part, counters, qr, kr, q, k, v, qn, kn, kcache, vcache, invf, pos, nHeads,  \
+                                   nKV, scale, chunk, eps);                                                        \
+    }
+AD_NR_ENTRY(1, attention_decode_nr1, float)
+AD_NR_ENTRY(2, attention_decode_nr2, float)
+AD_NR_ENTRY(4, attention_decode_nr4, float)
+AD_NR_ENTRY(1, attention_decode_nr1_kb, uint16_t)
+AD_NR_ENTRY(2, attention_decode_nr2_kb, uint16_t)
+AD_NR_ENTRY(4, attention_decode_nr4_kb, uint16_t)

@@ -19,6 +19,15 @@ __device__ __forceinline__ float4 kv_ld4(const uint16_t* p, int c) {
     const uint2 u = __ldg(reinterpret_cast<const uint2*>(p) + c);
     return make_float4(bf16_lo(u.x), bf16_hi(u.x), bf16_lo(u.y), bf16_hi(u.y));
 }
+// kv_ld4c is kv_ld4 through the coherent path (ld.global, not ld.global.nc): for rows this launch
+// may have written itself (attention_decode_nr writes the token's key and value, then reads them
+// after a block barrier; the non-coherent path promises nothing for data written during the
+// launch).
+__device__ __forceinline__ float4 kv_ld4c(const float* p, int c) { return reinterpret_cast<const float4*>(p)[c]; }
+__device__ __forceinline__ float4 kv_ld4c(const uint16_t* p, int c) {
+    const uint2 u = reinterpret_cast<const uint2*>(p)[c];
+    return make_float4(bf16_lo(u.x), bf16_hi(u.x), bf16_lo(u.y), bf16_hi(u.y));
+}
 __device__ __forceinline__ void kv_put(float* p, float v) { *p = v; }
 __device__ __forceinline__ void kv_put(uint16_t* p, float v) { *p = (uint16_t)f32_bf16_bits(v); }
 
@@ -318,10 +327,12 @@ __device__ __forceinline__ float dr_butterfly(float (&v)[P]) {
 // query h sees keys ≤ last0 + h / G. Leaves each query's unnormalised output (dims 4·lane …) in
 // acc[h], its running max in m[h] (-inf when no key was visible) and its sum of exponentials in
 // l[h], the same in every lane.
-template <int Q, typename KV>
+// COHERENT loads the rows with kv_ld4c (rows written earlier in the same launch), else kv_ld4.
+template <int Q, typename KV, bool COHERENT = false>
 __device__ __forceinline__ void dr_attend(const float4 (&q)[Q], const KV* kseq, const KV* vseq, size_t kvld, int jb,
                                           int je, int last0, int G, float scale, float4 (&acc)[Q], float (&m)[Q],
                                           float (&l)[Q]) {
+    auto ld = [](const KV* p, int c) { return COHERENT ? kv_ld4c(p, c) : kv_ld4(p, c); };
     constexpr int P = DR_KEYS * Q, SPAN = 32 / P;  // SPAN lanes hold each score
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int p = lane / SPAN, myh = p / DR_KEYS, myi = p % DR_KEYS;  // this lane's score
@@ -379,12 +390,12 @@ __device__ __forceinline__ void dr_attend(const float4 (&q)[Q], const KV* kseq, 
         const KV* vr = vseq + (size_t)j0 * kvld;
         if (j0 + DR_KEYS <= je) {
 #pragma unroll
-            for (int i = 0; i < DR_KEYS; i++) kk[i] = kv_ld4(kr + i * kvld, lane), vv[i] = kv_ld4(vr + i * kvld, lane);
+            for (int i = 0; i < DR_KEYS; i++) kk[i] = ld(kr + i * kvld, lane), vv[i] = ld(vr + i * kvld, lane);
         } else {
 #pragma unroll
             for (int i = 0; i < DR_KEYS; i++) {
                 const size_t off = (size_t)min(i, je - 1 - j0) * kvld;
-                kk[i] = kv_ld4(kr + off, lane), vv[i] = kv_ld4(vr + off, lane);
+                kk[i] = ld(kr + off, lane), vv[i] = ld(vr + off, lane);
             }
         }
         group(j0, kk, vv);

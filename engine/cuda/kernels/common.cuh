@@ -114,6 +114,34 @@ __device__ __forceinline__ double block_sum_d(double v, double* red) {
     return s;
 }
 
+// One warp's RMSNorm statistics for a group of n = 32·k ≤ 256 elements, bit for bit those of a
+// block of n threads running block_sum_d (rmsnorm_f32's order; norm_warp.cu says why they agree):
+// lane l holds elements l + 32·i, i < k.
+#define NW_MAX 8 // elements a lane: n ≤ 256
+
+// warp_groups_sum is block_sum_d over a block of nper warps, computed by one warp whose lane l
+// holds warp i's lane-l value in v[i].
+__device__ __forceinline__ double warp_groups_sum(const double* v, int nper) {
+    double s = 0.0;
+#pragma unroll
+    for (int i = 0; i < NW_MAX; i++)
+        if (i < nper) s += warp_sum_d(v[i]);
+    return s;
+}
+
+// warp_rms_inv loads the lane's elements of group base into xv and returns 1/√(mean x² + eps).
+__device__ __forceinline__ float warp_rms_inv(const float* x, size_t base, int n, float eps, float* xv) {
+    const int lane = threadIdx.x & 31, nper = n >> 5;
+    double v[NW_MAX];
+#pragma unroll
+    for (int i = 0; i < NW_MAX; i++)
+        if (i < nper) xv[i] = x[base + lane + 32 * i];
+#pragma unroll
+    for (int i = 0; i < NW_MAX; i++) v[i] = i < nper ? fma((double)xv[i], (double)xv[i], 0.0) : 0.0;
+    const double ss = warp_groups_sum(v, nper);
+    return (float)(1.0 / sqrt(ss / (double)n + (double)eps));
+}
+
 __device__ __forceinline__ float block_max(float v, float* red) {
     v = warp_max(v);
     __syncthreads();

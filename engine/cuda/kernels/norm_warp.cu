@@ -14,30 +14,8 @@
 // accumulation into 0.0).
 #include "common.cuh"
 
-#define NW_MAX 8 // elements a lane: n ≤ 256
-
-// warp_groups_sum is block_sum_d over a block of nper warps, computed by one warp whose lane l
-// holds warp i's lane-l value in v[i].
-__device__ __forceinline__ double warp_groups_sum(const double* v, int nper) {
-    double s = 0.0;
-#pragma unroll
-    for (int i = 0; i < NW_MAX; i++)
-        if (i < nper) s += warp_sum_d(v[i]);
-    return s;
-}
-
-// warp_rms_inv loads the lane's elements of group base into xv and returns 1/√(mean x² + eps).
-__device__ __forceinline__ float warp_rms_inv(const float* x, size_t base, int n, float eps, float* xv) {
-    const int lane = threadIdx.x & 31, nper = n >> 5;
-    double v[NW_MAX];
-#pragma unroll
-    for (int i = 0; i < NW_MAX; i++)
-        if (i < nper) xv[i] = x[base + lane + 32 * i];
-#pragma unroll
-    for (int i = 0; i < NW_MAX; i++) v[i] = i < nper ? fma((double)xv[i], (double)xv[i], 0.0) : 0.0;
-    const double ss = warp_groups_sum(v, nper);
-    return (float)(1.0 / sqrt(ss / (double)n + (double)eps));
-}
+// NW_MAX, warp_groups_sum and warp_rms_inv are in common.cuh (attention.cu's decode kernel with
+// the q/k norms folded in uses them too).
 
 // rmsnorm_warp_f32 is rmsnorm_f32 (norm.cu) for groups of n = 32·k ≤ 256: out = w·(x·r).
 extern "C" __global__ void __launch_bounds__(256)
