@@ -211,6 +211,10 @@ func firstErr(errs ...error) error {
 func (b *Backend) QKNormRoPEAttention(out, qr, kr, q, k, v, qn, kn, kCache, vCache backend.Tensor, nHeads, nKV, headDim, pos int, theta float64, eps float32) error {
 	const op = "qk norm+rope+attention"
 	return b.do(func() error {
+		if !b.decodeNormRoPE { // the default: the two ops, with nothing resolved twice
+			return firstErr(b.QKNormRoPECache(qr, kr, q, k, v, qn, kn, kCache, vCache, headDim, pos, theta, eps),
+				b.Attention(out, qr, kCache, vCache, pos, nHeads, nKV, headDim))
+		}
 		ts, err := b.tens(op, []backend.Tensor{out, qr, kr, q, k, v, qn, kn}, "out", "qr", "kr", "q", "k", "v", "q_norm", "k_norm")
 		if err != nil {
 			return err
@@ -221,7 +225,7 @@ func (b *Backend) QKNormRoPEAttention(out, qr, kr, q, k, v, qn, kn, kCache, vCac
 		}
 		O, QR, KR, Q, K, V, QN, KN := ts[0], ts[1], ts[2], ts[3], ts[4], ts[5], ts[6], ts[7]
 		var fn function
-		if b.decodeNormRoPE && nHeads > 0 && nKV > 0 && nHeads%nKV == 0 && headDim == attDecodeDim && !b.attnSIMT && !b.decodeAttnTiles {
+		if nHeads > 0 && nKV > 0 && nHeads%nKV == 0 && headDim == attDecodeDim && !b.attnSIMT && !b.decodeAttnTiles {
 			fn = b.fns[fmt.Sprintf("attention_decode_nr%d%s", nHeads/nKV, kv)]
 		}
 		fold := fn != nil && Q.rows == 1 && Q.cols == nHeads*headDim && K.rows == 1 && K.cols == nKV*headDim && V.rows == 1 &&
