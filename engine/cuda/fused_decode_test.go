@@ -9,6 +9,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -236,10 +237,19 @@ func TestFiguresDecodeForms(t *testing.T) {
 	const steps, rounds = 64, 7
 	cfg, m := randomLayers4B(t, g, layers)
 	defer m.Free()
-	forms := []struct {
+	type form struct {
 		name      string
 		fused, nr bool
-	}{{"per-op", false, false}, {"fused", true, false}, {"fused+nr", true, true}}
+		slice     int // gemvSlice: 0 picks per shape
+	}
+	forms := []form{{"per-op", false, false, 0}, {"fused", true, false, 0}, {"fused+nr", true, true, 0}}
+	// QWENGO_CUDA_FIG_SLICE=5,8,… adds fused forms whose every gemv_tcp launch takes that K slice
+	// (session 14, call 7: none faster than the per-shape slices).
+	for _, w := range strings.Split(os.Getenv("QWENGO_CUDA_FIG_SLICE"), ",") {
+		if n, err := strconv.Atoi(w); err == nil && n > 0 {
+			forms = append(forms, form{fmt.Sprintf("fused/s%d", n), true, false, n})
+		}
+	}
 	modes := []qwen3.LogitsMode{qwen3.LogitsNone, qwen3.LogitsGreedy}
 	defer g.do(func() error {
 		g.decodeFusedModel, g.decodeNormRoPE = decodeFusedFromEnv(), decodeNormRoPEFromEnv()
@@ -262,7 +272,10 @@ func TestFiguresDecodeForms(t *testing.T) {
 		for r := 0; r < rounds; r++ {
 			for fi, f := range forms {
 				for mi, mode := range modes {
-					g.do(func() error { g.decodeFusedModel, g.decodeNormRoPE = f.fused, f.nr; return nil })
+					g.do(func() error {
+						g.decodeFusedModel, g.decodeNormRoPE, g.gemvSlice = f.fused, f.nr, f.slice
+						return nil
+					})
 					if err := cache.Truncate(ctxLen); err != nil {
 						t.Fatal(err)
 					}
