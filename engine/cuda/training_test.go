@@ -898,6 +898,20 @@ func adamFigureParam(t *testing.T, g *Backend, rows, cols int) (backend.Weight, 
 	return bw, st
 }
 
+// adamFigureGradBF16 is the figures' bf16 gradient of that parameter (freed when t ends).
+func adamFigureGradBF16(t *testing.T, g *Backend, rows, cols int) backend.Tensor {
+	t.Helper()
+	gradB, err := g.AllocGradient(rows, cols, tensor.BF16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { g.Free(gradB) })
+	if err := g.Upload(gradB, randn(rows*cols, 8, 1e-3)); err != nil {
+		t.Fatal(err)
+	}
+	return gradB
+}
+
 // TestFiguresAdamW times the int8 AdamW step on one large bf16 parameter beside adamw_probe,
 // its memory traffic without the arithmetic: how far the kernel is from what its access pattern
 // allows (QWENGO_CUDA_BENCH=1). Then the same with a bf16 gradient (adamw_bf16_int8_gb and
@@ -943,14 +957,7 @@ func TestFiguresAdamW(t *testing.T) {
 	t.Log(figure{"adamw_probe (traffic only) 99.6M elements", bytes, 0, ms})
 
 	// The same parameter and state with a bf16 gradient of the same values (rounded).
-	gradB, err := g.AllocGradient(rows, cols, tensor.BF16)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer g.Free(gradB)
-	if err := g.Upload(gradB, randn(n, 8, 1e-3)); err != nil {
-		t.Fatal(err)
-	}
+	gradB := adamFigureGradBF16(t, g, rows, cols)
 	bytesB := float64(n) * 10.25
 	ms, err = timeOnDevice(g, 20, func() error {
 		step++
@@ -1064,14 +1071,7 @@ func TestFiguresAdamWTraffic(t *testing.T) {
 	const rows, cols = 38912, 2560
 	n := rows * cols
 	bw, st := adamFigureParam(t, g, rows, cols)
-	gradB, err := g.AllocGradient(rows, cols, tensor.BF16)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer g.Free(gradB)
-	if err := g.Upload(gradB, randn(n, 8, 1e-3)); err != nil {
-		t.Fatal(err)
-	}
+	gradB := adamFigureGradBF16(t, g, rows, cols)
 	s, w, gt := st.(*AdamState), bw.(*Weight), gradB.(*Tensor)
 	items := n / 512
 	for _, bps := range []int{3, 6} {
