@@ -206,14 +206,18 @@ func firstErr(errs ...error) error {
 
 // QKNormRoPEAttention implements backend.NormRoPEAttention: with QWENGO_CUDA_DECODE_NR=1,
 // attention_decode_nr{G} (attention.cu) where the register-walk decode attention would run (one
-// row, head_dim 128, G = 1, 2 or 4 query heads a KV head), else QKNormRoPECache then Attention (through the public ops, on the owner
-// goroutine, as the other fused decode ops fall back), which also report bad arguments.
+// row, head_dim 128, G = 1, 2 or 4 query heads a KV head), else QKNormRoPECache then Attention
+// (through the public ops, on the owner goroutine, as the other fused decode ops fall back),
+// which also report bad arguments.
 func (b *Backend) QKNormRoPEAttention(out, qr, kr, q, k, v, qn, kn, kCache, vCache backend.Tensor, nHeads, nKV, headDim, pos int, theta float64, eps float32) error {
 	const op = "qk norm+rope+attention"
+	twoOps := func() error {
+		return firstErr(b.QKNormRoPECache(qr, kr, q, k, v, qn, kn, kCache, vCache, headDim, pos, theta, eps),
+			b.Attention(out, qr, kCache, vCache, pos, nHeads, nKV, headDim))
+	}
 	return b.do(func() error {
 		if !b.decodeNormRoPE { // the default: the two ops, with nothing resolved twice
-			return firstErr(b.QKNormRoPECache(qr, kr, q, k, v, qn, kn, kCache, vCache, headDim, pos, theta, eps),
-				b.Attention(out, qr, kCache, vCache, pos, nHeads, nKV, headDim))
+			return twoOps()
 		}
 		ts, err := b.tens(op, []backend.Tensor{out, qr, kr, q, k, v, qn, kn}, "out", "qr", "kr", "q", "k", "v", "q_norm", "k_norm")
 		if err != nil {
@@ -233,8 +237,7 @@ func (b *Backend) QKNormRoPEAttention(out, qr, kr, q, k, v, qn, kn, kCache, vCac
 			O.cols == Q.cols && QN.n() == headDim && KN.n() == headDim && KC.cols == K.cols && VC.cols == K.cols &&
 			pos >= 0 && pos < KC.rows && pos < VC.rows && theta > 0 && pos < math.MaxInt32
 		if !fold {
-			return firstErr(b.QKNormRoPECache(qr, kr, q, k, v, qn, kn, kCache, vCache, headDim, pos, theta, eps),
-				b.Attention(out, qr, kCache, vCache, pos, nHeads, nKV, headDim))
+			return twoOps()
 		}
 		for _, o := range []*Tensor{O, QR, KR} {
 			for _, in := range []*Tensor{Q, K, V, QN, KN, KC, VC} {
