@@ -100,6 +100,22 @@ __device__ __forceinline__ int hilo_slot(int c, int j, int par) {
     return 4 * ((j >> 1) ^ (par + 2 * ((c >> 1) & 1))) + 2 * (j & 1);
 }
 
+// put_hilo stores one staged piece — elements e, e+1, e+4, e+5 of chunk c of row r, pair slot j —
+// as its f16 pairs in the hi column and their remainders x − f16(x) in the lo column (the layout
+// stage_x_hilo's comment gives). Every staging form writes its pieces through it.
+template <bool SWZ>
+__device__ __forceinline__ void put_hilo(uint32_t* xs, int cstride, int r, int c, int j, float ax, float ay, float bx,
+                                         float by) {
+    const __half ha = __float2half_rn(ax), hb = __float2half_rn(bx);
+    const __half hc = __float2half_rn(ay), hd = __float2half_rn(by);
+    uint32_t* hi = xs + (size_t)(2 * r) * cstride + c * 16 + hilo_slot<SWZ>(c, j, 0);
+    uint32_t* lo = xs + (size_t)(2 * r + 1) * cstride + c * 16 + hilo_slot<SWZ>(c, j, 1);
+    hi[0] = pack_h2(__half2float(ha), __half2float(hb));
+    hi[1] = pack_h2(__half2float(hc), __half2float(hd));
+    lo[0] = pack_h2(ax - __half2float(ha), bx - __half2float(hb));
+    lo[1] = pack_h2(ay - __half2float(hc), by - __half2float(hd));
+}
+
 template <bool SWZ = false>
 __device__ __forceinline__ void stage_x_hilo(uint32_t* xs, const float* __restrict__ x, int ldx, int T, int k0,
                                              int chunks, int cstride) {
@@ -110,14 +126,7 @@ __device__ __forceinline__ void stage_x_hilo(uint32_t* xs, const float* __restri
             const int c = i >> 3, j = i & 7, e = 8 * (j >> 1) + 2 * (j & 1);
             const float* xc = x + k0 + c * 32 + e;
             const float2 a = *reinterpret_cast<const float2*>(xc), b = *reinterpret_cast<const float2*>(xc + 4);
-            const __half ha = __float2half_rn(a.x), hb = __float2half_rn(b.x);
-            const __half hc = __float2half_rn(a.y), hd = __float2half_rn(b.y);
-            uint32_t* hi = xs + c * 16 + hilo_slot<SWZ>(c, j, 0);
-            uint32_t* lo = xs + cstride + c * 16 + hilo_slot<SWZ>(c, j, 1);
-            hi[0] = pack_h2(__half2float(ha), __half2float(hb));
-            hi[1] = pack_h2(__half2float(hc), __half2float(hd));
-            lo[0] = pack_h2(a.x - __half2float(ha), b.x - __half2float(hb));
-            lo[1] = pack_h2(a.y - __half2float(hc), b.y - __half2float(hd));
+            put_hilo<SWZ>(xs, cstride, 0, c, j, a.x, a.y, b.x, b.y);
         }
         return;
     }
@@ -139,14 +148,7 @@ __device__ __forceinline__ void stage_x_hilo(uint32_t* xs, const float* __restri
             if (i >= n) break;
             const int r = T == 1 ? 0 : i / (chunks * 8), rem = i - r * (chunks * 8);
             const int c = rem >> 3, j = rem & 7;
-            const __half ha = __float2half_rn(a[u].x), hb = __float2half_rn(b[u].x);
-            const __half hc = __float2half_rn(a[u].y), hd = __float2half_rn(b[u].y);
-            uint32_t* hi = xs + (size_t)(2 * r) * cstride + c * 16 + hilo_slot<SWZ>(c, j, 0);
-            uint32_t* lo = xs + (size_t)(2 * r + 1) * cstride + c * 16 + hilo_slot<SWZ>(c, j, 1);
-            hi[0] = pack_h2(__half2float(ha), __half2float(hb));
-            hi[1] = pack_h2(__half2float(hc), __half2float(hd));
-            lo[0] = pack_h2(a[u].x - __half2float(ha), b[u].x - __half2float(hb));
-            lo[1] = pack_h2(a[u].y - __half2float(hc), b[u].y - __half2float(hd));
+            put_hilo<SWZ>(xs, cstride, r, c, j, a[u].x, a[u].y, b[u].x, b[u].y);
         }
     }
 }
@@ -160,15 +162,7 @@ __device__ __forceinline__ void tcp_stage(uint32_t* xs, int T, int k0, int chunk
         const int r = i / (chunks * 8), rem = i - r * (chunks * 8);
         const int c = rem >> 3, j = rem & 7, e = 8 * (j >> 1) + 2 * (j & 1);
         const int k = k0 + c * 32 + e;
-        const float ax = val(r, k), ay = val(r, k + 1), bx = val(r, k + 4), by = val(r, k + 5);
-        const __half ha = __float2half_rn(ax), hb = __float2half_rn(bx);
-        const __half hc = __float2half_rn(ay), hd = __float2half_rn(by);
-        uint32_t* hi = xs + (size_t)(2 * r) * cstride + c * 16 + hilo_slot<SWZ>(c, j, 0);
-        uint32_t* lo = xs + (size_t)(2 * r + 1) * cstride + c * 16 + hilo_slot<SWZ>(c, j, 1);
-        hi[0] = pack_h2(__half2float(ha), __half2float(hb));
-        hi[1] = pack_h2(__half2float(hc), __half2float(hd));
-        lo[0] = pack_h2(ax - __half2float(ha), bx - __half2float(hb));
-        lo[1] = pack_h2(ay - __half2float(hc), by - __half2float(hd));
+        put_hilo<SWZ>(xs, cstride, r, c, j, val(r, k), val(r, k + 1), val(r, k + 4), val(r, k + 5));
     }
 }
 

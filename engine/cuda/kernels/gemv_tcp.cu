@@ -175,16 +175,8 @@ __device__ __forceinline__ void gemv_tcp(const gemv_jobs& jobs, const float* __r
         }
         const float inv = tcp_row_inv(x, K, eps, red1);
         if (live) {
-            const float ax = __fmul_rn(wa_, __fmul_rn(xa, inv)), ay = __fmul_rn(wc, __fmul_rn(xc, inv));
-            const float bx = __fmul_rn(wb_, __fmul_rn(xb, inv)), by = __fmul_rn(wd, __fmul_rn(xd, inv));
-            const __half ha = __float2half_rn(ax), hb = __float2half_rn(bx);
-            const __half hc = __float2half_rn(ay), hd = __float2half_rn(by);
-            uint32_t* hi = xs + c * 16 + hilo_slot<SWZ>(c, j, 0);
-            uint32_t* lo = xs + cstride + c * 16 + hilo_slot<SWZ>(c, j, 1);
-            hi[0] = pack_h2(__half2float(ha), __half2float(hb));
-            hi[1] = pack_h2(__half2float(hc), __half2float(hd));
-            lo[0] = pack_h2(ax - __half2float(ha), bx - __half2float(hb));
-            lo[1] = pack_h2(ay - __half2float(hc), by - __half2float(hd));
+            put_hilo<SWZ>(xs, cstride, 0, c, j, __fmul_rn(wa_, __fmul_rn(xa, inv)), __fmul_rn(wc, __fmul_rn(xc, inv)),
+                          __fmul_rn(wb_, __fmul_rn(xb, inv)), __fmul_rn(wd, __fmul_rn(xd, inv)));
         }
     } else if (XM == TCP_NORM) {
         __shared__ double red[32];
