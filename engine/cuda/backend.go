@@ -63,8 +63,6 @@ type Backend struct {
 	// QWENGO_CUDA_GEMV_TCP); gemvTCPOccupancy caches its blocks per SM by kernel.
 	gemvTCPVariant   string
 	gemvTCPOccupancy map[string]int
-	// l2 is gemv_tcp's L2 look-ahead (l2ahead.go; QWENGO_CUDA_L2_AHEAD, _MB, _EVICT_LAST).
-	l2 l2Ahead
 	// launchEx: the driver has cuLaunchKernelEx (programmatic and cooperative launches).
 	launchEx bool
 	// decodeLayers offers the persistent whole-stack decoder (decode_layers.go; on with
@@ -157,11 +155,7 @@ func OpenDevice(ordinal int) (*Backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	l2, err := parseL2Ahead(os.Getenv("QWENGO_CUDA_L2_AHEAD"), os.Getenv("QWENGO_CUDA_L2_MB"), os.Getenv("QWENGO_CUDA_L2_EVICT_LAST"))
-	if err != nil {
-		return nil, err
-	}
-	b := &Backend{l2: l2, work: make(chan func(), 1), quit: make(chan struct{}), ordinal: ordinal, spin: runtime.GOMAXPROCS(0) > 1, gemv: gemvFromEnv(), gemvTCKernel: gemvTCFromEnv(), gemvTCBVariant: gemvTCBFromEnv(), gemvSlice: gemvSliceFromEnv(), gemvTCPVariant: gemvTCPFromEnv(), decodeFusedModel: decodeFusedFromEnv(), decodeNormRoPE: decodeNormRoPEFromEnv(), decodeLayers: decodeLayersFromEnv(), attnSIMT: attnSIMTFromEnv(), decodeAttnTiles: os.Getenv("QWENGO_CUDA_DECODE_ATTN") == "tiles", kvBF16: kvBF16,
+	b := &Backend{work: make(chan func(), 1), quit: make(chan struct{}), ordinal: ordinal, spin: runtime.GOMAXPROCS(0) > 1, gemv: gemvFromEnv(), gemvTCKernel: gemvTCFromEnv(), gemvTCBVariant: gemvTCBFromEnv(), gemvSlice: gemvSliceFromEnv(), gemvTCPVariant: gemvTCPFromEnv(), decodeFusedModel: decodeFusedFromEnv(), decodeNormRoPE: decodeNormRoPEFromEnv(), decodeLayers: decodeLayersFromEnv(), attnSIMT: attnSIMTFromEnv(), decodeAttnTiles: os.Getenv("QWENGO_CUDA_DECODE_ATTN") == "tiles", kvBF16: kvBF16,
 		fns: map[string]function{}, live: map[devPtr]liveAlloc{}, rope: map[ropeKey]devBuf{}, pool: map[int64][]devPtr{}, graphs: map[*Graph]struct{}{}}
 	started := make(chan error, 1)
 	go b.worker(started)

@@ -150,9 +150,9 @@ static int qg_pdl_init(void) {
 // rejected (nothing was launched then).
 static CUresult qg_launch_dep(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
                               unsigned shmem, void* args, int n, int pdl, int* refused) {
-	void* ptrs[64];
+	void* ptrs[32];
 	*refused = 0;
-	if (n < 0 || n > 64) return CUDA_ERROR_INVALID_VALUE;
+	if (n < 0 || n > 32) return CUDA_ERROR_INVALID_VALUE;
 	for (int i = 0; i < n; i++) ptrs[i] = (char*)args + 8 * (size_t)i;
 	CUresult r;
 	if (pdl && qg_prev_dep && p_launch_ex != NULL) {

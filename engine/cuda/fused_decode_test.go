@@ -240,35 +240,19 @@ func TestFiguresDecodeForms(t *testing.T) {
 	type form struct {
 		name      string
 		fused, nr bool
-		slice     int     // gemvSlice: 0 picks per shape
-		l2        l2Ahead // the GEMVs' L2 look-ahead
+		slice     int // gemvSlice: 0 picks per shape
 	}
-	forms := []form{{"per-op", false, false, 0, l2Ahead{}}, {"fused", true, false, 0, l2Ahead{}}, {"fused+nr", true, true, 0, l2Ahead{}}}
-	// The L2 look-ahead (l2ahead.go, session 15): distances, caps and eviction priorities.
-	for _, l := range []struct {
-		name string
-		a    l2Ahead
-	}{
-		{"d1/32", l2Ahead{dist: []int{1}, max: 32 << 20}},
-		{"d1/16", l2Ahead{dist: []int{1}, max: 16 << 20}},
-		{"d2/32", l2Ahead{dist: []int{2}, max: 32 << 20}},
-		{"d12/48", l2Ahead{dist: []int{1, 2}, max: 48 << 20}},
-		{"d1/32L", l2Ahead{dist: []int{1}, max: 32 << 20, evictLast: true}},
-	} {
-		forms = append(forms, form{"fused+l2" + l.name, true, false, 0, l.a})
-	}
-	forms = append(forms, form{"per-op+l2d1/32", false, false, 0, l2Ahead{dist: []int{1}, max: 32 << 20}})
+	forms := []form{{"per-op", false, false, 0}, {"fused", true, false, 0}, {"fused+nr", true, true, 0}}
 	// QWENGO_CUDA_FIG_SLICE=5,8,… adds fused forms whose every gemv_tcp launch takes that K slice
 	// (session 14, call 7: none faster than the per-shape slices).
 	for _, w := range strings.Split(os.Getenv("QWENGO_CUDA_FIG_SLICE"), ",") {
 		if n, err := strconv.Atoi(w); err == nil && n > 0 {
-			forms = append(forms, form{fmt.Sprintf("fused/s%d", n), true, false, n, l2Ahead{}})
+			forms = append(forms, form{fmt.Sprintf("fused/s%d", n), true, false, n})
 		}
 	}
 	modes := []qwen3.LogitsMode{qwen3.LogitsNone, qwen3.LogitsGreedy}
 	defer g.do(func() error {
 		g.decodeFusedModel, g.decodeNormRoPE = decodeFusedFromEnv(), decodeNormRoPEFromEnv()
-		g.l2, _ = parseL2Ahead(os.Getenv("QWENGO_CUDA_L2_AHEAD"), os.Getenv("QWENGO_CUDA_L2_MB"), os.Getenv("QWENGO_CUDA_L2_EVICT_LAST"))
 		return nil
 	})
 	for _, ctxLen := range []int{512, 8192} {
@@ -290,8 +274,6 @@ func TestFiguresDecodeForms(t *testing.T) {
 				for mi, mode := range modes {
 					g.do(func() error {
 						g.decodeFusedModel, g.decodeNormRoPE, g.gemvSlice = f.fused, f.nr, f.slice
-						g.l2 = f.l2 // learned afresh: the first steps of the round teach it
-						g.l2.next = nil
 						return nil
 					})
 					if err := cache.Truncate(ctxLen); err != nil {
@@ -323,62 +305,11 @@ func TestFiguresDecodeForms(t *testing.T) {
 		for fi, f := range forms {
 			for mi, mode := range modes {
 				k := key{fi, mi}
-				t.Logf("figure decode form %-16s %-6s context %5d, %d layers: %.2f µs a layer (host issued in %.2f; median of %d rounds of %d steps, min %.2f max %.2f)",
+				t.Logf("figure decode form %-9s %-6s context %5d, %d layers: %.2f µs a layer (host issued in %.2f; median of %d rounds of %d steps, min %.2f max %.2f)",
 					f.name, map[qwen3.LogitsMode]string{qwen3.LogitsNone: "none", qwen3.LogitsGreedy: "greedy"}[mode], ctxLen, layers,
 					med(total[k]), med(host[k]), len(total[k]), steps, slices.Min(total[k]), slices.Max(total[k]))
 			}
 		}
 		cache.Free()
-	}
-}
-
-// TestL2AheadSameBits decodes with and without the GEMVs' L2 look-ahead (every distance form
-// the figures measure, batch 1 fused and per-op) and wants the same logits bit for bit: the
-// prefetches must change only where the weights are read from. Checks too that the look-ahead
-// learned something (its map is filled) so that the prefetching launches really ran.
-func TestL2AheadSameBits(t *testing.T) {
-	g := openGPU(t)
-	ctx := context.Background()
-	cfg, m := randomLayers4B(t, g, 2)
-	defer m.Free()
-	defer g.do(func() error {
-		g.decodeFusedModel = decodeFusedFromEnv()
-		g.l2, _ = parseL2Ahead(os.Getenv("QWENGO_CUDA_L2_AHEAD"), os.Getenv("QWENGO_CUDA_L2_MB"), os.Getenv("QWENGO_CUDA_L2_EVICT_LAST"))
-		return nil
-	})
-	decode := func(fused bool, l2 l2Ahead) ([][]float32, int) {
-		g.do(func() error { g.decodeFusedModel, g.l2 = fused, l2; return nil })
-		cache, err := m.NewKVCache(64)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer cache.Free()
-		var rows [][]float32
-		for s := 0; s < 6; s++ {
-			lg, err := m.Forward(ctx, []int{(7 * s) % cfg.VocabSize}, cache, qwen3.LogitsLast)
-			if err != nil {
-				t.Fatal(err)
-			}
-			rows = append(rows, slices.Clone(lg.Row(0)))
-		}
-		learned := 0
-		g.do(func() error { learned = len(g.l2.next); return nil })
-		return rows, learned
-	}
-	for _, fused := range []bool{true, false} {
-		want, _ := decode(fused, l2Ahead{})
-		for _, l2 := range []l2Ahead{{dist: []int{1}, max: 32 << 20}, {dist: []int{2}, max: 8 << 20, evictLast: true}, {dist: []int{1, 2}, max: 48 << 20}} {
-			got, learned := decode(fused, l2)
-			if learned < 8 { // four GEMV launches a layer, two layers
-				t.Errorf("fused %v, look-ahead %v/%d: learned %d successors, want 8", fused, l2.dist, l2.max, learned)
-			}
-			for s := range want {
-				for i := range want[s] {
-					if math.Float32bits(got[s][i]) != math.Float32bits(want[s][i]) {
-						t.Fatalf("fused %v, look-ahead %v/%d: step %d logit %d is %g, %g without", fused, l2.dist, l2.max, s, i, got[s][i], want[s][i])
-					}
-				}
-			}
-		}
 	}
 }

@@ -148,34 +148,5 @@ func (b *Backend) gemvTCPLaunch(f tcpFusion, outs []*Tensor, a, a2, nw *Tensor, 
 	args := []arg{ptrArg(a.ptr), intArg(K), intArg(T), intArg(slice), intArg(bps), ptrArg(b.gemvPartial.ptr), ptrArg(b.gemvCounters.ptr),
 		ptrArg(x2), ptrArg(nwp), f32Arg(eps), intArg(len(ws))}
 	args = append(args, gemvJobArgs(outs, ws)...)
-	args = append(args, b.l2Args(ws)...)
 	return b.launchDep(fn, [3]int{nslices * bps, 1, 1}, [3]int{32 * warps, 1, 1}, smem, args...)
-}
-
-// l2Args are a gemv_tcp launch's L2 look-ahead parameters (L2_PARAMS, common.cuh): the ranges
-// l2Ahead expects the following launches to read (each weight's codes and its scales as two
-// ranges; beyond L2_REGIONS dropped), and the evict-last flag.
-func (b *Backend) l2Args(ws []*Weight) []arg {
-	var next []l2Region
-	if b.l2.on() {
-		own := make([]l2Region, 0, 2*len(ws))
-		for _, w := range ws {
-			codes := int64(w.scales - w.ptr)
-			own = append(own, l2Region{uint64(w.ptr), codes}, l2Region{uint64(w.scales), w.bytes - codes})
-		}
-		next = b.l2.observe(uint64(ws[0].ptr), own)
-	}
-	args := make([]arg, 0, 2*l2Regions+1)
-	for i := 0; i < l2Regions; i++ {
-		if i < len(next) {
-			args = append(args, ptrArg(devPtr(next[i].ptr)), intArg(int(next[i].bytes)))
-		} else {
-			args = append(args, ptrArg(0), intArg(0))
-		}
-	}
-	last := 0
-	if b.l2.evictLast {
-		last = 1
-	}
-	return append(args, intArg(last))
 }

@@ -204,7 +204,6 @@ func (b *Backend) FreeWeight(x backend.Weight) {
 		if w.ptr != 0 {
 			b.free(w.ptr)
 			w.ptr, w.scales = 0, 0
-			b.l2.forget() // the address may hold something else next: no prefetches of it
 		}
 		return nil
 	})

@@ -71,36 +71,6 @@ __device__ __forceinline__ float dot8(uint32_t w, float4 a, float4 b) {
 __device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
 __device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
 
-// l2_prefetch asks L2 to fetch up to L2_REGIONS byte ranges (p[r], n[r] bytes; n = 0 unused),
-// spread over every thread of the grid, one prefetch an L2 line; evict_last marks the lines to
-// be kept over others. Fire and forget: nothing waits for them. The decode GEMVs fetch the
-// weights of the launches that follow them this way (l2ahead.go explains why and how the
-// ranges are chosen).
-#define L2_REGIONS 6
-#define L2_LINE 128
-#define L2_PARAMS                                                                                     \
-    const uint8_t *l2p0, unsigned l2n0, const uint8_t *l2p1, unsigned l2n1, const uint8_t *l2p2,    \
-        unsigned l2n2, const uint8_t *l2p3, unsigned l2n3, const uint8_t *l2p4, unsigned l2n4,        \
-        const uint8_t *l2p5, unsigned l2n5, int l2last
-#define L2_INIT {{l2p0, l2p1, l2p2, l2p3, l2p4, l2p5}, {l2n0, l2n1, l2n2, l2n3, l2n4, l2n5}, l2last}
-struct l2_ranges {
-    const uint8_t* p[L2_REGIONS];
-    unsigned n[L2_REGIONS];
-    int evict_last;
-};
-__device__ __forceinline__ void l2_prefetch(const l2_ranges& l) {
-    const unsigned tid = blockIdx.x * blockDim.x + threadIdx.x, nth = gridDim.x * blockDim.x;
-#pragma unroll
-    for (int r = 0; r < L2_REGIONS; r++) {
-        for (unsigned o = tid * L2_LINE; o < l.n[r]; o += nth * L2_LINE) {
-            if (l.evict_last)
-                asm volatile("prefetch.global.L2::evict_last [%0];" ::"l"(l.p[r] + o));
-            else
-                asm volatile("prefetch.global.L2 [%0];" ::"l"(l.p[r] + o));
-        }
-    }
-}
-
 // gpu_fence orders a block's earlier writes before its later arrival count (writer side) and an
 // observed count before reading the others' writes (last-arriver side) at GPU scope: the PTX
 // memory model's fence + strong-atomic synchronisation. __threadfence() is fence.sc.gpu

@@ -121,7 +121,7 @@ template <int P, int W, int D, bool MERGE, int XM, bool ACC>
 __device__ __forceinline__ void gemv_tcp(const gemv_jobs& jobs, const float* __restrict__ x, int K, int T, int slice,
                                          int bps, float* __restrict__ part, int* __restrict__ counters,
                                          const float* __restrict__ x2, const float* __restrict__ nw, float eps,
-                                         uint32_t* xs, const l2_ranges& l2) {
+                                         uint32_t* xs) {
     // x's staging is swizzled for two passes (five to eight rows, hilo_slot): one row loads x in
     // one phase whose lanes already meet few bank groups, and there the swizzle's extra index
     // work measured slower (session 12, call 1: T=1 2560→4096 6.7 → 7.9 µs; eight rows
@@ -159,7 +159,6 @@ __device__ __forceinline__ void gemv_tcp(const gemv_jobs& jobs, const float* __r
 #pragma unroll
     for (int d = 0; d < D; d++)
         if (d < total) issue(d);
-    l2_prefetch(l2);  // the following launches' weights (l2ahead.go), after this one's first loads
     pdl_wait();
     const int cstride = 4 * slice * 16;  // u32 per (row, hi|lo) column of xs
     if (XM == TCP_NORM && T == 1 && K <= TCP_NORM_CACHE * (int)blockDim.x && 32 * nsteps <= (int)blockDim.x) {
@@ -322,19 +321,17 @@ __device__ __forceinline__ void gemv_tcp(const gemv_jobs& jobs, const float* __r
 
 // Entry points gemv_nvfp4_tcp{P}_{W}x{D}[_norm|_swiacc|_acc](x, K, T, slice, bps, part, counters,
 // x2, nw, eps, njobs, then out, packed, scales, gscale, N for each of 3 jobs — unused ones
-// null/0 — and the L2 look-ahead's ranges, L2_PARAMS): T ≤ 4·P rows, grid ceil(K/128/slice)·bps blocks of W·32 threads (bps blocks per
+// null/0): T ≤ 4·P rows, grid ceil(K/128/slice)·bps blocks of W·32 threads (bps blocks per
 // slice, sized by the host from the occupancy), dynamic shared memory T·slice·512 bytes.
 // Register cap for 16 warps an SM. _norm multiplies RMSNorm(x; nw, eps), _swiacc adds
 // SwiGLU(x, x2)·Wᵀ to out, _acc adds x·Wᵀ to out (the fused decode ops, fused.go).
 #define GP_ENTRY(P, W, D, MERGE, XM, ACC, SUF)                                                                \
     extern "C" __global__ void __launch_bounds__(W * 32, 16 / W) gemv_nvfp4_tcp##P##_##W##x##D##SUF(           \
         const float* x, int K, int T, int slice, int bps, float* part, int* counters, const float* x2,        \
-        const float* nw, float eps, int njobs, GEMV_JOB_PARAMS(0), GEMV_JOB_PARAMS(1), GEMV_JOB_PARAMS(2),    \
-        L2_PARAMS) {                                                                                          \
+        const float* nw, float eps, int njobs, GEMV_JOB_PARAMS(0), GEMV_JOB_PARAMS(1), GEMV_JOB_PARAMS(2)) {  \
         extern __shared__ __align__(16) uint32_t xs[];                                                        \
         gemv_jobs jobs = GEMV_JOBS_INIT;                                                                      \
-        const l2_ranges l2 = L2_INIT;                                                                         \
-        gemv_tcp<P, W, D, MERGE, XM, ACC>(jobs, x, K, T, slice, bps, part, counters, x2, nw, eps, xs, l2);    \
+        gemv_tcp<P, W, D, MERGE, XM, ACC>(jobs, x, K, T, slice, bps, part, counters, x2, nw, eps, xs);        \
     }
 GP_ENTRY(1, 4, 4, true, TCP_X, false, )
 GP_ENTRY(2, 4, 4, true, TCP_X, false, )
