@@ -313,3 +313,125 @@ func TestFiguresDecodeForms(t *testing.T) {
 		cache.Free()
 	}
 }
+
+// ablated is the backend with some of the decode ops of a layer skipped (their outputs keep
+// whatever they held): TestFiguresDecodeAblation times what each op costs inside the
+// launch chain, which its time alone does not tell (programmatic dependent launch overlaps
+// each launch with the end of the one before). The values are garbage; only the times count.
+type ablated struct {
+	*Backend
+	skip map[string]bool
+}
+
+func (a *ablated) NormMatMulMany(outs []backend.Tensor, x, w backend.Tensor, eps float32, ws []backend.Weight) error {
+	if (len(ws) == 3 && a.skip["qkv"]) || (len(ws) == 2 && a.skip["gateup"]) {
+		return nil
+	}
+	return a.Backend.NormMatMulMany(outs, x, w, eps, ws)
+}
+
+func (a *ablated) MatMulAdd(x, in backend.Tensor, w backend.Weight) error {
+	if a.skip["o"] {
+		return nil
+	}
+	return a.Backend.MatMulAdd(x, in, w)
+}
+
+func (a *ablated) SwiGLUMatMulAdd(x, gate, up backend.Tensor, w backend.Weight) error {
+	if a.skip["down"] {
+		return nil
+	}
+	return a.Backend.SwiGLUMatMulAdd(x, gate, up, w)
+}
+
+func (a *ablated) QKNormRoPEAttention(out, qr, kr, q, k, v, qn, kn, kCache, vCache backend.Tensor, nHeads, nKV, headDim, pos int, theta float64, eps float32) error {
+	var errs []error
+	if !a.skip["qknorm"] {
+		errs = append(errs, a.Backend.QKNormRoPECache(qr, kr, q, k, v, qn, kn, kCache, vCache, headDim, pos, theta, eps))
+	}
+	if !a.skip["attn"] {
+		errs = append(errs, a.Backend.Attention(out, qr, kCache, vCache, pos, nHeads, nKV, headDim))
+	}
+	return firstErr(errs...)
+}
+
+// TestFiguresDecodeAblation: batch-1 decode with the fused forms (the default), 36 Qwen3-4B
+// layers (QWENGO_CUDA_FIG_LAYERS), each layer's ops skipped one or a few at a time; µs a layer,
+// no logits, the forms interleaved in one process as in TestFiguresDecodeForms.
+func TestFiguresDecodeAblation(t *testing.T) {
+	benchEnabled(t)
+	g := openGPU(t)
+	ctx := context.Background()
+	layers := 36
+	if n, err := strconv.Atoi(os.Getenv("QWENGO_CUDA_FIG_LAYERS")); err == nil && n > 0 {
+		layers = n
+	}
+	const steps, rounds = 64, 7
+	forms := []string{"", "qknorm", "attn", "qknorm,attn", "qkv", "o", "gateup", "down", "qkv,o,gateup,down", "qkv,qknorm,attn,o,gateup,down"}
+	a := &ablated{g, map[string]bool{}}
+	cfg := &qwen3.Config{VocabSize: 512, HiddenSize: 2560, IntermediateSize: 9728, NumLayers: layers, NumHeads: 32,
+		NumKVHeads: 8, HeadDim: 128, RMSNormEps: 1e-6, RopeTheta: 1e6, TieEmbeddings: true, MaxPositions: 16384, BOSTokenID: -1}
+	m, err := qwen3.NewRandom(cfg, a, qwen3.RandomOptions{Seed: 5, Precision: qwen3.NVFP4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Free()
+	if _, ok := m.B.(backend.NormRoPEAttention); !ok {
+		t.Fatal("the ablated backend lost NormRoPEAttention")
+	}
+	defer g.do(func() error { g.decodeFusedModel = decodeFusedFromEnv(); return nil })
+	g.do(func() error { g.decodeFusedModel = true; return nil })
+	for _, ctxLen := range []int{512, 8192} {
+		cache, err := m.NewKVCache(ctxLen + steps + 8)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids := make([]int, ctxLen+steps)
+		for i := range ids {
+			ids[i] = i % cfg.VocabSize
+		}
+		if _, err := m.Forward(ctx, ids[:ctxLen], cache, qwen3.LogitsNone); err != nil {
+			t.Fatal(err)
+		}
+		total := map[int][]float64{}
+		for r := 0; r < rounds; r++ {
+			for fi, f := range forms {
+				clear(a.skip)
+				for _, op := range strings.Split(f, ",") {
+					if op != "" {
+						a.skip[op] = true
+					}
+				}
+				if err := cache.Truncate(ctxLen); err != nil {
+					t.Fatal(err)
+				}
+				if err := g.Sync(); err != nil {
+					t.Fatal(err)
+				}
+				start := time.Now()
+				for s := 0; s < steps; s++ {
+					if _, err := m.Forward(ctx, ids[ctxLen+s:ctxLen+s+1], cache, qwen3.LogitsNone); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if err := g.Sync(); err != nil {
+					t.Fatal(err)
+				}
+				if r > 0 {
+					total[fi] = append(total[fi], time.Since(start).Seconds()*1e6/float64(steps*layers))
+				}
+			}
+		}
+		clear(a.skip)
+		med := func(v []float64) float64 { v = slices.Clone(v); slices.Sort(v); return v[len(v)/2] }
+		full := med(total[0])
+		for fi, f := range forms {
+			if f == "" {
+				f = "(none)"
+			}
+			t.Logf("figure decode ablation skip %-30s context %5d, %d layers: %.2f µs a layer (saves %.2f; min %.2f max %.2f)",
+				f, ctxLen, layers, med(total[fi]), full-med(total[fi]), slices.Min(total[fi]), slices.Max(total[fi]))
+		}
+		cache.Free()
+	}
+}
