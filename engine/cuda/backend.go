@@ -63,6 +63,8 @@ type Backend struct {
 	// QWENGO_CUDA_GEMV_TCP); gemvTCPOccupancy caches its blocks per SM by kernel.
 	gemvTCPVariant   string
 	gemvTCPOccupancy map[string]int
+	// gemvTCPStepLoop picks gemv_tcp's per-step consume loop (QWENGO_CUDA_GEMV_STEPLOOP=1).
+	gemvTCPStepLoop bool
 	// launchEx: the driver has cuLaunchKernelEx (programmatic and cooperative launches).
 	launchEx bool
 	// decodeLayers offers the persistent whole-stack decoder (decode_layers.go; on with
@@ -155,7 +157,7 @@ func OpenDevice(ordinal int) (*Backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := &Backend{work: make(chan func(), 1), quit: make(chan struct{}), ordinal: ordinal, spin: runtime.GOMAXPROCS(0) > 1, gemv: gemvFromEnv(), gemvTCKernel: gemvTCFromEnv(), gemvTCBVariant: gemvTCBFromEnv(), gemvSlice: gemvSliceFromEnv(), gemvTCPVariant: gemvTCPFromEnv(), decodeFusedModel: decodeFusedFromEnv(), decodeNormRoPE: decodeNormRoPEFromEnv(), decodeLayers: decodeLayersFromEnv(), attnSIMT: attnSIMTFromEnv(), decodeAttnTiles: os.Getenv("QWENGO_CUDA_DECODE_ATTN") == "tiles", kvBF16: kvBF16,
+	b := &Backend{work: make(chan func(), 1), quit: make(chan struct{}), ordinal: ordinal, spin: runtime.GOMAXPROCS(0) > 1, gemv: gemvFromEnv(), gemvTCKernel: gemvTCFromEnv(), gemvTCBVariant: gemvTCBFromEnv(), gemvSlice: gemvSliceFromEnv(), gemvTCPVariant: gemvTCPFromEnv(), gemvTCPStepLoop: gemvTCPStepLoopFromEnv(), decodeFusedModel: decodeFusedFromEnv(), decodeNormRoPE: decodeNormRoPEFromEnv(), decodeLayers: decodeLayersFromEnv(), attnSIMT: attnSIMTFromEnv(), decodeAttnTiles: os.Getenv("QWENGO_CUDA_DECODE_ATTN") == "tiles", kvBF16: kvBF16,
 		fns: map[string]function{}, live: map[devPtr]liveAlloc{}, rope: map[ropeKey]devBuf{}, pool: map[int64][]devPtr{}, graphs: map[*Graph]struct{}{}}
 	started := make(chan error, 1)
 	go b.worker(started)

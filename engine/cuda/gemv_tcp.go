@@ -21,6 +21,11 @@ func gemvTCPFromEnv() string {
 	return ""
 }
 
+// gemvTCPStepLoopFromEnv reports whether gemv_tcp's default shape and fused forms run their
+// per-step consume loop (QWENGO_CUDA_GEMV_STEPLOOP=1) instead of the tile-structured one
+// (gemv_tcp.cu TILED; session 15) — a measurement switch.
+func gemvTCPStepLoopFromEnv() bool { return os.Getenv("QWENGO_CUDA_GEMV_STEPLOOP") == "1" }
+
 // gemvTCPLongK and gemvTCPLongSlice: gemv_tcp's K slice for long rows (down_proj, K = 9728) is
 // 8 steps, not gemvTCBSliceSteps. Session 8, run 3 (slices of 2 to 40 steps, every shape):
 // 9728→2560 one row 11.5 → 9.5 µs, eight rows 20.2 → 18.3 µs; K = 2560 and 4096 stay at 4
@@ -105,6 +110,9 @@ func (b *Backend) gemvTCPLaunch(f tcpFusion, outs []*Tensor, a, a2, nw *Tensor, 
 			return fmt.Errorf("gemv: no fused (%s) resident GEMV for %d rows of %d inputs", tcpFusionSuffix[f], T, K)
 		}
 		name = fmt.Sprintf("gemv_nvfp4_tcp%d_8x4%s", (T+3)/4, tcpFusionSuffix[f])
+	}
+	if b.gemvTCPStepLoop && b.fns[name+"_v0"] != nil {
+		name += "_v0"
 	}
 	var warps, d int
 	if _, err := fmt.Sscanf(name[len("gemv_nvfp4_tcp1_"):], "%dx%d", &warps, &d); err != nil {

@@ -4,6 +4,7 @@ package cuda
 
 import (
 	"fmt"
+	"math"
 	"os"
 	"slices"
 	"strings"
@@ -236,5 +237,81 @@ func TestFiguresGEMVProbe(t *testing.T) {
 		g.Free(x)
 		g.Free(o)
 		g.FreeWeight(gw)
+	}
+}
+
+// TestTCPTiledSameBits runs gemv_tcp's tile-structured consume loop (the default) and its
+// per-step form (QWENGO_CUDA_GEMV_STEPLOOP) on the same inputs and wants the same bits: plain
+// products of one to three weights and the three fused forms, 1 to 8 rows, slices of whole
+// rings (K = 2560, 4096, 9728) and a slice the tiled loop declines (K = 768: its last slice has
+// two steps).
+func TestTCPTiledSameBits(t *testing.T) {
+	g := openGPU(t)
+	c := cpu.New()
+	defer g.do(func() error { g.gemvTCPStepLoop = gemvTCPStepLoopFromEnv(); return nil })
+	const eps = 1e-6
+	for i, s := range []struct{ T, K, N, jobs int }{
+		{1, 2560, 1024, 3}, {1, 4096, 2560, 1}, {1, 2560, 9728, 2}, {1, 9728, 2560, 1}, {3, 2560, 700, 2},
+		{8, 2560, 4096, 1}, {6, 9728, 2560, 1}, {1, 768, 512, 1}, {5, 768, 300, 2},
+	} {
+		name := fmt.Sprintf("T=%d K=%d N=%d jobs=%d", s.T, s.K, s.N, s.jobs)
+		var ws []backend.Weight
+		for j := 0; j < s.jobs; j++ {
+			_, w := weights(t, c, g, hostWeight(t, kindNVFP4, s.N+16*j, s.K, uint64(70+10*i+j)))
+			ws = append(ws, w)
+		}
+		_, x := pair(t, c, g, s.T, s.K, randn(s.T*s.K, uint64(700+i), 1))
+		_, u := pair(t, c, g, s.T, s.K, randn(s.T*s.K, uint64(750+i), 1))
+		_, nw := pair(t, c, g, 1, s.K, randn(s.K, uint64(780+i), 0.3))
+		res := randn(s.T*s.N, uint64(790+i), 1)
+		// run returns each form's outputs with the step loop on or off.
+		run := func(stepLoop bool) map[string][][]float32 {
+			g.do(func() error { g.gemvTCPStepLoop = stepLoop; return nil })
+			got := map[string][][]float32{}
+			outs := func() []backend.Tensor {
+				var o []backend.Tensor
+				for j := range ws {
+					_, t1 := pair(t, c, g, s.T, s.N+16*j, nil)
+					o = append(o, t1)
+				}
+				return o
+			}
+			keep := func(form string, ts []backend.Tensor) {
+				for _, o := range ts {
+					got[form] = append(got[form], download(t, g, o))
+				}
+			}
+			o := outs()
+			if err := g.MatMulMany(o, x, ws); err != nil {
+				t.Fatalf("%s: matmul many: %v", name, err)
+			}
+			keep("plain", o)
+			o = outs()
+			if err := g.NormMatMulMany(o, x, nw, eps, ws); err != nil {
+				t.Fatalf("%s: norm+matmul: %v", name, err)
+			}
+			keep("norm", o)
+			_, r := pair(t, c, g, s.T, s.N, res)
+			if err := g.MatMulAdd(r, x, ws[0]); err != nil {
+				t.Fatalf("%s: matmul+add: %v", name, err)
+			}
+			keep("acc", []backend.Tensor{r})
+			_, r2 := pair(t, c, g, s.T, s.N, res)
+			if err := g.SwiGLUMatMulAdd(r2, x, u, ws[0]); err != nil {
+				t.Fatalf("%s: swiglu+matmul+add: %v", name, err)
+			}
+			keep("swiacc", []backend.Tensor{r2})
+			return got
+		}
+		tiled, stepped := run(false), run(true)
+		for form, outs := range stepped {
+			for j := range outs {
+				for k := range outs[j] {
+					if math.Float32bits(tiled[form][j][k]) != math.Float32bits(outs[j][k]) {
+						t.Fatalf("%s %s: output %d element %d: tiled %g, per-step %g", name, form, j, k, tiled[form][j][k], outs[j][k])
+					}
+				}
+			}
+		}
 	}
 }

@@ -117,7 +117,7 @@ __device__ __forceinline__ float tcp_row_inv(const float* __restrict__ x, int K,
 // gemv_tcp: XM picks the multiplied input (TCP_X, TCP_NORM with nw and eps, TCP_SWIGLU with x2);
 // with ACC the products are added to out (out += …: the residual adds folded in; each output
 // element is read and written by the one lane that finishes it).
-template <int P, int W, int D, bool MERGE, int XM, bool ACC>
+template <int P, int W, int D, bool MERGE, int XM, bool ACC, bool TILED>
 __device__ __forceinline__ void gemv_tcp(const gemv_jobs& jobs, const float* __restrict__ x, int K, int T, int slice,
                                          int bps, float* __restrict__ part, int* __restrict__ counters,
                                          const float* __restrict__ x2, const float* __restrict__ nw, float eps,
@@ -282,6 +282,62 @@ __device__ __forceinline__ void gemv_tcp(const gemv_jobs& jobs, const float* __r
         }
     };
 
+    if (TILED && nsteps % D == 0) {
+        // A tile's slice is whole rings of D steps (Qwen3's shapes: 4 or 8 steps): walk tiles,
+        // then rings, then the D steps unrolled, so the cursor bookkeeping, the next tile's
+        // addresses and the flush run once a ring or a tile instead of once a step (session 15:
+        // ~20 of the ~200 instructions of a step in the per-step form). Lanes of rows ≥ T read
+        // row T − 1's x instead of zeros: a dead row's mma column is never read (flush takes
+        // columns of live rows only, and column n of the product depends only on column n of x).
+        // Same sums in the same order as the per-step form: same bits.
+        const uint32_t* xl[P];
+#pragma unroll
+        for (int p = 0; p < P; p++) {
+            const int row = min(4 * p + (g >> 1), T - 1);
+            xl[p] = xs + (size_t)(2 * row + (g & 1)) * cstride + t * 16;
+        }
+        const int rings = nsteps / D;
+        tcp_rows cur = tcp_locate(jobs, first, K, s0, g, t);
+        for (int i = 0; i < mine; i++) {
+            for (int r = 0; r < rings; r++) {
+                // Where the next ring's loads come from: this tile's next ring, else the warp's
+                // next tile's first (none after the last ring of the last tile).
+                tcp_rows nx = cur;
+                int ns = (r + 1) * D;
+                const bool more = r + 1 < rings || i + 1 < mine;
+                if (r + 1 == rings) {
+                    ns = 0;
+                    if (i + 1 < mine) nx = tcp_locate(jobs, first + (i + 1) * stride, K, s0, g, t);
+                }
+#pragma unroll
+                for (int d = 0; d < D; d++) {
+                    const uint4 qa = wa[d], qb = wb[d];
+                    const uint32_t sfa = e4m3x2_to_f16x2(ca[d]), sfb = e4m3x2_to_f16x2(cb[d]);
+                    if (more) {
+                        wa[d] = __ldg(nx.pa + 4 * (ns + d));
+                        wb[d] = __ldg(nx.pb + 4 * (ns + d));
+                        ca[d] = __ldg(nx.sa + 4 * (ns + d));
+                        cb[d] = __ldg(nx.sb + 4 * (ns + d));
+                    }
+                    const int cs = r * D + d;
+                    const uint32_t wra[4] = {qa.x, qa.y, qa.z, qa.w}, wrb[4] = {qb.x, qb.y, qb.z, qb.w};
+                    tc_quarters(sfa, sfb, wra, wrb,
+                                [&](int q, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t a4,
+                                    uint32_t a5, uint32_t a6, uint32_t a7) {
+#pragma unroll
+                                    for (int p = 0; p < P; p++) {
+                                        const uint4 b = reinterpret_cast<const uint4*>(xl[p] + 64 * cs)[q ^ xq];
+                                        mma_f16(acc[p][0], a0, a1, a2, a3, b.x, b.y);
+                                        mma_f16(acc[p][1], a4, a5, a6, a7, b.z, b.w);
+                                    }
+                                });
+                }
+                cur = nx;
+            }
+            flush(first + i * stride);
+            zero();
+        }
+    } else {
     // The consume cursor: the warp's ct-th tile, step cs of the slice.
     int ct = 0, cs = 0;
     for (int j0 = 0; j0 < total; j0 += D) {
@@ -311,6 +367,7 @@ __device__ __forceinline__ void gemv_tcp(const gemv_jobs& jobs, const float* __r
             }
         }
     }
+    }
     if (slices == 1 || !MERGE) return;  // !MERGE: the merge-cost probe (partials only)
     // Partials are announced after the warp's last load: a fence mid-sequence would wait for
     // the weight loads in flight.
@@ -325,14 +382,16 @@ __device__ __forceinline__ void gemv_tcp(const gemv_jobs& jobs, const float* __r
 // slice, sized by the host from the occupancy), dynamic shared memory T·slice·512 bytes.
 // Register cap for 16 warps an SM. _norm multiplies RMSNorm(x; nw, eps), _swiacc adds
 // SwiGLU(x, x2)·Wᵀ to out, _acc adds x·Wᵀ to out (the fused decode ops, fused.go).
-#define GP_ENTRY(P, W, D, MERGE, XM, ACC, SUF)                                                                \
+#define GP_ENTRY_T(P, W, D, MERGE, XM, ACC, TILED, SUF)                                                       \
     extern "C" __global__ void __launch_bounds__(W * 32, 16 / W) gemv_nvfp4_tcp##P##_##W##x##D##SUF(           \
         const float* x, int K, int T, int slice, int bps, float* part, int* counters, const float* x2,        \
         const float* nw, float eps, int njobs, GEMV_JOB_PARAMS(0), GEMV_JOB_PARAMS(1), GEMV_JOB_PARAMS(2)) {  \
         extern __shared__ __align__(16) uint32_t xs[];                                                        \
         gemv_jobs jobs = GEMV_JOBS_INIT;                                                                      \
-        gemv_tcp<P, W, D, MERGE, XM, ACC>(jobs, x, K, T, slice, bps, part, counters, x2, nw, eps, xs);        \
+        gemv_tcp<P, W, D, MERGE, XM, ACC, TILED>(jobs, x, K, T, slice, bps, part, counters, x2, nw, eps, xs); \
     }
+#define GP_ENTRY(P, W, D, MERGE, XM, ACC, SUF) GP_ENTRY_T(P, W, D, MERGE, XM, ACC, true, SUF)
+#define GP_ENTRY_V0(P, W, D, MERGE, XM, ACC, SUF) GP_ENTRY_T(P, W, D, MERGE, XM, ACC, false, SUF##_v0)
 GP_ENTRY(1, 4, 4, true, TCP_X, false, )
 GP_ENTRY(2, 4, 4, true, TCP_X, false, )
 GP_ENTRY(1, 8, 4, true, TCP_X, false, )
@@ -347,6 +406,16 @@ GP_ENTRY(1, 8, 4, true, TCP_SWIGLU, true, _swiacc)
 GP_ENTRY(2, 8, 4, true, TCP_SWIGLU, true, _swiacc)
 GP_ENTRY(1, 8, 4, true, TCP_X, true, _acc)
 GP_ENTRY(2, 8, 4, true, TCP_X, true, _acc)
+// The per-step form of the consume loop (session 15, measurement): the default shape and the
+// fused forms with TILED off, for TestTCPTiledSameBits and the in-process figures.
+GP_ENTRY_V0(1, 8, 4, true, TCP_X, false, )
+GP_ENTRY_V0(2, 8, 4, true, TCP_X, false, )
+GP_ENTRY_V0(1, 8, 4, true, TCP_NORM, false, _norm)
+GP_ENTRY_V0(2, 8, 4, true, TCP_NORM, false, _norm)
+GP_ENTRY_V0(1, 8, 4, true, TCP_SWIGLU, true, _swiacc)
+GP_ENTRY_V0(2, 8, 4, true, TCP_SWIGLU, true, _swiacc)
+GP_ENTRY_V0(1, 8, 4, true, TCP_X, true, _acc)
+GP_ENTRY_V0(2, 8, 4, true, TCP_X, true, _acc)
 // The merge-cost probe: gemv_tcp without the merge (outputs of multi-slice products are left
 // unwritten); only TestFiguresGEMVProbe launches it.
 GP_ENTRY(1, 8, 4, false, TCP_X, false, _nomerge)
