@@ -63,7 +63,8 @@ type Backend struct {
 	// QWENGO_CUDA_GEMV_TCP); gemvTCPOccupancy caches its blocks per SM by kernel.
 	gemvTCPVariant   string
 	gemvTCPOccupancy map[string]int
-	// gemvTCPStepLoop picks gemv_tcp's per-step consume loop (QWENGO_CUDA_GEMV_STEPLOOP=1).
+	// gemvTCPStepLoop picks the two-pass gemv_tcp's per-step consume loop
+	// (QWENGO_CUDA_GEMV_STEPLOOP=1).
 	gemvTCPStepLoop bool
 	// launchEx: the driver has cuLaunchKernelEx (programmatic and cooperative launches).
 	launchEx bool

@@ -21,9 +21,9 @@ func gemvTCPFromEnv() string {
 	return ""
 }
 
-// gemvTCPStepLoopFromEnv reports whether gemv_tcp's default shape and fused forms run their
-// per-step consume loop (QWENGO_CUDA_GEMV_STEPLOOP=1) instead of the tile-structured one
-// (gemv_tcp.cu TILED; session 15) — a measurement switch.
+// gemvTCPStepLoopFromEnv reports whether gemv_tcp's two-pass kernels (five to eight rows) run
+// their per-step consume loop (QWENGO_CUDA_GEMV_STEPLOOP=1) instead of the tile-structured one
+// (gemv_tcp.cu TILED; session 15) — a measurement switch; one row always runs the per-step loop.
 func gemvTCPStepLoopFromEnv() bool { return os.Getenv("QWENGO_CUDA_GEMV_STEPLOOP") == "1" }
 
 // gemvTCPLongK and gemvTCPLongSlice: gemv_tcp's K slice for long rows (down_proj, K = 9728) is

@@ -240,19 +240,20 @@ func TestFiguresGEMVProbe(t *testing.T) {
 	}
 }
 
-// TestTCPTiledSameBits runs gemv_tcp's tile-structured consume loop (the default) and its
-// per-step form (QWENGO_CUDA_GEMV_STEPLOOP) on the same inputs and wants the same bits: plain
-// products of one to three weights and the three fused forms, 1 to 8 rows, slices of whole
-// rings (K = 2560, 4096, 9728) and a slice the tiled loop declines (K = 768: its last slice has
-// two steps).
+// TestTCPTiledSameBits runs the two-pass gemv_tcp's tile-structured consume loop (the default
+// for five to eight rows) and its per-step form (QWENGO_CUDA_GEMV_STEPLOOP) on the same inputs
+// and wants the same bits: plain products of one to three weights and the three fused forms,
+// slices of whole rings (K = 2560, 4096, 9728) and a slice the tiled loop declines (K = 768:
+// its last slice has two steps); one and three rows (one pass, the per-step loop either way)
+// check that the switch leaves them alone.
 func TestTCPTiledSameBits(t *testing.T) {
 	g := openGPU(t)
 	c := cpu.New()
 	defer g.do(func() error { g.gemvTCPStepLoop = gemvTCPStepLoopFromEnv(); return nil })
 	const eps = 1e-6
 	for i, s := range []struct{ T, K, N, jobs int }{
-		{1, 2560, 1024, 3}, {1, 4096, 2560, 1}, {1, 2560, 9728, 2}, {1, 9728, 2560, 1}, {3, 2560, 700, 2},
-		{8, 2560, 4096, 1}, {6, 9728, 2560, 1}, {1, 768, 512, 1}, {5, 768, 300, 2},
+		{1, 2560, 1024, 3}, {3, 2560, 700, 2}, {8, 2560, 4096, 1}, {5, 2560, 1024, 3}, {7, 2560, 9728, 2},
+		{8, 4096, 2560, 1}, {6, 9728, 2560, 1}, {8, 9728, 2560, 1}, {5, 768, 300, 2},
 	} {
 		name := fmt.Sprintf("T=%d K=%d N=%d jobs=%d", s.T, s.K, s.N, s.jobs)
 		var ws []backend.Weight

@@ -282,14 +282,17 @@ __device__ __forceinline__ void gemv_tcp(const gemv_jobs& jobs, const float* __r
         }
     };
 
-    if (TILED && nsteps % D == 0) {
-        // A tile's slice is whole rings of D steps (Qwen3's shapes: 4 or 8 steps): walk tiles,
-        // then rings, then the D steps unrolled, so the cursor bookkeeping, the next tile's
-        // addresses and the flush run once a ring or a tile instead of once a step (session 15:
-        // ~20 of the ~200 instructions of a step in the per-step form). Lanes of rows ≥ T read
-        // row T − 1's x instead of zeros: a dead row's mma column is never read (flush takes
-        // columns of live rows only, and column n of the product depends only on column n of x).
-        // Same sums in the same order as the per-step form: same bits.
+    if (TILED && P > 1 && nsteps % D == 0) {
+        // Two passes (five to eight rows) over a slice of whole rings of D steps (Qwen3's
+        // shapes: 4 or 8 steps): walk tiles, then rings, then the D steps unrolled, so the
+        // cursor bookkeeping, the next tile's addresses and the flush run once a ring or a tile
+        // instead of once a step, and lanes of rows ≥ T read row T − 1's x instead of predicated
+        // zeros (a dead row's mma column is never read: flush takes live rows' columns only, and
+        // column n of the product depends only on column n of x). Same sums in the same order as
+        // the per-step form: same bits (TestTCPTiledSameBits). Session 15, call 4: batch 8
+        // decode +7 % (2,146-2,162 against 1,994-2,021 tok/s). One row keeps the per-step form:
+        // without its per-step branches ptxas sinks a ring's loads below its second step (fewer
+        // weights in flight) and one-row decode measured 4 % slower this way.
         const uint32_t* xl[P];
 #pragma unroll
         for (int p = 0; p < P; p++) {
@@ -297,27 +300,27 @@ __device__ __forceinline__ void gemv_tcp(const gemv_jobs& jobs, const float* __r
             xl[p] = xs + (size_t)(2 * row + (g & 1)) * cstride + t * 16;
         }
         const int rings = nsteps / D;
-        tcp_rows cur = tcp_locate(jobs, first, K, s0, g, t);
+        // The load cursor, one tile's addresses as in the per-step form (a second set of
+        // addresses made ptxas hold back the ring's loads): the warp's li-th tile, step ls of
+        // the slice — the ring after the one in registers.
+        int li = 0, ls = D;
+        tcp_rows ir = tcp_locate(jobs, first, K, s0, g, t);
+        if (ls == nsteps) {
+            ls = 0;
+            if (++li < mine) ir = tcp_locate(jobs, first + stride, K, s0, g, t);
+        }
         for (int i = 0; i < mine; i++) {
             for (int r = 0; r < rings; r++) {
-                // Where the next ring's loads come from: this tile's next ring, else the warp's
-                // next tile's first (none after the last ring of the last tile).
-                tcp_rows nx = cur;
-                int ns = (r + 1) * D;
-                const bool more = r + 1 < rings || i + 1 < mine;
-                if (r + 1 == rings) {
-                    ns = 0;
-                    if (i + 1 < mine) nx = tcp_locate(jobs, first + (i + 1) * stride, K, s0, g, t);
-                }
+                const bool more = li < mine;
 #pragma unroll
                 for (int d = 0; d < D; d++) {
                     const uint4 qa = wa[d], qb = wb[d];
                     const uint32_t sfa = e4m3x2_to_f16x2(ca[d]), sfb = e4m3x2_to_f16x2(cb[d]);
                     if (more) {
-                        wa[d] = __ldg(nx.pa + 4 * (ns + d));
-                        wb[d] = __ldg(nx.pb + 4 * (ns + d));
-                        ca[d] = __ldg(nx.sa + 4 * (ns + d));
-                        cb[d] = __ldg(nx.sb + 4 * (ns + d));
+                        wa[d] = __ldg(ir.pa + 4 * (ls + d));
+                        wb[d] = __ldg(ir.pb + 4 * (ls + d));
+                        ca[d] = __ldg(ir.sa + 4 * (ls + d));
+                        cb[d] = __ldg(ir.sb + 4 * (ls + d));
                     }
                     const int cs = r * D + d;
                     const uint32_t wra[4] = {qa.x, qa.y, qa.z, qa.w}, wrb[4] = {qb.x, qb.y, qb.z, qb.w};
@@ -332,7 +335,11 @@ __device__ __forceinline__ void gemv_tcp(const gemv_jobs& jobs, const float* __r
                                     }
                                 });
                 }
-                cur = nx;
+                ls += D;
+                if (ls == nsteps) {
+                    ls = 0;
+                    if (++li < mine) ir = tcp_locate(jobs, first + li * stride, K, s0, g, t);
+                }
             }
             flush(first + i * stride);
             zero();
@@ -406,15 +413,11 @@ GP_ENTRY(1, 8, 4, true, TCP_SWIGLU, true, _swiacc)
 GP_ENTRY(2, 8, 4, true, TCP_SWIGLU, true, _swiacc)
 GP_ENTRY(1, 8, 4, true, TCP_X, true, _acc)
 GP_ENTRY(2, 8, 4, true, TCP_X, true, _acc)
-// The per-step form of the consume loop (session 15, measurement): the default shape and the
-// fused forms with TILED off, for TestTCPTiledSameBits and the in-process figures.
-GP_ENTRY_V0(1, 8, 4, true, TCP_X, false, )
+// The two-pass kernels' per-step consume loop (TILED off): the reference of
+// TestTCPTiledSameBits and QWENGO_CUDA_GEMV_STEPLOOP=1's measurements.
 GP_ENTRY_V0(2, 8, 4, true, TCP_X, false, )
-GP_ENTRY_V0(1, 8, 4, true, TCP_NORM, false, _norm)
 GP_ENTRY_V0(2, 8, 4, true, TCP_NORM, false, _norm)
-GP_ENTRY_V0(1, 8, 4, true, TCP_SWIGLU, true, _swiacc)
 GP_ENTRY_V0(2, 8, 4, true, TCP_SWIGLU, true, _swiacc)
-GP_ENTRY_V0(1, 8, 4, true, TCP_X, true, _acc)
 GP_ENTRY_V0(2, 8, 4, true, TCP_X, true, _acc)
 // The merge-cost probe: gemv_tcp without the merge (outputs of multi-slice products are left
 // unwritten); only TestFiguresGEMVProbe launches it.
