@@ -240,22 +240,19 @@ func TestFiguresDecodeForms(t *testing.T) {
 	type form struct {
 		name      string
 		fused, nr bool
-		slice     int  // gemvSlice: 0 picks per shape
-		stepLoop  bool // gemv_tcp's reference entry points (_v0)
+		slice     int // gemvSlice: 0 picks per shape
 	}
-	forms := []form{{"per-op", false, false, 0, false}, {"fused", true, false, 0, false}, {"fused+nr", true, true, 0, false},
-		{"fused/v0", true, false, 0, true}}
+	forms := []form{{"per-op", false, false, 0}, {"fused", true, false, 0}, {"fused+nr", true, true, 0}}
 	// QWENGO_CUDA_FIG_SLICE=5,8,… adds fused forms whose every gemv_tcp launch takes that K slice
 	// (session 14, call 7: none faster than the per-shape slices).
 	for _, w := range strings.Split(os.Getenv("QWENGO_CUDA_FIG_SLICE"), ",") {
 		if n, err := strconv.Atoi(w); err == nil && n > 0 {
-			forms = append(forms, form{fmt.Sprintf("fused/s%d", n), true, false, n, false})
+			forms = append(forms, form{fmt.Sprintf("fused/s%d", n), true, false, n})
 		}
 	}
 	modes := []qwen3.LogitsMode{qwen3.LogitsNone, qwen3.LogitsGreedy}
 	defer g.do(func() error {
 		g.decodeFusedModel, g.decodeNormRoPE = decodeFusedFromEnv(), decodeNormRoPEFromEnv()
-		g.gemvTCPStepLoop = gemvTCPStepLoopFromEnv()
 		return nil
 	})
 	for _, ctxLen := range []int{512, 8192} {
@@ -276,7 +273,7 @@ func TestFiguresDecodeForms(t *testing.T) {
 			for fi, f := range forms {
 				for mi, mode := range modes {
 					g.do(func() error {
-						g.decodeFusedModel, g.decodeNormRoPE, g.gemvSlice, g.gemvTCPStepLoop = f.fused, f.nr, f.slice, f.stepLoop
+						g.decodeFusedModel, g.decodeNormRoPE, g.gemvSlice = f.fused, f.nr, f.slice
 						return nil
 					})
 					if err := cache.Truncate(ctxLen); err != nil {

@@ -64,7 +64,7 @@ var gemvTCPKernels = func() []string {
 		names = append(names, "gemv_nvfp4_tcp1_8x4"+f, "gemv_nvfp4_tcp2_8x4"+f)
 	}
 	for _, f := range []string{"", "_norm", "_swiacc", "_acc"} { // two passes' per-step consume loop (gemv_tcp.go gemvTCPStepLoop)
-		names = append(names, "gemv_nvfp4_tcp1_8x4"+f+"_v0", "gemv_nvfp4_tcp2_8x4"+f+"_v0")
+		names = append(names, "gemv_nvfp4_tcp2_8x4"+f+"_v0")
 	}
 	return append(names, gemvProbeKernels...)
 }()

@@ -201,18 +201,15 @@ __device__ __forceinline__ void gemv_tcp(const gemv_jobs& jobs, const float* __r
     __syncthreads();
     if (total == 0) return;  // no block-wide barrier follows
 
-    // Pass p, column g: row 4p + g/2, hi (g even) or lo (g odd). Rows ≥ T read row T − 1's x
-    // (TILED) or zeros: a dead row's mma column is never read (flush takes live rows' columns
-    // only, and column n of the product depends only on column n of x), so both give the same
-    // bits and the first needs no predicate or zeroing a quarter.
+    // Pass p, column g: row 4p + g/2, hi (g even) or lo (g odd); rows ≥ T feed zeros.
     // With SWZ, quarter i of this lane's chunk of x is at i ^ xq (hilo_slot<true>).
     const int xq = SWZ ? (g & 1) + 2 * ((t >> 1) & 1) : 0;
     const uint32_t* xcol[P];
     bool rowLive[P];
 #pragma unroll
     for (int p = 0; p < P; p++) {
-        const int row = TILED ? min(4 * p + (g >> 1), T - 1) : 4 * p + (g >> 1);
-        rowLive[p] = TILED || row < T;
+        const int row = 4 * p + (g >> 1);
+        rowLive[p] = row < T;
         xcol[p] = xs + (size_t)(2 * row + (g & 1)) * cstride + t * 16;
     }
     float acc[P][2][4];
@@ -296,6 +293,12 @@ __device__ __forceinline__ void gemv_tcp(const gemv_jobs& jobs, const float* __r
         // decode +7 % (2,146-2,162 against 1,994-2,021 tok/s). One row keeps the per-step form:
         // without its per-step branches ptxas sinks a ring's loads below its second step (fewer
         // weights in flight) and one-row decode measured 4 % slower this way.
+        const uint32_t* xl[P];
+#pragma unroll
+        for (int p = 0; p < P; p++) {
+            const int row = min(4 * p + (g >> 1), T - 1);
+            xl[p] = xs + (size_t)(2 * row + (g & 1)) * cstride + t * 16;
+        }
         const int rings = nsteps / D;
         // The load cursor, one tile's addresses as in the per-step form (a second set of
         // addresses made ptxas hold back the ring's loads): the warp's li-th tile, step ls of
@@ -326,7 +329,7 @@ __device__ __forceinline__ void gemv_tcp(const gemv_jobs& jobs, const float* __r
                                     uint32_t a5, uint32_t a6, uint32_t a7) {
 #pragma unroll
                                     for (int p = 0; p < P; p++) {
-                                        const uint4 b = reinterpret_cast<const uint4*>(xcol[p] + 64 * cs)[q ^ xq];
+                                        const uint4 b = reinterpret_cast<const uint4*>(xl[p] + 64 * cs)[q ^ xq];
                                         mma_f16(acc[p][0], a0, a1, a2, a3, b.x, b.y);
                                         mma_f16(acc[p][1], a4, a5, a6, a7, b.z, b.w);
                                     }
@@ -412,10 +415,6 @@ GP_ENTRY(1, 8, 4, true, TCP_X, true, _acc)
 GP_ENTRY(2, 8, 4, true, TCP_X, true, _acc)
 // The two-pass kernels' per-step consume loop (TILED off): the reference of
 // TestTCPTiledSameBits and QWENGO_CUDA_GEMV_STEPLOOP=1's measurements.
-GP_ENTRY_V0(1, 8, 4, true, TCP_X, false, )
-GP_ENTRY_V0(1, 8, 4, true, TCP_NORM, false, _norm)
-GP_ENTRY_V0(1, 8, 4, true, TCP_SWIGLU, true, _swiacc)
-GP_ENTRY_V0(1, 8, 4, true, TCP_X, true, _acc)
 GP_ENTRY_V0(2, 8, 4, true, TCP_X, false, )
 GP_ENTRY_V0(2, 8, 4, true, TCP_NORM, false, _norm)
 GP_ENTRY_V0(2, 8, 4, true, TCP_SWIGLU, true, _swiacc)
