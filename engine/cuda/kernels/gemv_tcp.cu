@@ -289,8 +289,8 @@ __device__ __forceinline__ void gemv_tcp(const gemv_jobs& jobs, const float* __r
         // instead of once a step, and lanes of rows ≥ T read row T − 1's x instead of predicated
         // zeros (a dead row's mma column is never read: flush takes live rows' columns only, and
         // column n of the product depends only on column n of x). Same sums in the same order as
-        // the per-step form: same bits (TestTCPTiledSameBits). Session 15, call 4: batch 8
-        // decode +7 % (2,146-2,162 against 1,994-2,021 tok/s). One row keeps the per-step form:
+        // the per-step form: same bits (TestTCPTiledSameBits). Session 15, calls 4-5: batch 8
+        // decode +7-10 % (2,281-2,303 against 2,028-2,083 tok/s). One row keeps the per-step form:
         // without its per-step branches ptxas sinks a ring's loads below its second step (fewer
         // weights in flight) and one-row decode measured 4 % slower this way.
         const uint32_t* xl[P];
