@@ -74,6 +74,7 @@
 //	QWENGO_CUDA_GEMV_TCP=4x3|8x3|4x4|8x4           gemv_tcp's warps × steps in flight (default per shape)
 //	QWENGO_CUDA_GEMV_TC=4x3|8x3, _TCB=4x2|8x2|4x4|8x4  the older tensor-core GEMVs' shapes
 //	QWENGO_CUDA_GEMV_SLICE=N                       K steps a block of the tensor-core GEMVs (default from T and K)
+//	QWENGO_CUDA_GEMV_STEPLOOP=1                    gemv_tcp's per-step loop for 5..8 rows, not the tile-structured one
 //	QWENGO_CUDA_PDL=0                              no programmatic dependent launch in decode
 //	QWENGO_CUDA_LMHEAD_HILO=0                      2..8 rows of a large bf16 weight on the GEMV, not cuBLASLt's hi/lo product
 //	QWENGO_CUDA_GEMM=simt                          the tiled SIMT kernel instead of cuBLASLt for 16+ rows
@@ -88,7 +89,10 @@
 //	QWENGO_CUDA_SUMSQ_BATCH=0                      SumSquaresMany one gradient at a time
 //	QWENGO_CUDA_KERNEL_TIMES=1                     ProfileRange also times every launch (ktimes.go)
 //
-// The tests read three more: QWENGO_CUDA_BENCH=1 runs the TestFigures* measurements,
+// The tests read more: QWENGO_CUDA_BENCH=1 runs the TestFigures* measurements (among them
+// TestFiguresDecodeForms, the decode forms interleaved in one process, and
+// TestFiguresDecodeAblation, each decode op's cost inside the launch chain),
+// QWENGO_CUDA_FIG_LAYERS=N their depth, QWENGO_CUDA_FIG_SLICE=5,… extra K-slice forms,
 // QWENGO_CUDA_FIG_GEMV=tcp,… limits TestFiguresGEMV to those kernels, QWENGO_CUDA_PROFILE=1
 // makes the decode figures' timed steps a profiler range.
 //
