@@ -345,35 +345,35 @@ __device__ __forceinline__ void gemv_tcp(const gemv_jobs& jobs, const float* __r
             zero();
         }
     } else {
-    // The consume cursor: the warp's ct-th tile, step cs of the slice.
-    int ct = 0, cs = 0;
-    for (int j0 = 0; j0 < total; j0 += D) {
+        // The consume cursor: the warp's ct-th tile, step cs of the slice.
+        int ct = 0, cs = 0;
+        for (int j0 = 0; j0 < total; j0 += D) {
 #pragma unroll
-        for (int d = 0; d < D; d++) {
-            if (j0 + d >= total) break;
-            const uint4 qa = wa[d], qb = wb[d];
-            const uint32_t sfa = e4m3x2_to_f16x2(ca[d]), sfb = e4m3x2_to_f16x2(cb[d]);
-            if (j0 + d + D < total) issue(d);  // the ring: step j + D into the slot just read
-            const uint32_t wra[4] = {qa.x, qa.y, qa.z, qa.w}, wrb[4] = {qb.x, qb.y, qb.z, qb.w};
-            tc_quarters(sfa, sfb, wra, wrb,
-                        [&](int i, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t a4, uint32_t a5,
-                            uint32_t a6, uint32_t a7) {
+            for (int d = 0; d < D; d++) {
+                if (j0 + d >= total) break;
+                const uint4 qa = wa[d], qb = wb[d];
+                const uint32_t sfa = e4m3x2_to_f16x2(ca[d]), sfb = e4m3x2_to_f16x2(cb[d]);
+                if (j0 + d + D < total) issue(d);  // the ring: step j + D into the slot just read
+                const uint32_t wra[4] = {qa.x, qa.y, qa.z, qa.w}, wrb[4] = {qb.x, qb.y, qb.z, qb.w};
+                tc_quarters(sfa, sfb, wra, wrb,
+                            [&](int i, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t a4, uint32_t a5,
+                                uint32_t a6, uint32_t a7) {
 #pragma unroll
-                            for (int p = 0; p < P; p++) {
-                                uint4 b = make_uint4(0u, 0u, 0u, 0u);
-                                if (rowLive[p]) b = reinterpret_cast<const uint4*>(xcol[p] + 64 * cs)[i ^ xq];
-                                mma_f16(acc[p][0], a0, a1, a2, a3, b.x, b.y);
-                                mma_f16(acc[p][1], a4, a5, a6, a7, b.z, b.w);
-                            }
-                        });
-            if (++cs == nsteps) {
-                flush(first + ct * stride);
-                zero();
-                cs = 0;
-                ct++;
+                                for (int p = 0; p < P; p++) {
+                                    uint4 b = make_uint4(0u, 0u, 0u, 0u);
+                                    if (rowLive[p]) b = reinterpret_cast<const uint4*>(xcol[p] + 64 * cs)[i ^ xq];
+                                    mma_f16(acc[p][0], a0, a1, a2, a3, b.x, b.y);
+                                    mma_f16(acc[p][1], a4, a5, a6, a7, b.z, b.w);
+                                }
+                            });
+                if (++cs == nsteps) {
+                    flush(first + ct * stride);
+                    zero();
+                    cs = 0;
+                    ct++;
+                }
             }
         }
-    }
     }
     if (slices == 1 || !MERGE) return;  // !MERGE: the merge-cost probe (partials only)
     // Partials are announced after the warp's last load: a fence mid-sequence would wait for
