@@ -169,7 +169,7 @@ func withDecodeLayers(t *testing.T, g *Backend) {
 
 // randomLayers4B is a random NVFP4 model of n Qwen3-4B-shaped layers with a 512-token vocabulary
 // (so that a decode step is its layers), for the decode figures.
-func randomLayers4B(t *testing.T, g *Backend, n int) (*qwen3.Config, *qwen3.Model) {
+func randomLayers4B(t *testing.T, g backend.Backend, n int) (*qwen3.Config, *qwen3.Model) {
 	t.Helper()
 	cfg := &qwen3.Config{VocabSize: 512, HiddenSize: 2560, IntermediateSize: 9728, NumLayers: n, NumHeads: 32,
 		NumKVHeads: 8, HeadDim: 128, RMSNormEps: 1e-6, RopeTheta: 1e6, TieEmbeddings: true, MaxPositions: 16384, BOSTokenID: -1}

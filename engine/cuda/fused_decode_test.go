@@ -229,13 +229,12 @@ func testQKNormRoPEAttention(t *testing.T, dt tensor.DType) {
 func TestFiguresDecodeForms(t *testing.T) {
 	benchEnabled(t)
 	g := openGPU(t)
-	ctx := context.Background()
 	layers := 8
 	if n, err := strconv.Atoi(os.Getenv("QWENGO_CUDA_FIG_LAYERS")); err == nil && n > 0 {
 		layers = n
 	}
 	const steps, rounds = 64, 7
-	cfg, m := randomLayers4B(t, g, layers)
+	_, m := randomLayers4B(t, g, layers)
 	defer m.Free()
 	type form struct {
 		name      string
@@ -252,66 +251,84 @@ func TestFiguresDecodeForms(t *testing.T) {
 	}
 	modes := []qwen3.LogitsMode{qwen3.LogitsNone, qwen3.LogitsGreedy}
 	defer g.do(func() error {
-		g.decodeFusedModel, g.decodeNormRoPE = decodeFusedFromEnv(), decodeNormRoPEFromEnv()
+		g.decodeFusedModel, g.decodeNormRoPE, g.gemvSlice = decodeFusedFromEnv(), decodeNormRoPEFromEnv(), gemvSliceFromEnv()
 		return nil
 	})
+	names := map[qwen3.LogitsMode]string{qwen3.LogitsNone: "none", qwen3.LogitsGreedy: "greedy"}
 	for _, ctxLen := range []int{512, 8192} {
-		cache, err := m.NewKVCache(ctxLen + steps + 8)
-		if err != nil {
-			t.Fatal(err)
+		// Run i is form i / len(modes) in mode i % len(modes).
+		total, host := timeDecodeRuns(t, g, m, layers, ctxLen, steps, rounds, len(forms)*len(modes), func(i int) qwen3.LogitsMode {
+			f := forms[i/len(modes)]
+			g.do(func() error {
+				g.decodeFusedModel, g.decodeNormRoPE, g.gemvSlice = f.fused, f.nr, f.slice
+				return nil
+			})
+			return modes[i%len(modes)]
+		})
+		for i := range total {
+			f, mode := forms[i/len(modes)], modes[i%len(modes)]
+			t.Logf("figure decode form %-15s %-6s context %5d, %d layers: %.2f µs a layer (host issued in %.2f; median of %d rounds of %d steps, min %.2f max %.2f)",
+				f.name, names[mode], ctxLen, layers, median(total[i]), median(host[i]), len(total[i]), steps, slices.Min(total[i]), slices.Max(total[i]))
 		}
-		ids := make([]int, ctxLen+steps)
-		for i := range ids {
-			ids[i] = i % cfg.VocabSize
-		}
-		if _, err := m.Forward(ctx, ids[:ctxLen], cache, qwen3.LogitsNone); err != nil {
-			t.Fatal(err)
-		}
-		type key struct{ form, mode int }
-		total, host := map[key][]float64{}, map[key][]float64{}
-		for r := 0; r < rounds; r++ {
-			for fi, f := range forms {
-				for mi, mode := range modes {
-					g.do(func() error {
-						g.decodeFusedModel, g.decodeNormRoPE, g.gemvSlice = f.fused, f.nr, f.slice
-						return nil
-					})
-					if err := cache.Truncate(ctxLen); err != nil {
-						t.Fatal(err)
-					}
-					if err := g.Sync(); err != nil {
-						t.Fatal(err)
-					}
-					start := time.Now()
-					for s := 0; s < steps; s++ {
-						if _, err := m.Forward(ctx, ids[ctxLen+s:ctxLen+s+1], cache, mode); err != nil {
-							t.Fatal(err)
-						}
-					}
-					issued := time.Since(start)
-					if err := g.Sync(); err != nil {
-						t.Fatal(err)
-					}
-					if r > 0 { // round 0 warms each form up
-						k := key{fi, mi}
-						per := float64(steps * layers)
-						total[k] = append(total[k], time.Since(start).Seconds()*1e6/per)
-						host[k] = append(host[k], issued.Seconds()*1e6/per)
-					}
+	}
+}
+
+// timeDecodeRuns prefills ctxLen tokens into a fresh cache of m, then rounds times decodes
+// steps tokens once for each of n runs — set(i) switches to run i and returns its logits mode —
+// from the same cache position (truncated back), and returns each run's µs a layer for every
+// round but the first (which warms each run up): in total and as the host issued them.
+// Interleaving the runs in one process is what makes them comparable (separate processes of one
+// binary vary by ±5 %, NOTES.md session 14).
+func timeDecodeRuns(t *testing.T, g *Backend, m *qwen3.Model, layers, ctxLen, steps, rounds, n int, set func(i int) qwen3.LogitsMode) (total, host [][]float64) {
+	t.Helper()
+	ctx := context.Background()
+	cache, err := m.NewKVCache(ctxLen + steps + 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cache.Free()
+	ids := make([]int, ctxLen+steps)
+	for i := range ids {
+		ids[i] = i % m.Config.VocabSize
+	}
+	if _, err := m.Forward(ctx, ids[:ctxLen], cache, qwen3.LogitsNone); err != nil {
+		t.Fatal(err)
+	}
+	total, host = make([][]float64, n), make([][]float64, n)
+	per := float64(steps * layers)
+	for r := 0; r < rounds; r++ {
+		for i := 0; i < n; i++ {
+			mode := set(i)
+			if err := cache.Truncate(ctxLen); err != nil {
+				t.Fatal(err)
+			}
+			if err := g.Sync(); err != nil {
+				t.Fatal(err)
+			}
+			start := time.Now()
+			for s := 0; s < steps; s++ {
+				if _, err := m.Forward(ctx, ids[ctxLen+s:ctxLen+s+1], cache, mode); err != nil {
+					t.Fatal(err)
 				}
 			}
-		}
-		med := func(v []float64) float64 { v = slices.Clone(v); slices.Sort(v); return v[len(v)/2] }
-		for fi, f := range forms {
-			for mi, mode := range modes {
-				k := key{fi, mi}
-				t.Logf("figure decode form %-15s %-6s context %5d, %d layers: %.2f µs a layer (host issued in %.2f; median of %d rounds of %d steps, min %.2f max %.2f)",
-					f.name, map[qwen3.LogitsMode]string{qwen3.LogitsNone: "none", qwen3.LogitsGreedy: "greedy"}[mode], ctxLen, layers,
-					med(total[k]), med(host[k]), len(total[k]), steps, slices.Min(total[k]), slices.Max(total[k]))
+			issued := time.Since(start)
+			if err := g.Sync(); err != nil {
+				t.Fatal(err)
+			}
+			if r > 0 {
+				total[i] = append(total[i], time.Since(start).Seconds()*1e6/per)
+				host[i] = append(host[i], issued.Seconds()*1e6/per)
 			}
 		}
-		cache.Free()
 	}
+	return total, host
+}
+
+// median is the middle value of v (the upper one of an even count).
+func median(v []float64) float64 {
+	v = slices.Clone(v)
+	slices.Sort(v)
+	return v[len(v)/2]
 }
 
 // ablated is the backend with some of the decode ops of a layer skipped (their outputs keep
@@ -361,7 +378,6 @@ func (a *ablated) QKNormRoPEAttention(out, qr, kr, q, k, v, qn, kn, kCache, vCac
 func TestFiguresDecodeAblation(t *testing.T) {
 	benchEnabled(t)
 	g := openGPU(t)
-	ctx := context.Background()
 	layers := 36
 	if n, err := strconv.Atoi(os.Getenv("QWENGO_CUDA_FIG_LAYERS")); err == nil && n > 0 {
 		layers = n
@@ -369,12 +385,7 @@ func TestFiguresDecodeAblation(t *testing.T) {
 	const steps, rounds = 64, 7
 	forms := []string{"", "qknorm", "attn", "qknorm,attn", "qkv", "o", "gateup", "down", "qkv,o,gateup,down", "qkv,qknorm,attn,o,gateup,down"}
 	a := &ablated{g, map[string]bool{}}
-	cfg := &qwen3.Config{VocabSize: 512, HiddenSize: 2560, IntermediateSize: 9728, NumLayers: layers, NumHeads: 32,
-		NumKVHeads: 8, HeadDim: 128, RMSNormEps: 1e-6, RopeTheta: 1e6, TieEmbeddings: true, MaxPositions: 16384, BOSTokenID: -1}
-	m, err := qwen3.NewRandom(cfg, a, qwen3.RandomOptions{Seed: 5, Precision: qwen3.NVFP4})
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, m := randomLayers4B(t, a, layers)
 	defer m.Free()
 	if _, ok := m.B.(backend.NormRoPEAttention); !ok {
 		t.Fatal("the ablated backend lost NormRoPEAttention")
@@ -382,56 +393,23 @@ func TestFiguresDecodeAblation(t *testing.T) {
 	defer g.do(func() error { g.decodeFusedModel = decodeFusedFromEnv(); return nil })
 	g.do(func() error { g.decodeFusedModel = true; return nil })
 	for _, ctxLen := range []int{512, 8192} {
-		cache, err := m.NewKVCache(ctxLen + steps + 8)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ids := make([]int, ctxLen+steps)
-		for i := range ids {
-			ids[i] = i % cfg.VocabSize
-		}
-		if _, err := m.Forward(ctx, ids[:ctxLen], cache, qwen3.LogitsNone); err != nil {
-			t.Fatal(err)
-		}
-		total := map[int][]float64{}
-		for r := 0; r < rounds; r++ {
-			for fi, f := range forms {
-				clear(a.skip)
-				for _, op := range strings.Split(f, ",") {
-					if op != "" {
-						a.skip[op] = true
-					}
-				}
-				if err := cache.Truncate(ctxLen); err != nil {
-					t.Fatal(err)
-				}
-				if err := g.Sync(); err != nil {
-					t.Fatal(err)
-				}
-				start := time.Now()
-				for s := 0; s < steps; s++ {
-					if _, err := m.Forward(ctx, ids[ctxLen+s:ctxLen+s+1], cache, qwen3.LogitsNone); err != nil {
-						t.Fatal(err)
-					}
-				}
-				if err := g.Sync(); err != nil {
-					t.Fatal(err)
-				}
-				if r > 0 {
-					total[fi] = append(total[fi], time.Since(start).Seconds()*1e6/float64(steps*layers))
+		total, _ := timeDecodeRuns(t, g, m, layers, ctxLen, steps, rounds, len(forms), func(i int) qwen3.LogitsMode {
+			clear(a.skip)
+			for _, op := range strings.Split(forms[i], ",") {
+				if op != "" {
+					a.skip[op] = true
 				}
 			}
-		}
+			return qwen3.LogitsNone
+		})
 		clear(a.skip)
-		med := func(v []float64) float64 { v = slices.Clone(v); slices.Sort(v); return v[len(v)/2] }
-		full := med(total[0])
-		for fi, f := range forms {
+		full := median(total[0])
+		for i, f := range forms {
 			if f == "" {
 				f = "(none)"
 			}
 			t.Logf("figure decode ablation skip %-30s context %5d, %d layers: %.2f µs a layer (saves %.2f; min %.2f max %.2f)",
-				f, ctxLen, layers, med(total[fi]), full-med(total[fi]), slices.Min(total[fi]), slices.Max(total[fi]))
+				f, ctxLen, layers, median(total[i]), full-median(total[i]), slices.Min(total[i]), slices.Max(total[i]))
 		}
-		cache.Free()
 	}
 }
