@@ -229,10 +229,7 @@ func testQKNormRoPEAttention(t *testing.T, dt tensor.DType) {
 func TestFiguresDecodeForms(t *testing.T) {
 	benchEnabled(t)
 	g := openGPU(t)
-	layers := 8
-	if n, err := strconv.Atoi(os.Getenv("QWENGO_CUDA_FIG_LAYERS")); err == nil && n > 0 {
-		layers = n
-	}
+	layers := figLayers(8)
 	const steps, rounds = 64, 7
 	_, m := randomLayers4B(t, g, layers)
 	defer m.Free()
@@ -324,6 +321,14 @@ func timeDecodeRuns(t *testing.T, g *Backend, m *qwen3.Model, layers, ctxLen, st
 	return total, host
 }
 
+// figLayers is the depth of the decode figure tests: QWENGO_CUDA_FIG_LAYERS, else def.
+func figLayers(def int) int {
+	if n, err := strconv.Atoi(os.Getenv("QWENGO_CUDA_FIG_LAYERS")); err == nil && n > 0 {
+		return n
+	}
+	return def
+}
+
 // median is the middle value of v (the upper one of an even count).
 func median(v []float64) float64 {
 	v = slices.Clone(v)
@@ -378,10 +383,7 @@ func (a *ablated) QKNormRoPEAttention(out, qr, kr, q, k, v, qn, kn, kCache, vCac
 func TestFiguresDecodeAblation(t *testing.T) {
 	benchEnabled(t)
 	g := openGPU(t)
-	layers := 36
-	if n, err := strconv.Atoi(os.Getenv("QWENGO_CUDA_FIG_LAYERS")); err == nil && n > 0 {
-		layers = n
-	}
+	layers := figLayers(36)
 	const steps, rounds = 64, 7
 	forms := []string{"", "qknorm", "attn", "qknorm,attn", "qkv", "o", "gateup", "down", "qkv,o,gateup,down", "qkv,qknorm,attn,o,gateup,down"}
 	a := &ablated{g, map[string]bool{}}
