@@ -75,6 +75,7 @@
 //	QWENGO_CUDA_GEMV_TC=4x3|8x3, _TCB=4x2|8x2|4x4|8x4  the older tensor-core GEMVs' shapes
 //	QWENGO_CUDA_GEMV_SLICE=N                       K steps a block of the tensor-core GEMVs (default from T and K)
 //	QWENGO_CUDA_GEMV_STEPLOOP=1                    gemv_tcp's per-step loop for 5..8 rows, not the tile-structured one
+//	QWENGO_CUDA_GEMV_BM=0                          gemv_tcp's global K-slice merge for 1..4 rows, not the in-block one
 //	QWENGO_CUDA_PDL=0                              no programmatic dependent launch in decode
 //	QWENGO_CUDA_LMHEAD_HILO=0                      2..8 rows of a large bf16 weight on the GEMV, not cuBLASLt's hi/lo product
 //	QWENGO_CUDA_GEMM=simt                          the tiled SIMT kernel instead of cuBLASLt for 16+ rows

@@ -219,10 +219,11 @@ func testQKNormRoPEAttention(t *testing.T, dt tensor.DType) {
 }
 
 // TestFiguresDecodeForms times a batch-1 decode step of a Qwen3-4B-shaped NVFP4 model (8
-// layers, QWENGO_CUDA_FIG_LAYERS to change; vocabulary 512, so the step is its layers) in three
+// layers, QWENGO_CUDA_FIG_LAYERS to change; vocabulary 512, so the step is its layers) in five
 // forms, interleaved in one process so that the machine's state is the same for all: the per-op
-// path (nine kernels a layer), the fused decode ops (six), and the fused ops with the q/k norms,
-// RoPE and cache write folded into attention (five). Each form runs without logits (the host
+// path (nine kernels a layer), the fused decode ops (six), the fused ops with the q/k norms,
+// RoPE and cache write folded into attention (five), and the fused and per-op paths with
+// gemv_tcp's block merge (/bm: K slices summed inside each block). Each form runs without logits (the host
 // runs ahead of the device: device-bound) and with greedy tokens (one download a step, as
 // `qwenrepl bench` decodes); the host's part is the time until the last step's launches are
 // issued. µs a layer, the median of the rounds; run with QWENGO_CUDA_BENCH=1.
@@ -234,21 +235,23 @@ func TestFiguresDecodeForms(t *testing.T) {
 	_, m := randomLayers4B(t, g, layers)
 	defer m.Free()
 	type form struct {
-		name      string
-		fused, nr bool
-		slice     int // gemvSlice: 0 picks per shape
+		name          string
+		fused, nr, bm bool
+		slice         int // gemvSlice: 0 picks per shape
 	}
-	forms := []form{{"per-op", false, false, 0}, {"fused", true, false, 0}, {"fused+nr", true, true, 0}}
+	forms := []form{{"per-op", false, false, false, 0}, {"fused", true, false, false, 0}, {"fused+nr", true, true, false, 0},
+		{"fused/bm", true, false, true, 0}, {"per-op/bm", false, false, true, 0}}
 	// QWENGO_CUDA_FIG_SLICE=5,8,… adds fused forms whose every gemv_tcp launch takes that K slice
 	// (session 14, call 7: none faster than the per-shape slices).
 	for _, w := range strings.Split(os.Getenv("QWENGO_CUDA_FIG_SLICE"), ",") {
 		if n, err := strconv.Atoi(w); err == nil && n > 0 {
-			forms = append(forms, form{fmt.Sprintf("fused/s%d", n), true, false, n})
+			forms = append(forms, form{fmt.Sprintf("fused/s%d", n), true, false, false, n})
 		}
 	}
 	modes := []qwen3.LogitsMode{qwen3.LogitsNone, qwen3.LogitsGreedy}
 	defer g.do(func() error {
 		g.decodeFusedModel, g.decodeNormRoPE, g.gemvSlice = decodeFusedFromEnv(), decodeNormRoPEFromEnv(), gemvSliceFromEnv()
+		g.gemvTCPBlockMerge = gemvTCPBlockMergeFromEnv()
 		return nil
 	})
 	names := map[qwen3.LogitsMode]string{qwen3.LogitsNone: "none", qwen3.LogitsGreedy: "greedy"}
@@ -257,7 +260,7 @@ func TestFiguresDecodeForms(t *testing.T) {
 		total, host := timeDecodeRuns(t, g, m, layers, ctxLen, steps, rounds, len(forms)*len(modes), func(i int) qwen3.LogitsMode {
 			f := forms[i/len(modes)]
 			g.do(func() error {
-				g.decodeFusedModel, g.decodeNormRoPE, g.gemvSlice = f.fused, f.nr, f.slice
+				g.decodeFusedModel, g.decodeNormRoPE, g.gemvSlice, g.gemvTCPBlockMerge = f.fused, f.nr, f.slice, f.bm
 				return nil
 			})
 			return modes[i%len(modes)]

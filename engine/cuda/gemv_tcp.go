@@ -26,6 +26,47 @@ func gemvTCPFromEnv() string {
 // (gemv_tcp.cu TILED; session 15) — a measurement switch; one row always runs the per-step loop.
 func gemvTCPStepLoopFromEnv() bool { return os.Getenv("QWENGO_CUDA_GEMV_STEPLOOP") == "1" }
 
+// gemvTCPBlockMergeFromEnv reports whether one- to four-row gemv_tcp launches take the block
+// merge (gemvTCPBlockMergePlan): on unless QWENGO_CUDA_GEMV_BM=0. Session 16, call 2 (one
+// process, forms interleaved, 36 layers): batch-1 decode 57.87 / 59.26 → 55.29 / 56.01 µs a layer
+// at context 512, 71.50 / 71.91 → 70.14 / 69.84 at 8192; bench ABAB 391-404 → 413-432 tok/s.
+func gemvTCPBlockMergeFromEnv() bool { return os.Getenv("QWENGO_CUDA_GEMV_BM") != "0" }
+
+// gemvTCPBMWarps is the block merge's block (the 8×4 kernels); gemvTCPBMSlice the longest K
+// slice it prefers (one more step than gemvTCBSliceSteps: Qwen3's K = 2560 is 20 steps, four
+// slices of five).
+const gemvTCPBMWarps, gemvTCPBMSlice = 8, gemvTCBSliceSteps + 1
+
+// gemvTCPBlockMergePlan returns the K slice (in 128-wide steps) and the slice count for a
+// block-merge launch over K inputs: a block of gemvTCPBMWarps warps holds every slice of
+// gemvTCPBMWarps/slices tiles, so the count must divide the block. The fewest slices of at most
+// gemvTCPBMSlice steps, else the most that divide it (longer slices). Like gemvTCBSlice it
+// depends on K alone, so a product sums the same in every launch that takes the block merge.
+// ok is false when K is not whole steps.
+func gemvTCPBlockMergePlan(K int) (slice, nslices int, ok bool) {
+	steps := K / 128
+	if steps < 1 || K%128 != 0 {
+		return 0, 0, false
+	}
+	best := 0
+	for s := 1; s <= gemvTCPBMWarps; s *= 2 {
+		l := (steps + s - 1) / s
+		if (steps+l-1)/l != s {
+			continue // s slices of l steps would leave one empty
+		}
+		best = s
+		if l <= gemvTCPBMSlice {
+			break
+		}
+	}
+	return (steps + best - 1) / best, best, true
+}
+
+// gemvTCPBlockMergeSmem is a block-merge launch's dynamic shared memory: T rows of all K staged
+// (hi and lo f16, 4 bytes an element) and the partials of its tiles (most a tile slot, 16·T
+// floats for each of the block's warps).
+func gemvTCPBlockMergeSmem(T, K, most int) int { return T*K*4 + most*gemvTCPBMWarps*T*16*4 }
+
 // gemvTCPLongK and gemvTCPLongSlice: gemv_tcp's K slice for long rows (down_proj, K = 9728) is
 // 8 steps, not gemvTCBSliceSteps. Session 8, run 3 (slices of 2 to 40 steps, every shape):
 // 9728→2560 one row 11.5 → 9.5 µs, eight rows 20.2 → 18.3 µs; K = 2560 and 4096 stay at 4
@@ -35,9 +76,18 @@ func gemvTCPStepLoopFromEnv() bool { return os.Getenv("QWENGO_CUDA_GEMV_STEPLOOP
 const gemvTCPLongK, gemvTCPLongSlice = 8192, 8
 
 // gemvTCPSlice is gemv_tcp's K slice for T rows of K inputs (force: QWENGO_CUDA_GEMV_SLICE).
+// One pass (T ≤ 4) below gemvTCPLongK takes the block merge's slice (gemvTCPBlockMergePlan:
+// Qwen3's K = 2560 in four slices of five steps, not five of four) wherever it fits the staged
+// rows, so that a product's partials — and so its bits — are the same with either merge; the
+// two-pass kernels keep four-step slices, whole rings of their tile-structured loop.
 func gemvTCPSlice(T, K, force int) int {
 	if force == 0 && K >= gemvTCPLongK {
 		force = gemvTCPLongSlice
+	}
+	if force == 0 && T <= 4 {
+		if s, _, ok := gemvTCPBlockMergePlan(K); ok && s <= max(1, gemvTCBSmem/(512*T)) {
+			return s
+		}
 	}
 	return gemvTCBSlice(T, K, force)
 }
@@ -114,6 +164,13 @@ func (b *Backend) gemvTCPLaunch(f tcpFusion, outs []*Tensor, a, a2, nw *Tensor, 
 	if b.gemvTCPStepLoop && b.fns[name+"_v0"] != nil {
 		name += "_v0"
 	}
+	if b.gemvTCPBlockMerge && T <= 4 && (b.gemvTCPVariant == "" || b.gemvTCPVariant == "8x4") {
+		if bm := "gemv_nvfp4_tcp1_8x4" + tcpFusionSuffix[f] + "_bm"; b.fns[bm] != nil { // none for SwiGLU
+			if ok, err := b.gemvTCPBlockMergeLaunch(bm, outs, a, nw, eps, ws); ok || err != nil {
+				return err
+			}
+		}
+	}
 	var warps, d int
 	if _, err := fmt.Sscanf(name[len("gemv_nvfp4_tcp1_"):], "%dx%d", &warps, &d); err != nil {
 		return fmt.Errorf("gemv: kernel name %q: %w", name, err)
@@ -157,4 +214,55 @@ func (b *Backend) gemvTCPLaunch(f tcpFusion, outs []*Tensor, a, a2, nw *Tensor, 
 		ptrArg(x2), ptrArg(nwp), f32Arg(eps), intArg(len(ws))}
 	args = append(args, gemvJobArgs(outs, ws)...)
 	return b.launchDep(fn, [3]int{nslices * bps, 1, 1}, [3]int{32 * warps, 1, 1}, smem, args...)
+}
+
+// gemvTCPBlockMergeLaunch launches the block-merge entry point bm (gemv_tcp.cu BM) when the
+// shape allows it: T·K staged within gemvTCBSmem with the partials, and a block of
+// rmsnorm_f32's size for a norm (always 256 threads here: gemvTCPFusedShape checked it). ok is
+// false, with no error, when it does not apply and the caller should launch the global merge.
+func (b *Backend) gemvTCPBlockMergeLaunch(bm string, outs []*Tensor, a, nw *Tensor, eps float32, ws []*Weight) (ok bool, err error) {
+	T, K := a.rows, a.cols
+	slice, nslices, fits := gemvTCPBlockMergePlan(K)
+	if !fits || slice != gemvTCPSlice(T, K, b.gemvSlice) {
+		return false, nil // other slices than the global merge's would sum differently
+	}
+	tiles := 0
+	for _, w := range ws {
+		tiles += (w.out + 15) / 16
+	}
+	tpb := gemvTCPBMWarps / nslices
+	groups := (tiles + tpb - 1) / tpb
+	fn := b.fns[bm]
+	// The occupancy for the staged rows with one tile a slot; the partials of more are small.
+	base := gemvTCPBlockMergeSmem(T, K, 1)
+	if base > gemvTCBSmem {
+		return false, nil
+	}
+	key := fmt.Sprintf("%s/%d", bm, base)
+	per, known := b.gemvTCPOccupancy[key]
+	if !known {
+		n, err := occupancy(fn, 32*gemvTCPBMWarps, base)
+		if err != nil || n < 1 {
+			return false, fmt.Errorf("occupancy of %s: %d, %v", bm, n, err)
+		}
+		if b.gemvTCPOccupancy == nil {
+			b.gemvTCPOccupancy = map[string]int{}
+		}
+		b.gemvTCPOccupancy[key], per = n, n
+	}
+	blocks := max(1, min(groups, per*b.sms))
+	most := (groups + blocks - 1) / blocks
+	smem := gemvTCPBlockMergeSmem(T, K, most)
+	if smem > gemvTCBSmem {
+		return false, nil
+	}
+	var nwp devPtr
+	if nw != nil {
+		nwp = nw.ptr
+	}
+	args := []arg{ptrArg(a.ptr), intArg(K), intArg(T), intArg(slice), intArg(0), ptrArg(0), ptrArg(0),
+		ptrArg(0), ptrArg(nwp), f32Arg(eps), intArg(len(ws))}
+	args = append(args, gemvJobArgs(outs, ws)...)
+	b.gemvTCPBMLaunches++
+	return true, b.launchDep(fn, [3]int{blocks, 1, 1}, [3]int{32 * gemvTCPBMWarps, 1, 1}, smem, args...)
 }

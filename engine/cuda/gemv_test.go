@@ -248,13 +248,44 @@ func TestFiguresGEMVProbe(t *testing.T) {
 // check that the switch leaves them alone.
 func TestTCPTiledSameBits(t *testing.T) {
 	g := openGPU(t)
-	c := cpu.New()
 	defer g.do(func() error { g.gemvTCPStepLoop = gemvTCPStepLoopFromEnv(); return nil })
+	tcpSameBits(t, g, "tiled", "per-step", func(on bool) { g.gemvTCPStepLoop = !on }, nil, []tcpShape{
+		{1, 2560, 1024, 3, 0}, {3, 2560, 700, 2, 0}, {8, 2560, 4096, 1, 0}, {5, 2560, 1024, 3, 0}, {7, 2560, 9728, 2, 0},
+		{8, 4096, 2560, 1, 0}, {6, 9728, 2560, 1, 0}, {8, 9728, 2560, 1, 0}, {5, 768, 300, 2, 0},
+	})
+}
+
+// TestTCPBlockMergeSameBits runs gemv_tcp's block merge (QWENGO_CUDA_GEMV_BM: every K slice of
+// a tile summed inside one block) and the global merge on the same inputs and wants the same
+// bits: one to four rows, Qwen3-4B's shapes (K = 2560 in four slices, 4096 in eight), a product
+// of several tiles a block slot (N = 9728 with two jobs), rows that end inside a tile (N = 700,
+// 300), a K of one slice (640) and one of two (768). It also wants the block merge launched
+// where it applies (plain, norm and acc: three launches a shape) and declined where it does
+// not: K = 9728 (eight-step slices, which do not divide the block), three rows of 4096 (staged
+// rows beyond gemvTCBSmem), five rows (two passes), SwiGLU (no block-merge form).
+func TestTCPBlockMergeSameBits(t *testing.T) {
+	g := openGPU(t)
+	defer g.do(func() error { g.gemvTCPBlockMerge = gemvTCPBlockMergeFromEnv(); return nil })
+	tcpSameBits(t, g, "block merge", "global merge", func(on bool) { g.gemvTCPBlockMerge = on }, &g.gemvTCPBMLaunches, []tcpShape{
+		{1, 2560, 1024, 3, 3}, {1, 2560, 9728, 2, 3}, {1, 4096, 2560, 1, 3}, {1, 9728, 2560, 1, 0}, {2, 2560, 700, 2, 3},
+		{3, 4096, 2560, 1, 0}, {4, 2560, 4096, 1, 3}, {1, 640, 300, 1, 3}, {1, 768, 300, 2, 3}, {5, 2560, 1024, 1, 0},
+	})
+}
+
+// tcpShape is a gemv_tcp case of the same-bits tests: T rows of K inputs, jobs products of N,
+// N + 16, … outputs; launches is what the counter given to tcpSameBits must grow by with the
+// switch on.
+type tcpShape struct{ T, K, N, jobs, launches int }
+
+// tcpSameBits computes every gemv_tcp form (plain products of the shape's jobs, norm, acc,
+// swiacc) with set(true) and set(false) on the owner goroutine and fails at the first output
+// whose bits differ between the two (named on and off), or where counter (if not nil) did not
+// grow by the shape's launches with the switch on.
+func tcpSameBits(t *testing.T, g *Backend, on, off string, set func(bool), counter *int, shapes []tcpShape) {
+	t.Helper()
+	c := cpu.New()
 	const eps = 1e-6
-	for i, s := range []struct{ T, K, N, jobs int }{
-		{1, 2560, 1024, 3}, {3, 2560, 700, 2}, {8, 2560, 4096, 1}, {5, 2560, 1024, 3}, {7, 2560, 9728, 2},
-		{8, 4096, 2560, 1}, {6, 9728, 2560, 1}, {8, 9728, 2560, 1}, {5, 768, 300, 2},
-	} {
+	for i, s := range shapes {
 		name := fmt.Sprintf("T=%d K=%d N=%d jobs=%d", s.T, s.K, s.N, s.jobs)
 		var ws []backend.Weight
 		for j := 0; j < s.jobs; j++ {
@@ -265,9 +296,9 @@ func TestTCPTiledSameBits(t *testing.T) {
 		_, u := pair(t, c, g, s.T, s.K, randn(s.T*s.K, uint64(750+i), 1))
 		_, nw := pair(t, c, g, 1, s.K, randn(s.K, uint64(780+i), 0.3))
 		res := randn(s.T*s.N, uint64(790+i), 1)
-		// run returns each form's outputs with the step loop on or off.
-		run := func(stepLoop bool) map[string][][]float32 {
-			g.do(func() error { g.gemvTCPStepLoop = stepLoop; return nil })
+		// run returns each form's outputs with the switch set to which.
+		run := func(which bool) map[string][][]float32 {
+			g.do(func() error { set(which); return nil })
 			got := map[string][][]float32{}
 			outs := func() []backend.Tensor {
 				var o []backend.Tensor
@@ -304,12 +335,29 @@ func TestTCPTiledSameBits(t *testing.T) {
 			keep("swiacc", []backend.Tensor{r2})
 			return got
 		}
-		tiled, stepped := run(false), run(true)
-		for form, outs := range stepped {
+		var before, after int
+		g.do(func() error {
+			if counter != nil {
+				before = *counter
+			}
+			return nil
+		})
+		a := run(true)
+		g.do(func() error {
+			if counter != nil {
+				after = *counter
+			}
+			return nil
+		})
+		if counter != nil && after-before != s.launches {
+			t.Errorf("%s: %d %s launches, want %d", name, after-before, on, s.launches)
+		}
+		b := run(false)
+		for form, outs := range b {
 			for j := range outs {
 				for k := range outs[j] {
-					if math.Float32bits(tiled[form][j][k]) != math.Float32bits(outs[j][k]) {
-						t.Fatalf("%s %s: output %d element %d: tiled %g, per-step %g", name, form, j, k, tiled[form][j][k], outs[j][k])
+					if math.Float32bits(a[form][j][k]) != math.Float32bits(outs[j][k]) {
+						t.Fatalf("%s %s: output %d element %d: %s %g, %s %g", name, form, j, k, on, a[form][j][k], off, outs[j][k])
 					}
 				}
 			}

@@ -27,10 +27,12 @@ func TestGEMVTCBSlice(t *testing.T) {
 }
 
 // TestGEMVTCPSlice checks the resident GEMV's K slices: 8 steps for K ≥ gemvTCPLongK, the
-// multi-row GEMV's otherwise, the forced length over both.
+// block merge's for one pass (one to four rows) below it, the multi-row GEMV's for two passes,
+// the forced length over all.
 func TestGEMVTCPSlice(t *testing.T) {
 	for _, c := range []struct{ T, K, force, want int }{
-		{1, 9728, 0, 8}, {8, 9728, 0, 8}, {1, 8192, 0, 8}, {1, 2560, 0, 4}, {8, 4096, 0, 4}, {1, 9728, 2, 2}, {8, 25600, 0, 8},
+		{1, 9728, 0, 8}, {8, 9728, 0, 8}, {1, 8192, 0, 8}, {1, 2560, 0, 5}, {4, 2560, 0, 5}, {5, 2560, 0, 4},
+		{8, 2560, 0, 4}, {1, 4096, 0, 4}, {8, 4096, 0, 4}, {1, 9728, 2, 2}, {1, 2560, 4, 4}, {8, 25600, 0, 8},
 	} {
 		if got := gemvTCPSlice(c.T, c.K, c.force); got != c.want {
 			t.Errorf("T=%d K=%d force=%d: slice %d steps, want %d", c.T, c.K, c.force, got, c.want)
@@ -73,6 +75,32 @@ func TestGEMVTCPGrid(t *testing.T) {
 		}
 		if got*c.nslices > max(c.resident, c.nslices) {
 			t.Errorf("resident %d, %d slices: %d blocks exceed the resident ones", c.resident, c.nslices, got*c.nslices)
+		}
+	}
+}
+
+// TestGEMVTCPBlockMergePlan checks the block merge's K slices: the slice count divides the
+// 8-warp block, the slices cover K's steps with none empty, the fewest slices of at most five
+// steps where some count allows it (Qwen3-4B: 2560 → 4 × 5, 4096 → 8 × 4, 9728 → 8 × 10).
+func TestGEMVTCPBlockMergePlan(t *testing.T) {
+	for _, c := range []struct{ K, slice, n int }{
+		{2560, 5, 4}, {4096, 4, 8}, {9728, 10, 8}, {128, 1, 1}, {640, 5, 1}, {768, 3, 2},
+		{21 * 128, 6, 4}, {7 * 128, 4, 2}, {1152, 5, 2}, {12800, 13, 8},
+	} {
+		slice, n, ok := gemvTCPBlockMergePlan(c.K)
+		steps := c.K / 128
+		switch {
+		case !ok:
+			t.Errorf("K=%d: no plan", c.K)
+		case slice != c.slice || n != c.n:
+			t.Errorf("K=%d: %d slices of %d steps, want %d of %d", c.K, n, slice, c.n, c.slice)
+		case gemvTCPBMWarps%n != 0 || (steps+slice-1)/slice != n || slice*(n-1) >= steps:
+			t.Errorf("K=%d: %d slices of %d steps do not tile %d steps in a block of %d warps", c.K, n, slice, steps, gemvTCPBMWarps)
+		}
+	}
+	for _, K := range []int{0, 100, 2561} {
+		if _, _, ok := gemvTCPBlockMergePlan(K); ok {
+			t.Errorf("K=%d: a plan for a K that is not whole steps", K)
 		}
 	}
 }

@@ -66,6 +66,9 @@ var gemvTCPKernels = func() []string {
 	for _, f := range []string{"", "_norm", "_swiacc", "_acc"} { // two passes' per-step consume loop (gemv_tcp.go gemvTCPStepLoop)
 		names = append(names, "gemv_nvfp4_tcp2_8x4"+f+"_v0")
 	}
+	for _, f := range []string{"", "_norm", "_acc"} { // one pass, K slices merged in the block (gemv_tcp.go gemvTCPBlockMerge)
+		names = append(names, "gemv_nvfp4_tcp1_8x4"+f+"_bm")
+	}
 	return append(names, gemvProbeKernels...)
 }()
 

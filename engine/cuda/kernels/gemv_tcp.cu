@@ -92,6 +92,9 @@ __device__ __forceinline__ void tcp_put(float* o, float sum, float scale) {
 // rmsnorm_f32 does: the loop form waits on each load in turn — a chain of L2 round trips after
 // pdl_wait, on the critical path of every _norm launch (session 14).
 #define TCP_NORM_CACHE 16
+// TCP_BM_PIECES: a thread's staged pieces (4 elements each) of a whole row in BM's one-row norm
+// staging: rows of up to 4·4·blockDim elements (Qwen3's 2,560 at 256 threads: 2.5 a thread).
+#define TCP_BM_PIECES 4
 __device__ __forceinline__ float tcp_row_inv(const float* __restrict__ x, int K, float eps, double* red) {
     double ss = 0.0;
     if (K <= TCP_NORM_CACHE * (int)blockDim.x) {
@@ -117,26 +120,43 @@ __device__ __forceinline__ float tcp_row_inv(const float* __restrict__ x, int K,
 // gemv_tcp: XM picks the multiplied input (TCP_X, TCP_NORM with nw and eps, TCP_SWIGLU with x2);
 // with ACC the products are added to out (out += …: the residual adds folded in; each output
 // element is read and written by the one lane that finishes it).
-template <int P, int W, int D, bool MERGE, int XM, bool ACC, bool TILED>
+//
+// BM (block merge, one pass only): every K slice of a tile is summed inside one block — warp w
+// takes slice w % slices of tile slot w / slices (the host makes slices divide W), the block's
+// tile slots walk tiles blockIdx.x·tpb + slot, + gridDim.x·tpb, … — so the slices meet in shared
+// memory after one barrier instead of through global partials, a fence, an arrival counter and
+// the last arriver's reads (~2-2.5 µs at the end of every launch, session 5's probe). The block
+// stages all of x (T·K·4 bytes) instead of its slice. Same partials, summed from 0 in slice
+// order as the global merge does: same bits (TestTCPBlockMergeSameBits).
+template <int P, int W, int D, bool MERGE, int XM, bool ACC, bool TILED, bool BM = false>
 __device__ __forceinline__ void gemv_tcp(const gemv_jobs& jobs, const float* __restrict__ x, int K, int T, int slice,
                                          int bps, float* __restrict__ part, int* __restrict__ counters,
                                          const float* __restrict__ x2, const float* __restrict__ nw, float eps,
                                          uint32_t* xs) {
+    static_assert(!BM || (P == 1 && !TILED), "the block merge is a one-pass, per-step form");
     // x's staging is swizzled for two passes (five to eight rows, hilo_slot): one row loads x in
     // one phase whose lanes already meet few bank groups, and there the swizzle's extra index
     // work measured slower (session 12, call 1: T=1 2560→4096 6.7 → 7.9 µs; eight rows
     // 2560→9728 18.7 → 16.3 µs).
     constexpr bool SWZ = P > 1;
     const int steps = K / 128, slices = (steps + slice - 1) / slice;
-    const int sl = blockIdx.x % slices, jb = blockIdx.x / slices;
-    const int s0 = sl * slice, nsteps = min(slice, steps - s0);
     int ntiles = jobs.tiles[0];
     if (jobs.njobs > 1) ntiles += jobs.tiles[1];
     if (jobs.njobs > 2) ntiles += jobs.tiles[2];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const int stride = bps * W, first = jb * W + warp;
+    // BM: tpb tile slots a block; the block's first tile and the stride of a slot's tiles.
+    const int tpb = BM ? W / slices : 0, bfirst = BM ? (int)blockIdx.x * tpb : 0;
+    const int sl = BM ? warp % slices : blockIdx.x % slices;
+    const int s0 = sl * slice, nsteps = min(slice, steps - s0);
+    const int stride = BM ? (int)gridDim.x * tpb : bps * W;
+    const int first = BM ? (warp < tpb * slices ? bfirst + warp / slices : ntiles) : (blockIdx.x / slices) * W + warp;
     const int mine = first < ntiles ? (ntiles - 1 - first) / stride + 1 : 0;
     const int total = mine * nsteps;
+    // BM: x is staged whole (k from 0, all steps) and a warp reads its slice at xofs; the
+    // partials of the block's tiles follow x in shared memory: bp[((i·tpb + slot)·slices +
+    // slice)·T·16 + row·16 + n] for the slot's i-th tile.
+    const int ks0 = BM ? 0 : s0, ksteps = BM ? steps : nsteps, xofs = BM ? 64 * s0 : 0;
+    float* bp = BM ? reinterpret_cast<float*>(xs + (size_t)128 * T * steps) : nullptr;
 
     pdl_trigger();  // the next kernel may launch now; it waits for this one before reading
     uint4 wa[D], wb[D];
@@ -160,8 +180,30 @@ __device__ __forceinline__ void gemv_tcp(const gemv_jobs& jobs, const float* __r
     for (int d = 0; d < D; d++)
         if (d < total) issue(d);
     pdl_wait();
-    const int cstride = 4 * slice * 16;  // u32 per (row, hi|lo) column of xs
-    if (XM == TCP_NORM && T == 1 && K <= TCP_NORM_CACHE * (int)blockDim.x && 32 * nsteps <= (int)blockDim.x) {
+    const int cstride = 4 * (BM ? steps : slice) * 16;  // u32 per (row, hi|lo) column of xs
+    if (BM && XM == TCP_NORM && T == 1 && K <= TCP_NORM_CACHE * (int)blockDim.x && K <= 4 * TCP_BM_PIECES * (int)blockDim.x) {
+        // One row, all of it staged: as below with up to TCP_BM_PIECES pieces a thread, all
+        // loaded with the row's statistics.
+        __shared__ double red1[32];
+        float xv[TCP_BM_PIECES][4], wv[TCP_BM_PIECES][4];
+#pragma unroll
+        for (int u = 0; u < TCP_BM_PIECES; u++) {
+            const int i = threadIdx.x + u * blockDim.x, c = i >> 3, j = i & 7, k = c * 32 + 8 * (j >> 1) + 2 * (j & 1);
+            if (4 * i < K) {
+                xv[u][0] = x[k], xv[u][1] = x[k + 1], xv[u][2] = x[k + 4], xv[u][3] = x[k + 5];
+                wv[u][0] = nw[k], wv[u][1] = nw[k + 1], wv[u][2] = nw[k + 4], wv[u][3] = nw[k + 5];
+            }
+        }
+        const float inv = tcp_row_inv(x, K, eps, red1);
+#pragma unroll
+        for (int u = 0; u < TCP_BM_PIECES; u++) {
+            const int i = threadIdx.x + u * blockDim.x;
+            if (4 * i < K)
+                put_hilo<SWZ>(xs, cstride, 0, i >> 3, i & 7, __fmul_rn(wv[u][0], __fmul_rn(xv[u][0], inv)),
+                              __fmul_rn(wv[u][1], __fmul_rn(xv[u][1], inv)), __fmul_rn(wv[u][2], __fmul_rn(xv[u][2], inv)),
+                              __fmul_rn(wv[u][3], __fmul_rn(xv[u][3], inv)));
+        }
+    } else if (!BM && XM == TCP_NORM && T == 1 && K <= TCP_NORM_CACHE * (int)blockDim.x && 32 * nsteps <= (int)blockDim.x) {
         // One row whose slice is at most one staged piece a thread (decode, batch 1): the piece's
         // x and norm weights are loaded with the row's statistics, one round trip from L2 after
         // pdl_wait instead of two; the same values as tcp_stage below.
@@ -186,20 +228,20 @@ __device__ __forceinline__ void gemv_tcp(const gemv_jobs& jobs, const float* __r
             if (threadIdx.x == 0) inv[r] = v;
         }
         __syncthreads();
-        tcp_stage<SWZ>(xs, T, 128 * s0, 4 * nsteps, cstride, [&](int r, int k) {
+        tcp_stage<SWZ>(xs, T, 128 * ks0, 4 * ksteps, cstride, [&](int r, int k) {
             return __fmul_rn(nw[k], __fmul_rn(x[(size_t)r * K + k], inv[r]));
         });
     } else if (XM == TCP_SWIGLU) {
-        tcp_stage<SWZ>(xs, T, 128 * s0, 4 * nsteps, cstride, [&](int r, int k) {
+        tcp_stage<SWZ>(xs, T, 128 * ks0, 4 * ksteps, cstride, [&](int r, int k) {
             const float gv = x[(size_t)r * K + k];
             const float e = (float)exp(-(double)gv);
             return __fmul_rn(__fdiv_rn(gv, __fadd_rn(1.0f, e)), x2[(size_t)r * K + k]);
         });
     } else {
-        stage_x_hilo<SWZ>(xs, x, K, T, 128 * s0, 4 * nsteps, cstride);
+        stage_x_hilo<SWZ>(xs, x, K, T, 128 * ks0, 4 * ksteps, cstride);
     }
     __syncthreads();
-    if (total == 0) return;  // no block-wide barrier follows
+    if (!BM && total == 0) return;  // no block-wide barrier follows (BM: the merge's follows)
 
     // Pass p, column g: row 4p + g/2, hi (g even) or lo (g odd); rows ≥ T feed zeros.
     // With SWZ, quarter i of this lane's chunk of x is at i ^ xq (hilo_slot<true>).
@@ -210,7 +252,7 @@ __device__ __forceinline__ void gemv_tcp(const gemv_jobs& jobs, const float* __r
     for (int p = 0; p < P; p++) {
         const int row = 4 * p + (g >> 1);
         rowLive[p] = row < T;
-        xcol[p] = xs + (size_t)(2 * row + (g & 1)) * cstride + t * 16;
+        xcol[p] = xs + (size_t)(2 * row + (g & 1)) * cstride + xofs + t * 16;
     }
     float acc[P][2][4];
     auto zero = [&]() {
@@ -231,6 +273,16 @@ __device__ __forceinline__ void gemv_tcp(const gemv_jobs& jobs, const float* __r
         for (int p = 0; p < P; p++) {
             v[p][0] = (acc[p][0][0] + acc[p][1][0]) + (acc[p][0][1] + acc[p][1][1]);
             v[p][1] = (acc[p][0][2] + acc[p][1][2]) + (acc[p][0][3] + acc[p][1][3]);
+        }
+        if (BM && slices > 1) {
+            // the slot's i-th tile: ft = first + i·stride
+            float* mp = bp + ((size_t)((ft - first) / stride * tpb + warp / slices) * slices + sl) * (T * 16);
+#pragma unroll
+            for (int p = 0; p < P; p++) {
+                const int row = 4 * p + t;
+                if (row < T) mp[row * 16 + g] = v[p][0], mp[row * 16 + g + 8] = v[p][1];
+            }
+            return;
         }
         const tcp_job j = tcp_find(jobs, ft);
         const int n0 = j.tile * 16 + g, n1 = n0 + 8;
@@ -375,6 +427,26 @@ __device__ __forceinline__ void gemv_tcp(const gemv_jobs& jobs, const float* __r
             }
         }
     }
+    if (BM) {
+        if (slices == 1) return;  // flush wrote the outputs
+        // Every slice of the block's tiles is in bp: warp w adds up the (tile, slot) pairs w,
+        // w + W, … — each output from 0 in slice order, as merge does.
+        __syncthreads();
+        const int most = bfirst < ntiles ? (ntiles - 1 - bfirst) / stride + 1 : 0;  // slot 0's tiles
+        for (int pr = warp; pr < most * tpb; pr += W) {
+            const int i = pr / tpb, slot = pr - i * tpb, ft = bfirst + slot + i * stride;
+            if (ft >= ntiles) continue;
+            const tcp_job j = tcp_find(jobs, ft);
+            const float* all = bp + (size_t)pr * slices * (T * 16);
+            for (int o = lane; o < T * 16; o += 32) {
+                const int row = o >> 4, n = j.tile * 16 + (o & 15);
+                float sum = 0.f;
+                for (int q = 0; q < slices; q++) sum += all[q * (T * 16) + o];
+                if (n < j.N) tcp_put<ACC>(j.out + (size_t)row * j.N + n, sum, j.gscale);
+            }
+        }
+        return;
+    }
     if (slices == 1 || !MERGE) return;  // !MERGE: the merge-cost probe (partials only)
     // Partials are announced after the warp's last load: a fence mid-sequence would wait for
     // the weight loads in flight.
@@ -389,14 +461,15 @@ __device__ __forceinline__ void gemv_tcp(const gemv_jobs& jobs, const float* __r
 // slice, sized by the host from the occupancy), dynamic shared memory T·slice·512 bytes.
 // Register cap for 16 warps an SM. _norm multiplies RMSNorm(x; nw, eps), _swiacc adds
 // SwiGLU(x, x2)·Wᵀ to out, _acc adds x·Wᵀ to out (the fused decode ops, fused.go).
-#define GP_ENTRY_T(P, W, D, MERGE, XM, ACC, TILED, SUF)                                                       \
-    extern "C" __global__ void __launch_bounds__(W * 32, 16 / W) gemv_nvfp4_tcp##P##_##W##x##D##SUF(           \
-        const float* x, int K, int T, int slice, int bps, float* part, int* counters, const float* x2,        \
-        const float* nw, float eps, int njobs, GEMV_JOB_PARAMS(0), GEMV_JOB_PARAMS(1), GEMV_JOB_PARAMS(2)) {  \
-        extern __shared__ __align__(16) uint32_t xs[];                                                        \
-        gemv_jobs jobs = GEMV_JOBS_INIT;                                                                      \
-        gemv_tcp<P, W, D, MERGE, XM, ACC, TILED>(jobs, x, K, T, slice, bps, part, counters, x2, nw, eps, xs); \
+#define GP_ENTRY_TB(P, W, D, MERGE, XM, ACC, TILED, BM, SUF)                                                      \
+    extern "C" __global__ void __launch_bounds__(W * 32, 16 / W) gemv_nvfp4_tcp##P##_##W##x##D##SUF(               \
+        const float* x, int K, int T, int slice, int bps, float* part, int* counters, const float* x2,            \
+        const float* nw, float eps, int njobs, GEMV_JOB_PARAMS(0), GEMV_JOB_PARAMS(1), GEMV_JOB_PARAMS(2)) {      \
+        extern __shared__ __align__(16) uint32_t xs[];                                                            \
+        gemv_jobs jobs = GEMV_JOBS_INIT;                                                                          \
+        gemv_tcp<P, W, D, MERGE, XM, ACC, TILED, BM>(jobs, x, K, T, slice, bps, part, counters, x2, nw, eps, xs); \
     }
+#define GP_ENTRY_T(P, W, D, MERGE, XM, ACC, TILED, SUF) GP_ENTRY_TB(P, W, D, MERGE, XM, ACC, TILED, false, SUF)
 #define GP_ENTRY(P, W, D, MERGE, XM, ACC, SUF) GP_ENTRY_T(P, W, D, MERGE, XM, ACC, true, SUF)
 #define GP_ENTRY_V0(P, W, D, MERGE, XM, ACC, SUF) GP_ENTRY_T(P, W, D, MERGE, XM, ACC, false, SUF##_v0)
 GP_ENTRY(1, 4, 4, true, TCP_X, false, )
@@ -419,6 +492,12 @@ GP_ENTRY_V0(2, 8, 4, true, TCP_X, false, )
 GP_ENTRY_V0(2, 8, 4, true, TCP_NORM, false, _norm)
 GP_ENTRY_V0(2, 8, 4, true, TCP_SWIGLU, true, _swiacc)
 GP_ENTRY_V0(2, 8, 4, true, TCP_X, true, _acc)
+// The block-merge forms (BM above; one pass, one to four rows): gemv_nvfp4_tcp1_8x4{,_norm,_acc}_bm,
+// launched with slices dividing 8 and all of x staged (gemv_tcp.go gemvTCPBlockMerge). SwiGLU
+// has none: a whole row staged per block would compute every activation once a block.
+GP_ENTRY_TB(1, 8, 4, true, TCP_X, false, false, true, _bm)
+GP_ENTRY_TB(1, 8, 4, true, TCP_NORM, false, false, true, _norm_bm)
+GP_ENTRY_TB(1, 8, 4, true, TCP_X, true, false, true, _acc_bm)
 // The merge-cost probe: gemv_tcp without the merge (outputs of multi-slice products are left
 // unwritten); only TestFiguresGEMVProbe launches it.
 GP_ENTRY(1, 8, 4, false, TCP_X, false, _nomerge)
