@@ -427,7 +427,7 @@ __device__ __forceinline__ void gemv_tcp(const gemv_jobs& jobs, const float* __r
             }
         }
     }
-    if (BM) {
+    if constexpr (BM) {  // constexpr: tpb is 0 in the other forms
         if (slices == 1) return;  // flush wrote the outputs
         // Every slice of the block's tiles is in bp: warp w adds up the (tile, slot) pairs w,
         // w + W, … — each output from 0 in slice order, as merge does.
