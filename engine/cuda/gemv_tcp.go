@@ -113,6 +113,25 @@ func gemvTCPGrid(resident, tiles, warps, nslices int) int {
 	return max(1, min((tiles+warps-1)/warps, resident/nslices))
 }
 
+// gemvTCPPerSM returns how many blocks of kernel name (threads threads, smem bytes of dynamic
+// shared memory) an SM holds: the register cap (__launch_bounds__) allows 16 warps, the staged
+// rows may allow fewer. The driver is asked once per kernel and size.
+func (b *Backend) gemvTCPPerSM(name string, threads, smem int) (int, error) {
+	key := fmt.Sprintf("%s/%d", name, smem)
+	if n, ok := b.gemvTCPOccupancy[key]; ok {
+		return n, nil
+	}
+	n, err := occupancy(b.fns[name], threads, smem)
+	if err != nil || n < 1 {
+		return 0, fmt.Errorf("occupancy of %s: %d, %v", name, n, err)
+	}
+	if b.gemvTCPOccupancy == nil {
+		b.gemvTCPOccupancy = map[string]int{}
+	}
+	b.gemvTCPOccupancy[key] = n
+	return n, nil
+}
+
 // gemvTCPMany launches the resident tensor-core GEMV for one to three NVFP4 products of the same
 // T ≤ 8 rows (q/k/v, gate/up) in one launch; partial sums and arrival counters live in the
 // grow-only GEMV workspace (owner goroutine; shapes checked by the caller).
@@ -188,19 +207,9 @@ func (b *Backend) gemvTCPLaunch(f tcpFusion, outs []*Tensor, a, a2, nw *Tensor, 
 		}
 	}
 	fn := b.fns[name]
-	key := fmt.Sprintf("%s/%d", name, smem)
-	per, ok := b.gemvTCPOccupancy[key]
-	if !ok {
-		// The register cap (__launch_bounds__) allows 16 warps an SM; the staged rows may allow
-		// fewer: ask the driver once per kernel and staging size.
-		n, err := occupancy(fn, 32*warps, smem)
-		if err != nil || n < 1 {
-			return fmt.Errorf("occupancy of %s: %d, %v", name, n, err)
-		}
-		if b.gemvTCPOccupancy == nil {
-			b.gemvTCPOccupancy = map[string]int{}
-		}
-		b.gemvTCPOccupancy[key], per = n, n
+	per, err := b.gemvTCPPerSM(name, 32*warps, smem)
+	if err != nil {
+		return err
 	}
 	var x2, nwp devPtr
 	if a2 != nil {
@@ -238,17 +247,9 @@ func (b *Backend) gemvTCPBlockMergeLaunch(bm string, outs []*Tensor, a, nw *Tens
 	if base > gemvTCBSmem {
 		return false, nil
 	}
-	key := fmt.Sprintf("%s/%d", bm, base)
-	per, known := b.gemvTCPOccupancy[key]
-	if !known {
-		n, err := occupancy(fn, 32*gemvTCPBMWarps, base)
-		if err != nil || n < 1 {
-			return false, fmt.Errorf("occupancy of %s: %d, %v", bm, n, err)
-		}
-		if b.gemvTCPOccupancy == nil {
-			b.gemvTCPOccupancy = map[string]int{}
-		}
-		b.gemvTCPOccupancy[key], per = n, n
+	per, err := b.gemvTCPPerSM(bm, 32*gemvTCPBMWarps, base)
+	if err != nil {
+		return false, err
 	}
 	blocks := max(1, min(groups, per*b.sms))
 	most := (groups + blocks - 1) / blocks
