@@ -186,7 +186,7 @@ func (b *Backend) productArgs(op string, outs []backend.Tensor, a *Tensor, ws []
 		if wts[i], err = b.weight(ws[i], op); err != nil {
 			return nil, nil, err
 		}
-		if err := backend.CheckMatMul("cuda", outTs[i], a, wts[i], wts[i].name); err != nil {
+		if err := backend.CheckMatMul("cuda: "+op, outTs[i], a, wts[i], wts[i].name); err != nil {
 			return nil, nil, err
 		}
 	}

@@ -99,13 +99,16 @@ func TestFusedDecodeOps(t *testing.T) {
 	_, gn := pair(t, c, g, 1, 256, nil)
 	_, gw := weights(t, c, g, hostWeight(t, kindNVFP4, 64, 2560, 1))
 	_, gO := pair(t, c, g, 2, 64, nil)
-	for _, err := range []error{
-		g.NormMatMulMany([]backend.Tensor{gO}, gx, gn, eps, []backend.Weight{gw}),
-		g.SwiGLUMatMulAdd(gO, gx, gu, gw),
-		g.MatMulAdd(gO, gO, gw),
+	for _, e := range []struct {
+		op  string
+		err error
+	}{
+		{"norm+matmul many", g.NormMatMulMany([]backend.Tensor{gO}, gx, gn, eps, []backend.Weight{gw})},
+		{"swiglu+matmul+add", g.SwiGLUMatMulAdd(gO, gx, gu, gw)},
+		{"matmul+add", g.MatMulAdd(gO, gO, gw)},
 	} {
-		if err == nil {
-			t.Errorf("a mismatched fused decode op returned no error")
+		if e.err == nil || !strings.Contains(e.err.Error(), "cuda: "+e.op+":") {
+			t.Errorf("a mismatched %s: %v, want an error naming the op", e.op, e.err)
 		}
 	}
 }
