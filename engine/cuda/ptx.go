@@ -124,6 +124,7 @@ var ptxModules = []ptxModule{
 		"attention_decode_r4", "attention_decode_r1_kb", "attention_decode_r2_kb", "attention_decode_r4_kb",
 		"attention_decode_nr1", "attention_decode_nr2", "attention_decode_nr4", "attention_decode_nr1_kb", "attention_decode_nr2_kb",
 		"attention_decode_nr4_kb"}},
+	{"kernels/probe.ptx", []string{"chain_link", "barrier_rounds", "flag_relay"}}, // TestFiguresLaunchChain's probes
 	{"kernels/convert.ptx", []string{"f32_to_bf16", "nvfp4_to_bf16", "f32_to_bf16_hilo", "add_halves_f32"}},
 	{"kernels/matmul.ptx", append([]string{"matmul_tiled_f32", "matmul_tiled_bf16", "matmul_tiled_nvfp4"}, gemvKernels...)},
 }
