@@ -102,6 +102,13 @@ type Backend struct {
 	// pdl: the decode GEMVs start while the kernel before them finishes (programmatic dependent
 	// launch; QWENGO_CUDA_PDL=0 turns it off). Cleared if the driver refuses such a launch.
 	pdl bool
+	// adamChain: an AdamWMany call's batch launches after its first are programmatic dependents
+	// of the one before (training.go adamManyLaunch; QWENGO_CUDA_ADAMW_PDL=0 turns it off).
+	// Cleared if the driver refuses such a launch.
+	adamChain bool
+	// adamSingle: AdamWMany launches parameters of at least adamSingleMin elements alone, in the
+	// chain (QWENGO_CUDA_ADAMW_SINGLE=0: in batches).
+	adamSingle bool
 	// flashBwdReady: flash_bwd_dkdv may use more than 48 KB of dynamic shared memory.
 	flashBwdReady bool
 
@@ -263,6 +270,8 @@ func (b *Backend) setup() error {
 	}
 	b.launchEx = pdlInit()
 	b.pdl = pdlFromEnv() && b.launchEx
+	b.adamChain = adamChainFromEnv() && b.launchEx
+	b.adamSingle = adamSingleFromEnv()
 	for _, pm := range ptxModules {
 		src, err := ptxFS.ReadFile(pm.file)
 		if err != nil {

@@ -95,10 +95,14 @@ static CUresult qg_cuFuncSetAttribute(CUfunction f, int a, int v) { return p_cuF
 // with the kernels exactly as before, while kernels may use programmatic dependent launch
 // (sm_90), which needs a stream of its own.
 static __thread CUstream qg_stream;
-// qg_prev_dep: the last kernel launched on qg_stream was a launchDep kernel (one that calls
-// pdl_trigger and writes no weights), so the next may overlap it. A plain launch (an optimizer
-// step, say) clears it: the decode GEMV requests weights before its pdl_wait, so it must never
+// qg_prev_dep: which chain of programmatic launches the last kernel on qg_stream belongs to, so
+// that the next kernel of the same chain may overlap it. QG_CHAIN_DECODE: a launchDep kernel (one
+// that calls pdl_trigger and writes no weights). QG_CHAIN_ADAMW: an AdamW batch launch (it writes
+// weights, and waits for the launch before it at its end). A plain launch clears it, and neither
+// chain follows the other: the decode GEMV requests weights before its pdl_wait, so it must never
 // overlap a kernel that may write them.
+#define QG_CHAIN_DECODE 1
+#define QG_CHAIN_ADAMW 2
 static __thread int qg_prev_dep;
 
 static CUresult qg_stream_init(void) { return p_cuStreamCreate(&qg_stream, CU_STREAM_DEFAULT); }
@@ -145,17 +149,18 @@ static int qg_pdl_init(void) {
 	return p_launch_ex != NULL;
 }
 
-// qg_launch_dep launches a launchDep kernel: with programmatic serialization when pdl is set
-// and the previous kernel was one too, else plainly. *refused reports a PDL launch the driver
-// rejected (nothing was launched then).
+// qg_launch_dep launches a kernel of chain cls (QG_CHAIN_DECODE: a launchDep kernel;
+// QG_CHAIN_ADAMW: an AdamW launch of a batch): with programmatic serialization when pdl is set
+// and the previous kernel was of the same chain, else plainly. *refused reports a PDL launch the
+// driver rejected (nothing was launched then).
 static CUresult qg_launch_dep(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
-                              unsigned shmem, void* args, int n, int pdl, int* refused) {
+                              unsigned shmem, void* args, int n, int pdl, int cls, int* refused) {
 	void* ptrs[32];
 	*refused = 0;
 	if (n < 0 || n > 32) return CUDA_ERROR_INVALID_VALUE;
 	for (int i = 0; i < n; i++) ptrs[i] = (char*)args + 8 * (size_t)i;
 	CUresult r;
-	if (pdl && qg_prev_dep && p_launch_ex != NULL) {
+	if (pdl && qg_prev_dep == cls && p_launch_ex != NULL) {
 		qg_launch_attr attr;
 		memset(&attr, 0, sizeof attr);
 		attr.id = 6;
@@ -169,7 +174,33 @@ static CUresult qg_launch_dep(CUfunction f, unsigned gx, unsigned gy, unsigned g
 	} else {
 		r = p_cuLaunchKernel(f, gx, gy, gz, bx, by, bz, shmem, qg_stream, ptrs, NULL);
 	}
-	qg_prev_dep = r == CUDA_SUCCESS;
+	qg_prev_dep = r == CUDA_SUCCESS ? cls : 0;
+	return r;
+}
+
+// qg_launch_buf_chain is qg_launch_buf for an AdamW batch launch: a programmatic dependent of the
+// previous launch when chain is set and that launch was one too (QG_CHAIN_ADAMW), else plain.
+// *refused reports a programmatic launch the driver rejected (nothing was launched then).
+static CUresult qg_launch_buf_chain(CUfunction f, unsigned gx, unsigned bx, void* buf, size_t size, int chain,
+                                    int* refused) {
+	void* extra[] = {CU_LAUNCH_PARAM_BUFFER_POINTER, buf, CU_LAUNCH_PARAM_BUFFER_SIZE, &size, CU_LAUNCH_PARAM_END};
+	CUresult r;
+	*refused = 0;
+	if (chain && qg_prev_dep == QG_CHAIN_ADAMW && p_launch_ex != NULL) {
+		qg_launch_attr attr;
+		memset(&attr, 0, sizeof attr);
+		attr.id = 6;
+		attr.val.value = 1;
+		qg_launch_config cfg = {gx, 1, 1, bx, 1, 1, 0, qg_stream, &attr, 1};
+		r = p_launch_ex(&cfg, f, NULL, extra);
+		if (r != CUDA_SUCCESS) {
+			*refused = 1;
+			return r;
+		}
+	} else {
+		r = p_cuLaunchKernel(f, gx, 1, 1, bx, 1, 1, 0, qg_stream, NULL, extra);
+	}
+	qg_prev_dep = r == CUDA_SUCCESS ? QG_CHAIN_ADAMW : 0;
 	return r;
 }
 
@@ -512,6 +543,26 @@ func launchBuf(f function, grid, threads int, params []byte) error {
 	return check("cuLaunchKernel", C.qg_launch_buf(f, C.uint(grid), C.uint(threads), 0, unsafe.Pointer(&params[0]), C.size_t(len(params))))
 }
 
+// launchBufChain is launchBuf for an AdamW batch launch (train.cu adamw_many: pdl_trigger at its
+// start, pdl_wait at its end): with chain set and the previous launch one of these too, it is a
+// programmatic dependent of that launch — its blocks start as the previous launch's blocks leave,
+// and it ends only after that launch has. refused: the driver rejected the programmatic launch
+// and nothing was launched.
+func launchBufChain(f function, grid, threads int, params []byte, chain bool) (refused bool, err error) {
+	if len(params) == 0 || len(params) > 4096 {
+		return false, fmt.Errorf("cuLaunchKernelEx: %d bytes of parameters (1 to 4096)", len(params))
+	}
+	if kt := activeKernelTimer; kt != nil {
+		defer kt.around(f)()
+	}
+	c, r := C.int(0), C.int(0)
+	if chain {
+		c = 1
+	}
+	err = check("cuLaunchKernelEx", C.qg_launch_buf_chain(f, C.uint(grid), C.uint(threads), unsafe.Pointer(&params[0]), C.size_t(len(params)), c, &r))
+	return r != 0, err
+}
+
 // streamInit creates the calling (owner) thread's kernel stream; pdlInit reports whether the
 // driver has cuLaunchKernelEx.
 func streamInit() error { return check("cuStreamCreate", C.qg_stream_init()) }
@@ -569,7 +620,23 @@ func launchDepKernel(f function, g, bl [3]int, shmem int, pdl bool, args ...arg)
 		defer kt.around(f)()
 	}
 	err = check("cuLaunchKernelEx", C.qg_launch_dep(f, C.uint(g[0]), C.uint(g[1]), C.uint(g[2]),
-		C.uint(bl[0]), C.uint(bl[1]), C.uint(bl[2]), C.uint(shmem), unsafe.Pointer(&args[0]), C.int(len(args)), p, &r))
+		C.uint(bl[0]), C.uint(bl[1]), C.uint(bl[2]), C.uint(shmem), unsafe.Pointer(&args[0]), C.int(len(args)), p, C.QG_CHAIN_DECODE, &r))
+	return r != 0, err
+}
+
+// launchAdamKernel launches an AdamW kernel of an AdamWMany call (train.cu: pdl_trigger at its
+// start, pdl_wait at its end) as launchBufChain does, its parameters as argument slots.
+func launchAdamKernel(f function, grid, threads int, chain bool, args ...arg) (refused bool, err error) {
+	var r C.int
+	c := C.int(0)
+	if chain {
+		c = 1
+	}
+	if kt := activeKernelTimer; kt != nil {
+		defer kt.around(f)()
+	}
+	err = check("cuLaunchKernelEx", C.qg_launch_dep(f, C.uint(grid), 1, 1, C.uint(threads), 1, 1, 0,
+		unsafe.Pointer(&args[0]), C.int(len(args)), c, C.QG_CHAIN_ADAMW, &r))
 	return r != 0, err
 }
 

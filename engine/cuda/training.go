@@ -971,25 +971,67 @@ func (b *Backend) adamOne(j adamJob) error {
 		}
 		return nil
 	}
-	n := j.g.n()
-	name := "adamw_" + j.w.kind + "_" + j.s.format + gradSuffix(j.g)
-	chunk := adamChunkOf(j.s.format)
-	grid, err := b.adamGrid(name, (int64(n)+chunk-1)/chunk)
-	if err != nil {
-		return fmt.Errorf("cuda: %s %s: %w", op, j.w.name, err)
+	name, grid, args, err := b.adamOneArgs(j)
+	if err == nil {
+		err = launch(b.fns[name], [3]int{grid, 1, 1}, [3]int{256, 1, 1}, 0, args...)
 	}
-	args := []arg{ptrArg(j.w.ptr), ptrArg(j.g.ptr), ptrArg(j.s.m), ptrArg(j.s.v), ptrArg(j.s.ms), ptrArg(j.s.vs)}
-	args = append(append(args, adamScalarArgs(j.k, j.h.GradScale)...), intArg(j.sr), arg(j.key), sizeArg(int64(n)))
-	if err := launch(b.fns[name], [3]int{grid, 1, 1}, [3]int{256, 1, 1}, 0, args...); err != nil {
+	if err != nil {
 		return fmt.Errorf("cuda: %s %s: %w", op, j.w.name, err)
 	}
 	return nil
 }
 
+// adamOneArgs returns the kernel, grid and arguments of one fp32 or int8 AdamW call.
+func (b *Backend) adamOneArgs(j adamJob) (name string, grid int, args []arg, err error) {
+	n := j.g.n()
+	name = "adamw_" + j.w.kind + "_" + j.s.format + gradSuffix(j.g)
+	chunk := adamChunkOf(j.s.format)
+	if grid, err = b.adamGrid(name, (int64(n)+chunk-1)/chunk); err != nil {
+		return "", 0, nil, err
+	}
+	args = []arg{ptrArg(j.w.ptr), ptrArg(j.g.ptr), ptrArg(j.s.m), ptrArg(j.s.v), ptrArg(j.s.ms), ptrArg(j.s.vs)}
+	args = append(append(args, adamScalarArgs(j.k, j.h.GradScale)...), intArg(j.sr), arg(j.key), sizeArg(int64(n)))
+	return name, grid, args, nil
+}
+
+// adamSingleMin is the fewest elements for which an AdamWMany job gets a launch of its own
+// (adamw_*, chained) instead of a seat in a batch launch (adamw_many_*): the batched kernel
+// finds each item's job, which costs a large parameter ~5 % (TestFiguresAdamW: 99.6 M elements
+// 305-309 µs alone, 319-322 as a batch of one), while a chained launch costs its neighbours
+// little (TestFiguresLaunchChain: ~0.5 µs a link).
+const adamSingleMin = 1 << 20
+
+// launchesAlone reports whether AdamWMany launches job j alone: int8 or fp32 moments, at least
+// adamSingleMin elements, and single launches chained (b.adamChain, b.adamSingle).
+func (b *Backend) launchesAlone(j adamJob) bool {
+	return b.adamChain && b.adamSingle && j.s.format != "4bit" && j.g.n() >= adamSingleMin
+}
+
+// adamChainLaunch runs one fp32 or int8 AdamW call as a launch of an AdamWMany chain.
+func (b *Backend) adamChainLaunch(j adamJob, chain bool) error {
+	name, grid, args, err := b.adamOneArgs(j)
+	if err == nil {
+		var refused bool
+		refused, err = launchAdamKernel(b.fns[name], grid, 256, chain && b.adamChain, args...)
+		if refused {
+			b.adamChain = false // a driver that refuses the attribute: plain launches from now on
+			_, err = launchAdamKernel(b.fns[name], grid, 256, false, args...)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("cuda: adamw many, %s: %w", j.w.name, err)
+	}
+	return nil
+}
+
 // AdamWMany implements backend.AdamWBatch: every job checked first (nothing runs when one is
-// invalid or two share memory they write), then the int8 and fp32 jobs of each weight kind,
-// state format and gradient type (float32 or bf16) in launches of up to adamManyJobs parameters
-// (train.cu adamw_many: each element computed as AdamW computes it), the 4-bit ones one by one.
+// invalid or two share memory they write), then the 4-bit jobs one by one, the int8 and fp32
+// jobs of at least adamSingleMin elements in a launch each (adamw_*), and the smaller ones of
+// each weight kind, state format and gradient type (float32 or bf16) in launches of up to
+// adamManyJobs parameters (train.cu adamw_many) — each element computed as AdamW computes it.
+// The int8 and fp32 launches form a chain of programmatic dependents (b.adamChain): each starts
+// as the one before drains, since no two jobs of a call touch the same memory, and the call's
+// first waits for everything queued before it.
 func (b *Backend) AdamWMany(jobs []backend.AdamWJob) error {
 	for i, j := range jobs {
 		if err := backend.CheckAdamWHyper(j.Hyper); err != nil {
@@ -1010,11 +1052,20 @@ func (b *Backend) AdamWMany(jobs []backend.AdamWJob) error {
 		}
 		groups := map[string][]adamJob{}
 		var names []string
+		chain := false // the call's first chained launch waits for everything before it
 		for _, r := range rs {
 			if r.s.format == "4bit" {
 				if err := b.adamOne(r); err != nil {
 					return err
 				}
+				chain = false // a plain launch ends the chain
+				continue
+			}
+			if b.launchesAlone(r) {
+				if err := b.adamChainLaunch(r, chain); err != nil {
+					return err
+				}
+				chain = true
 				continue
 			}
 			name := "adamw_many_" + r.w.kind + "_" + r.s.format + gradSuffix(r.g)
@@ -1027,9 +1078,10 @@ func (b *Backend) AdamWMany(jobs []backend.AdamWJob) error {
 			g := groups[name]
 			for len(g) > 0 {
 				k := min(len(g), adamManyJobs)
-				if err := b.adamManyLaunch(name, g[:k]); err != nil {
+				if err := b.adamManyLaunch(name, g[:k], chain); err != nil {
 					return err
 				}
+				chain = true
 				g = g[k:]
 			}
 		}
@@ -1043,8 +1095,10 @@ const (
 	adamManyJobs = 36
 )
 
-// adamManyLaunch runs one adamw_many launch over jobs (at most adamManyJobs, one kernel).
-func (b *Backend) adamManyLaunch(name string, jobs []adamJob) error {
+// adamManyLaunch runs one adamw_many launch over jobs (at most adamManyJobs, one kernel). With
+// chain (a later launch of the same AdamWMany call, whose jobs are disjoint from the earlier
+// ones') it may start while the launch before it drains (b.adamChain; launchBufChain).
+func (b *Backend) adamManyLaunch(name string, jobs []adamJob, chain bool) error {
 	params := make([]byte, 8+adamManyJobs*adamJobBytes+8)
 	le := binary.LittleEndian
 	le.PutUint32(params, uint32(len(jobs)))
@@ -1059,11 +1113,24 @@ func (b *Backend) adamManyLaunch(name string, jobs []adamJob) error {
 	if err != nil {
 		return fmt.Errorf("cuda: adamw many: %w", err)
 	}
-	if err := launchBuf(b.fns[name], grid, 256, params); err != nil {
+	refused, err := launchBufChain(b.fns[name], grid, 256, params, chain && b.adamChain)
+	if refused {
+		b.adamChain = false // a driver that refuses the attribute: plain launches from now on
+		_, err = launchBufChain(b.fns[name], grid, 256, params, false)
+	}
+	if err != nil {
 		return fmt.Errorf("cuda: adamw many (%d parameters from %s): %w", len(jobs), jobs[0].w.name, err)
 	}
 	return nil
 }
+
+// adamSingleFromEnv reports whether AdamWMany gives large parameters launches of their own
+// (QWENGO_CUDA_ADAMW_SINGLE=0: no, every fp32 and int8 job in batch launches).
+func adamSingleFromEnv() bool { return os.Getenv("QWENGO_CUDA_ADAMW_SINGLE") != "0" }
+
+// adamChainFromEnv reports whether an AdamWMany call's batch launches may overlap
+// (QWENGO_CUDA_ADAMW_PDL=0: no).
+func adamChainFromEnv() bool { return os.Getenv("QWENGO_CUDA_ADAMW_PDL") != "0" }
 
 // putAdamJob writes j as train.cu's AdamJob (112 bytes, little-endian), its first item first.
 func putAdamJob(dst []byte, j adamJob, first int64) {

@@ -1228,6 +1228,98 @@ func TestAdamWMany(t *testing.T) {
 	compareCodes(t, "weights after a refused batch", f32Bits(av), f32Bits(bv))
 }
 
+// TestAdamWManyChain checks the chained launches (b.adamChain: each launch after an AdamWMany
+// call's first may start while the one before drains, and ends after it): one large parameter
+// first (a launch of its own, b.adamSingle), so that it outlasts the three batch launches chained
+// behind it,
+// then its weight and moments downloaded at once — a chain whose last launch could end before the
+// first would hand the download a half-updated parameter. Bit for bit against one AdamW call each.
+func TestAdamWManyChain(t *testing.T) {
+	g := openGPU(t)
+	if !g.adamChain {
+		t.Skip("AdamW batch launches are not chained (QWENGO_CUDA_ADAMW_PDL=0 or no cuLaunchKernelEx)")
+	}
+	shape := func(i int) (int, int) {
+		if i == 0 {
+			return 8192, 2560
+		}
+		return 64, 2560
+	}
+	const params = 2*adamManyJobs + 8 // three batch launches after the large one
+	type side struct {
+		ws  []backend.Weight
+		gs  []backend.Tensor
+		sts []backend.AdamWState
+	}
+	mk := func() *side {
+		s := &side{}
+		for i := range params {
+			rows, cols := shape(i)
+			w, err := g.UploadWeight(hostWeight(t, kindBF16, rows, cols, uint64(i+1)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			gr, err := g.Alloc(backend.Activations, rows, cols)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := g.Upload(gr, randn(rows*cols, uint64(100+i), 0.01)); err != nil {
+				t.Fatal(err)
+			}
+			st, err := g.NewAdamWState("int8", rows, cols)
+			if err != nil {
+				t.Fatal(err)
+			}
+			s.ws, s.gs, s.sts = append(s.ws, w), append(s.gs, gr), append(s.sts, st)
+		}
+		t.Cleanup(func() {
+			for i := range s.ws {
+				g.FreeWeight(s.ws[i])
+				g.Free(s.gs[i])
+				g.FreeAdamWState(s.sts[i])
+			}
+		})
+		return s
+	}
+	one, many := mk(), mk()
+	var jobs []backend.AdamWJob
+	for i := range params {
+		h := backend.AdamWHyper{LR: 1e-3, Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, WeightDecay: 0.1, Step: 1, GradScale: 1,
+			StochasticRound: true, Seed: 9, Param: uint64(i)}
+		if err := g.AdamW(one.ws[i], one.gs[i], one.sts[i], h); err != nil {
+			t.Fatal(err)
+		}
+		jobs = append(jobs, backend.AdamWJob{W: many.ws[i], Grad: many.gs[i], State: many.sts[i], Hyper: h})
+	}
+	if err := g.AdamWMany(jobs); err != nil {
+		t.Fatal(err)
+	}
+	for _, i := range []int{0, params - 1} {
+		b, err := g.DownloadWeight(many.ws[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		mb, err := g.ReadAdamWState(many.sts[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, err := g.DownloadWeight(one.ws[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		ma, err := g.ReadAdamWState(one.sts[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		av, _ := a.Dense.Float32s(nil)
+		bv, _ := b.Dense.Float32s(nil)
+		compareCodes(t, fmt.Sprintf("param %d weights", i), f32Bits(bv), f32Bits(av))
+		if !reflect.DeepEqual(ma, mb) {
+			t.Errorf("param %d: the moments differ from one AdamW call's", i)
+		}
+	}
+}
+
 func f32Bits(v []float32) []uint32 {
 	out := make([]uint32, len(v))
 	for i, x := range v {

@@ -1009,7 +1009,8 @@ __device__ __forceinline__ void adamw(void* __restrict__ w, const void* __restri
     adamw_blocks<BF16, INT8, GB>(w, grad, mbuf, vbuf, msc, vsc, p, sr, key, n, chunks * (item / 64));
 }
 
-// Entry points adamw_{f32,bf16}_{fp32,int8}[_gb]: the scalars are optim.Coeffs.Scalars() (lrc,
+// Entry points adamw_{f32,bf16}_{fp32,int8}[_gb] (chained in an AdamWMany call as the batch
+// launches below are: pdl_trigger first, pdl_wait last; no-ops in a plain launch): the scalars are optim.Coeffs.Scalars() (lrc,
 // β1, β2, 1−β1, 1−β2, rbc2, eps, decay) and the gradient's scale; key is optim.SRKey(seed, step,
 // param). The _gb forms take a bf16 gradient (adamw.cuh grad8), the others a float32 one.
 #define ADAMW_ENTRY(name, BF16, INT8, GB)                                                                      \
@@ -1019,7 +1020,9 @@ __device__ __forceinline__ void adamw(void* __restrict__ w, const void* __restri
          size_t n) {                                                                                           \
         AdamParams p = {lrc, b1, b2, omb1, omb2, rbc2, eps, decay, gscale};                                    \
         ADAMW_COUNT_FIX_SR(sr);                                                                                \
+        pdl_trigger();                                                                                         \
         adamw<BF16, INT8, GB>(w, grad, m, v, msc, vsc, p, sr, key, n);                                         \
+        pdl_wait();                                                                                            \
     }
 ADAMW_ENTRY(adamw_f32_fp32, false, false, false)
 ADAMW_ENTRY(adamw_bf16_fp32, true, false, false)
@@ -1084,9 +1087,16 @@ __device__ __forceinline__ void adamw_many(const AdamJobs& J, unsigned long long
     }
 }
 
+// The batch launches of one AdamWMany call touch disjoint memory, so each may start while the
+// one before it drains (training.go adamManyLaunch chains them as programmatic dependents): it
+// lets the next launch start at once (pdl_trigger) and, so that the stream's order still holds
+// for whatever follows the chain, ends only after the launch before it has (pdl_wait). Both are
+// no-ops in a plain launch.
 #define ADAMW_MANY_ENTRY(name, BF16, INT8, GB)                                                                 \
     extern "C" __global__ void __launch_bounds__(256) name(const AdamJobs jobs, unsigned long long items) {      \
+        pdl_trigger();                                                                                         \
         adamw_many<BF16, INT8, GB>(jobs, items);                                                               \
+        pdl_wait();                                                                                            \
     }
 ADAMW_MANY_ENTRY(adamw_many_f32_fp32, false, false, false)
 ADAMW_MANY_ENTRY(adamw_many_bf16_fp32, true, false, false)
