@@ -88,6 +88,8 @@
 //	QWENGO_CUDA_DECODE_NR=1                        QKNormRoPEAttention as one kernel (measured slower: fused_decode.go)
 //	QWENGO_CUDA_DECODE_LAYERS=1                    the whole-stack decoder; QWENGO_CUDA_DECODE_STAGES=N caps its stages
 //	QWENGO_CUDA_SUMSQ_BATCH=0                      SumSquaresMany one gradient at a time
+//	QWENGO_CUDA_ADAMW_PDL=0                        an AdamWMany call's launches one after another, not chained
+//	QWENGO_CUDA_ADAMW_SINGLE=0                     AdamWMany's parameters of 1M+ elements in batch launches too
 //	QWENGO_CUDA_KERNEL_TIMES=1                     ProfileRange also times every launch (ktimes.go)
 //
 // The tests read more: QWENGO_CUDA_BENCH=1 runs the TestFigures* measurements (among them
