@@ -109,6 +109,11 @@ type Backend struct {
 	// adamSingle: AdamWMany launches parameters of at least adamSingleMin elements alone, in the
 	// chain (QWENGO_CUDA_ADAMW_SINGLE=0: in batches).
 	adamSingle bool
+	// adamStaged: one bf16 parameter with int8 moments takes the staged AdamW kernel
+	// (train.cu adamw_staged; QWENGO_CUDA_ADAMW_STAGED=0: the plain one). adamStagedReady: the
+	// staged kernels allowed their shared memory (training.go adamStagedShared).
+	adamStaged      bool
+	adamStagedReady map[string]bool
 	// flashBwdReady: flash_bwd_dkdv may use more than 48 KB of dynamic shared memory.
 	flashBwdReady bool
 
@@ -272,6 +277,7 @@ func (b *Backend) setup() error {
 	b.pdl = pdlFromEnv() && b.launchEx
 	b.adamChain = adamChainFromEnv() && b.launchEx
 	b.adamSingle = adamSingleFromEnv()
+	b.adamStaged = adamStagedFromEnv()
 	for _, pm := range ptxModules {
 		src, err := ptxFS.ReadFile(pm.file)
 		if err != nil {

@@ -90,6 +90,7 @@
 //	QWENGO_CUDA_SUMSQ_BATCH=0                      SumSquaresMany one gradient at a time
 //	QWENGO_CUDA_ADAMW_PDL=0                        an AdamWMany call's launches one after another, not chained
 //	QWENGO_CUDA_ADAMW_SINGLE=0                     AdamWMany's parameters of 1M+ elements in batch launches too
+//	QWENGO_CUDA_ADAMW_STAGED=0                     the plain int8 AdamW kernel for one bf16 parameter, not the staged one
 //	QWENGO_CUDA_KERNEL_TIMES=1                     ProfileRange also times every launch (ktimes.go)
 //
 // The tests read more: QWENGO_CUDA_BENCH=1 runs the TestFigures* measurements (among them

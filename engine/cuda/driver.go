@@ -626,7 +626,7 @@ func launchDepKernel(f function, g, bl [3]int, shmem int, pdl bool, args ...arg)
 
 // launchAdamKernel launches an AdamW kernel of an AdamWMany call (train.cu: pdl_trigger at its
 // start, pdl_wait at its end) as launchBufChain does, its parameters as argument slots.
-func launchAdamKernel(f function, grid, threads int, chain bool, args ...arg) (refused bool, err error) {
+func launchAdamKernel(f function, grid, threads, shmem int, chain bool, args ...arg) (refused bool, err error) {
 	var r C.int
 	c := C.int(0)
 	if chain {
@@ -635,7 +635,7 @@ func launchAdamKernel(f function, grid, threads int, chain bool, args ...arg) (r
 	if kt := activeKernelTimer; kt != nil {
 		defer kt.around(f)()
 	}
-	err = check("cuLaunchKernelEx", C.qg_launch_dep(f, C.uint(grid), 1, 1, C.uint(threads), 1, 1, 0,
+	err = check("cuLaunchKernelEx", C.qg_launch_dep(f, C.uint(grid), 1, 1, C.uint(threads), 1, 1, C.uint(shmem),
 		unsafe.Pointer(&args[0]), C.int(len(args)), c, C.QG_CHAIN_ADAMW, &r))
 	return r != 0, err
 }

@@ -90,6 +90,7 @@ var trainKernels = []string{
 	// AdamW's bf16-gradient forms (backend.GradientFormat)
 	"adamw_f32_fp32_gb", "adamw_bf16_fp32_gb", "adamw_f32_int8_gb", "adamw_bf16_int8_gb", "adamw_probe_gb",
 	"adamw_many_f32_fp32_gb", "adamw_many_bf16_fp32_gb", "adamw_many_f32_int8_gb", "adamw_many_bf16_int8_gb",
+	"adamw_bf16_int8_st", "adamw_bf16_int8_gb_st", // the staged single-parameter kernels (training.go adamOneArgs)
 	// TestFiguresAdamWTraffic's probes (not used by the engine)
 	"adamw_traffic0", "adamw_traffic1", "adamw_traffic2", "adamw_traffic3", "adamw_traffic4", "adamw_traffic5",
 	"copy_u4", "rmw_u4",

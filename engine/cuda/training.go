@@ -780,11 +780,17 @@ type adamOccKey struct {
 // on the SMs at once — so that every block stays resident and strides over the rest. The grid
 // never changes the results (each element is one lane's, whatever the grid).
 func (b *Backend) adamGrid(name string, chunks int64) (int, error) {
+	return b.adamGridShared(name, chunks, 0)
+}
+
+// adamGridShared is adamGrid for a kernel launched with shmem bytes of dynamic shared memory
+// (one amount a kernel).
+func (b *Backend) adamGridShared(name string, chunks int64, shmem int) (int, error) {
 	fn := b.fns[name]
 	key := adamOccKey{fn, name}
 	per, ok := adamOccupancy.Load(key)
 	if !ok {
-		n, err := occupancy(fn, 256, 0)
+		n, err := occupancy(fn, 256, shmem)
 		if err != nil || n < 1 {
 			return 0, fmt.Errorf("occupancy of %s: %d blocks an SM, %v", name, n, err)
 		}
@@ -971,9 +977,9 @@ func (b *Backend) adamOne(j adamJob) error {
 		}
 		return nil
 	}
-	name, grid, args, err := b.adamOneArgs(j)
+	name, grid, shmem, args, err := b.adamOneArgs(j)
 	if err == nil {
-		err = launch(b.fns[name], [3]int{grid, 1, 1}, [3]int{256, 1, 1}, 0, args...)
+		err = launch(b.fns[name], [3]int{grid, 1, 1}, [3]int{256, 1, 1}, shmem, args...)
 	}
 	if err != nil {
 		return fmt.Errorf("cuda: %s %s: %w", op, j.w.name, err)
@@ -981,17 +987,47 @@ func (b *Backend) adamOne(j adamJob) error {
 	return nil
 }
 
-// adamOneArgs returns the kernel, grid and arguments of one fp32 or int8 AdamW call.
-func (b *Backend) adamOneArgs(j adamJob) (name string, grid int, args []arg, err error) {
+// adamOneArgs returns the kernel, grid, dynamic shared memory and arguments of one fp32 or int8
+// AdamW call: bf16 weights with int8 moments take the staged kernel (adamw_bf16_int8*_st) unless
+// b.adamStaged is off.
+func (b *Backend) adamOneArgs(j adamJob) (name string, grid, shmem int, args []arg, err error) {
 	n := j.g.n()
 	name = "adamw_" + j.w.kind + "_" + j.s.format + gradSuffix(j.g)
+	if b.adamStaged && j.w.kind == kindBF16 && j.s.format == "int8" {
+		name += "_st"
+		if shmem, err = b.adamStagedShared(name, j.g.bf16); err != nil {
+			return "", 0, 0, nil, err
+		}
+	}
 	chunk := adamChunkOf(j.s.format)
-	if grid, err = b.adamGrid(name, (int64(n)+chunk-1)/chunk); err != nil {
-		return "", 0, nil, err
+	if grid, err = b.adamGridShared(name, (int64(n)+chunk-1)/chunk, shmem); err != nil {
+		return "", 0, 0, nil, err
 	}
 	args = []arg{ptrArg(j.w.ptr), ptrArg(j.g.ptr), ptrArg(j.s.m), ptrArg(j.s.v), ptrArg(j.s.ms), ptrArg(j.s.vs)}
 	args = append(append(args, adamScalarArgs(j.k, j.h.GradScale)...), intArg(j.sr), arg(j.key), sizeArg(int64(n)))
-	return name, grid, args, nil
+	return name, grid, shmem, args, nil
+}
+
+// adamStagedShared is the staged kernel's dynamic shared memory — two stages of one item a warp
+// (train.cu AdamStage: 3,136 bytes with a bf16 gradient, 4,160 with a float32 one), eight warps
+// — and lets the kernel have that much (above the 48 KB a launch gets without asking) on first
+// use.
+func (b *Backend) adamStagedShared(name string, bf16Grad bool) (int, error) {
+	stage := 1024 + 512*4 + 512 + 512 + 64
+	if bf16Grad {
+		stage = 1024 + 512*2 + 512 + 512 + 64
+	}
+	shmem := 8 * 2 * stage
+	if !b.adamStagedReady[name] {
+		if err := setMaxDynamicShared(b.fns[name], shmem); err != nil {
+			return 0, err
+		}
+		if b.adamStagedReady == nil {
+			b.adamStagedReady = map[string]bool{}
+		}
+		b.adamStagedReady[name] = true
+	}
+	return shmem, nil
 }
 
 // adamSingleMin is the fewest elements for which an AdamWMany job gets a launch of its own
@@ -1009,13 +1045,13 @@ func (b *Backend) launchesAlone(j adamJob) bool {
 
 // adamChainLaunch runs one fp32 or int8 AdamW call as a launch of an AdamWMany chain.
 func (b *Backend) adamChainLaunch(j adamJob, chain bool) error {
-	name, grid, args, err := b.adamOneArgs(j)
+	name, grid, shmem, args, err := b.adamOneArgs(j)
 	if err == nil {
 		var refused bool
-		refused, err = launchAdamKernel(b.fns[name], grid, 256, chain && b.adamChain, args...)
+		refused, err = launchAdamKernel(b.fns[name], grid, 256, shmem, chain && b.adamChain, args...)
 		if refused {
 			b.adamChain = false // a driver that refuses the attribute: plain launches from now on
-			_, err = launchAdamKernel(b.fns[name], grid, 256, false, args...)
+			_, err = launchAdamKernel(b.fns[name], grid, 256, shmem, false, args...)
 		}
 	}
 	if err != nil {
@@ -1123,6 +1159,10 @@ func (b *Backend) adamManyLaunch(name string, jobs []adamJob, chain bool) error 
 	}
 	return nil
 }
+
+// adamStagedFromEnv reports whether one bf16 parameter with int8 moments takes the staged
+// kernel (QWENGO_CUDA_ADAMW_STAGED=0: the plain one).
+func adamStagedFromEnv() bool { return os.Getenv("QWENGO_CUDA_ADAMW_STAGED") != "0" }
 
 // adamSingleFromEnv reports whether AdamWMany gives large parameters launches of their own
 // (QWENGO_CUDA_ADAMW_SINGLE=0: no, every fp32 and int8 job in batch launches).

@@ -968,6 +968,21 @@ func TestFiguresAdamW(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Log(figure{"adamw_bf16_int8_gb (bf16 gradient) 99.6M elements", bytesB, 0, ms})
+	// The plain and the staged kernel (b.adamStaged) on the same data, in turn, twice each: the
+	// two processes' figures above move a few per cent between runs of the same kernel.
+	defer g.do(func() error { g.adamStaged = adamStagedFromEnv(); return nil })
+	for _, on := range []bool{false, true, false, true} {
+		g.do(func() error { g.adamStaged = on; return nil })
+		ms, err = timeOnDevice(g, 20, func() error {
+			step++
+			return g.AdamW(bw, gradB, st, backend.AdamWHyper{LR: 1e-5, Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, WeightDecay: 0.01,
+				Step: step, GradScale: 0.5, StochasticRound: true, Seed: 1, Param: 3})
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Log(figure{fmt.Sprintf("adamw_bf16_int8_gb, staged %v, 99.6M elements", on), bytesB, 0, ms})
+	}
 	gbt := gradB.(*Tensor)
 	ms, err = timeOnDevice(g, 20, func() error {
 		return launch(g.fns["adamw_probe_gb"], [3]int{grid, 1, 1}, [3]int{256, 1, 1}, 0, ptrArg(w.ptr), ptrArg(gbt.ptr),
@@ -1226,6 +1241,100 @@ func TestAdamWMany(t *testing.T) {
 	bv, _ := before.Dense.Float32s(nil)
 	av, _ := after.Dense.Float32s(nil)
 	compareCodes(t, "weights after a refused batch", f32Bits(av), f32Bits(bv))
+}
+
+// TestAdamWStaged checks the staged int8 AdamW kernels (adamw_bf16_int8{,_gb}_st: each warp's
+// next item copied into shared memory while it computes the current one) against the plain ones
+// bit for bit: weights and moments after three steps with stochastic rounding, float32 and bf16
+// gradients, on parameters where every warp of the resident grid walks many items (the stages'
+// steady state), with rows of gradients that steer lanes onto the rare paths, and with a length
+// that leaves a partial item (adamw_blocks' tail). The staged kernel must have run: the plain
+// kernel would pass this test by itself.
+func TestAdamWStaged(t *testing.T) {
+	g := openGPU(t)
+	defer g.do(func() error { g.adamStaged = adamStagedFromEnv(); return nil })
+	for _, cs := range []struct {
+		rows, cols int
+		bf16Grad   bool
+	}{{8192, 2560, true}, {8192, 2560, false}, {1201, 1000, true}} {
+		name := fmt.Sprintf("[%d, %d] bf16 gradient %v", cs.rows, cs.cols, cs.bf16Grad)
+		n := cs.rows * cs.cols
+		type side struct {
+			w  backend.Weight
+			st backend.AdamWState
+		}
+		mk := func() side {
+			h, err := tensor.FromFloat32s("w", tensor.F32, []int{cs.rows, cs.cols}, randn(n, 11, 0.3))
+			if err != nil {
+				t.Fatal(err)
+			}
+			w, err := g.UploadWeight(backend.HostWeight{Name: "w", Dense: h, Keep: kindBF16})
+			if err != nil {
+				t.Fatal(err)
+			}
+			st, err := g.NewAdamWState("int8", cs.rows, cs.cols)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { g.FreeWeight(w); g.FreeAdamWState(st) })
+			return side{w, st}
+		}
+		plain, staged := mk(), mk()
+		var grad backend.Tensor
+		var err error
+		if cs.bf16Grad {
+			grad, err = g.AllocGradient(cs.rows, cs.cols, tensor.BF16)
+		} else {
+			grad, err = g.Alloc(backend.Activations, cs.rows, cs.cols)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { g.Free(grad) })
+		for step := 1; step <= 3; step++ {
+			gv := randn(n, uint64(40+step), 0.05*float64(step))
+			adamRangeRows(gv, cs.rows, cs.cols)
+			if err := g.Upload(grad, gv); err != nil {
+				t.Fatal(err)
+			}
+			h := backend.AdamWHyper{LR: 1e-2, Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, WeightDecay: 0.1, Step: step, GradScale: 0.5,
+				StochasticRound: true, Seed: 3, Param: 7}
+			for _, sd := range []struct {
+				side
+				on bool
+			}{{plain, false}, {staged, true}} {
+				g.do(func() error { g.adamStaged = sd.on; return nil })
+				if err := g.AdamW(sd.w, grad, sd.st, h); err != nil {
+					t.Fatalf("%s step %d (staged %v): %v", name, step, sd.on, err)
+				}
+			}
+		}
+		a, err := g.DownloadWeight(plain.w)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := g.DownloadWeight(staged.w)
+		if err != nil {
+			t.Fatal(err)
+		}
+		av, _ := a.Dense.Float32s(nil)
+		bv, _ := b.Dense.Float32s(nil)
+		compareCodes(t, name+" weights", f32Bits(bv), f32Bits(av))
+		ma, err := g.ReadAdamWState(plain.st)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mb, err := g.ReadAdamWState(staged.st)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(ma, mb) {
+			t.Errorf("%s: the staged kernel's moments differ from the plain one's", name)
+		}
+	}
+	if !g.adamStagedReady["adamw_bf16_int8_gb_st"] || !g.adamStagedReady["adamw_bf16_int8_st"] {
+		t.Errorf("the staged kernels did not run (ready: %v)", g.adamStagedReady)
+	}
 }
 
 // TestAdamWManyChain checks the chained launches (b.adamChain: each launch after an AdamWMany

@@ -910,6 +910,13 @@ __device__ __forceinline__ void adamw_lane8(void* __restrict__ w, const void* __
     vo[1] = make_float4(vv[4], vv[5], vv[6], vv[7]);
 }
 
+template <bool BF16, bool GB>
+__device__ __forceinline__ void adamw_lane16_from(void* __restrict__ w, void* __restrict__ mbuf, void* __restrict__ vbuf,
+                                                  float* __restrict__ msc, float* __restrict__ vsc, const AdamParams& p,
+                                                  bool divu, int sr, uint32_t key, uint32_t magic, size_t i0,
+                                                  const Vec8<BF16> (&wr)[2], const Vec8<GB> (&gr)[2], uint4 mc, uint4 vc,
+                                                  float mscale, float vscale);
+
 // adamw_lane16 updates elements i0 … i0+15 (i0 a multiple of 16, all < n) of an int8-moment
 // parameter: four lanes a block of 64, a warp 512 elements an iteration (session 12). Against
 // adamw_lane8 (a lane 8 elements, eight lanes a block) it halves what a lane does once per
@@ -930,7 +937,19 @@ __device__ __forceinline__ void adamw_lane16(void* __restrict__ w, const void* _
     const uint4 mc = *reinterpret_cast<const uint4*>(reinterpret_cast<const int8_t*>(mbuf) + i0);
     const uint4 vc = *reinterpret_cast<const uint4*>(reinterpret_cast<const uint8_t*>(vbuf) + i0);
     const size_t blk = i0 >> 6;
-    const float mf = __fmul_rn(msc[blk], INV127), vf = __fmul_rn(vsc[blk], 0.00390625f);
+    adamw_lane16_from<BF16, GB>(w, mbuf, vbuf, msc, vsc, p, divu, sr, key, magic, i0, wr, gr, mc, vc, msc[blk], vsc[blk]);
+}
+
+// adamw_lane16_from is adamw_lane16 once its loads have landed: the lane's 16 weights and
+// gradients as loaded (wr, gr), its 16 m and √v codes (mc, vc) and its block's two scales.
+template <bool BF16, bool GB>
+__device__ __forceinline__ void adamw_lane16_from(void* __restrict__ w, void* __restrict__ mbuf, void* __restrict__ vbuf,
+                                                  float* __restrict__ msc, float* __restrict__ vsc, const AdamParams& p,
+                                                  bool divu, int sr, uint32_t key, uint32_t magic, size_t i0,
+                                                  const Vec8<BF16> (&wr)[2], const Vec8<GB> (&gr)[2], uint4 mc, uint4 vc,
+                                                  float mscale, float vscale) {
+    const size_t blk = i0 >> 6;
+    const float mf = __fmul_rn(mscale, INV127), vf = __fmul_rn(vscale, 0.00390625f);
     const uint32_t mw[4] = {mc.x ^ 0x80808080u, mc.y ^ 0x80808080u, mc.z ^ 0x80808080u, mc.w ^ 0x80808080u};
     const uint32_t vw[4] = {vc.x, vc.y, vc.z, vc.w};
     float mo[16], so[16], am = 0.f, av = 0.f;
@@ -1008,6 +1027,106 @@ __device__ __forceinline__ void adamw(void* __restrict__ w, const void* __restri
     }
     adamw_blocks<BF16, INT8, GB>(w, grad, mbuf, vbuf, msc, vsc, p, sr, key, n, chunks * (item / 64));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Staged int8 AdamW for one bf16 parameter (adamw_bf16_int8{,_gb}_st; training.go adamOneArgs).
+// adamw_lane16 issues an item's loads and waits for them before it computes, so a warp has data
+// in flight only between its items; at the three blocks an SM its registers allow, the plain
+// kernel moves 3.3 TB/s of the ~3.85 a traffic-only probe reaches (NOTES.md, sessions 10-13).
+// Here each warp copies its next item (w, gradient, m and √v codes, the eight blocks' scales:
+// 3,136 bytes with bf16 gradients) into the other of two shared-memory stages with cp.async
+// while it computes the current one, so its loads stay in flight through the arithmetic and no
+// register more is needed. The arithmetic is adamw_lane16's (adamw_lane16_from), element for
+// element, so the staged kernel's results are the plain kernel's bit for bit (TestAdamWStaged).
+template <bool GB>
+struct AdamStage {  // byte offsets of one stage (one warp's item); every part a multiple of 16
+    static constexpr int w = 0, g = 1024, m = g + 512 * (GB ? 2 : 4), v = m + 512, ms = v + 512, vs = ms + 32,
+                         bytes = vs + 32;
+};
+
+__device__ __forceinline__ uint32_t adam_smem_u32(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
+__device__ __forceinline__ void adam_cp16(uint32_t dst, const void* src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
+}
+
+// adamw_stage_item copies item c's bytes into the stage at dst (each 16-byte copy instruction of
+// the warp covers 512 contiguous bytes of w and of the gradient), then closes the lane's group.
+template <bool GB>
+__device__ __forceinline__ void adamw_stage_item(uint32_t dst, const void* w, const void* grad, const void* mbuf,
+                                                 const void* vbuf, const float* msc, const float* vsc, size_t c, int lane) {
+    using L = AdamStage<GB>;
+    const char* ws = reinterpret_cast<const char*>(w) + c * 1024;
+    const char* gs = reinterpret_cast<const char*>(grad) + c * 512 * (GB ? 2 : 4);
+#pragma unroll
+    for (int j = 0; j < 2; j++) adam_cp16(dst + L::w + 512 * j + 16 * lane, ws + 512 * j + 16 * lane);
+#pragma unroll
+    for (int j = 0; j < (GB ? 2 : 4); j++) adam_cp16(dst + L::g + 512 * j + 16 * lane, gs + 512 * j + 16 * lane);
+    adam_cp16(dst + L::m + 16 * lane, reinterpret_cast<const char*>(mbuf) + c * 512 + 16 * lane);
+    adam_cp16(dst + L::v + 16 * lane, reinterpret_cast<const char*>(vbuf) + c * 512 + 16 * lane);
+    if (lane < 4) adam_cp16(dst + L::ms + 16 * lane, (lane < 2 ? msc + 4 * lane : vsc + 4 * (lane - 2)) + c * 8);
+    asm volatile("cp.async.commit_group;" ::: "memory");
+}
+
+template <bool GB>
+__device__ __forceinline__ void adamw_staged(void* __restrict__ w, const void* __restrict__ grad, void* __restrict__ mbuf,
+                                             void* __restrict__ vbuf, float* __restrict__ msc, float* __restrict__ vsc,
+                                             AdamParams p, int sr, uint32_t key, size_t n) {
+    using L = AdamStage<GB>;
+    extern __shared__ __align__(16) unsigned char adam_stages[];
+    const int lane = threadIdx.x & 31;
+    const uint32_t st0 = adam_smem_u32(adam_stages) + (threadIdx.x >> 5) * 2 * L::bytes;
+    const unsigned char* sp0 = adam_stages + (threadIdx.x >> 5) * 2 * L::bytes;
+    const uintptr_t mis = ((uintptr_t)w | (uintptr_t)grad | (uintptr_t)mbuf | (uintptr_t)vbuf | (uintptr_t)msc |
+                           (uintptr_t)vsc) & 15u;
+    const size_t chunks = mis ? 0 : n / 512;
+    const uint32_t magic = byte_magic(n);
+    const bool divu = div_uniform(p);
+    const size_t warps = (size_t)gridDim.x * (blockDim.x >> 5);
+    size_t c = (size_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (c < chunks) adamw_stage_item<GB>(st0, w, grad, mbuf, vbuf, msc, vsc, c, lane);
+    for (int s = 0; c < chunks; c += warps, s ^= 1) {
+        // Every lane has read the stage the next copies overwrite (it read it last iteration).
+        __syncwarp();
+        if (c + warps < chunks)
+            adamw_stage_item<GB>(st0 + (s ^ 1) * L::bytes, w, grad, mbuf, vbuf, msc, vsc, c + warps, lane);
+        else
+            asm volatile("cp.async.commit_group;" ::: "memory");  // an empty group: the wait below still means item c
+        asm volatile("cp.async.wait_group 1;" ::: "memory");
+        __syncwarp();  // the other lanes' copies of this item are visible
+        const unsigned char* sp = sp0 + s * L::bytes;
+        Vec8<true> wr[2];
+        Vec8<GB> gr[2];
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            wr[h].u[0] = *reinterpret_cast<const uint4*>(sp + L::w + 32 * lane + 16 * h);
+#pragma unroll
+            for (int k = 0; k < (GB ? 1 : 2); k++)
+                gr[h].u[k] = *reinterpret_cast<const uint4*>(sp + L::g + (GB ? 32 : 64) * lane + (GB ? 16 : 32) * h + 16 * k);
+        }
+        const uint4 mc = *reinterpret_cast<const uint4*>(sp + L::m + 16 * lane);
+        const uint4 vc = *reinterpret_cast<const uint4*>(sp + L::v + 16 * lane);
+        const float ms = *reinterpret_cast<const float*>(sp + L::ms + 4 * (lane >> 2));
+        const float vs = *reinterpret_cast<const float*>(sp + L::vs + 4 * (lane >> 2));
+        adamw_lane16_from<true, GB>(w, mbuf, vbuf, msc, vsc, p, divu, sr, key, magic, c * 512 + 16 * lane, wr, gr, mc, vc,
+                                    ms, vs);
+    }
+    asm volatile("cp.async.wait_group 0;" ::: "memory");
+    adamw_blocks<true, true, GB>(w, grad, mbuf, vbuf, msc, vsc, p, sr, key, n, chunks * 8);
+}
+
+#define ADAMW_STAGED_ENTRY(name, GB)                                                                           \
+    extern "C" __global__ void __launch_bounds__(256)                                                          \
+    name(void* w, const void* grad, void* m, void* v, float* msc, float* vsc, float lrc, float b1, float b2,   \
+         float omb1, float omb2, float rbc2, float eps, float decay, float gscale, int sr, unsigned key,        \
+         size_t n) {                                                                                           \
+        AdamParams p = {lrc, b1, b2, omb1, omb2, rbc2, eps, decay, gscale};                                    \
+        ADAMW_COUNT_FIX_SR(sr);                                                                                \
+        pdl_trigger();                                                                                         \
+        adamw_staged<GB>(w, grad, m, v, msc, vsc, p, sr, key, n);                                              \
+        pdl_wait();                                                                                            \
+    }
+ADAMW_STAGED_ENTRY(adamw_bf16_int8_st, false)
+ADAMW_STAGED_ENTRY(adamw_bf16_int8_gb_st, true)
 
 // Entry points adamw_{f32,bf16}_{fp32,int8}[_gb] (chained in an AdamWMany call as the batch
 // launches below are: pdl_trigger first, pdl_wait last; no-ops in a plain launch): the scalars are optim.Coeffs.Scalars() (lrc,
