@@ -59,6 +59,9 @@ type Backend struct {
 	// and 0 pick per shape.
 	gemvTCBVariant string
 	gemvSlice      int
+	// gemvLongSlice: gemv_tcp's K slice for one to four rows of K ≥ gemvTCPLongK (down_proj);
+	// 0 is gemvTCPLongSlice1 (QWENGO_CUDA_GEMV_LONG_SLICE).
+	gemvLongSlice int
 	// gemvTCPVariant forces the resident tensor-core GEMV's shape (gemv_tcp.go;
 	// QWENGO_CUDA_GEMV_TCP); gemvTCPOccupancy caches its blocks per SM by kernel.
 	gemvTCPVariant   string
@@ -174,7 +177,7 @@ func OpenDevice(ordinal int) (*Backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := &Backend{work: make(chan func(), 1), quit: make(chan struct{}), ordinal: ordinal, spin: runtime.GOMAXPROCS(0) > 1, gemv: gemvFromEnv(), gemvTCKernel: gemvTCFromEnv(), gemvTCBVariant: gemvTCBFromEnv(), gemvSlice: gemvSliceFromEnv(), gemvTCPVariant: gemvTCPFromEnv(), gemvTCPStepLoop: gemvTCPStepLoopFromEnv(), gemvTCPBlockMerge: gemvTCPBlockMergeFromEnv(), decodeFusedModel: decodeFusedFromEnv(), decodeNormRoPE: decodeNormRoPEFromEnv(), decodeLayers: decodeLayersFromEnv(), attnSIMT: attnSIMTFromEnv(), decodeAttnTiles: os.Getenv("QWENGO_CUDA_DECODE_ATTN") == "tiles", kvBF16: kvBF16,
+	b := &Backend{work: make(chan func(), 1), quit: make(chan struct{}), ordinal: ordinal, spin: runtime.GOMAXPROCS(0) > 1, gemv: gemvFromEnv(), gemvTCKernel: gemvTCFromEnv(), gemvTCBVariant: gemvTCBFromEnv(), gemvSlice: gemvSliceFromEnv(), gemvLongSlice: gemvLongSliceFromEnv(), gemvTCPVariant: gemvTCPFromEnv(), gemvTCPStepLoop: gemvTCPStepLoopFromEnv(), gemvTCPBlockMerge: gemvTCPBlockMergeFromEnv(), decodeFusedModel: decodeFusedFromEnv(), decodeNormRoPE: decodeNormRoPEFromEnv(), decodeLayers: decodeLayersFromEnv(), attnSIMT: attnSIMTFromEnv(), decodeAttnTiles: os.Getenv("QWENGO_CUDA_DECODE_ATTN") == "tiles", kvBF16: kvBF16,
 		fns: map[string]function{}, live: map[devPtr]liveAlloc{}, rope: map[ropeKey]devBuf{}, pool: map[int64][]devPtr{}, graphs: map[*Graph]struct{}{}}
 	started := make(chan error, 1)
 	go b.worker(started)

@@ -74,6 +74,7 @@
 //	QWENGO_CUDA_GEMV_TCP=4x3|8x3|4x4|8x4           gemv_tcp's warps × steps in flight (default per shape)
 //	QWENGO_CUDA_GEMV_TC=4x3|8x3, _TCB=4x2|8x2|4x4|8x4  the older tensor-core GEMVs' shapes
 //	QWENGO_CUDA_GEMV_SLICE=N                       K steps a block of the tensor-core GEMVs (default from T and K)
+//	QWENGO_CUDA_GEMV_LONG_SLICE=N                  K steps a block of gemv_tcp's 1..4-row products with K ≥ 8192 (default 6)
 //	QWENGO_CUDA_GEMV_STEPLOOP=1                    gemv_tcp's per-step loop for 5..8 rows, not the tile-structured one
 //	QWENGO_CUDA_GEMV_BM=0                          gemv_tcp's global K-slice merge for 1..4 rows, not the in-block one
 //	QWENGO_CUDA_PDL=0                              no programmatic dependent launch in decode

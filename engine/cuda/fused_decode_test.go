@@ -241,20 +241,28 @@ func TestFiguresDecodeForms(t *testing.T) {
 		name          string
 		fused, nr, bm bool
 		slice         int // gemvSlice: 0 picks per shape
+		long          int // gemvLongSlice: 0 is gemvTCPLongSlice
 	}
-	forms := []form{{"per-op", false, false, false, 0}, {"fused", true, false, false, 0}, {"fused+nr", true, true, false, 0},
-		{"fused/bm", true, false, true, 0}, {"per-op/bm", false, false, true, 0}}
+	forms := []form{{"per-op", false, false, false, 0, 0}, {"fused", true, false, false, 0, 0}, {"fused+nr", true, true, false, 0, 0},
+		{"fused/bm", true, false, true, 0, 0}, {"per-op/bm", false, false, true, 0, 0}}
 	// QWENGO_CUDA_FIG_SLICE=5,8,… adds fused forms whose every gemv_tcp launch takes that K slice
 	// (session 14, call 7: none faster than the per-shape slices).
 	for _, w := range strings.Split(os.Getenv("QWENGO_CUDA_FIG_SLICE"), ",") {
 		if n, err := strconv.Atoi(w); err == nil && n > 0 {
-			forms = append(forms, form{fmt.Sprintf("fused/s%d", n), true, false, false, n})
+			forms = append(forms, form{fmt.Sprintf("fused/s%d", n), true, false, false, n, 0})
+		}
+	}
+	// QWENGO_CUDA_FIG_LONG=6,7,… adds fused/bm forms whose long products (down_proj) take that
+	// K slice.
+	for _, w := range strings.Split(os.Getenv("QWENGO_CUDA_FIG_LONG"), ",") {
+		if n, err := strconv.Atoi(w); err == nil && n > 0 {
+			forms = append(forms, form{fmt.Sprintf("fused/bm/L%d", n), true, false, true, 0, n})
 		}
 	}
 	modes := []qwen3.LogitsMode{qwen3.LogitsNone, qwen3.LogitsGreedy}
 	defer g.do(func() error {
 		g.decodeFusedModel, g.decodeNormRoPE, g.gemvSlice = decodeFusedFromEnv(), decodeNormRoPEFromEnv(), gemvSliceFromEnv()
-		g.gemvTCPBlockMerge = gemvTCPBlockMergeFromEnv()
+		g.gemvTCPBlockMerge, g.gemvLongSlice = gemvTCPBlockMergeFromEnv(), gemvLongSliceFromEnv()
 		return nil
 	})
 	names := map[qwen3.LogitsMode]string{qwen3.LogitsNone: "none", qwen3.LogitsGreedy: "greedy"}
@@ -263,7 +271,7 @@ func TestFiguresDecodeForms(t *testing.T) {
 		total, host := timeDecodeRuns(t, g, m, layers, ctxLen, steps, rounds, len(forms)*len(modes), func(i int) qwen3.LogitsMode {
 			f := forms[i/len(modes)]
 			g.do(func() error {
-				g.decodeFusedModel, g.decodeNormRoPE, g.gemvSlice, g.gemvTCPBlockMerge = f.fused, f.nr, f.slice, f.bm
+				g.decodeFusedModel, g.decodeNormRoPE, g.gemvSlice, g.gemvTCPBlockMerge, g.gemvLongSlice = f.fused, f.nr, f.slice, f.bm, f.long
 				return nil
 			})
 			return modes[i%len(modes)]

@@ -55,8 +55,14 @@ func gemvTCBFromEnv() string {
 }
 
 // gemvSliceFromEnv returns the k steps per slice QWENGO_CUDA_GEMV_SLICE forces, or 0.
-func gemvSliceFromEnv() int {
-	n, err := strconv.Atoi(os.Getenv("QWENGO_CUDA_GEMV_SLICE"))
+func gemvSliceFromEnv() int { return positiveEnv("QWENGO_CUDA_GEMV_SLICE") }
+
+// gemvLongSliceFromEnv returns QWENGO_CUDA_GEMV_LONG_SLICE (Backend.tcpSlice), 0 if unset.
+func gemvLongSliceFromEnv() int { return positiveEnv("QWENGO_CUDA_GEMV_LONG_SLICE") }
+
+// positiveEnv returns the positive integer the environment variable holds, else 0.
+func positiveEnv(name string) int {
+	n, err := strconv.Atoi(os.Getenv(name))
 	if err != nil || n < 1 {
 		return 0
 	}

@@ -73,7 +73,15 @@ func gemvTCPBlockMergeSmem(T, K, most int) int { return T*K*4 + most*gemvTCPBMWa
 // steps (one row 2560→4096 6.4 → 8.2 µs, 4096→2560 6.4 → 8.6 µs at 8). Run 4, decode bench,
 // same binary: 376 / 304 / 1,763 tok/s against 375 / 299 / 1,712 (and 365 / 298 / 1,666 in a
 // repeat). Like gemvTCBSlice, it depends on T and K only.
-const gemvTCPLongK, gemvTCPLongSlice = 8192, 8
+//
+// One to four rows take 6 steps (gemvTCPLongSlice1) since session 17: down's 160 tiles in 13
+// slices of 6 are 260 blocks of 8 warps, an even two on 128 of the 132 SMs, where 10 slices of
+// 8 are 200 blocks that put two on 68 SMs and one on the rest, so the busiest SMs read 25 %
+// more than with 6. TestFiguresDecodeForms (call 5, 36 layers, one process): 55.35 → 54.75 µs a
+// layer at context 512, 70.56 → 69.51 at 8192 (5 steps: 57.37 / 72.50; 7: 55.35 / 70.46);
+// decode bench ABAB 417 / 411 → 422 / 414 tok/s at context 512, 331 / 325 → 346 / 342 at 8192.
+// Five to eight rows keep 8 (two rings of the tile-structured loop).
+const gemvTCPLongK, gemvTCPLongSlice, gemvTCPLongSlice1 = 8192, 8, 6
 
 // gemvTCPSlice is gemv_tcp's K slice for T rows of K inputs (force: QWENGO_CUDA_GEMV_SLICE).
 // One pass (T ≤ 4) below gemvTCPLongK takes the block merge's slice (gemvTCPBlockMergePlan:
@@ -83,6 +91,9 @@ const gemvTCPLongK, gemvTCPLongSlice = 8192, 8
 func gemvTCPSlice(T, K, force int) int {
 	if force == 0 && K >= gemvTCPLongK {
 		force = gemvTCPLongSlice
+		if T <= 4 {
+			force = gemvTCPLongSlice1
+		}
 	}
 	if force == 0 && T <= 4 {
 		if s, _, ok := gemvTCPBlockMergePlan(K); ok && s <= max(1, gemvTCBSmem/(512*T)) {
@@ -90,6 +101,16 @@ func gemvTCPSlice(T, K, force int) int {
 		}
 	}
 	return gemvTCBSlice(T, K, force)
+}
+
+// tcpSlice is gemv_tcp's K slice for T rows of K inputs on b: the forced slice
+// (QWENGO_CUDA_GEMV_SLICE) for every product, else b.gemvLongSlice for one to four rows of long
+// ones (QWENGO_CUDA_GEMV_LONG_SLICE; 0: gemvTCPLongSlice1), else the per-shape choice.
+func (b *Backend) tcpSlice(T, K int) int {
+	if b.gemvSlice == 0 && b.gemvLongSlice > 0 && K >= gemvTCPLongK && T <= 4 {
+		return gemvTCPSlice(T, K, b.gemvLongSlice)
+	}
+	return gemvTCPSlice(T, K, b.gemvSlice)
 }
 
 // gemvTCPPick returns the kernel for T rows: the forced variant, else 8 warps × 4 steps.
@@ -194,7 +215,7 @@ func (b *Backend) gemvTCPLaunch(f tcpFusion, outs []*Tensor, a, a2, nw *Tensor, 
 	if _, err := fmt.Sscanf(name[len("gemv_nvfp4_tcp1_"):], "%dx%d", &warps, &d); err != nil {
 		return fmt.Errorf("gemv: kernel name %q: %w", name, err)
 	}
-	slice := gemvTCPSlice(T, K, b.gemvSlice)
+	slice := b.tcpSlice(T, K)
 	nslices := (K/128 + slice - 1) / slice
 	smem := T * slice * 512
 	tiles := 0
@@ -232,7 +253,7 @@ func (b *Backend) gemvTCPLaunch(f tcpFusion, outs []*Tensor, a, a2, nw *Tensor, 
 func (b *Backend) gemvTCPBlockMergeLaunch(bm string, outs []*Tensor, a, nw *Tensor, eps float32, ws []*Weight) (ok bool, err error) {
 	T, K := a.rows, a.cols
 	slice, nslices, fits := gemvTCPBlockMergePlan(K)
-	if !fits || slice != gemvTCPSlice(T, K, b.gemvSlice) {
+	if !fits || slice != b.tcpSlice(T, K) {
 		return false, nil // other slices than the global merge's would sum differently
 	}
 	tiles := 0

@@ -31,7 +31,7 @@ func TestGEMVTCBSlice(t *testing.T) {
 // the forced length over all.
 func TestGEMVTCPSlice(t *testing.T) {
 	for _, c := range []struct{ T, K, force, want int }{
-		{1, 9728, 0, 8}, {8, 9728, 0, 8}, {1, 8192, 0, 8}, {1, 2560, 0, 5}, {4, 2560, 0, 5}, {5, 2560, 0, 4},
+		{1, 9728, 0, 6}, {4, 9728, 0, 6}, {5, 9728, 0, 8}, {8, 9728, 0, 8}, {1, 8192, 0, 6}, {1, 2560, 0, 5}, {4, 2560, 0, 5}, {5, 2560, 0, 4},
 		{8, 2560, 0, 4}, {1, 4096, 0, 4}, {8, 4096, 0, 4}, {1, 9728, 2, 2}, {1, 2560, 4, 4}, {8, 25600, 0, 8},
 	} {
 		if got := gemvTCPSlice(c.T, c.K, c.force); got != c.want {
