@@ -259,6 +259,14 @@ func TestFiguresDecodeForms(t *testing.T) {
 			forms = append(forms, form{fmt.Sprintf("fused/bm/L%d", n), true, false, true, 0, n})
 		}
 	}
+	// QWENGO_CUDA_FIG_FORMS=fused/bm,… keeps only the forms named.
+	if only := os.Getenv("QWENGO_CUDA_FIG_FORMS"); only != "" {
+		keep := strings.Split(only, ",")
+		forms = slices.DeleteFunc(forms, func(f form) bool { return !slices.Contains(keep, f.name) })
+		if len(forms) == 0 {
+			t.Fatalf("QWENGO_CUDA_FIG_FORMS=%s names no form", only)
+		}
+	}
 	modes := []qwen3.LogitsMode{qwen3.LogitsNone, qwen3.LogitsGreedy}
 	defer g.do(func() error {
 		g.decodeFusedModel, g.decodeNormRoPE, g.gemvSlice = decodeFusedFromEnv(), decodeNormRoPEFromEnv(), gemvSliceFromEnv()
