@@ -98,8 +98,10 @@
 // TestFiguresDecodeForms, the decode forms interleaved in one process, and
 // TestFiguresDecodeAblation, each decode op's cost inside the launch chain),
 // QWENGO_CUDA_FIG_LAYERS=N their depth, QWENGO_CUDA_FIG_SLICE=5,… extra K-slice forms,
-// QWENGO_CUDA_FIG_GEMV=tcp,… limits TestFiguresGEMV to those kernels, QWENGO_CUDA_PROFILE=1
-// makes the decode figures' timed steps a profiler range.
+// QWENGO_CUDA_FIG_LONG=6,… extra forms with that K slice for down_proj, QWENGO_CUDA_FIG_FORMS=
+// fused/bm,… only those decode forms, QWENGO_CUDA_FIG_GEMV=tcp,… limits TestFiguresGEMV to those
+// kernels, QWENGO_CUDA_PROFILE=1 makes the decode figures' timed steps a profiler range.
+// TestFiguresLaunchChain times the bare dependency mechanisms (kernels/probe.cu).
 //
 // # Numerics (parity with engine/cpu)
 //
