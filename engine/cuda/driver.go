@@ -149,59 +149,50 @@ static int qg_pdl_init(void) {
 	return p_launch_ex != NULL;
 }
 
-// qg_launch_dep launches a kernel of chain cls (QG_CHAIN_DECODE: a launchDep kernel;
-// QG_CHAIN_ADAMW: an AdamW launch of a batch): with programmatic serialization when pdl is set
-// and the previous kernel was of the same chain, else plainly. *refused reports a PDL launch the
-// driver rejected (nothing was launched then).
-static CUresult qg_launch_dep(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
-                              unsigned shmem, void* args, int n, int pdl, int cls, int* refused) {
-	void* ptrs[32];
-	*refused = 0;
-	if (n < 0 || n > 32) return CUDA_ERROR_INVALID_VALUE;
-	for (int i = 0; i < n; i++) ptrs[i] = (char*)args + 8 * (size_t)i;
+// qg_launch_chain launches f (its parameters as kernel-parameter pointers or as a buffer in
+// extra) as a kernel of chain cls (QG_CHAIN_DECODE: a launchDep kernel; QG_CHAIN_ADAMW: a launch
+// of an AdamWMany call): with programmatic serialization when pdl is set and the previous kernel
+// was of the same chain, else plainly. *refused reports a PDL launch the driver rejected
+// (nothing was launched then).
+static CUresult qg_launch_chain(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
+                                unsigned bz, unsigned shmem, void** params, void** extra, int pdl, int cls,
+                                int* refused) {
 	CUresult r;
+	*refused = 0;
 	if (pdl && qg_prev_dep == cls && p_launch_ex != NULL) {
 		qg_launch_attr attr;
 		memset(&attr, 0, sizeof attr);
 		attr.id = 6;
 		attr.val.value = 1;
 		qg_launch_config cfg = {gx, gy, gz, bx, by, bz, shmem, qg_stream, &attr, 1};
-		r = p_launch_ex(&cfg, f, ptrs, NULL);
+		r = p_launch_ex(&cfg, f, params, extra);
 		if (r != CUDA_SUCCESS) {
 			*refused = 1;
 			return r;
 		}
 	} else {
-		r = p_cuLaunchKernel(f, gx, gy, gz, bx, by, bz, shmem, qg_stream, ptrs, NULL);
+		r = p_cuLaunchKernel(f, gx, gy, gz, bx, by, bz, shmem, qg_stream, params, extra);
 	}
 	qg_prev_dep = r == CUDA_SUCCESS ? cls : 0;
 	return r;
 }
 
-// qg_launch_buf_chain is qg_launch_buf for an AdamW batch launch: a programmatic dependent of the
-// previous launch when chain is set and that launch was one too (QG_CHAIN_ADAMW), else plain.
-// *refused reports a programmatic launch the driver rejected (nothing was launched then).
+// qg_launch_dep is qg_launch_chain with n 8-byte argument slots in args (qg_launch's layout).
+static CUresult qg_launch_dep(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
+                              unsigned shmem, void* args, int n, int pdl, int cls, int* refused) {
+	void* ptrs[32];
+	*refused = 0;
+	if (n < 0 || n > 32) return CUDA_ERROR_INVALID_VALUE;
+	for (int i = 0; i < n; i++) ptrs[i] = (char*)args + 8 * (size_t)i;
+	return qg_launch_chain(f, gx, gy, gz, bx, by, bz, shmem, ptrs, NULL, pdl, cls, refused);
+}
+
+// qg_launch_buf_chain is qg_launch_buf for a launch of an AdamWMany call: a programmatic dependent
+// of the previous launch when chain is set and that launch was one too (QG_CHAIN_ADAMW).
 static CUresult qg_launch_buf_chain(CUfunction f, unsigned gx, unsigned bx, void* buf, size_t size, int chain,
                                     int* refused) {
 	void* extra[] = {CU_LAUNCH_PARAM_BUFFER_POINTER, buf, CU_LAUNCH_PARAM_BUFFER_SIZE, &size, CU_LAUNCH_PARAM_END};
-	CUresult r;
-	*refused = 0;
-	if (chain && qg_prev_dep == QG_CHAIN_ADAMW && p_launch_ex != NULL) {
-		qg_launch_attr attr;
-		memset(&attr, 0, sizeof attr);
-		attr.id = 6;
-		attr.val.value = 1;
-		qg_launch_config cfg = {gx, 1, 1, bx, 1, 1, 0, qg_stream, &attr, 1};
-		r = p_launch_ex(&cfg, f, NULL, extra);
-		if (r != CUDA_SUCCESS) {
-			*refused = 1;
-			return r;
-		}
-	} else {
-		r = p_cuLaunchKernel(f, gx, 1, 1, bx, 1, 1, 0, qg_stream, NULL, extra);
-	}
-	qg_prev_dep = r == CUDA_SUCCESS ? QG_CHAIN_ADAMW : 0;
-	return r;
+	return qg_launch_chain(f, gx, 1, 1, bx, 1, 1, 0, NULL, extra, chain, QG_CHAIN_ADAMW, refused);
 }
 
 // qg_launch_coop launches f with CU_LAUNCH_ATTRIBUTE_COOPERATIVE (2) through cuLaunchKernelEx:

@@ -1151,40 +1151,10 @@ func TestAdamWMany(t *testing.T) {
 		shape := [][2]int{{1, 128}, {7, 50}, {64, 130}, {1, 2560}, {3, 1000}, {2, 2560}, {33, 256}, {5, 77}}[i%8]
 		ps = append(ps, param{kind, format, shape[0], shape[1]})
 	}
-	type side struct {
-		ws   []backend.Weight
-		gs   []backend.Tensor
-		sts  []backend.AdamWState
-		jobs []backend.AdamWJob
-	}
-	mk := func() *side {
-		s := &side{}
-		for i, p := range ps {
-			w, err := g.UploadWeight(hostWeight(t, p.kind, p.rows, p.cols, uint64(i+1)))
-			if err != nil {
-				t.Fatal(err)
-			}
-			gr, err := g.Alloc(backend.Activations, p.rows, p.cols)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := g.Upload(gr, randn(p.rows*p.cols, uint64(100+i), 0.01)); err != nil {
-				t.Fatal(err)
-			}
-			st, err := g.NewAdamWState(p.format, p.rows, p.cols)
-			if err != nil {
-				t.Fatal(err)
-			}
-			s.ws, s.gs, s.sts = append(s.ws, w), append(s.gs, gr), append(s.sts, st)
-		}
-		t.Cleanup(func() {
-			for i := range s.ws {
-				g.FreeWeight(s.ws[i])
-				g.Free(s.gs[i])
-				g.FreeAdamWState(s.sts[i])
-			}
+	mk := func() *adamSide {
+		return newAdamSide(t, g, len(ps), func(i int) (string, string, int, int) {
+			return ps[i].kind, ps[i].format, ps[i].rows, ps[i].cols
 		})
-		return s
 	}
 	one, many := mk(), mk()
 	for step := 1; step <= 2; step++ {
@@ -1203,28 +1173,7 @@ func TestAdamWMany(t *testing.T) {
 	}
 	for i, p := range ps {
 		name := fmt.Sprintf("param %d %s %s [%d, %d]", i, p.kind, p.format, p.rows, p.cols)
-		a, err := g.DownloadWeight(one.ws[i])
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, err := g.DownloadWeight(many.ws[i])
-		if err != nil {
-			t.Fatal(err)
-		}
-		av, _ := a.Dense.Float32s(nil)
-		bv, _ := b.Dense.Float32s(nil)
-		compareCodes(t, name+" weights", f32Bits(bv), f32Bits(av))
-		ma, err := g.ReadAdamWState(one.sts[i])
-		if err != nil {
-			t.Fatal(err)
-		}
-		mb, err := g.ReadAdamWState(many.sts[i])
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !reflect.DeepEqual(ma, mb) {
-			t.Errorf("%s: the moments differ from one AdamW call's", name)
-		}
+		compareAdamParam(t, g, name, many.ws[i], many.sts[i], one.ws[i], one.sts[i])
 	}
 	h := backend.AdamWHyper{LR: 1e-3, Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, Step: 3, GradScale: 1}
 	// ps[1] and ps[9] are both f32 [7, 50] with fp32 states: the second job updates ws[1] again.
@@ -1309,28 +1258,7 @@ func TestAdamWStaged(t *testing.T) {
 				}
 			}
 		}
-		a, err := g.DownloadWeight(plain.w)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, err := g.DownloadWeight(staged.w)
-		if err != nil {
-			t.Fatal(err)
-		}
-		av, _ := a.Dense.Float32s(nil)
-		bv, _ := b.Dense.Float32s(nil)
-		compareCodes(t, name+" weights", f32Bits(bv), f32Bits(av))
-		ma, err := g.ReadAdamWState(plain.st)
-		if err != nil {
-			t.Fatal(err)
-		}
-		mb, err := g.ReadAdamWState(staged.st)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !reflect.DeepEqual(ma, mb) {
-			t.Errorf("%s: the staged kernel's moments differ from the plain one's", name)
-		}
+		compareAdamParam(t, g, name+", staged", staged.w, staged.st, plain.w, plain.st)
 	}
 	if !g.adamStagedReady["adamw_bf16_int8_gb_st"] || !g.adamStagedReady["adamw_bf16_int8_st"] {
 		t.Errorf("the staged kernels did not run (ready: %v)", g.adamStagedReady)
@@ -1340,9 +1268,9 @@ func TestAdamWStaged(t *testing.T) {
 // TestAdamWManyChain checks the chained launches (b.adamChain: each launch after an AdamWMany
 // call's first may start while the one before drains, and ends after it): one large parameter
 // first (a launch of its own, b.adamSingle), so that it outlasts the three batch launches chained
-// behind it,
-// then its weight and moments downloaded at once — a chain whose last launch could end before the
-// first would hand the download a half-updated parameter. Bit for bit against one AdamW call each.
+// behind it, then its weight and moments downloaded at once — a chain whose last launch could
+// end before the first would hand the download a half-updated parameter. Bit for bit against one
+// AdamW call each.
 func TestAdamWManyChain(t *testing.T) {
 	g := openGPU(t)
 	if !g.adamChain {
@@ -1355,40 +1283,11 @@ func TestAdamWManyChain(t *testing.T) {
 		return 64, 2560
 	}
 	const params = 2*adamManyJobs + 8 // three batch launches after the large one
-	type side struct {
-		ws  []backend.Weight
-		gs  []backend.Tensor
-		sts []backend.AdamWState
-	}
-	mk := func() *side {
-		s := &side{}
-		for i := range params {
+	mk := func() *adamSide {
+		return newAdamSide(t, g, params, func(i int) (string, string, int, int) {
 			rows, cols := shape(i)
-			w, err := g.UploadWeight(hostWeight(t, kindBF16, rows, cols, uint64(i+1)))
-			if err != nil {
-				t.Fatal(err)
-			}
-			gr, err := g.Alloc(backend.Activations, rows, cols)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := g.Upload(gr, randn(rows*cols, uint64(100+i), 0.01)); err != nil {
-				t.Fatal(err)
-			}
-			st, err := g.NewAdamWState("int8", rows, cols)
-			if err != nil {
-				t.Fatal(err)
-			}
-			s.ws, s.gs, s.sts = append(s.ws, w), append(s.gs, gr), append(s.sts, st)
-		}
-		t.Cleanup(func() {
-			for i := range s.ws {
-				g.FreeWeight(s.ws[i])
-				g.Free(s.gs[i])
-				g.FreeAdamWState(s.sts[i])
-			}
+			return kindBF16, "int8", rows, cols
 		})
-		return s
 	}
 	one, many := mk(), mk()
 	var jobs []backend.AdamWJob
@@ -1404,28 +1303,83 @@ func TestAdamWManyChain(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, i := range []int{0, params - 1} {
-		b, err := g.DownloadWeight(many.ws[i])
+		compareAdamParam(t, g, fmt.Sprintf("param %d", i), many.ws[i], many.sts[i], one.ws[i], one.sts[i])
+	}
+}
+
+// adamSide is one copy of an AdamW batch's parameters: weights, float32 gradients and states.
+type adamSide struct {
+	ws  []backend.Weight
+	gs  []backend.Tensor
+	sts []backend.AdamWState
+}
+
+// newAdamSide uploads n parameters, param(i) giving each one's weight kind, state format and
+// shape; weight i and its gradient are seeded by i, so two sides hold the same values. Freed
+// when t ends.
+func newAdamSide(t *testing.T, g *Backend, n int, param func(i int) (kind, format string, rows, cols int)) *adamSide {
+	t.Helper()
+	s := &adamSide{}
+	t.Cleanup(func() {
+		for i := range s.ws {
+			g.FreeWeight(s.ws[i])
+		}
+		for i := range s.gs {
+			g.Free(s.gs[i])
+		}
+		for i := range s.sts {
+			g.FreeAdamWState(s.sts[i])
+		}
+	})
+	for i := range n {
+		kind, format, rows, cols := param(i)
+		w, err := g.UploadWeight(hostWeight(t, kind, rows, cols, uint64(i+1)))
 		if err != nil {
 			t.Fatal(err)
 		}
-		mb, err := g.ReadAdamWState(many.sts[i])
+		s.ws = append(s.ws, w)
+		gr, err := g.Alloc(backend.Activations, rows, cols)
 		if err != nil {
 			t.Fatal(err)
 		}
-		a, err := g.DownloadWeight(one.ws[i])
+		s.gs = append(s.gs, gr)
+		if err := g.Upload(gr, randn(rows*cols, uint64(100+i), 0.01)); err != nil {
+			t.Fatal(err)
+		}
+		st, err := g.NewAdamWState(format, rows, cols)
 		if err != nil {
 			t.Fatal(err)
 		}
-		ma, err := g.ReadAdamWState(one.sts[i])
-		if err != nil {
-			t.Fatal(err)
-		}
-		av, _ := a.Dense.Float32s(nil)
-		bv, _ := b.Dense.Float32s(nil)
-		compareCodes(t, fmt.Sprintf("param %d weights", i), f32Bits(bv), f32Bits(av))
-		if !reflect.DeepEqual(ma, mb) {
-			t.Errorf("param %d: the moments differ from one AdamW call's", i)
-		}
+		s.sts = append(s.sts, st)
+	}
+	return s
+}
+
+// compareAdamParam checks a parameter's weight and moments (got: downloaded first, in that
+// order) against want's, bit for bit.
+func compareAdamParam(t *testing.T, g *Backend, name string, got backend.Weight, gotSt backend.AdamWState, want backend.Weight, wantSt backend.AdamWState) {
+	t.Helper()
+	b, err := g.DownloadWeight(got)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mb, err := g.ReadAdamWState(gotSt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := g.DownloadWeight(want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ma, err := g.ReadAdamWState(wantSt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	av, _ := a.Dense.Float32s(nil)
+	bv, _ := b.Dense.Float32s(nil)
+	compareCodes(t, name+" weights", f32Bits(bv), f32Bits(av))
+	if !reflect.DeepEqual(ma, mb) {
+		t.Errorf("%s: the moments differ", name)
 	}
 }
 

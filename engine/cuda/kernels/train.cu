@@ -1114,7 +1114,13 @@ __device__ __forceinline__ void adamw_staged(void* __restrict__ w, const void* _
     adamw_blocks<true, true, GB>(w, grad, mbuf, vbuf, msc, vsc, p, sr, key, n, chunks * 8);
 }
 
-#define ADAMW_STAGED_ENTRY(name, GB)                                                                           \
+// Entry points adamw_{f32,bf16}_{fp32,int8}[_gb] and the staged adamw_bf16_int8{,_gb}_st (chained
+// in an AdamWMany call as the batch launches below are: pdl_trigger first, pdl_wait last; no-ops
+// in a plain launch): the scalars are optim.Coeffs.Scalars() (lrc, β1, β2, 1−β1, 1−β2, rbc2, eps,
+// decay) and the gradient's scale; key is optim.SRKey(seed, step, param). The _gb forms take a
+// bf16 gradient (adamw.cuh grad8), the others a float32 one. UPDATE is the call that updates
+// the parameter from those names.
+#define ADAMW_ENTRY_OF(name, UPDATE)                                                                           \
     extern "C" __global__ void __launch_bounds__(256)                                                          \
     name(void* w, const void* grad, void* m, void* v, float* msc, float* vsc, float lrc, float b1, float b2,   \
          float omb1, float omb2, float rbc2, float eps, float decay, float gscale, int sr, unsigned key,        \
@@ -1122,27 +1128,15 @@ __device__ __forceinline__ void adamw_staged(void* __restrict__ w, const void* _
         AdamParams p = {lrc, b1, b2, omb1, omb2, rbc2, eps, decay, gscale};                                    \
         ADAMW_COUNT_FIX_SR(sr);                                                                                \
         pdl_trigger();                                                                                         \
-        adamw_staged<GB>(w, grad, m, v, msc, vsc, p, sr, key, n);                                              \
+        UPDATE;                                                                                                \
         pdl_wait();                                                                                            \
     }
+#define ADAMW_STAGED_ENTRY(name, GB) ADAMW_ENTRY_OF(name, (adamw_staged<GB>(w, grad, m, v, msc, vsc, p, sr, key, n)))
 ADAMW_STAGED_ENTRY(adamw_bf16_int8_st, false)
 ADAMW_STAGED_ENTRY(adamw_bf16_int8_gb_st, true)
 
-// Entry points adamw_{f32,bf16}_{fp32,int8}[_gb] (chained in an AdamWMany call as the batch
-// launches below are: pdl_trigger first, pdl_wait last; no-ops in a plain launch): the scalars are optim.Coeffs.Scalars() (lrc,
-// β1, β2, 1−β1, 1−β2, rbc2, eps, decay) and the gradient's scale; key is optim.SRKey(seed, step,
-// param). The _gb forms take a bf16 gradient (adamw.cuh grad8), the others a float32 one.
-#define ADAMW_ENTRY(name, BF16, INT8, GB)                                                                      \
-    extern "C" __global__ void __launch_bounds__(256)                                                          \
-    name(void* w, const void* grad, void* m, void* v, float* msc, float* vsc, float lrc, float b1, float b2,   \
-         float omb1, float omb2, float rbc2, float eps, float decay, float gscale, int sr, unsigned key,        \
-         size_t n) {                                                                                           \
-        AdamParams p = {lrc, b1, b2, omb1, omb2, rbc2, eps, decay, gscale};                                    \
-        ADAMW_COUNT_FIX_SR(sr);                                                                                \
-        pdl_trigger();                                                                                         \
-        adamw<BF16, INT8, GB>(w, grad, m, v, msc, vsc, p, sr, key, n);                                         \
-        pdl_wait();                                                                                            \
-    }
+#define ADAMW_ENTRY(name, BF16, INT8, GB) \
+    ADAMW_ENTRY_OF(name, (adamw<BF16, INT8, GB>(w, grad, m, v, msc, vsc, p, sr, key, n)))
 ADAMW_ENTRY(adamw_f32_fp32, false, false, false)
 ADAMW_ENTRY(adamw_bf16_fp32, true, false, false)
 ADAMW_ENTRY(adamw_f32_int8, false, true, false)
