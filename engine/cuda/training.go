@@ -994,9 +994,12 @@ func (b *Backend) adamOneArgs(j adamJob) (name string, grid, shmem int, args []a
 	n := j.g.n()
 	name = "adamw_" + j.w.kind + "_" + j.s.format + gradSuffix(j.g)
 	if b.adamStaged && j.w.kind == kindBF16 && j.s.format == "int8" {
-		name += "_st"
-		if shmem, err = b.adamStagedShared(name, j.g.bf16); err != nil {
-			return "", 0, 0, nil, err
+		if sh, serr := b.adamStagedShared(name+"_st", j.g.bf16); serr == nil {
+			name, shmem = name+"_st", sh
+		} else {
+			// A device that refuses the staged kernel its shared memory keeps the plain kernel,
+			// whose results are the same bit for bit.
+			b.adamStaged = false
 		}
 	}
 	chunk := adamChunkOf(j.s.format)
