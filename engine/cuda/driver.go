@@ -602,6 +602,18 @@ func profilerRange(on bool) error {
 }
 
 func launchDepKernel(f function, g, bl [3]int, shmem int, pdl bool, args ...arg) (refused bool, err error) {
+	return launchChained(f, g, bl, shmem, pdl, C.QG_CHAIN_DECODE, args)
+}
+
+// launchAdamKernel launches an AdamW kernel of an AdamWMany call (train.cu: pdl_trigger at its
+// start, pdl_wait at its end) as launchBufChain does, its parameters as argument slots.
+func launchAdamKernel(f function, grid, threads, shmem int, chain bool, args ...arg) (refused bool, err error) {
+	return launchChained(f, [3]int{grid, 1, 1}, [3]int{threads, 1, 1}, shmem, chain, C.QG_CHAIN_ADAMW, args)
+}
+
+// launchChained launches f as a kernel of chain cls (driver.go qg_launch_chain): a programmatic
+// dependent of the previous launch when pdl is set and that launch was of the same chain.
+func launchChained(f function, g, bl [3]int, shmem int, pdl bool, cls C.int, args []arg) (refused bool, err error) {
 	var r C.int
 	p := C.int(0)
 	if pdl {
@@ -611,23 +623,7 @@ func launchDepKernel(f function, g, bl [3]int, shmem int, pdl bool, args ...arg)
 		defer kt.around(f)()
 	}
 	err = check("cuLaunchKernelEx", C.qg_launch_dep(f, C.uint(g[0]), C.uint(g[1]), C.uint(g[2]),
-		C.uint(bl[0]), C.uint(bl[1]), C.uint(bl[2]), C.uint(shmem), unsafe.Pointer(&args[0]), C.int(len(args)), p, C.QG_CHAIN_DECODE, &r))
-	return r != 0, err
-}
-
-// launchAdamKernel launches an AdamW kernel of an AdamWMany call (train.cu: pdl_trigger at its
-// start, pdl_wait at its end) as launchBufChain does, its parameters as argument slots.
-func launchAdamKernel(f function, grid, threads, shmem int, chain bool, args ...arg) (refused bool, err error) {
-	var r C.int
-	c := C.int(0)
-	if chain {
-		c = 1
-	}
-	if kt := activeKernelTimer; kt != nil {
-		defer kt.around(f)()
-	}
-	err = check("cuLaunchKernelEx", C.qg_launch_dep(f, C.uint(grid), 1, 1, C.uint(threads), 1, 1, C.uint(shmem),
-		unsafe.Pointer(&args[0]), C.int(len(args)), c, C.QG_CHAIN_ADAMW, &r))
+		C.uint(bl[0]), C.uint(bl[1]), C.uint(bl[2]), C.uint(shmem), unsafe.Pointer(&args[0]), C.int(len(args)), p, cls, &r))
 	return r != 0, err
 }
 
