@@ -263,7 +263,7 @@ func (b *Backend) attentionBatch(o, qt, kt, vt *Tensor, capacity int, positions 
 // the whole previous grid).
 func (b *Backend) attentionBatchDecode(o, qt, kt, vt *Tensor, capacity int, pos []int, keys, nHeads, nKV int, scale float32) error {
 	n, hd, G := qt.rows, attDecodeDim, nHeads/nKV
-	S, chunk := attentionDecodeSplit(b.sms, n*nKV, keys)
+	S, chunk := attentionDecodeSplit(b.decodeAttnSlots(), n*nKV, keys)
 	if err := b.grow(&b.attnBuf, backend.Workspace, int64(4*n*nHeads*S*(hd+2)), "attention partials"); err != nil {
 		return err
 	}

@@ -83,6 +83,7 @@
 //	QWENGO_CUDA_GEMM_TUNE=0                        cuBLASLt's first heuristic choice, untimed (same bits every run)
 //	QWENGO_CUDA_ATTN=simt                          prefill attention on the fp32 kernel, not the flash kernels
 //	QWENGO_CUDA_DECODE_ATTN=tiles                  decode attention from shared-memory tiles, not registers
+//	QWENGO_CUDA_DECODE_ATTN_BLOCKS=N               decode attention's key splits aim for N blocks an SM (default 4)
 //	QWENGO_CUDA_KV=f32                             new KV caches hold float32 (default bf16; also SetKVCacheDType)
 //	QWENGO_CUDA_BATCHED=0                          no backend.Batched: a batched step runs its per-sequence ops one by one
 //	QWENGO_CUDA_DECODE_FUSED=0                     batch-1 decode without the fused forms (norms, SwiGLU, adds in the GEMVs)

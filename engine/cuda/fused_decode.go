@@ -253,7 +253,7 @@ func (b *Backend) QKNormRoPEAttention(out, qr, kr, q, k, v, qn, kn, kCache, vCac
 		if err != nil {
 			return fmt.Errorf("cuda: %s: %w", op, err)
 		}
-		S, chunk := attentionDecodeSplit(b.sms, nKV, pos+1)
+		S, chunk := attentionDecodeSplit(b.decodeAttnSlots(), nKV, pos+1)
 		if err := b.attnDecodeScratch(nHeads, S, nKV); err != nil {
 			return err
 		}

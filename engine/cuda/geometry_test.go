@@ -45,15 +45,19 @@ func TestGEMVTCPSlice(t *testing.T) {
 // pairs share the GPU.
 func TestAttentionDecodeSplit(t *testing.T) {
 	const sms = 132
-	for _, c := range []struct{ heads, keys, wantSplits int }{
-		{8, 1, 1}, {8, 512, 16}, {8, 8192, 64}, {64, 1024, 16}, {64, 1088, 17}, {8, 100, 4}, {256, 4096, 5},
+	for _, c := range []struct{ perSM, heads, keys, wantSplits int }{
+		{8, 8, 1, 1}, {8, 8, 512, 16}, {8, 8, 8192, 64}, {8, 64, 1024, 16}, {8, 64, 1088, 17}, {8, 8, 100, 4}, {8, 256, 4096, 5},
+		// the default target: batch 1's eight KV heads still reach the cap, batch 8's 64 rows
+		// take half the splits
+		{decodeAttnBlocksPerSM, 8, 8192, 64}, {decodeAttnBlocksPerSM, 8, 512, 16}, {decodeAttnBlocksPerSM, 64, 1024, 8},
+		{decodeAttnBlocksPerSM, 64, 1025, 9}, {decodeAttnBlocksPerSM, 256, 4096, 3},
 	} {
-		s, chunk := attentionDecodeSplit(sms, c.heads, c.keys)
+		s, chunk := attentionDecodeSplit(c.perSM*sms, c.heads, c.keys)
 		switch {
 		case s != c.wantSplits:
-			t.Errorf("%d heads, %d keys: %d splits, want %d", c.heads, c.keys, s, c.wantSplits)
+			t.Errorf("%d blocks an SM, %d heads, %d keys: %d splits, want %d", c.perSM, c.heads, c.keys, s, c.wantSplits)
 		case chunk%attDecodeKeys != 0 || s*chunk < c.keys || (s-1)*chunk >= c.keys || s > 64:
-			t.Errorf("%d heads, %d keys: %d splits of %d keys", c.heads, c.keys, s, chunk)
+			t.Errorf("%d blocks an SM, %d heads, %d keys: %d splits of %d keys", c.perSM, c.heads, c.keys, s, chunk)
 		}
 	}
 }

@@ -358,15 +358,33 @@ const (
 )
 
 // attentionDecodeSplit picks the key splits of attention_decode_f32: whole 32-key tiles, about
-// eight blocks per SM over the nKV heads, at most 64 splits. Each block walks its tiles one
-// round trip at a time, so fewer tiles per block is what hides latency: with two blocks per SM
-// (the first choice) a batch-8 step at context 1024 spent 56 µs a layer in attention (ncu,
-// device run 23: 7 tiles per block, 1.2 TB/s) and batch 1 at context 8192 about as much.
-func attentionDecodeSplit(sms, nKV, keys int) (splits, chunk int) {
+// slots blocks over the nKV heads (Backend.decodeAttnSlots), at most 64 splits. Each block walks
+// its tiles one round trip at a time, so fewer tiles per block is what hides latency: with two
+// blocks per SM (the first choice) a batch-8 step at context 1024 spent 56 µs a layer in
+// attention (ncu, device run 23: 7 tiles per block, 1.2 TB/s) and batch 1 at context 8192 about
+// as much.
+func attentionDecodeSplit(slots, nKV, keys int) (splits, chunk int) {
 	tiles := (keys + attDecodeKeys - 1) / attDecodeKeys
-	s := max(1, min(tiles, (8*sms+nKV-1)/nKV, 64))
+	s := max(1, min(tiles, (slots+nKV-1)/nKV, 64))
 	chunk = (tiles + s - 1) / s * attDecodeKeys
 	return (keys + chunk - 1) / chunk, chunk
+}
+
+// decodeAttnBlocksPerSM is the decode attention's split target, blocks an SM. Four since session
+// 18 (call 3, TestFiguresDecodeAttention, bf16 cache, register walk, 1 / 2 / 4 / 8 blocks an SM):
+// batch 8 at context 1024 (64 KV-head rows: 5 / 9 / 17 splits) 19.2 / 18.9 / 13.4 / 15.2 µs;
+// batch 1 (8 KV heads) reaches the 64-split cap at four as at eight, 16.7 µs at context 8192.
+// With more splits every block walks fewer keys but the last block merges more records; with
+// fewer, each warp walks more key groups one round trip at a time.
+const decodeAttnBlocksPerSM = 4
+
+// decodeAttnSlots is how many blocks the decode attention's key splits aim for:
+// decodeAttnBlocksPerSM an SM, or QWENGO_CUDA_DECODE_ATTN_BLOCKS an SM (a measurement knob).
+func (b *Backend) decodeAttnSlots() int {
+	if n := positiveEnv("QWENGO_CUDA_DECODE_ATTN_BLOCKS"); n > 0 {
+		return n * b.sms
+	}
+	return decodeAttnBlocksPerSM * b.sms
 }
 
 // decodeAttnRegs are the register-walk decode attention kernels (attention_common.cuh:
@@ -398,7 +416,7 @@ func (b *Backend) decodeAttnKernel(names map[int]string, tiles, kv string, Q int
 func (b *Backend) attentionDecode(o, qt, kt, vt *Tensor, pos0, nHeads, nKV int, scale float32) error {
 	T := qt.rows
 	Q := T * (nHeads / nKV)
-	S, chunk := attentionDecodeSplit(b.sms, nKV, pos0+T)
+	S, chunk := attentionDecodeSplit(b.decodeAttnSlots(), nKV, pos0+T)
 	if err := b.attnDecodeScratch(T*nHeads, S, nKV); err != nil {
 		return err
 	}
