@@ -100,6 +100,9 @@ type Backend struct {
 	// decodeAttnTiles keeps decode attention on the shared-memory tile kernels
 	// (QWENGO_CUDA_DECODE_ATTN=tiles; ops.go decodeAttnKernel).
 	decodeAttnTiles bool
+	// decodeAttnBlocks is the decode attention's split target, blocks an SM
+	// (QWENGO_CUDA_DECODE_ATTN_BLOCKS; ops.go decodeAttnBlocksPerSM).
+	decodeAttnBlocks int
 	// kvBF16: KV caches allocated from now on hold bf16 (kvcache.go; QWENGO_CUDA_KV).
 	kvBF16 bool
 	// pdl: the decode GEMVs start while the kernel before them finishes (programmatic dependent
@@ -177,7 +180,7 @@ func OpenDevice(ordinal int) (*Backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := &Backend{work: make(chan func(), 1), quit: make(chan struct{}), ordinal: ordinal, spin: runtime.GOMAXPROCS(0) > 1, gemv: gemvFromEnv(), gemvTCKernel: gemvTCFromEnv(), gemvTCBVariant: gemvTCBFromEnv(), gemvSlice: gemvSliceFromEnv(), gemvLongSlice: gemvLongSliceFromEnv(), gemvTCPVariant: gemvTCPFromEnv(), gemvTCPStepLoop: gemvTCPStepLoopFromEnv(), gemvTCPBlockMerge: gemvTCPBlockMergeFromEnv(), decodeFusedModel: decodeFusedFromEnv(), decodeNormRoPE: decodeNormRoPEFromEnv(), decodeLayers: decodeLayersFromEnv(), attnSIMT: attnSIMTFromEnv(), decodeAttnTiles: os.Getenv("QWENGO_CUDA_DECODE_ATTN") == "tiles", kvBF16: kvBF16,
+	b := &Backend{work: make(chan func(), 1), quit: make(chan struct{}), ordinal: ordinal, spin: runtime.GOMAXPROCS(0) > 1, gemv: gemvFromEnv(), gemvTCKernel: gemvTCFromEnv(), gemvTCBVariant: gemvTCBFromEnv(), gemvSlice: gemvSliceFromEnv(), gemvLongSlice: gemvLongSliceFromEnv(), gemvTCPVariant: gemvTCPFromEnv(), gemvTCPStepLoop: gemvTCPStepLoopFromEnv(), gemvTCPBlockMerge: gemvTCPBlockMergeFromEnv(), decodeFusedModel: decodeFusedFromEnv(), decodeNormRoPE: decodeNormRoPEFromEnv(), decodeLayers: decodeLayersFromEnv(), attnSIMT: attnSIMTFromEnv(), decodeAttnTiles: os.Getenv("QWENGO_CUDA_DECODE_ATTN") == "tiles", decodeAttnBlocks: decodeAttnBlocksFromEnv(), kvBF16: kvBF16,
 		fns: map[string]function{}, live: map[devPtr]liveAlloc{}, rope: map[ropeKey]devBuf{}, pool: map[int64][]devPtr{}, graphs: map[*Graph]struct{}{}}
 	started := make(chan error, 1)
 	go b.worker(started)

@@ -378,13 +378,21 @@ func attentionDecodeSplit(slots, nKV, keys int) (splits, chunk int) {
 // fewer, each warp walks more key groups one round trip at a time.
 const decodeAttnBlocksPerSM = 4
 
-// decodeAttnSlots is how many blocks the decode attention's key splits aim for:
-// decodeAttnBlocksPerSM an SM, or QWENGO_CUDA_DECODE_ATTN_BLOCKS an SM (a measurement knob).
-func (b *Backend) decodeAttnSlots() int {
+// decodeAttnBlocksFromEnv is the decode attention's split target, blocks an SM:
+// QWENGO_CUDA_DECODE_ATTN_BLOCKS (a measurement knob), else decodeAttnBlocksPerSM.
+func decodeAttnBlocksFromEnv() int {
 	if n := positiveEnv("QWENGO_CUDA_DECODE_ATTN_BLOCKS"); n > 0 {
-		return n * b.sms
+		return n
 	}
-	return decodeAttnBlocksPerSM * b.sms
+	return decodeAttnBlocksPerSM
+}
+
+// decodeAttnSlots is how many blocks the decode attention's key splits aim for.
+func (b *Backend) decodeAttnSlots() int {
+	if b.decodeAttnBlocks < 1 { // a Backend not built by New (tests)
+		return decodeAttnBlocksPerSM * b.sms
+	}
+	return b.decodeAttnBlocks * b.sms
 }
 
 // decodeAttnRegs are the register-walk decode attention kernels (attention_common.cuh:
