@@ -155,3 +155,18 @@ func BenchmarkDecodeBatch(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkNewRandom builds two Qwen3-4B-shaped NVFP4 layers (~200M parameters, a 512-token
+// vocabulary) on the CPU backend: the random model every decode figure test builds 36 of
+// (randomSource generates tensors ahead of the loader on other cores; NOTES: session 18).
+func BenchmarkNewRandom(b *testing.B) {
+	cfg := &Config{VocabSize: 512, HiddenSize: 2560, IntermediateSize: 9728, NumLayers: 2, NumHeads: 32,
+		NumKVHeads: 8, HeadDim: 128, RMSNormEps: 1e-6, RopeTheta: 1e6, TieEmbeddings: true, MaxPositions: 4096, BOSTokenID: -1}
+	for b.Loop() {
+		m, err := NewRandom(cfg, cpu.New(), RandomOptions{Seed: 5, Precision: NVFP4})
+		if err != nil {
+			b.Fatal(err)
+		}
+		m.Free()
+	}
+}
