@@ -11,6 +11,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
+	"runtime"
+	"sync"
 )
 
 // DType is an element type as stored in a file or a buffer.
@@ -125,27 +127,56 @@ func (t *Host) Float32s(dst []float32) ([]float32, error) {
 	}
 	dst = dst[:n]
 	b := t.Data
+	var conv func(lo, hi int)
 	switch t.DType {
 	case F32:
-		for i := range dst {
-			dst[i] = math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:]))
+		conv = func(lo, hi int) {
+			for i := lo; i < hi; i++ {
+				dst[i] = math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:]))
+			}
 		}
 	case F16:
-		for i := range dst {
-			dst[i] = F16ToF32(binary.LittleEndian.Uint16(b[2*i:]))
+		conv = func(lo, hi int) {
+			for i := lo; i < hi; i++ {
+				dst[i] = F16ToF32(binary.LittleEndian.Uint16(b[2*i:]))
+			}
 		}
 	case BF16:
-		for i := range dst {
-			dst[i] = BF16ToF32(binary.LittleEndian.Uint16(b[2*i:]))
+		conv = func(lo, hi int) {
+			for i := lo; i < hi; i++ {
+				dst[i] = BF16ToF32(binary.LittleEndian.Uint16(b[2*i:]))
+			}
 		}
 	case F64:
-		for i := range dst {
-			dst[i] = float32(math.Float64frombits(binary.LittleEndian.Uint64(b[8*i:])))
+		conv = func(lo, hi int) {
+			for i := lo; i < hi; i++ {
+				dst[i] = float32(math.Float64frombits(binary.LittleEndian.Uint64(b[8*i:])))
+			}
 		}
 	default:
 		return nil, fmt.Errorf("tensor %q: dtype %v is not a float type", t.Name, t.DType)
 	}
+	inParallel(n, conv)
 	return dst, nil
+}
+
+// parallelMin is the element count from which Float32s converts on every core: a model's
+// matrices (tens of millions of elements) are decoded on load, on the loader's critical path.
+const parallelMin = 1 << 20
+
+// inParallel runs fn over [0, n) in contiguous ranges, one a core when n is large.
+func inParallel(n int, fn func(lo, hi int)) {
+	workers := min(runtime.GOMAXPROCS(0), n/(parallelMin/4))
+	if n < parallelMin || workers <= 1 {
+		fn(0, n)
+		return
+	}
+	var wg sync.WaitGroup
+	for k := range workers {
+		lo, hi := n*k/workers, n*(k+1)/workers
+		wg.Go(func() { fn(lo, hi) })
+	}
+	wg.Wait()
 }
 
 // FromFloat32s encodes v as dtype (F32, F16 or BF16, round to nearest even).

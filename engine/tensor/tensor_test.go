@@ -1,6 +1,7 @@
 package tensor
 
 import (
+	"encoding/binary"
 	"math"
 	"testing"
 )
@@ -83,5 +84,67 @@ func TestHostValidateAndDecode(t *testing.T) {
 	}
 	if d, err := ParseDType("F8_E4M3"); err != nil || d != F8E4M3 {
 		t.Fatalf("ParseDType(F8_E4M3) = %v, %v", d, err)
+	}
+}
+
+// TestFloat32sLarge: a tensor past parallelMin decodes on several goroutines into the same
+// values as element by element, for every float type, into a fresh and a reused dst.
+func TestFloat32sLarge(t *testing.T) {
+	n := parallelMin + 12345
+	for _, dt := range []DType{F32, F16, BF16, F64} {
+		h := &Host{Name: "big", DType: dt, Shape: []int{n}, Data: make([]byte, n*dt.Size())}
+		want := make([]float32, n)
+		for i := range n {
+			x := uint64(i)*0x9e3779b97f4a7c15 + 7
+			switch dt {
+			case F32:
+				bits := uint32(x>>32)&0x3fffffff | uint32(x&1)<<31 // finite
+				binary.LittleEndian.PutUint32(h.Data[4*i:], bits)
+				want[i] = math.Float32frombits(bits)
+			case F16:
+				bits := uint16(x>>48) & 0x7bff
+				binary.LittleEndian.PutUint16(h.Data[2*i:], bits)
+				want[i] = F16ToF32(bits)
+			case BF16:
+				bits := uint16(x>>48) & 0xbf7f
+				binary.LittleEndian.PutUint16(h.Data[2*i:], bits)
+				want[i] = BF16ToF32(bits)
+			case F64:
+				v := float64(int64(x>>20)) / 1e6
+				binary.LittleEndian.PutUint64(h.Data[8*i:], math.Float64bits(v))
+				want[i] = float32(v)
+			}
+		}
+		for _, dst := range [][]float32{nil, make([]float32, 3, n+1)} {
+			got, err := h.Float32s(dst)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(got) != n {
+				t.Fatalf("%v: %d values, want %d", dt, len(got), n)
+			}
+			for i := range got {
+				if math.Float32bits(got[i]) != math.Float32bits(want[i]) {
+					t.Fatalf("%v: element %d is %v, want %v", dt, i, got[i], want[i])
+				}
+			}
+		}
+	}
+}
+
+// BenchmarkFloat32s decodes a Qwen3-4B gate_proj-sized bf16 matrix (9728 × 2560), as the
+// loader does before quantizing.
+func BenchmarkFloat32s(b *testing.B) {
+	n := 9728 * 2560
+	h := &Host{Name: "gate", DType: BF16, Shape: []int{9728, 2560}, Data: make([]byte, 2*n)}
+	for i := range n {
+		binary.LittleEndian.PutUint16(h.Data[2*i:], uint16(i)&0xbf7f)
+	}
+	dst := make([]float32, n)
+	b.SetBytes(int64(2 * n))
+	for b.Loop() {
+		if _, err := h.Float32s(dst); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
