@@ -1,7 +1,6 @@
 package qwen3
 
 import (
-	"encoding/binary"
 	"fmt"
 	"math"
 	"os"
@@ -359,41 +358,9 @@ func (m *Model) loadNorm(prefix, part string, n int, t *tensor.Host) error {
 // checkFinite reports the first NaN or Inf of a float tensor, reading the raw bytes (no
 // float32 copy of a large embedding).
 func checkFinite(t *tensor.Host) error {
-	if err := t.Validate(); err != nil {
+	bad, err := t.FirstNonFinite()
+	if err != nil {
 		return err
-	}
-	bad := -1
-	d := t.Data
-	switch t.DType {
-	case tensor.F32:
-		for i := 0; i+4 <= len(d); i += 4 {
-			if binary.LittleEndian.Uint32(d[i:])&0x7f800000 == 0x7f800000 {
-				bad = i / 4
-				break
-			}
-		}
-	case tensor.BF16:
-		for i := 0; i+2 <= len(d); i += 2 {
-			if binary.LittleEndian.Uint16(d[i:])&0x7f80 == 0x7f80 {
-				bad = i / 2
-				break
-			}
-		}
-	case tensor.F16:
-		for i := 0; i+2 <= len(d); i += 2 {
-			if binary.LittleEndian.Uint16(d[i:])&0x7c00 == 0x7c00 {
-				bad = i / 2
-				break
-			}
-		}
-	case tensor.F64:
-		for i := 0; i+8 <= len(d); i += 8 {
-			x := math.Float64frombits(binary.LittleEndian.Uint64(d[i:]))
-			if math.IsNaN(x) || math.IsInf(x, 0) {
-				bad = i / 8
-				break
-			}
-		}
 	}
 	if bad < 0 {
 		return nil
@@ -403,7 +370,7 @@ func checkFinite(t *tensor.Host) error {
 		idx[k] = rem % t.Shape[k]
 		rem /= t.Shape[k]
 	}
-	v, _ := (&tensor.Host{DType: t.DType, Shape: []int{1}, Data: d[bad*t.DType.Size() : (bad+1)*t.DType.Size()]}).Float32s(nil)
+	v, _ := (&tensor.Host{DType: t.DType, Shape: []int{1}, Data: t.Data[bad*t.DType.Size() : (bad+1)*t.DType.Size()]}).Float32s(nil)
 	return fmt.Errorf("tensor %q: element %d (index %v) is %v", t.Name, bad, idx, v[0])
 }
 

@@ -160,8 +160,73 @@ func (t *Host) Float32s(dst []float32) ([]float32, error) {
 	return dst, nil
 }
 
-// parallelMin is the element count from which Float32s converts on every core: a model's
-// matrices (tens of millions of elements) are decoded on load, on the loader's critical path.
+// FirstNonFinite returns the flat index of the first NaN or Inf of a float tensor, or -1
+// (also for non-float types), reading the raw bytes: no float32 copy of a large embedding. Large
+// tensors are scanned on every core.
+func (t *Host) FirstNonFinite() (int, error) {
+	if err := t.Validate(); err != nil {
+		return -1, err
+	}
+	d := t.Data
+	var scan func(lo, hi int) int // the first NaN or Inf in [lo, hi), or -1
+	switch t.DType {
+	case F32:
+		scan = func(lo, hi int) int {
+			for i := lo; i < hi; i++ {
+				if binary.LittleEndian.Uint32(d[4*i:])&0x7f800000 == 0x7f800000 {
+					return i
+				}
+			}
+			return -1
+		}
+	case BF16:
+		scan = func(lo, hi int) int {
+			for i := lo; i < hi; i++ {
+				if binary.LittleEndian.Uint16(d[2*i:])&0x7f80 == 0x7f80 {
+					return i
+				}
+			}
+			return -1
+		}
+	case F16:
+		scan = func(lo, hi int) int {
+			for i := lo; i < hi; i++ {
+				if binary.LittleEndian.Uint16(d[2*i:])&0x7c00 == 0x7c00 {
+					return i
+				}
+			}
+			return -1
+		}
+	case F64:
+		scan = func(lo, hi int) int {
+			for i := lo; i < hi; i++ {
+				x := math.Float64frombits(binary.LittleEndian.Uint64(d[8*i:]))
+				if math.IsNaN(x) || math.IsInf(x, 0) {
+					return i
+				}
+			}
+			return -1
+		}
+	default:
+		return -1, nil
+	}
+	var mu sync.Mutex
+	first := -1
+	inParallel(t.Numel(), func(lo, hi int) {
+		if i := scan(lo, hi); i >= 0 {
+			mu.Lock()
+			if first < 0 || i < first {
+				first = i
+			}
+			mu.Unlock()
+		}
+	})
+	return first, nil
+}
+
+// parallelMin is the element count from which Float32s and FirstNonFinite work on every core: a
+// model's matrices (tens of millions of elements) are checked and decoded on load, on the
+// loader's critical path.
 const parallelMin = 1 << 20
 
 // inParallel runs fn over [0, n) in contiguous ranges, one a core when n is large.

@@ -148,3 +148,80 @@ func BenchmarkFloat32s(b *testing.B) {
 		}
 	}
 }
+
+// TestFirstNonFinite: the first NaN or Inf wherever it lies — small tensors on the caller, large
+// ones split over goroutines (bad values in several ranges, the earliest reported) — for every
+// float type; -1 when all are finite or the type is not a float.
+func TestFirstNonFinite(t *testing.T) {
+	put := func(h *Host, i int, nan bool) {
+		switch h.DType {
+		case F32:
+			bits := uint32(0x7f800000)
+			if nan {
+				bits = 0x7fc00000
+			}
+			binary.LittleEndian.PutUint32(h.Data[4*i:], bits)
+		case BF16:
+			bits := uint16(0xff80) // -Inf
+			if nan {
+				bits = 0x7fc1
+			}
+			binary.LittleEndian.PutUint16(h.Data[2*i:], bits)
+		case F16:
+			bits := uint16(0x7c00)
+			if nan {
+				bits = 0xfe01
+			}
+			binary.LittleEndian.PutUint16(h.Data[2*i:], bits)
+		case F64:
+			v := math.Inf(1)
+			if nan {
+				v = math.NaN()
+			}
+			binary.LittleEndian.PutUint64(h.Data[8*i:], math.Float64bits(v))
+		}
+	}
+	big := parallelMin + 999
+	for _, c := range []struct {
+		n    int
+		bads []int // where NaN / Inf go, alternating
+		want int
+	}{
+		{10, nil, -1}, {10, []int{7, 3}, 3}, {10, []int{0}, 0},
+		{big, nil, -1}, {big, []int{big - 1}, big - 1},
+		{big, []int{big - 5, big / 2, big/2 + 1, 3*big/4 + 2}, big / 2}, {big, []int{big / 3, 5}, 5},
+	} {
+		for _, dt := range []DType{F32, F16, BF16, F64} {
+			h := &Host{Name: "x", DType: dt, Shape: []int{c.n}, Data: make([]byte, c.n*dt.Size())}
+			for k, i := range c.bads {
+				put(h, i, k%2 == 0)
+			}
+			got, err := h.FirstNonFinite()
+			if err != nil || got != c.want {
+				t.Errorf("%v n=%d bad at %v: got %d, %v; want %d", dt, c.n, c.bads, got, err, c.want)
+			}
+		}
+	}
+	if got, err := (&Host{Name: "q", DType: U8, Shape: []int{4}, Data: []byte{0xff, 0xff, 0xff, 0xff}}).FirstNonFinite(); got != -1 || err != nil {
+		t.Errorf("U8: got %d, %v; want -1", got, err)
+	}
+	if _, err := (&Host{Name: "short", DType: F32, Shape: []int{4}, Data: make([]byte, 3)}).FirstNonFinite(); err == nil {
+		t.Error("a tensor shorter than its shape: no error")
+	}
+}
+
+// BenchmarkFirstNonFinite scans a Qwen3-4B gate_proj-sized bf16 matrix (all finite: the whole
+// tensor is read), as the loader does before uploading or quantizing it.
+func BenchmarkFirstNonFinite(b *testing.B) {
+	n := 9728 * 2560
+	h := &Host{Name: "gate", DType: BF16, Shape: []int{9728, 2560}, Data: make([]byte, 2*n)}
+	for i := range n {
+		binary.LittleEndian.PutUint16(h.Data[2*i:], uint16(i)&0xbf7f)
+	}
+	b.SetBytes(int64(2 * n))
+	for b.Loop() {
+		if i, err := h.FirstNonFinite(); err != nil || i >= 0 {
+			b.Fatal(i, err)
+		}
+	}
+}
