@@ -9,27 +9,18 @@ package grad
 
 import (
 	"math"
-	"runtime"
-	"sync"
+
+	"github.com/qwengo/qwengo/engine/internal/par"
 )
 
-// parallelFor splits [0, n) over GOMAXPROCS goroutines in contiguous ranges.
+// parallelFor splits [0, n) over GOMAXPROCS goroutines in contiguous ranges (64 or more rows;
+// fewer stay on the caller).
 func parallelFor(n int, fn func(lo, hi int)) {
-	w := min(runtime.GOMAXPROCS(0), n)
-	if w <= 1 || n < 64 {
+	if n < 64 {
 		fn(0, n)
 		return
 	}
-	var wg sync.WaitGroup
-	step := (n + w - 1) / w
-	for lo := 0; lo < n; lo += step {
-		wg.Add(1)
-		go func(lo, hi int) {
-			defer wg.Done()
-			fn(lo, hi)
-		}(lo, min(lo+step, n))
-	}
-	wg.Wait()
+	par.For(n, 1, fn)
 }
 
 func dot(a, b []float32) float32 {

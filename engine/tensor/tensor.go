@@ -11,8 +11,9 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
-	"runtime"
 	"sync"
+
+	"github.com/qwengo/qwengo/engine/internal/par"
 )
 
 // DType is an element type as stored in a file or a buffer.
@@ -224,25 +225,13 @@ func (t *Host) FirstNonFinite() (int, error) {
 	return first, nil
 }
 
-// parallelMin is the element count from which Float32s and FirstNonFinite work on every core: a
-// model's matrices (tens of millions of elements) are checked and decoded on load, on the
-// loader's critical path.
-const parallelMin = 1 << 20
+// parallelPer is the fewest elements Float32s and FirstNonFinite give a goroutine: a model's
+// matrices (tens of millions of elements) are checked and decoded on load, on the loader's
+// critical path, on every core; small tensors stay on the caller.
+const parallelPer = 1 << 18
 
 // inParallel runs fn over [0, n) in contiguous ranges, one a core when n is large.
-func inParallel(n int, fn func(lo, hi int)) {
-	workers := min(runtime.GOMAXPROCS(0), n/(parallelMin/4))
-	if n < parallelMin || workers <= 1 {
-		fn(0, n)
-		return
-	}
-	var wg sync.WaitGroup
-	for k := range workers {
-		lo, hi := n*k/workers, n*(k+1)/workers
-		wg.Go(func() { fn(lo, hi) })
-	}
-	wg.Wait()
-}
+func inParallel(n int, fn func(lo, hi int)) { par.For(n, parallelPer, fn) }
 
 // FromFloat32s encodes v as dtype (F32, F16 or BF16, round to nearest even).
 func FromFloat32s(name string, dtype DType, shape []int, v []float32) (*Host, error) {

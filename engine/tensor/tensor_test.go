@@ -87,10 +87,10 @@ func TestHostValidateAndDecode(t *testing.T) {
 	}
 }
 
-// TestFloat32sLarge: a tensor past parallelMin decodes on several goroutines into the same
+// TestFloat32sLarge: a tensor of several parallelPer ranges decodes on several goroutines into the same
 // values as element by element, for every float type, into a fresh and a reused dst.
 func TestFloat32sLarge(t *testing.T) {
-	n := parallelMin + 12345
+	n := 4*parallelPer + 12345
 	for _, dt := range []DType{F32, F16, BF16, F64} {
 		h := &Host{Name: "big", DType: dt, Shape: []int{n}, Data: make([]byte, n*dt.Size())}
 		want := make([]float32, n)
@@ -181,7 +181,7 @@ func TestFirstNonFinite(t *testing.T) {
 			binary.LittleEndian.PutUint64(h.Data[8*i:], math.Float64bits(v))
 		}
 	}
-	big := parallelMin + 999
+	big := 4*parallelPer + 999
 	for _, c := range []struct {
 		n    int
 		bads []int // where NaN / Inf go, alternating
