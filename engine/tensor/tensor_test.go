@@ -153,32 +153,21 @@ func BenchmarkFloat32s(b *testing.B) {
 // ones split over goroutines (bad values in several ranges, the earliest reported) — for every
 // float type; -1 when all are finite or the type is not a float.
 func TestFirstNonFinite(t *testing.T) {
+	// An Inf and a NaN of each type (signs and payloads varied), written at element i.
+	bits := map[DType][2]uint64{F32: {0x7f800000, 0x7fc00000}, BF16: {0xff80, 0x7fc1}, F16: {0x7c00, 0xfe01},
+		F64: {math.Float64bits(math.Inf(1)), math.Float64bits(math.NaN())}}
 	put := func(h *Host, i int, nan bool) {
-		switch h.DType {
-		case F32:
-			bits := uint32(0x7f800000)
-			if nan {
-				bits = 0x7fc00000
-			}
-			binary.LittleEndian.PutUint32(h.Data[4*i:], bits)
-		case BF16:
-			bits := uint16(0xff80) // -Inf
-			if nan {
-				bits = 0x7fc1
-			}
-			binary.LittleEndian.PutUint16(h.Data[2*i:], bits)
-		case F16:
-			bits := uint16(0x7c00)
-			if nan {
-				bits = 0xfe01
-			}
-			binary.LittleEndian.PutUint16(h.Data[2*i:], bits)
-		case F64:
-			v := math.Inf(1)
-			if nan {
-				v = math.NaN()
-			}
-			binary.LittleEndian.PutUint64(h.Data[8*i:], math.Float64bits(v))
+		v := bits[h.DType][0]
+		if nan {
+			v = bits[h.DType][1]
+		}
+		switch h.DType.Size() {
+		case 2:
+			binary.LittleEndian.PutUint16(h.Data[2*i:], uint16(v))
+		case 4:
+			binary.LittleEndian.PutUint32(h.Data[4*i:], uint32(v))
+		default:
+			binary.LittleEndian.PutUint64(h.Data[8*i:], v)
 		}
 	}
 	big := 4*parallelPer + 999
