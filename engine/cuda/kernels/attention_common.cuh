@@ -253,28 +253,38 @@ __device__ __forceinline__ void dec_finish(float* pp, int s, int S, int* counter
     __syncthreads();
     if (!merger || !live) return;
     gpu_fence();
-    const float ms0 = lane < S ? __ldcg(pp + (size_t)lane * (AD_D + 2) + AD_D) : -INFINITY;
-    const float ms1 = lane + 32 < S ? __ldcg(pp + (size_t)(lane + 32) * (AD_D + 2) + AD_D) : -INFINITY;
-    const float M = warp_max(fmaxf(ms0, ms1));
-    // weights e^(m_s - M) of splits lane and lane+32 (0 for an empty range)
-    const float w0 = ms0 == -INFINITY ? 0.f : expf(ms0 - M), w1 = ms1 == -INFINITY ? 0.f : expf(ms1 - M);
-    float L = 0.f;
-    if (lane < S) L = w0 * __ldcg(pp + (size_t)lane * (AD_D + 2) + AD_D + 1);
-    if (lane + 32 < S) L = fmaf(w1, __ldcg(pp + (size_t)(lane + 32) * (AD_D + 2) + AD_D + 1), L);
-    L = warp_sum(L);
-    // The records are read DF_BATCH at a time, every load of a batch issued before any is used:
-    // the merge is on the critical path of the launch's last block, and each batch costs one L2
-    // round trip (S = 64 splits took 16 with the 4-way unrolled loop before). Same sums, same
-    // order (s = 0, 1, …).
-    float4 o = make_float4(0.f, 0.f, 0.f, 0.f);
-    for (int s0 = 0; s0 < S; s0 += DF_BATCH) {
-        float2 a[DF_BATCH], b[DF_BATCH];
+    // Every load that does not depend on another goes out first: (m, l) of splits lane and
+    // lane + 32 (adjacent floats of a record: one 8-byte load each) and the first DF_BATCH
+    // records; the maxima, weights and sums follow, then the rest of the records DF_BATCH at a
+    // time. The merge is on the critical path of the launch's last block: for S ≤ DF_BATCH this
+    // is one L2 round trip where the maxima, then the sums, then the records took three. Same
+    // sums, same order (s = 0, 1, …) as before.
+    const float2 ml0 = lane < S ? __ldcg(reinterpret_cast<const float2*>(pp + (size_t)lane * (AD_D + 2) + AD_D))
+                                : make_float2(-INFINITY, 0.f);
+    const float2 ml1 = lane + 32 < S
+                           ? __ldcg(reinterpret_cast<const float2*>(pp + (size_t)(lane + 32) * (AD_D + 2) + AD_D))
+                           : make_float2(-INFINITY, 0.f);
+    float2 a[DF_BATCH], b[DF_BATCH];
+    auto load = [&](int s0) {
 #pragma unroll
         for (int i = 0; i < DF_BATCH; i++)
             if (s0 + i < S) {
                 const float* rec = pp + (size_t)(s0 + i) * (AD_D + 2) + 4 * lane;
                 a[i] = __ldcg(reinterpret_cast<const float2*>(rec)), b[i] = __ldcg(reinterpret_cast<const float2*>(rec + 2));
             }
+    };
+    load(0);
+    const float ms0 = ml0.x, ms1 = ml1.x;
+    const float M = warp_max(fmaxf(ms0, ms1));
+    // weights e^(m_s - M) of splits lane and lane+32 (0 for an empty range)
+    const float w0 = ms0 == -INFINITY ? 0.f : expf(ms0 - M), w1 = ms1 == -INFINITY ? 0.f : expf(ms1 - M);
+    float L = 0.f;
+    if (lane < S) L = w0 * ml0.y;
+    if (lane + 32 < S) L = fmaf(w1, ml1.y, L);
+    L = warp_sum(L);
+    float4 o = make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int s0 = 0; s0 < S; s0 += DF_BATCH) {
+        if (s0 > 0) load(s0);
 #pragma unroll
         for (int i = 0; i < DF_BATCH; i++)
             if (s0 + i < S) {
