@@ -69,6 +69,10 @@ type Backend struct {
 	// gemvTCPStepLoop picks the two-pass gemv_tcp's per-step consume loop
 	// (QWENGO_CUDA_GEMV_STEPLOOP=1).
 	gemvTCPStepLoop bool
+	// gemvTCPMerge0 picks the per-tile global merge where an _m0 entry point exists
+	// (QWENGO_CUDA_GEMV_MERGE0=1, gemv_tcp.go; a measurement switch).
+	gemvTCPMerge0         bool
+	gemvTCPMerge0Launches int // _m0 launches (TestTCPMergeSameBits)
 	// gemvTCPBlockMerge lets one- to four-row gemv_tcp launches sum their K slices inside each
 	// block (gemv_tcp.go gemvTCPBlockMergePlan; on unless QWENGO_CUDA_GEMV_BM=0).
 	gemvTCPBlockMerge bool
@@ -180,7 +184,7 @@ func OpenDevice(ordinal int) (*Backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := &Backend{work: make(chan func(), 1), quit: make(chan struct{}), ordinal: ordinal, spin: runtime.GOMAXPROCS(0) > 1, gemv: gemvFromEnv(), gemvTCKernel: gemvTCFromEnv(), gemvTCBVariant: gemvTCBFromEnv(), gemvSlice: gemvSliceFromEnv(), gemvLongSlice: gemvLongSliceFromEnv(), gemvTCPVariant: gemvTCPFromEnv(), gemvTCPStepLoop: gemvTCPStepLoopFromEnv(), gemvTCPBlockMerge: gemvTCPBlockMergeFromEnv(), decodeFusedModel: decodeFusedFromEnv(), decodeNormRoPE: decodeNormRoPEFromEnv(), decodeLayers: decodeLayersFromEnv(), attnSIMT: attnSIMTFromEnv(), decodeAttnTiles: os.Getenv("QWENGO_CUDA_DECODE_ATTN") == "tiles", decodeAttnBlocks: decodeAttnBlocksFromEnv(), kvBF16: kvBF16,
+	b := &Backend{work: make(chan func(), 1), quit: make(chan struct{}), ordinal: ordinal, spin: runtime.GOMAXPROCS(0) > 1, gemv: gemvFromEnv(), gemvTCKernel: gemvTCFromEnv(), gemvTCBVariant: gemvTCBFromEnv(), gemvSlice: gemvSliceFromEnv(), gemvLongSlice: gemvLongSliceFromEnv(), gemvTCPVariant: gemvTCPFromEnv(), gemvTCPStepLoop: gemvTCPStepLoopFromEnv(), gemvTCPMerge0: gemvTCPMerge0FromEnv(), gemvTCPBlockMerge: gemvTCPBlockMergeFromEnv(), decodeFusedModel: decodeFusedFromEnv(), decodeNormRoPE: decodeNormRoPEFromEnv(), decodeLayers: decodeLayersFromEnv(), attnSIMT: attnSIMTFromEnv(), decodeAttnTiles: os.Getenv("QWENGO_CUDA_DECODE_ATTN") == "tiles", decodeAttnBlocks: decodeAttnBlocksFromEnv(), kvBF16: kvBF16,
 		fns: map[string]function{}, live: map[devPtr]liveAlloc{}, rope: map[ropeKey]devBuf{}, pool: map[int64][]devPtr{}, graphs: map[*Graph]struct{}{}}
 	started := make(chan error, 1)
 	go b.worker(started)

@@ -369,27 +369,43 @@ func TestFiguresDecodeBatch(t *testing.T) {
 		}
 	}
 	// Rounds of steps from the same cache position (truncated back), so that every round
-	// attends over the same keys; the median round is the figure.
+	// attends over the same keys; the median round is the figure. QWENGO_CUDA_FIG_MERGE0=1
+	// interleaves rounds with the per-tile GEMV merge (gemv_tcp.cu merge_per_tile) in the same
+	// process, for a comparison that process-to-process variation does not blur.
 	const rounds = 5
-	var pers []float64
+	merges := []bool{false}
+	if os.Getenv("QWENGO_CUDA_FIG_MERGE0") == "1" {
+		merges = append(merges, true)
+		defer g.do(func() error { g.gemvTCPMerge0 = gemvTCPMerge0FromEnv(); return nil })
+	}
+	pers := make([][]float64, len(merges))
 	for range rounds {
-		for r := 0; r < B; r++ {
-			if err := cache.Seq(r).Truncate(ctxLen); err != nil {
-				t.Fatal(err)
+		for v, m0 := range merges {
+			g.do(func() error { g.gemvTCPMerge0 = m0; return nil })
+			for r := 0; r < B; r++ {
+				if err := cache.Seq(r).Truncate(ctxLen); err != nil {
+					t.Fatal(err)
+				}
 			}
+			start := time.Now()
+			for i := 0; i < steps; i++ {
+				step()
+			}
+			pers[v] = append(pers[v], time.Since(start).Seconds()/steps)
 		}
-		start := time.Now()
-		for i := 0; i < steps; i++ {
-			step()
-		}
-		pers = append(pers, time.Since(start).Seconds()/steps)
 	}
 	if profile {
 		g.do(func() error { return profilerRange(false) })
 	}
-	per := median(pers)
-	t.Logf("figure decode batch %d, %d layers + lm_head: %.1f µs per step (%.0f tok/s; median of %d rounds of %d steps, min %.1f max %.1f)",
-		B, layers, per*1e6, B/per, rounds, steps, slices.Min(pers)*1e6, slices.Max(pers)*1e6)
+	for v, m0 := range merges {
+		form := ""
+		if len(merges) > 1 {
+			form = map[bool]string{false: " (batched merge)", true: " (per-tile merge)"}[m0]
+		}
+		per := median(pers[v])
+		t.Logf("figure decode batch %d, %d layers + lm_head%s: %.1f µs per step (%.0f tok/s; median of %d rounds of %d steps, min %.1f max %.1f)",
+			B, layers, form, per*1e6, B/per, rounds, steps, slices.Min(pers[v])*1e6, slices.Max(pers[v])*1e6)
+	}
 }
 
 // TestKernelTimes checks the kernel timer of ProfileRange (QWENGO_CUDA_KERNEL_TIMES=1): each

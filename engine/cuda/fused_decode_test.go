@@ -240,23 +240,25 @@ func TestFiguresDecodeForms(t *testing.T) {
 	type form struct {
 		name          string
 		fused, nr, bm bool
-		slice         int // gemvSlice: 0 picks per shape
-		long          int // gemvLongSlice: 0 is gemvTCPLongSlice
+		slice         int  // gemvSlice: 0 picks per shape
+		long          int  // gemvLongSlice: 0 is gemvTCPLongSlice
+		merge0        bool // gemvTCPMerge0: the per-tile GEMV merge
 	}
-	forms := []form{{"per-op", false, false, false, 0, 0}, {"fused", true, false, false, 0, 0}, {"fused+nr", true, true, false, 0, 0},
-		{"fused/bm", true, false, true, 0, 0}, {"per-op/bm", false, false, true, 0, 0}}
+	forms := []form{{"per-op", false, false, false, 0, 0, false}, {"fused", true, false, false, 0, 0, false},
+		{"fused+nr", true, true, false, 0, 0, false}, {"fused/bm", true, false, true, 0, 0, false},
+		{"per-op/bm", false, false, true, 0, 0, false}, {"fused/bm/m0", true, false, true, 0, 0, true}}
 	// QWENGO_CUDA_FIG_SLICE=5,8,… adds fused forms whose every gemv_tcp launch takes that K slice
 	// (session 14, call 7: none faster than the per-shape slices).
 	for _, w := range strings.Split(os.Getenv("QWENGO_CUDA_FIG_SLICE"), ",") {
 		if n, err := strconv.Atoi(w); err == nil && n > 0 {
-			forms = append(forms, form{fmt.Sprintf("fused/s%d", n), true, false, false, n, 0})
+			forms = append(forms, form{fmt.Sprintf("fused/s%d", n), true, false, false, n, 0, false})
 		}
 	}
 	// QWENGO_CUDA_FIG_LONG=6,7,… adds fused/bm forms whose long products (down_proj) take that
 	// K slice.
 	for _, w := range strings.Split(os.Getenv("QWENGO_CUDA_FIG_LONG"), ",") {
 		if n, err := strconv.Atoi(w); err == nil && n > 0 {
-			forms = append(forms, form{fmt.Sprintf("fused/bm/L%d", n), true, false, true, 0, n})
+			forms = append(forms, form{fmt.Sprintf("fused/bm/L%d", n), true, false, true, 0, n, false})
 		}
 	}
 	// QWENGO_CUDA_FIG_FORMS=fused/bm,… keeps only the forms named.
@@ -271,6 +273,7 @@ func TestFiguresDecodeForms(t *testing.T) {
 	defer g.do(func() error {
 		g.decodeFusedModel, g.decodeNormRoPE, g.gemvSlice = decodeFusedFromEnv(), decodeNormRoPEFromEnv(), gemvSliceFromEnv()
 		g.gemvTCPBlockMerge, g.gemvLongSlice = gemvTCPBlockMergeFromEnv(), gemvLongSliceFromEnv()
+		g.gemvTCPMerge0 = gemvTCPMerge0FromEnv()
 		return nil
 	})
 	names := map[qwen3.LogitsMode]string{qwen3.LogitsNone: "none", qwen3.LogitsGreedy: "greedy"}
@@ -280,6 +283,7 @@ func TestFiguresDecodeForms(t *testing.T) {
 			f := forms[i/len(modes)]
 			g.do(func() error {
 				g.decodeFusedModel, g.decodeNormRoPE, g.gemvSlice, g.gemvTCPBlockMerge, g.gemvLongSlice = f.fused, f.nr, f.slice, f.bm, f.long
+				g.gemvTCPMerge0 = f.merge0
 				return nil
 			})
 			return modes[i%len(modes)]

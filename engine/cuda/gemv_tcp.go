@@ -26,6 +26,11 @@ func gemvTCPFromEnv() string {
 // (gemv_tcp.cu TILED; session 15) — a measurement switch; one row always runs the per-step loop.
 func gemvTCPStepLoopFromEnv() bool { return os.Getenv("QWENGO_CUDA_GEMV_STEPLOOP") == "1" }
 
+// gemvTCPMerge0FromEnv reports whether the global-merge gemv_tcp launches that have a per-tile
+// merge entry point (_m0: batch 1's SwiGLU + down, batch 8's plain products) take it
+// (QWENGO_CUDA_GEMV_MERGE0=1) instead of the batched merge — a measurement switch (session 19).
+func gemvTCPMerge0FromEnv() bool { return os.Getenv("QWENGO_CUDA_GEMV_MERGE0") == "1" }
+
 // gemvTCPBlockMergeFromEnv reports whether one- to four-row gemv_tcp launches take the block
 // merge (gemvTCPBlockMergePlan): on unless QWENGO_CUDA_GEMV_BM=0. Session 16, call 2 (one
 // process, forms interleaved, 36 layers): batch-1 decode 57.87 / 59.26 → 55.29 / 56.01 µs a layer
@@ -203,6 +208,10 @@ func (b *Backend) gemvTCPLaunch(f tcpFusion, outs []*Tensor, a, a2, nw *Tensor, 
 	}
 	if b.gemvTCPStepLoop && b.fns[name+"_v0"] != nil {
 		name += "_v0"
+	}
+	if b.gemvTCPMerge0 && b.fns[name+"_m0"] != nil {
+		name += "_m0"
+		b.gemvTCPMerge0Launches++
 	}
 	if b.gemvTCPBlockMerge && T <= 4 && (b.gemvTCPVariant == "" || b.gemvTCPVariant == "8x4") {
 		if bm := "gemv_nvfp4_tcp1_8x4" + tcpFusionSuffix[f] + "_bm"; b.fns[bm] != nil { // none for SwiGLU

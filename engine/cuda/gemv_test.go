@@ -272,6 +272,19 @@ func TestTCPBlockMergeSameBits(t *testing.T) {
 	})
 }
 
+// TestTCPMergeSameBits: the batched global merge (gemv_tcp.cu finish: a warp's arrivals at once,
+// every slice's partial and the residual loaded together) gives the bits of the per-tile merge
+// it replaced (merge_per_tile, the _m0 entry points: one-row SwiGLU + down, two-pass plain
+// products), on the decode's long and short K, one to three products, several tiles a warp.
+func TestTCPMergeSameBits(t *testing.T) {
+	g := openGPU(t)
+	defer g.do(func() error { g.gemvTCPMerge0 = gemvTCPMerge0FromEnv(); return nil })
+	tcpSameBits(t, g, "per-tile merge", "batched merge", func(on bool) { g.gemvTCPMerge0 = on }, &g.gemvTCPMerge0Launches, []tcpShape{
+		{1, 9728, 2560, 1, 1}, {1, 2560, 1024, 2, 1}, {8, 2560, 4096, 3, 1}, {6, 9728, 2560, 1, 1}, {8, 4096, 700, 2, 1},
+		{5, 2560, 300, 1, 1},
+	})
+}
+
 // tcpShape is a gemv_tcp case of the same-bits tests: T rows of K inputs, jobs products of N,
 // N + 16, … outputs; launches is what the counter given to tcpSameBits must grow by with the
 // switch on.

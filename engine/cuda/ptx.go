@@ -69,6 +69,8 @@ var gemvTCPKernels = func() []string {
 	for _, f := range []string{"", "_norm", "_acc"} { // one pass, K slices merged in the block (gemv_tcp.go gemvTCPBlockMerge)
 		names = append(names, "gemv_nvfp4_tcp1_8x4"+f+"_bm")
 	}
+	// the per-tile merge's measurement forms (gemv_tcp.go gemvTCPMerge0)
+	names = append(names, "gemv_nvfp4_tcp1_8x4_swiacc_m0", "gemv_nvfp4_tcp2_8x4_m0")
 	return append(names, gemvProbeKernels...)
 }()
 

@@ -85,6 +85,26 @@ __device__ __forceinline__ void tcp_put(float* o, float sum, float scale) {
     *o = ACC ? __fadd_rn(*o, v) : v;
 }
 
+// tcp_put_onto is tcp_put with out's value read earlier (prior; ACC only): the merge loads it
+// with the partials instead of after them.
+template <bool ACC>
+__device__ __forceinline__ void tcp_put_onto(float* o, float prior, float sum, float scale) {
+    const float v = __fmul_rn(sum, scale);
+    *o = ACC ? __fadd_rn(prior, v) : v;
+}
+
+// The global merge's forms (gemv_tcp's MERGE): none (partials only: the merge-cost probe), the
+// batched merge (finish), or the per-tile one it replaced (merge_per_tile, entry points _m0: a
+// measurement form, QWENGO_CUDA_GEMV_MERGE0=1).
+#define TCP_MERGE_NONE 0
+#define TCP_MERGE_BATCHED 1
+#define TCP_MERGE_PER_TILE 2
+
+// TCP_MERGE_BATCH: slices whose partials the merge loads at once, for one pass (Qwen3's most:
+// 13, down_proj at one to four rows) and half as many for two (ptxas spills more with 16); more
+// are summed in batches of this many, in order.
+#define TCP_MERGE_BATCH 16
+
 // tcp_row_inv computes rmsnorm_f32's 1/sqrt(mean(x²) + eps) for row r of x (K elements) with
 // the block's threads (blockDim = rmsnorm_f32's for K, checked on the host, so the fp64 sums
 // and their reduction order are rmsnorm_f32's). Rows of up to TCP_NORM_CACHE·blockDim elements
@@ -128,7 +148,7 @@ __device__ __forceinline__ float tcp_row_inv(const float* __restrict__ x, int K,
 // the last arriver's reads (~2-2.5 µs at the end of every launch, session 5's probe). The block
 // stages all of x (T·K·4 bytes) instead of its slice. Same partials, summed from 0 in slice
 // order as the global merge does: same bits (TestTCPBlockMergeSameBits).
-template <int P, int W, int D, bool MERGE, int XM, bool ACC, bool TILED, bool BM = false>
+template <int P, int W, int D, int MERGE, int XM, bool ACC, bool TILED, bool BM = false>
 __device__ __forceinline__ void gemv_tcp(const gemv_jobs& jobs, const float* __restrict__ x, int K, int T, int slice,
                                          int bps, float* __restrict__ part, int* __restrict__ counters,
                                          const float* __restrict__ x2, const float* __restrict__ nw, float eps,
@@ -307,12 +327,14 @@ __device__ __forceinline__ void gemv_tcp(const gemv_jobs& jobs, const float* __r
             }
         }
     };
-    // merge announces the warp's partial of tile ft and, as the tile's last, adds all slices.
-    auto merge = [&](int ft) {
+    // merge_per_tile is the merge before session 19 (TCP_MERGE_PER_TILE, a measurement form):
+    // lane 0 announces tile ft, and the warp, if last, sums the slices through a loop and adds
+    // to out after — a round trip a tile for the arrival, more for the loads.
+    auto merge_per_tile = [&](int ft) {
         int last = 0;
         if (lane == 0) {
             last = atomicAdd(counters + ft, 1) == slices - 1;
-            if (last) counters[ft] = 0;  // ready for the next launch
+            if (last) counters[ft] = 0;
         }
         last = __shfl_sync(0xffffffffu, last, 0);
         if (!last) return;
@@ -331,6 +353,49 @@ __device__ __forceinline__ void gemv_tcp(const gemv_jobs& jobs, const float* __r
             }
             if (n0 < j.N) tcp_put<ACC>(j.out + (size_t)row * j.N + n0, sum0, j.gscale);
             if (n1 < j.N) tcp_put<ACC>(j.out + (size_t)row * j.N + n1, sum1, j.gscale);
+        }
+    };
+    // finish adds up every slice's partial of tile ft (this warp arrived last on it) and puts the
+    // sums. All of a row's partial loads (up to TCP_MERGE_BATCH slices), and with ACC the outputs
+    // being added to, go out before the first add: one L2 round trip where the loop over slices
+    // and the read-modify-write of out were up to three. Same sums in slice order: same bits.
+    auto finish = [&](int ft) {
+        const tcp_job j = tcp_find(jobs, ft);
+        const int n0 = j.tile * 16 + g, n1 = n0 + 8;
+        const float* all = part + (size_t)ft * slices * (T * 16);
+        float sum[P][2], prior[P][2];
+#pragma unroll
+        for (int p = 0; p < P; p++) {
+            sum[p][0] = sum[p][1] = prior[p][0] = prior[p][1] = 0.f;
+            const int row = min(4 * p + t, T - 1);
+            if (ACC && n0 < j.N) prior[p][0] = j.out[(size_t)row * j.N + n0];
+            if (ACC && n1 < j.N) prior[p][1] = j.out[(size_t)row * j.N + n1];
+        }
+        constexpr int MB = TCP_MERGE_BATCH / P;
+        for (int q0 = 0; q0 < slices; q0 += MB) {
+            float v[P][MB][2];
+#pragma unroll
+            for (int p = 0; p < P; p++) {
+                const int row = min(4 * p + t, T - 1);  // rows ≥ T load row T − 1's and put nothing
+#pragma unroll
+                for (int q = 0; q < MB; q++)
+                    if (q0 + q < slices) {
+                        v[p][q][0] = __ldcg(all + (size_t)(q0 + q) * (T * 16) + row * 16 + g);
+                        v[p][q][1] = __ldcg(all + (size_t)(q0 + q) * (T * 16) + row * 16 + g + 8);
+                    }
+            }
+#pragma unroll
+            for (int p = 0; p < P; p++)
+#pragma unroll
+                for (int q = 0; q < MB; q++)
+                    if (q0 + q < slices) sum[p][0] += v[p][q][0], sum[p][1] += v[p][q][1];
+        }
+#pragma unroll
+        for (int p = 0; p < P; p++) {
+            const int row = 4 * p + t;
+            if (row >= T) continue;
+            if (n0 < j.N) tcp_put_onto<ACC>(j.out + (size_t)row * j.N + n0, prior[p][0], sum[p][0], j.gscale);
+            if (n1 < j.N) tcp_put_onto<ACC>(j.out + (size_t)row * j.N + n1, prior[p][1], sum[p][1], j.gscale);
         }
     };
 
@@ -447,12 +512,28 @@ __device__ __forceinline__ void gemv_tcp(const gemv_jobs& jobs, const float* __r
         }
         return;
     }
-    if (slices == 1 || !MERGE) return;  // !MERGE: the merge-cost probe (partials only)
+    if (slices == 1 || MERGE == TCP_MERGE_NONE) return;  // the merge-cost probe (partials only)
     // Partials are announced after the warp's last load: a fence mid-sequence would wait for
-    // the weight loads in flight.
+    // the weight loads in flight. Lane i announces the warp's i-th tile (all of the warp's
+    // arrivals in one round trip, not one a tile); the tiles it was last on are finished in turn.
     gpu_fence();
     __syncwarp();
-    for (int i = 0; i < mine; i++) merge(first + i * stride);
+    if (MERGE == TCP_MERGE_PER_TILE) {
+        for (int i = 0; i < mine; i++) merge_per_tile(first + i * stride);
+        return;
+    }
+    for (int i0 = 0; i0 < mine; i0 += 32) {
+        bool last = false;
+        if (i0 + lane < mine) {
+            const int ft = first + (i0 + lane) * stride;
+            last = atomicAdd(counters + ft, 1) == slices - 1;
+            if (last) counters[ft] = 0;  // ready for the next launch
+        }
+        unsigned lasts = __ballot_sync(0xffffffffu, last);
+        if (lasts == 0) continue;
+        gpu_fence();  // the other slices' partials, observed through the counters, before reading them
+        for (; lasts != 0; lasts &= lasts - 1) finish(first + (i0 + __ffs(lasts) - 1) * stride);
+    }
 }
 
 // Entry points gemv_nvfp4_tcp{P}_{W}x{D}[_norm|_swiacc|_acc](x, K, T, slice, bps, part, counters,
@@ -472,35 +553,39 @@ __device__ __forceinline__ void gemv_tcp(const gemv_jobs& jobs, const float* __r
 #define GP_ENTRY_T(P, W, D, MERGE, XM, ACC, TILED, SUF) GP_ENTRY_TB(P, W, D, MERGE, XM, ACC, TILED, false, SUF)
 #define GP_ENTRY(P, W, D, MERGE, XM, ACC, SUF) GP_ENTRY_T(P, W, D, MERGE, XM, ACC, true, SUF)
 #define GP_ENTRY_V0(P, W, D, MERGE, XM, ACC, SUF) GP_ENTRY_T(P, W, D, MERGE, XM, ACC, false, SUF##_v0)
-GP_ENTRY(1, 4, 4, true, TCP_X, false, )
-GP_ENTRY(2, 4, 4, true, TCP_X, false, )
-GP_ENTRY(1, 8, 4, true, TCP_X, false, )
-GP_ENTRY(2, 8, 4, true, TCP_X, false, )
-GP_ENTRY(1, 4, 3, true, TCP_X, false, )
-GP_ENTRY(2, 4, 3, true, TCP_X, false, )
-GP_ENTRY(1, 8, 3, true, TCP_X, false, )
-GP_ENTRY(2, 8, 3, true, TCP_X, false, )
-GP_ENTRY(1, 8, 4, true, TCP_NORM, false, _norm)
-GP_ENTRY(2, 8, 4, true, TCP_NORM, false, _norm)
-GP_ENTRY(1, 8, 4, true, TCP_SWIGLU, true, _swiacc)
-GP_ENTRY(2, 8, 4, true, TCP_SWIGLU, true, _swiacc)
-GP_ENTRY(1, 8, 4, true, TCP_X, true, _acc)
-GP_ENTRY(2, 8, 4, true, TCP_X, true, _acc)
+GP_ENTRY(1, 4, 4, TCP_MERGE_BATCHED, TCP_X, false, )
+GP_ENTRY(2, 4, 4, TCP_MERGE_BATCHED, TCP_X, false, )
+GP_ENTRY(1, 8, 4, TCP_MERGE_BATCHED, TCP_X, false, )
+GP_ENTRY(2, 8, 4, TCP_MERGE_BATCHED, TCP_X, false, )
+GP_ENTRY(1, 4, 3, TCP_MERGE_BATCHED, TCP_X, false, )
+GP_ENTRY(2, 4, 3, TCP_MERGE_BATCHED, TCP_X, false, )
+GP_ENTRY(1, 8, 3, TCP_MERGE_BATCHED, TCP_X, false, )
+GP_ENTRY(2, 8, 3, TCP_MERGE_BATCHED, TCP_X, false, )
+GP_ENTRY(1, 8, 4, TCP_MERGE_BATCHED, TCP_NORM, false, _norm)
+GP_ENTRY(2, 8, 4, TCP_MERGE_BATCHED, TCP_NORM, false, _norm)
+GP_ENTRY(1, 8, 4, TCP_MERGE_BATCHED, TCP_SWIGLU, true, _swiacc)
+GP_ENTRY(2, 8, 4, TCP_MERGE_BATCHED, TCP_SWIGLU, true, _swiacc)
+GP_ENTRY(1, 8, 4, TCP_MERGE_BATCHED, TCP_X, true, _acc)
+GP_ENTRY(2, 8, 4, TCP_MERGE_BATCHED, TCP_X, true, _acc)
 // The two-pass kernels' per-step consume loop (TILED off): the reference of
 // TestTCPTiledSameBits and QWENGO_CUDA_GEMV_STEPLOOP=1's measurements.
-GP_ENTRY_V0(2, 8, 4, true, TCP_X, false, )
-GP_ENTRY_V0(2, 8, 4, true, TCP_NORM, false, _norm)
-GP_ENTRY_V0(2, 8, 4, true, TCP_SWIGLU, true, _swiacc)
-GP_ENTRY_V0(2, 8, 4, true, TCP_X, true, _acc)
+GP_ENTRY_V0(2, 8, 4, TCP_MERGE_BATCHED, TCP_X, false, )
+GP_ENTRY_V0(2, 8, 4, TCP_MERGE_BATCHED, TCP_NORM, false, _norm)
+GP_ENTRY_V0(2, 8, 4, TCP_MERGE_BATCHED, TCP_SWIGLU, true, _swiacc)
+GP_ENTRY_V0(2, 8, 4, TCP_MERGE_BATCHED, TCP_X, true, _acc)
 // The block-merge forms (BM above; one pass, one to four rows): gemv_nvfp4_tcp1_8x4{,_norm,_acc}_bm,
 // launched with slices dividing 8 and all of x staged (gemv_tcp.go gemvTCPBlockMerge). SwiGLU
 // has none: a whole row staged per block would compute every activation once a block.
-GP_ENTRY_TB(1, 8, 4, true, TCP_X, false, false, true, _bm)
-GP_ENTRY_TB(1, 8, 4, true, TCP_NORM, false, false, true, _norm_bm)
-GP_ENTRY_TB(1, 8, 4, true, TCP_X, true, false, true, _acc_bm)
+GP_ENTRY_TB(1, 8, 4, TCP_MERGE_BATCHED, TCP_X, false, false, true, _bm)
+GP_ENTRY_TB(1, 8, 4, TCP_MERGE_BATCHED, TCP_NORM, false, false, true, _norm_bm)
+GP_ENTRY_TB(1, 8, 4, TCP_MERGE_BATCHED, TCP_X, true, false, true, _acc_bm)
 // The merge-cost probe: gemv_tcp without the merge (outputs of multi-slice products are left
 // unwritten); only TestFiguresGEMVProbe launches it.
-GP_ENTRY(1, 8, 4, false, TCP_X, false, _nomerge)
+GP_ENTRY(1, 8, 4, TCP_MERGE_NONE, TCP_X, false, _nomerge)
+// The per-tile merge (merge_per_tile) of the forms decode runs with the global merge — batch 1's
+// down_proj (SwiGLU + acc), batch 8's products — for QWENGO_CUDA_GEMV_MERGE0=1's measurements.
+GP_ENTRY(1, 8, 4, TCP_MERGE_PER_TILE, TCP_SWIGLU, true, _swiacc_m0)
+GP_ENTRY(2, 8, 4, TCP_MERGE_PER_TILE, TCP_X, false, _m0)
 
 // gemv_probe_{tile,flat}: measurement probes for the figures test (TestFiguresGEMV), not used
 // by the engine. They read a codes matrix of `rows` rows × `rowU4` 16-byte chunks as gemv_tcp
