@@ -77,6 +77,9 @@ type Backend struct {
 	// block (gemv_tcp.go gemvTCPBlockMergePlan; on unless QWENGO_CUDA_GEMV_BM=0).
 	gemvTCPBlockMerge bool
 	gemvTCPBMLaunches int // block-merge launches so far (its test checks where it applies)
+	// stamps, while a test holds it, makes the decode GEMVs run their stamped entry points
+	// (gemv_stamps.go).
+	stamps tcpStamps
 	// launchEx: the driver has cuLaunchKernelEx (programmatic and cooperative launches).
 	launchEx bool
 	// decodeLayers offers the persistent whole-stack decoder (decode_layers.go; on with
@@ -289,25 +292,49 @@ func (b *Backend) setup() error {
 	b.adamSingle = adamSingleFromEnv()
 	b.adamStaged = adamStagedFromEnv()
 	for _, pm := range ptxModules {
-		src, err := ptxFS.ReadFile(pm.file)
-		if err != nil {
-			return fmt.Errorf("cuda: embedded %s: %w", pm.file, err)
-		}
-		m, err := loadModule(src)
-		if err != nil {
-			return fmt.Errorf("cuda: loading %s on %s: %w", pm.file, b.devName, err)
-		}
-		b.mods = append(b.mods, m)
-		for _, k := range pm.kernels {
-			f, err := moduleFunction(m, k)
-			if err != nil {
-				return fmt.Errorf("cuda: %s: %w", pm.file, err)
-			}
-			b.fns[k] = f
-			kernelNames[f] = k
+		if err := b.loadPTX(pm); err != nil {
+			return err
 		}
 	}
 	return nil
+}
+
+// loadPTX loads an embedded PTX module (the driver JIT-compiles it) and registers its kernels
+// (worker goroutine); teardown unloads it.
+func (b *Backend) loadPTX(pm ptxModule) error {
+	src, err := ptxFS.ReadFile(pm.file)
+	if err != nil {
+		return fmt.Errorf("cuda: embedded %s: %w", pm.file, err)
+	}
+	m, err := loadModule(src)
+	if err != nil {
+		return fmt.Errorf("cuda: loading %s on %s: %w", pm.file, b.devName, err)
+	}
+	b.mods = append(b.mods, m)
+	for _, k := range pm.kernels {
+		f, err := moduleFunction(m, k)
+		if err != nil {
+			return fmt.Errorf("cuda: %s: %w", pm.file, err)
+		}
+		b.fns[k] = f
+		kernelNames[f] = k
+	}
+	return nil
+}
+
+// loadLazyPTX loads the lazyPTXModules entry of file unless its kernels are loaded already
+// (worker goroutine).
+func (b *Backend) loadLazyPTX(file string) error {
+	for _, pm := range lazyPTXModules {
+		if pm.file != file {
+			continue
+		}
+		if len(pm.kernels) > 0 && b.fns[pm.kernels[0]] != nil {
+			return nil
+		}
+		return b.loadPTX(pm)
+	}
+	return fmt.Errorf("cuda: no lazily loaded module %s", file)
 }
 
 // teardown frees everything the backend holds and releases the context (worker goroutine).

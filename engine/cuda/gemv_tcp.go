@@ -252,6 +252,7 @@ func (b *Backend) gemvTCPLaunch(f tcpFusion, outs []*Tensor, a, a2, nw *Tensor, 
 	args := []arg{ptrArg(a.ptr), intArg(K), intArg(T), intArg(slice), intArg(bps), ptrArg(b.gemvPartial.ptr), ptrArg(b.gemvCounters.ptr),
 		ptrArg(x2), ptrArg(nwp), f32Arg(eps), intArg(len(ws))}
 	args = append(args, gemvJobArgs(outs, ws)...)
+	fn, args = b.tcpStamped(name, fn, nslices*bps, args)
 	return b.launchDep(fn, [3]int{nslices * bps, 1, 1}, [3]int{32 * warps, 1, 1}, smem, args...)
 }
 
@@ -295,5 +296,6 @@ func (b *Backend) gemvTCPBlockMergeLaunch(bm string, outs []*Tensor, a, nw *Tens
 		ptrArg(0), ptrArg(nwp), f32Arg(eps), intArg(len(ws))}
 	args = append(args, gemvJobArgs(outs, ws)...)
 	b.gemvTCPBMLaunches++
+	fn, args = b.tcpStamped(bm, fn, blocks, args)
 	return true, b.launchDep(fn, [3]int{blocks, 1, 1}, [3]int{32 * gemvTCPBMWarps, 1, 1}, smem, args...)
 }

@@ -102,6 +102,18 @@ var trainKernels = []string{
 var optim4Kernels = []string{"adamw4_vmax", "adamw_f32_4bit", "adamw_bf16_4bit",
 	"adamw4_vmax_gb", "adamw_f32_4bit_gb", "adamw_bf16_4bit_gb"}
 
+// gemvTCPStampedKernels are gemv_tcp_st.cu's stamped copies of the decode GEMV forms
+// (gemv_stamps.go): each is its form's name + "_st".
+var gemvTCPStampedKernels = []string{"gemv_nvfp4_tcp1_8x4_bm_st", "gemv_nvfp4_tcp1_8x4_norm_bm_st",
+	"gemv_nvfp4_tcp1_8x4_acc_bm_st", "gemv_nvfp4_tcp1_8x4_swiacc_st", "gemv_nvfp4_tcp2_8x4_st",
+	"gemv_nvfp4_tcp2_8x4_norm_st", "gemv_nvfp4_tcp2_8x4_swiacc_st", "gemv_nvfp4_tcp2_8x4_acc_st"}
+
+// lazyPTXModules are loaded on first use (Backend.loadLazyPTX), not when the backend opens:
+// measurement tools whose JIT compilation every user would otherwise wait for.
+var lazyPTXModules = []ptxModule{
+	{"kernels/gemv_tcp_st.ptx", gemvTCPStampedKernels},
+}
+
 var ptxModules = []ptxModule{
 	{"kernels/train.ptx", trainKernels},
 	{"kernels/optim4.ptx", optim4Kernels},

@@ -13,7 +13,8 @@ import (
 
 func TestPTXModules(t *testing.T) {
 	seen := map[string]bool{}
-	for _, m := range ptxModules {
+	all := append(append([]ptxModule{}, ptxModules...), lazyPTXModules...)
+	for _, m := range all {
 		src, err := ptxFS.ReadFile(m.file)
 		if err != nil {
 			t.Fatalf("embedded %s: %v", m.file, err)
@@ -44,7 +45,7 @@ func TestPTXModules(t *testing.T) {
 		t.Errorf("%d .cu sources, %d .ptx files", len(cus), len(ptxs))
 	}
 	listed := map[string]bool{}
-	for _, m := range ptxModules {
+	for _, m := range all {
 		listed[m.file] = true
 	}
 	for _, cu := range cus {
