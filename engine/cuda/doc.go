@@ -77,6 +77,7 @@
 //	QWENGO_CUDA_GEMV_LONG_SLICE=N                  K steps a block of gemv_tcp's 1..4-row products with K ≥ 8192 (default 6)
 //	QWENGO_CUDA_GEMV_STEPLOOP=1                    gemv_tcp's per-step loop for 5..8 rows, not the tile-structured one
 //	QWENGO_CUDA_GEMV_BM=0                          gemv_tcp's global K-slice merge for 1..4 rows, not the in-block one
+//	QWENGO_CUDA_GEMV_MERGE0=1                      gemv_tcp's per-tile global merge (before session 19), where it has one
 //	QWENGO_CUDA_PDL=0                              no programmatic dependent launch in decode
 //	QWENGO_CUDA_LMHEAD_HILO=0                      2..8 rows of a large bf16 weight on the GEMV, not cuBLASLt's hi/lo product
 //	QWENGO_CUDA_GEMM=simt                          the tiled SIMT kernel instead of cuBLASLt for 16+ rows
@@ -101,8 +102,12 @@
 // QWENGO_CUDA_FIG_LAYERS=N their depth, QWENGO_CUDA_FIG_SLICE=5,… extra K-slice forms,
 // QWENGO_CUDA_FIG_LONG=6,… extra forms with that K slice for down_proj, QWENGO_CUDA_FIG_FORMS=
 // fused/bm,… only those decode forms, QWENGO_CUDA_FIG_GEMV=tcp,… limits TestFiguresGEMV to those
-// kernels, QWENGO_CUDA_PROFILE=1 makes the decode figures' timed steps a profiler range.
+// kernels, QWENGO_CUDA_PROFILE=1 makes the decode figures' timed steps a profiler range,
+// QWENGO_CUDA_FIG_MERGE0=1 interleaves batch 8's rounds with the per-tile GEMV merge.
 // TestFiguresLaunchChain times the bare dependency mechanisms (kernels/probe.cu).
+// TestFiguresGEMVStamps times the inside of every decode GEMV launch of a step from stamps its
+// blocks record (gemv_stamps.go, kernels/gemv_tcp_st.cu); QWENGO_CUDA_STAMPS_DIR=dir also writes
+// every block's stamps as CSV.
 //
 // # Numerics (parity with engine/cpu)
 //
