@@ -370,7 +370,7 @@ func TestFiguresDecodeBatch(t *testing.T) {
 	}
 	// Rounds of steps from the same cache position (truncated back), so that every round
 	// attends over the same keys; the median round is the figure. QWENGO_CUDA_FIG_MERGE0=1
-	// interleaves rounds with the per-tile GEMV merge (gemv_tcp.cu merge_per_tile) in the same
+	// interleaves rounds with the per-tile GEMV merge (gemv_tcp.cuh merge_per_tile) in the same
 	// process, for a comparison that process-to-process variation does not blur.
 	const rounds = 5
 	merges := []bool{false}

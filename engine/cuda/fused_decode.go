@@ -12,7 +12,7 @@ import (
 
 // The fused decode ops (backend.FusedDecode): a decoder block's input and post-attention norms
 // staged into the q/k/v and gate/up GEMVs, SwiGLU staged into down, the residual adds done by the
-// o and down GEMVs as they finish each output (gemv_tcp.cu's _norm, _swiacc and _acc forms). A
+// o and down GEMVs as they finish each output (gemv_tcp.cuh's _norm, _swiacc and _acc forms). A
 // batch-1 decode layer then launches six kernels instead of nine. Each op falls back to the
 // composition it names (through the public ops, on the owner goroutine) where the resident GEMV
 // does not apply (other weight formats, more than eight rows, another GEMV forced). The model
@@ -36,7 +36,7 @@ func decodeNormRoPEFromEnv() bool { return os.Getenv("QWENGO_CUDA_DECODE_NR") ==
 // and batch-8 decode fell from ~1,460 to 1,219 tok/s. At one row they measured as fast as the
 // kernels they fold (session 5) or 2-5 % slower (session 10, call 4) while the norm GEMVs read
 // their row one load at a time (a chain of L2 round trips after pdl_wait); with the row's loads
-// issued at once (gemv_tcp.cu tcp_row_inv, session 14 call 1, ABAB in one binary) batch-1
+// issued at once (gemv_tcp.cuh tcp_row_inv, session 14 call 1, ABAB in one binary) batch-1
 // decode is 3-7 % faster with them: 403.8 / 399.3 against 387.9 / 390.2 tok/s at context 512,
 // 339.5 / 336.8 against 317.8 / 328.0 at 8192.
 const fusedDecodeRows = 1

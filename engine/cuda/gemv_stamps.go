@@ -10,13 +10,14 @@ import (
 )
 
 // Stamps inside the decode GEMVs (a measurement tool). While a test holds a stamps buffer
-// (startGEMVStamps), every gemv_tcp launch whose form has a stamped entry point (gemv_tcp.cu
-// GP_ENTRY_ST: the same code plus the stamps) runs that one instead, and each of its blocks
+// (startGEMVStamps), every gemv_tcp launch whose form has a stamped entry point (gemv_tcp_st.cu,
+// GP_ENTRY_ST: the same code plus the stamps; its module loads with the first buffer) runs that
+// one instead, and each of its blocks
 // records when it started, passed pdl_wait, had x staged, ended warp 0's loop and ended
 // (%globaltimer and clock64), with its SM. The timings of one launch alone, or of a launch
 // chain, say where a GEMV's time goes inside it — what skip-and-subtract runs could only infer.
 
-// tcpStampRec is a block's record, u64s (gemv_tcp.cu TCP_ST_REC).
+// tcpStampRec is a block's record, u64s (gemv_tcp.cuh TCP_ST_REC).
 const tcpStampRec = 12
 
 // tcpStamps is the buffer and the launches recorded into it (owner goroutine).

@@ -23,7 +23,7 @@ func gemvTCPFromEnv() string {
 
 // gemvTCPStepLoopFromEnv reports whether gemv_tcp's two-pass kernels (five to eight rows) run
 // their per-step consume loop (QWENGO_CUDA_GEMV_STEPLOOP=1) instead of the tile-structured one
-// (gemv_tcp.cu TILED; session 15) — a measurement switch; one row always runs the per-step loop.
+// (gemv_tcp.cuh TILED; session 15) — a measurement switch; one row always runs the per-step loop.
 func gemvTCPStepLoopFromEnv() bool { return os.Getenv("QWENGO_CUDA_GEMV_STEPLOOP") == "1" }
 
 // gemvTCPMerge0FromEnv reports whether the global-merge gemv_tcp launches that have a per-tile
@@ -176,7 +176,7 @@ const (
 	tcpFusionKinds
 )
 
-// tcpFusionSuffix names each fusion's entry points (gemv_tcp.cu GP_ENTRY); the fused ones exist
+// tcpFusionSuffix names each fusion's entry points (gemv_tcp.cuh GP_ENTRY); the fused ones exist
 // for the default 8×4 shape only.
 var tcpFusionSuffix = [tcpFusionKinds]string{"", "_norm", "_swiacc", "_acc"}
 
@@ -256,7 +256,7 @@ func (b *Backend) gemvTCPLaunch(f tcpFusion, outs []*Tensor, a, a2, nw *Tensor, 
 	return b.launchDep(fn, [3]int{nslices * bps, 1, 1}, [3]int{32 * warps, 1, 1}, smem, args...)
 }
 
-// gemvTCPBlockMergeLaunch launches the block-merge entry point bm (gemv_tcp.cu BM) when the
+// gemvTCPBlockMergeLaunch launches the block-merge entry point bm (gemv_tcp.cuh BM) when the
 // shape allows it: T·K staged within gemvTCBSmem with the partials, and a block of
 // rmsnorm_f32's size for a norm (always 256 threads here: gemvTCPFusedShape checked it). ok is
 // false, with no error, when it does not apply and the caller should launch the global merge.

@@ -272,7 +272,7 @@ func TestTCPBlockMergeSameBits(t *testing.T) {
 	})
 }
 
-// TestTCPMergeSameBits: the batched global merge (gemv_tcp.cu finish: a warp's arrivals at once,
+// TestTCPMergeSameBits: the batched global merge (gemv_tcp.cuh finish: a warp's arrivals at once,
 // every slice's partial and the residual loaded together) gives the bits of the per-tile merge
 // it replaced (merge_per_tile, the _m0 entry points: one-row SwiGLU + down, two-pass plain
 // products), on the decode's long and short K, one to three products, several tiles a warp.

@@ -29,7 +29,7 @@
 //
 // GEMV work: an item is (16-row tile, K slice of ss 128-wide steps); a block takes a contiguous
 // range of items (slice-major), and its (item, step) pairs go round-robin to the 16 consumer
-// warps, which decode and multiply on tensor cores as gemv_tcp.cu does (gemv_tc.cuh); each warp
+// warps, which decode and multiply on tensor cores as gemv_tcp.cuh does (gemv_tc.cuh); each warp
 // leaves its sum of an item in shared memory and the block adds the 16 in warp order. The
 // numeric path differs from the per-op kernels' in summation order (tests compare within float
 // tolerance).

@@ -52,7 +52,7 @@ __device__ __forceinline__ uint32_t pack_h2(float lo, float hi) {
 // (lane (g, t) holds words wra, wrb: its 32 elements of each row; sfa, sfb: their two E4M3 block
 // scales as f16x2, from e4m3x2_to_f16x2) and hands f(i, a0, …, a7) quarter i's A fragments of
 // the m16n8k16 pair: the E2M1 pairs as half2 (× 2^-14), scaled. Shared by the tensor-core GEMVs
-// (gemv_tcb.cu, gemv_tcp.cu, decode_layers.cu), which differ in what they multiply them with.
+// (gemv_tcb.cu, gemv_tcp.cuh, decode_layers.cu), which differ in what they multiply them with.
 template <typename F>
 __device__ __forceinline__ void tc_quarters(uint32_t sfa, uint32_t sfb, const uint32_t (&wra)[4],
                                             const uint32_t (&wrb)[4], F f) {
@@ -89,7 +89,7 @@ __device__ __forceinline__ void tc_quarters(uint32_t sfa, uint32_t sfb, const ui
 
 // hilo_slot is the u32 slot, within its chunk's 16, of pair j (0..7) of chunk c in a hi (par 0)
 // or lo (par 1) column: 2j, or with SWZ its 16-byte quarter j/2 XOR-ed with par + 2·((c/2) mod 2).
-// Why (gemv_tcp.cu's reader, session 11 analysis): lane (g, t) of a warp reads quarter i of chunk
+// Why (gemv_tcp.cuh's reader, session 11 analysis): lane (g, t) of a warp reads quarter i of chunk
 // t of column 2·row + (g mod 2) with one 16-byte load; the 8 lanes of a load phase (g = 2q, 2q+1;
 // t = 0..3) then hit chunks 64 bytes apart in columns 1024 bytes apart — only two 16-byte bank
 // groups, a 4-way conflict on every x load (8 rows: both passes, all four phases). With the XOR
@@ -153,7 +153,7 @@ __device__ __forceinline__ void stage_x_hilo(uint32_t* xs, const float* __restri
     }
 }
 
-// tcp_stage (gemv_tcp.cu, decode_layers.cu: threads tid of nth) writes rows [0, T) of the multiplied input over k range [k0, k0 + 32·chunks) into
+// tcp_stage (gemv_tcp.cuh, decode_layers.cu: threads tid of nth) writes rows [0, T) of the multiplied input over k range [k0, k0 + 32·chunks) into
 // xs in stage_x_hilo's permuted hi/lo layout (gemv_tc.cuh), computing each element with val(r, k).
 template <bool SWZ = false, typename V>
 __device__ __forceinline__ void tcp_stage(uint32_t* xs, int T, int k0, int chunks, int cstride, V val,
