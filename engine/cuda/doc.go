@@ -78,6 +78,7 @@
 //	QWENGO_CUDA_GEMV_STEPLOOP=1                    gemv_tcp's per-step loop for 5..8 rows, not the tile-structured one
 //	QWENGO_CUDA_GEMV_BM=0                          gemv_tcp's global K-slice merge for 1..4 rows, not the in-block one
 //	QWENGO_CUDA_GEMV_MERGE0=1                      gemv_tcp's per-tile global merge (before session 19), where it has one
+//	QWENGO_CUDA_GEMV_CS=0                          one-row gemv_tcp with every weight pair scaled in half2, not the column-scale forms
 //	QWENGO_CUDA_PDL=0                              no programmatic dependent launch in decode
 //	QWENGO_CUDA_LMHEAD_HILO=0                      2..8 rows of a large bf16 weight on the GEMV, not cuBLASLt's hi/lo product
 //	QWENGO_CUDA_GEMM=simt                          the tiled SIMT kernel instead of cuBLASLt for 16+ rows

@@ -222,14 +222,16 @@ func testQKNormRoPEAttention(t *testing.T, dt tensor.DType) {
 }
 
 // TestFiguresDecodeForms times a batch-1 decode step of a Qwen3-4B-shaped NVFP4 model (8
-// layers, QWENGO_CUDA_FIG_LAYERS to change; vocabulary 512, so the step is its layers) in five
+// layers, QWENGO_CUDA_FIG_LAYERS to change; vocabulary 512, so the step is its layers) in seven
 // forms, interleaved in one process so that the machine's state is the same for all: the per-op
 // path (nine kernels a layer), the fused decode ops (six), the fused ops with the q/k norms,
-// RoPE and cache write folded into attention (five), and the fused and per-op paths with
-// gemv_tcp's block merge (/bm: K slices summed inside each block). Each form runs without logits (the host
-// runs ahead of the device: device-bound) and with greedy tokens (one download a step, as
-// `qwenrepl bench` decodes); the host's part is the time until the last step's launches are
-// issued. µs a layer, the median of the rounds; run with QWENGO_CUDA_BENCH=1.
+// RoPE and cache write folded into attention (five), the fused and per-op paths with gemv_tcp's
+// block merge (/bm: K slices summed inside each block), and fused/bm with the per-tile global
+// merge (/m0) or with the one-row GEMVs' half2-scaled forms (/h, gemv_tcp.go tcpOneRow). Each
+// form runs without logits (the host runs ahead of the device: device-bound) and with greedy
+// tokens (one download a step, as `qwenrepl bench` decodes); the host's part is the time until
+// the last step's launches are issued. µs a layer, the median of the rounds; run with
+// QWENGO_CUDA_BENCH=1.
 func TestFiguresDecodeForms(t *testing.T) {
 	benchEnabled(t)
 	g := openGPU(t)
@@ -243,22 +245,24 @@ func TestFiguresDecodeForms(t *testing.T) {
 		slice         int  // gemvSlice: 0 picks per shape
 		long          int  // gemvLongSlice: 0 is gemvTCPLongSlice
 		merge0        bool // gemvTCPMerge0: the per-tile GEMV merge
+		cs            bool // gemvTCPCS: one-row GEMVs in their column-scale forms
 	}
-	forms := []form{{"per-op", false, false, false, 0, 0, false}, {"fused", true, false, false, 0, 0, false},
-		{"fused+nr", true, true, false, 0, 0, false}, {"fused/bm", true, false, true, 0, 0, false},
-		{"per-op/bm", false, false, true, 0, 0, false}, {"fused/bm/m0", true, false, true, 0, 0, true}}
+	forms := []form{{"per-op", false, false, false, 0, 0, false, true}, {"fused", true, false, false, 0, 0, false, true},
+		{"fused+nr", true, true, false, 0, 0, false, true}, {"fused/bm", true, false, true, 0, 0, false, true},
+		{"per-op/bm", false, false, true, 0, 0, false, true}, {"fused/bm/m0", true, false, true, 0, 0, true, true},
+		{"fused/bm/h", true, false, true, 0, 0, false, false}}
 	// QWENGO_CUDA_FIG_SLICE=5,8,… adds fused forms whose every gemv_tcp launch takes that K slice
 	// (session 14, call 7: none faster than the per-shape slices).
 	for _, w := range strings.Split(os.Getenv("QWENGO_CUDA_FIG_SLICE"), ",") {
 		if n, err := strconv.Atoi(w); err == nil && n > 0 {
-			forms = append(forms, form{fmt.Sprintf("fused/s%d", n), true, false, false, n, 0, false})
+			forms = append(forms, form{fmt.Sprintf("fused/s%d", n), true, false, false, n, 0, false, true})
 		}
 	}
 	// QWENGO_CUDA_FIG_LONG=6,7,… adds fused/bm forms whose long products (down_proj) take that
 	// K slice.
 	for _, w := range strings.Split(os.Getenv("QWENGO_CUDA_FIG_LONG"), ",") {
 		if n, err := strconv.Atoi(w); err == nil && n > 0 {
-			forms = append(forms, form{fmt.Sprintf("fused/bm/L%d", n), true, false, true, 0, n, false})
+			forms = append(forms, form{fmt.Sprintf("fused/bm/L%d", n), true, false, true, 0, n, false, true})
 		}
 	}
 	// QWENGO_CUDA_FIG_FORMS=fused/bm,… keeps only the forms named.
@@ -273,7 +277,7 @@ func TestFiguresDecodeForms(t *testing.T) {
 	defer g.do(func() error {
 		g.decodeFusedModel, g.decodeNormRoPE, g.gemvSlice = decodeFusedFromEnv(), decodeNormRoPEFromEnv(), gemvSliceFromEnv()
 		g.gemvTCPBlockMerge, g.gemvLongSlice = gemvTCPBlockMergeFromEnv(), gemvLongSliceFromEnv()
-		g.gemvTCPMerge0 = gemvTCPMerge0FromEnv()
+		g.gemvTCPMerge0, g.gemvTCPCS = gemvTCPMerge0FromEnv(), gemvTCPCSFromEnv()
 		return nil
 	})
 	names := map[qwen3.LogitsMode]string{qwen3.LogitsNone: "none", qwen3.LogitsGreedy: "greedy"}
@@ -283,7 +287,7 @@ func TestFiguresDecodeForms(t *testing.T) {
 			f := forms[i/len(modes)]
 			g.do(func() error {
 				g.decodeFusedModel, g.decodeNormRoPE, g.gemvSlice, g.gemvTCPBlockMerge, g.gemvLongSlice = f.fused, f.nr, f.slice, f.bm, f.long
-				g.gemvTCPMerge0 = f.merge0
+				g.gemvTCPMerge0, g.gemvTCPCS = f.merge0, f.cs
 				return nil
 			})
 			return modes[i%len(modes)]

@@ -103,7 +103,8 @@ func decodeSteppers(t *testing.T, m *qwen3.Model, ctxLen int, mode qwen3.LogitsM
 }
 
 // TestGEMVStamps: a decode step with the GEMVs' stamped entry points gives the same logits bit
-// for bit as without, at batch 1 (the block-merge norm and acc forms, SwiGLU + down) and batch 8
+// for bit as without, at batch 1 (the block-merge norm and acc forms, SwiGLU + down, all in their
+// one-row column-scale forms) and batch 8
 // (the two-pass forms); the stamped launches are the step's GEMVs and every block's stamps are in
 // order on a real SM.
 func TestGEMVStamps(t *testing.T) {
@@ -116,7 +117,7 @@ func TestGEMVStamps(t *testing.T) {
 		step  func() ([]float32, error)
 		kinds []string // kernels the step must have stamped
 	}{
-		{"batch 1", b1, []string{"gemv_nvfp4_tcp1_8x4_norm_bm", "gemv_nvfp4_tcp1_8x4_acc_bm", "gemv_nvfp4_tcp1_8x4_swiacc"}},
+		{"batch 1", b1, []string{"gemv_nvfp4_tcp1_8x4_norm_bm_cs", "gemv_nvfp4_tcp1_8x4_acc_bm_cs", "gemv_nvfp4_tcp1_8x4_swiacc_cs"}},
 		{"batch 8", b8, []string{"gemv_nvfp4_tcp2_8x4"}},
 	} {
 		want, _, _ := stampStep(t, g, c.step, false)

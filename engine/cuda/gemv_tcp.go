@@ -31,6 +31,26 @@ func gemvTCPStepLoopFromEnv() bool { return os.Getenv("QWENGO_CUDA_GEMV_STEPLOOP
 // (QWENGO_CUDA_GEMV_MERGE0=1) instead of the batched merge — a measurement switch (session 19).
 func gemvTCPMerge0FromEnv() bool { return os.Getenv("QWENGO_CUDA_GEMV_MERGE0") == "1" }
 
+// gemvTCPCSFromEnv reports whether gemv_tcp's one-row launches take their column-scale forms
+// (gemv_tcp.cuh CS: the mma sums each lane's NVFP4 blocks apart and the block scales multiply
+// those sums in f32, instead of every weight pair in half2 before the mma): on unless
+// QWENGO_CUDA_GEMV_CS=0 (a measurement switch). Session 20, call 5 (one process, 36 layers,
+// three runs): 54.3 → 52.5-53.8 µs a layer at context 512, 69.2 → 65.5-65.9 at 8192.
+func gemvTCPCSFromEnv() bool { return os.Getenv("QWENGO_CUDA_GEMV_CS") != "0" }
+
+// tcpOneRow returns the entry point a launch of name over T rows takes: at one row, name's
+// column-scale form (name_cs) where it has one (the 8×4 kernels), else name.
+func (b *Backend) tcpOneRow(name string, T int) string {
+	if T != 1 || !b.gemvTCPCS {
+		return name
+	}
+	if cs := name + "_cs"; b.fns[cs] != nil {
+		b.gemvTCPCSLaunches++
+		return cs
+	}
+	return name
+}
+
 // gemvTCPBlockMergeFromEnv reports whether one- to four-row gemv_tcp launches take the block
 // merge (gemvTCPBlockMergePlan): on unless QWENGO_CUDA_GEMV_BM=0. Session 16, call 2 (one
 // process, forms interleaved, 36 layers): batch-1 decode 57.87 / 59.26 → 55.29 / 56.01 µs a layer
@@ -220,6 +240,7 @@ func (b *Backend) gemvTCPLaunch(f tcpFusion, outs []*Tensor, a, a2, nw *Tensor, 
 			}
 		}
 	}
+	name = b.tcpOneRow(name, T)
 	var warps, d int
 	if _, err := fmt.Sscanf(name[len("gemv_nvfp4_tcp1_"):], "%dx%d", &warps, &d); err != nil {
 		return fmt.Errorf("gemv: kernel name %q: %w", name, err)
@@ -272,6 +293,7 @@ func (b *Backend) gemvTCPBlockMergeLaunch(bm string, outs []*Tensor, a, nw *Tens
 	}
 	tpb := gemvTCPBMWarps / nslices
 	groups := (tiles + tpb - 1) / tpb
+	bm = b.tcpOneRow(bm, T)
 	fn := b.fns[bm]
 	// The occupancy for the staged rows with one tile a slot; the partials of more are small.
 	base := gemvTCPBlockMergeSmem(T, K, 1)

@@ -377,3 +377,71 @@ func tcpSameBits(t *testing.T, g *Backend, on, off string, set func(bool), count
 		}
 	}
 }
+
+// TestTCPColumnScales checks gemv_tcp's one-row column-scale forms (gemv_tcp.cuh CS: each
+// lane's NVFP4 blocks summed apart by the mma and scaled in f32) against the CPU, beside the
+// half2-scaled form they replace (QWENGO_CUDA_GEMV_CS=0), on Qwen3-4B's K (the block merge at
+// 2560 and 4096, the global merge at 9728), a K of one slice, rows ending inside a tile and
+// three products a launch; and that one row takes them and two rows do not. (The column-scale
+// forms issue the ring's loads after each step's decode; the same forms issuing them before gave
+// the same bits on every shape here and every fused form — session 20, call 5.)
+func TestTCPColumnScales(t *testing.T) {
+	g := openGPU(t)
+	c := cpu.New()
+	defer g.do(func() error { g.gemvTCPCS = gemvTCPCSFromEnv(); return nil })
+	const bound = 2e-5
+	for i, s := range []struct{ T, K, N0, N1, N2 int }{
+		{1, 2560, 4096, 1024, 1024}, {1, 2560, 9728, 9728, 0}, {1, 9728, 2560, 0, 0}, {1, 4096, 2560, 0, 0},
+		{1, 640, 300, 17, 0}, {2, 2560, 1024, 0, 0},
+	} {
+		var cws, gws []backend.Weight
+		for j, N := range []int{s.N0, s.N1, s.N2} {
+			if N > 0 {
+				cw, gw := weights(t, c, g, hostWeight(t, kindNVFP4, N, s.K, uint64(90+10*i+j)))
+				cws, gws = append(cws, cw), append(gws, gw)
+			}
+		}
+		cx, gx := pair(t, c, g, s.T, s.K, randn(s.T*s.K, uint64(900+i), 1))
+		var want []backend.Tensor
+		for j, w := range cws {
+			co, _ := pair(t, c, g, s.T, gws[j].(*Weight).out, nil)
+			if err := c.MatMul(co, cx, w); err != nil {
+				t.Fatal(err)
+			}
+			want = append(want, co)
+		}
+		var outs [2][][]float32
+		for m, on := range []bool{true, false} {
+			name := fmt.Sprintf("T=%d K=%d N=%d,%d,%d %s", s.T, s.K, s.N0, s.N1, s.N2, []string{"column scales", "half2 scales"}[m])
+			var gouts []backend.Tensor
+			for _, w := range gws {
+				_, o := pair(t, c, g, s.T, w.(*Weight).out, nil)
+				gouts = append(gouts, o)
+			}
+			var before, after int
+			err := g.do(func() error {
+				g.gemvTCPCS, before = on, g.gemvTCPCSLaunches
+				err := g.MatMulMany(gouts, gx, gws)
+				after = g.gemvTCPCSLaunches
+				return err
+			})
+			if err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			if wantCS := on && s.T == 1; (after > before) != wantCS {
+				t.Errorf("%s: %d column-scale launches", name, after-before)
+			}
+			for j := range gouts {
+				compare(t, fmt.Sprintf("%s out %d", name, j), c, g, want[j], gouts[j], bound)
+				outs[m] = append(outs[m], download(t, g, gouts[j]))
+			}
+		}
+		var most float64
+		for j := range outs[0] {
+			for k := range outs[0][j] {
+				most = max(most, math.Abs(float64(outs[0][j][k]-outs[1][j][k])))
+			}
+		}
+		t.Logf("T=%d K=%d: largest difference between the two scalings %.3g", s.T, s.K, most)
+	}
+}

@@ -71,6 +71,10 @@ var gemvTCPKernels = func() []string {
 	}
 	// the per-tile merge's measurement forms (gemv_tcp.go gemvTCPMerge0)
 	names = append(names, "gemv_nvfp4_tcp1_8x4_swiacc_m0", "gemv_nvfp4_tcp2_8x4_m0")
+	// the one-row column-scale forms (gemv_tcp.go tcpOneRow)
+	for _, f := range []string{"", "_norm", "_swiacc", "_acc", "_bm", "_norm_bm", "_acc_bm", "_swiacc_m0"} {
+		names = append(names, "gemv_nvfp4_tcp1_8x4"+f+"_cs")
+	}
 	return append(names, gemvProbeKernels...)
 }()
 
@@ -106,7 +110,9 @@ var optim4Kernels = []string{"adamw4_vmax", "adamw_f32_4bit", "adamw_bf16_4bit",
 // (gemv_stamps.go): each is its form's name + "_st".
 var gemvTCPStampedKernels = []string{"gemv_nvfp4_tcp1_8x4_bm_st", "gemv_nvfp4_tcp1_8x4_norm_bm_st",
 	"gemv_nvfp4_tcp1_8x4_acc_bm_st", "gemv_nvfp4_tcp1_8x4_swiacc_st", "gemv_nvfp4_tcp2_8x4_st",
-	"gemv_nvfp4_tcp2_8x4_norm_st", "gemv_nvfp4_tcp2_8x4_swiacc_st", "gemv_nvfp4_tcp2_8x4_acc_st"}
+	"gemv_nvfp4_tcp2_8x4_norm_st", "gemv_nvfp4_tcp2_8x4_swiacc_st", "gemv_nvfp4_tcp2_8x4_acc_st",
+	"gemv_nvfp4_tcp1_8x4_norm_bm_cs_st", "gemv_nvfp4_tcp1_8x4_acc_bm_cs_st", "gemv_nvfp4_tcp1_8x4_bm_cs_st",
+	"gemv_nvfp4_tcp1_8x4_swiacc_cs_st"}
 
 // lazyPTXModules are loaded on first use (Backend.loadLazyPTX), not when the backend opens:
 // measurement tools whose JIT compilation every user would otherwise wait for.

@@ -72,6 +72,20 @@ __device__ __forceinline__ void tc_quarters(uint32_t sfa, uint32_t sfb, const ui
     }
 }
 
+// tc_quarters_raw is tc_quarters without the scales: quarter i's A fragments are the E2M1 pairs
+// as half2 (× 2^-14, exact), for the one-row form that applies each block's scale to the mma's
+// sums instead (gemv_tcp.cuh CS).
+template <typename F>
+__device__ __forceinline__ void tc_quarters_raw(const uint32_t (&wra)[4], const uint32_t (&wrb)[4], F f) {
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        uint32_t pa[4], pb[4];
+        e2m1_word(wra[i], pa);
+        e2m1_word(wrb[i], pb);
+        f(i, pa[0], pb[0], pa[1], pb[1], pa[2], pb[2], pa[3], pb[3]);
+    }
+}
+
 // stage_x_hilo writes rows [0, T) of x (row stride ldx) over k range [k0, k0 + 32·chunks) to
 // shared memory in the permuted hi/lo f16 pair order of the tensor-core GEMVs: for chunk c of
 // row r, u32 slot 4i+q (i, q < 4) of the hi column xs[(2r)·cstride + 16c …] holds the pair of

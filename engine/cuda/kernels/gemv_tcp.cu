@@ -22,6 +22,16 @@ GP_ENTRY_V0(2, 8, 4, TCP_MERGE_BATCHED, TCP_X, false, )
 GP_ENTRY_V0(2, 8, 4, TCP_MERGE_BATCHED, TCP_NORM, false, _norm)
 GP_ENTRY_V0(2, 8, 4, TCP_MERGE_BATCHED, TCP_SWIGLU, true, _swiacc)
 GP_ENTRY_V0(2, 8, 4, TCP_MERGE_BATCHED, TCP_X, true, _acc)
+// The one-row column-scale forms (gemv_tcp.cuh CS): what the host launches at T = 1 for each
+// 8×4 form above, unless QWENGO_CUDA_GEMV_CS=0 (Backend.gemvTCPNoCS, a measurement switch).
+GP_ENTRY_CS(1, 8, 4, TCP_MERGE_BATCHED, TCP_X, false, false, )
+GP_ENTRY_CS(1, 8, 4, TCP_MERGE_BATCHED, TCP_NORM, false, false, _norm)
+GP_ENTRY_CS(1, 8, 4, TCP_MERGE_BATCHED, TCP_SWIGLU, true, false, _swiacc)
+GP_ENTRY_CS(1, 8, 4, TCP_MERGE_BATCHED, TCP_X, true, false, _acc)
+GP_ENTRY_CS(1, 8, 4, TCP_MERGE_BATCHED, TCP_X, false, true, _bm)
+GP_ENTRY_CS(1, 8, 4, TCP_MERGE_BATCHED, TCP_NORM, false, true, _norm_bm)
+GP_ENTRY_CS(1, 8, 4, TCP_MERGE_BATCHED, TCP_X, true, true, _acc_bm)
+GP_ENTRY_CS(1, 8, 4, TCP_MERGE_PER_TILE, TCP_SWIGLU, true, false, _swiacc_m0)
 // The block-merge forms (BM above; one pass, one to four rows): gemv_nvfp4_tcp1_8x4{,_norm,_acc}_bm,
 // launched with slices dividing 8 and all of x staged (gemv_tcp.go gemvTCPBlockMerge). SwiGLU
 // has none: a whole row staged per block would compute every activation once a block.

@@ -179,12 +179,13 @@ __device__ __forceinline__ void tcp_stamp(unsigned long long* st, int i) {
     }
 }
 
-template <int P, int W, int D, int MERGE, int XM, bool ACC, bool TILED, bool BM = false, bool ST = false>
+template <int P, int W, int D, int MERGE, int XM, bool ACC, bool TILED, bool BM = false, bool ST = false, bool CS = false>
 __device__ __forceinline__ void gemv_tcp(const gemv_jobs& jobs, const float* __restrict__ x, int K, int T, int slice,
                                          int bps, float* __restrict__ part, int* __restrict__ counters,
                                          const float* __restrict__ x2, const float* __restrict__ nw, float eps,
                                          uint32_t* xs, unsigned long long* st = nullptr) {
     static_assert(!BM || (P == 1 && !TILED), "the block merge is a one-pass, per-step form");
+    static_assert(!CS || (P == 1 && !TILED), "the column-scale form is one row, per step");
     // x's staging is swizzled for two passes (five to eight rows, hilo_slot): one row loads x in
     // one phase whose lanes already meet few bank groups, and there the swizzle's extra index
     // work measured slower (session 12, call 1: T=1 2560→4096 6.7 → 7.9 µs; eight rows
@@ -303,11 +304,15 @@ __device__ __forceinline__ void gemv_tcp(const gemv_jobs& jobs, const float* __r
     bool rowLive[P];
 #pragma unroll
     for (int p = 0; p < P; p++) {
-        const int row = 4 * p + (g >> 1);
-        rowLive[p] = row < T;
+        const int row = CS ? 0 : 4 * p + (g >> 1);
+        // CS (one row): column g holds x (hi for even g, lo for odd) on the k slots of lane
+        // t = g/2 only, zeros elsewhere, so the mma keeps each lane's own scale block apart.
+        rowLive[p] = CS ? (g >> 1) == t : row < T;
         xcol[p] = xs + (size_t)(2 * row + (g & 1)) * cstride + xofs + t * 16;
     }
     float acc[P][2][4];
+    // CS: the lane's scaled sums of its blocks of weight rows g (cs0) and g+8 (cs1) in the tile.
+    float cs0 = 0.f, cs1 = 0.f;
     auto zero = [&]() {
 #pragma unroll
         for (int p = 0; p < P; p++)
@@ -315,6 +320,7 @@ __device__ __forceinline__ void gemv_tcp(const gemv_jobs& jobs, const float* __r
             for (int h = 0; h < 2; h++)
 #pragma unroll
                 for (int c = 0; c < 4; c++) acc[p][h][c] = 0.f;
+        cs0 = cs1 = 0.f;
     };
     zero();
 
@@ -322,10 +328,16 @@ __device__ __forceinline__ void gemv_tcp(const gemv_jobs& jobs, const float* __r
     // sums in c0, c1 and weight row g+8's in c2, c3.
     auto flush = [&](int ft) {
         float v[P][2];
+        if constexpr (CS) {  // the four lanes of a row group hold its blocks: add them (t = 0 puts)
+            float s0 = cs0 + __shfl_xor_sync(0xffffffffu, cs0, 1), s1 = cs1 + __shfl_xor_sync(0xffffffffu, cs1, 1);
+            v[0][0] = s0 + __shfl_xor_sync(0xffffffffu, s0, 2);
+            v[0][1] = s1 + __shfl_xor_sync(0xffffffffu, s1, 2);
+        } else {
 #pragma unroll
-        for (int p = 0; p < P; p++) {
-            v[p][0] = (acc[p][0][0] + acc[p][1][0]) + (acc[p][0][1] + acc[p][1][1]);
-            v[p][1] = (acc[p][0][2] + acc[p][1][2]) + (acc[p][0][3] + acc[p][1][3]);
+            for (int p = 0; p < P; p++) {
+                v[p][0] = (acc[p][0][0] + acc[p][1][0]) + (acc[p][0][1] + acc[p][1][1]);
+                v[p][1] = (acc[p][0][2] + acc[p][1][2]) + (acc[p][0][3] + acc[p][1][3]);
+            }
         }
         if (BM && slices > 1) {
             // the slot's i-th tile: ft = first + i·stride
@@ -503,19 +515,46 @@ __device__ __forceinline__ void gemv_tcp(const gemv_jobs& jobs, const float* __r
                 if (j0 + d >= total) break;
                 const uint4 qa = wa[d], qb = wb[d];
                 const uint32_t sfa = e4m3x2_to_f16x2(ca[d]), sfb = e4m3x2_to_f16x2(cb[d]);
-                if (j0 + d + D < total) issue(d);  // the ring: step j + D into the slot just read
+                // The ring: step j + D into the slot just read — before the decode, or with CS
+                // after it, when the slot's registers are free again: issued first, its loads
+                // must not overwrite the registers being decoded, so ptxas copied the whole ring
+                // (32 moves a ring of four steps, session 20's SASS); measured in one process
+                // (session 20, call 5) 0.4-1.3 µs a layer faster at context 8192, even at 512.
+                if (!CS && j0 + d + D < total) issue(d);
                 const uint32_t wra[4] = {qa.x, qa.y, qa.z, qa.w}, wrb[4] = {qb.x, qb.y, qb.z, qb.w};
-                tc_quarters(sfa, sfb, wra, wrb,
-                            [&](int i, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t a4, uint32_t a5,
-                                uint32_t a6, uint32_t a7) {
+                if constexpr (CS) {
+                    // One row: the mma sums each lane's blocks unscaled (columns 2t, 2t+1 are
+                    // lane t's hi and lo: D's c0..c3 are its rows g, g+8), quarters 0-1 block
+                    // 2t, 2-3 block 2t+1; the scales multiply those sums in f32 — no half2
+                    // multiply of every weight pair (32 HMUL2 a step, session 20).
+                    float ce[4] = {0.f, 0.f, 0.f, 0.f}, co[4] = {0.f, 0.f, 0.f, 0.f};
+                    tc_quarters_raw(wra, wrb,
+                                    [&](int i, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t a4,
+                                        uint32_t a5, uint32_t a6, uint32_t a7) {
+                                        uint4 b = make_uint4(0u, 0u, 0u, 0u);
+                                        if (rowLive[0]) b = reinterpret_cast<const uint4*>(xcol[0] + 64 * cs)[i];
+                                        float(&c)[4] = i < 2 ? ce : co;
+                                        mma_f16(c, a0, a1, a2, a3, b.x, b.y);
+                                        mma_f16(c, a4, a5, a6, a7, b.z, b.w);
+                                    });
+                    const float2 fa = __half22float2(*reinterpret_cast<const __half2*>(&sfa));
+                    const float2 fb = __half22float2(*reinterpret_cast<const __half2*>(&sfb));
+                    cs0 = fmaf(fa.y, co[0] + co[1], fmaf(fa.x, ce[0] + ce[1], cs0));
+                    cs1 = fmaf(fb.y, co[2] + co[3], fmaf(fb.x, ce[2] + ce[3], cs1));
+                } else {
+                    tc_quarters(sfa, sfb, wra, wrb,
+                                [&](int i, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t a4,
+                                    uint32_t a5, uint32_t a6, uint32_t a7) {
 #pragma unroll
-                                for (int p = 0; p < P; p++) {
-                                    uint4 b = make_uint4(0u, 0u, 0u, 0u);
-                                    if (rowLive[p]) b = reinterpret_cast<const uint4*>(xcol[p] + 64 * cs)[i ^ xq];
-                                    mma_f16(acc[p][0], a0, a1, a2, a3, b.x, b.y);
-                                    mma_f16(acc[p][1], a4, a5, a6, a7, b.z, b.w);
-                                }
-                            });
+                                    for (int p = 0; p < P; p++) {
+                                        uint4 b = make_uint4(0u, 0u, 0u, 0u);
+                                        if (rowLive[p]) b = reinterpret_cast<const uint4*>(xcol[p] + 64 * cs)[i ^ xq];
+                                        mma_f16(acc[p][0], a0, a1, a2, a3, b.x, b.y);
+                                        mma_f16(acc[p][1], a4, a5, a6, a7, b.z, b.w);
+                                    }
+                                });
+                }
+                if (CS && j0 + d + D < total) issue(d);
                 if (++cs == nsteps) {
                     flush(first + ct * stride);
                     zero();
@@ -578,7 +617,7 @@ __device__ __forceinline__ void gemv_tcp(const gemv_jobs& jobs, const float* __r
 // SwiGLU(x, x2)·Wᵀ to out, _acc adds x·Wᵀ to out (the fused decode ops, fused.go).
 // GP_ENTRY_X: ST adds a last parameter, the stamps (STPARAM and STARG in parentheses, unwrapped).
 #define GP_UNPAREN(...) __VA_ARGS__
-#define GP_ENTRY_X(P, W, D, MERGE, XM, ACC, TILED, BM, ST, SUF, STPARAM, STARG)                                    \
+#define GP_ENTRY_XC(P, W, D, MERGE, XM, ACC, TILED, BM, ST, CS, SUF, STPARAM, STARG)                                       \
     extern "C" __global__ void __launch_bounds__(W * 32, 16 / W) gemv_nvfp4_tcp##P##_##W##x##D##SUF(               \
         const float* x, int K, int T, int slice, int bps, float* part, int* counters, const float* x2,            \
         const float* nw, float eps, int njobs, GEMV_JOB_PARAMS(0), GEMV_JOB_PARAMS(1),                            \
@@ -586,10 +625,18 @@ __device__ __forceinline__ void gemv_tcp(const gemv_jobs& jobs, const float* __r
         extern __shared__ __align__(16) uint32_t xs[];                                                            \
         gemv_jobs jobs = GEMV_JOBS_INIT;                                                                          \
         tcp_stamp<ST>(GP_UNPAREN STARG, 0);                                                                       \
-        gemv_tcp<P, W, D, MERGE, XM, ACC, TILED, BM, ST>(jobs, x, K, T, slice, bps, part, counters, x2, nw, eps,   \
-                                                        xs, GP_UNPAREN STARG);                                    \
+        gemv_tcp<P, W, D, MERGE, XM, ACC, TILED, BM, ST, CS>(jobs, x, K, T, slice, bps, part, counters, x2, nw,   \
+                                                            eps, xs, GP_UNPAREN STARG);                           \
         tcp_stamp<ST>(GP_UNPAREN STARG, 4);                                                                       \
     }
+#define GP_ENTRY_X(P, W, D, MERGE, XM, ACC, TILED, BM, ST, SUF, STPARAM, STARG) \
+    GP_ENTRY_XC(P, W, D, MERGE, XM, ACC, TILED, BM, ST, false, SUF, STPARAM, STARG)
+// GP_ENTRY_CS: the one-row column-scale form (CS) of an entry point, named SUF_cs (the host
+// launches it for T = 1 only); ST adds the stamps as in GP_ENTRY_ST.
+#define GP_ENTRY_CS(P, W, D, MERGE, XM, ACC, BM, SUF) \
+    GP_ENTRY_XC(P, W, D, MERGE, XM, ACC, false, BM, false, true, SUF##_cs, (), (nullptr))
+#define GP_ENTRY_CS_ST(P, W, D, MERGE, XM, ACC, BM, SUF) \
+    GP_ENTRY_XC(P, W, D, MERGE, XM, ACC, false, BM, true, true, SUF##_cs_st, (, unsigned long long* st), (st))
 #define GP_ENTRY_TB(P, W, D, MERGE, XM, ACC, TILED, BM, SUF) \
     GP_ENTRY_X(P, W, D, MERGE, XM, ACC, TILED, BM, false, SUF, (), (nullptr))
 #define GP_ENTRY_ST(P, W, D, MERGE, XM, ACC, TILED, BM, SUF) \

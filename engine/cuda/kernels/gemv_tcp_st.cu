@@ -13,4 +13,7 @@ GP_ENTRY_ST(2, 8, 4, TCP_MERGE_BATCHED, TCP_X, false, true, false, )
 GP_ENTRY_ST(2, 8, 4, TCP_MERGE_BATCHED, TCP_X, true, true, false, _acc)
 GP_ENTRY_ST(2, 8, 4, TCP_MERGE_BATCHED, TCP_NORM, false, true, false, _norm)
 GP_ENTRY_ST(2, 8, 4, TCP_MERGE_BATCHED, TCP_SWIGLU, true, true, false, _swiacc)
-
+GP_ENTRY_CS_ST(1, 8, 4, TCP_MERGE_BATCHED, TCP_NORM, false, true, _norm_bm)
+GP_ENTRY_CS_ST(1, 8, 4, TCP_MERGE_BATCHED, TCP_X, true, true, _acc_bm)
+GP_ENTRY_CS_ST(1, 8, 4, TCP_MERGE_BATCHED, TCP_X, false, true, _bm)
+GP_ENTRY_CS_ST(1, 8, 4, TCP_MERGE_BATCHED, TCP_SWIGLU, true, false, _swiacc)
