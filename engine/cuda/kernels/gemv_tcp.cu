@@ -23,7 +23,7 @@ GP_ENTRY_V0(2, 8, 4, TCP_MERGE_BATCHED, TCP_NORM, false, _norm)
 GP_ENTRY_V0(2, 8, 4, TCP_MERGE_BATCHED, TCP_SWIGLU, true, _swiacc)
 GP_ENTRY_V0(2, 8, 4, TCP_MERGE_BATCHED, TCP_X, true, _acc)
 // The one-row column-scale forms (gemv_tcp.cuh CS): what the host launches at T = 1 for each
-// 8×4 form above, unless QWENGO_CUDA_GEMV_CS=0 (Backend.gemvTCPNoCS, a measurement switch).
+// 8×4 form above, unless QWENGO_CUDA_GEMV_CS=0 (Backend.gemvTCPCS off, a measurement switch).
 GP_ENTRY_CS(1, 8, 4, TCP_MERGE_BATCHED, TCP_X, false, false, )
 GP_ENTRY_CS(1, 8, 4, TCP_MERGE_BATCHED, TCP_NORM, false, false, _norm)
 GP_ENTRY_CS(1, 8, 4, TCP_MERGE_BATCHED, TCP_SWIGLU, true, false, _swiacc)

@@ -153,6 +153,12 @@ __device__ __forceinline__ float tcp_row_inv(const float* __restrict__ x, int K,
 // the last arriver's reads (~2-2.5 µs at the end of every launch, session 5's probe). The block
 // stages all of x (T·K·4 bytes) instead of its slice. Same partials, summed from 0 in slice
 // order as the global merge does: same bits (TestTCPBlockMergeSameBits).
+// CS (column scales, one row only: the host launches these forms at T = 1): the mma's B columns
+// 2t, 2t+1 carry x's hi and lo on lane t's k slots only, so D gives every lane the unscaled sums
+// of its own NVFP4 blocks (quarters 0-1 of a step are block 2t, 2-3 block 2t+1), which the E4M3
+// scales then multiply in f32; without CS every weight pair is scaled in half2 before the mma
+// (tc_quarters), as more rows need (their columns are rows). CS forms also issue the ring's
+// next loads after each step's decode (see the loop).
 // Stamps (the _st entry points, a measurement tool: TestFiguresGEMVStamps): thread 0 of every
 // block records TCP_ST_REC u64 at st[blockIdx.x · TCP_ST_REC …]: %globaltimer (ns) at its start,
 // after pdl_wait, after x is staged, after warp 0's loop and at its end (0 … 4), clock64 at the
