@@ -119,6 +119,9 @@ type Backend struct {
 	// pdl: the decode GEMVs start while the kernel before them finishes (programmatic dependent
 	// launch; QWENGO_CUDA_PDL=0 turns it off). Cleared if the driver refuses such a launch.
 	pdl bool
+	// cubinModules, jitModules: how many kernel modules were loaded from their sm_90 cubin and
+	// how many the driver JIT-compiled from PTX (KernelCode).
+	cubinModules, jitModules int
 	// adamChain: an AdamWMany call's batch launches after its first are programmatic dependents
 	// of the one before (training.go adamManyLaunch; QWENGO_CUDA_ADAMW_PDL=0 turns it off).
 	// Cleared if the driver refuses such a launch.
@@ -300,19 +303,35 @@ func (b *Backend) setup() error {
 			return err
 		}
 	}
+	b.name = strings.TrimSuffix(b.name, ")") + ", kernels: " + b.KernelCode() + ")"
 	return nil
 }
 
-// loadPTX loads an embedded PTX module (the driver JIT-compiles it) and registers its kernels
-// (worker goroutine); teardown unloads it.
+// loadPTX loads an embedded kernel module and registers its kernels (worker goroutine);
+// teardown unloads it. On a compute capability 9.0 GPU it loads the module's sm_90 cubin (no
+// JIT); where that is refused, on other GPUs, or with QWENGO_CUDA_JIT=1, the driver
+// JIT-compiles the PTX (the module counts say which).
 func (b *Backend) loadPTX(pm ptxModule) error {
-	src, err := ptxFS.ReadFile(pm.file)
-	if err != nil {
-		return fmt.Errorf("cuda: embedded %s: %w", pm.file, err)
+	var m module
+	loaded := false
+	if b.cc == [2]int{9, 0} && !jitFromEnv() {
+		if img, err := readCubin(pm.file); err == nil {
+			if m, err = loadModule(img); err == nil {
+				loaded = true
+				b.cubinModules++
+			}
+			// A refused cubin (a driver too old for it, say) falls back to the PTX below.
+		}
 	}
-	m, err := loadModule(src)
-	if err != nil {
-		return fmt.Errorf("cuda: loading %s on %s: %w", pm.file, b.devName, err)
+	if !loaded {
+		src, err := kernelFS.ReadFile(pm.file)
+		if err != nil {
+			return fmt.Errorf("cuda: embedded %s: %w", pm.file, err)
+		}
+		if m, err = loadModule(src); err != nil {
+			return fmt.Errorf("cuda: loading %s on %s: %w", pm.file, b.devName, err)
+		}
+		b.jitModules++
 	}
 	b.mods = append(b.mods, m)
 	for _, k := range pm.kernels {
@@ -324,6 +343,22 @@ func (b *Backend) loadPTX(pm ptxModule) error {
 		kernelNames[f] = k
 	}
 	return nil
+}
+
+// jitFromEnv reports whether QWENGO_CUDA_JIT=1 asks for the PTX even where a cubin fits.
+func jitFromEnv() bool { return os.Getenv("QWENGO_CUDA_JIT") == "1" }
+
+// KernelCode says what the kernels were loaded from: the embedded sm_90 cubins (ptxas release
+// in cubins.sum) or the PTX the driver JIT-compiled (a machine's first open then takes tens of
+// seconds; QWENGO_CUDA_JIT=1 or a GPU other than compute capability 9.0).
+func (b *Backend) KernelCode() string {
+	switch {
+	case b.jitModules == 0:
+		return "sm_90 cubins, ptxas " + cubinRelease()
+	case b.cubinModules == 0:
+		return "PTX JIT"
+	}
+	return fmt.Sprintf("%d modules from sm_90 cubins, %d by PTX JIT", b.cubinModules, b.jitModules)
 }
 
 // loadLazyPTX loads the lazyPTXModules entry of file unless its kernels are loaded already

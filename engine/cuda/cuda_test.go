@@ -189,6 +189,12 @@ func TestOpenAndName(t *testing.T) {
 		t.Errorf("Name() = %q does not name the device %q and its memory", g.Name(), g.DeviceName())
 	}
 	t.Logf("%s; %s free", g.Name(), backend.Human(free))
+	// The kernels come from the embedded cubins on compute capability 9.0 unless QWENGO_CUDA_JIT=1.
+	wantCubins := g.cc == [2]int{9, 0} && !jitFromEnv()
+	if code := g.KernelCode(); strings.HasPrefix(code, "sm_90 cubins") != wantCubins || !strings.Contains(g.Name(), code) {
+		t.Errorf("KernelCode() = %q on compute capability %d.%d (QWENGO_CUDA_JIT=%q); Name() = %q",
+			code, g.cc[0], g.cc[1], os.Getenv("QWENGO_CUDA_JIT"), g.Name())
+	}
 	b, err := backend.Open("cuda")
 	if err != nil {
 		t.Fatalf("backend.Open(\"cuda\"): %v", err)

@@ -17,8 +17,12 @@
 //     copies, events and cuBLASLt use; decode kernels use programmatic dependent launch
 //     (launchDep). Download (and Sync) wait for them, so a kernel fault surfaces there at the
 //     latest.
-//   - Kernels are CUDA C++ in kernels/*.cu, compiled to PTX for sm_90 by gen_ptx.sh, committed
-//     and embedded; Open JIT-loads them with cuModuleLoadData. No PTX is written by hand.
+//   - Kernels are CUDA C++ in kernels/*.cu, compiled to PTX for sm_90 by gen_ptx.sh, which also
+//     assembles each PTX into a gzipped sm_90 cubin (cubins.sum holds the PTX's SHA-256 and the
+//     ptxas release; scripts/cubins_on_device.sh reassembles them with CUDA 13's ptxas). All are
+//     committed and embedded; Open loads the cubins with cuModuleLoadData on compute capability
+//     9.0 (no JIT: ~2.5 s cold against ~36 s) and the PTX elsewhere, or where a cubin is
+//     refused. No PTX is written by hand.
 //   - Memory is accounted, not discovered (principle 4): every cuMemAlloc goes through one
 //     allocator that tracks bytes per backend.Category, the peak and the live allocations, and
 //     checks an optional budget (SetBudget) before asking the driver: an allocation that would
@@ -79,6 +83,7 @@
 //	QWENGO_CUDA_GEMV_BM=0                          gemv_tcp's global K-slice merge for 1..4 rows, not the in-block one
 //	QWENGO_CUDA_GEMV_MERGE0=1                      gemv_tcp's per-tile global merge (before session 19), where it has one
 //	QWENGO_CUDA_GEMV_CS=0                          one-row gemv_tcp with every weight pair scaled in half2, not the column-scale forms
+//	QWENGO_CUDA_JIT=1                              the driver JIT-compiles the PTX even where the sm_90 cubins fit
 //	QWENGO_CUDA_PDL=0                              no programmatic dependent launch in decode
 //	QWENGO_CUDA_LMHEAD_HILO=0                      2..8 rows of a large bf16 weight on the GEMV, not cuBLASLt's hi/lo product
 //	QWENGO_CUDA_GEMM=simt                          the tiled SIMT kernel instead of cuBLASLt for 16+ rows

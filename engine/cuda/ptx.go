@@ -1,14 +1,61 @@
 package cuda
 
-import "embed"
+import (
+	"compress/gzip"
+	"embed"
+	"fmt"
+	"io"
+	"strings"
+)
 
-// The kernels' PTX, generated from kernels/*.cu by gen_ptx.sh (nvcc -ptx -arch=sm_90) and
-// committed, so building the backend needs the CUDA headers but no compiler; the driver
-// JIT-compiles the PTX for the GPU when the backend opens. This file has no build tag so that
-// tests without a GPU can check the embedded modules.
+// The kernels' PTX, generated from kernels/*.cu by gen_ptx.sh (nvcc -ptx -arch=sm_90), and
+// each PTX's sm_90 machine code (ptxas -arch=sm_90 -O3, gzipped in kernels/*.sm_90.cubin.gz,
+// the PTX's SHA-256 in kernels/cubins.sum), all committed, so building the backend needs the
+// CUDA headers but no compiler. On a compute capability 9.0 GPU (H100, H200) the backend loads the cubins;
+// elsewhere, or with QWENGO_CUDA_JIT=1, the driver JIT-compiles the PTX (tens of seconds on a
+// machine's first open, then cached by the driver). This file has no build tag so that tests
+// without a GPU can check the embedded modules.
 
-//go:embed kernels/*.ptx
-var ptxFS embed.FS
+//go:embed kernels/*.ptx kernels/*.sm_90.cubin.gz kernels/cubins.sum
+var kernelFS embed.FS
+
+// cubinFile is the sm_90 machine code gen_ptx.sh assembles from a module's PTX file, gzipped.
+func cubinFile(ptxFile string) string {
+	return strings.TrimSuffix(ptxFile, ".ptx") + ".sm_90.cubin.gz"
+}
+
+// readCubin returns the embedded sm_90 cubin of a module's PTX file, unzipped.
+func readCubin(ptxFile string) ([]byte, error) {
+	f, err := kernelFS.Open(cubinFile(ptxFile))
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	z, err := gzip.NewReader(f)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", cubinFile(ptxFile), err)
+	}
+	img, err := io.ReadAll(z)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", cubinFile(ptxFile), err)
+	}
+	return img, nil
+}
+
+// cubinRelease returns the ptxas release that assembled the cubins ("release 11.8, V11.8.89",
+// from cubins.sum's first line), or "".
+func cubinRelease() string {
+	sums, err := kernelFS.ReadFile("kernels/cubins.sum")
+	if err != nil {
+		return ""
+	}
+	first, _, _ := strings.Cut(string(sums), "\n")
+	rel, _ := strings.CutPrefix(first, "# ptxas: ")
+	if rel == first {
+		return ""
+	}
+	return strings.TrimSpace(rel)
+}
 
 // ptxModule is one PTX file and the kernels the backend launches from it.
 type ptxModule struct {

@@ -2,6 +2,10 @@ package cuda
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,7 +19,7 @@ func TestPTXModules(t *testing.T) {
 	seen := map[string]bool{}
 	all := append(append([]ptxModule{}, ptxModules...), lazyPTXModules...)
 	for _, m := range all {
-		src, err := ptxFS.ReadFile(m.file)
+		src, err := kernelFS.ReadFile(m.file)
 		if err != nil {
 			t.Fatalf("embedded %s: %v", m.file, err)
 		}
@@ -53,6 +57,62 @@ func TestPTXModules(t *testing.T) {
 		if !listed[filepath.ToSlash(p)] {
 			t.Errorf("%s: its PTX %s is not loaded by the backend (ptxModules)", cu, p)
 		}
+	}
+}
+
+// TestCubinsMatchPTX checks the embedded sm_90 cubins against the PTX: cubins.sum must name
+// every PTX file with the SHA-256 it has now (gen_ptx.sh assembles the cubins from the PTX and
+// writes the sums last, so a PTX regenerated without its cubin shows here), and every cubin must
+// be CUDA ELF for sm_90 holding the kernels the backend looks up in it.
+func TestCubinsMatchPTX(t *testing.T) {
+	sums, err := kernelFS.ReadFile("kernels/cubins.sum")
+	if err != nil {
+		t.Fatalf("embedded cubins.sum: %v", err)
+	}
+	want := map[string]string{}
+	for i, line := range strings.Split(strings.TrimSpace(string(sums)), "\n") {
+		if strings.HasPrefix(line, "#") {
+			continue
+		}
+		sum, name, ok := strings.Cut(line, "  ")
+		if !ok || len(sum) != 64 {
+			t.Fatalf("cubins.sum line %d: %q is not \"<sha256>  <file>.ptx\"", i+1, line)
+		}
+		want["kernels/"+name] = sum
+	}
+	all := append(append([]ptxModule{}, ptxModules...), lazyPTXModules...)
+	ptxs, _ := fs.Glob(kernelFS, "kernels/*.ptx")
+	if len(want) != len(ptxs) {
+		t.Errorf("cubins.sum names %d PTX files, %d are embedded: run gen_ptx.sh", len(want), len(ptxs))
+	}
+	for _, m := range all {
+		src, err := kernelFS.ReadFile(m.file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := fmt.Sprintf("%x", sha256.Sum256(src)); got != want[m.file] {
+			t.Errorf("%s: SHA-256 %s, its cubin was assembled from %q: run gen_ptx.sh", m.file, got[:12], want[m.file])
+		}
+		cub, err := readCubin(m.file)
+		if err != nil {
+			t.Errorf("%s: no cubin: %v", m.file, err)
+			continue
+		}
+		// ELF64 little-endian, e_machine EM_CUDA (190), the SM version in e_flags: its low byte
+		// up to CUDA 12 (0x005a055a from ptxas 11.8), its second byte from CUDA 13 (0x06005a04).
+		if len(cub) < 64 || string(cub[:4]) != "\x7fELF" || cub[4] != 2 ||
+			binary.LittleEndian.Uint16(cub[18:]) != 190 || (cub[48] != 90 && cub[49] != 90) {
+			t.Errorf("%s: not a 64-bit CUDA ELF for sm_90", cubinFile(m.file))
+			continue
+		}
+		for _, k := range m.kernels {
+			if !bytes.Contains(cub, []byte("\x00"+k+"\x00")) {
+				t.Errorf("%s: no kernel %s", cubinFile(m.file), k)
+			}
+		}
+	}
+	if rel := cubinRelease(); rel == "" {
+		t.Errorf("cubins.sum has no \"# ptxas: release …\" line")
 	}
 }
 
