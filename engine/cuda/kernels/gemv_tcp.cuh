@@ -164,6 +164,16 @@ __device__ __forceinline__ float tcp_row_inv(const float* __restrict__ x, int K,
 // after pdl_wait, after x is staged, after warp 0's loop and at its end (0 … 4), clock64 at the
 // same points (5 … 9) and the SM (10). Warp 0 stands for the block; 0 where it returned before.
 #define TCP_ST_REC 12
+
+// tcp_lds128 loads 16 bytes from a 32-bit shared-memory address. The CS loop keeps its x
+// address as one: from the generic pointer, ptxas (11.8 and 13.0) re-derived the shared window
+// (S2R SR_CgaCtaId, PRMT, two IMAD) before every predicated load and zeroed the dead lanes'
+// registers (2 CS2R), 4 loads a step; session 21, call 6: −1.4 µs a layer at context 8192.
+__device__ __forceinline__ uint4 tcp_lds128(uint32_t a) {
+    uint4 v;
+    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(a));
+    return v;
+}
 __device__ __forceinline__ unsigned long long tcp_gtime() {
     unsigned long long t;
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
@@ -299,6 +309,12 @@ __device__ __forceinline__ void gemv_tcp(const gemv_jobs& jobs, const float* __r
     } else {
         stage_x_hilo<SWZ>(xs, x, K, T, 128 * ks0, 4 * ksteps, cstride);
     }
+    // CS: lanes that feed zeros read them from tcp_zq (64 bytes, a step's four quarters), so the
+    // loop's x loads need no predicate and no zeroing moves.
+    __shared__ __align__(16) uint4 tcp_zq[CS ? 4 : 1];
+    if constexpr (CS) {
+        if (threadIdx.x < 4) tcp_zq[threadIdx.x] = make_uint4(0u, 0u, 0u, 0u);
+    }
     __syncthreads();
     tcp_stamp<ST>(st, 2);
     if (!BM && total == 0) return;  // no block-wide barrier follows (BM: the merge's follows)
@@ -315,6 +331,13 @@ __device__ __forceinline__ void gemv_tcp(const gemv_jobs& jobs, const float* __r
         // t = g/2 only, zeros elsewhere, so the mma keeps each lane's own scale block apart.
         rowLive[p] = CS ? (g >> 1) == t : row < T;
         xcol[p] = xs + (size_t)(2 * row + (g & 1)) * cstride + xofs + t * 16;
+    }
+    // CS: the lane's x in shared memory at step 0 of a slice, and its stride a step (64 words;
+    // 0 for the zero quads).
+    uint32_t xsa = 0, xss = 0;
+    if constexpr (CS) {
+        xsa = rowLive[0] ? (uint32_t)__cvta_generic_to_shared(xcol[0]) : (uint32_t)__cvta_generic_to_shared(tcp_zq);
+        xss = rowLive[0] ? 256u : 0u;
     }
     float acc[P][2][4];
     // CS: the lane's scaled sums of its blocks of weight rows g (cs0) and g+8 (cs1) in the tile.
@@ -537,8 +560,7 @@ __device__ __forceinline__ void gemv_tcp(const gemv_jobs& jobs, const float* __r
                     tc_quarters_raw(wra, wrb,
                                     [&](int i, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t a4,
                                         uint32_t a5, uint32_t a6, uint32_t a7) {
-                                        uint4 b = make_uint4(0u, 0u, 0u, 0u);
-                                        if (rowLive[0]) b = reinterpret_cast<const uint4*>(xcol[0] + 64 * cs)[i];
+                                        const uint4 b = tcp_lds128(xsa + cs * xss + 16 * i);
                                         float(&c)[4] = i < 2 ? ce : co;
                                         mma_f16(c, a0, a1, a2, a3, b.x, b.y);
                                         mma_f16(c, a4, a5, a6, a7, b.z, b.w);
