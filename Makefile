@@ -68,7 +68,8 @@ test: vet tokenizer test-go test-kernel test-notebooks test-browser fuzz
 quickstart: tokenizer install
 	$(BIN)/qwenrepl chat
 
-# Regenerate the embedded PTX from engine/cuda/kernels/*.cu (nvcc 11.8 from Debian non-free).
+# Regenerate the embedded PTX and sm_90 cubins from engine/cuda/kernels/*.cu (nvcc 11.8 from Debian
+# non-free; reassemble the cubins with CUDA 13 on the device: engine/cuda/scripts/cubins_on_device.sh).
 cuda-ptx:
 	bash ../shared/scripts/cuda-dev-setup.sh --nvcc
 	bash engine/cuda/gen_ptx.sh
