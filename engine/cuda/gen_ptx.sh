@@ -43,3 +43,9 @@ tmp=$(mktemp .cubins.sum.XXXXXX)
 chmod 644 "$tmp"
 mv "$tmp" cubins.sum
 echo "gen_ptx: cubins.sum"
+case $(head -1 cubins.sum) in
+*"release 1"[3-9]*) ;;
+*) echo "gen_ptx: note: these cubins come from $(head -1 cubins.sum | cut -c3-); ptxas 11.8's code ran" \
+	"the decode ~2 % slower than CUDA 13's (NOTES.md, session 21): reassemble them on the device with" \
+	"engine/cuda/scripts/cubins_on_device.sh before landing" >&2 ;;
+esac
