@@ -11,10 +11,10 @@ import (
 // The kernels' PTX, generated from kernels/*.cu by gen_ptx.sh (nvcc -ptx -arch=sm_90), and
 // each PTX's sm_90 machine code (ptxas -arch=sm_90 -O3, gzipped in kernels/*.sm_90.cubin.gz,
 // the PTX's SHA-256 in kernels/cubins.sum), all committed, so building the backend needs the
-// CUDA headers but no compiler. On a compute capability 9.0 GPU (H100, H200) the backend loads the cubins;
-// elsewhere, or with QWENGO_CUDA_JIT=1, the driver JIT-compiles the PTX (tens of seconds on a
-// machine's first open, then cached by the driver). This file has no build tag so that tests
-// without a GPU can check the embedded modules.
+// CUDA headers but no compiler. On a compute capability 9.0 GPU (H100, H200) the backend loads
+// the cubins; elsewhere, or with QWENGO_CUDA_JIT=1, the driver JIT-compiles the PTX (tens of
+// seconds on a machine's first open, then cached by the driver). This file has no build tag so
+// that tests without a GPU can check the embedded modules.
 
 //go:embed kernels/*.ptx kernels/*.sm_90.cubin.gz kernels/cubins.sum
 var kernelFS embed.FS
