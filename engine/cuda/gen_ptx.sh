@@ -3,7 +3,7 @@
 # then each PTX's sm_90 machine code (ptxas -arch=sm_90 -O3 → *.sm_90.cubin.gz) and cubins.sum,
 # the SHA-256 of every PTX its cubin was assembled from. All are committed and embedded (ptx.go),
 # so building and running the GPU backend needs no nvcc, and an H100/H200 loads the cubins
-# without the driver's JIT (~45 s on a machine's first open); other GPUs JIT the PTX. Run this
+# without the driver's JIT (31-36 s on a fresh H200's first open); other GPUs JIT the PTX. Run this
 # after editing a .cu file. NVCC and PTXAS override the compilers; --cubins keeps the PTX and
 # only reassembles the cubins (with another ptxas: PTXAS=/usr/local/cuda/bin/ptxas on the device
 # machine, whose CUDA 13 ptxas is what its driver's JIT runs).
