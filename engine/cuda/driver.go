@@ -463,9 +463,10 @@ func memsetD8(dst devPtr, v byte, n int64) error {
 
 type module = C.CUmodule
 
-// loadModule JIT-compiles a NUL-terminated PTX image for the current context.
-func loadModule(ptx []byte) (module, error) {
-	img := C.CBytes(append(append([]byte(nil), ptx...), 0))
+// loadModule loads a kernel image into the current context: a cubin as it is, PTX JIT-compiled
+// by the driver (the copy ends in a NUL, which PTX text needs and a cubin ignores).
+func loadModule(image []byte) (module, error) {
+	img := C.CBytes(append(append([]byte(nil), image...), 0))
 	defer C.free(img)
 	var m C.CUmodule
 	err := check("cuModuleLoadData", C.qg_cuModuleLoadData(&m, img))
