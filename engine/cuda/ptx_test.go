@@ -15,9 +15,14 @@ import (
 
 // These tests need no GPU and no build tag: they check the embedded kernels.
 
+// allModules is every embedded module: those loaded at open and those loaded on first use.
+func allModules() []ptxModule {
+	return append(append([]ptxModule{}, ptxModules...), lazyPTXModules...)
+}
+
 func TestPTXModules(t *testing.T) {
 	seen := map[string]bool{}
-	all := append(append([]ptxModule{}, ptxModules...), lazyPTXModules...)
+	all := allModules()
 	for _, m := range all {
 		src, err := kernelFS.ReadFile(m.file)
 		if err != nil {
@@ -80,7 +85,7 @@ func TestCubinsMatchPTX(t *testing.T) {
 		}
 		want["kernels/"+name] = sum
 	}
-	all := append(append([]ptxModule{}, ptxModules...), lazyPTXModules...)
+	all := allModules()
 	ptxs, _ := fs.Glob(kernelFS, "kernels/*.ptx")
 	if len(want) != len(ptxs) {
 		t.Errorf("cubins.sum names %d PTX files, %d are embedded: run gen_ptx.sh", len(want), len(ptxs))
