@@ -93,6 +93,9 @@ type Backend struct {
 	// decodeFusedModel offers the fused decode ops to the model (FusedDecodeRows; on unless
 	// QWENGO_CUDA_DECODE_FUSED=0).
 	decodeFusedModel bool
+	// decodeFusedRows is the most rows a chunk may have for the model to take the fused decode
+	// ops (fusedDecodeRows, or QWENGO_CUDA_DECODE_FUSED_ROWS: a measurement knob).
+	decodeFusedRows int
 	// decodeNormRoPE lets QKNormRoPEAttention fold the q/k norms, RoPE and cache write into the
 	// decode attention kernel (QWENGO_CUDA_DECODE_NR=1; measured slower, fused_decode.go).
 	decodeNormRoPE bool
@@ -194,7 +197,7 @@ func OpenDevice(ordinal int) (*Backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := &Backend{work: make(chan func(), 1), quit: make(chan struct{}), ordinal: ordinal, spin: runtime.GOMAXPROCS(0) > 1, gemv: gemvFromEnv(), gemvTCKernel: gemvTCFromEnv(), gemvTCBVariant: gemvTCBFromEnv(), gemvSlice: gemvSliceFromEnv(), gemvLongSlice: gemvLongSliceFromEnv(), gemvTCPVariant: gemvTCPFromEnv(), gemvTCPStepLoop: gemvTCPStepLoopFromEnv(), gemvTCPMerge0: gemvTCPMerge0FromEnv(), gemvTCPBlockMerge: gemvTCPBlockMergeFromEnv(), gemvTCPCS: gemvTCPCSFromEnv(), decodeFusedModel: decodeFusedFromEnv(), decodeNormRoPE: decodeNormRoPEFromEnv(), decodeLayers: decodeLayersFromEnv(), attnSIMT: attnSIMTFromEnv(), decodeAttnTiles: os.Getenv("QWENGO_CUDA_DECODE_ATTN") == "tiles", decodeAttnBlocks: decodeAttnBlocksFromEnv(), kvBF16: kvBF16,
+	b := &Backend{work: make(chan func(), 1), quit: make(chan struct{}), ordinal: ordinal, spin: runtime.GOMAXPROCS(0) > 1, gemv: gemvFromEnv(), gemvTCKernel: gemvTCFromEnv(), gemvTCBVariant: gemvTCBFromEnv(), gemvSlice: gemvSliceFromEnv(), gemvLongSlice: gemvLongSliceFromEnv(), gemvTCPVariant: gemvTCPFromEnv(), gemvTCPStepLoop: gemvTCPStepLoopFromEnv(), gemvTCPMerge0: gemvTCPMerge0FromEnv(), gemvTCPBlockMerge: gemvTCPBlockMergeFromEnv(), gemvTCPCS: gemvTCPCSFromEnv(), decodeFusedModel: decodeFusedFromEnv(), decodeFusedRows: decodeFusedRowsFromEnv(), decodeNormRoPE: decodeNormRoPEFromEnv(), decodeLayers: decodeLayersFromEnv(), attnSIMT: attnSIMTFromEnv(), decodeAttnTiles: os.Getenv("QWENGO_CUDA_DECODE_ATTN") == "tiles", decodeAttnBlocks: decodeAttnBlocksFromEnv(), kvBF16: kvBF16,
 		fns: map[string]function{}, live: map[devPtr]liveAlloc{}, rope: map[ropeKey]devBuf{}, pool: map[int64][]devPtr{}, graphs: map[*Graph]struct{}{}}
 	started := make(chan error, 1)
 	go b.worker(started)

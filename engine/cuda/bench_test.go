@@ -8,6 +8,8 @@ import (
 	"math/rand/v2"
 	"os"
 	"slices"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -369,19 +371,17 @@ func TestFiguresDecodeBatch(t *testing.T) {
 		}
 	}
 	// Rounds of steps from the same cache position (truncated back), so that every round
-	// attends over the same keys; the median round is the figure. QWENGO_CUDA_FIG_MERGE0=1
-	// interleaves rounds with the per-tile GEMV merge (gemv_tcp.cuh merge_per_tile) in the same
-	// process, for a comparison that process-to-process variation does not blur.
+	// attends over the same keys; the median round is the figure. Variants interleave rounds in
+	// the same process, for comparisons that process-to-process variation does not blur:
+	// QWENGO_CUDA_FIG_MERGE0=1 adds the per-tile GEMV merge (gemv_tcp.cuh merge_per_tile),
+	// QWENGO_CUDA_FIG_FUSED_ROWS=1,8 runs the fused decode forms' row limits listed (1: the
+	// per-op fused path at eight rows; 8: the norm, residual and SwiGLU folded into the GEMVs).
 	const rounds = 5
-	merges := []bool{false}
-	if os.Getenv("QWENGO_CUDA_FIG_MERGE0") == "1" {
-		merges = append(merges, true)
-		defer g.do(func() error { g.gemvTCPMerge0 = gemvTCPMerge0FromEnv(); return nil })
-	}
-	pers := make([][]float64, len(merges))
+	variants := batchFigureVariants(t, g)
+	pers := make([][]float64, len(variants))
 	for range rounds {
-		for v, m0 := range merges {
-			g.do(func() error { g.gemvTCPMerge0 = m0; return nil })
+		for v, vr := range variants {
+			g.do(func() error { vr.set(g); return nil })
 			for r := 0; r < B; r++ {
 				if err := cache.Seq(r).Truncate(ctxLen); err != nil {
 					t.Fatal(err)
@@ -397,15 +397,49 @@ func TestFiguresDecodeBatch(t *testing.T) {
 	if profile {
 		g.do(func() error { return profilerRange(false) })
 	}
-	for v, m0 := range merges {
-		form := ""
-		if len(merges) > 1 {
-			form = map[bool]string{false: " (batched merge)", true: " (per-tile merge)"}[m0]
-		}
+	for v, vr := range variants {
 		per := median(pers[v])
 		t.Logf("figure decode batch %d, %d layers + lm_head%s: %.1f µs per step (%.0f tok/s; median of %d rounds of %d steps, min %.1f max %.1f)",
-			B, layers, form, per*1e6, B/per, rounds, steps, slices.Min(pers[v])*1e6, slices.Max(pers[v])*1e6)
+			B, layers, vr.name, per*1e6, B/per, rounds, steps, slices.Min(pers[v])*1e6, slices.Max(pers[v])*1e6)
 	}
+}
+
+// batchFigureVariant is one backend setting TestFiguresDecodeBatch interleaves: name is printed
+// after the figure's title, set runs on the owner goroutine before each of its rounds.
+type batchFigureVariant struct {
+	name string
+	set  func(g *Backend)
+}
+
+// batchFigureVariants are the settings QWENGO_CUDA_FIG_MERGE0 and QWENGO_CUDA_FIG_FUSED_ROWS
+// ask for (just the backend's own when neither is set); the backend's settings come back at the
+// end of the test.
+func batchFigureVariants(t *testing.T, g *Backend) []batchFigureVariant {
+	var merge0 bool
+	var fusedRows int
+	g.do(func() error { merge0, fusedRows = g.gemvTCPMerge0, g.decodeFusedRows; return nil })
+	t.Cleanup(func() { g.do(func() error { g.gemvTCPMerge0, g.decodeFusedRows = merge0, fusedRows; return nil }) })
+	vs := []batchFigureVariant{{"", func(*Backend) {}}}
+	if os.Getenv("QWENGO_CUDA_FIG_MERGE0") == "1" {
+		vs = []batchFigureVariant{
+			{" (batched merge)", func(g *Backend) { g.gemvTCPMerge0 = false }},
+			{" (per-tile merge)", func(g *Backend) { g.gemvTCPMerge0 = true }},
+		}
+	}
+	if list := os.Getenv("QWENGO_CUDA_FIG_FUSED_ROWS"); list != "" {
+		var rows []batchFigureVariant
+		for _, f := range strings.Split(list, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || n < 1 || n > 8 {
+				t.Fatalf("QWENGO_CUDA_FIG_FUSED_ROWS: %q is not a row count from 1 to 8", f)
+			}
+			for _, v := range vs {
+				rows = append(rows, batchFigureVariant{fmt.Sprintf("%s (fused decode rows %d)", v.name, n), func(g *Backend) { v.set(g); g.decodeFusedRows = n }})
+			}
+		}
+		vs = rows
+	}
+	return vs
 }
 
 // TestKernelTimes checks the kernel timer of ProfileRange (QWENGO_CUDA_KERNEL_TIMES=1): each

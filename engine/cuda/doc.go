@@ -94,6 +94,7 @@
 //	QWENGO_CUDA_KV=f32                             new KV caches hold float32 (default bf16; also SetKVCacheDType)
 //	QWENGO_CUDA_BATCHED=0                          no backend.Batched: a batched step runs its per-sequence ops one by one
 //	QWENGO_CUDA_DECODE_FUSED=0                     batch-1 decode without the fused forms (norms, SwiGLU, adds in the GEMVs)
+//	QWENGO_CUDA_DECODE_FUSED_ROWS=N                the fused forms for chunks of up to N ≤ 8 rows (default 1; 8 measured slower)
 //	QWENGO_CUDA_DECODE_NR=1                        QKNormRoPEAttention as one kernel (measured slower: fused_decode.go)
 //	QWENGO_CUDA_DECODE_LAYERS=1                    the whole-stack decoder; QWENGO_CUDA_DECODE_STAGES=N caps its stages
 //	QWENGO_CUDA_SUMSQ_BATCH=0                      SumSquaresMany one gradient at a time
@@ -104,12 +105,14 @@
 //
 // The tests read more: QWENGO_CUDA_BENCH=1 runs the TestFigures* measurements (among them
 // TestFiguresDecodeForms, the decode forms interleaved in one process, and
-// TestFiguresDecodeAblation, each decode op's cost inside the launch chain),
+// TestFiguresDecodeAblation and TestFiguresDecodeBatchAblation, each decode op's cost inside the
+// launch chain at batch 1 and 8),
 // QWENGO_CUDA_FIG_LAYERS=N their depth, QWENGO_CUDA_FIG_SLICE=5,… extra K-slice forms,
 // QWENGO_CUDA_FIG_LONG=6,… extra forms with that K slice for down_proj, QWENGO_CUDA_FIG_FORMS=
 // fused/bm,… only those decode forms, QWENGO_CUDA_FIG_GEMV=tcp,… limits TestFiguresGEMV to those
 // kernels, QWENGO_CUDA_PROFILE=1 makes the decode figures' timed steps a profiler range,
-// QWENGO_CUDA_FIG_MERGE0=1 interleaves batch 8's rounds with the per-tile GEMV merge.
+// QWENGO_CUDA_FIG_MERGE0=1 interleaves batch 8's rounds with the per-tile GEMV merge and
+// QWENGO_CUDA_FIG_FUSED_ROWS=1,8 with those fused-form row limits.
 // TestFiguresLaunchChain times the bare dependency mechanisms (kernels/probe.cu).
 // TestFiguresGEMVStamps times the inside of every decode GEMV launch of a step from stamps its
 // blocks record (gemv_stamps.go, kernels/gemv_tcp_st.cu); QWENGO_CUDA_STAMPS_DIR=dir also writes

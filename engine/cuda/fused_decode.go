@@ -41,12 +41,26 @@ func decodeNormRoPEFromEnv() bool { return os.Getenv("QWENGO_CUDA_DECODE_NR") ==
 // 339.5 / 336.8 against 317.8 / 328.0 at 8192.
 const fusedDecodeRows = 1
 
-// FusedDecodeRows implements backend.FusedDecode: 1 unless QWENGO_CUDA_DECODE_FUSED=0, then 0.
+// decodeFusedRowsFromEnv is the most rows the model takes the fused decode ops for:
+// QWENGO_CUDA_DECODE_FUSED_ROWS (1 to 8, the resident GEMV's limit; a measurement knob), else
+// fusedDecodeRows.
+func decodeFusedRowsFromEnv() int {
+	if n := positiveEnv("QWENGO_CUDA_DECODE_FUSED_ROWS"); n > 0 {
+		return min(n, 8)
+	}
+	return fusedDecodeRows
+}
+
+// FusedDecodeRows implements backend.FusedDecode: fusedDecodeRows (or
+// QWENGO_CUDA_DECODE_FUSED_ROWS) unless QWENGO_CUDA_DECODE_FUSED=0, then 0.
 func (b *Backend) FusedDecodeRows() int {
 	if !b.decodeFusedModel {
 		return 0
 	}
-	return fusedDecodeRows
+	if b.decodeFusedRows < 1 { // a Backend not built by New (tests)
+		return fusedDecodeRows
+	}
+	return b.decodeFusedRows
 }
 
 // fusedGEMV reports whether fusion f may run on gemv_tcp for T rows of K inputs and weights ws.

@@ -113,6 +113,75 @@ func TestFusedDecodeOps(t *testing.T) {
 	}
 }
 
+// TestFusedDecodeSameBits checks the fused decode ops on the resident GEMV bit for bit against
+// the GPU's own compositions of the ops they name (RMSNorm then MatMulMany; MatMul then Add;
+// SwiGLU, MatMul, Add): the fused forms stage the same floats into the same products, so batched
+// decode may take them for any row count without changing a logit. Qwen3-4B's shapes, one to
+// eight rows (one and two passes of the GEMV).
+func TestFusedDecodeSameBits(t *testing.T) {
+	g := openGPU(t)
+	c := cpu.New()
+	const eps = 1e-6
+	for i, s := range []struct{ T, K, N, jobs int }{
+		{1, 2560, 4096, 3}, {3, 2560, 1024, 2}, {5, 2560, 4096, 3}, {8, 2560, 4096, 3}, {8, 2560, 9728, 2},
+		{1, 4096, 2560, 1}, {8, 4096, 2560, 1}, {1, 9728, 2560, 1}, {6, 9728, 2560, 1}, {8, 9728, 2560, 1},
+	} {
+		name := fmt.Sprintf("T=%d K=%d N=%d", s.T, s.K, s.N)
+		var ws []backend.Weight
+		for j := 0; j < s.jobs; j++ {
+			_, w := weights(t, c, g, hostWeight(t, kindNVFP4, s.N+16*j, s.K, uint64(40+10*i+j)))
+			ws = append(ws, w)
+		}
+		_, x := pair(t, c, g, s.T, s.K, randn(s.T*s.K, uint64(400+i), 1))
+		_, u := pair(t, c, g, s.T, s.K, randn(s.T*s.K, uint64(450+i), 1))
+		_, nw := pair(t, c, g, 1, s.K, randn(s.K, uint64(480+i), 0.3))
+		res := randn(s.T*s.N, uint64(490+i), 1)
+		outs := func() []backend.Tensor {
+			var o []backend.Tensor
+			for j := range ws {
+				_, t1 := pair(t, c, g, s.T, s.N+16*j, nil)
+				o = append(o, t1)
+			}
+			return o
+		}
+		same := func(op string, want, got []backend.Tensor) {
+			t.Helper()
+			for j := range want {
+				w, gt := download(t, g, want[j]), download(t, g, got[j])
+				for e := range w {
+					if math.Float32bits(w[e]) != math.Float32bits(gt[e]) {
+						t.Errorf("%s %s: output %d element %d (row %d): fused %v, composed %v", name, op, j, e, e/(len(w)/s.T), gt[e], w[e])
+						return
+					}
+				}
+			}
+		}
+		_, h := pair(t, c, g, s.T, s.K, nil)
+		composed, fused := outs(), outs()
+		if err := firstErr(g.RMSNorm(h, x, nw, eps), g.MatMulMany(composed, h, ws),
+			g.NormMatMulMany(fused, x, nw, eps, ws)); err != nil {
+			t.Fatalf("%s: norm+matmul: %v", name, err)
+		}
+		same("norm+matmul", composed, fused)
+		if s.jobs > 1 {
+			continue
+		}
+		_, o := pair(t, c, g, s.T, s.N, nil)
+		_, r1 := pair(t, c, g, s.T, s.N, res)
+		_, r2 := pair(t, c, g, s.T, s.N, res)
+		if err := firstErr(g.MatMul(o, x, ws[0]), g.Add(r1, o), g.MatMulAdd(r2, x, ws[0])); err != nil {
+			t.Fatalf("%s: matmul+add: %v", name, err)
+		}
+		same("matmul+add", []backend.Tensor{r1}, []backend.Tensor{r2})
+		_, r3 := pair(t, c, g, s.T, s.N, res)
+		_, r4 := pair(t, c, g, s.T, s.N, res)
+		if err := firstErr(g.SwiGLU(h, x, u), g.MatMul(o, h, ws[0]), g.Add(r3, o), g.SwiGLUMatMulAdd(r4, x, u, ws[0])); err != nil {
+			t.Fatalf("%s: swiglu+matmul+add: %v", name, err)
+		}
+		same("swiglu+matmul+add", []backend.Tensor{r3}, []backend.Tensor{r4})
+	}
+}
+
 // TestQKNormRoPEAttention checks the folded q/k norm + RoPE + cache write + decode attention
 // (attention_decode_nr{G}) against the two ops it stands for on the GPU — out, qr, kr and both
 // caches bit for bit — and against the CPU's composition within float tolerance: f32 and bf16
@@ -373,6 +442,51 @@ func median(v []float64) float64 {
 type ablated struct {
 	*Backend
 	skip map[string]bool
+	// oIn and downIn tell o_proj's and down_proj's MatMul apart (the per-op fused path of
+	// batched decode launches both through MatMul): their weights' In.
+	oIn, downIn int
+}
+
+func (a *ablated) MatMulMany(outs []backend.Tensor, x backend.Tensor, ws []backend.Weight) error {
+	if (len(ws) == 3 && a.skip["qkv"]) || (len(ws) == 2 && a.skip["gateup"]) {
+		return nil
+	}
+	return a.Backend.MatMulMany(outs, x, ws)
+}
+
+func (a *ablated) MatMul(out, x backend.Tensor, w backend.Weight) error {
+	if (w.In() == a.oIn && a.skip["o"]) || (w.In() == a.downIn && a.skip["down"]) {
+		return nil
+	}
+	return a.Backend.MatMul(out, x, w)
+}
+
+func (a *ablated) AddRMSNorm(out, x, delta, w backend.Tensor, eps float32) error {
+	if a.skip["addnorm"] {
+		return nil
+	}
+	return a.Backend.AddRMSNorm(out, x, delta, w, eps)
+}
+
+func (a *ablated) SwiGLU(out, gate, up backend.Tensor) error {
+	if a.skip["swiglu"] {
+		return nil
+	}
+	return a.Backend.SwiGLU(out, gate, up)
+}
+
+func (a *ablated) QKNormRoPECacheBatch(qr, kr, q, k, v, qn, kn, kCache, vCache backend.Tensor, headDim, capacity int, positions []int, theta float64, eps float32) error {
+	if a.skip["qknorm"] {
+		return nil
+	}
+	return a.Backend.QKNormRoPECacheBatch(qr, kr, q, k, v, qn, kn, kCache, vCache, headDim, capacity, positions, theta, eps)
+}
+
+func (a *ablated) AttentionBatch(out, q, k, v backend.Tensor, capacity int, positions []int, nHeads, nKV, headDim int) error {
+	if a.skip["attn"] {
+		return nil
+	}
+	return a.Backend.AttentionBatch(out, q, k, v, capacity, positions, nHeads, nKV, headDim)
 }
 
 func (a *ablated) NormMatMulMany(outs []backend.Tensor, x, w backend.Tensor, eps float32, ws []backend.Weight) error {
@@ -416,7 +530,7 @@ func TestFiguresDecodeAblation(t *testing.T) {
 	layers := figLayers(36)
 	const steps, rounds = 64, 7
 	forms := []string{"", "qknorm", "attn", "qknorm,attn", "qkv", "o", "gateup", "down", "qkv,o,gateup,down", "qkv,qknorm,attn,o,gateup,down"}
-	a := &ablated{g, map[string]bool{}}
+	a := &ablated{Backend: g, skip: map[string]bool{}}
 	_, m := randomLayers4B(t, a, layers)
 	defer m.Free()
 	if _, ok := m.B.(backend.NormRoPEAttention); !ok {
@@ -443,5 +557,83 @@ func TestFiguresDecodeAblation(t *testing.T) {
 			t.Logf("figure decode ablation skip %-30s context %5d, %d layers: %.2f µs a layer (saves %.2f; min %.2f max %.2f)",
 				f, ctxLen, layers, median(total[i]), full-median(total[i]), slices.Min(total[i]), slices.Max(total[i]))
 		}
+	}
+}
+
+// TestFiguresDecodeBatchAblation: batched decode (qwen3.ForwardBatch) of 8 sequences at
+// context 1024 over 36 Qwen3-4B layers (QWENGO_CUDA_FIG_LAYERS), no logits, each layer's ops
+// skipped one or a few at a time as in TestFiguresDecodeAblation; µs a step, forms interleaved
+// in one process. The default path at eight rows is the per-op fused one (MatMulMany, the q/k
+// norm and attention, MatMul for o, AddRMSNorm, MatMulMany, SwiGLU, MatMul for down,
+// AddRMSNorm); QWENGO_CUDA_DECODE_FUSED_ROWS=8 times the fused decode forms instead.
+func TestFiguresDecodeBatchAblation(t *testing.T) {
+	benchEnabled(t)
+	g := openGPU(t)
+	layers := figLayers(36)
+	const B, ctxLen, steps, rounds = 8, 1024, 32, 5
+	forms := []string{"", "qknorm", "attn", "qknorm,attn", "qkv", "o", "gateup", "down", "addnorm", "swiglu",
+		"qkv,o,gateup,down", "qkv,qknorm,attn,o,gateup,down,addnorm,swiglu"}
+	a := &ablated{Backend: g, skip: map[string]bool{}}
+	cfg, m := randomLayers4B(t, a, layers)
+	defer m.Free()
+	a.oIn, a.downIn = cfg.NumHeads*cfg.HeadDim, cfg.IntermediateSize
+	if _, ok := backend.UseBatched(m.B); !ok {
+		t.Fatal("the ablated backend lost the batched ops")
+	}
+	ctx := context.Background()
+	cache, err := m.NewBatchKVCache(B, ctxLen+steps+8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cache.Free()
+	for r := 0; r < B; r++ {
+		prompt := make([]int, ctxLen)
+		for i := range prompt {
+			prompt[i] = (i*37 + r*101) % cfg.VocabSize
+		}
+		if _, err := m.Forward(ctx, prompt, cache.Seq(r), qwen3.LogitsNone); err != nil {
+			t.Fatal(err)
+		}
+	}
+	next := make([]int, B)
+	times := make([][]float64, len(forms))
+	for round := 0; round <= rounds; round++ { // round 0 warms up
+		for i, f := range forms {
+			clear(a.skip)
+			for _, op := range strings.Split(f, ",") {
+				if op != "" {
+					a.skip[op] = true
+				}
+			}
+			for r := 0; r < B; r++ {
+				if err := cache.Seq(r).Truncate(ctxLen); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := g.Sync(); err != nil {
+				t.Fatal(err)
+			}
+			start := time.Now()
+			for s := 0; s < steps; s++ {
+				if _, err := m.ForwardBatch(ctx, next, cache, qwen3.LogitsNone); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := g.Sync(); err != nil {
+				t.Fatal(err)
+			}
+			if round > 0 {
+				times[i] = append(times[i], time.Since(start).Seconds()*1e6/steps)
+			}
+		}
+	}
+	clear(a.skip)
+	full := median(times[0])
+	for i, f := range forms {
+		if f == "" {
+			f = "(none)"
+		}
+		t.Logf("figure batch ablation skip %-45s batch %d, context %d, %d layers: %.1f µs a step, %.2f a layer (saves %.2f a layer; min %.1f max %.1f a step)",
+			f, B, ctxLen, layers, median(times[i]), median(times[i])/float64(layers), (full-median(times[i]))/float64(layers), slices.Min(times[i]), slices.Max(times[i]))
 	}
 }
