@@ -117,6 +117,10 @@ type Backend struct {
 	// decodeAttnBlocks is the decode attention's split target, blocks an SM
 	// (QWENGO_CUDA_DECODE_ATTN_BLOCKS; ops.go decodeAttnBlocksPerSM).
 	decodeAttnBlocks int
+	// decodeAttnPrefetch: each block of the one-row decode attention asks L2 for its first
+	// decodeAttnPrefetch cached rows before pdl_wait; decodeAttnPrefetchAuto picks by split size
+	// (QWENGO_CUDA_DECODE_ATTN_PREFETCH; ops.go decodeAttnPrefetchRows).
+	decodeAttnPrefetch int
 	// kvBF16: KV caches allocated from now on hold bf16 (kvcache.go; QWENGO_CUDA_KV).
 	kvBF16 bool
 	// pdl: the decode GEMVs start while the kernel before them finishes (programmatic dependent
@@ -197,7 +201,7 @@ func OpenDevice(ordinal int) (*Backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := &Backend{work: make(chan func(), 1), quit: make(chan struct{}), ordinal: ordinal, spin: runtime.GOMAXPROCS(0) > 1, gemv: gemvFromEnv(), gemvTCKernel: gemvTCFromEnv(), gemvTCBVariant: gemvTCBFromEnv(), gemvSlice: gemvSliceFromEnv(), gemvLongSlice: gemvLongSliceFromEnv(), gemvTCPVariant: gemvTCPFromEnv(), gemvTCPStepLoop: gemvTCPStepLoopFromEnv(), gemvTCPMerge0: gemvTCPMerge0FromEnv(), gemvTCPBlockMerge: gemvTCPBlockMergeFromEnv(), gemvTCPCS: gemvTCPCSFromEnv(), decodeFusedModel: decodeFusedFromEnv(), decodeFusedRows: decodeFusedRowsFromEnv(), decodeNormRoPE: decodeNormRoPEFromEnv(), decodeLayers: decodeLayersFromEnv(), attnSIMT: attnSIMTFromEnv(), decodeAttnTiles: os.Getenv("QWENGO_CUDA_DECODE_ATTN") == "tiles", decodeAttnBlocks: decodeAttnBlocksFromEnv(), kvBF16: kvBF16,
+	b := &Backend{work: make(chan func(), 1), quit: make(chan struct{}), ordinal: ordinal, spin: runtime.GOMAXPROCS(0) > 1, gemv: gemvFromEnv(), gemvTCKernel: gemvTCFromEnv(), gemvTCBVariant: gemvTCBFromEnv(), gemvSlice: gemvSliceFromEnv(), gemvLongSlice: gemvLongSliceFromEnv(), gemvTCPVariant: gemvTCPFromEnv(), gemvTCPStepLoop: gemvTCPStepLoopFromEnv(), gemvTCPMerge0: gemvTCPMerge0FromEnv(), gemvTCPBlockMerge: gemvTCPBlockMergeFromEnv(), gemvTCPCS: gemvTCPCSFromEnv(), decodeFusedModel: decodeFusedFromEnv(), decodeFusedRows: decodeFusedRowsFromEnv(), decodeNormRoPE: decodeNormRoPEFromEnv(), decodeLayers: decodeLayersFromEnv(), attnSIMT: attnSIMTFromEnv(), decodeAttnTiles: os.Getenv("QWENGO_CUDA_DECODE_ATTN") == "tiles", decodeAttnBlocks: decodeAttnBlocksFromEnv(), decodeAttnPrefetch: decodeAttnPrefetchFromEnv(), kvBF16: kvBF16,
 		fns: map[string]function{}, live: map[devPtr]liveAlloc{}, rope: map[ropeKey]devBuf{}, pool: map[int64][]devPtr{}, graphs: map[*Graph]struct{}{}}
 	started := make(chan error, 1)
 	go b.worker(started)

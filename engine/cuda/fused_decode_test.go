@@ -291,12 +291,13 @@ func testQKNormRoPEAttention(t *testing.T, dt tensor.DType) {
 }
 
 // TestFiguresDecodeForms times a batch-1 decode step of a Qwen3-4B-shaped NVFP4 model (8
-// layers, QWENGO_CUDA_FIG_LAYERS to change; vocabulary 512, so the step is its layers) in seven
+// layers, QWENGO_CUDA_FIG_LAYERS to change; vocabulary 512, so the step is its layers) in ten
 // forms, interleaved in one process so that the machine's state is the same for all: the per-op
 // path (nine kernels a layer), the fused decode ops (six), the fused ops with the q/k norms,
 // RoPE and cache write folded into attention (five), the fused and per-op paths with gemv_tcp's
 // block merge (/bm: K slices summed inside each block), and fused/bm with the per-tile global
-// merge (/m0) or with the one-row GEMVs' half2-scaled forms (/h, gemv_tcp.go tcpOneRow). Each
+// merge (/m0) or with the one-row GEMVs' half2-scaled forms (/h, gemv_tcp.go tcpOneRow), and
+// fused/bm with decode attention's L2 prefetch off (/ap0), for every row (/ap) or 32 (/ap32). Each
 // form runs without logits (the host runs ahead of the device: device-bound) and with greedy
 // tokens (one download a step, as `qwenrepl bench` decodes); the host's part is the time until
 // the last step's launches are issued. µs a layer, the median of the rounds; run with
@@ -315,23 +316,26 @@ func TestFiguresDecodeForms(t *testing.T) {
 		long          int  // gemvLongSlice: 0 is gemvTCPLongSlice
 		merge0        bool // gemvTCPMerge0: the per-tile GEMV merge
 		cs            bool // gemvTCPCS: one-row GEMVs in their column-scale forms
+		attnPre       int  // decodeAttnPrefetch + 1: 0 the automatic choice, else 1 + rows a block asked of L2
 	}
-	forms := []form{{"per-op", false, false, false, 0, 0, false, true}, {"fused", true, false, false, 0, 0, false, true},
-		{"fused+nr", true, true, false, 0, 0, false, true}, {"fused/bm", true, false, true, 0, 0, false, true},
-		{"per-op/bm", false, false, true, 0, 0, false, true}, {"fused/bm/m0", true, false, true, 0, 0, true, true},
-		{"fused/bm/h", true, false, true, 0, 0, false, false}}
+	forms := []form{{"per-op", false, false, false, 0, 0, false, true, 0}, {"fused", true, false, false, 0, 0, false, true, 0},
+		{"fused+nr", true, true, false, 0, 0, false, true, 0}, {"fused/bm", true, false, true, 0, 0, false, true, 0},
+		{"per-op/bm", false, false, true, 0, 0, false, true, 0}, {"fused/bm/m0", true, false, true, 0, 0, true, true, 0},
+		{"fused/bm/h", true, false, true, 0, 0, false, false, 0},
+		{"fused/bm/ap0", true, false, true, 0, 0, false, true, 1},
+		{"fused/bm/ap", true, false, true, 0, 0, false, true, 1 + 1<<20}, {"fused/bm/ap32", true, false, true, 0, 0, false, true, 1 + 32}}
 	// QWENGO_CUDA_FIG_SLICE=5,8,… adds fused forms whose every gemv_tcp launch takes that K slice
 	// (session 14, call 7: none faster than the per-shape slices).
 	for _, w := range strings.Split(os.Getenv("QWENGO_CUDA_FIG_SLICE"), ",") {
 		if n, err := strconv.Atoi(w); err == nil && n > 0 {
-			forms = append(forms, form{fmt.Sprintf("fused/s%d", n), true, false, false, n, 0, false, true})
+			forms = append(forms, form{fmt.Sprintf("fused/s%d", n), true, false, false, n, 0, false, true, 0})
 		}
 	}
 	// QWENGO_CUDA_FIG_LONG=6,7,… adds fused/bm forms whose long products (down_proj) take that
 	// K slice.
 	for _, w := range strings.Split(os.Getenv("QWENGO_CUDA_FIG_LONG"), ",") {
 		if n, err := strconv.Atoi(w); err == nil && n > 0 {
-			forms = append(forms, form{fmt.Sprintf("fused/bm/L%d", n), true, false, true, 0, n, false, true})
+			forms = append(forms, form{fmt.Sprintf("fused/bm/L%d", n), true, false, true, 0, n, false, true, 0})
 		}
 	}
 	// QWENGO_CUDA_FIG_FORMS=fused/bm,… keeps only the forms named.
@@ -347,6 +351,7 @@ func TestFiguresDecodeForms(t *testing.T) {
 		g.decodeFusedModel, g.decodeNormRoPE, g.gemvSlice = decodeFusedFromEnv(), decodeNormRoPEFromEnv(), gemvSliceFromEnv()
 		g.gemvTCPBlockMerge, g.gemvLongSlice = gemvTCPBlockMergeFromEnv(), gemvLongSliceFromEnv()
 		g.gemvTCPMerge0, g.gemvTCPCS = gemvTCPMerge0FromEnv(), gemvTCPCSFromEnv()
+		g.decodeAttnPrefetch = decodeAttnPrefetchFromEnv()
 		return nil
 	})
 	names := map[qwen3.LogitsMode]string{qwen3.LogitsNone: "none", qwen3.LogitsGreedy: "greedy"}
@@ -356,7 +361,7 @@ func TestFiguresDecodeForms(t *testing.T) {
 			f := forms[i/len(modes)]
 			g.do(func() error {
 				g.decodeFusedModel, g.decodeNormRoPE, g.gemvSlice, g.gemvTCPBlockMerge, g.gemvLongSlice = f.fused, f.nr, f.slice, f.bm, f.long
-				g.gemvTCPMerge0, g.gemvTCPCS = f.merge0, f.cs
+				g.gemvTCPMerge0, g.gemvTCPCS, g.decodeAttnPrefetch = f.merge0, f.cs, f.attnPre-1
 				return nil
 			})
 			return modes[i%len(modes)]

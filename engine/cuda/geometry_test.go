@@ -62,6 +62,24 @@ func TestAttentionDecodeSplit(t *testing.T) {
 	}
 }
 
+// TestDecodeAttnPrefetchRows checks the decode attention's L2 prefetch choice: automatic (a
+// block's whole range when it is one round of the walk, none beyond), or the environment's rows.
+func TestDecodeAttnPrefetchRows(t *testing.T) {
+	for _, c := range []struct {
+		env         string
+		chunk, want int
+	}{
+		{"", 32, 32}, {"", 64, 0}, {"", 128, 0}, {"junk", 32, 32}, {"-3", 64, 0},
+		{"0", 32, 0}, {"16", 128, 16}, {"1000000", 128, 1000000},
+	} {
+		t.Setenv("QWENGO_CUDA_DECODE_ATTN_PREFETCH", c.env)
+		b := &Backend{decodeAttnPrefetch: decodeAttnPrefetchFromEnv()}
+		if got := b.decodeAttnPrefetchRows(c.chunk); got != c.want {
+			t.Errorf("QWENGO_CUDA_DECODE_ATTN_PREFETCH=%q, chunk %d: %d rows, want %d", c.env, c.chunk, got, c.want)
+		}
+	}
+}
+
 // TestGEMVTCPGrid checks the resident GEMV's blocks per K slice: within the resident blocks
 // shared among the slices, no more than the tiles need, at least one however many slices.
 func TestGEMVTCPGrid(t *testing.T) {

@@ -5,6 +5,8 @@ package cuda
 import (
 	"fmt"
 	"math"
+	"os"
+	"strconv"
 	"unsafe"
 
 	"github.com/qwengo/qwengo/engine/backend"
@@ -431,7 +433,37 @@ func (b *Backend) attentionDecode(o, qt, kt, vt *Tensor, pos0, nHeads, nKV int, 
 	fn, threads, shmem := b.decodeAttnKernel(decodeAttnRegs, "attention_decode_f32", kvSuffix(kt), Q)
 	return b.launchDep(fn, [3]int{nKV, S, 1}, [3]int{threads, 1, 1}, shmem,
 		ptrArg(o.ptr), ptrArg(b.attnBuf.ptr), ptrArg(b.attnCounters.ptr), ptrArg(qt.ptr), ptrArg(kt.ptr), ptrArg(vt.ptr),
-		intArg(pos0), intArg(T), intArg(nHeads), intArg(nKV), f32Arg(scale), intArg(chunk))
+		intArg(pos0), intArg(T), intArg(nHeads), intArg(nKV), f32Arg(scale), intArg(chunk), intArg(b.decodeAttnPrefetchRows(chunk)))
+}
+
+// decodeAttnPrefetchAuto: each block of the one-row decode attention asks L2 for its cached keys
+// and values before pdl_wait when it walks at most one round of them (attDecodeKeys: contexts up
+// to ~2k keys at 64 splits), none beyond. Measured (session 22, calls 5-6, TestFiguresDecodeForms,
+// 36 layers, one process, three runs each, µs a layer): context 512 without logits 50.60 / 51.27 /
+// 50.90 → 49.51 / 49.38 / 49.50 (greedy 54.58 / 55.42 / 54.70 → 54.69 / 54.62 / 54.48); asking for
+// every row at context 8192 (128 a block) was 1.3-1.5 slower, the first 32 rows 0.1-0.7 slower.
+const decodeAttnPrefetchAuto = -1
+
+// decodeAttnPrefetchFromEnv is the decode attention's L2 prefetch, rows a block:
+// QWENGO_CUDA_DECODE_ATTN_PREFETCH=N (0: none; a measurement knob), else the automatic choice.
+func decodeAttnPrefetchFromEnv() int {
+	n, err := strconv.Atoi(os.Getenv("QWENGO_CUDA_DECODE_ATTN_PREFETCH"))
+	if err != nil || n < 0 {
+		return decodeAttnPrefetchAuto
+	}
+	return n
+}
+
+// decodeAttnPrefetchRows is how many of a block's cached rows the one-row decode attention asks
+// L2 for before pdl_wait, for splits of chunk keys.
+func (b *Backend) decodeAttnPrefetchRows(chunk int) int {
+	if b.decodeAttnPrefetch != decodeAttnPrefetchAuto {
+		return b.decodeAttnPrefetch
+	}
+	if chunk <= attDecodeKeys {
+		return chunk
+	}
+	return 0
 }
 
 // attnDecodeScratch grows the decode attention's split records (S for each of q query vectors)

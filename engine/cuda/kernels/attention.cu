@@ -118,6 +118,7 @@ attention_combine_f32(float* out, const float* part, int nHeads, int headDim, in
 
 // attention_decode_f32: grid (nKV, S), block 32·Q threads, dynamic shared memory
 // 4·(Q·AD_D + AD_KEYS·(AD_D+1) + AD_KEYS·AD_D) bytes. Split s covers keys [s·chunk, (s+1)·chunk).
+// pre (the register walk's L2 prefetch, rows a block: attention_decode_r) is ignored here.
 template <typename KV>
 __device__ __forceinline__ void attention_decode_tiles(float* out, float* part, int* counters, const float* q,
                                                        const KV* k, const KV* v, int pos0, int T, int nHeads, int nKV,
@@ -150,7 +151,7 @@ __device__ __forceinline__ void attention_decode_tiles(float* out, float* part, 
 #define AD_ENTRY(NAME, KV)                                                                                       \
     extern "C" __global__ void __launch_bounds__(32 * AD_MAXQ)                                                     \
         NAME(float* out, float* part, int* counters, const float* q, const KV* k, const KV* v, int pos0, int T,      \
-             int nHeads, int nKV, float scale, int chunk) {                                                        \
+             int nHeads, int nKV, float scale, int chunk, int pre) {                                               \
         attention_decode_tiles(out, part, counters, q, k, v, pos0, T, nHeads, nKV, scale, chunk);                  \
     }
 AD_ENTRY(attention_decode_f32, float)
@@ -161,8 +162,23 @@ AD_ENTRY(attention_decode_f32_kb, uint16_t)
 // no dynamic shared memory; the same splits, partial records and last-block merge.
 template <int Q, typename KV>
 __device__ __forceinline__ void attention_decode_r(float* out, float* part, int* counters, const float* q, const KV* k,
-                                                   const KV* v, int pos0, int nHeads, int nKV, float scale, int chunk) {
+                                                   const KV* v, int pos0, int nHeads, int nKV, float scale, int chunk,
+                                                   int pre) {
     __shared__ __align__(16) float red[DR_WARPS * Q * DR_REC];
+    if (pre > 0) {
+        // The block's cached rows before pos0 do not depend on the kernel before this one (it
+        // writes the step's own rows, pos0 and after): ask L2 for the first pre of them while it
+        // runs, so that the walk's first loads after pdl_wait are L2 hits
+        // (QWENGO_CUDA_DECODE_ATTN_PREFETCH=pre).
+        constexpr int LPR = AD_D * (int)sizeof(KV) / 128;  // 128-byte lines a row
+        const int jb = blockIdx.y * chunk, n = max(0, min(jb + min(chunk, pre), pos0) - jb) * LPR;
+        const size_t kvld = (size_t)nKV * AD_D;
+        for (int i = threadIdx.x; i < 2 * n; i += blockDim.x) {
+            const int r = (i % n) / LPR, c = i % LPR;
+            const KV* line = (i < n ? k : v) + (size_t)(jb + r) * kvld + (size_t)blockIdx.x * AD_D + c * (128 / (int)sizeof(KV));
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(line));
+        }
+    }
     pdl_wait();
     pdl_trigger();
     const int G = nHeads / nKV;
@@ -187,8 +203,8 @@ __device__ __forceinline__ void attention_decode_r(float* out, float* part, int*
 #define AD_R_ENTRY(Q, NAME, KV)                                                                                   \
     extern "C" __global__ void __launch_bounds__(32 * DR_WARPS)                                                    \
         NAME(float* out, float* part, int* counters, const float* q, const KV* k, const KV* v, int pos0, int T,      \
-             int nHeads, int nKV, float scale, int chunk) {                                                        \
-        attention_decode_r<Q, KV>(out, part, counters, q, k, v, pos0, nHeads, nKV, scale, chunk);                  \
+             int nHeads, int nKV, float scale, int chunk, int pre) {                                               \
+        attention_decode_r<Q, KV>(out, part, counters, q, k, v, pos0, nHeads, nKV, scale, chunk, pre);             \
     }
 AD_R_ENTRY(1, attention_decode_r1, float)
 AD_R_ENTRY(2, attention_decode_r2, float)
