@@ -91,6 +91,8 @@
 //	QWENGO_CUDA_ATTN=simt                          prefill attention on the fp32 kernel, not the flash kernels
 //	QWENGO_CUDA_DECODE_ATTN=tiles                  decode attention from shared-memory tiles, not registers
 //	QWENGO_CUDA_DECODE_ATTN_BLOCKS=N               decode attention's key splits aim for N blocks an SM (default 4)
+//	QWENGO_CUDA_DECODE_ATTN_PREFETCH=N             one-row decode attention asks L2 for N cached rows a block before
+//	                                               pdl_wait (0: none; default: a block's range when it is ≤ 32 keys)
 //	QWENGO_CUDA_KV=f32                             new KV caches hold float32 (default bf16; also SetKVCacheDType)
 //	QWENGO_CUDA_BATCHED=0                          no backend.Batched: a batched step runs its per-sequence ops one by one
 //	QWENGO_CUDA_DECODE_FUSED=0                     batch-1 decode without the fused forms (norms, SwiGLU, adds in the GEMVs)
