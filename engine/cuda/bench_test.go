@@ -339,20 +339,8 @@ func TestFiguresDecodeBatch(t *testing.T) {
 	defer m.Free()
 	ctx := context.Background()
 	const B, ctxLen, steps = 8, 1024, 32
-	cache, err := m.NewBatchKVCache(B, ctxLen+2*steps)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cache := prefilledBatchCache(t, m, B, ctxLen, ctxLen+2*steps)
 	defer cache.Free()
-	for r := 0; r < B; r++ {
-		prompt := make([]int, ctxLen)
-		for i := range prompt {
-			prompt[i] = (i*37 + r*101) % cfg.VocabSize
-		}
-		if _, err := m.Forward(ctx, prompt, cache.Seq(r), qwen3.LogitsNone); err != nil {
-			t.Fatal(err)
-		}
-	}
 	next := make([]int, B)
 	step := func() {
 		lg, err := m.ForwardBatch(ctx, next, cache, qwen3.LogitsGreedy)
@@ -440,6 +428,27 @@ func batchFigureVariants(t *testing.T, g *Backend) []batchFigureVariant {
 		vs = rows
 	}
 	return vs
+}
+
+// prefilledBatchCache makes a batch cache of B sequences with room for capacity positions and
+// prefills each with ctxLen tokens of its own (the batched decode figures' starting point).
+func prefilledBatchCache(t *testing.T, m *qwen3.Model, B, ctxLen, capacity int) *qwen3.BatchKVCache {
+	t.Helper()
+	cache, err := m.NewBatchKVCache(B, capacity)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for r := 0; r < B; r++ {
+		prompt := make([]int, ctxLen)
+		for i := range prompt {
+			prompt[i] = (i*37 + r*101) % m.Config.VocabSize
+		}
+		if _, err := m.Forward(context.Background(), prompt, cache.Seq(r), qwen3.LogitsNone); err != nil {
+			cache.Free()
+			t.Fatal(err)
+		}
+	}
+	return cache
 }
 
 // TestKernelTimes checks the kernel timer of ProfileRange (QWENGO_CUDA_KERNEL_TIMES=1): each

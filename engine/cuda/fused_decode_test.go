@@ -452,6 +452,16 @@ type ablated struct {
 	oIn, downIn int
 }
 
+// skipOnly makes ops (a comma-separated list of skip names, "" for none) the ops skipped.
+func (a *ablated) skipOnly(ops string) {
+	clear(a.skip)
+	for _, op := range strings.Split(ops, ",") {
+		if op != "" {
+			a.skip[op] = true
+		}
+	}
+}
+
 func (a *ablated) MatMulMany(outs []backend.Tensor, x backend.Tensor, ws []backend.Weight) error {
 	if (len(ws) == 3 && a.skip["qkv"]) || (len(ws) == 2 && a.skip["gateup"]) {
 		return nil
@@ -545,12 +555,7 @@ func TestFiguresDecodeAblation(t *testing.T) {
 	g.do(func() error { g.decodeFusedModel = true; return nil })
 	for _, ctxLen := range []int{512, 8192} {
 		total, _ := timeDecodeRuns(t, g, m, layers, ctxLen, steps, rounds, len(forms), func(i int) qwen3.LogitsMode {
-			clear(a.skip)
-			for _, op := range strings.Split(forms[i], ",") {
-				if op != "" {
-					a.skip[op] = true
-				}
-			}
+			a.skipOnly(forms[i])
 			return qwen3.LogitsNone
 		})
 		clear(a.skip)
@@ -586,30 +591,13 @@ func TestFiguresDecodeBatchAblation(t *testing.T) {
 		t.Fatal("the ablated backend lost the batched ops")
 	}
 	ctx := context.Background()
-	cache, err := m.NewBatchKVCache(B, ctxLen+steps+8)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cache := prefilledBatchCache(t, m, B, ctxLen, ctxLen+steps+8)
 	defer cache.Free()
-	for r := 0; r < B; r++ {
-		prompt := make([]int, ctxLen)
-		for i := range prompt {
-			prompt[i] = (i*37 + r*101) % cfg.VocabSize
-		}
-		if _, err := m.Forward(ctx, prompt, cache.Seq(r), qwen3.LogitsNone); err != nil {
-			t.Fatal(err)
-		}
-	}
 	next := make([]int, B)
 	times := make([][]float64, len(forms))
 	for round := 0; round <= rounds; round++ { // round 0 warms up
 		for i, f := range forms {
-			clear(a.skip)
-			for _, op := range strings.Split(f, ",") {
-				if op != "" {
-					a.skip[op] = true
-				}
-			}
+			a.skipOnly(f)
 			for r := 0; r < B; r++ {
 				if err := cache.Seq(r).Truncate(ctxLen); err != nil {
 					t.Fatal(err)
