@@ -229,7 +229,8 @@ func TestForwardBatchGPU(t *testing.T) {
 			name := fmt.Sprintf("%s unfused=%v", mc.name, unfused)
 			t.Run(name, func(t *testing.T) {
 				gm.Unfused = unfused
-				prompts := [][]int{{1, 17, 300, 42, 42}, {7}, {51, 90, 3, 250, 128, 64, 9, 11, 400}}
+				// six sequences: batched steps run the GEMV's two-pass forms (five to eight rows)
+				prompts := [][]int{{1, 17, 300, 42, 42}, {7}, {51, 90, 3, 250, 128, 64, 9, 11, 400}, {2, 3}, {99, 98, 97}, {5, 500, 50}}
 				const capacity, steps = 24, 6
 				B := len(prompts)
 				cb, err := cm.NewBatchKVCache(B, capacity)
