@@ -127,15 +127,7 @@ func TestFusedDecodeSameBits(t *testing.T) {
 		{1, 4096, 2560, 1}, {8, 4096, 2560, 1}, {1, 9728, 2560, 1}, {6, 9728, 2560, 1}, {8, 9728, 2560, 1},
 	} {
 		name := fmt.Sprintf("T=%d K=%d N=%d", s.T, s.K, s.N)
-		var ws []backend.Weight
-		for j := 0; j < s.jobs; j++ {
-			_, w := weights(t, c, g, hostWeight(t, kindNVFP4, s.N+16*j, s.K, uint64(40+10*i+j)))
-			ws = append(ws, w)
-		}
-		_, x := pair(t, c, g, s.T, s.K, randn(s.T*s.K, uint64(400+i), 1))
-		_, u := pair(t, c, g, s.T, s.K, randn(s.T*s.K, uint64(450+i), 1))
-		_, nw := pair(t, c, g, 1, s.K, randn(s.K, uint64(480+i), 0.3))
-		res := randn(s.T*s.N, uint64(490+i), 1)
+		ws, x, u, nw, res := tcpInputs(t, c, g, s.T, s.K, s.N, s.jobs, 40, i)
 		outs := func() []backend.Tensor {
 			var o []backend.Tensor
 			for j := range ws {
@@ -452,6 +444,14 @@ type ablated struct {
 	oIn, downIn int
 }
 
+// skipLabel names an ablation form in the figures: its skipped ops, or "(none)".
+func skipLabel(ops string) string {
+	if ops == "" {
+		return "(none)"
+	}
+	return ops
+}
+
 // skipOnly makes ops (a comma-separated list of skip names, "" for none) the ops skipped.
 func (a *ablated) skipOnly(ops string) {
 	clear(a.skip)
@@ -561,11 +561,8 @@ func TestFiguresDecodeAblation(t *testing.T) {
 		clear(a.skip)
 		full := median(total[0])
 		for i, f := range forms {
-			if f == "" {
-				f = "(none)"
-			}
 			t.Logf("figure decode ablation skip %-30s context %5d, %d layers: %.2f µs a layer (saves %.2f; min %.2f max %.2f)",
-				f, ctxLen, layers, median(total[i]), full-median(total[i]), slices.Min(total[i]), slices.Max(total[i]))
+				skipLabel(f), ctxLen, layers, median(total[i]), full-median(total[i]), slices.Min(total[i]), slices.Max(total[i]))
 		}
 	}
 }
@@ -623,10 +620,7 @@ func TestFiguresDecodeBatchAblation(t *testing.T) {
 	clear(a.skip)
 	full := median(times[0])
 	for i, f := range forms {
-		if f == "" {
-			f = "(none)"
-		}
 		t.Logf("figure batch ablation skip %-45s batch %d, context %d, %d layers: %.1f µs a step, %.2f a layer (saves %.2f a layer; min %.1f max %.1f a step)",
-			f, B, ctxLen, layers, median(times[i]), median(times[i])/float64(layers), (full-median(times[i]))/float64(layers), slices.Min(times[i]), slices.Max(times[i]))
+			skipLabel(f), B, ctxLen, layers, median(times[i]), median(times[i])/float64(layers), (full-median(times[i]))/float64(layers), slices.Min(times[i]), slices.Max(times[i]))
 	}
 }

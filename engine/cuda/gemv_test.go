@@ -290,6 +290,21 @@ func TestTCPMergeSameBits(t *testing.T) {
 // switch on.
 type tcpShape struct{ T, K, N, jobs, launches int }
 
+// tcpInputs makes a same-bits test's inputs for shape i: jobs NVFP4 weights of N+16j rows and
+// K inputs, x and u [T, K], norm weights [1, K] and a residual's T·N values, seeded from base
+// (weights base+10i+j, the rest 10·base+i and up) so that every test keeps its own values.
+func tcpInputs(t *testing.T, c *cpu.Backend, g *Backend, T, K, N, jobs, base, i int) (ws []backend.Weight, x, u, nw backend.Tensor, res []float32) {
+	t.Helper()
+	for j := 0; j < jobs; j++ {
+		_, w := weights(t, c, g, hostWeight(t, kindNVFP4, N+16*j, K, uint64(base+10*i+j)))
+		ws = append(ws, w)
+	}
+	_, x = pair(t, c, g, T, K, randn(T*K, uint64(10*base+i), 1))
+	_, u = pair(t, c, g, T, K, randn(T*K, uint64(10*base+50+i), 1))
+	_, nw = pair(t, c, g, 1, K, randn(K, uint64(10*base+80+i), 0.3))
+	return ws, x, u, nw, randn(T*N, uint64(10*base+90+i), 1)
+}
+
 // tcpSameBits computes every gemv_tcp form (plain products of the shape's jobs, norm, acc,
 // swiacc) with set(true) and set(false) on the owner goroutine and fails at the first output
 // whose bits differ between the two (named on and off), or where counter (if not nil) did not
@@ -300,15 +315,7 @@ func tcpSameBits(t *testing.T, g *Backend, on, off string, set func(bool), count
 	const eps = 1e-6
 	for i, s := range shapes {
 		name := fmt.Sprintf("T=%d K=%d N=%d jobs=%d", s.T, s.K, s.N, s.jobs)
-		var ws []backend.Weight
-		for j := 0; j < s.jobs; j++ {
-			_, w := weights(t, c, g, hostWeight(t, kindNVFP4, s.N+16*j, s.K, uint64(70+10*i+j)))
-			ws = append(ws, w)
-		}
-		_, x := pair(t, c, g, s.T, s.K, randn(s.T*s.K, uint64(700+i), 1))
-		_, u := pair(t, c, g, s.T, s.K, randn(s.T*s.K, uint64(750+i), 1))
-		_, nw := pair(t, c, g, 1, s.K, randn(s.K, uint64(780+i), 0.3))
-		res := randn(s.T*s.N, uint64(790+i), 1)
+		ws, x, u, nw, res := tcpInputs(t, c, g, s.T, s.K, s.N, s.jobs, 70, i)
 		// run returns each form's outputs with the switch set to which.
 		run := func(which bool) map[string][][]float32 {
 			g.do(func() error { set(which); return nil })
