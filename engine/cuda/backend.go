@@ -201,8 +201,20 @@ func OpenDevice(ordinal int) (*Backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := &Backend{work: make(chan func(), 1), quit: make(chan struct{}), ordinal: ordinal, spin: runtime.GOMAXPROCS(0) > 1, gemv: gemvFromEnv(), gemvTCKernel: gemvTCFromEnv(), gemvTCBVariant: gemvTCBFromEnv(), gemvSlice: gemvSliceFromEnv(), gemvLongSlice: gemvLongSliceFromEnv(), gemvTCPVariant: gemvTCPFromEnv(), gemvTCPStepLoop: gemvTCPStepLoopFromEnv(), gemvTCPMerge0: gemvTCPMerge0FromEnv(), gemvTCPBlockMerge: gemvTCPBlockMergeFromEnv(), gemvTCPCS: gemvTCPCSFromEnv(), decodeFusedModel: decodeFusedFromEnv(), decodeFusedRows: decodeFusedRowsFromEnv(), decodeNormRoPE: decodeNormRoPEFromEnv(), decodeLayers: decodeLayersFromEnv(), attnSIMT: attnSIMTFromEnv(), decodeAttnTiles: os.Getenv("QWENGO_CUDA_DECODE_ATTN") == "tiles", decodeAttnBlocks: decodeAttnBlocksFromEnv(), decodeAttnPrefetch: decodeAttnPrefetchFromEnv(), kvBF16: kvBF16,
-		fns: map[string]function{}, live: map[devPtr]liveAlloc{}, rope: map[ropeKey]devBuf{}, pool: map[int64][]devPtr{}, graphs: map[*Graph]struct{}{}}
+	b := &Backend{
+		work: make(chan func(), 1), quit: make(chan struct{}), ordinal: ordinal, spin: runtime.GOMAXPROCS(0) > 1,
+		fns: map[string]function{}, live: map[devPtr]liveAlloc{}, rope: map[ropeKey]devBuf{}, pool: map[int64][]devPtr{},
+		graphs: map[*Graph]struct{}{}, kvBF16: kvBF16,
+		// the environment's measurement knobs (doc.go lists them)
+		gemv: gemvFromEnv(), gemvTCKernel: gemvTCFromEnv(), gemvTCBVariant: gemvTCBFromEnv(),
+		gemvSlice: gemvSliceFromEnv(), gemvLongSlice: gemvLongSliceFromEnv(),
+		gemvTCPVariant: gemvTCPFromEnv(), gemvTCPStepLoop: gemvTCPStepLoopFromEnv(), gemvTCPMerge0: gemvTCPMerge0FromEnv(),
+		gemvTCPBlockMerge: gemvTCPBlockMergeFromEnv(), gemvTCPCS: gemvTCPCSFromEnv(),
+		decodeFusedModel: decodeFusedFromEnv(), decodeFusedRows: decodeFusedRowsFromEnv(),
+		decodeNormRoPE: decodeNormRoPEFromEnv(), decodeLayers: decodeLayersFromEnv(), attnSIMT: attnSIMTFromEnv(),
+		decodeAttnTiles: os.Getenv("QWENGO_CUDA_DECODE_ATTN") == "tiles", decodeAttnBlocks: decodeAttnBlocksFromEnv(),
+		decodeAttnPrefetch: decodeAttnPrefetchFromEnv(),
+	}
 	started := make(chan error, 1)
 	go b.worker(started)
 	if err := <-started; err != nil {

@@ -307,27 +307,29 @@ func TestFiguresDecodeForms(t *testing.T) {
 		slice         int  // gemvSlice: 0 picks per shape
 		long          int  // gemvLongSlice: 0 is gemvTCPLongSlice
 		merge0        bool // gemvTCPMerge0: the per-tile GEMV merge
-		cs            bool // gemvTCPCS: one-row GEMVs in their column-scale forms
+		half          bool // !gemvTCPCS: one-row GEMVs in their half2-scaled forms, not the column-scale ones
 		attnPre       int  // decodeAttnPrefetch + 1: 0 the automatic choice, else 1 + rows a block asked of L2
 	}
-	forms := []form{{"per-op", false, false, false, 0, 0, false, true, 0}, {"fused", true, false, false, 0, 0, false, true, 0},
-		{"fused+nr", true, true, false, 0, 0, false, true, 0}, {"fused/bm", true, false, true, 0, 0, false, true, 0},
-		{"per-op/bm", false, false, true, 0, 0, false, true, 0}, {"fused/bm/m0", true, false, true, 0, 0, true, true, 0},
-		{"fused/bm/h", true, false, true, 0, 0, false, false, 0},
-		{"fused/bm/ap0", true, false, true, 0, 0, false, true, 1},
-		{"fused/bm/ap", true, false, true, 0, 0, false, true, 1 + 1<<20}, {"fused/bm/ap32", true, false, true, 0, 0, false, true, 1 + 32}}
+	forms := []form{
+		{name: "per-op"}, {name: "fused", fused: true}, {name: "fused+nr", fused: true, nr: true},
+		{name: "fused/bm", fused: true, bm: true}, {name: "per-op/bm", bm: true},
+		{name: "fused/bm/m0", fused: true, bm: true, merge0: true}, {name: "fused/bm/h", fused: true, bm: true, half: true},
+		{name: "fused/bm/ap0", fused: true, bm: true, attnPre: 1},
+		{name: "fused/bm/ap", fused: true, bm: true, attnPre: 1 + 1<<20},
+		{name: "fused/bm/ap32", fused: true, bm: true, attnPre: 1 + 32},
+	}
 	// QWENGO_CUDA_FIG_SLICE=5,8,… adds fused forms whose every gemv_tcp launch takes that K slice
 	// (session 14, call 7: none faster than the per-shape slices).
 	for _, w := range strings.Split(os.Getenv("QWENGO_CUDA_FIG_SLICE"), ",") {
 		if n, err := strconv.Atoi(w); err == nil && n > 0 {
-			forms = append(forms, form{fmt.Sprintf("fused/s%d", n), true, false, false, n, 0, false, true, 0})
+			forms = append(forms, form{name: fmt.Sprintf("fused/s%d", n), fused: true, slice: n})
 		}
 	}
 	// QWENGO_CUDA_FIG_LONG=6,7,… adds fused/bm forms whose long products (down_proj) take that
 	// K slice.
 	for _, w := range strings.Split(os.Getenv("QWENGO_CUDA_FIG_LONG"), ",") {
 		if n, err := strconv.Atoi(w); err == nil && n > 0 {
-			forms = append(forms, form{fmt.Sprintf("fused/bm/L%d", n), true, false, true, 0, n, false, true, 0})
+			forms = append(forms, form{name: fmt.Sprintf("fused/bm/L%d", n), fused: true, bm: true, long: n})
 		}
 	}
 	// QWENGO_CUDA_FIG_FORMS=fused/bm,… keeps only the forms named.
@@ -353,7 +355,7 @@ func TestFiguresDecodeForms(t *testing.T) {
 			f := forms[i/len(modes)]
 			g.do(func() error {
 				g.decodeFusedModel, g.decodeNormRoPE, g.gemvSlice, g.gemvTCPBlockMerge, g.gemvLongSlice = f.fused, f.nr, f.slice, f.bm, f.long
-				g.gemvTCPMerge0, g.gemvTCPCS, g.decodeAttnPrefetch = f.merge0, f.cs, f.attnPre-1
+				g.gemvTCPMerge0, g.gemvTCPCS, g.decodeAttnPrefetch = f.merge0, !f.half, f.attnPre-1
 				return nil
 			})
 			return modes[i%len(modes)]
