@@ -55,14 +55,15 @@ __device__ __forceinline__ void blocks(uint32_t (&a)[8]) {
     }
 }
 
-template <int B, int SEED>
-__global__ void __launch_bounds__(128, 1) straight(uint32_t* sink, unsigned long long* span) {
+// timed runs body on eight independent chains a thread and records the block's span.
+template <typename Body>
+__device__ __forceinline__ void timed(uint32_t* sink, unsigned long long* span, Body body) {
     uint32_t a[8];
 #pragma unroll
     for (int i = 0; i < 8; i++) a[i] = threadIdx.x + i;
     __syncthreads();
     const unsigned long long t0 = gt();
-    blocks<B, SEED>(a);
+    body(a);
     __syncthreads();
     const unsigned long long t1 = gt();
     uint32_t s = 0;
@@ -72,21 +73,16 @@ __global__ void __launch_bounds__(128, 1) straight(uint32_t* sink, unsigned long
     if (threadIdx.x == 0) span[blockIdx.x] = t1 - t0;
 }
 
-// The same instruction count from a rolled loop (a few hundred bytes of code).
+template <int B, int SEED>
+__global__ void __launch_bounds__(128, 1) straight(uint32_t* sink, unsigned long long* span) {
+    timed(sink, span, [](uint32_t(&a)[8]) { blocks<B, SEED>(a); });
+}
+
+// The same instruction count from a rolled loop (a few KB of code).
 __global__ void __launch_bounds__(128, 1) rolled(uint32_t* sink, unsigned long long* span, int B) {
-    uint32_t a[8];
-#pragma unroll
-    for (int i = 0; i < 8; i++) a[i] = threadIdx.x + i;
-    __syncthreads();
-    const unsigned long long t0 = gt();
-    for (int b = 0; b < B; b++) line<7>(a, std::make_integer_sequence<int, 256>{});
-    __syncthreads();
-    const unsigned long long t1 = gt();
-    uint32_t s = 0;
-#pragma unroll
-    for (int i = 0; i < 8; i++) s ^= a[i];
-    if (s == 0x12345678u) sink[threadIdx.x] = s;
-    if (threadIdx.x == 0) span[blockIdx.x] = t1 - t0;
+    timed(sink, span, [B](uint32_t(&a)[8]) {
+        for (int b = 0; b < B; b++) line<7>(a, std::make_integer_sequence<int, 256>{});
+    });
 }
 
 int main() {
