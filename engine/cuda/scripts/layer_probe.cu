@@ -18,9 +18,10 @@
 // Each GEMV's x is the previous GEMV's output (the attention and norms are left out).
 //   A: one kernel a GEMV, programmatic dependent launch, D steps a warp in registers issued before
 //      pdl_wait, x staged after it — today's gemv_tcp structure (2 blocks of 8 warps an SM).
-//   B: one persistent kernel (1 block of 8 warps an SM), each warp a ring of R steps in shared
+//   B: one persistent kernel (1 block of 8 or 16 warps an SM), each warp a ring of R steps in shared
 //      memory filled by cp.async across GEMV boundaries, a grid barrier (arrival counter) before
-//      each GEMV's x is staged. nobar: the same without the barrier (a streaming floor).
+//      each GEMV's x is staged; "no barrier": the same without it (a streaming floor); "dataflow":
+//      no barrier, each item waits only for the producer tiles of its K slice (session 23).
 // Build and run with CUDA 12+ on the GPU: nvcc -O3 -arch=sm_90 -o layer_probe layer_probe.cu
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -159,14 +160,25 @@ __global__ void __launch_bounds__(THREADS, 2) phase_a(const uint4* __restrict__ 
 }
 
 // B: the whole chain in one launch, a ring of R steps a warp in shared memory.
-template <int R, int NWARP, int WORDS>
+// MODE: B_BARRIER (a grid barrier, then the block stages x), B_NOBAR (the same without the
+// barrier: a streaming floor), B_DATAFLOW (no barrier: before each item the warp waits for the
+// producer tiles covering its K slice — bar[P·MAXT + tile] counts a tile's finished items — and
+// stages that slice of x itself; producers signal each item after its partial sums).
+#define B_BARRIER 0
+#define B_NOBAR 1
+#define B_DATAFLOW 2
+constexpr int MAXT = 19456 / 16;  // tiles of the widest product (gate|up)
+constexpr int XW_U4 = S * 128 * 2 / 16;  // a warp's staged x slice (halves)
+
+template <int R, int NWARP, int WORDS, int MODE>
 __global__ void __launch_bounds__(NWARP * 32, 1) persist_b(const uint4* const* __restrict__ W, float* const* __restrict__ O,
-                                                       const float* x0, unsigned* bar, int nobar) {
+                                                       const float* x0, unsigned* bar) {
     extern __shared__ uint4 sm[];
-    __half2* xs2 = reinterpret_cast<__half2*>(sm);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int gw = blockIdx.x * NWARP + warp, nw = gridDim.x * NWARP;
     uint4* ring = sm + XS_U4 + warp * R * STEP_U4;
+    // B_DATAFLOW's x slice for this warp; the others share the block's whole x.
+    __half2* xs2 = reinterpret_cast<__half2*>(MODE == B_DATAFLOW ? sm + XS_U4 + NWARP * R * STEP_U4 + warp * XW_U4 : sm);
     // The issue cursor: phase P (layer·4 + GEMV), the warp's n-th item in it, step s.
     int iP = 0, in = 0, is = 0, islot = 0, cslot = 0;
     auto mine = [&](int P) {
@@ -196,21 +208,46 @@ __global__ void __launch_bounds__(NWARP * 32, 1) persist_b(const uint4* const* _
     for (int r = 0; r < R; r++) issue();
     for (int P = 0; P < NP; P++) {
         const int ph = P % NPH;
-        __syncthreads();  // every warp done with the previous GEMV (its atomics issued) and with xs
-        if (P > 0 && !nobar && threadIdx.x == 0) {
-            __threadfence();
-            atomicAdd(bar + P - 1, 1u);
-            unsigned v;
-            do asm volatile("ld.acquire.gpu.u32 %0, [%1];" : "=r"(v) : "l"(bar + P - 1) : "memory");
-            while (v < gridDim.x);
+        if (MODE != B_DATAFLOW) {
+            __syncthreads();  // every warp done with the previous GEMV (its atomics issued) and with xs
+            if (P > 0 && MODE == B_BARRIER && threadIdx.x == 0) {
+                __threadfence();
+                atomicAdd(bar + P - 1, 1u);
+                unsigned v;
+                do asm volatile("ld.acquire.gpu.u32 %0, [%1];" : "=r"(v) : "l"(bar + P - 1) : "memory");
+                while (v < gridDim.x);
+            }
+            __syncthreads();
+            stage_x(xs2, P == 0 ? x0 : O[P - 1], ph_k(ph));
+            __syncthreads();
         }
-        __syncthreads();
-        stage_x(xs2, P == 0 ? x0 : O[P - 1], ph_k(ph));
-        __syncthreads();
         const int slices = ph_slices(ph), n = mine(P);
         float fa = 0.f, fb = 0.f;
         for (int i = 0; i < n; i++) {
-            const int item = gw + i * nw, xb = (item % slices) * S * 64 + t * 16;
+            const int item = gw + i * nw;
+            int xb = (item % slices) * S * 64 + t * 16;
+            if (MODE == B_DATAFLOW) {
+                const int sl = item % slices;
+                if (P > 0) {  // the producer tiles of x's rows [512·sl, 512·sl + 512): one a lane
+                    const unsigned need = ph_slices((P - 1) % NPH);
+                    const unsigned* c = bar + (size_t)(P - 1) * MAXT + sl * 32 + lane;
+                    unsigned v;
+                    do asm volatile("ld.acquire.gpu.u32 %0, [%1];" : "=r"(v) : "l"(c) : "memory");
+                    while (v < need);
+                }
+                __syncwarp();
+                const float4* xg = reinterpret_cast<const float4*>((P == 0 ? x0 : O[P - 1]) + sl * S * 128 + lane * 16);
+                float4 v[4];
+#pragma unroll
+                for (int u = 0; u < 4; u++) v[u] = __ldcg(xg + u);
+#pragma unroll
+                for (int u = 0; u < 4; u++) {
+                    xs2[lane * 8 + 2 * u] = __floats2half2_rn(v[u].x, v[u].y);
+                    xs2[lane * 8 + 2 * u + 1] = __floats2half2_rn(v[u].z, v[u].w);
+                }
+                __syncwarp();
+                xb = t * 16;
+            }
             for (int s = 0; s < S; s++) {
                 cp_wait<R - 1>();
                 __syncwarp();
@@ -224,6 +261,11 @@ __global__ void __launch_bounds__(NWARP * 32, 1) persist_b(const uint4* const* _
             }
             flush(O[P], item / slices, g, t, fa, fb);
             fa = fb = 0.f;
+            if (MODE == B_DATAFLOW) {  // this item's partial sums, then its tile's count
+                __threadfence();
+                __syncwarp();
+                if (lane == 0) atomicAdd(bar + (size_t)P * MAXT + item / slices, 1u);
+            }
         }
     }
 }
@@ -261,7 +303,7 @@ int main() {
     unsigned* bar;
     CK(cudaMalloc(&dW, NP * sizeof(void*)));
     CK(cudaMalloc(&dO, NP * sizeof(void*)));
-    CK(cudaMalloc(&bar, NP * sizeof(unsigned)));
+    CK(cudaMalloc(&bar, (size_t)NP * MAXT * sizeof(unsigned)));
     CK(cudaMemcpy(dW, W.data(), NP * sizeof(void*), cudaMemcpyHostToDevice));
     CK(cudaMemcpy(dO, O.data(), NP * sizeof(void*), cudaMemcpyHostToDevice));
     CK(cudaDeviceSynchronize());
@@ -288,11 +330,11 @@ int main() {
             CK(cudaLaunchKernelEx(&c, kern, (const uint4*)W[P], (const float*)(P == 0 ? x0 : O[P - 1]), O[P], P % NPH));
         }
     };
-    auto run_b = [&](auto kern, int R, int nwarp, int nobar) {
-        const int smem = XS_U4 * 16 + nwarp * R * STEP_U4 * 16;
+    auto run_b = [&](auto kern, int R, int nwarp) {
+        const int smem = XS_U4 * 16 + nwarp * R * STEP_U4 * 16 + nwarp * XW_U4 * 16;
         CK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-        CK(cudaMemsetAsync(bar, 0, NP * sizeof(unsigned), st));
-        kern<<<sms, nwarp * 32, smem, st>>>(dW, dO, x0, bar, nobar);
+        CK(cudaMemsetAsync(bar, 0, (size_t)NP * MAXT * sizeof(unsigned), st));
+        kern<<<sms, nwarp * 32, smem, st>>>(dW, dO, x0, bar);
         CK(cudaGetLastError());
     };
     auto timeit = [&](const char* name, auto go) {
@@ -317,15 +359,13 @@ int main() {
     // one-row loop); light: one word (~40) — bandwidth-bound, the structure's own cost.
     for (int round = 0; round < 2; round++) {
         timeit("heavy A regs D=4 2x8 warps", [&] { run_a(phase_a<4, 4>, 2); });
-        timeit("heavy B smem R=8 16 warps", [&] { run_b(persist_b<8, 16, 4>, 8, 16, 0); });
-        timeit("heavy B smem R=16 8 warps", [&] { run_b(persist_b<16, 8, 4>, 16, 8, 0); });
-        timeit("heavy B R=8 16w no barrier", [&] { run_b(persist_b<8, 16, 4>, 8, 16, 1); });
+        timeit("heavy B smem R=8 16 warps", [&] { run_b(persist_b<8, 16, 4, B_BARRIER>, 8, 16); });
+        timeit("heavy B R=8 16w dataflow", [&] { run_b(persist_b<8, 16, 4, B_DATAFLOW>, 8, 16); });
+        timeit("heavy B R=8 16w no barrier", [&] { run_b(persist_b<8, 16, 4, B_NOBAR>, 8, 16); });
         timeit("light A regs D=4 2x8 warps", [&] { run_a(phase_a<4, 1>, 2); });
-        timeit("light A regs D=8 2x8 warps", [&] { run_a(phase_a<8, 1>, 2); });
-        timeit("light B smem R=4 16 warps", [&] { run_b(persist_b<4, 16, 1>, 4, 16, 0); });
-        timeit("light B smem R=8 16 warps", [&] { run_b(persist_b<8, 16, 1>, 8, 16, 0); });
-        timeit("light B smem R=16 8 warps", [&] { run_b(persist_b<16, 8, 1>, 16, 8, 0); });
-        timeit("light B R=8 16w no barrier", [&] { run_b(persist_b<8, 16, 1>, 8, 16, 1); });
+        timeit("light B smem R=8 16 warps", [&] { run_b(persist_b<8, 16, 1, B_BARRIER>, 8, 16); });
+        timeit("light B R=8 16w dataflow", [&] { run_b(persist_b<8, 16, 1, B_DATAFLOW>, 8, 16); });
+        timeit("light B R=8 16w no barrier", [&] { run_b(persist_b<8, 16, 1, B_NOBAR>, 8, 16); });
     }
     return 0;
 }
