@@ -13,8 +13,9 @@
 // 2560→19456, down 9728→2560 — as NVFP4 bytes (codes + E4M3 scales: 1152 B a 16-row 128-wide
 // step), 36 layers of distinct weights (2.04 GB, far beyond L2). Work items are 16 rows × 4 steps,
 // laid out contiguously (a packing choice the loader could make); a warp's step loads 1 KB of codes
-// and 128 B of scales and does ~100 instructions a lane of half2 decode-and-FMA (the real one-row
-// loop is ~130), partial sums go to the outputs by atomics (values are not checked: timing only).
+// and 128 B of scales and decodes them in half2 arithmetic — all four words of a lane's 16 bytes
+// (heavy: about the real one-row loop's ~130 instructions) or one (light: bandwidth-bound) — and
+// partial sums go to the outputs by atomics (values are not checked: timing only).
 // Each GEMV's x is the previous GEMV's output (the attention and norms are left out).
 //   A: one kernel a GEMV, programmatic dependent launch, D steps a warp in registers issued before
 //      pdl_wait, x staged after it — today's gemv_tcp structure (2 blocks of 8 warps an SM).
