@@ -128,14 +128,7 @@ func TestFusedDecodeSameBits(t *testing.T) {
 	} {
 		name := fmt.Sprintf("T=%d K=%d N=%d", s.T, s.K, s.N)
 		ws, x, u, nw, res := tcpInputs(t, c, g, s.T, s.K, s.N, s.jobs, 40, i)
-		outs := func() []backend.Tensor {
-			var o []backend.Tensor
-			for j := range ws {
-				_, t1 := pair(t, c, g, s.T, s.N+16*j, nil)
-				o = append(o, t1)
-			}
-			return o
-		}
+		outs := func() []backend.Tensor { return tcpOutputs(t, c, g, s.T, s.N, len(ws)) }
 		same := func(op string, want, got []backend.Tensor) {
 			t.Helper()
 			for j := range want {

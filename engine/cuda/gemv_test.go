@@ -290,6 +290,16 @@ func TestTCPMergeSameBits(t *testing.T) {
 // switch on.
 type tcpShape struct{ T, K, N, jobs, launches int }
 
+// tcpOutputs makes one GPU output [T, N+16j] for each of n products (tcpInputs' weights).
+func tcpOutputs(t *testing.T, c *cpu.Backend, g *Backend, T, N, n int) []backend.Tensor {
+	var o []backend.Tensor
+	for j := range n {
+		_, t1 := pair(t, c, g, T, N+16*j, nil)
+		o = append(o, t1)
+	}
+	return o
+}
+
 // tcpInputs makes a same-bits test's inputs for shape i: jobs NVFP4 weights of N+16j rows and
 // K inputs, x and u [T, K], norm weights [1, K] and a residual's T·N values, seeded from base
 // (weights base+10i+j, the rest 10·base+i and up) so that every test keeps its own values.
@@ -320,14 +330,7 @@ func tcpSameBits(t *testing.T, g *Backend, on, off string, set func(bool), count
 		run := func(which bool) map[string][][]float32 {
 			g.do(func() error { set(which); return nil })
 			got := map[string][][]float32{}
-			outs := func() []backend.Tensor {
-				var o []backend.Tensor
-				for j := range ws {
-					_, t1 := pair(t, c, g, s.T, s.N+16*j, nil)
-					o = append(o, t1)
-				}
-				return o
-			}
+			outs := func() []backend.Tensor { return tcpOutputs(t, c, g, s.T, s.N, len(ws)) }
 			keep := func(form string, ts []backend.Tensor) {
 				for _, o := range ts {
 					got[form] = append(got[form], download(t, g, o))
